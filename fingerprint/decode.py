@@ -1,0 +1,162 @@
+"""Decode uploaded audio bytes into the one PCM form every later stage works on.
+
+Every tier after the byte hash compares audio, not files, so all inputs are brought to 16 kHz
+mono float32 here. Decoding happens at the source rate with a per-sample downmix, and the
+resampling to 16 kHz is one deterministic whole-signal call: the same PCM in two containers
+(WAV and FLAC, say) therefore yields bit-identical output, which the canonical hash relies on.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import soxr
+
+from fingerprint.sniff import sniff_format
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An upload that cannot be turned into audio; `status` is the HTTP answer it deserves."""
+
+    status = 400
+
+
+class NotAudioError(AudioError):
+    """The bytes are not a recognised audio container (or hold no audio stream)."""
+
+    status = 415
+
+
+class UndecodableAudioError(AudioError):
+    """The bytes look like audio but the decoder could not read them."""
+
+    status = 400
+
+
+class EmptyAudioError(AudioError):
+    """The upload is empty or decodes to no samples."""
+
+    status = 400
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than the configured duration limit."""
+
+    status = 413
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """An upload decoded to 16 kHz mono, with what the source looked like."""
+
+    pcm_16k: np.ndarray  # float32, mono, nominally in [-1, 1]
+    container: str
+    codec: str
+    source_rate: int
+    source_channels: int
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the decoded audio in seconds."""
+        return len(self.pcm_16k) / SAMPLE_RATE
+
+
+def decode_audio(data: bytes, max_duration_s: float) -> DecodedAudio:
+    """Decode `data` to 16 kHz mono float32, or raise an `AudioError` saying what was wrong.
+
+    The declared duration is checked before decoding, and the decoded length while decoding,
+    so a long or lying file is refused without holding hours of PCM in memory.
+    """
+    if not data:
+        raise EmptyAudioError("the uploaded file is empty; send the audio bytes in the 'file' field")
+    container_label = sniff_format(data)
+    if container_label is None:
+        raise NotAudioError(
+            "the upload is not a recognised audio format; send WAV, FLAC, MP3, AAC/M4A, Ogg "
+            "(Vorbis/Opus), WebM/Matroska or AIFF audio"
+        )
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise UndecodableAudioError(
+            f"the upload looks like {container_label} but could not be opened ({_short(exc)}); "
+            "check that the file is complete and not corrupted"
+        ) from exc
+    with container:
+        if not container.streams.audio:
+            raise NotAudioError("the file holds no audio stream; send a file with an audio track")
+        stream = container.streams.audio[0]
+        _check_declared_duration(container, stream, max_duration_s)
+        source_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        source_channels = int(stream.codec_context.channels or 0)
+        codec = stream.codec_context.name
+        mono = _decode_mono(container, stream, source_rate, max_duration_s)
+    if mono.size == 0:
+        raise EmptyAudioError("the audio decodes to no samples; send a file that contains sound")
+    pcm_16k = mono if source_rate == SAMPLE_RATE else soxr.resample(mono, source_rate, SAMPLE_RATE, quality="HQ")
+    return DecodedAudio(
+        pcm_16k=np.ascontiguousarray(pcm_16k, dtype=np.float32),
+        container=container_label,
+        codec=codec,
+        source_rate=source_rate,
+        source_channels=source_channels,
+    )
+
+
+def _check_declared_duration(container, stream, max_duration_s: float) -> None:
+    """Refuse audio whose header already says it is over the limit."""
+    declared = None
+    if stream.duration is not None and stream.time_base is not None:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        declared = container.duration / av.time_base
+    if declared is not None and declared > max_duration_s:
+        raise AudioTooLongError(_too_long_message(declared, max_duration_s))
+
+
+def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> np.ndarray:
+    """Decode the stream at its own rate, downmixed to mono float32, enforcing the limit."""
+    if source_rate <= 0:
+        raise UndecodableAudioError("the audio stream declares no sample rate; re-export the file")
+    # Same rate in and out: the resampler only converts format and downmixes, sample by
+    # sample, so the output does not depend on how the container chunks its packets.
+    downmix = av.AudioResampler(format="flt", layout="mono", rate=source_rate)
+    max_samples = int(max_duration_s * source_rate) + source_rate
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        for frame in container.decode(stream):
+            for converted in downmix.resample(frame):
+                samples = converted.to_ndarray().reshape(-1)
+                chunks.append(samples)
+                total += samples.size
+            if total > max_samples:
+                raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s))
+        for converted in downmix.resample(None):
+            chunks.append(converted.to_ndarray().reshape(-1))
+    except av.FFmpegError as exc:
+        if not chunks:
+            raise UndecodableAudioError(
+                f"the audio could not be decoded ({_short(exc)}); check that the file is complete"
+            ) from exc
+        # A damaged tail after good audio: keep what decoded, as players do.
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _too_long_message(duration_s: float, max_duration_s: float) -> str:
+    return (
+        f"the audio lasts {duration_s:.0f} s, over the {max_duration_s:.0f} s limit; "
+        "split it into shorter files"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

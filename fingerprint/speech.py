@@ -1,0 +1,66 @@
+"""Where the speech is: the extent of sound between leading and trailing silence.
+
+Used to refuse "no speech" uploads before they reach the engine, and to measure speech
+duration for the contract's same-recording test, which sets leading and trailing silence aside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fingerprint.decode import SAMPLE_RATE
+
+FRAME_S = 0.02
+# Frames below this level are silence whatever the recording: -60 dBFS is under the noise
+# floor of any real microphone chain but above dithered digital silence.
+ABSOLUTE_FLOOR_DB = -60.0
+# Relative to the loudest frame, so a quiet recording's speech still counts as speech while
+# its room tone does not.
+RELATIVE_FLOOR_DB = -40.0
+
+
+@dataclass(frozen=True)
+class SpeechExtent:
+    """The span from the first to the last sounding frame, in seconds."""
+
+    start_s: float
+    end_s: float
+    peak_db: float
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the span between leading and trailing silence."""
+        return max(0.0, self.end_s - self.start_s)
+
+
+def frame_levels_db(pcm_16k: np.ndarray) -> np.ndarray:
+    """RMS level of each 20 ms frame in dBFS."""
+    frame = int(FRAME_S * SAMPLE_RATE)
+    count = len(pcm_16k) // frame
+    if count == 0:
+        return np.full(1, -120.0) if len(pcm_16k) == 0 else _db(np.sqrt(np.mean(pcm_16k**2)))[None]
+    frames = pcm_16k[: count * frame].reshape(count, frame).astype(np.float64)
+    return _db(np.sqrt(np.mean(frames**2, axis=1)))
+
+
+def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
+    """Find the sounding span; an all-silent signal gives a zero-length extent."""
+    levels = frame_levels_db(pcm_16k)
+    peak = float(levels.max())
+    threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB)
+    sounding = np.flatnonzero(levels > threshold)
+    if peak <= ABSOLUTE_FLOOR_DB or sounding.size == 0:
+        return SpeechExtent(0.0, 0.0, peak)
+    return SpeechExtent(float(sounding[0] * FRAME_S), float((sounding[-1] + 1) * FRAME_S), peak)
+
+
+def has_sound(pcm_16k: np.ndarray, min_duration_s: float = 0.1) -> bool:
+    """True when the signal holds at least `min_duration_s` of sound above the silence floor."""
+    levels = frame_levels_db(pcm_16k)
+    return int(np.count_nonzero(levels > ABSOLUTE_FLOOR_DB)) * FRAME_S >= min_duration_s
+
+
+def _db(rms):
+    return 20.0 * np.log10(np.maximum(rms, 1e-6))

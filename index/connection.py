@@ -1,0 +1,72 @@
+"""Open a Redis-protocol client from a URL, whatever the deployment's shape.
+
+One place knows the URL schemes of the contract: redis://, rediss:// and unix:// for a single
+server, redis+sentinel:// for a Sentinel-managed primary and redis+cluster:// for a cluster.
+Timeouts are short on purpose: a store that does not answer within them is treated as down by
+the circuit breaker, and requests go on without the cache rather than waiting.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+CONNECT_TIMEOUT_S = 0.5
+COMMAND_TIMEOUT_S = 2.0
+
+
+class StoreURLError(ValueError):
+    """The store URL is malformed or uses a scheme we do not support."""
+
+
+def open_client(url: str, *, max_connections: int = 64) -> aioredis.Redis | RedisCluster:
+    """Return an asyncio client for `url`; raw bytes in and out (fingerprints are binary)."""
+    parts = urlsplit(url)
+    options = dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        return aioredis.from_url(url, max_connections=max_connections, **options)
+    if parts.scheme == "redis+sentinel":
+        hosts = _hosts(parts.netloc)
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise StoreURLError(
+                f"{url!r} names no service; use redis+sentinel://host:port[,host:port]/<service>[/db]"
+            )
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, sentinel_kwargs=options, password=_password(parts), **options)
+        return sentinel.master_for(path[0], db=db, max_connections=max_connections)
+    if parts.scheme == "redis+cluster":
+        nodes = [ClusterNode(host, port) for host, port in _hosts(parts.netloc)]
+        return RedisCluster(
+            startup_nodes=nodes, password=_password(parts), max_connections=max_connections, **options
+        )
+    raise StoreURLError(
+        f"unsupported store URL scheme {parts.scheme!r}; use redis://, rediss://, unix://, "
+        "redis+sentinel://host:port/<service> or redis+cluster://host:port[,host:port]"
+    )
+
+
+def _hosts(netloc: str) -> list[tuple[str, int]]:
+    hostlist = netloc.rsplit("@", 1)[-1]
+    hosts = []
+    for item in filter(None, hostlist.split(",")):
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = port, "26379"
+        try:
+            hosts.append((host, int(port)))
+        except ValueError as exc:
+            raise StoreURLError(f"bad host:port {item!r} in store URL") from exc
+    if not hosts:
+        raise StoreURLError("the store URL names no host; use host:port[,host:port]")
+    return hosts
+
+
+def _password(parts) -> str | None:
+    if "@" not in parts.netloc:
+        return None
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    return unquote(userinfo.split(":", 1)[-1]) or None

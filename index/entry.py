@@ -1,0 +1,96 @@
+"""The cached recognition result, as stored in one Redis hash per entry."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+
+def make_entry_id(profile_id: str, pcm_digest: str) -> str:
+    """Entry id unique across profiles: a digest of the profile and of the canonical PCM."""
+    return hashlib.blake2b(f"{profile_id}:{pcm_digest}".encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached result. `negative` marks a cached "no speech" answer."""
+
+    entry_id: str
+    profile_id: str
+    pcm_digest: str
+    text: str
+    normalized_text: str
+    language: str
+    duration_s: float
+    speech_s: float
+    engine_seconds: float
+    negative: bool = False
+    created_at: float = field(default_factory=time.time)
+    expires_at_ms: int = 0
+    engine: str = ""
+    # Perceptual evidence for the fuzzy tier; empty until that tier computes them.
+    fingerprint: bytes = b""
+    embedding: bytes = b""
+    fingerprint_version: str = ""
+
+    def result(self) -> dict:
+        """The contract's `result` object for this entry."""
+        if self.negative:
+            return {"text": "", "error": "no_speech", "language": self.language, "duration_s": self.duration_s}
+        return {
+            "text": self.text,
+            "normalized_text": self.normalized_text,
+            "language": self.language,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+    def to_fields(self) -> dict[str, bytes | str]:
+        """Hash fields for HSET."""
+        return {
+            "profile": self.profile_id,
+            "pcm": self.pcm_digest,
+            "text": self.text,
+            "normalized_text": self.normalized_text,
+            "language": self.language,
+            "duration_s": repr(self.duration_s),
+            "speech_s": repr(self.speech_s),
+            "engine_seconds": repr(self.engine_seconds),
+            "negative": "1" if self.negative else "0",
+            "created_at": repr(self.created_at),
+            "expires_at_ms": str(self.expires_at_ms),
+            "engine": self.engine,
+            "fp": self.fingerprint,
+            "emb": self.embedding,
+            "fp_version": self.fingerprint_version,
+        }
+
+    @classmethod
+    def from_fields(cls, entry_id: str, fields: dict[bytes, bytes]) -> "Entry":
+        """Rebuild an entry from HGETALL output (bytes keys and values)."""
+
+        def text(name: str) -> str:
+            return fields.get(name.encode(), b"").decode()
+
+        def number(name: str) -> float:
+            raw = fields.get(name.encode())
+            return float(raw) if raw else 0.0
+
+        return cls(
+            entry_id=entry_id,
+            profile_id=text("profile"),
+            pcm_digest=text("pcm"),
+            text=text("text"),
+            normalized_text=text("normalized_text"),
+            language=text("language"),
+            duration_s=number("duration_s"),
+            speech_s=number("speech_s"),
+            engine_seconds=number("engine_seconds"),
+            negative=fields.get(b"negative") == b"1",
+            created_at=number("created_at"),
+            expires_at_ms=int(number("expires_at_ms")),
+            engine=text("engine"),
+            fingerprint=fields.get(b"fp", b""),
+            embedding=fields.get(b"emb", b""),
+            fingerprint_version=text("fp_version"),
+        )

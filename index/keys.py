@@ -1,0 +1,40 @@
+"""Every key earmark writes, in one place, under one configurable prefix.
+
+Aliases (the byte-hash and PCM-hash keys) include the profile digest, so a request under
+another profile (engine, language, ITN, hotwords, prompt) never finds this profile's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under `prefix` (default `earmark:`)."""
+
+    prefix: str = "earmark:"
+
+    def entry(self, entry_id: str) -> str:
+        """Hash holding one cached result and everything needed to verify a match to it."""
+        return f"{self.prefix}entry:{entry_id}"
+
+    def entry_aliases(self, entry_id: str) -> str:
+        """Set of alias keys pointing at an entry, so a delete can remove them all."""
+        return f"{self.prefix}entry:{entry_id}:aliases"
+
+    def exact(self, profile_id: str, bytes_digest: str) -> str:
+        """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""
+        return f"{self.prefix}exact:{profile_id}:{bytes_digest}"
+
+    def canonical(self, profile_id: str, pcm_digest: str) -> str:
+        """Alias from the decoded PCM's digest to an entry id (tier `canonical`)."""
+        return f"{self.prefix}canon:{profile_id}:{pcm_digest}"
+
+    def lock(self, profile_id: str, pcm_digest: str) -> str:
+        """Single-flight lock: held by the one process running the engine for this audio."""
+        return f"{self.prefix}lock:{profile_id}:{pcm_digest}"
+
+    def index_stream(self) -> str:
+        """Capped stream of entry additions and deletions that index replicas tail."""
+        return f"{self.prefix}index:changes"

@@ -1,0 +1,248 @@
+"""The entry store: cached results and their aliases in Redis, behind a circuit breaker.
+
+Redis is the source of truth. An alias (byte digest or PCM digest) only points at an entry id;
+a lookup then reads the entry itself, so a deleted, expired or evicted entry is never served
+even if an alias to it survives. Every call goes through the breaker: while the store is down
+they fail at once with `StoreUnavailable` and the service answers without the cache.
+
+Entries are written with plain redis-py pipelines rather than redis-om models: entries carry
+binary fingerprints and vectors (redis-om's models need `decode_responses=True` and text
+fields), the same code must run against a single server, Sentinel and Cluster clients chosen at
+run time (redis-om binds a connection per model class), and one pipelined round trip per write
+is what the hot path needs; see bench/README.md for the measured difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.exceptions
+from redis.sentinel import MasterNotFoundError
+
+from index.breaker import CircuitBreaker, StoreUnavailable
+from index.entry import Entry
+from index.keys import Keys
+
+log = logging.getLogger(__name__)
+
+_STORE_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    MasterNotFoundError,
+    redis.exceptions.ReadOnlyError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+# Compare-and-delete / compare-and-extend: only the holder may release or extend its lock.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EXTEND = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+PROBE_INTERVAL_S = 1.0
+
+
+class Store:
+    """Cached entries and aliases under `keys.prefix`, plus the single-flight locks."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys | None = None,
+        *,
+        on_error: Callable[[], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.breaker = CircuitBreaker()
+        self._on_error = on_error or (lambda: None)
+        self._on_state = on_state or (lambda up: None)
+        self._probe_task: asyncio.Task | None = None
+
+    @property
+    def up(self) -> bool:
+        """False during an outage (the breaker is open)."""
+        return not self.breaker.is_open
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        self.breaker.allow()
+        try:
+            return await operation()
+        except _STORE_ERRORS as exc:
+            self._on_error()
+            self.breaker.record_failure(exc)
+            self._on_state(False)
+            self._ensure_probe()
+            raise StoreUnavailable(str(exc)) from exc
+
+    def _ensure_probe(self) -> None:
+        if self._probe_task is None or self._probe_task.done():
+            try:
+                self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
+            except RuntimeError:
+                pass
+
+    async def _probe_until_up(self) -> None:
+        while self.breaker.is_open:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            try:
+                await self.client.ping()
+            except Exception:  # any failure means "still down"; keep probing
+                continue
+            self.breaker.record_success()
+            self._on_state(True)
+
+    async def ping(self) -> bool:
+        """True when the store answers now (used at start-up and by /health)."""
+        try:
+            await self._call(self.client.ping)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def entry_by_alias(self, alias_key: str) -> Entry | None:
+        """Follow an alias to its entry; None when either is missing."""
+
+        async def follow() -> Entry | None:
+            entry_id = await self.client.get(alias_key)
+            if entry_id is None:
+                return None
+            return await self._read_entry(entry_id.decode())
+
+        return await self._call(follow)
+
+    async def get_entry(self, entry_id: str) -> Entry | None:
+        """Read one entry by id; None when it does not exist (deleted, expired, evicted)."""
+        return await self._call(lambda: self._read_entry(entry_id))
+
+    async def get_entries(self, entry_ids: list[str]) -> list[Entry | None]:
+        """Read several entries in one round trip, in order."""
+
+        async def read_all() -> list[Entry | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in entry_ids:
+                pipe.hgetall(self.keys.entry(entry_id))
+            rows = await pipe.execute()
+            return [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows)]
+
+        return await self._call(read_all)
+
+    async def _read_entry(self, entry_id: str) -> Entry | None:
+        fields = await self.client.hgetall(self.keys.entry(entry_id))
+        return Entry.from_fields(entry_id, fields) if fields else None
+
+    async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
+        """Write an entry with its byte and PCM aliases, all expiring together.
+
+        The index change stream gets an `add` event so every replica's vector index learns of
+        the entry; the entry's fields hold everything a replica needs, so the event is small.
+        """
+        expires_at_ms = int((time.time() + ttl_s) * 1000)
+        stored = Entry(**{**entry.__dict__, "expires_at_ms": expires_at_ms})
+        entry_key = self.keys.entry(entry.entry_id)
+        aliases = [
+            self.keys.exact(entry.profile_id, bytes_digest),
+            self.keys.canonical(entry.profile_id, entry.pcm_digest),
+        ]
+
+        async def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(entry_key)
+            pipe.hset(entry_key, mapping=stored.to_fields())
+            pipe.pexpireat(entry_key, expires_at_ms)
+            for alias in aliases:
+                pipe.set(alias, entry.entry_id, pxat=expires_at_ms)
+            pipe.sadd(self.keys.entry_aliases(entry.entry_id), *aliases)
+            pipe.pexpireat(self.keys.entry_aliases(entry.entry_id), expires_at_ms)
+            if stored.embedding:
+                pipe.xadd(
+                    self.keys.index_stream(),
+                    {"op": "add", "entry": entry.entry_id, "profile": entry.profile_id},
+                    maxlen=stream_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+
+        await self._call(write)
+        return stored
+
+    async def add_alias(self, entry: Entry, bytes_digest: str) -> bool:
+        """Point these bytes at an existing entry, so the next identical upload is `exact`.
+
+        Returns True when the alias already pointed at this entry: the bytes were seen before
+        (a concurrent identical upload got there first), which makes this hit `exact`.
+        """
+        if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
+            return False
+        alias = self.keys.exact(entry.profile_id, bytes_digest)
+
+        async def write() -> bool:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(alias, entry.entry_id, pxat=entry.expires_at_ms or None, get=True)
+            pipe.sadd(self.keys.entry_aliases(entry.entry_id), alias)
+            previous, _ = await pipe.execute()
+            return previous is not None and previous.decode() == entry.entry_id
+
+        return await self._call(write)
+
+    async def delete_entry(self, entry_id: str, *, stream_maxlen: int) -> bool:
+        """Remove an entry and its aliases and tell the replicas; False when it did not exist."""
+
+        async def remove() -> bool:
+            aliases_key = self.keys.entry_aliases(entry_id)
+            aliases = await self.client.smembers(aliases_key)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.keys.entry(entry_id))
+            for alias in aliases:
+                pipe.delete(alias)
+            pipe.delete(aliases_key)
+            pipe.xadd(
+                self.keys.index_stream(),
+                {"op": "del", "entry": entry_id},
+                maxlen=stream_maxlen,
+                approximate=True,
+            )
+            deleted = await pipe.execute()
+            return bool(deleted[0])
+
+        return await self._call(remove)
+
+    async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
+        """Take a lock that expires by itself; returns the holder's token, or None if taken."""
+        token = secrets.token_hex(8)
+        taken = await self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms))
+        return token if taken else None
+
+    async def extend_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Push a held lock's expiry out; False when it was lost."""
+        return bool(await self._call(lambda: self.client.eval(_EXTEND, 1, key, token, ttl_ms)))
+
+    async def release_lock(self, key: str, token: str) -> None:
+        """Release a lock if we still hold it."""
+        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))
+
+    async def lock_held(self, key: str) -> bool:
+        """True while someone holds the lock."""
+        return bool(await self._call(lambda: self.client.exists(key)))
+
+    async def close(self) -> None:
+        """Stop probing and close connections."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        try:
+            await self.client.aclose()
+        except Exception:  # closing a dead connection pool may fail; nothing to do about it
+            log.debug("closing the store client failed", exc_info=True)

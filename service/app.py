@@ -1,0 +1,271 @@
+"""The HTTP API of the contract (../shared/spec/api.md), as a Starlette application.
+
+Routes read top to bottom; each handler parses input, calls the lookup pipeline and shapes the
+answer. Every refusal is an `ApiError` turned into `{"code", "msg"}` with a 4xx (or the 5xx the
+contract allows); any other exception is a bug and answers 500 without leaking internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fingerprint.decode import AudioError
+from index.breaker import StoreUnavailable
+from index.connection import open_client
+from index.keys import Keys
+from index.store import Store
+from service.config import Settings
+from service.engine_pool import EngineBusy, EnginePool
+from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
+from service.engines.registry import create_engine
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.openai_compat import transcription_response
+from service.pipeline import Outcome, RecognitionCache
+from service.profile import Profile
+from service.uploads import read_upload, recognition_options
+
+log = logging.getLogger(__name__)
+
+STORE_WATCH_INTERVAL_S = 2.0
+
+
+@dataclass
+class Services:
+    """What the handlers use, built once at start-up."""
+
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    engine: Engine
+    pool: EnginePool
+    cache: RecognitionCache
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
+    """Build the application; `settings.redis_url` must name a reachable-or-not store."""
+    if not settings.redis_url:
+        raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        metrics = Metrics()
+        store = Store(
+            open_client(settings.redis_url),
+            Keys(settings.key_prefix),
+            on_error=metrics.store_errors.inc,
+            on_state=lambda up: metrics.store_up.set(1 if up else 0),
+        )
+        chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
+        pool = EnginePool(chosen, metrics, workers=settings.engine_workers, max_waiting=settings.engine_queue)
+        cache = RecognitionCache(settings, store, pool, metrics)
+        app.state.services = Services(settings, metrics, store, chosen, pool, cache)
+        if not await store.ping():
+            log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
+        watcher = asyncio.create_task(_watch_store(store))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            pool.close()
+            await store.close()
+
+    routes = [
+        Route("/recognize", recognize, methods=["POST"]),
+        Route("/lookup", lookup, methods=["POST"]),
+        Route("/v1/audio/transcriptions", openai_transcriptions, methods=["POST"]),
+        Route("/entries/{entry_id}", get_entry, methods=["GET"]),
+        Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def recognize(request: Request) -> Response:
+    """POST /recognize: answer from cache, or run the engine and cache the result."""
+    return await _guarded(request, "recognize", _recognize)
+
+
+async def _recognize(request: Request, services: Services) -> Response:
+    data, profile = await _read_request(request, services)
+    outcome = await services.cache.recognize(data, profile)
+    response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
+    return _with_cache_headers(response, outcome)
+
+
+async def lookup(request: Request) -> Response:
+    """POST /lookup: what /recognize would answer now, with the evidence; never writes."""
+    return await _guarded(request, "lookup", _lookup)
+
+
+async def _lookup(request: Request, services: Services) -> Response:
+    data, profile = await _read_request(request, services)
+    outcome = await services.cache.lookup(data, profile)
+    response = JSONResponse(
+        {"code": 0, "msg": "success", "cache": outcome.cache_info(with_candidates=True), "result": outcome.result}
+    )
+    return _with_cache_headers(response, outcome)
+
+
+async def openai_transcriptions(request: Request) -> Response:
+    """POST /v1/audio/transcriptions: the OpenAI-compatible endpoint."""
+    return await _guarded(request, "transcriptions", _openai_transcriptions)
+
+
+async def _openai_transcriptions(request: Request, services: Services) -> Response:
+    data, form = await read_upload(request, services.settings.max_upload_bytes)
+    response_format = str(form.get("response_format") or "json")
+    profile = services.engine.resolve(recognition_options(form))
+    outcome = await services.cache.recognize(data, profile)
+    return _with_cache_headers(transcription_response(outcome, response_format), outcome)
+
+
+async def get_entry(request: Request) -> Response:
+    """GET /entries/{entry}: one entry's result and metadata."""
+    return await _guarded(request, "entries", _get_entry)
+
+
+async def _get_entry(request: Request, services: Services) -> Response:
+    _require_admin(request, services.settings)
+    entry_id = request.path_params["entry_id"]
+    entry = await _store_call(services.store.get_entry(entry_id))
+    if entry is None:
+        raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was deleted")
+    return JSONResponse(
+        {
+            "code": 0,
+            "msg": "success",
+            "entry": {
+                "entry": entry.entry_id,
+                "profile": entry.profile_id,
+                "engine": entry.engine,
+                "negative": entry.negative,
+                "result": entry.result(),
+                "duration_s": entry.duration_s,
+                "speech_s": entry.speech_s,
+                "engine_seconds": entry.engine_seconds,
+                "created_at": entry.created_at,
+                "expires_at": entry.expires_at_ms / 1000.0,
+                "fingerprint_version": entry.fingerprint_version or None,
+            },
+        }
+    )
+
+
+async def delete_entry(request: Request) -> Response:
+    """DELETE /entries/{entry}: invalidate an entry everywhere, by every tier."""
+    return await _guarded(request, "entries", _delete_entry)
+
+
+async def _delete_entry(request: Request, services: Services) -> Response:
+    _require_admin(request, services.settings)
+    entry_id = request.path_params["entry_id"]
+    deleted = await _store_call(
+        services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+    )
+    if not deleted:
+        raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
+    return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
+
+
+async def health(request: Request) -> Response:
+    """GET /health: liveness plus the store's state."""
+    services: Services = request.app.state.services
+    store_up = await services.store.ping()
+    return JSONResponse(
+        {"status": "ok", "store": "up" if store_up else "down", "index_size": 0, "engine": services.engine.name}
+    )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics: Prometheus text format."""
+    services: Services = request.app.state.services
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _guarded(request: Request, endpoint: str, handler) -> Response:
+    """Run a handler; count the outcome; turn every refusal into the contract's error body."""
+    services: Services = request.app.state.services
+    try:
+        response = await handler(request, services)
+    except ApiError as exc:
+        return _error(services, endpoint, exc.status, exc.msg, exc.headers)
+    except AudioError as exc:
+        return _error(services, endpoint, exc.status, str(exc))
+    except EngineOptionError as exc:
+        return _error(services, endpoint, 422, str(exc))
+    except EngineBusy as exc:
+        return _error(
+            services, endpoint, 503, f"the engine is busy; retry after {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        )
+    except EngineUnavailable as exc:
+        return _error(services, endpoint, 503, f"the engine is unavailable: {exc}", {"Retry-After": "30"})
+    except EngineFailure as exc:
+        return _error(services, endpoint, 502, f"the engine failed on this audio: {exc}")
+    except Exception:
+        log.exception("unhandled error on %s", endpoint)
+        return _error(services, endpoint, 500, "internal error; this is a bug, please report it")
+    tier = response.headers.get("X-Cache-Tier")
+    if tier:
+        services.metrics.requests.labels(endpoint=endpoint, tier=tier).inc()
+    return response
+
+
+def _with_cache_headers(response: Response, outcome: Outcome) -> Response:
+    """Cache information as headers too: the OpenAI endpoint's only channel for it."""
+    response.headers["X-Cache-Tier"] = outcome.tier
+    response.headers["X-Cache-Entry"] = outcome.entry.entry_id if outcome.entry else ""
+    response.headers["X-Cache-Score"] = "" if outcome.score is None else f"{outcome.score:.4f}"
+    return response
+
+
+def _error(services: Services, endpoint: str, status: int, msg: str, headers: dict | None = None) -> Response:
+    services.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
+    return JSONResponse({"code": status, "msg": msg}, status_code=status, headers=headers)
+
+
+async def _read_request(request: Request, services: Services) -> tuple[bytes, Profile]:
+    data, form = await read_upload(request, services.settings.max_upload_bytes)
+    return data, services.engine.resolve(recognition_options(form))
+
+
+def _require_admin(request: Request, settings: Settings) -> None:
+    if not settings.admin_token:
+        return
+    supplied = request.headers.get("authorization", "")
+    expected = f"Bearer {settings.admin_token}"
+    if not secrets.compare_digest(supplied.encode(), expected.encode()):
+        raise ApiError(401, "this endpoint needs the admin token: send 'Authorization: Bearer <token>'")
+
+
+async def _store_call(awaitable):
+    try:
+        return await awaitable
+    except StoreUnavailable as exc:
+        raise ApiError(503, "the cache store is unreachable; retry shortly", headers={"Retry-After": "5"}) from exc
+
+
+async def _watch_store(store: Store) -> None:
+    """Ping the store now and then, so an outage (and its end) is noticed without traffic."""
+    while True:
+        await asyncio.sleep(STORE_WATCH_INTERVAL_S)
+        await store.ping()
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

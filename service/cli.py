@@ -1,0 +1,147 @@
+"""The `earmark` command line: `serve` runs the service, `recognize` transcribes files.
+
+Every option also reads from an `EARMARK_`-prefixed environment variable. User errors exit
+non-zero with a one-line reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import httpx
+
+from service.config import ConfigError, Settings, load_settings
+
+
+def _option(*names: str, env: str | list[str], **kwargs):
+    return click.option(*names, envvar=env, show_envvar=True, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """earmark: a speech-recognition cache that also recognises re-encoded copies."""
+
+
+@main.command()
+@_option("--host", env="EARMARK_HOST", default=None, help="Interface to listen on [127.0.0.1].")
+@_option("--port", env="EARMARK_PORT", type=int, default=None, help="Port to listen on [8000].")
+@_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="Embedded store data directory [./.earmark].")
+@_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None,
+         help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
+@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: pocketsphinx or funasr [pocketsphinx].")
+@_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
+@_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
+@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
+@_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Engine worker threads [1].")
+@_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
+@_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning [info].")
+def serve(config_file: str | None, **options) -> None:
+    """Start the HTTP service (with an embedded store unless --redis-url is given)."""
+    settings = _settings(config_file, options)
+    _configure_logging(settings.log_level)
+    import uvicorn
+
+    from service.app import create_app
+
+    settings, server = _with_store(settings)
+    try:
+        app = create_app(settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_option("--url", env="EARMARK_URL", default=None, help="A running earmark server; without it, earmark runs in-process.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@_option("--language", env="EARMARK_LANGUAGE", default=None, help="Language option sent with each file.")
+@_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="In-process mode: store data directory [./.earmark].")
+@_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="In-process mode: an existing store.")
+@_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="In-process mode: TOML settings file.")
+def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: str | None, config_file: str | None, **options) -> None:
+    """Transcribe FILES through the cache and print text and tier."""
+    for name in files:
+        if not Path(name).is_file():
+            _fail(f"no such file: {name}")
+    fields = {"language": language} if language else {}
+    if url:
+        client = httpx.Client(base_url=url.rstrip("/"), timeout=None)
+        server = None
+    else:
+        from starlette.testclient import TestClient
+
+        from service.app import create_app
+
+        settings, server = _with_store(_settings(config_file, options))
+        client = TestClient(create_app(settings))
+        client.__enter__()
+    failed = False
+    try:
+        for name in files:
+            with open(name, "rb") as handle:
+                try:
+                    response = client.post("/recognize", files={"file": (Path(name).name, handle, "application/octet-stream")}, data=fields)
+                except httpx.HTTPError as exc:
+                    _fail(f"cannot reach {url}: {exc}")
+            body = _json_or_none(response)
+            failed |= response.status_code != 200
+            if as_json:
+                click.echo(json.dumps({"file": name, "status": response.status_code, **(body or {})}, ensure_ascii=False))
+            elif response.status_code == 200:
+                cache, result = body["cache"], body["result"] or {}
+                click.echo(f"{name}\t{cache['tier']}\t{result.get('text', '')}")
+            else:
+                click.echo(f"{name}\terror {response.status_code}\t{(body or {}).get('msg', response.text)}", err=True)
+    finally:
+        if server is not None:
+            client.__exit__(None, None, None)
+            server.stop()
+        else:
+            client.close()
+    sys.exit(1 if failed else 0)
+
+
+def _settings(config_file: str | None, options: dict) -> Settings:
+    try:
+        return load_settings(config_file, **{k: v for k, v in options.items() if v is not None})
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _with_store(settings: Settings):
+    """Start the embedded store when no store URL is configured; returns (settings, server)."""
+    from dataclasses import replace
+
+    from index.embedded import EmbeddedServer, EmbeddedServerError
+
+    if settings.redis_url:
+        return settings, None
+    server = EmbeddedServer(Path(settings.data_dir), maxmemory=settings.maxmemory)
+    try:
+        server.start()
+    except EmbeddedServerError as exc:
+        _fail(str(exc))
+    return replace(settings, redis_url=server.url), server
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _json_or_none(response) -> dict | None:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _fail(message: str):
+    click.echo(f"earmark: {message}", err=True)
+    sys.exit(2)

@@ -1,0 +1,138 @@
+"""Settings: one typed object, read once at start-up and passed down.
+
+Sources, later ones winning: defaults here, a TOML file (`--config`), `EARMARK_*` environment
+variables and command-line options (the CLI merges those two). Thresholds written by
+`earmark tune` live in the same file under `[thresholds]`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DAY_S = 24 * 3600
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class FuzzyThresholds:
+    """Acceptance thresholds of the fuzzy tier, all on the contract's [0, 1] score scale."""
+
+    enabled: bool = True
+    # Candidates whose embedding cosine similarity is below this are not verified at all.
+    min_embedding_similarity: float = 0.80
+    # Each verified stretch must score at least this (1 - bit error rate of the robust hash).
+    min_window_score: float = 0.70
+    # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
+    duration_tolerance_s: float = 0.4
+    duration_tolerance_ratio: float = 0.10
+    # Shorter speech than this is never fuzzy-matched (too little evidence).
+    min_speech_s: float = 1.0
+    top_k: int = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs, with the defaults a first run uses."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".earmark")
+    redis_url: str = ""
+    key_prefix: str = "earmark:"
+    maxmemory: str = "1gb"
+    engine: str = "pocketsphinx"
+    funasr_model: str = ""
+    device: str = "cpu"
+    admin_token: str = ""
+    ttl_s: int = 7 * DAY_S
+    negative_ttl_s: int = 3600
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_duration_s: float = 4 * 3600.0
+    engine_workers: int = 1
+    engine_queue: int = 16
+    lock_ttl_ms: int = 30_000
+    stream_maxlen: int = 1_000_000
+    index_type: str = "auto"
+    log_level: str = "info"
+    fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
+
+    def validated(self) -> "Settings":
+        """Return self after range checks; raise `ConfigError` naming the bad setting."""
+        checks = [
+            (0 < self.port < 65536, "port must be between 1 and 65535"),
+            (self.ttl_s > 0, "ttl_s must be positive"),
+            (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
+            (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
+            (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (self.engine_workers >= 1, "engine_workers must be at least 1"),
+            (self.engine_queue >= 0, "engine_queue must be 0 or more"),
+            (self.key_prefix != "", "key_prefix must not be empty"),
+            (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
+            (-1.0 <= self.fuzzy.min_embedding_similarity <= 1.0, "thresholds.min_embedding_similarity must be in [-1, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional TOML file, then explicit overrides."""
+    values: dict[str, Any] = {}
+    thresholds: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            document = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        thresholds = dict(document.pop("thresholds", {}))
+        values.update(document.get("earmark", document))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    settings = Settings(**{k: _coerce(known[k].type, k, v) for k, v in values.items() if k != "fuzzy"})
+    if thresholds:
+        settings = replace(settings, fuzzy=_thresholds(thresholds))
+    return settings.validated()
+
+
+def _thresholds(values: dict[str, Any]) -> FuzzyThresholds:
+    known = {f.name: f for f in fields(FuzzyThresholds)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown threshold(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return FuzzyThresholds(**{k: _coerce(known[k].type, f"thresholds.{k}", v) for k, v in values.items()})
+
+
+def _coerce(type_name: Any, name: str, value: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "Path":
+            return Path(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name} has a bad value {value!r} (expected {kind})") from exc

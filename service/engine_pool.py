@@ -1,0 +1,115 @@
+"""Run the engine off the event loop, on a bounded pool with a bounded queue.
+
+The engine is the expensive, slow part; letting requests pile up behind it without bound would
+turn a burst into timeouts for everyone. When `workers` are busy and `max_waiting` requests
+already wait, the next one is refused at once (HTTP 503 with Retry-After).
+
+Engines that hold the GIL while decoding (pocketsphinx does, for seconds at a time) run in
+worker processes, since a thread would freeze the event loop and with it every cache hit;
+engines that release it (torch) run in threads and share the loaded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import signal
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
+from service.metrics import Metrics
+from service.profile import Profile
+
+
+class EngineBusy(RuntimeError):
+    """The engine's queue is full; try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("the engine queue is full")
+        self.retry_after_s = retry_after_s
+
+
+class EnginePool:
+    """A fixed number of engine worker threads and a cap on requests waiting for them."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, *, workers: int = 1, max_waiting: int = 16) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.workers = workers
+        self.max_waiting = max_waiting
+        self._executor = _executor_for(engine, workers)
+        self._in_flight = 0
+        self._recent_seconds = 1.0
+
+    async def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
+        """Transcribe on a worker thread; returns the transcript and the engine's seconds."""
+        if self._in_flight >= self.workers + self.max_waiting:
+            raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
+        self._in_flight += 1
+        self.metrics.engine_queue.set(self._in_flight)
+        try:
+            loop = asyncio.get_running_loop()
+            if isinstance(self._executor, ProcessPoolExecutor):
+                job = loop.run_in_executor(self._executor, _transcribe_in_worker, pcm_16k, profile)
+            else:
+                job = loop.run_in_executor(self._executor, _timed_transcribe, self.engine, pcm_16k, profile)
+            transcript, seconds = await job
+        except BrokenProcessPool as exc:
+            self._executor = _executor_for(self.engine, self.workers)
+            raise EngineFailure("the engine worker process died; it has been restarted, retry the request") from exc
+        finally:
+            self._in_flight -= 1
+            self.metrics.engine_queue.set(self._in_flight)
+        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+        self.metrics.engine_seconds.inc(seconds)
+        self.metrics.engine_runs.inc()
+        return transcript, seconds
+
+    def close(self) -> None:
+        """Stop the workers and release the engine."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+
+def _executor_for(engine: Engine, workers: int) -> Executor:
+    spec = engine.worker_spec()
+    if spec is None:
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_load_worker_engine,
+        initargs=(spec,),
+    )
+
+
+def _timed_transcribe(engine: Engine, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
+    started = time.perf_counter()
+    try:
+        transcript = engine.transcribe(pcm_16k, profile)
+    except (EngineFailure, EngineUnavailable, EngineOptionError):
+        raise
+    except Exception as exc:  # an engine bug must become a 502, not take the service down
+        raise EngineFailure(f"{engine.name} failed: {type(exc).__name__}: {exc}") from exc
+    return transcript, time.perf_counter() - started
+
+
+_worker_engine: Engine | None = None
+
+
+def _load_worker_engine(spec) -> None:
+    """Worker process start: die with the service, then build the engine once."""
+    global _worker_engine
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    factory, args = spec
+    _worker_engine = factory(*args)
+
+
+def _transcribe_in_worker(pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
+    assert _worker_engine is not None
+    return _timed_transcribe(_worker_engine, pcm_16k, profile)

@@ -1,0 +1,117 @@
+"""The engine interface: resolve request options into a profile, and transcribe PCM.
+
+An engine states what it supports; an option it cannot honour is refused with a message naming
+what it does support (HTTP 422), never silently ignored, because a silently ignored option would
+cache a transcript under a profile that did not produce it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.profile import Profile
+
+_LANGUAGE_ALIASES = {
+    "en": "en", "en-us": "en", "en_us": "en", "en-gb": "en", "english": "en",
+    "zh": "zh", "zh-cn": "zh", "cmn": "zh", "chinese": "zh", "mandarin": "zh",
+    "yue": "yue", "cantonese": "yue", "ja": "ja", "japanese": "ja", "ko": "ko", "korean": "ko",
+}
+
+
+class EngineOptionError(ValueError):
+    """A request option the engine cannot honour; the message says what it supports."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run at all (missing model, failed to load)."""
+
+
+class EngineFailure(RuntimeError):
+    """The engine failed on this request."""
+
+
+@dataclass(frozen=True)
+class RecognitionOptions:
+    """Options as the client sent them; None means "not given, use the engine default"."""
+
+    language: str | None = None
+    use_itn: bool | None = None
+    hotwords: tuple[str, ...] = ()
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What the engine heard."""
+
+    text: str
+    normalized_text: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can honour, used to validate options and to tell clients."""
+
+    languages: tuple[str, ...]
+    default_language: str
+    itn: tuple[bool, ...] = (False,)
+    default_itn: bool = False
+    hotwords: bool = False
+    prompt: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """A speech recogniser. `transcribe` may be called from several worker threads at once."""
+
+    name: str
+    model_id: str
+    revision: str
+    capabilities: Capabilities
+
+    def resolve(self, options: RecognitionOptions, namespace: str = "") -> Profile:
+        """Validate `options` against the capabilities and return the profile they produce."""
+        caps = self.capabilities
+        language = caps.default_language
+        if options.language is not None and options.language.strip().lower() not in ("", "auto"):
+            wanted = _LANGUAGE_ALIASES.get(options.language.strip().lower(), options.language.strip().lower())
+            if wanted not in caps.languages:
+                raise EngineOptionError(
+                    f"language {options.language!r} is not supported by engine {self.name!r}; "
+                    f"it supports: {', '.join(caps.languages)} (or 'auto')"
+                )
+            language = wanted
+        use_itn = caps.default_itn if options.use_itn is None else options.use_itn
+        if use_itn not in caps.itn:
+            supported = " or ".join(f"use_itn={str(v).lower()}" for v in caps.itn)
+            raise EngineOptionError(f"engine {self.name!r} does not support use_itn={str(use_itn).lower()}; send {supported}")
+        if options.hotwords and not caps.hotwords:
+            raise EngineOptionError(f"engine {self.name!r} does not support hotwords; leave 'hotwords' empty")
+        if options.prompt and not caps.prompt:
+            raise EngineOptionError(f"engine {self.name!r} does not support a prompt; leave 'prompt' empty")
+        return Profile(
+            engine=self.name,
+            model=self.model_id,
+            revision=self.revision,
+            language=language,
+            use_itn=use_itn,
+            hotwords=tuple(options.hotwords),
+            prompt=options.prompt,
+            namespace=namespace,
+        )
+
+    def worker_spec(self) -> tuple | None:
+        """How to rebuild this engine in a worker process, as (factory, args); None to run it
+        in threads. Engines that hold the GIL while they work must return a spec."""
+        return None
+
+    @abstractmethod
+    def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
+        """Transcribe 16 kHz mono float32 PCM under `profile` (as returned by `resolve`)."""
+
+    def close(self) -> None:
+        """Release models and threads."""

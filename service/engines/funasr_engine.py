@@ -1,0 +1,596 @@
+"""The FunASR engine: SenseVoiceSmall, Paraformer or Fun-ASR-Nano from a local model directory.
+
+Weights are never downloaded here. `model` must name a local directory (config.yaml, model.pt
+and the token files the config names), or a model id that is already in the local ModelScope or
+Hugging Face cache; anything else is refused at once with what to do, before torch is imported.
+funasr's `AutoModel` is only ever given directory paths, and the hub clients are put in offline
+mode, so a missing file fails fast instead of waiting on the network.
+
+What the engine can honour depends on the model family, read from config.yaml's `model` class
+(see `FAMILIES`): an option the family cannot honour is refused, never silently ignored.
+
+One `AutoModel` is shared by all worker threads and every `generate()` holds a lock: AutoModel
+merges each call's options into its own shared kwargs, and the hotword-capable Paraformers keep
+the current hotword list on the model object, so two concurrent calls could decode under each
+other's options. Torch already spreads one call over the cores (intra-op threads), so one
+worker per engine is the right pool size (`recommended_workers`); a model per thread would
+multiply memory (about 1 GB for SenseVoiceSmall, 2 GB or more for Fun-ASR-Nano) for no gain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.engines.base import (
+    Capabilities,
+    Engine,
+    EngineFailure,
+    EngineOptionError,
+    EngineUnavailable,
+    RecognitionOptions,
+    Transcript,
+)
+from service.profile import Profile
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "the funasr engine needs: pip install torch==2.13.0 'earmark[funasr]'"
+WEIGHTS_HINT = (
+    "download the model on a machine with access to its hub (for example "
+    "`modelscope download --model iic/SenseVoiceSmall --local_dir /models/SenseVoiceSmall`), copy "
+    "the directory here, and point earmark at it with --funasr-model /models/SenseVoiceSmall "
+    "or EARMARK_FUNASR_MODEL=/models/SenseVoiceSmall"
+)
+
+# Hub clients must not reach out: the only loads here are of local paths, and a relative name
+# that slipped through (say a Fun-ASR-Nano LLM folder missing from the directory) must fail at
+# once rather than be fetched. Set before funasr (and so huggingface_hub) is first imported.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+# Config keys whose values name files or folders inside the model directory.
+_FILE_KEYS = ("token_list", "bpemodel", "seg_dict", "cmvn_file", "init_param_path")
+# Names funasr itself looks for in a model directory when the config's own path is stale.
+_FALLBACK_NAMES = {"token_list": ("tokens.txt", "tokens.json"), "bpemodel": ("bpe.model",), "cmvn_file": ("am.mvn",)}
+
+_TAG = re.compile(r"<\|[^|<>]*\|>")
+_SENSEVOICE_LANGUAGE_TAGS = {"zh", "en", "yue", "ja", "ko"}
+# Fun-ASR-Nano is prompted in Chinese: "语音转写成中文" = "transcribe into Chinese".
+_NANO_LANGUAGE_NAMES = {"zh": "中文", "en": "英文", "ja": "日文"}
+_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
+_DIGEST_EDGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one family of FunASR models can honour, chosen conservatively."""
+
+    name: str
+    languages: tuple[str, ...]
+    default_language: str
+    itn: tuple[bool, ...]
+    default_itn: bool
+    hotwords: bool
+
+
+# config.yaml `model:` class -> family. SenseVoiceSmall: five languages with language ID, ITN
+# switchable (`use_itn`), no biasing. Paraformer: one language (from the model's name: the
+# paraformer-en checkpoints say "en"), no ITN; only the SeACo and contextual variants take
+# hotwords. Fun-ASR-Nano: Chinese, English and Japanese (the MLT checkpoint knows more, but
+# these are the ones its prompt is documented for), ITN switchable, hotwords in its prompt.
+FAMILIES = {
+    "SenseVoiceSmall": Family("sensevoice", ("zh", "en", "yue", "ja", "ko"), "auto", (True, False), True, False),
+    "Paraformer": Family("paraformer", ("zh",), "zh", (False,), False, False),
+    "BiCifParaformer": Family("paraformer", ("zh",), "zh", (False,), False, False),
+    "SeacoParaformer": Family("paraformer", ("zh",), "zh", (False,), False, True),
+    "ContextualParaformer": Family("paraformer", ("zh",), "zh", (False,), False, True),
+    "FunASRNano": Family("fun-asr-nano", ("zh", "en", "ja"), "auto", (True, False), True, True),
+}
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A validated local FunASR model directory and what AutoModel should be told about it."""
+
+    path: Path
+    model_id: str
+    model_class: str
+    config: dict
+    # Config entries (section, key) -> absolute path, passed to AutoModel as overrides so that
+    # loading never depends on the working directory or on paths from the training machine.
+    files: dict
+    weights: Path
+
+    def overrides(self) -> dict:
+        """AutoModel keyword arguments that pin every file to this directory."""
+        kwargs: dict = {"init_param": str(self.weights)}
+        for (section, key), path in self.files.items():
+            if section is None:
+                kwargs[key] = str(path)
+            else:
+                kwargs.setdefault(section, {})[key] = str(path)
+        return kwargs
+
+    def digest_parts(self) -> list[str]:
+        """Content fingerprints of everything in the directory that shapes a transcript."""
+        parts = [f"class={self.model_class}", f"weights={_file_fingerprint(self.weights)}"]
+        for name in ("config.yaml", "configuration.json"):
+            if (self.path / name).is_file():
+                parts.append(f"{name}={_file_fingerprint(self.path / name)}")
+        for (section, key), path in sorted(self.files.items(), key=lambda item: str(item[0])):
+            parts.append(f"{section}.{key}={_path_fingerprint(path)}")
+        return parts
+
+
+class FunASREngine(Engine):
+    """Recognition with a FunASR model loaded from a local directory."""
+
+    name = "funasr"
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        *,
+        vad_model: str = "",
+        punc_model: str = "",
+        threads: int | None = None,
+    ) -> None:
+        """Validate the directories, then load them through `funasr.AutoModel`.
+
+        `model`: the ASR model directory (or an id already in the local hub cache). `vad_model`
+        (an fsmn-vad directory) cuts long audio into utterances; `punc_model` (a ct-punc
+        directory) adds punctuation to Paraformer output. `threads`: torch CPU threads (default:
+        the cores this process may use). Raises `EngineUnavailable` saying what to do.
+        """
+        _go_offline()
+        if not _DEVICE.match(device or ""):
+            raise EngineUnavailable(f"device {device!r} is not one torch knows; use cpu, cuda, cuda:N or mps")
+        asr = locate_model_dir(model, option="--funasr-model / EARMARK_FUNASR_MODEL")
+        family = FAMILIES.get(asr.model_class)
+        if family is None:
+            raise EngineUnavailable(
+                f"{asr.path / 'config.yaml'} names model class {asr.model_class!r}, which earmark's funasr "
+                f"engine does not support; use a SenseVoiceSmall, Paraformer or Fun-ASR-Nano directory "
+                f"(classes: {', '.join(FAMILIES)})"
+            )
+        if family.name == "paraformer":
+            language = _paraformer_language(asr)
+            family = Family(family.name, (language,), language, family.itn, family.default_itn, family.hotwords)
+        vad = locate_model_dir(vad_model, option="vad_model") if vad_model else None
+        punc = locate_model_dir(punc_model, option="punc_model") if punc_model else None
+
+        self.family = family
+        self.model_id = asr.model_id
+        self.device = device
+        self.threads = max(1, threads or _available_cores())
+        # Calls are serialised (see the module docstring), so more workers only queue.
+        self.recommended_workers = 1
+        self._lock = threading.Lock()
+
+        funasr, torch = _import_funasr()
+        _check_device(torch, device)
+        self._torch = torch
+        vad_settings = {"max_single_segment_time": 30000}
+        self._model = _load(funasr, asr, vad, punc, vad_settings, device=device, threads=self.threads)
+
+        digest = hashlib.blake2b(digest_size=6)
+        for part in [f"funasr={_installed_version('funasr')}", *asr.digest_parts()]:
+            digest.update(part.encode() + b"\n")
+        for label, extra in (("vad", vad), ("punc", punc)):
+            if extra is not None:
+                digest.update(f"{label}:{extra.model_id}\n".encode())
+                for part in extra.digest_parts():
+                    digest.update(part.encode() + b"\n")
+        if vad is not None:
+            digest.update(json.dumps(vad_settings, sort_keys=True).encode())
+        self.revision = digest.hexdigest()
+        self.capabilities = Capabilities(
+            languages=family.languages,
+            default_language=family.default_language,
+            itn=family.itn,
+            default_itn=family.default_itn,
+            hotwords=family.hotwords,
+            prompt=False,
+            extra={
+                "family": family.name,
+                "model_class": asr.model_class,
+                "model_dir": str(asr.path),
+                "vad_model": vad.model_id if vad else "",
+                "punc_model": punc.model_id if punc else "",
+                "device": device,
+            },
+        )
+
+    def resolve(self, options: RecognitionOptions, namespace: str = "") -> Profile:
+        """The base checks, plus hotwords the family's decoder can take as given."""
+        profile = super().resolve(options, namespace)
+        for hotword in profile.hotwords:
+            if not hotword.strip():
+                raise EngineOptionError("hotwords must not be empty strings")
+            if self.family.name == "paraformer":
+                # Paraformer splits its hotword string on whitespace, and reads a string that
+                # looks like a .txt path or an http URL as a file to open or fetch.
+                if any(ch.isspace() for ch in hotword):
+                    raise EngineOptionError(
+                        f"hotword {hotword!r} contains whitespace; engine 'funasr' with a Paraformer model "
+                        f"takes each hotword as one word (send 'New' and 'York' separately)"
+                    )
+                if hotword.lower().startswith("http") or hotword.lower().endswith(".txt"):
+                    raise EngineOptionError(f"hotword {hotword!r} looks like a URL or file name; send words only")
+            elif "\n" in hotword or "\r" in hotword:
+                raise EngineOptionError(f"hotword {hotword!r} contains a line break; send one word or phrase each")
+        return profile
+
+    def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
+        """Run `generate()` on the PCM with the profile's options and clean the text."""
+        pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
+        if pcm.size < 400:  # shorter than one 25 ms fbank frame: nothing a model can hear
+            return Transcript(text="", normalized_text="", language=profile.language)
+        options = self._generate_options(profile)
+        model = self._model
+        if model is None:
+            raise EngineUnavailable("the funasr engine has been closed")
+        with self._lock:
+            try:
+                results = model.generate(input=pcm, **options)
+            except Exception as exc:
+                raise EngineFailure(f"funasr {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
+        raw = " ".join(str(result.get("text", "")) for result in results or [] if isinstance(result, dict))
+        text = clean_text(raw)
+        return Transcript(text=text, normalized_text=normalize_text(text), language=self._language(raw, text, profile))
+
+    def close(self) -> None:
+        """Drop the model and give its memory back."""
+        with self._lock:
+            self._model = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
+    def _generate_options(self, profile: Profile) -> dict:
+        if self.family.name == "sensevoice":
+            return {"language": profile.language, "use_itn": profile.use_itn}
+        if self.family.name == "fun-asr-nano":
+            return {
+                "language": _NANO_LANGUAGE_NAMES.get(profile.language),
+                "itn": profile.use_itn,
+                "hotwords": list(profile.hotwords),
+            }
+        if self.family.hotwords:
+            return {"hotword": " ".join(profile.hotwords) if profile.hotwords else None}
+        return {}
+
+    def _language(self, raw: str, text: str, profile: Profile) -> str:
+        if profile.language != "auto":
+            return profile.language
+        for tag in _TAG.findall(raw):
+            if tag[2:-2] in _SENSEVOICE_LANGUAGE_TAGS:
+                return tag[2:-2]
+        guess = _script_language(text)
+        return guess if guess in self.capabilities.languages else "auto"
+
+
+def locate_model_dir(model: str, *, option: str) -> ModelDir:
+    """Find and check a local FunASR model directory; raise `EngineUnavailable` saying what to do.
+
+    `model` is a directory path, or a hub model id (or funasr alias such as `paraformer-zh`)
+    whose download is already in the local ModelScope or Hugging Face cache. Nothing is fetched.
+    """
+    model = (model or "").strip()
+    if not model:
+        raise EngineUnavailable(f"the funasr engine needs a local model directory and none was given; {WEIGHTS_HINT}")
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        if path.exists():
+            raise EngineUnavailable(f"{option}: {model} is a file, not a model directory; {WEIGHTS_HINT}")
+        cached = None if _looks_like_path(model) else _cached_model_dir(model)
+        if cached is None:
+            raise EngineUnavailable(
+                f"{option}: no FunASR model directory at {model}"
+                + ("" if _looks_like_path(model) else " and no cached download of a model with that id")
+                + f"; nothing is downloaded at run time: {WEIGHTS_HINT}"
+            )
+        path = cached
+    path = path.resolve()
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise EngineUnavailable(f"{option}: {path} has no config.yaml, so it is not a FunASR model directory; {WEIGHTS_HINT}")
+    try:
+        import yaml  # PyYAML: a dependency of funasr
+    except ImportError as exc:
+        raise EngineUnavailable(INSTALL_HINT) from exc
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EngineUnavailable(f"{option}: cannot read {config_path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise EngineUnavailable(f"{option}: {config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
+        raise EngineUnavailable(f"{option}: {config_path} does not name a model class (its `model:` key); is it a FunASR config?")
+    metas = _file_path_metas(path)
+    weights = path / (metas.get((None, "init_param")) or "model.pt")
+    if not weights.is_file() or weights.stat().st_size == 0:
+        raise EngineUnavailable(f"{option}: {path} has no weights file {weights.name} (config.yaml is there); {WEIGHTS_HINT}")
+    files = {}
+    for section, key, value in _file_entries(config):
+        found = _find_file(path, section, key, value, metas)
+        if found is None:
+            where = f"{section}.{key}" if section else key
+            raise EngineUnavailable(
+                f"{option}: {path} lacks {value!r}, which config.yaml names as {where}; copy the whole "
+                f"model directory, not only model.pt and config.yaml ({WEIGHTS_HINT})"
+            )
+        files[(section, key)] = found
+    return ModelDir(
+        path=path,
+        model_id=_directory_model_id(path),
+        model_class=config["model"],
+        config=config,
+        files=files,
+        weights=weights,
+    )
+
+
+def clean_text(raw: str) -> str:
+    """Drop SenseVoice's `<|language|><|emotion|><|event|><|itn|>` tags and tidy the spacing."""
+    return re.sub(r"\s+", " ", _TAG.sub(" ", raw)).strip()
+
+
+def normalize_text(text: str) -> str:
+    """The words only, for comparing transcripts: case-folded, punctuation and symbols dropped."""
+    kept = "".join(ch if unicodedata.category(ch)[0] in "LNM" else " " for ch in text.casefold())
+    return re.sub(r"\s+", " ", kept).strip()
+
+
+def _load(funasr, asr: ModelDir, vad: ModelDir | None, punc: ModelDir | None, vad_settings: dict, *, device: str, threads: int):
+    """Build the AutoModel from directories only, with update checks and progress bars off."""
+    kwargs = {
+        "model": str(asr.path),
+        **asr.overrides(),
+        "device": device,
+        "ncpu": threads,
+        "disable_update": True,
+        "disable_pbar": True,
+        "disable_log": True,
+        # A shape mismatch between model.pt and config.yaml must fail, not load random weights.
+        "ignore_init_mismatch": False,
+        # AutoModel calls logging.basicConfig(level=...): keep whatever level the service set.
+        "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+    }
+    if vad is not None:
+        kwargs["vad_model"] = str(vad.path)
+        kwargs["vad_kwargs"] = {**vad.overrides(), **vad_settings}
+    if punc is not None:
+        kwargs["punc_model"] = str(punc.path)
+        kwargs["punc_kwargs"] = punc.overrides()
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # funasr prints its version and key warnings
+            model = funasr.AutoModel(**kwargs)
+    except Exception as exc:
+        raise EngineUnavailable(
+            f"could not load the FunASR model in {asr.path}: {type(exc).__name__}: {exc} "
+            f"(check that model.pt, config.yaml and the token files come from the same download)"
+        ) from exc
+    finally:
+        if printed.getvalue().strip():
+            log.debug("funasr: %s", printed.getvalue().strip())
+    _check_weights_loaded(model.model, asr)
+    return model
+
+
+def _check_weights_loaded(module, asr: ModelDir) -> None:
+    """Refuse a model.pt that covers under half of the model: funasr would keep random weights."""
+    try:
+        import torch
+
+        state = torch.load(asr.weights, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # an old pickle format: funasr loaded it; skip the cross-check
+        log.debug("could not memory-map %s to cross-check its keys: %s", asr.weights, exc)
+        return
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    stored = {key.removeprefix("module.") for key in state}
+    wanted = list(module.state_dict())
+    missing = [key for key in wanted if key not in stored]
+    if wanted and len(missing) * 2 > len(wanted):
+        raise EngineUnavailable(
+            f"{asr.weights} holds only {len(wanted) - len(missing)} of the {len(wanted)} tensors that "
+            f"{asr.model_class} from config.yaml needs (missing e.g. {missing[0]}): the weights do not belong to this config"
+        )
+    if missing:
+        log.warning("%s lacks %d of %d tensors (e.g. %s); they keep their initial values", asr.weights, len(missing), len(wanted), missing[0])
+
+
+def _go_offline() -> None:
+    for key, value in _OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def _import_funasr():
+    _go_offline()
+    try:
+        import torch
+        import funasr
+    except (ImportError, OSError) as exc:
+        raise EngineUnavailable(INSTALL_HINT) from exc
+    return funasr, torch
+
+
+def _check_device(torch, device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineUnavailable(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise EngineUnavailable("device 'mps' asked for, but torch has no MPS backend here; use --device cpu")
+
+
+def _file_entries(config: dict):
+    """(section, key, value) for each config entry that names a file, top level or one deep."""
+    for key in _FILE_KEYS:
+        if isinstance(config.get(key), str):
+            yield None, key, config[key]
+    for section, value in config.items():
+        if isinstance(value, dict):
+            for key in _FILE_KEYS:
+                if isinstance(value.get(key), str) and value[key].strip():
+                    yield section, key, value[key]
+
+
+def _file_path_metas(path: Path) -> dict:
+    """configuration.json's `file_path_metas` flattened to (section, key) -> relative name."""
+    try:
+        metas = json.loads((path / "configuration.json").read_text(encoding="utf-8")).get("file_path_metas", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    flat = {}
+    for key, value in (metas or {}).items():
+        if isinstance(value, str):
+            flat[(None, key)] = value
+        elif isinstance(value, dict):
+            flat.update({(key, k): v for k, v in value.items() if isinstance(v, str)})
+    return flat
+
+
+def _find_file(path: Path, section, key: str, value: str, metas: dict) -> Path | None:
+    """Where `value` is: the directory's own copy first, as funasr itself prefers."""
+    candidates = []
+    if (section, key) in metas:
+        candidates.append(path / metas[(section, key)])
+    candidates += [path / value, path / Path(value).name]
+    candidates += [path / name for name in _FALLBACK_NAMES.get(key, ())]
+    candidates.append(Path(value).expanduser())
+    for candidate in candidates:
+        if candidate.is_absolute() and candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or os.sep + os.sep in model or model.endswith(os.sep) or "\\" in model
+
+
+def _cached_model_dir(model_id: str) -> Path | None:
+    """A complete download of `model_id` in the local ModelScope or Hugging Face cache, if any."""
+    names = [model_id]
+    aliases = _hub_aliases()
+    names += [aliases[kind][model_id] for kind in aliases if model_id in aliases[kind]]
+    ms_root = Path(os.environ.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope" / "hub").expanduser()
+    hf_root = Path(
+        os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    ).expanduser()
+    for name in dict.fromkeys(names):
+        for candidate in (ms_root / "models" / name, ms_root / name, ms_root / "models" / name.replace(".", "___")):
+            if (candidate / "config.yaml").is_file():
+                return candidate
+        repo = hf_root / ("models--" + name.replace("/", "--"))
+        snapshots = repo / "snapshots"
+        ref = repo / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.yaml").is_file():
+            return snapshots / ref.read_text().strip()
+        if snapshots.is_dir():
+            found = sorted((s for s in snapshots.iterdir() if (s / "config.yaml").is_file()), key=lambda s: s.stat().st_mtime)
+            if found:
+                return found[-1]
+    return None
+
+
+def _hub_aliases() -> dict:
+    """funasr's short names (paraformer-zh, fsmn-vad, ...) for hub ids; empty without funasr."""
+    _go_offline()
+    try:
+        from funasr.download.name_maps_from_hub import name_maps_hf, name_maps_ms
+    except Exception:
+        return {}
+    return {"ms": name_maps_ms, "hf": name_maps_hf}
+
+
+def _directory_model_id(path: Path) -> str:
+    """The model's name: the folder's name, or the repository's for a Hugging Face snapshot.
+
+    The same weights get the same name whether given as a path or as a cached hub id
+    (iic/SenseVoiceSmall and /models/SenseVoiceSmall are both "SenseVoiceSmall").
+    """
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
+
+
+def _paraformer_language(asr: ModelDir) -> str:
+    """Paraformer checkpoints are one language each; the English ones say so in their name."""
+    names = f"{asr.model_id} {asr.path.name}".lower()
+    return "en" if re.search(r"(^|[-_ /])en([-_ ]|$)", names) else "zh"
+
+
+def _script_language(text: str) -> str:
+    """A language guess from the writing system, for models that do not report one."""
+    counts = {"ja": 0, "ko": 0, "zh": 0, "en": 0}
+    for ch in text:
+        code = ord(ch)
+        if 0x3040 <= code <= 0x30FF:
+            counts["ja"] += 1
+        elif 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF:
+            counts["ko"] += 1
+        elif 0x3400 <= code <= 0x9FFF:
+            counts["zh"] += 1
+        elif ch.isascii() and ch.isalpha():
+            counts["en"] += 1
+    if counts["ja"]:
+        return "ja"
+    best = max(counts, key=counts.get)
+    return best if counts[best] else "auto"
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size plus a hash of the first and last MiB (the whole file when it is smaller).
+
+    Cheap for multi-GB weights, and it catches changed weights: torch.save writes a zip whose
+    central directory, at the end of the file, holds a CRC-32 of every stored tensor.
+    """
+    size = path.stat().st_size
+    digest = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as handle:
+        if size <= 2 * _DIGEST_EDGE_BYTES:
+            digest.update(handle.read())
+        else:
+            digest.update(handle.read(_DIGEST_EDGE_BYTES))
+            handle.seek(size - _DIGEST_EDGE_BYTES)
+            digest.update(handle.read(_DIGEST_EDGE_BYTES))
+    return f"{size}:{digest.hexdigest()}"
+
+
+def _path_fingerprint(path: Path) -> str:
+    if path.is_file():
+        return _file_fingerprint(path)
+    return ",".join(
+        f"{child.relative_to(path)}={_file_fingerprint(child)}" for child in sorted(path.rglob("*")) if child.is_file()
+    )
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _installed_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,64 @@
+"""The default engine: CMU PocketSphinx with the US English model its wheel ships.
+
+It needs no download, so a fresh install transcribes for real on the first request. A
+pocketsphinx `Decoder` must not be shared between threads, so each worker thread gets its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+from service.engines.base import Capabilities, Engine, EngineFailure, Transcript
+from service.profile import Profile
+
+
+class PocketSphinxEngine(Engine):
+    """US English recognition with pocketsphinx's bundled acoustic and language models."""
+
+    name = "pocketsphinx"
+    # No inverse text normalisation, hotword biasing or prompting: refuse them rather than
+    # cache a transcript under options that did not shape it.
+    capabilities = Capabilities(languages=("en",), default_language="en", itn=(False,), default_itn=False)
+
+    def __init__(self) -> None:
+        import pocketsphinx
+
+        self._pocketsphinx = pocketsphinx
+        self.model_id = "cmusphinx-en-us-5.2"
+        self.revision = _installed_version("pocketsphinx")
+        self._local = threading.local()
+
+    def _decoder(self):
+        decoder = getattr(self._local, "decoder", None)
+        if decoder is None:
+            decoder = self._pocketsphinx.Decoder(samprate=16000, loglevel="FATAL")
+            self._local.decoder = decoder
+        return decoder
+
+    def worker_spec(self) -> tuple:
+        """pocketsphinx holds the GIL while decoding, so it runs in worker processes."""
+        return (PocketSphinxEngine, ())
+
+    def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
+        """Decode the whole utterance at once and return the best hypothesis."""
+        pcm = np.round(np.clip(pcm_16k, -1.0, 1.0) * 32767.0).astype("<i2")
+        decoder = self._decoder()
+        try:
+            decoder.start_utt()
+            decoder.process_raw(pcm.tobytes(), full_utt=True)
+            decoder.end_utt()
+        except RuntimeError as exc:
+            raise EngineFailure(f"pocketsphinx failed: {exc}") from exc
+        hypothesis = decoder.hyp()
+        text = hypothesis.hypstr.strip() if hypothesis is not None else ""
+        return Transcript(text=text, normalized_text=text, language=profile.language)
+
+
+def _installed_version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

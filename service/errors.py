@@ -1,0 +1,13 @@
+"""HTTP errors with the contract's body: `{"code": <non-zero>, "msg": "<what to do>"}`."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An answer other than 200; `msg` tells the client what was wrong and what to do."""
+
+    def __init__(self, status: int, msg: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+        self.headers = headers or {}

@@ -1,0 +1,40 @@
+"""Prometheus metrics, with the names the contract fixes.
+
+Each service instance owns its registry, so several apps in one process (tests, replicas)
+do not share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """All of earmark's metrics in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("earmark_requests_total", "Requests answered, by endpoint and tier.", ["endpoint", "tier"], registry=r)
+        self.errors = Counter("earmark_errors_total", "Requests refused or failed, by endpoint and HTTP status.", ["endpoint", "status"], registry=r)
+        self.engine_seconds = Counter("earmark_engine_seconds_total", "Seconds spent running the engine.", registry=r)
+        self.engine_seconds_saved = Counter(
+            "earmark_engine_seconds_saved_total", "Engine seconds avoided by cache hits (the original run's time).", registry=r
+        )
+        self.engine_runs = Counter("earmark_engine_runs_total", "Engine runs (one per miss that reached the engine).", registry=r)
+        self.engine_queue = Gauge("earmark_engine_queue_depth", "Requests waiting for or running on the engine.", registry=r)
+        self.lookup_seconds = Histogram(
+            "earmark_lookup_seconds", "Time spent per lookup stage.", ["stage"], buckets=_LOOKUP_BUCKETS, registry=r
+        )
+        self.index_entries = Gauge("earmark_index_entries", "Entries in this replica's vector index.", registry=r)
+        self.store_errors = Counter("earmark_store_errors_total", "Store calls that failed (connection, timeout).", registry=r)
+        self.store_up = Gauge("earmark_store_up", "1 while the store is reachable, 0 during an outage.", registry=r)
+        self.single_flight_waits = Counter(
+            "earmark_single_flight_waits_total", "Misses that waited for another request's engine run instead of running it.", ["scope"], registry=r
+        )
+        self.fuzzy_candidates = Counter("earmark_fuzzy_candidates_total", "Fuzzy candidates examined.", registry=r)
+        self.fuzzy_accepted = Counter("earmark_fuzzy_accepted_total", "Fuzzy candidates accepted after verification.", registry=r)
+        self.fuzzy_rejected = Counter("earmark_fuzzy_rejected_total", "Fuzzy candidates rejected, by reason.", ["reason"], registry=r)
+        self.store_up.set(1)

@@ -1,0 +1,269 @@
+"""The lookup pipeline: exact bytes, canonical PCM, then perceptual match; else the engine.
+
+`recognize` may run the engine and write the result; `lookup` answers what `recognize` would do
+now, with its evidence, and never runs the engine or writes. When the store is unreachable both
+carry on without it (tier `bypass`): the cache must never turn into an outage.
+
+A miss is run once however many requests ask for the same new audio at the same moment: requests
+in this process share one future, and processes sharing the store take a lock with an expiry
+(renewed while the engine runs) and the others wait for the entry to appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+
+from fingerprint.canonical import bytes_digest, pcm_digest
+from fingerprint.decode import DecodedAudio, decode_audio
+from fingerprint.speech import has_sound, speech_extent
+from index.breaker import StoreUnavailable
+from index.entry import Entry, make_entry_id
+from index.store import Store
+from service.config import Settings
+from service.engine_pool import EnginePool
+from service.metrics import Metrics
+from service.profile import Profile
+
+log = logging.getLogger(__name__)
+
+LOCK_POLL_S = 0.05
+
+
+@dataclass
+class Outcome:
+    """How a request was (or would be) answered, and with what."""
+
+    tier: str
+    entry: Entry | None = None
+    result: dict | None = None
+    score: float | None = None
+    candidates: list[dict] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+
+    def cache_info(self, *, with_candidates: bool = False) -> dict:
+        """The contract's `cache` object."""
+        info = {
+            "tier": self.tier,
+            "entry": self.entry.entry_id if self.entry is not None else None,
+            "score": None if self.score is None else round(self.score, 4),
+            "elapsed_ms": round(self.elapsed_ms, 2),
+        }
+        if with_candidates:
+            info["candidates"] = self.candidates
+        return info
+
+
+class RecognitionCache:
+    """Answers recognition requests from the store when it can, from the engine when not."""
+
+    def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.metrics = metrics
+        self.fuzzy = fuzzy
+        # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
+        self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
+
+    async def recognize(self, data: bytes, profile: Profile) -> Outcome:
+        """Answer from cache or run the engine, writing a new entry on a miss."""
+        return await self._answer(data, profile, write=True)
+
+    async def lookup(self, data: bytes, profile: Profile) -> Outcome:
+        """What `recognize` would answer now, without running the engine or writing."""
+        return await self._answer(data, profile, write=False)
+
+    async def _answer(self, data: bytes, profile: Profile, *, write: bool) -> Outcome:
+        started = time.perf_counter()
+        upload_digest = bytes_digest(data)
+        keys = self.store.keys
+        store_ok = self.store.up
+
+        if store_ok:
+            with self._stage("exact"):
+                entry, store_ok = await self._try_store(
+                    lambda: self.store.entry_by_alias(keys.exact(profile.digest, upload_digest))
+                )
+            if entry is not None:
+                return self._hit("exact", entry, started, write=write)
+
+        with self._stage("decode"):
+            decoded = await asyncio.to_thread(decode_audio, data, self.settings.max_duration_s)
+        audio_digest = pcm_digest(decoded.pcm_16k)
+
+        candidates: list[dict] = []
+        if store_ok:
+            with self._stage("canonical"):
+                entry, store_ok = await self._try_store(
+                    lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
+                )
+            if entry is not None:
+                return await self._hit_and_alias("canonical", entry, upload_digest, started, write=write)
+        if store_ok and self.fuzzy is not None:
+            with self._stage("fuzzy"):
+                match, store_ok = await self._try_store(lambda: self.fuzzy.match(decoded, profile))
+            if match is not None:
+                candidates = match.candidates
+                if match.entry is not None:
+                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, started, write=write)
+                    outcome.score, outcome.candidates = match.score, candidates
+                    return outcome
+
+        if not write:
+            tier = "miss" if store_ok else "bypass"
+            return Outcome(tier=tier, candidates=candidates, elapsed_ms=_ms_since(started))
+        outcome = await self._single_flight(decoded, audio_digest, upload_digest, profile, store_ok)
+        outcome.candidates = candidates
+        outcome.elapsed_ms = _ms_since(started)
+        return outcome
+
+    async def _single_flight(
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+    ) -> Outcome:
+        """Run the miss once per (profile, audio) in this process; later callers share it."""
+        flight_key = (profile.digest, audio_digest)
+        flight = self._flights.get(flight_key)
+        if flight is not None:
+            leader_digest, leader = flight
+            self.metrics.single_flight_waits.labels(scope="process").inc()
+            shared: Outcome = await asyncio.shield(leader)
+            if shared.entry is None:
+                return Outcome(tier=shared.tier, result=shared.result)
+            tier = "exact" if leader_digest == upload_digest else "canonical"
+            return await self._hit_and_alias(tier, shared.entry, upload_digest, time.perf_counter(), write=True)
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._flights[flight_key] = (upload_digest, future)
+        try:
+            outcome = await self._miss(decoded, audio_digest, upload_digest, profile, store_ok)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            self._flights.pop(flight_key, None)
+        future.set_result(outcome)
+        return outcome
+
+    async def _miss(
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+    ) -> Outcome:
+        """Take the cross-process lock (or wait for its holder's entry), then run and store."""
+        lock_key = self.store.keys.lock(profile.digest, audio_digest)
+        canonical_key = self.store.keys.canonical(profile.digest, audio_digest)
+        token = None
+        while store_ok:
+            token, store_ok = await self._try_store(lambda: self.store.acquire_lock(lock_key, self.settings.lock_ttl_ms))
+            if token is not None or not store_ok:
+                break
+            self.metrics.single_flight_waits.labels(scope="store").inc()
+            entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
+            if entry is not None:
+                return await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+        renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
+        try:
+            if token is not None:
+                # The previous holder may have finished between our lookup and our lock.
+                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+                if entry is not None:
+                    return await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                await self._try_store(lambda: self.store.release_lock(lock_key, token))
+
+    async def _wait_for_holder(self, lock_key: str, canonical_key: str) -> tuple[Entry | None, bool]:
+        """Poll until the lock holder's entry appears, or the lock vanishes without one."""
+        while True:
+            await asyncio.sleep(LOCK_POLL_S)
+            entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+            if entry is not None or not store_ok:
+                return entry, store_ok
+            held, store_ok = await self._try_store(lambda: self.store.lock_held(lock_key))
+            if not held or not store_ok:
+                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+                return entry, store_ok
+
+    async def _renew_lock(self, lock_key: str, token: str) -> None:
+        interval = self.settings.lock_ttl_ms / 3000.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.extend_lock(lock_key, token, self.settings.lock_ttl_ms)
+            except StoreUnavailable:
+                return
+
+    async def _run_and_store(
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+    ) -> Outcome:
+        """Run the engine (unless there is nothing to hear) and write the new entry."""
+        pcm = decoded.pcm_16k
+        if has_sound(pcm):
+            with self._stage("engine"):
+                transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
+            text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
+        else:
+            text, normalized, language, engine_seconds = "", "", profile.language, 0.0
+        negative = not text.strip()
+        entry = Entry(
+            entry_id=make_entry_id(profile.digest, audio_digest),
+            profile_id=profile.digest,
+            pcm_digest=audio_digest,
+            text=text,
+            normalized_text=normalized,
+            language=language,
+            duration_s=decoded.duration_s,
+            speech_s=speech_extent(pcm).duration_s,
+            engine_seconds=engine_seconds,
+            negative=negative,
+            engine=profile.engine,
+        )
+        if not store_ok:
+            return Outcome(tier="bypass", result=entry.result())
+        if self.fuzzy is not None and not negative:
+            with self._stage("fingerprint"):
+                entry = await asyncio.to_thread(self.fuzzy.attach_features, entry, pcm)
+        ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
+        stored, store_ok = await self._try_store(
+            lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
+        )
+        if not store_ok:
+            return Outcome(tier="bypass", result=entry.result())
+        return Outcome(tier="miss", entry=stored, result=stored.result())
+
+    def _hit(self, tier: str, entry: Entry, started: float, *, write: bool) -> Outcome:
+        if entry.negative:
+            tier = "negative"
+        if write:
+            self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
+        return Outcome(tier=tier, entry=entry, result=entry.result(), elapsed_ms=_ms_since(started))
+
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool) -> Outcome:
+        """A hit by audio rather than bytes: remember these bytes so the next one is `exact`."""
+        if write and tier != "exact":
+            seen_before, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest))
+            if seen_before:
+                tier = "exact"
+        return self._hit(tier, entry, started, write=write)
+
+    async def _try_store(self, call: Callable[[], Awaitable]) -> tuple[object, bool]:
+        """Run a store call; on an outage return (None, False) instead of raising."""
+        try:
+            return await call(), True
+        except StoreUnavailable:
+            return None, False
+
+    def _stage(self, stage: str):
+        return self.metrics.lookup_seconds.labels(stage=stage).time()
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+

@@ -1,0 +1,115 @@
+"""Decoding, sniffing and the canonical hash, on real encoded files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+
+from fingerprint.canonical import bytes_digest, pcm_digest
+from fingerprint.decode import (
+    SAMPLE_RATE,
+    AudioTooLongError,
+    EmptyAudioError,
+    NotAudioError,
+    UndecodableAudioError,
+    decode_audio,
+)
+from fingerprint.sniff import sniff_format
+from fingerprint.speech import has_sound, speech_extent
+from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav, wav_with_extra_chunk
+
+HOUR = 3600.0
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return fixture_bytes("recorded.wav")
+
+
+@pytest.fixture(scope="module")
+def samples(wav):
+    return read_pcm(wav)
+
+
+def test_decodes_to_16k_mono_float(wav):
+    decoded = decode_audio(wav, HOUR)
+    assert decoded.pcm_16k.dtype == np.float32
+    assert decoded.source_rate == 22050
+    assert decoded.duration_s == pytest.approx(len(read_pcm(wav)[0]) / 22050, abs=0.01)
+    assert 0.05 < float(np.abs(decoded.pcm_16k).max()) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "fmt,codec,label",
+    [("flac", "flac", "flac"), ("mp3", "libmp3lame", "mp3"), ("ipod", "aac", "mp4"), ("ogg", "libopus", "ogg"),
+     ("aiff", "pcm_s16be", "aiff"), ("wav", "pcm_mulaw", "wav")],
+)
+def test_sniffs_and_decodes_real_encodings(samples, fmt, codec, label):
+    pcm, rate = samples
+    if codec == "libopus":  # Opus only runs at 48 kHz (and a few lower rates)
+        pcm, rate = soxr.resample(pcm, rate, 48000).astype(np.int16), 48000
+    data = encode(pcm, rate, fmt=fmt, codec=codec, bitrate=64000 if codec not in ("flac", "pcm_s16be") else None)
+    assert sniff_format(data) == label
+    decoded = decode_audio(data, HOUR)
+    assert decoded.duration_s == pytest.approx(len(pcm) / rate, abs=0.1)
+
+
+def test_same_pcm_in_other_containers_has_the_same_canonical_digest(wav, samples):
+    reference = pcm_digest(decode_audio(wav, HOUR).pcm_16k)
+    flac = encode(*samples, fmt="flac", codec="flac")
+    tagged = wav_with_extra_chunk(wav)
+    assert bytes_digest(tagged) != bytes_digest(wav)
+    assert pcm_digest(decode_audio(flac, HOUR).pcm_16k) == reference
+    assert pcm_digest(decode_audio(tagged, HOUR).pcm_16k) == reference
+
+
+def test_mp3_with_changed_tags_has_the_same_canonical_digest(samples):
+    first = encode(*samples, fmt="mp3", codec="libmp3lame", bitrate=64000, metadata={"title": "first"})
+    second = encode(*samples, fmt="mp3", codec="libmp3lame", bitrate=64000, metadata={"title": "a different title"})
+    assert first != second
+    assert pcm_digest(decode_audio(first, HOUR).pcm_16k) == pcm_digest(decode_audio(second, HOUR).pcm_16k)
+
+
+def test_lossy_copy_has_another_canonical_digest(wav, samples):
+    mp3 = encode(*samples, fmt="mp3", codec="libmp3lame", bitrate=64000)
+    assert pcm_digest(decode_audio(mp3, HOUR).pcm_16k) != pcm_digest(decode_audio(wav, HOUR).pcm_16k)
+
+
+def test_empty_upload_is_refused():
+    with pytest.raises(EmptyAudioError):
+        decode_audio(b"", HOUR)
+
+
+@pytest.mark.parametrize("data", [b"hello, this is a text file\n" * 50, bytes(range(256)) * 40, b"%PDF-1.7\n" + b"x" * 2000])
+def test_non_audio_is_refused_as_not_audio(data):
+    with pytest.raises(NotAudioError):
+        decode_audio(data, HOUR)
+
+
+def test_truncated_header_is_undecodable(wav):
+    with pytest.raises((UndecodableAudioError, EmptyAudioError)):
+        decode_audio(wav[:30], HOUR)
+
+
+def test_garbage_after_an_mp3_sync_word_is_undecodable():
+    rng = np.random.default_rng(7)
+    data = b"\xff\xfb\x90\x64" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    with pytest.raises((UndecodableAudioError, EmptyAudioError)):
+        decode_audio(data, HOUR)
+
+
+def test_declared_duration_over_the_limit_is_refused_before_decoding(wav):
+    with pytest.raises(AudioTooLongError, match="limit"):
+        decode_audio(wav, max_duration_s=1.0)
+
+
+def test_silence_has_no_sound_and_speech_does(wav):
+    silence = decode_audio(silence_wav(2.0), HOUR).pcm_16k
+    assert not has_sound(silence)
+    assert speech_extent(silence).duration_s == 0.0
+    speech = decode_audio(wav, HOUR).pcm_16k
+    assert has_sound(speech)
+    padded = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech])
+    assert speech_extent(padded).start_s == pytest.approx(1.0 + speech_extent(speech).start_s, abs=0.03)
+    assert speech_extent(padded).duration_s == pytest.approx(speech_extent(speech).duration_s, abs=0.03)

@@ -1,0 +1,64 @@
+"""The store killed mid-test: every request still answers (bypass), then caching resumes."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from starlette.testclient import TestClient
+
+from index.embedded import EmbeddedServer
+from service.app import create_app
+from service.config import Settings
+from tests.audio_tools import fixture_bytes
+
+
+def post(client, data: bytes):
+    return client.post("/recognize", files={"file": ("a.wav", data, "application/octet-stream")})
+
+
+def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):
+    server = EmbeddedServer(tmp_path / "data")
+    server.start()
+    settings = Settings(redis_url=server.url, key_prefix=f"earmark-outage-{uuid.uuid4().hex[:6]}:")
+    recorded, weather = fixture_bytes("recorded.wav"), fixture_bytes("weather.wav")
+    try:
+        with TestClient(create_app(settings, engine=engine)) as client:
+            assert post(client, recorded).json()["cache"]["tier"] == "miss"
+
+            server.kill()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                answers = [post(client, weather) for _ in range(3)]
+            for answer in answers:
+                assert answer.status_code == 200
+                body = answer.json()
+                assert body["cache"]["tier"] == "bypass" and body["cache"]["entry"] is None
+                assert body["result"]["text"]
+            assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
+            assert client.get("/health").json()["store"] == "down"
+            metrics = client.get("/metrics").text
+            assert "earmark_store_up 0.0" in metrics
+            errors = [line for line in metrics.splitlines() if line.startswith("earmark_store_errors_total ")]
+            assert float(errors[0].split()[1]) <= 2  # the breaker stops per-request connect attempts
+
+            server.start()
+            restarted = time.monotonic()
+            while client.get("/health").json()["store"] != "up":
+                assert time.monotonic() - restarted < 10, "caching did not resume within 10 s"
+                time.sleep(0.2)
+            assert post(client, weather).json()["cache"]["tier"] == "miss"
+            assert post(client, weather).json()["cache"]["tier"] == "exact"
+            assert "earmark_store_up 1.0" in client.get("/metrics").text
+    finally:
+        server.stop()
+
+
+def test_store_down_at_start_up_still_serves(engine):
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", key_prefix="earmark-nostore:")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        answer = post(client, fixture_bytes("recorded.wav"))
+        assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "bypass"
+        lookup = client.post("/lookup", files={"file": ("a.wav", fixture_bytes("recorded.wav"), "application/octet-stream")})
+        assert lookup.json()["cache"]["tier"] == "bypass"
