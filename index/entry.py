@@ -31,6 +31,7 @@ class Entry:
     engine: str = ""
     # Perceptual evidence for the fuzzy tier; empty until that tier computes them.
     fingerprint: bytes = b""
+    fingerprint_levels: bytes = b""
     embedding: bytes = b""
     fingerprint_version: str = ""
 
@@ -61,6 +62,7 @@ class Entry:
             "expires_at_ms": str(self.expires_at_ms),
             "engine": self.engine,
             "fp": self.fingerprint,
+            "fpl": self.fingerprint_levels,
             "emb": self.embedding,
             "fp_version": self.fingerprint_version,
         }
@@ -91,6 +93,7 @@ class Entry:
             expires_at_ms=int(number("expires_at_ms")),
             engine=text("engine"),
             fingerprint=fields.get(b"fp", b""),
+            fingerprint_levels=fields.get(b"fpl", b""),
             embedding=fields.get(b"emb", b""),
             fingerprint_version=text("fp_version"),
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -19,16 +21,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
 from fingerprint.decode import AudioError
+from fingerprint.embedding import EMBEDDING_DIM
 from index.breaker import StoreUnavailable
 from index.connection import open_client
 from index.keys import Keys
+from index.replica import IndexReplica
 from index.store import Store
+from index.vectors import VectorIndex
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import create_engine
 from service.errors import ApiError
+from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
 from service.openai_compat import transcription_response
 from service.pipeline import Outcome, RecognitionCache
@@ -50,6 +57,8 @@ class Services:
     engine: Engine
     pool: EnginePool
     cache: RecognitionCache
+    vectors: VectorIndex
+    replica: IndexReplica
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -68,15 +77,21 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         )
         chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
         pool = EnginePool(chosen, metrics, workers=settings.engine_workers, max_waiting=settings.engine_queue)
-        cache = RecognitionCache(settings, store, pool, metrics)
-        app.state.services = Services(settings, metrics, store, chosen, pool, cache)
+        vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
+        metrics.index_entries.set_function(lambda: len(vectors))
+        replica = IndexReplica(store.client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
+        fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
+        cache = RecognitionCache(settings, store, pool, metrics, fuzzy)
+        app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
+        replica.start()
         watcher = asyncio.create_task(_watch_store(store))
         try:
             yield
         finally:
             watcher.cancel()
+            await replica.stop()
             pool.close()
             await store.close()
 
@@ -184,7 +199,8 @@ async def health(request: Request) -> Response:
     services: Services = request.app.state.services
     store_up = await services.store.ping()
     return JSONResponse(
-        {"status": "ok", "store": "up" if store_up else "down", "index_size": 0, "engine": services.engine.name}
+        {"status": "ok", "store": "up" if store_up else "down", "index_size": len(services.vectors),
+         "index_ready": services.replica.ready.is_set(), "engine": services.engine.name}
     )
 
 
@@ -262,6 +278,13 @@ async def _watch_store(store: Store) -> None:
     while True:
         await asyncio.sleep(STORE_WATCH_INTERVAL_S)
         await store.ping()
+
+
+def _snapshot_dir(settings: Settings) -> Path:
+    """Where this replica keeps index snapshots: per store and key prefix, so that pointing
+    the service at another store never loads a snapshot of the wrong one."""
+    store_id = hashlib.blake2b(f"{settings.redis_url}|{settings.key_prefix}".encode(), digest_size=8).hexdigest()
+    return Path(settings.data_dir) / "index" / store_id
 
 
 def _redact(url: str) -> str:

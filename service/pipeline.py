@@ -104,9 +104,12 @@ class RecognitionCache:
                 )
             if entry is not None:
                 return await self._hit_and_alias("canonical", entry, upload_digest, started, write=write)
+        features = None
         if store_ok and self.fuzzy is not None:
+            with self._stage("fingerprint"):
+                features = await asyncio.to_thread(self.fuzzy.features, decoded.pcm_16k)
             with self._stage("fuzzy"):
-                match, store_ok = await self._try_store(lambda: self.fuzzy.match(decoded, profile))
+                match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
                 candidates = match.candidates
                 if match.entry is not None:
@@ -117,13 +120,13 @@ class RecognitionCache:
         if not write:
             tier = "miss" if store_ok else "bypass"
             return Outcome(tier=tier, candidates=candidates, elapsed_ms=_ms_since(started))
-        outcome = await self._single_flight(decoded, audio_digest, upload_digest, profile, store_ok)
+        outcome = await self._single_flight(decoded, audio_digest, upload_digest, profile, store_ok, features)
         outcome.candidates = candidates
         outcome.elapsed_ms = _ms_since(started)
         return outcome
 
     async def _single_flight(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Run the miss once per (profile, audio) in this process; later callers share it."""
         flight_key = (profile.digest, audio_digest)
@@ -140,7 +143,7 @@ class RecognitionCache:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[flight_key] = (upload_digest, future)
         try:
-            outcome = await self._miss(decoded, audio_digest, upload_digest, profile, store_ok)
+            outcome = await self._miss(decoded, audio_digest, upload_digest, profile, store_ok, features)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -150,7 +153,7 @@ class RecognitionCache:
         return outcome
 
     async def _miss(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Take the cross-process lock (or wait for its holder's entry), then run and store."""
         lock_key = self.store.keys.lock(profile.digest, audio_digest)
@@ -171,7 +174,7 @@ class RecognitionCache:
                 entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
                 if entry is not None:
                     return await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
-            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok)
+            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -199,7 +202,7 @@ class RecognitionCache:
                 return
 
     async def _run_and_store(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool
+        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Run the engine (unless there is nothing to hear) and write the new entry."""
         pcm = decoded.pcm_16k
@@ -226,8 +229,10 @@ class RecognitionCache:
         if not store_ok:
             return Outcome(tier="bypass", result=entry.result())
         if self.fuzzy is not None and not negative:
-            with self._stage("fingerprint"):
-                entry = await asyncio.to_thread(self.fuzzy.attach_features, entry, pcm)
+            if features is None:
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self.fuzzy.features, pcm)
+            entry = self.fuzzy.attach(entry, features)
         ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
         stored, store_ok = await self._try_store(
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)

@@ -84,9 +84,9 @@ def store_url(request, tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def settings(store_url) -> Settings:
-    """Settings on the session's store, with a key prefix of this test's own."""
-    return Settings(redis_url=store_url, key_prefix=f"earmark-test-{uuid.uuid4().hex[:8]}:")
+def settings(store_url, tmp_path) -> Settings:
+    """Settings on the session's store, with a key prefix and data directory of this test's own."""
+    return Settings(redis_url=store_url, key_prefix=f"earmark-test-{uuid.uuid4().hex[:8]}:", data_dir=tmp_path / "data")
 
 
 @pytest.fixture

@@ -51,7 +51,9 @@ def test_entries_carry_the_configured_ttl(client, recorded, redis_client, settin
     ttl = redis_client.ttl(f"{settings.key_prefix}entry:{entry}")
     assert DAY_S * 7 - 60 < ttl <= DAY_S * 7
     for key in keys_under(redis_client, settings.key_prefix):
-        if b":lock:" not in key:
+        if redis_client.type(key) == b"stream":  # capped by length, never expired or evicted
+            assert redis_client.ttl(key) == -1
+        else:
             assert redis_client.ttl(key) > 0, key
 
 
@@ -157,7 +159,8 @@ def test_entries_read_and_delete_behind_the_admin_token(settings, engine, record
 
 def test_health_and_metrics_names(client, recorded):
     health = client.get("/health").json()
-    assert health == {"status": "ok", "store": "up", "index_size": health["index_size"], "engine": "pocketsphinx"}
+    assert (health["status"], health["store"], health["engine"]) == ("ok", "up", "pocketsphinx")
+    assert isinstance(health["index_size"], int)
     post(client, recorded)
     post(client, recorded)
     text = client.get("/metrics").text

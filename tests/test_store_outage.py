@@ -21,7 +21,7 @@ def post(client, data: bytes):
 def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):
     server = EmbeddedServer(tmp_path / "data")
     server.start()
-    settings = Settings(redis_url=server.url, key_prefix=f"earmark-outage-{uuid.uuid4().hex[:6]}:")
+    settings = Settings(redis_url=server.url, key_prefix=f"earmark-outage-{uuid.uuid4().hex[:6]}:", data_dir=tmp_path / "data")
     recorded, weather = fixture_bytes("recorded.wav"), fixture_bytes("weather.wav")
     try:
         with TestClient(create_app(settings, engine=engine)) as client:
@@ -55,8 +55,8 @@ def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):
         server.stop()
 
 
-def test_store_down_at_start_up_still_serves(engine):
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", key_prefix="earmark-nostore:")
+def test_store_down_at_start_up_still_serves(engine, tmp_path):
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", key_prefix="earmark-nostore:", data_dir=tmp_path)
     with TestClient(create_app(settings, engine=engine)) as client:
         answer = post(client, fixture_bytes("recorded.wav"))
         assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "bypass"

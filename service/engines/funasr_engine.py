@@ -2,7 +2,8 @@
 
 Weights are never downloaded here. `model` must name a local directory (config.yaml, model.pt
 and the token files the config names), or a model id that is already in the local ModelScope or
-Hugging Face cache; anything else is refused at once with what to do, before torch is imported.
+Hugging Face cache; anything else is refused at once, saying what to do (a missing directory
+before torch is even imported).
 funasr's `AutoModel` is only ever given directory paths, and the hub clients are put in offline
 mode, so a missing file fails fast instead of waiting on the network.
 
@@ -47,6 +48,7 @@ from service.profile import Profile
 
 log = logging.getLogger(__name__)
 
+_ASR_OPTION = "--funasr-model / EARMARK_FUNASR_MODEL"
 INSTALL_HINT = "the funasr engine needs: pip install torch==2.13.0 'earmark[funasr]'"
 WEIGHTS_HINT = (
     "download the model on a machine with access to its hub (for example "
@@ -65,12 +67,20 @@ _FILE_KEYS = ("token_list", "bpemodel", "seg_dict", "cmvn_file", "init_param_pat
 # Names funasr itself looks for in a model directory when the config's own path is stale.
 _FALLBACK_NAMES = {"token_list": ("tokens.txt", "tokens.json"), "bpemodel": ("bpe.model",), "cmvn_file": ("am.mvn",)}
 
+# Files funasr picks up from a model directory by name even when config.yaml does not name them.
+_AUTODETECTED = ("tokens.txt", "tokens.json", "seg_dict", "bpe.model", "am.mvn", "jieba_usr_dict")
+
 _TAG = re.compile(r"<\|[^|<>]*\|>")
 _SENSEVOICE_LANGUAGE_TAGS = {"zh", "en", "yue", "ja", "ko"}
 # Fun-ASR-Nano is prompted in Chinese: "语音转写成中文" = "transcribe into Chinese".
 _NANO_LANGUAGE_NAMES = {"zh": "中文", "en": "英文", "ja": "日文"}
 _DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 _DIGEST_EDGE_BYTES = 1 << 20
+# Without a VAD model, audio longer than this is cut near each mark at its quietest 100 ms:
+# these models attend over the whole input, so an hour in one piece would not fit in memory.
+_CHUNK_SAMPLES = 30 * 16000
+_CUT_SEARCH_SAMPLES = 5 * 16000
+_MIN_SAMPLES = 400  # one 25 ms fbank frame
 
 
 @dataclass(frozen=True)
@@ -126,7 +136,7 @@ class ModelDir:
     def digest_parts(self) -> list[str]:
         """Content fingerprints of everything in the directory that shapes a transcript."""
         parts = [f"class={self.model_class}", f"weights={_file_fingerprint(self.weights)}"]
-        for name in ("config.yaml", "configuration.json"):
+        for name in ("config.yaml", "configuration.json", *_AUTODETECTED):
             if (self.path / name).is_file():
                 parts.append(f"{name}={_file_fingerprint(self.path / name)}")
         for (section, key), path in sorted(self.files.items(), key=lambda item: str(item[0])):
@@ -158,7 +168,7 @@ class FunASREngine(Engine):
         _go_offline()
         if not _DEVICE.match(device or ""):
             raise EngineUnavailable(f"device {device!r} is not one torch knows; use cpu, cuda, cuda:N or mps")
-        asr = locate_model_dir(model, option="--funasr-model / EARMARK_FUNASR_MODEL")
+        asr = locate_model_dir(model, option=_ASR_OPTION)
         family = FAMILIES.get(asr.model_class)
         if family is None:
             raise EngineUnavailable(
@@ -196,6 +206,9 @@ class FunASREngine(Engine):
                     digest.update(part.encode() + b"\n")
         if vad is not None:
             digest.update(json.dumps(vad_settings, sort_keys=True).encode())
+        else:
+            digest.update(f"chunk={_CHUNK_SAMPLES}/{_CUT_SEARCH_SAMPLES}".encode())
+        self._has_vad = vad is not None
         self.revision = digest.hexdigest()
         self.capabilities = Capabilities(
             languages=family.languages,
@@ -237,20 +250,23 @@ class FunASREngine(Engine):
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
         """Run `generate()` on the PCM with the profile's options and clean the text."""
         pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
-        if pcm.size < 400:  # shorter than one 25 ms fbank frame: nothing a model can hear
-            return Transcript(text="", normalized_text="", language=profile.language)
+        pieces = [pcm] if self._has_vad else split_for_decoding(pcm)
+        pieces = [piece for piece in pieces if piece.size >= _MIN_SAMPLES]
         options = self._generate_options(profile)
-        model = self._model
-        if model is None:
-            raise EngineUnavailable("the funasr engine has been closed")
+        raws = []
         with self._lock:
-            try:
-                results = model.generate(input=pcm, **options)
-            except Exception as exc:
-                raise EngineFailure(f"funasr {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
-        raw = " ".join(str(result.get("text", "")) for result in results or [] if isinstance(result, dict))
-        text = clean_text(raw)
-        return Transcript(text=text, normalized_text=normalize_text(text), language=self._language(raw, text, profile))
+            model = self._model
+            if model is None:
+                raise EngineUnavailable("the funasr engine has been closed")
+            for piece in pieces:
+                try:
+                    results = model.generate(input=piece, **options)
+                except Exception as exc:
+                    raise EngineFailure(f"funasr {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
+                raws += [str(result.get("text", "")) for result in results or [] if isinstance(result, dict)]
+        text = join_texts([clean_text(raw) for raw in raws])
+        language = self._language(" ".join(raws), text, profile)
+        return Transcript(text=text, normalized_text=normalize_text(text), language=language)
 
     def close(self) -> None:
         """Drop the model and give its memory back."""
@@ -283,31 +299,36 @@ class FunASREngine(Engine):
         return guess if guess in self.capabilities.languages else "auto"
 
 
-def locate_model_dir(model: str, *, option: str) -> ModelDir:
+def locate_model_dir(model: str, *, option: str = _ASR_OPTION) -> ModelDir:
     """Find and check a local FunASR model directory; raise `EngineUnavailable` saying what to do.
 
     `model` is a directory path, or a hub model id (or funasr alias such as `paraformer-zh`)
     whose download is already in the local ModelScope or Hugging Face cache. Nothing is fetched.
+    `option` names the setting the directory came from, for the messages.
     """
     model = (model or "").strip()
+    if option != _ASR_OPTION:  # a VAD or punctuation model: the hint names that option
+        hint = f"download that model on a machine with access to its hub, copy the directory here and pass it as {option}"
+    else:
+        hint = WEIGHTS_HINT
     if not model:
-        raise EngineUnavailable(f"the funasr engine needs a local model directory and none was given; {WEIGHTS_HINT}")
+        raise EngineUnavailable(f"the funasr engine needs a local model directory and none was given; {hint}")
     path = Path(model).expanduser()
     if not path.is_dir():
         if path.exists():
-            raise EngineUnavailable(f"{option}: {model} is a file, not a model directory; {WEIGHTS_HINT}")
+            raise EngineUnavailable(f"{option}: {model} is a file, not a model directory; {hint}")
         cached = None if _looks_like_path(model) else _cached_model_dir(model)
         if cached is None:
             raise EngineUnavailable(
                 f"{option}: no FunASR model directory at {model}"
                 + ("" if _looks_like_path(model) else " and no cached download of a model with that id")
-                + f"; nothing is downloaded at run time: {WEIGHTS_HINT}"
+                + f"; nothing is downloaded at run time: {hint}"
             )
         path = cached
     path = path.resolve()
     config_path = path / "config.yaml"
     if not config_path.is_file():
-        raise EngineUnavailable(f"{option}: {path} has no config.yaml, so it is not a FunASR model directory; {WEIGHTS_HINT}")
+        raise EngineUnavailable(f"{option}: {path} has no config.yaml, so it is not a FunASR model directory; {hint}")
     try:
         import yaml  # PyYAML: a dependency of funasr
     except ImportError as exc:
@@ -323,7 +344,7 @@ def locate_model_dir(model: str, *, option: str) -> ModelDir:
     metas = _file_path_metas(path)
     weights = path / (metas.get((None, "init_param")) or "model.pt")
     if not weights.is_file() or weights.stat().st_size == 0:
-        raise EngineUnavailable(f"{option}: {path} has no weights file {weights.name} (config.yaml is there); {WEIGHTS_HINT}")
+        raise EngineUnavailable(f"{option}: {path} has no weights file {weights.name} (config.yaml is there); {hint}")
     files = {}
     for section, key, value in _file_entries(config):
         found = _find_file(path, section, key, value, metas)
@@ -331,9 +352,17 @@ def locate_model_dir(model: str, *, option: str) -> ModelDir:
             where = f"{section}.{key}" if section else key
             raise EngineUnavailable(
                 f"{option}: {path} lacks {value!r}, which config.yaml names as {where}; copy the whole "
-                f"model directory, not only model.pt and config.yaml ({WEIGHTS_HINT})"
+                f"model directory, not only model.pt and config.yaml. {hint}"
             )
         files[(section, key)] = found
+    if config.get("tokenizer") == "CharTokenizer" and ("tokenizer_conf", "token_list") not in files:
+        if not any((path / name).is_file() for name in _FALLBACK_NAMES["token_list"]):
+            raise EngineUnavailable(
+                f"{option}: {path} has no token list (tokens.json or tokens.txt); copy the whole model "
+                f"directory, not only model.pt and config.yaml. {hint}"
+            )
+    if config.get("frontend") == "WavFrontend" and ("frontend_conf", "cmvn_file") not in files and not (path / "am.mvn").is_file():
+        log.warning("%s has no am.mvn: features will not be normalised (real FunASR downloads ship one)", path)
     return ModelDir(
         path=path,
         model_id=_directory_model_id(path),
@@ -342,6 +371,33 @@ def locate_model_dir(model: str, *, option: str) -> ModelDir:
         files=files,
         weights=weights,
     )
+
+
+def split_for_decoding(pcm: np.ndarray) -> list[np.ndarray]:
+    """Cut PCM longer than 30 s into pieces, each at the quietest 100 ms of its last 5 s."""
+    pieces, start, hop = [], 0, 1600
+    while pcm.size - start > _CHUNK_SAMPLES:
+        low = start + _CHUNK_SAMPLES - _CUT_SEARCH_SAMPLES
+        energy = np.square(pcm[low : low + _CUT_SEARCH_SAMPLES].reshape(-1, hop)).mean(axis=1)
+        cut = low + int(np.argmin(energy)) * hop + hop // 2
+        pieces.append(pcm[start:cut])
+        start = cut
+    pieces.append(pcm[start:])
+    return pieces
+
+
+def join_texts(texts: list[str]) -> str:
+    """Join piece transcripts: a space between words, none between two Chinese or Japanese characters."""
+    joined = ""
+    for text in (t for t in texts if t):
+        if joined and not (_is_cjk(joined[-1]) and _is_cjk(text[0])):
+            joined += " "
+        joined += text
+    return joined
+
+
+def _is_cjk(ch: str) -> bool:
+    return 0x3040 <= ord(ch) <= 0x30FF or 0x3400 <= ord(ch) <= 0x9FFF
 
 
 def clean_text(raw: str) -> str:
@@ -381,8 +437,10 @@ def _load(funasr, asr: ModelDir, vad: ModelDir | None, punc: ModelDir | None, va
         with contextlib.redirect_stdout(printed):  # funasr prints its version and key warnings
             model = funasr.AutoModel(**kwargs)
     except Exception as exc:
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise EngineUnavailable(
-            f"could not load the FunASR model in {asr.path}: {type(exc).__name__}: {exc} "
+            f"could not load the FunASR model in {asr.path}: {type(exc).__name__}: {detail} "
             f"(check that model.pt, config.yaml and the token files come from the same download)"
         ) from exc
     finally:
@@ -480,7 +538,8 @@ def _find_file(path: Path, section, key: str, value: str, metas: dict) -> Path |
 
 
 def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or os.sep + os.sep in model or model.endswith(os.sep) or "\\" in model
+    """A filesystem path rather than a hub id such as `iic/SenseVoiceSmall`."""
+    return model.startswith(("/", ".", "~")) or model.endswith("/") or "\\" in model
 
 
 def _cached_model_dir(model_id: str) -> Path | None:

@@ -1,0 +1,44 @@
+"""Every tuned constant of the perceptual fingerprint, in one named, versioned object.
+
+A stored fingerprint records the version that made it; entries made by another version are
+never compared with this one (their bits would mean something else).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fingerprint.decode import SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """Parameters of one fingerprint version."""
+
+    version: str = "ehash-v1"
+    sample_rate: int = SAMPLE_RATE
+    # 128 ms analysis frames every 16 ms: long frames with heavy overlap make the energy
+    # differences insensitive to the small time offsets a trimmed or re-encoded copy has
+    # (the Haitsma-Kalker design uses 370 ms / 11.6 ms for music; speech moves faster).
+    frame_length: int = 2048
+    hop_length: int = 256
+    # 33 log-spaced bands give 32 difference bits per frame. 300-3400 Hz is the telephone
+    # band: an 8 kHz copy, a 24 kbps Opus or a 32 kbps MP3 all keep it.
+    band_low_hz: float = 300.0
+    band_high_hz: float = 3400.0
+    n_bands: int = 33
+    # Frames quieter than the loudest by more than this are treated as silence when verifying.
+    silence_below_peak_db: float = 45.0
+    # Verification looks at stretches of this many frames (~1 s) and judges by the worst.
+    window_frames: int = 62
+    # Embedding layout: band-shape means, band modulation, and the loudness contour over the
+    # speech extent (a coarse time grid that padding and trimming silence do not move).
+    embedding_contour_points: int = 24
+
+    @property
+    def frames_per_second(self) -> float:
+        """Sub-fingerprints per second of audio."""
+        return self.sample_rate / self.hop_length
+
+
+DEFAULT = FingerprintConfig()

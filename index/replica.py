@@ -1,0 +1,201 @@
+"""Keep this process's vector index in step with the store.
+
+Start-up loads the newest snapshot and replays the change stream from the snapshot's offset;
+with no usable snapshot (first start, another fingerprint version, or a stream trimmed past the
+snapshot's offset) the index is rebuilt by scanning the entries in Redis. Afterwards the
+stream is tailed, so an entry added or deleted through any replica reaches this one within a
+moment, and snapshots are written now and then so the next start is quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import redis.exceptions
+
+from index.keys import Keys
+from index.vectors import VectorIndex
+
+log = logging.getLogger(__name__)
+
+SCAN_BATCH = 1000
+READ_BLOCK_MS = 1000
+READ_COUNT = 500
+SNAPSHOT_EVERY_S = 60.0
+# Expired and evicted entries leave no event; a sweep finds them. Lookups never need it (every
+# candidate is re-read from the store), it only keeps the index from filling with the dead.
+SWEEP_EVERY_S = 600.0
+RETRY_AFTER_ERROR_S = 1.0
+
+
+class IndexReplica:
+    """Owns the derived `VectorIndex`: loads, rebuilds, tails, snapshots."""
+
+    def __init__(self, client, keys: Keys, index: VectorIndex, snapshot_dir: Path | None, fingerprint_version: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.index = index
+        self.snapshot_dir = snapshot_dir
+        self.fingerprint_version = fingerprint_version
+        self.offset = "0-0"
+        self.ready = asyncio.Event()
+        self._changes_since_snapshot = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Begin loading and tailing in the background; `ready` is set once caught up."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop tailing and write a final snapshot."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.ready.is_set() and self._changes_since_snapshot:
+            await asyncio.to_thread(self._save)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._catch_up()
+                self.ready.set()
+                await self._tail()
+            except asyncio.CancelledError:
+                raise
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.warning("index replica lost the store (%s); retrying", exc)
+                await asyncio.sleep(RETRY_AFTER_ERROR_S)
+
+    async def _catch_up(self) -> None:
+        if not self.ready.is_set():
+            offset = None
+            if self.snapshot_dir is not None:
+                offset = await asyncio.to_thread(self.index.load, self.snapshot_dir, self.fingerprint_version)
+            if offset is not None and await self._stream_reaches_back_to(offset):
+                self.offset = offset
+                log.info("vector index: loaded snapshot (%d entries) at stream offset %s", len(self.index), offset)
+            else:
+                await self._rebuild_from_store()
+
+    async def _stream_reaches_back_to(self, offset: str) -> bool:
+        """True when no event after `offset` has been trimmed away."""
+        first = await self.client.xrange(self.keys.index_stream(), count=1)
+        last = await self.client.xrevrange(self.keys.index_stream(), count=1)
+        if not first:
+            return offset == "0-0"  # a stream that vanished (flushed store) is a new history
+        if _id_tuple(last[0][0].decode()) < _id_tuple(offset):
+            return False  # the stream was recreated behind our back
+        return _id_tuple(first[0][0].decode()) <= _next_id(offset)
+
+    async def _rebuild_from_store(self) -> None:
+        """Scan every entry with an embedding; events after the scan began are replayed later."""
+        started = time.perf_counter()
+        last = await self.client.xrevrange(self.keys.index_stream(), count=1)
+        offset = last[0][0].decode() if last else "0-0"
+        self.index.clear()
+        pattern = f"{self.keys.prefix}entry:*"
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+            if key.endswith(b":aliases"):
+                continue
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                await self._index_keys(batch)
+                batch = []
+        await self._index_keys(batch)
+        self.offset = offset
+        self._changes_since_snapshot = len(self.index)
+        log.info("vector index: rebuilt from the store (%d entries) in %.1f s", len(self.index), time.perf_counter() - started)
+        if self.snapshot_dir is not None:
+            await asyncio.to_thread(self._save)
+
+    async def _index_keys(self, keys: list[bytes]) -> None:
+        if not keys:
+            return
+        prefix = len(self.keys.entry(""))
+        entry_ids = [key.decode()[prefix:] for key in keys]
+        await self._index_entries(entry_ids)
+
+    async def _index_entries(self, entry_ids: list[str]) -> None:
+        """Read these entries' vectors and add the ones that exist and match our version."""
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.hmget(self.keys.entry(entry_id), "profile", "emb", "fp_version")
+        rows = await pipe.execute()
+        by_profile: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        for entry_id, (profile, embedding, version) in zip(entry_ids, rows):
+            if not embedding or version is None or version.decode() != self.fingerprint_version:
+                continue
+            ids, vectors = by_profile.setdefault(profile.decode(), ([], []))
+            ids.append(entry_id)
+            vectors.append(np.frombuffer(embedding, dtype="<f4"))
+        for profile, (ids, vectors) in by_profile.items():
+            self.index.add_many(profile, ids, np.vstack(vectors))
+
+    async def _tail(self) -> None:
+        last_snapshot = last_sweep = time.monotonic()
+        while True:
+            response = await self.client.xread({self.keys.index_stream(): self.offset}, count=READ_COUNT, block=READ_BLOCK_MS)
+            for _, events in response or []:
+                await self.apply(events)
+            if self.snapshot_dir is not None and self._changes_since_snapshot and time.monotonic() - last_snapshot > SNAPSHOT_EVERY_S:
+                await asyncio.to_thread(self._save)
+                last_snapshot = time.monotonic()
+            if self.index.needs_rebuild():
+                await asyncio.to_thread(self.index.rebuild)
+            if time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                await self._sweep()
+                last_sweep = time.monotonic()
+
+    async def _sweep(self) -> None:
+        """Drop vectors whose entries expired or were evicted (no stream event tells us)."""
+        entry_ids = self.index.entry_ids()
+        for start in range(0, len(entry_ids), SCAN_BATCH):
+            batch = entry_ids[start : start + SCAN_BATCH]
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in batch:
+                pipe.exists(self.keys.entry(entry_id))
+            for entry_id, exists in zip(batch, await pipe.execute()):
+                if not exists:
+                    self.index.remove(entry_id)
+                    self._changes_since_snapshot += 1
+            await asyncio.sleep(0)
+
+    async def apply(self, events: list) -> None:
+        """Apply stream events (id, fields) in order."""
+        added: list[str] = []
+        for event_id, fields in events:
+            op = fields.get(b"op")
+            entry_id = fields.get(b"entry", b"").decode()
+            if op == b"add":
+                added.append(entry_id)
+            elif op == b"del":
+                if added:
+                    await self._index_entries(added)
+                    added = []
+                self.index.remove(entry_id)
+            self.offset = event_id.decode()
+            self._changes_since_snapshot += 1
+        if added:
+            await self._index_entries(added)
+
+    def _save(self) -> None:
+        self.index.save(self.snapshot_dir, self.offset, self.fingerprint_version)
+        self._changes_since_snapshot = 0
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    millis, _, sequence = stream_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def _next_id(stream_id: str) -> tuple[int, int]:
+    millis, sequence = _id_tuple(stream_id)
+    return millis, sequence + 1
