@@ -26,7 +26,7 @@ class FuzzyThresholds:
 
     enabled: bool = True
     # Candidates whose embedding cosine similarity is below this are not verified at all.
-    min_embedding_similarity: float = 0.80
+    min_embedding_similarity: float = 0.60
     # Each verified stretch must score at least this (1 - bit error rate of the robust hash).
     min_window_score: float = 0.70
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.

@@ -123,8 +123,6 @@ class FuzzyMatcher:
             return False, 0.0, f"fingerprint_version: entry has {entry.fingerprint_version or 'none'}"
         if entry.negative:
             return False, 0.0, "negative_entry: no-speech entries are never fuzzy-matched"
-        if similarity < limits.min_embedding_similarity:
-            return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         if entry.speech_s < limits.min_speech_s:
             return False, 0.0, f"too_short: entry has {entry.speech_s:.2f} s of speech"
         longer = max(entry.speech_s, features.speech_s)
@@ -132,6 +130,8 @@ class FuzzyMatcher:
         if abs(entry.speech_s - features.speech_s) > tolerance:
             return False, 0.0, (f"duration_mismatch: speech {features.speech_s:.2f} s vs entry {entry.speech_s:.2f} s "
                                 f"(tolerance {tolerance:.2f} s)")
+        if similarity < limits.min_embedding_similarity:
+            return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
         verdict = verify(features.hash, reference, self.config)
         if verdict.windows == 0:

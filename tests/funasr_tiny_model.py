@@ -305,3 +305,64 @@ def build_tiny_sensevoice(directory: Path, *, seed: int = 0, favour: str = "") -
             model.ctc.ctc_lo.bias[pieces.piece_to_id(favour)] += 1000.0
     torch.save(model.state_dict(), directory / "model.pt")
     return directory
+
+
+FSMN_VAD_CONFIG_YAML = """\
+# A tiny fsmn-vad for tests: the shape of iic/speech_fsmn_vad_zh-cn-16k-common-pytorch, shrunk.
+frontend: WavFrontendOnline
+frontend_conf:
+    fs: 16000
+    window: hamming
+    n_mels: 80
+    frame_length: 25
+    frame_shift: 10
+    dither: 0.0
+    lfr_m: 5
+    lfr_n: 1
+model: FsmnVADStreaming
+model_conf:
+    sample_rate: 16000
+    detect_mode: 1
+    max_end_silence_time: 800
+    max_start_silence_time: 3000
+    window_size_ms: 200
+    sil_to_speech_time_thres: 150
+    speech_to_sil_time_thres: 150
+    max_single_segment_time: 60000
+    speech_noise_thres: 0.6
+    silence_pdf_num: 1
+    sil_pdf_ids: [0]
+encoder: FSMN
+encoder_conf:
+    input_dim: 400
+    input_affine_dim: 16
+    fsmn_layers: 1
+    linear_dim: 16
+    proj_dim: 8
+    lorder: 4
+    rorder: 0
+    lstride: 1
+    rstride: 0
+    output_affine_dim: 16
+    output_dim: 8
+"""
+
+
+def build_tiny_vad(directory: Path, *, seed: int = 0) -> Path:
+    """Write an fsmn-vad-shaped directory (config.yaml, model.pt) with a tiny random model."""
+    import torch
+    import yaml
+    from funasr.register import tables
+
+    import funasr  # noqa: F401  (importing the package registers the model classes)
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(FSMN_VAD_CONFIG_YAML, encoding="utf-8")
+    config = yaml.safe_load(FSMN_VAD_CONFIG_YAML)
+    torch.manual_seed(seed)
+    model = tables.model_classes.get(config["model"])(
+        encoder=config["encoder"], encoder_conf=config["encoder_conf"], **config["model_conf"]
+    )
+    torch.save(model.state_dict(), directory / "model.pt")
+    return directory

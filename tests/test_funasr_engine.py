@@ -19,11 +19,18 @@ pytest.importorskip("funasr")
 pytest.importorskip("torch")
 
 from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions, Transcript  # noqa: E402
-from service.engines.funasr_engine import FunASREngine, clean_text, locate_model_dir, normalize_text  # noqa: E402
+from service.engines.funasr_engine import (  # noqa: E402
+    FunASREngine,
+    clean_text,
+    join_texts,
+    locate_model_dir,
+    normalize_text,
+    split_for_decoding,
+)
 try:  # tests/ is on sys.path under pytest's default import mode; a package if it gains __init__
-    from funasr_tiny_model import build_tiny_paraformer, build_tiny_sensevoice, parameter_count
+    from funasr_tiny_model import build_tiny_paraformer, build_tiny_sensevoice, build_tiny_vad, parameter_count
 except ImportError:  # pragma: no cover
-    from tests.funasr_tiny_model import build_tiny_paraformer, build_tiny_sensevoice, parameter_count
+    from tests.funasr_tiny_model import build_tiny_paraformer, build_tiny_sensevoice, build_tiny_vad, parameter_count
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -113,6 +120,31 @@ def test_too_short_audio_is_an_empty_transcript(paraformer):
     assert transcript.text == ""
 
 
+def test_long_audio_is_decoded_in_pieces_cut_at_quiet_points(paraformer, pcm):
+    rng = np.random.default_rng(3)
+    loud = lambda seconds: (0.3 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)  # noqa: E731
+    quiet = np.zeros(8000, dtype=np.float32)
+    long_pcm = np.concatenate([loud(27.0), quiet, loud(27.0), quiet, loud(10.0)])
+    pieces = split_for_decoding(long_pcm)
+    assert len(pieces) == 3 and all(piece.size <= 30 * 16000 for piece in pieces)
+    assert np.array_equal(np.concatenate(pieces), long_pcm)
+    assert np.abs(pieces[1][:800]).max() == 0.0  # the cut fell in the silence
+    transcript = paraformer.transcribe(np.tile(pcm, 16), paraformer.resolve(RecognitionOptions()))
+    assert isinstance(transcript.text, str) and transcript.text
+    assert join_texts(["你好", "世界", "hello", "", "world"]) == "你好世界 hello world"
+
+
+def test_vad_model_segments_the_audio_and_is_part_of_the_revision(tmp_path, paraformer, paraformer_dir, pcm):
+    engine = FunASREngine(str(paraformer_dir), vad_model=str(build_tiny_vad(tmp_path / "fsmn-vad")))
+    try:
+        assert engine.capabilities.extra["vad_model"] == "fsmn-vad"
+        assert engine.revision != paraformer.revision  # a VAD changes transcripts, so the profile
+        transcript = engine.transcribe(np.tile(pcm, 3), engine.resolve(RecognitionOptions()))
+        assert isinstance(transcript.text, str)
+    finally:
+        engine.close()
+
+
 def test_concurrent_calls_are_safe(paraformer, pcm):
     profile = paraformer.resolve(RecognitionOptions())
     expected = paraformer.transcribe(pcm, profile)
@@ -196,9 +228,9 @@ def test_text_cleaning():
 def test_revision_follows_the_weights_not_the_path(tmp_path, paraformer_dir):
     copy = tmp_path / "copy" / paraformer_dir.name
     shutil.copytree(paraformer_dir, copy)
-    assert locate_model_dir(str(copy), option="x").digest_parts() == locate_model_dir(str(paraformer_dir), option="x").digest_parts()
+    assert locate_model_dir(str(copy)).digest_parts() == locate_model_dir(str(paraformer_dir)).digest_parts()
     other = build_tiny_paraformer(tmp_path / "other", seed=1)
-    assert locate_model_dir(str(other), option="x").digest_parts() != locate_model_dir(str(paraformer_dir), option="x").digest_parts()
+    assert locate_model_dir(str(other)).digest_parts() != locate_model_dir(str(paraformer_dir)).digest_parts()
 
 
 def test_model_id_found_in_the_local_hub_cache(tmp_path, monkeypatch, paraformer_dir, pcm):
@@ -274,6 +306,14 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, paraformer_dir
     config = (mismatched / "config.yaml").read_text(encoding="utf-8")
     (mismatched / "config.yaml").write_text(config.replace("output_size: 32", "output_size: 48"), encoding="utf-8")
     assert "could not load" in _unavailable(str(mismatched))
+
+
+def test_weights_of_another_model_are_refused(tmp_path, paraformer_dir):
+    # funasr alone would load this with warnings and keep every tensor at its random start.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(paraformer_dir, foreign)
+    shutil.copy(build_tiny_vad(tmp_path / "vad") / "model.pt", foreign / "model.pt")
+    assert "do not belong to this config" in _unavailable(str(foreign))
 
 
 def test_bad_device_is_refused(paraformer_dir):

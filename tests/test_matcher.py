@@ -1,0 +1,94 @@
+"""The perceptual hash and its verification, on real encodings of a spoken fixture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+
+from fingerprint.config import DEFAULT
+from fingerprint.decode import SAMPLE_RATE, decode_audio
+from fingerprint.embedding import EMBEDDING_DIM, embedding_from_energies
+from fingerprint.matcher import verify
+from fingerprint.robust_hash import RobustHash, robust_hash
+from fingerprint.spectrum import band_energies
+from service.config import FuzzyThresholds
+from tests.audio_tools import encode, fixture_bytes, read_pcm
+
+THRESHOLD = FuzzyThresholds().min_window_score
+
+
+def pcm_of(data: bytes) -> np.ndarray:
+    return decode_audio(data, 3600).pcm_16k
+
+
+@pytest.fixture(scope="module")
+def original():
+    return pcm_of(fixture_bytes("recorded.wav"))
+
+
+def score(query: np.ndarray, reference: np.ndarray) -> float:
+    return verify(robust_hash(query, DEFAULT), robust_hash(reference, DEFAULT), DEFAULT).worst_score
+
+
+def test_hash_is_32_bits_per_16_ms_frame_and_round_trips(original):
+    hashed = robust_hash(original, DEFAULT)
+    assert len(hashed.bits) == pytest.approx(len(original) / DEFAULT.hop_length, abs=DEFAULT.frame_length / DEFAULT.hop_length + 1)
+    assert hashed.bits.dtype == np.uint32 and 0.3 < np.bitwise_count(hashed.bits).mean() / 32 < 0.7
+    again = RobustHash.from_bytes(*hashed.to_bytes())
+    assert np.array_equal(again.bits, hashed.bits) and np.array_equal(again.level_db, hashed.level_db)
+
+
+def test_identical_audio_scores_one(original):
+    assert score(original, original) == 1.0
+
+
+@pytest.mark.parametrize("fmt,codec,bitrate", [("mp3", "libmp3lame", 32000), ("mp3", "libmp3lame", 128000), ("ipod", "aac", 64000)])
+def test_lossy_copies_pass(original, fmt, codec, bitrate):
+    copy = pcm_of(encode(*read_pcm(fixture_bytes("recorded.wav")), fmt=fmt, codec=codec, bitrate=bitrate))
+    assert score(copy, original) >= THRESHOLD
+
+
+def test_telephone_band_gain_and_padding_pass(original):
+    telephone = soxr.resample(soxr.resample(original, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)
+    assert score(telephone, original) >= THRESHOLD
+    assert score(original * 0.5, original) >= 0.99
+    padded = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), original])
+    assert score(padded, original) >= THRESHOLD
+    trimmed = original[int(0.3 * SAMPLE_RATE):]
+    assert score(trimmed, original) >= THRESHOLD
+
+
+def test_containment_fails_both_ways(original):
+    prefix = original[: int(len(original) * 0.3)]
+    assert score(prefix, original) < THRESHOLD
+    other = pcm_of(fixture_bytes("weather.wav"))
+    longer = np.concatenate([original, np.zeros(SAMPLE_RATE // 4, np.float32), other])
+    assert score(longer, original) < THRESHOLD
+    assert score(original, longer) < THRESHOLD
+
+
+def test_same_voice_different_sentence_fails(original):
+    assert score(pcm_of(fixture_bytes("weather.wav")), original) < THRESHOLD
+
+
+def test_half_identical_half_different_fails_on_the_worst_stretch(original):
+    other = pcm_of(fixture_bytes("weather.wav"))
+    half = len(original) // 2
+    spliced = np.concatenate([original[:half], other[half : len(original)]])
+    verdict = verify(robust_hash(spliced, DEFAULT), robust_hash(original, DEFAULT), DEFAULT)
+    assert verdict.mean_score > verdict.worst_score + 0.1  # an average would have looked fine-ish
+    assert verdict.worst_score < THRESHOLD
+
+
+def test_embedding_is_unit_length_gain_invariant_and_pad_tolerant(original):
+    def embed(pcm):
+        return embedding_from_energies(band_energies(pcm, DEFAULT), DEFAULT)
+
+    vector = embed(original)
+    assert vector.shape == (EMBEDDING_DIM,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    assert float(embed(original * 0.25) @ vector) > 0.999
+    padded = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), original, np.zeros(SAMPLE_RATE, np.float32)])
+    assert float(embed(padded) @ vector) > 0.85
+    assert float(embed(pcm_of(fixture_bytes("weather.wav"))) @ vector) < float(embed(padded) @ vector)
+    assert not embed(np.zeros(SAMPLE_RATE, np.float32)).any()
