@@ -92,12 +92,17 @@ def decode_audio(data: bytes, max_duration_s: float) -> DecodedAudio:
             raise NotAudioError("the file holds no audio stream; send a file with an audio track")
         stream = container.streams.audio[0]
         _check_declared_duration(container, stream, max_duration_s)
-        source_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        source_channels = int(stream.codec_context.channels or 0)
-        codec = stream.codec_context.name
+        context = stream.codec_context
+        if context is None:
+            raise UndecodableAudioError("the audio stream uses no codec we can decode; re-export it as WAV, FLAC or MP3")
+        source_rate = int(getattr(context, "sample_rate", 0) or 0)
+        source_channels = int(getattr(context, "channels", 0) or 0)
+        codec = context.name
         mono = _decode_mono(container, stream, source_rate, max_duration_s)
     if mono.size == 0:
         raise EmptyAudioError("the audio decodes to no samples; send a file that contains sound")
+    # Float formats can carry NaN or infinity; nothing downstream should ever see them.
+    mono = np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
     pcm_16k = mono if source_rate == SAMPLE_RATE else soxr.resample(mono, source_rate, SAMPLE_RATE, quality="HQ")
     return DecodedAudio(
         pcm_16k=np.ascontiguousarray(pcm_16k, dtype=np.float32),
@@ -139,7 +144,7 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
                 raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s))
         for converted in downmix.resample(None):
             chunks.append(converted.to_ndarray().reshape(-1))
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, ValueError, RuntimeError) as exc:
         if not chunks:
             raise UndecodableAudioError(
                 f"the audio could not be decoded ({_short(exc)}); check that the file is complete"

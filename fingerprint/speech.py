@@ -19,6 +19,11 @@ ABSOLUTE_FLOOR_DB = -60.0
 # Relative to the loudest frame, so a quiet recording's speech still counts as speech while
 # its room tone does not.
 RELATIVE_FLOOR_DB = -40.0
+# The quietest frames estimate the noise floor; speech starts this far above it. The cap keeps
+# a recording with no pauses at all (whose quietest frames are speech) from losing its speech.
+NOISE_FLOOR_PERCENTILE = 5
+ABOVE_NOISE_DB = 10.0
+MAX_RELATIVE_DB = -20.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +51,15 @@ def frame_levels_db(pcm_16k: np.ndarray) -> np.ndarray:
 
 
 def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
-    """Find the sounding span; an all-silent signal gives a zero-length extent."""
+    """Find the sounding span; an all-silent signal gives a zero-length extent.
+
+    Over a noise floor (a noisy copy of a clean recording, room tone), the threshold rises to
+    just above the floor, so the extent is that of the speech and not of the noise around it.
+    """
     levels = frame_levels_db(pcm_16k)
     peak = float(levels.max())
-    threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB)
+    noise_floor = float(np.percentile(levels, NOISE_FLOOR_PERCENTILE))
+    threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB, min(noise_floor + ABOVE_NOISE_DB, peak + MAX_RELATIVE_DB))
     sounding = np.flatnonzero(levels > threshold)
     if peak <= ABSOLUTE_FLOOR_DB or sounding.size == 0:
         return SpeechExtent(0.0, 0.0, peak)

@@ -76,7 +76,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             on_state=lambda up: metrics.store_up.set(1 if up else 0),
         )
         chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
-        pool = EnginePool(chosen, metrics, workers=settings.engine_workers, max_waiting=settings.engine_queue)
+        # An engine that serialises its own calls (one model behind a lock) gains nothing
+        # from more workers than it recommends.
+        workers = min(settings.engine_workers, getattr(chosen, "recommended_workers", settings.engine_workers))
+        pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue)
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
         replica = IndexReplica(store.client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)

@@ -34,11 +34,14 @@ def main() -> None:
          help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
 @_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: pocketsphinx or funasr [pocketsphinx].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
+@_option("--device", env="EARMARK_DEVICE", default=None, help="Device for torch engines: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
 @_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Engine worker threads [1].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
+@_option("--index-type", env="EARMARK_INDEX_TYPE", type=click.Choice(["auto", "flat", "hnsw"]), default=None,
+         help="Vector index: exact search, HNSW, or auto (exact while small) [auto].")
 @_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning [info].")
 def serve(config_file: str | None, **options) -> None:
     """Start the HTTP service (with an embedded store unless --redis-url is given)."""

@@ -32,8 +32,8 @@ class FuzzyThresholds:
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
     duration_tolerance_ratio: float = 0.10
-    # Shorter speech than this is never fuzzy-matched (too little evidence).
-    min_speech_s: float = 1.0
+    # Shorter speech than this is never fuzzy-matched (too little evidence to call it equal).
+    min_speech_s: float = 0.6
     top_k: int = 8
 
 
@@ -74,6 +74,7 @@ class Settings:
             (self.engine_workers >= 1, "engine_workers must be at least 1"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),
+            (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
             (-1.0 <= self.fuzzy.min_embedding_similarity <= 1.0, "thresholds.min_embedding_similarity must be in [-1, 1]"),
         ]

@@ -9,6 +9,7 @@ import soxr
 from fingerprint.canonical import bytes_digest, pcm_digest
 from fingerprint.decode import (
     SAMPLE_RATE,
+    AudioError,
     AudioTooLongError,
     EmptyAudioError,
     NotAudioError,
@@ -113,3 +114,34 @@ def test_silence_has_no_sound_and_speech_does(wav):
     padded = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech])
     assert speech_extent(padded).start_s == pytest.approx(1.0 + speech_extent(speech).start_s, abs=0.03)
     assert speech_extent(padded).duration_s == pytest.approx(speech_extent(speech).duration_s, abs=0.03)
+
+
+def test_corrupted_files_only_ever_raise_audio_errors(samples):
+    """Mutated real files (bytes flipped, spans cut, tails lost) are refused cleanly, never crash."""
+    import random
+
+    pcm, rate = samples
+    seeds = [
+        encode(pcm[:20000], rate, fmt="wav", codec="pcm_s16le"),
+        encode(pcm[:20000], rate, fmt="mp3", codec="libmp3lame", bitrate=32000),
+        encode(pcm[:20000], rate, fmt="flac", codec="flac"),
+        encode(pcm[:22050], rate, fmt="ipod", codec="aac", bitrate=32000),
+    ]
+    rng = random.Random(1)
+    for _ in range(300):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 20)):
+            choice = rng.random()
+            if choice < 0.6 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif choice < 0.8 and len(data) > 2:
+                start = rng.randrange(len(data))
+                del data[start : start + rng.randint(1, 500)]
+            elif len(data) > 2:
+                data = data[: rng.randrange(1, len(data))]
+        try:
+            decoded = decode_audio(bytes(data), HOUR)
+        except AudioError as exc:
+            assert 400 <= exc.status < 500
+        else:
+            assert np.isfinite(decoded.pcm_16k).all()
