@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
+        pool.warm_up()
         watcher = asyncio.create_task(_watch_store(store))
         try:
             yield
@@ -116,8 +118,9 @@ async def recognize(request: Request) -> Response:
 
 
 async def _recognize(request: Request, services: Services) -> Response:
+    started = time.perf_counter()
     data, profile = await _read_request(request, services)
-    outcome = await services.cache.recognize(data, profile)
+    outcome = await services.cache.recognize(data, profile, started=started)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -128,8 +131,9 @@ async def lookup(request: Request) -> Response:
 
 
 async def _lookup(request: Request, services: Services) -> Response:
+    started = time.perf_counter()
     data, profile = await _read_request(request, services)
-    outcome = await services.cache.lookup(data, profile)
+    outcome = await services.cache.lookup(data, profile, started=started)
     response = JSONResponse(
         {"code": 0, "msg": "success", "cache": outcome.cache_info(with_candidates=True), "result": outcome.result}
     )
@@ -142,10 +146,11 @@ async def openai_transcriptions(request: Request) -> Response:
 
 
 async def _openai_transcriptions(request: Request, services: Services) -> Response:
+    started = time.perf_counter()
     data, form = await read_upload(request, services.settings.max_upload_bytes)
     response_format = str(form.get("response_format") or "json")
     profile = services.engine.resolve(recognition_options(form))
-    outcome = await services.cache.recognize(data, profile)
+    outcome = await services.cache.recognize(data, profile, started=started)
     return _with_cache_headers(transcription_response(outcome, response_format), outcome)
 
 

@@ -25,8 +25,10 @@ class FuzzyThresholds:
     """Acceptance thresholds of the fuzzy tier, all on the contract's [0, 1] score scale."""
 
     enabled: bool = True
-    # Candidates whose embedding cosine similarity is below this are not verified at all.
-    min_embedding_similarity: float = 0.60
+    # Candidates whose embedding cosine similarity is below this are not verified at all. Low
+    # on purpose: the embedding only ranks candidates (noisy copies scored 0.5 against their
+    # original on the benchmark); verification decides.
+    min_embedding_similarity: float = 0.30
     # Each verified stretch must score at least this (1 - bit error rate of the robust hash).
     min_window_score: float = 0.70
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
@@ -34,7 +36,7 @@ class FuzzyThresholds:
     duration_tolerance_ratio: float = 0.10
     # Shorter speech than this is never fuzzy-matched (too little evidence to call it equal).
     min_speech_s: float = 0.6
-    top_k: int = 8
+    top_k: int = 16
 
 
 @dataclass(frozen=True)

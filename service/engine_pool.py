@@ -70,6 +70,13 @@ class EnginePool:
         self.metrics.engine_runs.inc()
         return transcript, seconds
 
+    def warm_up(self) -> None:
+        """Start the worker processes now (loading the model takes a second or two), so the
+        first miss does not pay for it. Returns at once."""
+        if isinstance(self._executor, ProcessPoolExecutor):
+            for _ in range(self.workers):
+                self._executor.submit(_worker_ready)
+
     def close(self) -> None:
         """Stop the workers and release the engine."""
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -108,6 +115,10 @@ def _load_worker_engine(spec) -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     factory, args = spec
     _worker_engine = factory(*args)
+
+
+def _worker_ready() -> bool:
+    return _worker_engine is not None
 
 
 def _transcribe_in_worker(pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
