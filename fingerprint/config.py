@@ -15,7 +15,7 @@ from fingerprint.decode import SAMPLE_RATE
 class FingerprintConfig:
     """Parameters of one fingerprint version."""
 
-    version: str = "ehash-v1"
+    version: str = "ehash-v2"
     sample_rate: int = SAMPLE_RATE
     # 128 ms analysis frames every 16 ms: long frames with heavy overlap make the energy
     # differences insensitive to the small time offsets a trimmed or re-encoded copy has

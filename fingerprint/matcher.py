@@ -16,7 +16,6 @@ import numpy as np
 from fingerprint.config import FingerprintConfig
 from fingerprint.robust_hash import RobustHash
 
-BITS = 32
 # Search this far either side of the offset that lines up the two speech onsets: onsets are
 # found from levels, which codecs and noise nudge by a few frames.
 ALIGN_SEARCH_S = 0.5
@@ -49,58 +48,65 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
         return Verification(0.0, 0.0, 0.0, 0)
     q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
     search = int(ALIGN_SEARCH_S * config.frames_per_second)
-    offset = _best_offset(query.bits, reference.bits, q_voiced, r_voiced, r_first - q_first, search)
-    errors, counted = _aligned_errors(query.bits, reference.bits, q_voiced, r_voiced, offset)
+    offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
+    errors, counted = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
     window = config.window_frames
     scores = []
     for start in range(0, max(1, len(errors) - window // 2), window // 2):
         frames = counted[start : start + window].sum()
         if frames >= window * MIN_WINDOW_FILL:
-            scores.append(1.0 - errors[start : start + window].sum() / (frames * BITS))
+            scores.append(1.0 - errors[start : start + window].sum() / frames)
     if not scores:
         return Verification(0.0, 0.0, offset / config.frames_per_second, 0)
     return Verification(float(min(scores)), float(np.mean(scores)), offset / config.frames_per_second, len(scores))
 
 
-def _best_offset(q_bits, r_bits, q_voiced, r_voiced, center: int, search: int) -> int:
-    """Offset d (query frame i ~ reference frame i + d) with the lowest bit error rate."""
+def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, center: int, search: int) -> int:
+    """Offset d (query frame i ~ reference frame i + d) with the lowest strong-bit error rate."""
     best, best_rate = center, 2.0
     for offset in range(center - search, center + search + 1):
-        q_lo, q_hi = max(0, -offset), min(len(q_bits), len(r_bits) - offset)
+        q_lo, q_hi = max(0, -offset), min(len(query.bits), len(reference.bits) - offset)
         if q_hi - q_lo < 8:
             continue
         both = q_voiced[q_lo:q_hi] & r_voiced[q_lo + offset : q_hi + offset]
         if both.sum() < 8:
             continue
-        xor = q_bits[q_lo:q_hi][both] ^ r_bits[q_lo + offset : q_hi + offset][both]
-        rate = np.bitwise_count(xor).sum() / (both.sum() * BITS)
+        q_slice, r_slice = slice(q_lo, q_hi), slice(q_lo + offset, q_hi + offset)
+        mask = (query.strong[q_slice] & reference.strong[r_slice])[both]
+        wrong = (query.bits[q_slice] ^ reference.bits[r_slice])[both] & mask
+        rate = np.bitwise_count(wrong).sum() / max(1, np.bitwise_count(mask).sum())
         if rate < best_rate:
             best, best_rate = offset, rate
     return best
 
 
-def _aligned_errors(q_bits, r_bits, q_voiced, r_voiced, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame bit errors and a counted-frame mask over the union of both timelines.
+def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame error rates (over bits strong on both sides) and a counted-frame mask, over
+    the union of both timelines.
 
     A frame counts when either side has speech there; a side with no frame at that time
     contributes a half-wrong frame (what unrelated audio scores), so unmatched speech fails.
     """
+    q_len, r_len = len(query.bits), len(reference.bits)
     start = min(0, -offset)
-    end = max(len(q_bits), len(r_bits) - offset)
+    end = max(q_len, r_len - offset)
     span = end - start
     q_idx = np.arange(start, end)
     r_idx = q_idx + offset
-    q_ok = (q_idx >= 0) & (q_idx < len(q_bits))
-    r_ok = (r_idx >= 0) & (r_idx < len(r_bits))
+    q_ok = (q_idx >= 0) & (q_idx < q_len)
+    r_ok = (r_idx >= 0) & (r_idx < r_len)
     q_speech = np.zeros(span, dtype=bool)
     r_speech = np.zeros(span, dtype=bool)
     q_speech[q_ok] = q_voiced[q_idx[q_ok]]
     r_speech[r_ok] = r_voiced[r_idx[r_ok]]
     counted = q_speech | r_speech
-    errors = np.full(span, BITS // 2, dtype=np.float64)
+    errors = np.full(span, 0.5, dtype=np.float64)
     both = q_ok & r_ok
-    errors[both] = np.bitwise_count(q_bits[q_idx[both]] ^ r_bits[r_idx[both]])
-    errors[~counted] = 0
+    mask = query.strong[q_idx[both]] & reference.strong[r_idx[both]]
+    wrong = (query.bits[q_idx[both]] ^ reference.bits[r_idx[both]]) & mask
+    compared = np.bitwise_count(mask).astype(np.float64)
+    errors[both] = np.where(compared > 0, np.bitwise_count(wrong) / np.maximum(compared, 1.0), 0.5)
+    errors[~counted] = 0.0
     # Trim the span to where speech is, so leading/trailing silence does not dilute windows.
     speech_frames = np.flatnonzero(counted)
     lo, hi = speech_frames[0], speech_frames[-1] + 1

@@ -30,12 +30,14 @@ SNAPSHOT_EVERY_S = 60.0
 # candidate is re-read from the store), it only keeps the index from filling with the dead.
 SWEEP_EVERY_S = 600.0
 RETRY_AFTER_ERROR_S = 1.0
+STOP_WAIT_S = 2.0
 
 
 class IndexReplica:
     """Owns the derived `VectorIndex`: loads, rebuilds, tails, snapshots."""
 
     def __init__(self, client, keys: Keys, index: VectorIndex, snapshot_dir: Path | None, fingerprint_version: str) -> None:
+        """`client` is the replica's own (it closes it on `stop`)."""
         self.client = client
         self.keys = keys
         self.index = index
@@ -51,15 +53,13 @@ class IndexReplica:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop tailing and write a final snapshot."""
+        """Stop tailing, write a final snapshot and close the replica's connections."""
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
         if self.ready.is_set() and self._changes_since_snapshot:
             await asyncio.to_thread(self._save)
+        await self.client.aclose()
 
     async def _run(self) -> None:
         while True:

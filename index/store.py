@@ -113,6 +113,24 @@ class Store:
             return False
         return True
 
+    async def info(self) -> dict:
+        """The server's memory and keyspace statistics (merged INFO sections; per node on a cluster)."""
+
+        async def read() -> dict:
+            merged: dict = {}
+            for section in ("memory", "stats"):
+                result = await self.client.info(section)
+                if result and all(isinstance(v, dict) for v in result.values()):  # cluster: per node
+                    for node in result.values():
+                        for key, value in node.items():
+                            if isinstance(value, (int, float)):
+                                merged[key] = merged.get(key, 0) + value
+                else:
+                    merged.update(result)
+            return merged
+
+        return await self._call(read)
+
     async def entry_by_alias(self, alias_key: str) -> Entry | None:
         """Follow an alias to its entry; None when either is missing."""
 

@@ -2,4 +2,7 @@
 
 from service.cli import main
 
-main()
+# The guard matters: engine worker processes are spawned, and a spawned child imports the
+# parent's __main__ module; without it every worker would run the command line again.
+if __name__ == "__main__":
+    main()

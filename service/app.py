@@ -46,6 +46,7 @@ from service.uploads import read_upload, recognition_options
 log = logging.getLogger(__name__)
 
 STORE_WATCH_INTERVAL_S = 2.0
+SHUTDOWN_STEP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -83,7 +84,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue)
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
-        replica = IndexReplica(store.client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
+        # The replica's blocking stream reads get their own connections, apart from requests'.
+        replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
+                               _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
         cache = RecognitionCache(settings, store, pool, metrics, fuzzy)
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica)
@@ -96,9 +99,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             yield
         finally:
             watcher.cancel()
-            await replica.stop()
             pool.close()
-            await store.close()
+            # Bounded: a stuck connection must never keep the service from exiting.
+            for step in (replica.stop(), store.close()):
+                try:
+                    await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT_S)
+                except (asyncio.TimeoutError, Exception):  # noqa: B014 - log whatever it was, keep going
+                    log.warning("shutdown step did not finish cleanly", exc_info=True)
 
     routes = [
         Route("/recognize", recognize, methods=["POST"]),
@@ -215,6 +222,10 @@ async def health(request: Request) -> Response:
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics: Prometheus text format."""
     services: Services = request.app.state.services
+    try:
+        services.metrics.observe_store_info(await services.store.info())
+    except StoreUnavailable:
+        pass  # earmark_store_up already says so
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -37,4 +37,15 @@ class Metrics:
         self.fuzzy_candidates = Counter("earmark_fuzzy_candidates_total", "Fuzzy candidates examined.", registry=r)
         self.fuzzy_accepted = Counter("earmark_fuzzy_accepted_total", "Fuzzy candidates accepted after verification.", registry=r)
         self.fuzzy_rejected = Counter("earmark_fuzzy_rejected_total", "Fuzzy candidates rejected, by reason.", ["reason"], registry=r)
+        self.store_used_memory = Gauge("earmark_store_used_memory_bytes", "Memory the store reports in use (INFO memory).", registry=r)
+        self.store_max_memory = Gauge("earmark_store_maxmemory_bytes", "The store's maxmemory (0: unbounded).", registry=r)
+        self.store_evicted = Gauge("earmark_store_evicted_keys", "Keys the store evicted under memory pressure since it started.", registry=r)
+        self.store_expired = Gauge("earmark_store_expired_keys", "Keys the store expired since it started.", registry=r)
         self.store_up.set(1)
+
+    def observe_store_info(self, info: dict) -> None:
+        """Copy the store's own memory and expiry figures (INFO) into the gauges."""
+        self.store_used_memory.set(float(info.get("used_memory", 0)))
+        self.store_max_memory.set(float(info.get("maxmemory", 0)))
+        self.store_evicted.set(float(info.get("evicted_keys", 0)))
+        self.store_expired.set(float(info.get("expired_keys", 0)))

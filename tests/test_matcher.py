@@ -35,8 +35,10 @@ def test_hash_is_32_bits_per_16_ms_frame_and_round_trips(original):
     hashed = robust_hash(original, DEFAULT)
     assert len(hashed.bits) == pytest.approx(len(original) / DEFAULT.hop_length, abs=DEFAULT.frame_length / DEFAULT.hop_length + 1)
     assert hashed.bits.dtype == np.uint32 and 0.3 < np.bitwise_count(hashed.bits).mean() / 32 < 0.7
+    assert np.all(np.bitwise_count(hashed.strong[1:]) >= 16)  # the stronger half of each frame's bits
     again = RobustHash.from_bytes(*hashed.to_bytes())
-    assert np.array_equal(again.bits, hashed.bits) and np.array_equal(again.level_db, hashed.level_db)
+    assert np.array_equal(again.bits, hashed.bits) and np.array_equal(again.strong, hashed.strong)
+    assert np.array_equal(again.level_db, hashed.level_db)
 
 
 def test_identical_audio_scores_one(original):
@@ -46,6 +48,12 @@ def test_identical_audio_scores_one(original):
 @pytest.mark.parametrize("fmt,codec,bitrate", [("mp3", "libmp3lame", 32000), ("mp3", "libmp3lame", 128000), ("ipod", "aac", 64000)])
 def test_lossy_copies_pass(original, fmt, codec, bitrate):
     copy = pcm_of(encode(*read_pcm(fixture_bytes("recorded.wav")), fmt=fmt, codec=codec, bitrate=bitrate))
+    assert score(copy, original) >= THRESHOLD
+
+
+def test_g711_telephone_copy_passes(original):
+    narrowband = (soxr.resample(original, SAMPLE_RATE, 8000) * 32767).astype(np.int16)
+    copy = pcm_of(encode(narrowband, 8000, fmt="wav", codec="pcm_mulaw"))
     assert score(copy, original) >= THRESHOLD
 
 
