@@ -47,6 +47,7 @@ class IndexReplica:
         self.ready = asyncio.Event()
         self._changes_since_snapshot = 0
         self._task: asyncio.Task | None = None
+        self._rebuild: asyncio.Task | None = None
 
     def start(self) -> None:
         """Begin loading and tailing in the background; `ready` is set once caught up."""
@@ -148,8 +149,10 @@ class IndexReplica:
             if self.snapshot_dir is not None and self._changes_since_snapshot and time.monotonic() - last_snapshot > SNAPSHOT_EVERY_S:
                 await asyncio.to_thread(self._save)
                 last_snapshot = time.monotonic()
-            if self.index.needs_rebuild():
-                await asyncio.to_thread(self.index.rebuild)
+            if self.index.needs_rebuild() and (self._rebuild is None or self._rebuild.done()):
+                # In the background: building HNSW for a large index takes minutes, and the
+                # stream must keep flowing meanwhile (rebuild applies what changed during it).
+                self._rebuild = asyncio.get_running_loop().create_task(asyncio.to_thread(self.index.rebuild))
             if time.monotonic() - last_sweep > SWEEP_EVERY_S:
                 await self._sweep()
                 last_sweep = time.monotonic()

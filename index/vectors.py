@@ -2,9 +2,10 @@
 
 Derived data: Redis holds every entry's embedding, so this index can always be rebuilt, and a
 search result is only a candidate (the caller re-reads the entry from Redis before trusting
-it). Small indexes use exact inner-product search; large ones HNSW, which cannot remove
-vectors (faiss #3339, #1784), so removals there become tombstones filtered at search time
-until the next rebuild.
+it). Small indexes use exact inner-product search; large ones HNSW. Removals are tombstones
+filtered at search time until the next rebuild: HNSW cannot remove vectors (faiss #3339,
+#1784), and a flat index's `remove_ids` compacts the whole array (478 ms at 1M entries,
+bench/README.md), far too slow to run per expired candidate.
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ class VectorIndex:
                 return []
             fetch = min(part.index.ntotal, k + len(part.tombstones))
             scores, ids = part.index.search(np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1), fetch)
-            hits = []
+            hits, seen = [], set()
             for vid, score in zip(ids[0].tolist(), scores[0].tolist()):
-                if vid < 0 or vid in part.tombstones or vid not in part.entry_ids:
+                if vid < 0 or vid in part.tombstones or vid not in part.entry_ids or vid in seen:
                     continue
+                seen.add(vid)
                 hits.append((part.entry_ids[vid], float(score)))
                 if len(hits) == k:
                     break
@@ -126,7 +128,7 @@ class VectorIndex:
         """True when tombstones pile up or a profile outgrew exact search."""
         with self._lock:
             for part in self._profiles.values():
-                if part.kind == "hnsw" and len(part.tombstones) > max(1000, part.live // 10):
+                if len(part.tombstones) > max(1000, part.live // 10):
                     return True
                 if self.index_type == "auto" and part.kind == "flat" and part.live >= AUTO_HNSW_FROM:
                     return True
@@ -217,15 +219,16 @@ class VectorIndex:
     def _remove_ids(self, part: _ProfileIndex, ids: list[int]) -> None:
         for vid in ids:
             part.entry_ids.pop(vid, None)
-        if part.kind == "flat":
-            part.index.remove_ids(np.array(ids, dtype=np.int64))
-        else:
-            part.tombstones.update(ids)
+        part.tombstones.update(ids)
 
     def _vectors(self, part: _ProfileIndex, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids`, read in bulk from the index's own storage."""
         if len(ids) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.vstack([part.index.reconstruct(int(v)) for v in ids]).astype(np.float32)
+        stored_ids = faiss.vector_to_array(part.index.id_map)
+        stored = part.index.index.reconstruct_n(0, part.index.ntotal)
+        row_of = {vid: row for row, vid in enumerate(stored_ids.tolist())}  # a re-add's last row wins
+        return np.ascontiguousarray(stored[[row_of[int(v)] for v in ids]], dtype=np.float32)
 
 
 def _hnsw_of(index: faiss.Index):
