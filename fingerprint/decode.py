@@ -136,7 +136,12 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
     total = 0
     try:
         for frame in container.decode(stream):
-            for converted in downmix.resample(frame):
+            if frame.format.name in ("flt", "fltp") and len(frame.layout.channels) == 1:
+                # Already float mono (MP3, AAC, Opus decoders give it): converting is a no-op.
+                converted_frames = [frame]
+            else:
+                converted_frames = downmix.resample(frame)
+            for converted in converted_frames:
                 samples = converted.to_ndarray().reshape(-1)
                 chunks.append(samples)
                 total += samples.size

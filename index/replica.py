@@ -56,8 +56,14 @@ class IndexReplica:
     async def stop(self) -> None:
         """Stop tailing, write a final snapshot and close the replica's connections."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+            # Cancel until it sticks: on Python 3.11 a cancel landing while redis-py sends a
+            # command can be swallowed (CPython gh-86296).
+            deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+            while not self._task.done() and asyncio.get_running_loop().time() < deadline:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.1)
+        if self._rebuild is not None:
+            self._rebuild.cancel()
         if self.ready.is_set() and self._changes_since_snapshot:
             await asyncio.to_thread(self._save)
         await self.client.aclose()
@@ -172,9 +178,10 @@ class IndexReplica:
             await asyncio.sleep(0)
 
     async def apply(self, events: list) -> None:
-        """Apply stream events (id, fields) in order."""
+        """Apply stream events (id, fields) in order; the offset moves only once they are in,
+        so a store error mid-batch replays the batch (applying an event twice is harmless)."""
         added: list[str] = []
-        for event_id, fields in events:
+        for _, fields in events:
             op = fields.get(b"op")
             entry_id = fields.get(b"entry", b"").decode()
             if op == b"add":
@@ -184,10 +191,11 @@ class IndexReplica:
                     await self._index_entries(added)
                     added = []
                 self.index.remove(entry_id)
-            self.offset = event_id.decode()
-            self._changes_since_snapshot += 1
         if added:
             await self._index_entries(added)
+        if events:
+            self.offset = events[-1][0].decode()
+            self._changes_since_snapshot += len(events)
 
     def _save(self) -> None:
         self.index.save(self.snapshot_dir, self.offset, self.fingerprint_version)

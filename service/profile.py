@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Profile:
     prompt: str = ""
     namespace: str = ""
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Stable short digest of the profile, used in keys and entry ids."""
         canonical = json.dumps(asdict(self), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
