@@ -37,28 +37,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
 import datetime as dt
 import faulthandler
 import gc
 import json
 import os
-import platform
 import random
-import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import (EARMARK, OUT_DIR, ROOT, VOICE, Server, interrupt_on_sigterm, loadavg, machine_info,
+                     multipart_body, multipart_headers, require_tools, run_quiet, shuffled_words, speak,
+                     stage_means_ms, stage_totals)
+from harness import summary as timing_summary
+
 sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
@@ -83,9 +82,6 @@ from service.fuzzy import FuzzyMatcher  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.profile import Profile  # noqa: E402
 
-OUT_DIR = ROOT / "bench" / "out"
-EARMARK = ROOT / ".venv" / "bin" / "earmark"
-VOICE = "en-us+f2"
 PROFILE = Profile(engine="pocketsphinx", model="en-us", revision="bench", language="en", use_itn=False)
 PROFILE_ID = PROFILE.digest  # computed once: the property hashes the profile's JSON each time
 TOP_K = FuzzyThresholds().top_k
@@ -103,25 +99,6 @@ TARGETS = {
     "replica_ready_s_max": 30.0,
 }
 
-SENTENCES = [
-    "The quarterly report was sent to every branch office on Monday morning.",
-    "Please hold while we connect your call to the next available agent.",
-    "A light rain fell over the harbour as the ferry left the northern pier.",
-    "The committee agreed to review the budget again after the summer break.",
-    "Our records show that your last payment arrived three days after the due date.",
-    "She measured the distance twice before cutting the long wooden board.",
-    "The museum opens at nine and closes early on the first Sunday of each month.",
-    "If the alarm sounds, leave the building by the nearest marked exit.",
-    "The engineers replaced the old pump and tested the pressure for an hour.",
-    "Fresh bread and warm soup were served to the volunteers at noon.",
-    "The train to the airport departs from platform four every twenty minutes.",
-    "He wrote the instructions on a card and left it beside the telephone.",
-    "Customers may return unused items within thirty days with a receipt.",
-    "The garden behind the library is quiet even in the middle of the day.",
-    "We will publish the final results once every ballot has been counted.",
-    "A small boat drifted slowly past the lighthouse in the evening fog.",
-]
-
 
 # ------------------------------------------------------------------------------------------
 # Small helpers
@@ -132,10 +109,7 @@ def log(message: str) -> None:
 
 
 def summary(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    return {"n": int(ms.size), "median_ms": round(float(np.median(ms)), 4), "p10_ms": round(float(np.percentile(ms, 10)), 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4), "min_ms": round(float(ms.min()), 4),
-            "max_ms": round(float(ms.max()), 4)}
+    return timing_summary(seconds, digits=4, percentiles=(10, 90))
 
 
 def ratio(a: float, b: float, digits: int = 3) -> float:
@@ -154,42 +128,12 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 # ------------------------------------------------------------------------------------------
 # Audio
 
 
-def wav_duration_s(path: Path) -> float:
-    with wave.open(str(path), "rb") as handle:
-        return handle.getnframes() / handle.getframerate()
-
-
-def shuffled_words(seed: int) -> list[str]:
-    """The vocabulary in a random order: speech no other clip contains (a genuine miss)."""
-    vocabulary = sorted(set(" ".join(SENTENCES).lower().replace(",", "").replace(".", "").split()))
-    random.Random(seed).shuffle(vocabulary)
-    return vocabulary
-
-
-def speak(target_s: float, path: Path, words: list[str]) -> float:
-    """Write a WAV of about `target_s` seconds of espeak-ng speech; return its duration."""
-    count = max(3, round(target_s * 2.6))
-    duration = 0.0
-    for _ in range(5):
-        text = " ".join((words * (1 + count // len(words)))[:count])
-        _run("espeak-ng", "-v", VOICE, "-w", str(path), text)
-        duration = wav_duration_s(path)
-        if abs(duration - target_s) <= 0.05 * target_s:
-            break
-        count = max(3, round(count * target_s / duration))
-    return duration
-
-
 def mp3_copy(source: Path, path: Path) -> None:
-    _run("ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-c:a", "libmp3lame", "-b:a", "64k", str(path))
+    run_quiet("ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-c:a", "libmp3lame", "-b:a", "64k", str(path))
 
 
 def prepare_audio(work: Path, miss_clips: int) -> dict:
@@ -198,10 +142,10 @@ def prepare_audio(work: Path, miss_clips: int) -> dict:
     clips = {}
     for name, target, seed in (("clip10", 10, 1), ("clip60", 60, 2), ("other10", 10, 3), ("warmup", 2, 4)):
         path = audio / f"{name}.wav"
-        clips[name] = {"wav": path, "duration_s": speak(target, path, shuffled_words(seed))}
+        clips[name] = {"wav": path, "duration_s": speak(target, path, shuffled_words(seed), attempts=5)}
     for k in range(miss_clips):
         path = audio / f"miss10_{k}.wav"
-        clips[f"miss10_{k}"] = {"wav": path, "duration_s": speak(10, path, shuffled_words(100 + k))}
+        clips[f"miss10_{k}"] = {"wav": path, "duration_s": speak(10, path, shuffled_words(100 + k), attempts=5)}
     for name, clip in clips.items():
         if name != "warmup":
             clip["mp3"] = clip["wav"].with_suffix(".mp3")
@@ -246,66 +190,12 @@ def part_features(clips: dict, matcher: FuzzyMatcher, quick: bool) -> dict:
 # Part 2: /lookup against a miss, through a running service
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: no orphan if we are killed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`earmark serve` with its embedded store in a temporary data directory."""
-
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(EARMARK), "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-
-    def wait_ready(self, client: httpx.Client, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"earmark serve exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                response = client.get("/health", timeout=2.0)
-                body = response.json()
-                if response.status_code == 200 and body.get("store") == "up" and body.get("index_ready"):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"earmark serve was not ready within {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        process = self.process
-        if process.poll() is None:
-            for sig, wait_s in ((signal.SIGINT, 20.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-                try:
-                    process.send_signal(sig)
-                    process.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._log.close()
-
-
 BOUNDARY = "earmark-scale-7d1e"
-HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+HEADERS = multipart_headers(BOUNDARY)
 
 
 def body(path: Path) -> bytes:
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
-    return head + path.read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return multipart_body(path.read_bytes(), path.name, BOUNDARY)
 
 
 def post(client: httpx.Client, route: str, payload: bytes) -> tuple[float, dict]:
@@ -317,21 +207,9 @@ def post(client: httpx.Client, route: str, payload: bytes) -> tuple[float, dict]
     return elapsed, response.json()
 
 
-def stage_totals(client: httpx.Client) -> dict[str, tuple[float, float]]:
-    text = client.get("/metrics").text
-    totals: dict[str, list[float]] = {}
-    for kind, stage, value in re.findall(r'^earmark_lookup_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$', text, re.M):
-        totals.setdefault(stage, [0.0, 0.0])[0 if kind == "sum" else 1] = float(value)
-    return {stage: (s, c) for stage, (s, c) in totals.items()}
-
-
-def stage_means_ms(before: dict, after: dict) -> dict:
-    out = {}
-    for stage, (total, count) in after.items():
-        total0, count0 = before.get(stage, (0.0, 0.0))
-        if count > count0:
-            out[stage] = round((total - total0) / (count - count0) * 1000, 3)
-    return out
+def mean_ms_by_stage(before: dict, after: dict) -> dict:
+    """Mean milliseconds per stage between two `stage_totals` readings (without the counts)."""
+    return {stage: row["mean_ms"] for stage, row in stage_means_ms(before, after).items()}
 
 
 def part_service(work: Path, clips: dict, miss_clips: int, lookups: int) -> dict:
@@ -340,7 +218,7 @@ def part_service(work: Path, clips: dict, miss_clips: int, lookups: int) -> dict
     unexpected: list[str] = []
     per_clip = []
     try:
-        server.wait_ready(client)
+        server.wait_healthy(client, timeout_s=90.0)
         started = time.perf_counter()
         post(client, "/recognize", body(clips["warmup"]["wav"]))
         log(f"  warm-up miss (engine worker start): {time.perf_counter() - started:.2f} s")
@@ -350,7 +228,7 @@ def part_service(work: Path, clips: dict, miss_clips: int, lookups: int) -> dict
             clip = clips[f"miss10_{k}"]
             before = stage_totals(client)
             miss_s, answer = post(client, "/recognize", body(clip["wav"]))
-            for stage, value in stage_means_ms(before, stage_totals(client)).items():
+            for stage, value in mean_ms_by_stage(before, stage_totals(client)).items():
                 miss_stages.setdefault(stage, []).append(value)
             if answer["cache"]["tier"] != "miss":
                 unexpected.append(f"recognize miss10_{k}: tier {answer['cache']['tier']}")
@@ -370,7 +248,7 @@ def part_service(work: Path, clips: dict, miss_clips: int, lookups: int) -> dict
                 times.append(elapsed)
                 server_ms.append(cache["elapsed_ms"])
                 scores.append(cache["score"])
-            stages = stage_means_ms(before, stage_totals(client))
+            stages = mean_ms_by_stage(before, stage_totals(client))
             for stage, value in stages.items():
                 lookup_stages.setdefault(stage, []).append(value)
             row = summary(times)
@@ -385,7 +263,7 @@ def part_service(work: Path, clips: dict, miss_clips: int, lookups: int) -> dict
                 f"lookup of MP3 copy median {row['median_ms']:.1f} ms (server {row['server_elapsed_median_ms']:.1f} ms) "
                 f"= {row['lookup_over_miss'] * 100:.2f}% of the miss; lookup stages {stages}")
     finally:
-        server.stop()
+        server.stop(grace_s=20.0)
         client.close()
     return {
         "per_clip": per_clip,
@@ -637,7 +515,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         log(f"  flat index, {small_n:,} filler: built in {small_build:.2f} s")
         rss1 = rss_mb()
         log(f"  building HNSW (M={HNSW_M}, efConstruction={HNSW_EF_CONSTRUCTION}) of {large_n:,} vectors with 2 FAISS threads ...")
-        load_before_build = os.getloadavg()
+        load_before_build = loadavg()
         large, large_build = build_index("hnsw", filler_ids, filler, real_vectors, 2, "hnsw large")
         rss2 = rss_mb()
         log(f"  HNSW {large_n:,}: built in {large_build:.1f} s (RSS +{rss2 - rss1:.0f} MB)")
@@ -647,8 +525,8 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         out["builds"] = {
             "flat_small": {"entries": len(small), "seconds": round(small_build, 3)},
             "hnsw_large": {"entries": len(large), "seconds": round(large_build, 1), "faiss_threads": 2,
-                           "rss_growth_mb": round(rss2 - rss1), "loadavg_before": [round(x, 2) for x in load_before_build],
-                           "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+                           "rss_growth_mb": round(rss2 - rss1), "loadavg_before": load_before_build,
+                           "loadavg_after": loadavg()},
             "flat_large": {"entries": len(flat_large), "seconds": round(flat_large_build, 2), "rss_growth_mb": round(rss3 - rss2)},
             "rss_before_indexes_mb": round(rss0),
         }
@@ -963,19 +841,13 @@ def git_state() -> dict:
     return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_files": changed}
 
 
-def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 30k-entry 'large' index, fewer repeats")
     parser.add_argument("--out", type=Path, default=None, help="JSON output [bench/out/scale.json, scale-quick.json with --quick]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    for tool in ("espeak-ng", "ffmpeg"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not on PATH")
+    require_tools(parser, "espeak-ng", "ffmpeg")
     if not EARMARK.exists():
         parser.error(f"{EARMARK} not found: install earmark into .venv first")
     if args.quick:
@@ -986,7 +858,7 @@ def main() -> None:
         args.search_rounds, args.match_rounds, args.gone_rounds, miss_clips, lookups = 500, 150, 100, 3, 100
     out_path = args.out or OUT_DIR / ("scale-quick.json" if args.quick else "scale.json")
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` prints where it is
     work = Path(tempfile.mkdtemp(prefix="earmark-scale-"))
     started = time.perf_counter()
@@ -994,9 +866,8 @@ def main() -> None:
         "benchmark": "scale",
         "mode": "quick" if args.quick else "full",
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "faiss": faiss.__version__, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-                    "note": "shared 2-core machine; other jobs may run at the same time (see loadavg)"},
+        "machine": machine_info(faiss=faiss.__version__, loadavg_start=loadavg(),
+                                note="shared 2-core machine; other jobs may run at the same time (see loadavg)"),
         "targets": TARGETS,
         "code": git_state(),
         "fingerprint": {"version": FP_CONFIG.version, "frames_per_second": FP_CONFIG.frames_per_second},
@@ -1019,7 +890,7 @@ def main() -> None:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    out["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    out["machine"]["loadavg_end"] = loadavg()
     out["machine"]["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out["wall_s"] = round(time.perf_counter() - started, 1)
     out["config"] = {"large": args.large, "rebuild_entries": args.rebuild_entries, "replay_events": args.replay_events,

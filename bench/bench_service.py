@@ -24,162 +24,38 @@ as a table and written to bench/out/service.json.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
 import json
 import os
-import platform
 import random
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "bench" / "out"
-EARMARK = ROOT / ".venv" / "bin" / "earmark"
-VOICE = "en-us+f2"
+from harness import (EARMARK, OUT_DIR, VOICE, Server, git_head, interrupt_on_sigterm, loadavg, machine_info,
+                     multipart_body, multipart_headers, print_final_load, require_tools, run_quiet, sentence_words,
+                     shuffled_words, speak, stage_means_ms, stage_totals, summary)
+
 DURATIONS_S = (3, 10, 30)
 CANONICAL_CLIP_S = 10
 WARM_ROUNDS = 20  # interleaved rounds run before measuring
 EXACT_TARGET_RATIO = 3.0
 
-# Plain sentences for espeak-ng; clips are built by taking words from here until long enough.
-SENTENCES = [
-    "The quarterly report was sent to every branch office on Monday morning.",
-    "Please hold while we connect your call to the next available agent.",
-    "A light rain fell over the harbour as the ferry left the northern pier.",
-    "The committee agreed to review the budget again after the summer break.",
-    "Our records show that your last payment arrived three days after the due date.",
-    "She measured the distance twice before cutting the long wooden board.",
-    "The museum opens at nine and closes early on the first Sunday of each month.",
-    "If the alarm sounds, leave the building by the nearest marked exit.",
-    "The engineers replaced the old pump and tested the pressure for an hour.",
-    "Fresh bread and warm soup were served to the volunteers at noon.",
-    "The train to the airport departs from platform four every twenty minutes.",
-    "He wrote the instructions on a card and left it beside the telephone.",
-    "Customers may return unused items within thirty days with a receipt.",
-    "The garden behind the library is quiet even in the middle of the day.",
-    "We will publish the final results once every ballot has been counted.",
-    "A small boat drifted slowly past the lighthouse in the evening fog.",
-]
-
 
 # ------------------------------------------------------------------------------------------
-# Audio
-
-
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wav_duration_s(path: Path) -> float:
-    with wave.open(str(path), "rb") as handle:
-        return handle.getnframes() / handle.getframerate()
-
-
-def sentence_words(offset: int) -> list[str]:
-    """The sentences in order, starting at sentence `offset`."""
-    return " ".join(SENTENCES[offset:] + SENTENCES[:offset]).split()
-
-
-def shuffled_words(seed: int) -> list[str]:
-    """The vocabulary in a random order: speech no other clip contains (a genuine miss)."""
-    vocabulary = sorted(set(" ".join(SENTENCES).lower().replace(",", "").replace(".", "").split()))
-    random.Random(seed).shuffle(vocabulary)
-    return vocabulary
-
-
-def speak(target_s: float, path: Path, words: list[str]) -> float:
-    """Write a WAV of about `target_s` seconds of espeak-ng speech; return its duration."""
-    count = max(3, round(target_s * 2.6))
-    duration = 0.0
-    for _ in range(4):
-        text = " ".join((words * (1 + count // len(words)))[:count])
-        _run("espeak-ng", "-v", VOICE, "-w", str(path), text)
-        duration = wav_duration_s(path)
-        if abs(duration - target_s) <= 0.05 * target_s:
-            break
-        count = max(3, round(count * target_s / duration))
-    return duration
+# Audio (speech clips from harness.speak)
 
 
 def flac_copy(source: Path, path: Path, title: str) -> None:
     """Same PCM, different bytes: a FLAC whose only difference is its title tag."""
-    _run("ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-c:a", "flac",
-         "-metadata", f"title={title}", str(path))
-
-
-# ------------------------------------------------------------------------------------------
-# Server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: no orphan if we are killed
-
-
-class Server:
-    """`earmark serve` in its own session (terminal Ctrl-C reaches us; we stop it cleanly)."""
-
-    def __init__(self, data_dir: Path, log_path: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(EARMARK), "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-
-    def wait_healthy(self, client: httpx.Client, timeout_s: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"earmark serve exited with code {self.process.returncode}; see {self.log_path}")
-            try:
-                response = client.get("/health", timeout=2.0)
-                body = response.json() if response.status_code == 200 else {}
-                if body.get("store") == "up" and body.get("index_ready", True):
-                    return body
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise SystemExit(f"earmark serve did not become healthy within {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        """SIGINT (uvicorn's graceful stop, which also stops the embedded store), then harder.
-
-        A graceful stop waits for a request in flight (an engine run, if interrupted during a
-        miss); uvicorn treats a second signal as "exit now", and the store and the engine
-        worker die with it (they are started with PR_SET_PDEATHSIG).
-        """
-        process = self.process
-        if process.poll() is None:
-            for sig, wait_s in ((signal.SIGINT, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-                try:
-                    process.send_signal(sig)
-                    process.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._log.close()
+    run_quiet("ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-c:a", "flac",
+              "-metadata", f"title={title}", str(path))
 
 
 # ------------------------------------------------------------------------------------------
@@ -192,16 +68,11 @@ class Uploads:
     boundary = "earmark-bench-9f2c1a"
 
     def body(self, data: bytes, filename: str) -> bytes:
-        head = (
-            f"--{self.boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        return head + data + f"\r\n--{self.boundary}--\r\n".encode()
+        return multipart_body(data, filename, self.boundary)
 
     @property
     def headers(self) -> dict:
-        return {"Content-Type": f"multipart/form-data; boundary={self.boundary}"}
+        return multipart_headers(self.boundary)
 
 
 class Probe:
@@ -233,31 +104,7 @@ class Probe:
 
     def stage_totals(self) -> dict[str, tuple[float, float]]:
         """(sum seconds, count) of earmark_lookup_seconds per stage, from /metrics."""
-        text = self.client.get("/metrics").text
-        totals: dict[str, list[float]] = {}
-        for name, stage, value in re.findall(r'^earmark_lookup_seconds_(sum|count)\{stage="([^"]+)"\} (\S+)$', text, re.M):
-            totals.setdefault(stage, [0.0, 0.0])[0 if name == "sum" else 1] = float(value)
-        return {stage: (s, c) for stage, (s, c) in totals.items()}
-
-
-def stage_means_ms(before: dict, after: dict) -> dict[str, dict]:
-    out = {}
-    for stage, (total, count) in after.items():
-        total0, count0 = before.get(stage, (0.0, 0.0))
-        if count > count0:
-            out[stage] = {"n": int(count - count0), "mean_ms": round((total - total0) / (count - count0) * 1000, 3)}
-    return out
-
-
-def summary(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000.0
-    return {
-        "n": int(ms.size),
-        "median_ms": round(float(np.median(ms)), 3),
-        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        "min_ms": round(float(ms.min()), 3),
-        "max_ms": round(float(ms.max()), 3),
-    }
+        return stage_totals(self.client)
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,8 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         for target, clip in clips.items():
             print(f"  ~{target} s clip: {clip['duration_s']:.2f} s, {clip['path'].stat().st_size} bytes WAV")
 
-        port = args.port or free_port()
-        server = Server(work / "data", work / "server.log", port)
+        server = Server(work / "data", work / "server.log", args.port)
         client = httpx.Client(base_url=server.url, timeout=600.0)
         probe = Probe(client)
         up = server.wait_healthy(probe.client)
@@ -422,10 +268,8 @@ def report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, un
     result = {
         "benchmark": "service",
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "git_head": _git_head(),
-                    "note": "shared machine; client, server, store and engine worker on the same cores"},
+        "machine": machine_info(loadavg_at_end=loadavg(), git_head=git_head(),
+                                note="shared machine; client, server, store and engine worker on the same cores"),
         "config": {"requests": args.requests, "repeats": args.repeats, "voice": VOICE, "http": "httpx keep-alive, loopback",
                    "timing": "client wall time per request, multipart body pre-encoded"},
         "clips": {f"{t}s": {"duration_s": round(c["duration_s"], 3), "wav_bytes": c["path"].stat().st_size} for t, c in clips.items()},
@@ -438,7 +282,7 @@ def report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, un
         "unexpected_tiers": unexpected,
     }
 
-    print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
+    print_final_load()
     print(f"{'request':<16}{'n':>5}{'median ms':>12}{'p90 ms':>11}{'server ms':>11}{'engine ms':>11}")
     for name, row in rows.items():
         server = row.get("server_elapsed_median_ms")
@@ -469,20 +313,6 @@ def report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, un
     return result
 
 
-def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
-
-
-def _git_head() -> str:
-    """The commit measured (others' uncommitted edits may sit on top of it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
-        return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="misses measured per clip duration [5]")
@@ -493,12 +323,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1 or args.requests < 1:
         parser.error("--repeats and --requests must be at least 1")
-    for tool in ("espeak-ng", "ffmpeg"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not on PATH")
+    require_tools(parser, "espeak-ng", "ffmpeg")
     if not EARMARK.exists():
         parser.error(f"{EARMARK} not found: run `make serve` or install earmark into .venv first")
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
         result = run(args)
     except KeyboardInterrupt:

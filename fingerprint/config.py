@@ -15,7 +15,7 @@ from fingerprint.decode import SAMPLE_RATE
 class FingerprintConfig:
     """Parameters of one fingerprint version."""
 
-    version: str = "ehash-v2"
+    version: str = "ehash-v2"  # verification changes need no new version
     sample_rate: int = SAMPLE_RATE
     # 128 ms analysis frames every 16 ms: long frames with heavy overlap make the energy
     # differences insensitive to the small time offsets a trimmed or re-encoded copy has
@@ -32,6 +32,8 @@ class FingerprintConfig:
     silence_below_peak_db: float = 35.0
     # Verification looks at stretches of this many frames (~1 s) and judges by the worst.
     window_frames: int = 62
+    # ...and, where both recordings have audio, stretches of ~0.25 s: about one word.
+    short_window_frames: int = 16
     # Embedding layout: band-shape means, band modulation, and the loudness contour over the
     # speech extent (a coarse time grid that padding and trimming silence do not move).
     embedding_contour_points: int = 24

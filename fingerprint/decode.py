@@ -18,6 +18,8 @@ import soxr
 from fingerprint.sniff import sniff_format
 
 SAMPLE_RATE = 16000
+MIN_SOURCE_RATE = 4000
+MAX_SOURCE_RATE = 384000
 
 
 class AudioError(ValueError):
@@ -96,13 +98,19 @@ def decode_audio(data: bytes, max_duration_s: float) -> DecodedAudio:
         if context is None:
             raise UndecodableAudioError("the audio stream uses no codec we can decode; re-export it as WAV, FLAC or MP3")
         source_rate = int(getattr(context, "sample_rate", 0) or 0)
+        if not MIN_SOURCE_RATE <= source_rate <= MAX_SOURCE_RATE:
+            # A tiny file at 1 Hz would otherwise resample into hours of audio for the engine.
+            raise UndecodableAudioError(
+                f"the audio's sample rate is {source_rate} Hz; send audio sampled between "
+                f"{MIN_SOURCE_RATE} and {MAX_SOURCE_RATE} Hz"
+            )
         source_channels = int(getattr(context, "channels", 0) or 0)
         codec = context.name
         mono = _decode_mono(container, stream, source_rate, max_duration_s)
     if mono.size == 0:
         raise EmptyAudioError("the audio decodes to no samples; send a file that contains sound")
     # Float formats can carry NaN or infinity; nothing downstream should ever see them.
-    mono = np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    mono = np.clip(np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
     pcm_16k = mono if source_rate == SAMPLE_RATE else soxr.resample(mono, source_rate, SAMPLE_RATE, quality="HQ")
     return DecodedAudio(
         pcm_16k=np.ascontiguousarray(pcm_16k, dtype=np.float32),

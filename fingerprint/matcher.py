@@ -19,18 +19,17 @@ from fingerprint.robust_hash import RobustHash
 # Search this far either side of the offset that lines up the two speech onsets: onsets are
 # found from levels, which codecs and noise nudge by a few frames.
 ALIGN_SEARCH_S = 0.5
-# A stretch with fewer counted frames than this share of a window is not judged on its own.
-MIN_WINDOW_FILL = 0.25
 
 
 @dataclass(frozen=True)
 class Verification:
-    """The verdict's evidence: worst and mean stretch scores (1 - bit error rate)."""
+    """The verdict's evidence: stretch scores (1 - error rate over strong bits)."""
 
-    worst_score: float
+    worst_score: float  # worst ~1 s stretch over the union of both recordings' speech
     mean_score: float
     offset_s: float
     windows: int
+    worst_short_score: float = 0.0  # worst ~0.25 s stretch where both recordings have audio
 
 
 def speech_mask(hash_: RobustHash, config: FingerprintConfig) -> np.ndarray:
@@ -42,23 +41,41 @@ def speech_mask(hash_: RobustHash, config: FingerprintConfig) -> np.ndarray:
 
 
 def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) -> Verification:
-    """Score the query against a reference over the whole of both; see the module docstring."""
+    """Score the query against a reference over the whole of both; see the module docstring.
+
+    Two scales: ~1 s stretches over the union of both timelines (speech with no counterpart
+    counts as wrong, so containment fails), and ~0.25 s stretches where both have audio (a
+    single substituted word cannot hide in an otherwise identical second). Stretches run over
+    speech frames only, so pauses never dilute a difference.
+    """
     q_voiced, r_voiced = speech_mask(query, config), speech_mask(reference, config)
     if not q_voiced.any() or not r_voiced.any():
         return Verification(0.0, 0.0, 0.0, 0)
     q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
     search = int(ALIGN_SEARCH_S * config.frames_per_second)
     offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
-    errors, counted = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
-    window = config.window_frames
-    scores = []
-    for start in range(0, max(1, len(errors) - window // 2), window // 2):
-        frames = counted[start : start + window].sum()
-        if frames >= window * MIN_WINDOW_FILL:
-            scores.append(1.0 - errors[start : start + window].sum() / frames)
-    if not scores:
-        return Verification(0.0, 0.0, offset / config.frames_per_second, 0)
-    return Verification(float(min(scores)), float(np.mean(scores)), offset / config.frames_per_second, len(scores))
+    errors, counted, shared = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
+    long_scores = _window_scores(errors[counted], config.window_frames)
+    short_scores = _window_scores(errors[counted & shared], config.short_window_frames)
+    return Verification(
+        worst_score=float(long_scores.min()),
+        mean_score=float(long_scores.mean()),
+        offset_s=offset / config.frames_per_second,
+        windows=len(long_scores),
+        worst_short_score=float(short_scores.min()) if short_scores.size else 1.0,
+    )
+
+
+def _window_scores(frame_errors: np.ndarray, window: int) -> np.ndarray:
+    """1 - mean error of every `window`-frame stretch, stepping by half a window (the whole
+    sequence when it is shorter than a window; the last stretch ends at the last frame)."""
+    if frame_errors.size == 0:
+        return np.zeros(0)
+    if frame_errors.size <= window:
+        return np.array([1.0 - frame_errors.mean()])
+    sums = np.convolve(frame_errors, np.ones(window), mode="valid")
+    starts = np.unique(np.append(np.arange(0, sums.size, max(1, window // 2)), sums.size - 1))
+    return 1.0 - sums[starts] / window
 
 
 def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, center: int, search: int) -> int:
@@ -80,34 +97,26 @@ def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, c
     return best
 
 
-def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame error rates (over bits strong on both sides) and a counted-frame mask, over
-    the union of both timelines.
+def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int):
+    """Per-frame error rates over bits strong on both sides, over the union of both timelines,
+    with masks of the counted frames (speech on either side) and of the frames both share.
 
-    A frame counts when either side has speech there; a side with no frame at that time
-    contributes a half-wrong frame (what unrelated audio scores), so unmatched speech fails.
+    A side with no frame at that time contributes a half-wrong frame (what unrelated audio
+    scores), so unmatched speech fails.
     """
     q_len, r_len = len(query.bits), len(reference.bits)
-    start = min(0, -offset)
-    end = max(q_len, r_len - offset)
-    span = end - start
-    q_idx = np.arange(start, end)
+    q_idx = np.arange(min(0, -offset), max(q_len, r_len - offset))
     r_idx = q_idx + offset
     q_ok = (q_idx >= 0) & (q_idx < q_len)
     r_ok = (r_idx >= 0) & (r_idx < r_len)
-    q_speech = np.zeros(span, dtype=bool)
-    r_speech = np.zeros(span, dtype=bool)
+    q_speech = np.zeros(q_idx.size, dtype=bool)
+    r_speech = np.zeros(q_idx.size, dtype=bool)
     q_speech[q_ok] = q_voiced[q_idx[q_ok]]
     r_speech[r_ok] = r_voiced[r_idx[r_ok]]
-    counted = q_speech | r_speech
-    errors = np.full(span, 0.5, dtype=np.float64)
     both = q_ok & r_ok
+    errors = np.full(q_idx.size, 0.5, dtype=np.float64)
     mask = query.strong[q_idx[both]] & reference.strong[r_idx[both]]
     wrong = (query.bits[q_idx[both]] ^ reference.bits[r_idx[both]]) & mask
     compared = np.bitwise_count(mask).astype(np.float64)
     errors[both] = np.where(compared > 0, np.bitwise_count(wrong) / np.maximum(compared, 1.0), 0.5)
-    errors[~counted] = 0.0
-    # Trim the span to where speech is, so leading/trailing silence does not dilute windows.
-    speech_frames = np.flatnonzero(counted)
-    lo, hi = speech_frames[0], speech_frames[-1] + 1
-    return errors[lo:hi], counted[lo:hi]
+    return errors, q_speech | r_speech, both

@@ -21,7 +21,7 @@ class Keys:
 
     def entry_aliases(self, entry_id: str) -> str:
         """Set of alias keys pointing at an entry, so a delete can remove them all."""
-        return f"{self.prefix}entry:{entry_id}:aliases"
+        return f"{self.prefix}aliases:{entry_id}"
 
     def exact(self, profile_id: str, bytes_digest: str) -> str:
         """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""
@@ -34,6 +34,11 @@ class Keys:
     def lock(self, profile_id: str, pcm_digest: str) -> str:
         """Single-flight lock: held by the one process running the engine for this audio."""
         return f"{self.prefix}lock:{profile_id}:{pcm_digest}"
+
+    def store_id(self) -> str:
+        """A random identity of this store's data, so a replica's index snapshot is only ever
+        loaded against the store it was made from."""
+        return f"{self.prefix}store-id"
 
     def index_stream(self) -> str:
         """Capped stream of entry additions and deletions that index replicas tail."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,14 @@ STOP_WAIT_S = 2.0
 class IndexReplica:
     """Owns the derived `VectorIndex`: loads, rebuilds, tails, snapshots."""
 
-    def __init__(self, client, keys: Keys, index: VectorIndex, snapshot_dir: Path | None, fingerprint_version: str) -> None:
-        """`client` is the replica's own (it closes it on `stop`)."""
+    def __init__(self, client, keys: Keys, index: VectorIndex, snapshot_root: Path | None, fingerprint_version: str) -> None:
+        """`client` is the replica's own (it closes it on `stop`); snapshots go under
+        `snapshot_root`, in a folder per store identity."""
         self.client = client
         self.keys = keys
         self.index = index
-        self.snapshot_dir = snapshot_dir
+        self.snapshot_root = snapshot_root
+        self.snapshot_dir: Path | None = None
         self.fingerprint_version = fingerprint_version
         self.offset = "0-0"
         self.ready = asyncio.Event()
@@ -79,17 +82,28 @@ class IndexReplica:
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning("index replica lost the store (%s); retrying", exc)
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
+            except Exception:  # a bug must not stop the replica for good: log it and go on
+                log.exception("index replica failed; retrying")
+                await asyncio.sleep(RETRY_AFTER_ERROR_S)
 
     async def _catch_up(self) -> None:
         if not self.ready.is_set():
             offset = None
-            if self.snapshot_dir is not None:
+            if self.snapshot_root is not None:
+                self.snapshot_dir = self.snapshot_root / await self._store_identity()
                 offset = await asyncio.to_thread(self.index.load, self.snapshot_dir, self.fingerprint_version)
             if offset is not None and await self._stream_reaches_back_to(offset):
                 self.offset = offset
                 log.info("vector index: loaded snapshot (%d entries) at stream offset %s", len(self.index), offset)
             else:
                 await self._rebuild_from_store()
+
+    async def _store_identity(self) -> str:
+        """This store's random identity (made by the first replica to ask): snapshots are kept
+        per identity, so a flushed or different store never gets another store's snapshot,
+        while a restarted embedded store (new port, same data) keeps its own."""
+        await self.client.set(self.keys.store_id(), uuid.uuid4().hex, nx=True)
+        return (await self.client.get(self.keys.store_id())).decode()
 
     async def _stream_reaches_back_to(self, offset: str) -> bool:
         """True when no event after `offset` has been trimmed away."""
@@ -110,8 +124,6 @@ class IndexReplica:
         pattern = f"{self.keys.prefix}entry:*"
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
-            if key.endswith(b":aliases"):
-                continue
             batch.append(key)
             if len(batch) >= SCAN_BATCH:
                 await self._index_keys(batch)

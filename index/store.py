@@ -39,6 +39,9 @@ _STORE_ERRORS = (
     redis.exceptions.MasterDownError,
     MasterNotFoundError,
     redis.exceptions.ReadOnlyError,
+    # OOM under maxmemory, WRONGTYPE from a foreign key in our namespace, and the like: the
+    # store cannot serve this request, so the request goes on without it (never a 500).
+    redis.exceptions.ResponseError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -197,22 +200,36 @@ class Store:
         await self._call(write)
         return stored
 
-    async def add_alias(self, entry: Entry, bytes_digest: str) -> bool:
+    async def add_alias(self, entry: Entry, bytes_digest: str) -> str:
         """Point these bytes at an existing entry, so the next identical upload is `exact`.
 
-        Returns True when the alias already pointed at this entry: the bytes were seen before
-        (a concurrent identical upload got there first), which makes this hit `exact`.
+        Returns "seen" when the alias already pointed at this entry (a concurrent identical
+        upload got there first, which makes this hit `exact`), "added" otherwise, and "gone"
+        when the entry was deleted or expired since it was read: the alias is then removed
+        again and the caller must not serve the entry. The alias is registered before the
+        entry's existence is checked, so a concurrent DELETE either sees it or is seen.
         """
         if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
-            return False
+            return "gone"
         alias = self.keys.exact(entry.profile_id, bytes_digest)
+        aliases = self.keys.entry_aliases(entry.entry_id)
 
-        async def write() -> bool:
+        async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(alias, entry.entry_id, pxat=entry.expires_at_ms or None, get=True)
-            pipe.sadd(self.keys.entry_aliases(entry.entry_id), alias)
-            previous, _ = await pipe.execute()
-            return previous is not None and previous.decode() == entry.entry_id
+            pipe.sadd(aliases, alias)
+            if entry.expires_at_ms:
+                pipe.pexpireat(aliases, entry.expires_at_ms)
+            pipe.exists(self.keys.entry(entry.entry_id))
+            results = await pipe.execute()
+            previous, exists = results[0], results[-1]
+            if not exists:
+                cleanup = self.client.pipeline(transaction=False)
+                cleanup.delete(alias)
+                cleanup.srem(aliases, alias)
+                await cleanup.execute()
+                return "gone"
+            return "seen" if previous is not None and previous.decode() == entry.entry_id else "added"
 
         return await self._call(write)
 

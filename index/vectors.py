@@ -166,7 +166,7 @@ class VectorIndex:
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             state = {
-                profile_id: (part.kind, faiss.serialize_index(part.index), part.entry_ids, part.tombstones)
+                profile_id: (part.kind, faiss.serialize_index(part.index), dict(part.entry_ids), set(part.tombstones))
                 for profile_id, part in self._profiles.items()
             }
         temporary = directory / "index.pkl.tmp"
@@ -188,11 +188,14 @@ class VectorIndex:
                 return None
             with open(directory / "index.pkl", "rb") as handle:
                 state = pickle.load(handle)
-        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError, KeyError):
             return None
         profiles = {}
         for profile_id, (kind, blob, entry_ids, tombstones) in state.items():
-            index = faiss.deserialize_index(blob)
+            try:
+                index = faiss.deserialize_index(blob)
+            except RuntimeError:  # a damaged snapshot: rebuild from the store instead
+                return None
             if kind == "hnsw":
                 _hnsw_of(index).hnsw.efSearch = HNSW_EF_SEARCH
             profiles[profile_id] = _ProfileIndex(index, kind, entry_ids, tombstones)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,13 +33,13 @@ from index.replica import IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
 from service.config import Settings
-from service.engine_pool import EngineBusy, EnginePool
+from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import create_engine
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
-from service.openai_compat import transcription_response
+from service.openai_compat import check_response_format, transcription_response
 from service.pipeline import Outcome, RecognitionCache
 from service.profile import Profile
 from service.uploads import read_upload, recognition_options
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STORE_WATCH_INTERVAL_S = 2.0
 SHUTDOWN_STEP_TIMEOUT_S = 5.0
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -81,7 +83,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         # An engine that serialises its own calls (one model behind a lock) gains nothing
         # from more workers than it recommends.
         workers = min(settings.engine_workers, getattr(chosen, "recommended_workers", settings.engine_workers))
-        pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue)
+        pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue,
+                          timeout_s=settings.engine_timeout_s)
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
         # The replica's blocking stream reads get their own connections, apart from requests'.
@@ -155,7 +158,7 @@ async def openai_transcriptions(request: Request) -> Response:
 async def _openai_transcriptions(request: Request, services: Services) -> Response:
     started = time.perf_counter()
     data, form = await read_upload(request, services.settings.max_upload_bytes)
-    response_format = str(form.get("response_format") or "json")
+    response_format = check_response_format(form.get("response_format"))
     profile = services.engine.resolve(recognition_options(form))
     outcome = await services.cache.recognize(data, profile, started=started)
     return _with_cache_headers(transcription_response(outcome, response_format), outcome)
@@ -168,7 +171,7 @@ async def get_entry(request: Request) -> Response:
 
 async def _get_entry(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
-    entry_id = request.path_params["entry_id"]
+    entry_id = _entry_id(request)
     entry = await _store_call(services.store.get_entry(entry_id))
     if entry is None:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was deleted")
@@ -200,7 +203,7 @@ async def delete_entry(request: Request) -> Response:
 
 async def _delete_entry(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
-    entry_id = request.path_params["entry_id"]
+    entry_id = _entry_id(request)
     deleted = await _store_call(
         services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
     )
@@ -249,6 +252,8 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         return _error(services, endpoint, 503, f"the engine is unavailable: {exc}", {"Retry-After": "30"})
     except EngineFailure as exc:
         return _error(services, endpoint, 502, f"the engine failed on this audio: {exc}")
+    except EngineTimeout as exc:
+        return _error(services, endpoint, 504, f"{exc}; retry later or send shorter audio")
     except Exception:
         log.exception("unhandled error on %s", endpoint)
         return _error(services, endpoint, 500, "internal error; this is a bug, please report it")
@@ -276,6 +281,14 @@ async def _read_request(request: Request, services: Services) -> tuple[bytes, Pr
     return data, services.engine.resolve(recognition_options(form))
 
 
+def _entry_id(request: Request) -> str:
+    """The path's entry id; anything but the 32 hex digits entry ids are made of is unknown."""
+    entry_id = request.path_params["entry_id"]
+    if not ENTRY_ID.fullmatch(entry_id):
+        raise ApiError(404, f"no entry {entry_id[:80]!r}: entry ids are 32 hexadecimal digits")
+    return entry_id
+
+
 def _require_admin(request: Request, settings: Settings) -> None:
     if not settings.admin_token:
         return
@@ -300,10 +313,10 @@ async def _watch_store(store: Store) -> None:
 
 
 def _snapshot_dir(settings: Settings) -> Path:
-    """Where this replica keeps index snapshots: per store and key prefix, so that pointing
-    the service at another store never loads a snapshot of the wrong one."""
-    store_id = hashlib.blake2b(f"{settings.redis_url}|{settings.key_prefix}".encode(), digest_size=8).hexdigest()
-    return Path(settings.data_dir) / "index" / store_id
+    """Where this replica keeps index snapshots: per key prefix (the replica adds a folder per
+    store identity, so another store's snapshot is never loaded)."""
+    prefix_id = hashlib.blake2b(settings.key_prefix.encode(), digest_size=8).hexdigest()
+    return Path(settings.data_dir) / "index" / prefix_id
 
 
 def _redact(url: str) -> str:

@@ -51,6 +51,7 @@ def serve(config_file: str | None, **options) -> None:
 
     from service.app import create_app
 
+    _check_startable(settings)
     settings, server = _with_store(settings)
     try:
         app = create_app(settings)
@@ -116,6 +117,26 @@ def _settings(config_file: str | None, options: dict) -> Settings:
         return load_settings(config_file, **{k: v for k, v in options.items() if v is not None})
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _check_startable(settings: Settings) -> None:
+    """Refuse, with a one-line reason, what would otherwise fail inside the server's start-up."""
+    from index.connection import StoreURLError, open_client
+    from service.engines.base import EngineUnavailable
+    from service.engines.registry import ENGINE_NAMES, create_engine
+
+    if settings.engine not in ENGINE_NAMES:
+        _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+    if settings.redis_url:
+        try:
+            open_client(settings.redis_url)
+        except (StoreURLError, ValueError) as exc:
+            _fail(f"bad --redis-url: {exc}")
+    if settings.engine != "pocketsphinx":
+        try:
+            create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device).close()
+        except EngineUnavailable as exc:
+            _fail(str(exc))
 
 
 def _with_store(settings: Settings):

@@ -32,6 +32,9 @@ class FuzzyThresholds:
     # Each verified stretch must score at least this (1 - error rate over strong hash bits).
     # On the benchmark corpus copies scored >= 0.767 and different speech <= 0.665.
     min_window_score: float = 0.74
+    # Each ~0.25 s stretch where both recordings have audio must score at least this: a
+    # substituted word scores about 0.5-0.6 there; copies scored >= 0.79 on the benchmark.
+    min_short_window_score: float = 0.65
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
     duration_tolerance_ratio: float = 0.10
@@ -60,6 +63,7 @@ class Settings:
     max_duration_s: float = 4 * 3600.0
     engine_workers: int = 1
     engine_queue: int = 16
+    engine_timeout_s: float = 120.0  # plus twice the audio's duration
     lock_ttl_ms: int = 30_000
     stream_maxlen: int = 1_000_000
     index_type: str = "auto"
@@ -79,6 +83,7 @@ class Settings:
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
+            (0.0 <= self.fuzzy.min_short_window_score <= 1.0, "thresholds.min_short_window_score must be in [0, 1]"),
             (-1.0 <= self.fuzzy.min_embedding_similarity <= 1.0, "thresholds.min_embedding_similarity must be in [-1, 1]"),
         ]
         for ok, message in checks:

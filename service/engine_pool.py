@@ -34,10 +34,16 @@ class EngineBusy(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+class EngineTimeout(RuntimeError):
+    """The engine did not finish in time (HTTP 504)."""
+
+
 class EnginePool:
     """A fixed number of engine worker threads and a cap on requests waiting for them."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, *, workers: int = 1, max_waiting: int = 16) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, *, workers: int = 1, max_waiting: int = 16,
+                 timeout_s: float = 120.0) -> None:
+        self.timeout_s = timeout_s
         self.engine = engine
         self.metrics = metrics
         self.workers = workers
@@ -58,7 +64,11 @@ class EnginePool:
                 job = loop.run_in_executor(self._executor, _transcribe_in_worker, pcm_16k, profile)
             else:
                 job = loop.run_in_executor(self._executor, _timed_transcribe, self.engine, pcm_16k, profile)
-            transcript, seconds = await job
+            # A fixed allowance plus twice the audio's length: slow is fine, hung is not.
+            allowance = self.timeout_s + 2.0 * len(pcm_16k) / 16000
+            transcript, seconds = await asyncio.wait_for(job, allowance)
+        except asyncio.TimeoutError as exc:
+            raise EngineTimeout(f"the engine did not finish within {allowance:.0f} s") from exc
         except BrokenProcessPool as exc:
             self._executor = _executor_for(self.engine, self.workers)
             raise EngineFailure("the engine worker process died; it has been restarted, retry the request") from exc

@@ -91,7 +91,7 @@ class FuzzyMatcher:
             return FuzzyMatch(None, None)
         entries = await self.store.get_entries([entry_id for entry_id, _ in found])
         started = time.perf_counter()
-        judged = await asyncio.to_thread(self._judge_all, features, found, entries)
+        judged = await asyncio.to_thread(self._judge_all, features, profile.digest, found, entries)
         self.metrics.lookup_seconds.labels(stage="verify").observe(time.perf_counter() - started)
         best: tuple[float, Entry] | None = None
         candidates = []
@@ -111,16 +111,18 @@ class FuzzyMatcher:
             return FuzzyMatch(None, None, candidates)
         return FuzzyMatch(best[1], best[0], candidates)
 
-    def _judge_all(self, features: QueryFeatures, found, entries) -> list[tuple[bool, float, str]]:
-        return [self._judge(features, similarity, entry) for (_, similarity), entry in zip(found, entries)]
+    def _judge_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple[bool, float, str]]:
+        return [self._judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries)]
 
-    def _judge(self, features: QueryFeatures, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
+    def _judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
         """(accepted, score, reason) for one candidate; the score is the worst stretch's."""
         limits = self.thresholds
         if entry is None:
             return False, 0.0, "gone: the entry expired, was evicted or deleted"
         if entry.fingerprint_version != self.config.version or not entry.fingerprint:
             return False, 0.0, f"fingerprint_version: entry has {entry.fingerprint_version or 'none'}"
+        if entry.profile_id != profile_id:
+            return False, 0.0, "profile_mismatch: the entry belongs to another profile"
         if entry.negative:
             return False, 0.0, "negative_entry: no-speech entries are never fuzzy-matched"
         if entry.speech_s < limits.min_speech_s:
@@ -139,5 +141,9 @@ class FuzzyMatcher:
         if verdict.worst_score < limits.min_window_score:
             return False, verdict.worst_score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
                                                 f"< {limits.min_window_score} (mean {verdict.mean_score:.3f})")
+        if verdict.worst_short_score < limits.min_short_window_score:
+            return False, verdict.worst_score, (f"short_window_below_threshold: worst 0.25 s stretch "
+                                                f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score}")
         return True, verdict.worst_score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
-                                           f"stretches, offset {verdict.offset_s:+.3f} s")
+                                           f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), "
+                                           f"offset {verdict.offset_s:+.3f} s")

@@ -13,10 +13,17 @@ from service.errors import ApiError
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
 
+def check_response_format(value) -> str:
+    """The requested format, checked before any work is done (a refused request caches nothing)."""
+    response_format = "json" if value is None or value == "" else value
+    if not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS:
+        shown = response_format if isinstance(response_format, str) else "a file"
+        raise ApiError(422, f"response_format {shown!r} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}")
+    return response_format
+
+
 def transcription_response(outcome, response_format: str) -> Response:
-    """Render the outcome in the requested `response_format`."""
-    if response_format not in RESPONSE_FORMATS:
-        raise ApiError(422, f"response_format {response_format!r} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}")
+    """Render the outcome in a `response_format` that `check_response_format` accepted."""
     result = outcome.result or {}
     text = result.get("text", "")
     duration = float(result.get("duration_s") or 0.0)

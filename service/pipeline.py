@@ -26,6 +26,7 @@ from index.entry import Entry, make_entry_id
 from index.store import Store
 from service.config import Settings
 from service.engine_pool import EnginePool
+from service.engines.base import EngineFailure
 from service.metrics import Metrics
 from service.profile import Profile
 
@@ -111,7 +112,9 @@ class RecognitionCache:
                     lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
                 )
             if entry is not None:
-                return await self._hit_and_alias("canonical", entry, upload_digest, started, write=write)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, started, write=write)
+                if outcome is not None:
+                    return outcome
         features = None
         if store_ok and self.fuzzy is not None:
             with self._stage("fingerprint"):
@@ -122,8 +125,11 @@ class RecognitionCache:
                 candidates = match.candidates
                 if match.entry is not None:
                     outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, started, write=write)
-                    outcome.score, outcome.candidates = match.score, candidates
-                    return outcome
+                    if outcome is not None:
+                        if outcome.tier == "fuzzy":  # the contract: a score only for fuzzy
+                            outcome.score = match.score
+                        outcome.candidates = candidates
+                        return outcome
 
         if not write:
             tier = "miss" if store_ok else "bypass"
@@ -146,12 +152,19 @@ class RecognitionCache:
             if shared.entry is None:
                 return Outcome(tier=shared.tier, result=shared.result)
             tier = "exact" if leader_digest == upload_digest else "canonical"
-            return await self._hit_and_alias(tier, shared.entry, upload_digest, time.perf_counter(), write=True)
+            outcome = await self._hit_and_alias(tier, shared.entry, upload_digest, time.perf_counter(), write=True)
+            if outcome is not None:
+                return outcome
+            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[flight_key] = (upload_digest, future)
         try:
             outcome = await self._miss(decoded, audio_digest, upload_digest, profile, store_ok, features)
+        except asyncio.CancelledError:
+            # The leader's client went away; its followers still deserve an answer.
+            future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -174,14 +187,18 @@ class RecognitionCache:
             self.metrics.single_flight_waits.labels(scope="store").inc()
             entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
             if entry is not None:
-                return await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                if outcome is not None:
+                    return outcome
         renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
         try:
             if token is not None:
                 # The previous holder may have finished between our lookup and our lock.
                 entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
                 if entry is not None:
-                    return await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                    if outcome is not None:
+                        return outcome
             return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
         finally:
             if renewer is not None:
@@ -256,11 +273,16 @@ class RecognitionCache:
             self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
         return Outcome(tier=tier, entry=entry, result=entry.result(), elapsed_ms=_ms_since(started))
 
-    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool) -> Outcome:
-        """A hit by audio rather than bytes: remember these bytes so the next one is `exact`."""
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool) -> Outcome | None:
+        """A hit by audio rather than bytes: remember these bytes so the next one is `exact`.
+
+        None when the entry vanished (deleted, expired) between reading it and now: it must
+        not be served."""
         if write and tier != "exact":
-            seen_before, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest))
-            if seen_before:
+            state, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest))
+            if state == "gone":
+                return None
+            if state == "seen":
                 tier = "exact"
         return self._hit(tier, entry, started, write=write)
 

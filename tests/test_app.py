@@ -19,7 +19,8 @@ def post(client, data: bytes, path: str = "/recognize", **fields):
 
 
 def keys_under(redis_client, prefix: str) -> set[bytes]:
-    return set(redis_client.scan_iter(match=f"{prefix}*", count=1000))
+    """Keys requests wrote (the store identity, written by the index replica at start, aside)."""
+    return {key for key in redis_client.scan_iter(match=f"{prefix}*", count=1000) if not key.endswith(b"store-id")}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_entries_carry_the_configured_ttl(client, recorded, redis_client, settin
     ttl = redis_client.ttl(f"{settings.key_prefix}entry:{entry}")
     assert DAY_S * 7 - 60 < ttl <= DAY_S * 7
     for key in keys_under(redis_client, settings.key_prefix):
-        if redis_client.type(key) == b"stream":  # capped by length, never expired or evicted
+        if redis_client.type(key) == b"stream" or key.endswith(b"store-id"):  # kept: capped or tiny
             assert redis_client.ttl(key) == -1
         else:
             assert redis_client.ttl(key) > 0, key
@@ -111,11 +112,12 @@ def test_unsupported_options_are_422_naming_what_is_supported(client, recorded):
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(client, redis_client, settings, data, status):
+    before = keys_under(redis_client, settings.key_prefix)
     answer = post(client, data)
     assert answer.status_code == status
     body = answer.json()
     assert body["code"] != 0 and len(body["msg"]) > 20
-    assert keys_under(redis_client, settings.key_prefix) == set()
+    assert keys_under(redis_client, settings.key_prefix) == before
 
 
 def test_missing_file_field_and_non_multipart_are_400(client):
@@ -124,6 +126,7 @@ def test_missing_file_field_and_non_multipart_are_400(client):
 
 
 def test_size_and_duration_limits_are_413(settings, engine, recorded, redis_client):
+    before = keys_under(redis_client, settings.key_prefix)
     small = replace(settings, max_upload_bytes=50_000)
     with TestClient(create_app(small, engine=engine)) as client:
         answer = post(client, recorded)
@@ -132,7 +135,7 @@ def test_size_and_duration_limits_are_413(settings, engine, recorded, redis_clie
     with TestClient(create_app(short, engine=engine)) as client:
         answer = post(client, recorded)
         assert answer.status_code == 413 and "limit" in answer.json()["msg"]
-    assert keys_under(redis_client, settings.key_prefix) == set()
+    assert keys_under(redis_client, settings.key_prefix) == before
 
 
 def test_errors_are_counted_in_metrics(client):
@@ -155,6 +158,22 @@ def test_entries_read_and_delete_behind_the_admin_token(settings, engine, record
         assert post(client, recorded, "/lookup").json()["cache"]["tier"] == "miss"
         assert post(client, flac, "/lookup").json()["cache"]["tier"] == "miss"
         assert client.delete(f"/entries/{entry}", headers=auth).status_code == 404
+
+
+def test_entry_ids_of_another_shape_are_404(client, recorded):
+    entry = post(client, recorded).json()["cache"]["entry"]
+    for odd in (f"{entry}:aliases", "not-an-id", entry.upper()):
+        assert client.get(f"/entries/{odd}").status_code == 404
+        assert client.delete(f"/entries/{odd}").status_code == 404
+    assert post(client, recorded).json()["cache"]["tier"] == "exact"
+
+
+def test_openai_bad_response_format_is_refused_before_any_work(client, recorded, redis_client, settings):
+    before = keys_under(redis_client, settings.key_prefix)
+    answer = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", recorded, "application/octet-stream")},
+                         data={"model": "whisper-1", "response_format": "xml"})
+    assert answer.status_code == 422 and "response_format" in answer.json()["msg"]
+    assert keys_under(redis_client, settings.key_prefix) == before
 
 
 def test_health_and_metrics_names(client, recorded):

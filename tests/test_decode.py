@@ -100,6 +100,12 @@ def test_garbage_after_an_mp3_sync_word_is_undecodable():
         decode_audio(data, HOUR)
 
 
+def test_absurd_sample_rates_are_refused(samples):
+    pcm, _ = samples
+    with pytest.raises(UndecodableAudioError, match="sample rate"):
+        decode_audio(encode(pcm[:100], 1000, fmt="wav", codec="pcm_s16le"), HOUR)
+
+
 def test_declared_duration_over_the_limit_is_refused_before_decoding(wav):
     with pytest.raises(AudioTooLongError, match="limit"):
         decode_audio(wav, max_duration_s=1.0)

@@ -100,3 +100,18 @@ def test_embedding_is_unit_length_gain_invariant_and_pad_tolerant(original):
     assert float(embed(padded) @ vector) > 0.85
     assert float(embed(pcm_of(fixture_bytes("weather.wav"))) @ vector) < float(embed(padded) @ vector)
     assert not embed(np.zeros(SAMPLE_RATE, np.float32)).any()
+
+
+def test_one_substituted_word_fails_on_the_short_stretches(original):
+    """A third of a second of other speech inside an otherwise identical recording (same
+    duration, same everything else) is caught by the ~0.25 s stretches."""
+    other = pcm_of(fixture_bytes("weather.wav"))
+    start, length = int(1.5 * SAMPLE_RATE), int(0.3 * SAMPLE_RATE)
+    spliced = original.copy()
+    spliced[start : start + length] = other[start : start + length]
+    verdict = verify(robust_hash(spliced, DEFAULT), robust_hash(original, DEFAULT), DEFAULT)
+    assert verdict.worst_short_score < FuzzyThresholds().min_short_window_score
+    copy = pcm_of(encode(*read_pcm(fixture_bytes("recorded.wav")), fmt="mp3", codec="libmp3lame", bitrate=32000))
+    assert verify(robust_hash(copy, DEFAULT), robust_hash(original, DEFAULT), DEFAULT).worst_short_score >= (
+        FuzzyThresholds().min_short_window_score
+    )
