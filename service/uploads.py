@@ -38,10 +38,11 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, FormData
 
 def recognition_options(form: FormData) -> RecognitionOptions:
     """Parse the optional recognition fields shared by the endpoints."""
+    hotwords = _text(form, "hotwords").strip()
     return RecognitionOptions(
         language=_text(form, "language") or None,
         use_itn=_boolean(form, "use_itn"),
-        hotwords=tuple(re.split(r"[\s,]+", _text(form, "hotwords").strip())) if _text(form, "hotwords").strip() else (),
+        hotwords=tuple(re.split(r"[\s,]+", hotwords)) if hotwords else (),
         prompt=_text(form, "prompt"),
     )
 
