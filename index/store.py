@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -55,6 +56,28 @@ _EXTEND = (
 )
 
 PROBE_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class FuzzyVerdict:
+    """What a fuzzy match decided: its score, and which thresholds and fingerprint judged it."""
+
+    score: float
+    judged_by: str  # digest of the thresholds and fingerprint version
+
+    def render(self) -> str:
+        """Compact form stored in the alias value."""
+        return f"fuzzy:{self.score:.4f}:{self.judged_by}"
+
+    @classmethod
+    def parse(cls, text: str) -> "FuzzyVerdict | None":
+        """Inverse of `render`; None for anything else."""
+        kind, _, rest = text.partition(":")
+        score, _, judged_by = rest.partition(":")
+        try:
+            return cls(float(score), judged_by) if kind == "fuzzy" and judged_by else None
+        except ValueError:
+            return None
 
 
 class Store:
@@ -136,12 +159,21 @@ class Store:
 
     async def entry_by_alias(self, alias_key: str) -> Entry | None:
         """Follow an alias to its entry; None when either is missing."""
+        entry, _ = await self.entry_and_verdict(alias_key)
+        return entry
 
-        async def follow() -> Entry | None:
-            entry_id = await self.client.get(alias_key)
-            if entry_id is None:
-                return None
-            return await self._read_entry(entry_id.decode())
+    async def entry_and_verdict(self, alias_key: str) -> tuple[Entry | None, FuzzyVerdict | None]:
+        """Follow an alias to its entry, with the fuzzy verdict that made the alias, if one did.
+
+        An alias made by a fuzzy hit records that it was a judgement (score and thresholds),
+        so the same bytes later are served as `fuzzy`, never passed off as `exact`."""
+
+        async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
+            value = await self.client.get(alias_key)
+            if value is None:
+                return None, None
+            entry_id, _, verdict = value.decode().partition("|")
+            return await self._read_entry(entry_id), FuzzyVerdict.parse(verdict) if verdict else None
 
         return await self._call(follow)
 
@@ -200,23 +232,25 @@ class Store:
         await self._call(write)
         return stored
 
-    async def add_alias(self, entry: Entry, bytes_digest: str) -> str:
-        """Point these bytes at an existing entry, so the next identical upload is `exact`.
+    async def add_alias(self, entry: Entry, bytes_digest: str, verdict: FuzzyVerdict | None = None) -> str:
+        """Point these bytes at an existing entry, so the next identical upload skips decoding
+        (`exact`, or `fuzzy` again with the recorded `verdict` when a fuzzy match made it).
 
-        Returns "seen" when the alias already pointed at this entry (a concurrent identical
-        upload got there first, which makes this hit `exact`), "added" otherwise, and "gone"
-        when the entry was deleted or expired since it was read: the alias is then removed
-        again and the caller must not serve the entry. The alias is registered before the
-        entry's existence is checked, so a concurrent DELETE either sees it or is seen.
+        Returns "seen" when the alias already said exactly this (a concurrent identical
+        upload got there first), "added" otherwise, and "gone" when the entry was deleted or
+        expired since it was read: the alias is then removed again and the caller must not
+        serve the entry. The alias is registered before the entry's existence is checked, so a
+        concurrent DELETE either sees it or is seen.
         """
         if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
             return "gone"
         alias = self.keys.exact(entry.profile_id, bytes_digest)
         aliases = self.keys.entry_aliases(entry.entry_id)
+        value = entry.entry_id if verdict is None else f"{entry.entry_id}|{verdict.render()}"
 
         async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(alias, entry.entry_id, pxat=entry.expires_at_ms or None, get=True)
+            pipe.set(alias, value, pxat=entry.expires_at_ms or None, get=True)
             pipe.sadd(aliases, alias)
             if entry.expires_at_ms:
                 pipe.pexpireat(aliases, entry.expires_at_ms)
@@ -229,7 +263,7 @@ class Store:
                 cleanup.srem(aliases, alias)
                 await cleanup.execute()
                 return "gone"
-            return "seen" if previous is not None and previous.decode() == entry.entry_id else "added"
+            return "seen" if previous is not None and previous.decode() == value else "added"
 
         return await self._call(write)
 

@@ -10,6 +10,7 @@ directions, and every stretch of the aligned recordings matches (the worst decid
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 
@@ -57,6 +58,9 @@ class FuzzyMatcher:
         self.index = index
         self.metrics = metrics
         self.config = config
+        # Who judged a match: verdicts recorded under other thresholds or another fingerprint
+        # version are not reused (bytes once matched are judged again after `earmark tune`).
+        self.judged_by = hashlib.blake2b(f"{config.version}|{thresholds!r}".encode(), digest_size=6).hexdigest()
 
     def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """Hash, embedding and speech duration of a recording (CPU work: call off the loop)."""

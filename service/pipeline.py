@@ -23,7 +23,7 @@ from fingerprint.decode import DecodedAudio, decode_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
-from index.store import Store
+from index.store import FuzzyVerdict, Store
 from service.config import Settings
 from service.engine_pool import EnginePool
 from service.engines.base import EngineFailure
@@ -96,11 +96,18 @@ class RecognitionCache:
 
         if store_ok:
             with self._stage("exact"):
-                entry, store_ok = await self._try_store(
-                    lambda: self.store.entry_by_alias(keys.exact(profile.digest, upload_digest))
+                found, store_ok = await self._try_store(
+                    lambda: self.store.entry_and_verdict(keys.exact(profile.digest, upload_digest))
                 )
-            if entry is not None:
+            entry, verdict = found or (None, None)
+            if entry is not None and verdict is None:
                 return self._hit("exact", entry, started, write=write)
+            if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.judged_by:
+                # These bytes were matched before, under the thresholds in force now.
+                outcome = self._hit("fuzzy", entry, started, write=write)
+                outcome.score = verdict.score
+                return outcome
+            # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
         with self._stage("decode"):
             decoded, audio_digest = await asyncio.to_thread(_decode_and_digest, data, self.settings.max_duration_s)
@@ -124,7 +131,9 @@ class RecognitionCache:
             if match is not None:
                 candidates = match.candidates
                 if match.entry is not None:
-                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, started, write=write)
+                    verdict = FuzzyVerdict(match.score, self.fuzzy.judged_by)
+                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, started, write=write,
+                                                        verdict=verdict)
                     if outcome is not None:
                         if outcome.tier == "fuzzy":  # the contract: a score only for fuzzy
                             outcome.score = match.score
@@ -273,16 +282,18 @@ class RecognitionCache:
             self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
         return Outcome(tier=tier, entry=entry, result=entry.result(), elapsed_ms=_ms_since(started))
 
-    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool) -> Outcome | None:
-        """A hit by audio rather than bytes: remember these bytes so the next one is `exact`.
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool,
+                             verdict: FuzzyVerdict | None = None) -> Outcome | None:
+        """A hit by audio rather than bytes: remember these bytes so the next upload of them
+        needs no decoding (`exact`, or `fuzzy` with the recorded verdict).
 
         None when the entry vanished (deleted, expired) between reading it and now: it must
         not be served."""
         if write and tier != "exact":
-            state, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest))
+            state, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest, verdict))
             if state == "gone":
                 return None
-            if state == "seen":
+            if state == "seen" and verdict is None:
                 tier = "exact"
         return self._hit(tier, entry, started, write=write)
 

@@ -49,7 +49,8 @@ def test_reencoded_copy_hits_fuzzy_with_the_same_entry(client, recorded, mp3_cop
     hit = post(client, mp3_copy)
     assert (hit["cache"]["tier"], hit["cache"]["entry"]) == ("fuzzy", entry)
     assert hit["result"]["text"] == first["result"]["text"]
-    assert post(client, mp3_copy)["cache"]["tier"] == "exact"  # the copy's bytes are remembered
+    remembered = post(client, mp3_copy)["cache"]  # the copy's bytes are remembered, as a fuzzy verdict
+    assert (remembered["tier"], remembered["entry"], remembered["score"]) == ("fuzzy", entry, hit["cache"]["score"])
 
     samples, rate = read_pcm(recorded)
     louder = encode((samples.astype(np.float32) * 0.5).astype(np.int16), rate, fmt="wav", codec="pcm_s16le")
@@ -125,3 +126,18 @@ def test_the_index_is_rebuilt_or_reloaded_after_a_restart(settings, engine, reco
     with TestClient(create_app(replace(settings, data_dir=settings.data_dir / "fresh"), engine=engine)) as client:
         wait_for(lambda: client.get("/health").json()["index_size"] == 1)
         assert post(client, mp3_copy, "/lookup")["cache"]["entry"] == entry
+
+
+def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(settings, engine, recorded, mp3_copy):
+    with TestClient(create_app(settings, engine=engine)) as client:
+        entry = post(client, recorded)["cache"]["entry"]
+        wait_for(lambda: client.get("/health").json()["index_size"] == 1)
+        first = post(client, mp3_copy)["cache"]
+        again = post(client, mp3_copy)["cache"]
+        assert (first["tier"], again["tier"]) == ("fuzzy", "fuzzy")  # a judgement, never passed off as exact
+        assert again["entry"] == entry and again["score"] == first["score"]
+    stricter = replace(settings, fuzzy=replace(settings.fuzzy, min_window_score=0.999))
+    with TestClient(create_app(stricter, engine=engine)) as client:
+        wait_for(lambda: client.get("/health").json()["index_ready"])
+        assert post(client, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
+        assert post(client, recorded, "/lookup")["cache"]["tier"] == "exact"
