@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -101,7 +103,7 @@ def _executor_for(engine: Engine, workers: int) -> Executor:
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_load_worker_engine,
-        initargs=(spec,),
+        initargs=(spec, os.getpid()),
     )
 
 
@@ -117,18 +119,29 @@ def _timed_transcribe(engine: Engine, pcm_16k: np.ndarray, profile: Profile) -> 
 
 
 _worker_engine: Engine | None = None
+ORPHAN_CHECK_S = 1.0
 
 
-def _load_worker_engine(spec) -> None:
+def _load_worker_engine(spec, parent_pid: int) -> None:
     """Worker process start: die with the service, then build the engine once."""
     global _worker_engine
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    # Belt and braces: the death signal follows the parent *thread*, only covers a parent that
+    # dies after this call, and a worker's own copy of the task queue keeps it from seeing the
+    # parent's end close. So watch the parent (given by the parent: it may be gone already).
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     factory, args = spec
     _worker_engine = factory(*args)
 
 
 def _worker_ready() -> bool:
     return _worker_engine is not None
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
 
 
 def _transcribe_in_worker(pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:

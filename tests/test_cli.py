@@ -69,15 +69,27 @@ def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
             assert time.monotonic() < deadline and service.poll() is None, "service did not start"
             time.sleep(0.2)
         store_pid = int((tmp_path / "d" / "store" / "valkey.pid").read_text())
+        deadline = time.monotonic() + 30
+        while len(_children(service.pid)) < 2:  # the store and the warmed-up engine worker
+            assert time.monotonic() < deadline, "no engine worker was started"
+            time.sleep(0.2)
+        children = _children(service.pid)
         os.kill(service.pid, signal.SIGKILL)
         service.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(store_pid):
-            assert time.monotonic() < deadline, "the embedded store outlived the killed service"
+        while any(_alive(pid) for pid in children | {store_pid}):
+            assert time.monotonic() < deadline, "the store or an engine worker outlived the killed service"
             time.sleep(0.1)
     finally:
         if service.poll() is None:
             service.kill()
+
+
+def _children(pid: int) -> set[int]:
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(c) for c in (task / "children").read_text().split())
+    return {c for c in children if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()}
 
 
 def _alive(pid: int) -> bool:
