@@ -87,6 +87,12 @@ class RecognitionCache:
 
     async def _answer(self, data: bytes, profile: Profile, *, write: bool, started: float | None) -> Outcome:
         started = time.perf_counter() if started is None else started
+        outcome = await self._find_or_run(data, profile, write=write)
+        outcome.elapsed_ms = _ms_since(started)
+        return outcome
+
+    async def _find_or_run(self, data: bytes, profile: Profile, *, write: bool) -> Outcome:
+        """Walk the tiers in order; the first that answers wins."""
         if len(data) > HASH_ON_LOOP_MAX_BYTES:
             upload_digest = await asyncio.to_thread(bytes_digest, data)
         else:
@@ -101,12 +107,10 @@ class RecognitionCache:
                 )
             entry, verdict = found or (None, None)
             if entry is not None and verdict is None:
-                return self._hit("exact", entry, started, write=write)
+                return self._hit("exact", entry, write=write)
             if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.judged_by:
                 # These bytes were matched before, under the thresholds in force now.
-                outcome = self._hit("fuzzy", entry, started, write=write)
-                outcome.score = verdict.score
-                return outcome
+                return self._hit("fuzzy", entry, write=write, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
         with self._stage("decode"):
@@ -119,7 +123,7 @@ class RecognitionCache:
                     lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
                 )
             if entry is not None:
-                outcome = await self._hit_and_alias("canonical", entry, upload_digest, started, write=write)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=write)
                 if outcome is not None:
                     return outcome
         features = None
@@ -132,20 +136,17 @@ class RecognitionCache:
                 candidates = match.candidates
                 if match.entry is not None:
                     verdict = FuzzyVerdict(match.score, self.fuzzy.judged_by)
-                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, started, write=write,
+                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
                                                         verdict=verdict)
                     if outcome is not None:
-                        if outcome.tier == "fuzzy":  # the contract: a score only for fuzzy
-                            outcome.score = match.score
                         outcome.candidates = candidates
                         return outcome
 
         if not write:
             tier = "miss" if store_ok else "bypass"
-            return Outcome(tier=tier, candidates=candidates, elapsed_ms=_ms_since(started))
+            return Outcome(tier=tier, candidates=candidates)
         outcome = await self._single_flight(decoded, audio_digest, upload_digest, profile, store_ok, features)
         outcome.candidates = candidates
-        outcome.elapsed_ms = _ms_since(started)
         return outcome
 
     async def _single_flight(
@@ -161,7 +162,7 @@ class RecognitionCache:
             if shared.entry is None:
                 return Outcome(tier=shared.tier, result=shared.result)
             tier = "exact" if leader_digest == upload_digest else "canonical"
-            outcome = await self._hit_and_alias(tier, shared.entry, upload_digest, time.perf_counter(), write=True)
+            outcome = await self._hit_and_alias(tier, shared.entry, upload_digest, write=True)
             if outcome is not None:
                 return outcome
             return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
@@ -196,7 +197,7 @@ class RecognitionCache:
             self.metrics.single_flight_waits.labels(scope="store").inc()
             entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
             if entry is not None:
-                outcome = await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True)
                 if outcome is not None:
                     return outcome
         renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
@@ -205,7 +206,7 @@ class RecognitionCache:
                 # The previous holder may have finished between our lookup and our lock.
                 entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
                 if entry is not None:
-                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, time.perf_counter(), write=True)
+                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True)
                     if outcome is not None:
                         return outcome
             return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
@@ -275,14 +276,16 @@ class RecognitionCache:
             return Outcome(tier="bypass", result=entry.result())
         return Outcome(tier="miss", entry=stored, result=stored.result())
 
-    def _hit(self, tier: str, entry: Entry, started: float, *, write: bool) -> Outcome:
+    def _hit(self, tier: str, entry: Entry, *, write: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
+        """An answer from `entry`; only a fuzzy hit carries a score (the contract)."""
         if entry.negative:
             tier = "negative"
         if write:
             self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
-        return Outcome(tier=tier, entry=entry, result=entry.result(), elapsed_ms=_ms_since(started))
+        score = verdict.score if verdict is not None and tier == "fuzzy" else None
+        return Outcome(tier=tier, entry=entry, result=entry.result(), score=score)
 
-    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, started: float, *, write: bool,
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, *, write: bool,
                              verdict: FuzzyVerdict | None = None) -> Outcome | None:
         """A hit by audio rather than bytes: remember these bytes so the next upload of them
         needs no decoding (`exact`, or `fuzzy` with the recorded verdict).
@@ -295,7 +298,7 @@ class RecognitionCache:
                 return None
             if state == "seen" and verdict is None:
                 tier = "exact"
-        return self._hit(tier, entry, started, write=write)
+        return self._hit(tier, entry, write=write, verdict=verdict)
 
     async def _try_store(self, call: Callable[[], Awaitable]) -> tuple[object, bool]:
         """Run a store call; on an outage return (None, False) instead of raising."""
