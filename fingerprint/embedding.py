@@ -64,5 +64,7 @@ def _fold(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
+    """Unit length; a block flat to within float32 rounding (digital silence) stays all zeros rather
+    than having its float noise blown up to a direction."""
     norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
+    return vector / norm if norm > 1e-3 else np.zeros_like(vector)  # blocks are in dB: 0.001 dB is noise

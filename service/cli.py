@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def serve(config_file: str | None, **options) -> None:
 
     _check_startable(settings)
     settings, server = _with_store(settings)
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down; as an exception (not the default
+    # handler, which ends the process on the spot) it lets the store below be stopped properly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_on_signal)
     try:
         app = create_app(settings)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
@@ -153,6 +158,10 @@ def _with_store(settings: Settings):
     except EmbeddedServerError as exc:
         _fail(str(exc))
     return replace(settings, redis_url=server.url), server
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _configure_logging(level: str) -> None:

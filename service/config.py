@@ -114,6 +114,9 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
     settings = Settings(**{k: _coerce(known[k].type, k, v) for k, v in values.items() if k != "fuzzy"})
     if thresholds:
         settings = replace(settings, fuzzy=_thresholds(thresholds))
+    # Resolved once, here: the embedded server changes into its data directory before opening
+    # its log, and a relative path would then point nowhere.
+    settings = replace(settings, data_dir=Path(settings.data_dir).expanduser().resolve())
     return settings.validated()
 
 

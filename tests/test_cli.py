@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -50,24 +52,32 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode != 0 and "unknown setting" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_as_the_readme_says_from_a_working_directory(tmp_path):
+    """`earmark serve` with the default (relative) data dir, then a file recognized over HTTP."""
+    with serving(tmp_path) as url:
+        with open(FIXTURE, "rb") as handle:
+            response = httpx.post(f"{url}/recognize", files={"file": ("recorded.wav", handle)}, timeout=120)
+        assert response.status_code == 200 and response.json()["cache"]["tier"] == "miss"
+    assert (tmp_path / ".earmark" / "store" / "valkey.log").exists()
+
+
+def test_recognize_in_process_with_the_default_data_dir(tmp_path):
+    first = run("recognize", FIXTURE, "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["cache"]["tier"] == "miss"
+    assert "\texact\t" in run("recognize", FIXTURE, cwd=tmp_path).stdout
+    assert (tmp_path / ".earmark" / "store" / "appendonlydir").is_dir()
+
+
+def test_a_store_that_cannot_start_shows_its_own_words(tmp_path):
+    result = run("serve", "--maxmemory", "plenty", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "exited at start" in result.stderr and "maxmemory" in result.stderr.split("exited at start", 1)[1]
+
+
 def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    env.pop("REDIS_URL", None)
-    service = subprocess.Popen([*EARMARK, "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and service.poll() is None, "service did not start"
-            time.sleep(0.2)
+    with serving(tmp_path, "--data-dir", str(tmp_path / "d")) as url:
+        service = _SERVICES[url]
         store_pid = int((tmp_path / "d" / "store" / "valkey.pid").read_text())
         deadline = time.monotonic() + 30
         while len(_children(service.pid)) < 2:  # the store and the warmed-up engine worker
@@ -76,13 +86,91 @@ def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
         children = _children(service.pid)
         os.kill(service.pid, signal.SIGKILL)
         service.wait(10)
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children | {store_pid}):
-            assert time.monotonic() < deadline, "the store or an engine worker outlived the killed service"
-            time.sleep(0.1)
+        _assert_all_exit(children | {store_pid}, "the store or an engine worker outlived the killed service")
+
+
+def test_store_stops_with_the_service_even_when_its_last_save_fails(tmp_path):
+    data = tmp_path / "d"
+    with serving(tmp_path, "--data-dir", str(data)) as url:
+        service = _SERVICES[url]
+        store_pid = int((data / "store" / "valkey.pid").read_text())
+        with open(FIXTURE, "rb") as handle:  # something unsaved for the final save to fail on
+            assert httpx.post(f"{url}/recognize", files={"file": ("r.wav", handle)}, timeout=120).status_code == 200
+        shutil.rmtree(data)
+        service.send_signal(signal.SIGTERM)
+        service.wait(60)
+        _assert_all_exit({store_pid}, "the store outlived a service whose data directory was removed")
+        assert "could not save" in service.stderr.read()
+
+
+def test_an_orphaned_store_on_the_data_dir_is_stopped_not_doubled(tmp_path):
+    from index.embedded import _binary_path
+
+    store = tmp_path / "d" / "store"
+    store.mkdir(parents=True)
+    port = _free_port()
+    # An orphan: started in its own session by a parent that then exits (it is adopted by init).
+    subprocess.run(["sh", "-c", f"setsid {_binary_path()} --port {port} --dir {store} --pidfile {store}/valkey.pid "
+                                f"--daemonize yes --save ''"], check=True, timeout=30)
+    (store / "url").write_text(f"redis://127.0.0.1:{port}/0\n")
+    deadline = time.monotonic() + 10
+    while not (store / "valkey.pid").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    orphan = int((store / "valkey.pid").read_text())
+    with serving(tmp_path, "--data-dir", str(tmp_path / "d")):
+        assert not _alive(orphan)
+        assert int((store / "valkey.pid").read_text()) != orphan
+
+
+_SERVICES: dict[str, subprocess.Popen] = {}
+
+
+@contextmanager
+def serving(cwd: Path, *args: str):
+    """`earmark serve` in a subprocess from `cwd` on a free port; yields its URL once healthy."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env.pop("REDIS_URL", None)
+    service = subprocess.Popen([*EARMARK, "serve", "--port", str(port), *args], cwd=cwd, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    _SERVICES[url] = service
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if service.poll() is not None:
+                raise AssertionError(f"service exited at start: {service.stderr.read()}")
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.2)
+        yield url
     finally:
+        _SERVICES.pop(url, None)
         if service.poll() is None:
-            service.kill()
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait()
+
+
+def _assert_all_exit(pids: set[int], message: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _children(pid: int) -> set[int]:
