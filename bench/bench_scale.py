@@ -715,8 +715,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
             "stream_bytes_per_event": round(stream_bytes / max(1, stream_len), 1),
         }
         log(f"  wrote them in {write_s:.1f} s; used_memory +{(used_after - used_before) / rebuild_n:.0f} B per entry")
-        total_entries = sum(1 for _ in sync.scan_iter(match=f"{keys.prefix}entry:*", count=5000)
-                            ) - sum(1 for _ in sync.scan_iter(match=f"{keys.prefix}entry:*:aliases", count=5000))
+        total_entries = sum(1 for _ in sync.scan_iter(match=keys.entry_pattern(), count=5000))
         rebuild_index = VectorIndex(EMBEDDING_DIM, "auto")
         rebuild_dir = work / "snapshot-rebuild"
         replica = IndexReplica(store.client, keys, rebuild_index, rebuild_dir, FP_CONFIG.version)

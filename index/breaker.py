@@ -17,6 +17,11 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be used right now; serve without the cache."""
 
 
+class StoreRefused(StoreUnavailable):
+    """The store answered but refused this command (OOM under maxmemory, WRONGTYPE on a foreign
+    key): this request goes on without the cache, while the store stays up for every other."""
+
+
 class CircuitBreaker:
     """Tracks whether the store is usable; `allow()` is cheap and called before each use."""
 

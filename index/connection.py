@@ -3,7 +3,10 @@
 One place knows the URL schemes of the contract: redis://, rediss:// and unix:// for a single
 server, redis+sentinel:// for a Sentinel-managed primary and redis+cluster:// for a cluster.
 Timeouts are short on purpose: a store that does not answer within them is treated as down by
-the circuit breaker, and requests go on without the cache rather than waiting.
+the circuit breaker, and requests go on without the cache rather than waiting. A command that
+fails on a dead pooled connection (the store restarted since it was opened) is retried once on
+a fresh connection before anyone calls it an outage; a timeout is not retried (the store is slow
+or gone, and a retry would only double the wait).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
@@ -25,7 +31,11 @@ class StoreURLError(ValueError):
 def open_client(url: str, *, max_connections: int = 64) -> aioredis.Redis | RedisCluster:
     """Return an asyncio client for `url`; raw bytes in and out (fingerprints are binary)."""
     parts = urlsplit(url)
-    options = dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S)
+    options = dict(
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+    )
     if parts.scheme in ("redis", "rediss", "unix"):
         return aioredis.from_url(url, max_connections=max_connections, **options)
     if parts.scheme == "redis+sentinel":

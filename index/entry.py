@@ -34,6 +34,10 @@ class Entry:
     fingerprint_levels: bytes = b""
     embedding: bytes = b""
     fingerprint_version: str = ""
+    # Random per write of the entry, copied into every alias that points at it: an alias is
+    # followed only while the two agree, so an alias that outlived a DELETE (its alias set
+    # evicted, or a write racing the delete) never revives when the same audio is cached again.
+    generation: str = ""
 
     def result(self) -> dict:
         """The contract's `result` object for this entry."""
@@ -65,6 +69,7 @@ class Entry:
             "fpl": self.fingerprint_levels,
             "emb": self.embedding,
             "fp_version": self.fingerprint_version,
+            "gen": self.generation,
         }
 
     @classmethod
@@ -96,4 +101,5 @@ class Entry:
             fingerprint_levels=fields.get(b"fpl", b""),
             embedding=fields.get(b"emb", b""),
             fingerprint_version=text("fp_version"),
+            generation=text("gen"),
         )

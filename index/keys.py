@@ -2,6 +2,9 @@
 
 Aliases (the byte-hash and PCM-hash keys) include the profile digest, so a request under
 another profile (engine, language, ITN, hotwords, prompt) never finds this profile's result.
+
+An entry's hash and its alias set carry the entry id as a hash tag (`{id}`), so on Redis
+Cluster they live in one slot and are written together in one transaction.
 """
 
 from __future__ import annotations
@@ -17,11 +20,20 @@ class Keys:
 
     def entry(self, entry_id: str) -> str:
         """Hash holding one cached result and everything needed to verify a match to it."""
-        return f"{self.prefix}entry:{entry_id}"
+        return f"{self.prefix}entry:{{{entry_id}}}"
+
+    def entry_pattern(self) -> str:
+        """SCAN pattern matching every entry hash."""
+        return f"{self.prefix}entry:{{*}}"
+
+    def entry_id_of(self, entry_key: bytes | str) -> str:
+        """The entry id inside an entry hash's key (inverse of `entry`)."""
+        key = entry_key.decode() if isinstance(entry_key, bytes) else entry_key
+        return key[len(self.prefix) + len("entry:{") : -1]
 
     def entry_aliases(self, entry_id: str) -> str:
-        """Set of alias keys pointing at an entry, so a delete can remove them all."""
-        return f"{self.prefix}aliases:{entry_id}"
+        """Set of alias keys pointing at an entry, so a delete can remove them all (same slot)."""
+        return f"{self.prefix}aliases:{{{entry_id}}}"
 
     def exact(self, profile_id: str, bytes_digest: str) -> str:
         """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""

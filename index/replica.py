@@ -121,7 +121,7 @@ class IndexReplica:
         last = await self.client.xrevrange(self.keys.index_stream(), count=1)
         offset = last[0][0].decode() if last else "0-0"
         self.index.clear()
-        pattern = f"{self.keys.prefix}entry:*"
+        pattern = self.keys.entry_pattern()
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
             batch.append(key)
@@ -138,8 +138,7 @@ class IndexReplica:
     async def _index_keys(self, keys: list[bytes]) -> None:
         if not keys:
             return
-        prefix = len(self.keys.entry(""))
-        entry_ids = [key.decode()[prefix:] for key in keys]
+        entry_ids = [self.keys.entry_id_of(key) for key in keys]
         await self._index_entries(entry_ids)
 
     async def _index_entries(self, entry_ids: list[str]) -> None:

@@ -19,34 +19,36 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 import redis.exceptions
 from redis.sentinel import MasterNotFoundError
 
-from index.breaker import CircuitBreaker, StoreUnavailable
+from index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
 from index.entry import Entry
 from index.keys import Keys
 
 log = logging.getLogger(__name__)
 
-_STORE_ERRORS = (
+# A lost or failing connection: the store is down for everyone, the breaker opens.
+_OUTAGE_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.MasterDownError,
     MasterNotFoundError,
-    redis.exceptions.ReadOnlyError,
-    # OOM under maxmemory, WRONGTYPE from a foreign key in our namespace, and the like: the
-    # store cannot serve this request, so the request goes on without it (never a 500).
-    redis.exceptions.ResponseError,
+    redis.exceptions.ReadOnlyError,  # a demoted primary during failover
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
 )
+# The store answered and refused one command (OOM under maxmemory, WRONGTYPE from a foreign key
+# in our namespace, a cross-slot or aborted transaction): that request goes on without the
+# cache (never a 500), the breaker stays closed for every other request.
+_REFUSED_ERRORS = (redis.exceptions.ResponseError,)
 
 # Compare-and-delete / compare-and-extend: only the holder may release or extend its lock.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -80,6 +82,38 @@ class FuzzyVerdict:
             return None
 
 
+def _refusal_reason(error: Exception) -> str:
+    """The server's error code (OOM, WRONGTYPE, EXECABORT, ...) for the refused-command metric."""
+    if isinstance(error, redis.exceptions.OutOfMemoryError):
+        return "OOM"
+    code = str(error).split(" ", 1)[0]
+    return code if code.isupper() and code.isalpha() else "ERR"
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """An alias value: the entry id, the generation of the entry it was made for, and the
+    fuzzy verdict when a fuzzy match made it (`<id>|<generation>[|fuzzy:<score>:<judge>]`)."""
+
+    entry_id: str
+    generation: str
+    verdict: FuzzyVerdict | None = None
+
+    def render(self) -> str:
+        """The stored form."""
+        value = f"{self.entry_id}|{self.generation}"
+        return value if self.verdict is None else f"{value}|{self.verdict.render()}"
+
+    @classmethod
+    def parse(cls, text: str) -> "_Alias":
+        """Inverse of `render`; an old-format value parses with no generation (never followed)."""
+        entry_id, _, rest = text.partition("|")
+        generation, _, verdict = rest.partition("|")
+        if generation.startswith("fuzzy:"):
+            generation, verdict = "", generation
+        return cls(entry_id, generation, FuzzyVerdict.parse(verdict) if verdict else None)
+
+
 class Store:
     """Cached entries and aliases under `keys.prefix`, plus the single-flight locks."""
 
@@ -90,12 +124,14 @@ class Store:
         *,
         on_error: Callable[[], None] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.breaker = CircuitBreaker()
         self._on_error = on_error or (lambda: None)
         self._on_state = on_state or (lambda up: None)
+        self._on_refused = on_refused or (lambda reason: None)
         self._probe_task: asyncio.Task | None = None
 
     @property
@@ -107,12 +143,16 @@ class Store:
         self.breaker.allow()
         try:
             return await operation()
-        except _STORE_ERRORS as exc:
+        except _OUTAGE_ERRORS as exc:
             self._on_error()
             self.breaker.record_failure(exc)
             self._on_state(False)
             self._ensure_probe()
             raise StoreUnavailable(str(exc)) from exc
+        except _REFUSED_ERRORS as exc:
+            self._on_refused(_refusal_reason(exc))
+            log.warning("the store refused a command (%s): this request goes on without the cache", exc)
+            raise StoreRefused(str(exc)) from exc
 
     def _ensure_probe(self) -> None:
         if self._probe_task is None or self._probe_task.done():
@@ -166,14 +206,21 @@ class Store:
         """Follow an alias to its entry, with the fuzzy verdict that made the alias, if one did.
 
         An alias made by a fuzzy hit records that it was a judgement (score and thresholds),
-        so the same bytes later are served as `fuzzy`, never passed off as `exact`."""
+        so the same bytes later are served as `fuzzy`, never passed off as `exact`. An alias is
+        followed only to the generation of the entry it was made for: one that outlived a
+        DELETE is dead even after the same audio is cached again (and is removed here)."""
 
         async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
             value = await self.client.get(alias_key)
             if value is None:
                 return None, None
-            entry_id, _, verdict = value.decode().partition("|")
-            return await self._read_entry(entry_id), FuzzyVerdict.parse(verdict) if verdict else None
+            alias = _Alias.parse(value.decode())
+            entry = await self._read_entry(alias.entry_id)
+            if entry is None or not alias.generation or entry.generation != alias.generation:
+                if entry is not None:  # a stale alias to a re-created entry: drop it, unless rewritten
+                    await self.client.eval(_RELEASE, 1, alias_key, value)
+                return None, None
+            return entry, alias.verdict
 
         return await self._call(follow)
 
@@ -200,26 +247,32 @@ class Store:
     async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
         """Write an entry with its byte and PCM aliases, all expiring together.
 
-        The index change stream gets an `add` event so every replica's vector index learns of
-        the entry; the entry's fields hold everything a replica needs, so the event is small.
+        The entry, its expiry and its alias set are one transaction (one hash slot on a
+        Cluster): under OOM or a lost connection either all of it is written or none, and an
+        existing entry is never left destroyed or without a TTL. The aliases and the index
+        change stream's `add` event follow; an alias without its entry, or of an older
+        generation, is never followed.
         """
         expires_at_ms = int((time.time() + ttl_s) * 1000)
-        stored = Entry(**{**entry.__dict__, "expires_at_ms": expires_at_ms})
-        entry_key = self.keys.entry(entry.entry_id)
+        stored = replace(entry, expires_at_ms=expires_at_ms, generation=secrets.token_hex(8))
+        entry_key, aliases_key = self.keys.entry(entry.entry_id), self.keys.entry_aliases(entry.entry_id)
         aliases = [
             self.keys.exact(entry.profile_id, bytes_digest),
             self.keys.canonical(entry.profile_id, entry.pcm_digest),
         ]
+        alias_value = _Alias(entry.entry_id, stored.generation).render()
 
         async def write() -> None:
+            transaction = self.client.pipeline(transaction=True)
+            transaction.delete(entry_key)
+            transaction.hset(entry_key, mapping=stored.to_fields())
+            transaction.pexpireat(entry_key, expires_at_ms)
+            transaction.sadd(aliases_key, *aliases)
+            transaction.pexpireat(aliases_key, expires_at_ms)
+            await transaction.execute()
             pipe = self.client.pipeline(transaction=False)
-            pipe.delete(entry_key)
-            pipe.hset(entry_key, mapping=stored.to_fields())
-            pipe.pexpireat(entry_key, expires_at_ms)
             for alias in aliases:
-                pipe.set(alias, entry.entry_id, pxat=expires_at_ms)
-            pipe.sadd(self.keys.entry_aliases(entry.entry_id), *aliases)
-            pipe.pexpireat(self.keys.entry_aliases(entry.entry_id), expires_at_ms)
+                pipe.set(alias, alias_value, pxat=expires_at_ms)
             if stored.embedding:
                 pipe.xadd(
                     self.keys.index_stream(),
@@ -240,13 +293,16 @@ class Store:
         upload got there first), "added" otherwise, and "gone" when the entry was deleted or
         expired since it was read: the alias is then removed again and the caller must not
         serve the entry. The alias is registered before the entry's existence is checked, so a
-        concurrent DELETE either sees it or is seen.
+        concurrent DELETE either sees it or is seen; and it names the entry's generation, so
+        one that escapes a DELETE anyway is dead.
         """
         if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
             return "gone"
+        if not entry.generation:
+            return "added"  # an entry written before generations: its aliases are never followed
         alias = self.keys.exact(entry.profile_id, bytes_digest)
         aliases = self.keys.entry_aliases(entry.entry_id)
-        value = entry.entry_id if verdict is None else f"{entry.entry_id}|{verdict.render()}"
+        value = _Alias(entry.entry_id, entry.generation, verdict).render()
 
         async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
@@ -254,12 +310,12 @@ class Store:
             pipe.sadd(aliases, alias)
             if entry.expires_at_ms:
                 pipe.pexpireat(aliases, entry.expires_at_ms)
-            pipe.exists(self.keys.entry(entry.entry_id))
+            pipe.hget(self.keys.entry(entry.entry_id), "gen")
             results = await pipe.execute()
-            previous, exists = results[0], results[-1]
-            if not exists:
+            previous, generation = results[0], results[-1]
+            if generation is None or generation.decode() != entry.generation:
                 cleanup = self.client.pipeline(transaction=False)
-                cleanup.delete(alias)
+                cleanup.eval(_RELEASE, 1, alias, value)
                 cleanup.srem(aliases, alias)
                 await cleanup.execute()
                 return "gone"
@@ -268,32 +324,38 @@ class Store:
         return await self._call(write)
 
     async def delete_entry(self, entry_id: str, *, stream_maxlen: int) -> bool:
-        """Remove an entry and its aliases and tell the replicas; False when it did not exist."""
+        """Remove an entry and its aliases and tell the replicas; False when it did not exist
+        (and then no event is written)."""
 
         async def remove() -> bool:
             aliases_key = self.keys.entry_aliases(entry_id)
             aliases = await self.client.smembers(aliases_key)
+            transaction = self.client.pipeline(transaction=True)
+            transaction.delete(self.keys.entry(entry_id))
+            transaction.delete(aliases_key)
+            existed = bool((await transaction.execute())[0])
             pipe = self.client.pipeline(transaction=False)
-            pipe.delete(self.keys.entry(entry_id))
             for alias in aliases:
                 pipe.delete(alias)
-            pipe.delete(aliases_key)
-            pipe.xadd(
-                self.keys.index_stream(),
-                {"op": "del", "entry": entry_id},
-                maxlen=stream_maxlen,
-                approximate=True,
-            )
-            deleted = await pipe.execute()
-            return bool(deleted[0])
+            if existed:
+                pipe.xadd(
+                    self.keys.index_stream(),
+                    {"op": "del", "entry": entry_id},
+                    maxlen=stream_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+            return existed
 
         return await self._call(remove)
 
     async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
         """Take a lock that expires by itself; returns the holder's token, or None if taken."""
         token = secrets.token_hex(8)
-        taken = await self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms))
-        return token if taken else None
+        # GET makes a retried SET (a connection lost after the server applied it) recognise
+        # its own token instead of waiting on itself until the lock expires.
+        holder = await self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms, get=True))
+        return token if holder is None or holder.decode() == token else None
 
     async def extend_lock(self, key: str, token: str, ttl_ms: int) -> bool:
         """Push a held lock's expiry out; False when it was lost."""

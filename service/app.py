@@ -78,6 +78,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             Keys(settings.key_prefix),
             on_error=metrics.store_errors.inc,
             on_state=lambda up: metrics.store_up.set(1 if up else 0),
+            on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
         chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
         # An engine that serialises its own calls (one model behind a lock) gains nothing

@@ -30,6 +30,11 @@ class Metrics:
         )
         self.index_entries = Gauge("earmark_index_entries", "Entries in this replica's vector index.", registry=r)
         self.store_errors = Counter("earmark_store_errors_total", "Store calls that failed (connection, timeout).", registry=r)
+        self.store_refused = Counter(
+            "earmark_store_refused_total",
+            "Store commands refused while the store was up (OOM, WRONGTYPE...), by error; that request went uncached.",
+            ["reason"], registry=r,
+        )
         self.store_up = Gauge("earmark_store_up", "1 while the store is reachable, 0 during an outage.", registry=r)
         self.single_flight_waits = Counter(
             "earmark_single_flight_waits_total", "Misses that waited for another request's engine run instead of running it.", ["scope"], registry=r

@@ -162,9 +162,12 @@ class RecognitionCache:
             if shared.entry is None:
                 return Outcome(tier=shared.tier, result=shared.result)
             tier = "exact" if leader_digest == upload_digest else "canonical"
-            outcome = await self._hit_and_alias(tier, shared.entry, upload_digest, write=True)
-            if outcome is not None:
-                return outcome
+            # The entry may have been deleted while we waited: serve it only as it is now.
+            current, store_ok = await self._try_store(lambda: self.store.get_entry(shared.entry.entry_id))
+            if current is not None and current.generation == shared.entry.generation:
+                outcome = await self._hit_and_alias(tier, current, upload_digest, write=True)
+                if outcome is not None:
+                    return outcome
             return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())

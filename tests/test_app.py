@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 from starlette.testclient import TestClient
 
+from index.keys import Keys
 from service.app import create_app
 from service.engines.base import RecognitionOptions
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav, wav_with_extra_chunk
@@ -49,7 +50,7 @@ def test_miss_then_exact_then_canonical_share_one_entry(client, recorded):
 
 def test_entries_carry_the_configured_ttl(client, recorded, redis_client, settings):
     entry = post(client, recorded).json()["cache"]["entry"]
-    ttl = redis_client.ttl(f"{settings.key_prefix}entry:{entry}")
+    ttl = redis_client.ttl(Keys(settings.key_prefix).entry(entry))
     assert DAY_S * 7 - 60 < ttl <= DAY_S * 7
     for key in keys_under(redis_client, settings.key_prefix):
         if redis_client.type(key) == b"stream" or key.endswith(b"store-id"):  # kept: capped or tiny
@@ -64,7 +65,7 @@ def test_silence_is_cached_as_a_negative_entry_for_an_hour(client, redis_client,
     assert first["result"] == {**first["result"], "text": "", "error": "no_speech"}
     entry = first["cache"]["entry"]
     assert entry is not None
-    assert 3500 < redis_client.ttl(f"{settings.key_prefix}entry:{entry}") <= 3600
+    assert 3500 < redis_client.ttl(Keys(settings.key_prefix).entry(entry)) <= 3600
     again = post(client, silence).json()
     assert (again["cache"]["tier"], again["cache"]["entry"]) == ("negative", entry)
     flac = encode(*read_pcm(silence), fmt="flac", codec="flac")

@@ -6,6 +6,8 @@ import logging
 import time
 import uuid
 
+import redis
+
 from starlette.testclient import TestClient
 
 from index.embedded import EmbeddedServer
@@ -62,3 +64,29 @@ def test_store_down_at_start_up_still_serves(engine, tmp_path):
         assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "bypass"
         lookup = client.post("/lookup", files={"file": ("a.wav", fixture_bytes("recorded.wav"), "application/octet-stream")})
         assert lookup.json()["cache"]["tier"] == "bypass"
+
+
+def test_a_refused_write_costs_only_that_write(tmp_path, engine):
+    """OOM refuses a new entry: that answer is served uncached (bypass, counted), the store
+    stays up and every other request is still answered from cache."""
+    server = EmbeddedServer(tmp_path / "data")
+    server.start()
+    settings = Settings(redis_url=server.url, key_prefix=f"earmark-oom-{uuid.uuid4().hex[:6]}:", data_dir=tmp_path / "data")
+    recorded, weather = fixture_bytes("recorded.wav"), fixture_bytes("weather.wav")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        with TestClient(create_app(settings, engine=engine)) as client:
+            assert post(client, recorded).json()["cache"]["tier"] == "miss"
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+            refused = post(client, weather).json()
+            assert refused["cache"]["tier"] == "bypass" and refused["cache"]["entry"] is None
+            assert refused["result"]["text"]
+            assert post(client, recorded).json()["cache"]["tier"] == "exact"
+            assert client.get("/health").json()["store"] == "up"
+            assert 'earmark_store_refused_total{reason="OOM"} 1.0' in client.get("/metrics").text
+            admin.config_set("maxmemory", "0")
+            assert post(client, weather).json()["cache"]["tier"] == "miss"
+    finally:
+        admin.close()
+        server.stop()

@@ -1,0 +1,203 @@
+"""The entry store against real servers: what a DELETE removed stays removed, writes are
+all-or-nothing, a refused command is not an outage, and a restarted store is reconnected to."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+
+from index.breaker import StoreRefused
+from index.connection import open_client
+from index.embedded import EmbeddedServer
+from index.entry import Entry, make_entry_id
+from index.keys import Keys
+from index.store import FuzzyVerdict, Store
+from tests.conftest import RedisServerProcess
+
+TTL_S = 3600
+MAXLEN = 1000
+
+
+def _entry(text: str = "hello there", pcm: str = "pcm-digest") -> Entry:
+    profile = "profile-1"
+    return Entry(entry_id=make_entry_id(profile, pcm), profile_id=profile, pcm_digest=pcm, text=text,
+                 normalized_text=text, language="en", duration_s=2.0, speech_s=1.8, engine_seconds=1.0)
+
+
+def _run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"earmark-store-{uuid.uuid4().hex[:8]}:")
+
+
+async def _with_store(url: str, keys: Keys, body):
+    store = Store(open_client(url), keys)
+    try:
+        return await body(store)
+    finally:
+        await store.close()
+
+
+def test_an_alias_that_escaped_a_delete_never_revives(store_url, keys, redis_client):
+    """The alias set is evicted (colder than its entry) before a DELETE: the DELETE cannot see
+    the fuzzy alias, the original is cached again under the same id, and the copy's bytes
+    must still not be served from the old verdict."""
+
+    async def body(store: Store):
+        first = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        verdict = FuzzyVerdict(0.91, "judge")
+        assert await store.add_alias(first, "copy-bytes", verdict) == "added"
+        copy_alias = keys.exact(first.profile_id, "copy-bytes")
+        assert (await store.entry_and_verdict(copy_alias))[0] is not None
+        redis_client.delete(keys.entry_aliases(first.entry_id))  # what volatile-lru may evict first
+        assert await store.delete_entry(first.entry_id, stream_maxlen=MAXLEN)
+        assert redis_client.exists(copy_alias)  # the DELETE could not know of it...
+        second = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert second.entry_id == first.entry_id and second.generation != first.generation
+        assert await store.entry_and_verdict(copy_alias) == (None, None)  # ...and it is dead
+        assert not redis_client.exists(copy_alias)  # and cleaned up on the way
+        # The re-created entry's own aliases work.
+        found, _ = await store.entry_and_verdict(keys.exact(second.profile_id, "original-bytes"))
+        assert found is not None and found.generation == second.generation
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_an_alias_written_while_a_delete_runs_is_dead(store_url, keys, redis_client):
+    """A DELETE racing an alias write: the alias lands after the DELETE read the alias set."""
+
+    async def body(store: Store):
+        first = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert await store.delete_entry(first.entry_id, stream_maxlen=MAXLEN)
+        # The losing side of the race: the fuzzy hit read the entry before the DELETE.
+        assert await store.add_alias(first, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "gone"
+        assert not redis_client.exists(keys.exact(first.profile_id, "copy-bytes"))
+        # Worse interleaving: its SET landed and its existence check passed before the DELETE,
+        # but its SADD came after the DELETE read the set, so the alias survives the DELETE.
+        copy_alias = keys.exact(first.profile_id, "copy-bytes")
+        again = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert await store.add_alias(again, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "added"
+        redis_client.srem(keys.entry_aliases(again.entry_id), copy_alias)
+        assert await store.delete_entry(again.entry_id, stream_maxlen=MAXLEN)
+        await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert await store.entry_and_verdict(copy_alias) == (None, None)
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_old_format_aliases_are_not_followed(store_url, keys, redis_client):
+    async def body(store: Store):
+        entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        legacy = keys.exact(entry.profile_id, "legacy-bytes")
+        redis_client.set(legacy, f"{entry.entry_id}|fuzzy:0.9000:judge")
+        assert await store.entry_and_verdict(legacy) == (None, None)
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_an_entry_and_its_aliases_always_carry_a_ttl(store_url, keys, redis_client):
+    async def body(store: Store):
+        entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        for key in (keys.entry(entry.entry_id), keys.entry_aliases(entry.entry_id),
+                    keys.exact(entry.profile_id, "original-bytes"), keys.canonical(entry.profile_id, entry.pcm_digest)):
+            assert 0 < redis_client.ttl(key) <= TTL_S, key
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_deleting_an_unknown_entry_writes_no_event(store_url, keys, redis_client):
+    async def body(store: Store):
+        await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        before = redis_client.xlen(keys.index_stream())
+        for _ in range(5):
+            assert not await store.delete_entry(uuid.uuid4().hex, stream_maxlen=MAXLEN)
+        assert redis_client.xlen(keys.index_stream()) == before
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_a_refused_command_is_not_an_outage(store_url, keys, redis_client):
+    """WRONGTYPE from a foreign key in our namespace refuses that call only."""
+    refused: list[str] = []
+
+    async def body(store: Store):
+        entry_id = uuid.uuid4().hex
+        redis_client.set(keys.entry(entry_id), "not a hash")
+        with pytest.raises(StoreRefused):
+            await store.get_entry(entry_id)
+        assert store.up and refused == ["WRONGTYPE"]
+        stored = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert (await store.get_entry(stored.entry_id)).text == "hello there"
+
+    async def run():
+        store = Store(open_client(store_url), keys, on_refused=refused.append)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    _run(run())
+
+
+def test_a_write_refused_for_memory_destroys_nothing(tmp_path, keys):
+    """Under OOM, re-writing an entry leaves the existing one whole, with its TTL, and the
+    store stays up for reads."""
+    server = EmbeddedServer(tmp_path / "oom")
+    server.start()
+    admin = redis.Redis.from_url(server.url)
+    try:
+        async def body(store: Store):
+            entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+            with pytest.raises(StoreRefused):
+                await store.put_entry(_entry("a different text"), "other-bytes", TTL_S, stream_maxlen=MAXLEN)
+            assert store.up
+            kept = await store.get_entry(entry.entry_id)
+            assert kept is not None and kept.text == "hello there" and kept.generation == entry.generation
+            assert 0 < admin.ttl(keys.entry(entry.entry_id)) <= TTL_S
+            found, _ = await store.entry_and_verdict(keys.exact(entry.profile_id, "original-bytes"))
+            assert found is not None and found.text == "hello there"
+
+        _run(_with_store(server.url, keys, body))
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_a_restarted_store_is_reconnected_without_an_outage(tmp_path, keys):
+    """Pooled connections die with the server; the next call retries on a fresh one."""
+    server = RedisServerProcess(tmp_path / "restart") if _has_redis_server() else None
+    if server is None:
+        pytest.skip("needs Debian's redis-server (installed by .ci/run)")
+    server.start()
+    outages: list[bool] = []
+    try:
+        async def run():
+            store = Store(open_client(server.url), keys, on_state=outages.append)
+            try:
+                entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+                for _ in range(3):
+                    server.stop()
+                    server.start()  # same port, no data: the entry is gone, the store is not down
+                    assert await store.get_entry(entry.entry_id) is None
+                    entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+                assert store.up and outages == []
+            finally:
+                await store.close()
+
+        _run(run())
+    finally:
+        server.stop()
+
+
+def _has_redis_server() -> bool:
+    import shutil
+
+    return shutil.which("redis-server") is not None
