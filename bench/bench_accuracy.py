@@ -79,8 +79,11 @@ def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> 
 async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path | None) -> dict:
     manifest = json.loads((corpus / "manifest.json").read_text())
     originals, transforms, negatives = manifest["originals"], manifest["transforms"], manifest["negatives"]
+    # Copies that lost speech at an edge (a first word cut off): must be refused like negatives.
+    cut_copies = manifest.get("cut_copies", [])
     started = time.perf_counter()
-    features = compute_features([str(corpus / item["path"]) for item in originals + transforms + negatives], jobs, cache)
+    features = compute_features([str(corpus / item["path"]) for item in originals + transforms + negatives + cut_copies],
+                                jobs, cache)
     print(f"features for {len(features)} files in {time.perf_counter() - started:.0f} s", flush=True)
     original_features = dict(zip((o["id"] for o in originals), features[: len(originals)]))
     query_features = features[len(originals):]
@@ -103,7 +106,7 @@ async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, c
                 entry_of[item["id"]] = stored.entry_id
             queries = [dict(q, group=q["transform"], positive=True, source_id=q["id"]) for q in transforms] + [
                 dict(n, group=n["kind"], positive=False) for n in negatives
-            ]
+            ] + [dict(c, group=c["transform"], positive=False, source_id=c["id"]) for c in cut_copies]
             rows = []
             lookup_started = time.perf_counter()
             for query, (feats, _, duration) in zip(queries, query_features):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the accuracy-benchmark corpus for earmark's fuzzy-matching tier.
 
-The corpus has three parts, all written under ``--out``:
+The corpus has four parts, all written under ``--out``:
 
 * ``originals/``  - WAV files synthesised with espeak-ng (English and Mandarin,
   many voices, speeds and pitches, 1 s to 60 s).  These are what the cache has
@@ -9,6 +9,10 @@ The corpus has three parts, all written under ``--out``:
 * ``transforms/<transform>/`` - every original re-encoded / degraded with real
   tools (ffmpeg, sox) or numpy.  A good fuzzy matcher should map each of these
   back to its original.
+* ``cut_copies/<transform>/`` - every original under NEGATIVE_TRANSFORMS:
+  copies that lost some speech, so by our rules a different recording (listed
+  under ``cut_copies`` in the manifest, not ``transforms``).  A good matcher
+  must reject these.
 * ``negatives/`` - clips that are *not* any original, many of them hard
   (same voice, shared text, prefixes/suffixes...).  A good matcher must reject
   these.
@@ -20,6 +24,8 @@ The build is deterministic: all choices come from ``random.Random`` /
 their bit-exact / repeatable modes.  It is idempotent: a hidden
 ``.specs.json`` records a hash of the recipe of every file, and files whose
 recipe is unchanged are skipped on the next run (changed recipes are rebuilt).
+Files of a transform that was renamed (same recipe) are moved to the new name
+rather than rebuilt; files of a transform that was removed are deleted.
 
 Usage::
 
@@ -104,8 +110,16 @@ FFMPEG_COMMON = ("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
 FFMPEG_BITEXACT = ("-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact")
 SOX_COMMON = ("-R", "-D", "-V1")  # repeatable, no dither (padding stays digital zero)
 
+# Trailing-silence trim threshold: a sample is kept if it is louder than this
+# (dBFS re 32768).  espeak-ng ends every file with 0.01-0.58 s of decay that
+# stays below it; the speech thresholds used elsewhere are -45 to -35 dBFS.
+TRIM_SILENCE_DBFS = -60.0
+
 # name -> (extension, tool, arguments).  ffmpeg arguments go between input and
-# output; sox arguments are the effect chain after the output file.
+# output; sox arguments are the effect chain after the output file.  Tools:
+# "ffmpeg", "sox", "noise" (arguments: SNR in dB), "trim_silence" (arguments:
+# threshold in dBFS) and "ffmpeg_decoded" (arguments: raw format, encoder
+# arguments): encode to that raw format, then decode it back to a 16-bit WAV.
 TRANSFORMS: dict[str, tuple[str, str, tuple]] = {
     "mp3_32k": ("mp3", "ffmpeg", ("-c:a", "libmp3lame", "-b:a", "32k")),
     "mp3_64k": ("mp3", "ffmpeg", ("-c:a", "libmp3lame", "-b:a", "64k")),
@@ -125,9 +139,39 @@ TRANSFORMS: dict[str, tuple[str, str, tuple]] = {
     "gain_minus6": ("wav", "sox", ("gain", "-6")),
     "gain_plus6": ("wav", "sox", ("gain", "-l", "6")),  # -l: limiter, no hard clipping
     "pad_start_0_5": ("wav", "sox", ("pad", "0.5", "0")),
-    "trim_start_0_3": ("wav", "sox", ("trim", "0.3")),
+    # Pad 0.5 s of digital silence, then trim 0.3 s of it: what remains is the
+    # whole original behind 0.2 s of silence (a trimmed, padded export).
+    "pad_trim_start": ("wav", "sox", ("pad", "0.5", "0", "trim", "0.3")),
+    # Drop everything after the last sample above TRIM_SILENCE_DBFS (numpy).
+    # Not sox "reverse silence 1 0.01 -60d reverse": its RMS window cut up to
+    # 0.13 s of the decay above -60 dBFS and a few samples above -45 dBFS.
+    "trim_silence_end": ("wav", "trim_silence", (TRIM_SILENCE_DBFS,)),
     "noise_30db": ("wav", "noise", (NOISE_SNR_DB,)),
+    # Telephone codecs (real encoders), all mono.  GSM 06.10 and G.726 are
+    # stored in WAV (format tags 0x31 and 0x45), which PyAV decodes as is;
+    # GSM pads the end to a 40 ms (320-sample) frame pair.
+    "gsm_8k": ("wav", "ffmpeg", ("-c:a", "libgsm_ms", "-ar", "8000", "-ac", "1")),
+    "g726_16k": ("wav", "ffmpeg", ("-c:a", "g726", "-b:a", "16k", "-ar", "8000", "-ac", "1")),
+    # G.723.1 has no container PyAV can sniff (raw .tco is recognised only by
+    # its name), so the stored copy is the decoded 8 kHz 16-bit WAV, which is
+    # what a telephone line would deliver; frames pad the end to 30 ms.
+    "g723_1": ("wav", "ffmpeg_decoded",
+               ("g723_1", ("-c:a", "g723_1", "-b:a", "6.3k", "-ar", "8000", "-ac", "1"))),
+    "opus_8k": ("opus", "ffmpeg", ("-c:a", "libopus", "-b:a", "8k", "-ar", "48000")),
+    "mp3_16k_11k": ("mp3", "ffmpeg", ("-c:a", "libmp3lame", "-b:a", "16k", "-ar", "11025")),
+    "ulaw_8k": ("wav", "ffmpeg", ("-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1")),
 }
+
+# Copies that lose speech: by our rules a different recording, so they are
+# listed in the manifest under "cut_copies" (must be refused), not under
+# "transforms".  espeak-ng starts speaking at once (first sample above -45 dBFS
+# at 0-66 ms in the default build), so trimming 0.3 s always removes speech.
+# cut_start_0_3 was the true-copy transform "trim_start_0_3" until that was noticed.
+NEGATIVE_TRANSFORMS: dict[str, tuple[str, str, tuple]] = {
+    "cut_start_0_3": ("wav", "sox", ("trim", "0.3")),
+}
+# Output subdirectory of each transform family.
+TRANSFORM_DIRS = {"transforms": TRANSFORMS, "cut_copies": NEGATIVE_TRANSFORMS}
 
 NEGATIVE_KINDS = (
     "same_voice_same_first_half", "prefix_30", "prefix_50", "suffix_50",
@@ -139,6 +183,7 @@ MIN_SOURCE_S = 3.0
 NEEDS_LONG_SOURCE = {"same_voice_same_first_half", "prefix_30", "prefix_50", "suffix_50"}
 
 SPECS_FILE = ".specs.json"
+TEMP_PATTERNS = ("*.part.*", "*.extra.*", "*.coded.*")  # temporaries (see part_path)
 MANIFEST_FILE = "manifest.json"
 
 # --------------------------------------------------------------------------
@@ -584,16 +629,21 @@ def fitting_short(phrases: tuple[str, ...], lang: str, speed: int) -> tuple[str,
     return fit or phrases
 
 
-def plan_transforms(originals: list[Item]) -> list[Item]:
-    """One item per (original, transform)."""
+def transform_job(tool: str, args: tuple, src: str, seed_key: str) -> dict:
+    """The recipe applying one TRANSFORMS entry's (tool, args) to the file `src`."""
+    if tool == "noise":
+        return {"op": "noise", "src": src, "snr_db": args[0], "seed_key": seed_key}
+    return {"op": tool, "src": src,
+            "args": [list(a) if isinstance(a, tuple) else a for a in args]}
+
+
+def plan_transforms(originals: list[Item], subdir: str = "transforms") -> list[Item]:
+    """One item per (original, transform of the TRANSFORM_DIRS[subdir] family)."""
     items = []
     for o in originals:
-        for name, (ext, tool, args) in TRANSFORMS.items():
-            rel = f"transforms/{name}/{o.id}.{ext}"
-            job = {"op": tool, "src": o.rel, "args": list(args)}
-            if tool == "noise":
-                job = {"op": "noise", "src": o.rel, "snr_db": args[0], "seed_key": o.id}
-            items.append(Item(o.id, rel, job, (o.rel,),
+        for name, (ext, tool, args) in TRANSFORM_DIRS[subdir].items():
+            rel = f"{subdir}/{name}/{o.id}.{ext}"
+            items.append(Item(o.id, rel, transform_job(tool, args, o.rel, o.id), (o.rel,),
                               {"id": o.id, "transform": name, "path": rel}))
     return items
 
@@ -779,6 +829,27 @@ def add_noise(src: Path, dst: Path, snr_db: float, seed_key: str) -> dict:
     return {"clipped_samples": clipped}
 
 
+def trim_silence_end(src: Path, dst: Path, dbfs: float) -> dict:
+    """Cut after the last sample (in any channel) above `dbfs`; keep all of a quieter file."""
+    pcm, rate = read_wav(src)
+    loud = np.flatnonzero((np.abs(pcm.astype(np.int32)) > 32768 * 10 ** (dbfs / 20)).any(axis=1))
+    stop = int(loud[-1]) + 1 if loud.size else len(pcm)
+    write_wav(dst, pcm[:stop], rate)
+    return {"trimmed_s": (len(pcm) - stop) / rate}
+
+
+def ffmpeg_decoded(src: Path, dst: Path, fmt: str, encode_args: list[str]) -> None:
+    """Encode `src` to the raw format `fmt`, then decode that back to a 16-bit WAV at `dst`."""
+    coded = dst.with_name(f"{dst.stem}.coded.{fmt}")
+    try:
+        run([FFMPEG, *FFMPEG_COMMON, "-i", str(src), *encode_args, *FFMPEG_BITEXACT,
+             "-f", fmt, str(coded)])
+        run([FFMPEG, *FFMPEG_COMMON, "-f", fmt, "-i", str(coded), "-c:a", "pcm_s16le",
+             *FFMPEG_BITEXACT, str(dst)])
+    finally:
+        coded.unlink(missing_ok=True)
+
+
 def run_job(job: dict, out_dir: str, rel: str) -> dict:
     """Execute one recipe, writing atomically to out_dir/rel; never raises."""
     out = Path(out_dir)
@@ -804,6 +875,10 @@ def run_job(job: dict, out_dir: str, rel: str) -> dict:
             run([SOX, *SOX_COMMON, str(src), "-b", "16", str(tmp), *job["args"]])
         elif op == "noise":
             info = add_noise(src, tmp, job["snr_db"], job["seed_key"])
+        elif op == "trim_silence":
+            info = trim_silence_end(src, tmp, job["args"][0])
+        elif op == "ffmpeg_decoded":
+            ffmpeg_decoded(src, tmp, job["args"][0], job["args"][1])
         else:
             raise ValueError(f"unknown op {op!r}")
         if not tmp.exists() or tmp.stat().st_size == 0:
@@ -847,10 +922,49 @@ def write_json(path: Path, obj) -> None:
 
 def remove_stale_parts(out: Path) -> None:
     """Delete temporaries left behind by an interrupted run."""
-    for sub in ("originals", "transforms", "negatives"):
-        for pattern in ("*.part.*", "*.extra.*"):
+    for sub in ("originals", *TRANSFORM_DIRS, "negatives"):
+        for pattern in TEMP_PATTERNS:
             for p in (out / sub).rglob(pattern):
                 p.unlink(missing_ok=True)
+
+
+def retire_transforms(out: Path, built: dict[str, str], hashes: dict[str, str]) -> None:
+    """Move or delete the files of transforms that were renamed, moved or removed.
+
+    A built file is retired when it lies under ``<family>/<name>/`` (a
+    TRANSFORM_DIRS family) and <name> is no longer a transform of that family.
+    A planned file that is missing is moved from a retired file with the same
+    recipe hash and extension (a rename: same recipe, new name) instead of
+    being rebuilt; the other retired files are deleted, then their emptied
+    directories.
+    """
+    def retired(rel: str) -> bool:
+        parts = rel.split("/")
+        return (len(parts) == 3 and parts[0] in TRANSFORM_DIRS
+                and parts[1] not in TRANSFORM_DIRS[parts[0]])
+
+    old = [rel for rel in built if retired(rel)]
+    if not old:
+        return
+    by_recipe = {(built[rel], Path(rel).suffix): rel for rel in old if (out / rel).exists()}
+    moved = 0
+    for rel, h in hashes.items():
+        if built.get(rel) == h and (out / rel).exists():
+            continue
+        src = by_recipe.pop((h, Path(rel).suffix), None)
+        if src is not None:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / src, out / rel)
+            built[rel] = h
+            moved += 1
+    for rel in old:
+        (out / rel).unlink(missing_ok=True)
+        built.pop(rel, None)
+    for d in sorted({(out / rel).parent for rel in old}):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    print(f"[retire] {len(old)} files of retired transforms: {moved} moved to a renamed "
+          f"transform (same recipe), {len(old) - moved} deleted", flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -957,7 +1071,8 @@ def print_summary(out: Path, manifest: dict, results: list[dict], n_failed: int,
     durs = np.array([o["duration_s"] for o in origs]) if origs else np.zeros(0)
     n_cmn = sum(o["lang"] == "cmn" for o in origs)
     print(f"originals: {len(origs)} ({n_cmn} Mandarin), transforms: {len(manifest['transforms'])}, "
-          f"negatives: {len(manifest['negatives'])}, failed: {n_failed}")
+          f"cut copies: {len(manifest['cut_copies'])}, negatives: {len(manifest['negatives'])}, "
+          f"failed: {n_failed}")
     if durs.size:
         bins = [(0, 1), (1, 3), (3, 20), (20, 30), (30, 60), (60, 1e9)]
         spread = ", ".join(f"{a}-{b if b < 1e9 else 'inf'}s: {int(((durs >= a) & (durs < b)).sum())}"
@@ -973,6 +1088,10 @@ def print_summary(out: Path, manifest: dict, results: list[dict], n_failed: int,
     print("negatives by kind: " + ", ".join(f"{k}={v}" for k, v in kinds.items()))
     clipped = sum(r.get("info", {}).get("clipped_samples", 0) for r in results if r["ok"])
     print(f"noise_30db: {clipped} samples clipped to int16 range (files built this run)")
+    trimmed = [r["info"]["trimmed_s"] for r in results if r["ok"] and "trimmed_s" in r["info"]]
+    if trimmed:
+        print(f"trim_silence_end: {min(trimmed):.3f}-{max(trimmed):.3f} s removed, median "
+              f"{np.median(trimmed):.3f} s ({len(trimmed)} files built this run)")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"total size: {size / 1e6:.1f} MB under {out}; wall time {seconds:.0f}s")
 
@@ -1019,10 +1138,14 @@ def main(argv: list[str] | None = None) -> int:
             o.meta["duration_s"] = round(durations[o.id], 3)
 
         transforms = plan_transforms(originals)
+        cut_copies = plan_transforms(originals, "cut_copies")
         negatives = plan_negatives(args.negatives, args.seed, originals, durations, pools)
-        hashes = recipe_hashes(transforms + negatives, hashes)
-        failed2, results2 = run_phase("transforms+negatives", transforms + negatives, out,
-                                      args.jobs, hashes, built)
+        derived = transforms + cut_copies + negatives
+        hashes = recipe_hashes(derived, hashes)
+        retire_transforms(out, built, hashes)
+        write_json(out / SPECS_FILE, built)
+        failed2, results2 = run_phase("transforms+negatives", derived, out, args.jobs, hashes,
+                                      built)
         failed |= failed2
         results += results2
     finally:
@@ -1031,6 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "originals": [manifest_entry(o.meta) for o in originals],
         "transforms": [t.meta for t in transforms if t.rel not in failed],
+        # Copies that lost speech (NEGATIVE_TRANSFORMS): must be refused.
+        "cut_copies": [c.meta for c in cut_copies if c.rel not in failed],
         "negatives": [n.meta for n in negatives if n.rel not in failed],
     }
     write_json(out / MANIFEST_FILE, manifest)

@@ -15,7 +15,9 @@ from fingerprint.decode import SAMPLE_RATE
 class FingerprintConfig:
     """Parameters of one fingerprint version."""
 
-    version: str = "ehash-v2"  # verification changes need no new version
+    # v3: frames padded at both ends, and the syllable-scale detail spectrum stored beside the
+    # hash (fingerprint/detail.py). Verification changes that read nothing new need no version.
+    version: str = "ehash-v3"
     sample_rate: int = SAMPLE_RATE
     # 128 ms analysis frames every 16 ms: long frames with heavy overlap make the energy
     # differences insensitive to the small time offsets a trimmed or re-encoded copy has

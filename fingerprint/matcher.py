@@ -30,6 +30,8 @@ class Verification:
     offset_s: float
     windows: int
     worst_short_score: float = 0.0  # worst ~0.25 s stretch where both recordings have audio
+    worst_at_s: float = 0.0  # where the worst ~1 s stretch starts, in query time
+    worst_short_at_s: float = 0.0  # where the worst ~0.25 s stretch starts, in query time
 
 
 def speech_mask(hash_: RobustHash, config: FingerprintConfig) -> np.ndarray:
@@ -54,28 +56,39 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
     q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
     search = int(ALIGN_SEARCH_S * config.frames_per_second)
     offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
-    errors, counted, shared = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
-    long_scores = _window_scores(errors[counted], config.window_frames)
-    short_scores = _window_scores(errors[counted & shared], config.short_window_frames)
+    errors, counted, shared, q_index = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
+    long_scores, long_starts = _window_scores(errors[counted], config.window_frames)
+    short_scores, short_starts = _window_scores(errors[counted & shared], config.short_window_frames)
+    edge = config.frame_length - config.hop_length  # band_energies' padding
+
+    def query_time(mask: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> float:
+        if scores.size == 0:
+            return 0.0
+        frame = int(q_index[np.flatnonzero(mask)[starts[int(np.argmin(scores))]]])
+        return round(max(0.0, (frame * config.hop_length - edge) / config.sample_rate), 3)
+
     return Verification(
         worst_score=float(long_scores.min()),
         mean_score=float(long_scores.mean()),
         offset_s=offset / config.frames_per_second,
         windows=len(long_scores),
         worst_short_score=float(short_scores.min()) if short_scores.size else 1.0,
+        worst_at_s=query_time(counted, long_starts, long_scores),
+        worst_short_at_s=query_time(counted & shared, short_starts, short_scores),
     )
 
 
-def _window_scores(frame_errors: np.ndarray, window: int) -> np.ndarray:
+def _window_scores(frame_errors: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """1 - mean error of every `window`-frame stretch, stepping by half a window (the whole
-    sequence when it is shorter than a window; the last stretch ends at the last frame)."""
+    sequence when it is shorter than a window; the last stretch ends at the last frame), with
+    each stretch's first index."""
     if frame_errors.size == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0, dtype=int)
     if frame_errors.size <= window:
-        return np.array([1.0 - frame_errors.mean()])
+        return np.array([1.0 - frame_errors.mean()]), np.zeros(1, dtype=int)
     sums = np.convolve(frame_errors, np.ones(window), mode="valid")
     starts = np.unique(np.append(np.arange(0, sums.size, max(1, window // 2)), sums.size - 1))
-    return 1.0 - sums[starts] / window
+    return 1.0 - sums[starts] / window, starts
 
 
 def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, center: int, search: int) -> int:
@@ -99,7 +112,8 @@ def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, c
 
 def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int):
     """Per-frame error rates over bits strong on both sides, over the union of both timelines,
-    with masks of the counted frames (speech on either side) and of the frames both share.
+    with masks of the counted frames (speech on either side) and of the frames both share, and
+    each position's query frame index.
 
     A side with no frame at that time contributes a half-wrong frame (what unrelated audio
     scores), so unmatched speech fails.
@@ -119,4 +133,4 @@ def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced
     wrong = (query.bits[q_idx[both]] ^ reference.bits[r_idx[both]]) & mask
     compared = np.bitwise_count(mask).astype(np.float64)
     errors[both] = np.where(compared > 0, np.bitwise_count(wrong) / np.maximum(compared, 1.0), 0.5)
-    return errors, q_speech | r_speech, both
+    return errors, q_speech | r_speech, both, q_idx

@@ -29,7 +29,14 @@ def _window(config: FingerprintConfig) -> np.ndarray:
 
 
 def band_energies(pcm_16k: np.ndarray, config: FingerprintConfig) -> np.ndarray:
-    """(frames, n_bands) band power of each analysis frame; empty when the clip is too short."""
+    """(frames, n_bands) band power of each analysis frame.
+
+    The signal is framed with a frame's worth of silence either side, so a recording that
+    starts or ends on speech (synthetic prompts do) gets the same onset frames as a copy with
+    silence added or trimmed: without it, padding alone scored like a changed syllable.
+    """
+    edge = config.frame_length - config.hop_length
+    pcm_16k = np.pad(pcm_16k, (edge, edge))
     if len(pcm_16k) < config.frame_length:
         pcm_16k = np.pad(pcm_16k, (0, config.frame_length - len(pcm_16k)))
     frames = np.lib.stride_tricks.sliding_window_view(pcm_16k.astype(np.float32), config.frame_length)[

@@ -34,6 +34,8 @@ class Entry:
     fingerprint_levels: bytes = b""
     embedding: bytes = b""
     fingerprint_version: str = ""
+    detail: bytes = b""  # syllable-scale spectrum for telling copies from minimal pairs
+    pitch: bytes = b""  # pitch contour, for tone minimal pairs
     # Random per write of the entry, copied into every alias that points at it: an alias is
     # followed only while the two agree, so an alias that outlived a DELETE (its alias set
     # evicted, or a write racing the delete) never revives when the same audio is cached again.
@@ -69,6 +71,8 @@ class Entry:
             "fpl": self.fingerprint_levels,
             "emb": self.embedding,
             "fp_version": self.fingerprint_version,
+            "fd": self.detail,
+            "f0": self.pitch,
             "gen": self.generation,
         }
 
@@ -101,5 +105,7 @@ class Entry:
             fingerprint_levels=fields.get(b"fpl", b""),
             embedding=fields.get(b"emb", b""),
             fingerprint_version=text("fp_version"),
+            detail=fields.get(b"fd", b""),
+            pitch=fields.get(b"f0", b""),
             generation=text("gen"),
         )

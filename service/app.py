@@ -1,4 +1,4 @@
-"""The HTTP API of the contract (../shared/spec/api.md), as a Starlette application.
+"""The HTTP API of the contract (docs/api.md), as a Starlette application.
 
 Routes read top to bottom; each handler parses input, calls the lookup pipeline and shapes the
 answer. Every refusal is an `ApiError` turned into `{"code", "msg"}` with a 4xx (or the 5xx the

@@ -35,6 +35,14 @@ class FuzzyThresholds:
     # Each ~0.25 s stretch where both recordings have audio must score at least this: a
     # substituted word scores about 0.5-0.6 there; copies scored >= 0.79 on the benchmark.
     min_short_window_score: float = 0.65
+    # The worst ~80 ms stretch of the fine spectrum (fingerprint/detail.py), scored as
+    # 1 - (its distance above the recording's median, in dB) / 26: copies scored >= 0.78 on the
+    # minimal-pair benchmark, pairs differing in one consonant <= 0.68.
+    min_detail_score: float = 0.74
+    # The worst ~100 ms of pitch both recordings voice (fingerprint/pitch.py), scored as
+    # 1 - (mean disagreement in semitones) / 9.6: copies scored >= 0.79, most Mandarin tone
+    # pairs (mǎi/mài) <= 0.74.
+    min_pitch_score: float = 0.74
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
     duration_tolerance_ratio: float = 0.10
@@ -84,6 +92,8 @@ class Settings:
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
             (0.0 <= self.fuzzy.min_short_window_score <= 1.0, "thresholds.min_short_window_score must be in [0, 1]"),
+            (0.0 <= self.fuzzy.min_detail_score <= 1.0, "thresholds.min_detail_score must be in [0, 1]"),
+            (0.0 <= self.fuzzy.min_pitch_score <= 1.0, "thresholds.min_pitch_score must be in [0, 1]"),
             (-1.0 <= self.fuzzy.min_embedding_similarity <= 1.0, "thresholds.min_embedding_similarity must be in [-1, 1]"),
         ]
         for ok, message in checks:

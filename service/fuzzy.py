@@ -4,7 +4,9 @@ A candidate is served only when all of these hold, each a named reason in /looku
 when it does not: the entry still exists in the store (the index is derived and may lag), it
 was made by this fingerprint version, it is not a "no speech" entry, both recordings have
 enough speech to judge, their speech durations agree within the contract's tolerance in both
-directions, and every stretch of the aligned recordings matches (the worst decides).
+directions, every stretch of the aligned recordings matches (the worst decides), and no
+syllable-sized stretch differs more than the recording's own codec noise explains (a changed
+word, a dropped word or a cut end is a different recording: fingerprint/detail.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
+from fingerprint.detail import HOP as DETAIL_HOP
+from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum
+from fingerprint.pitch import compare_pitch, pitch_contour
 from fingerprint.embedding import embedding_from_energies
 from fingerprint.matcher import verify
 from fingerprint.robust_hash import RobustHash, robust_hash_from_energies
@@ -37,6 +42,8 @@ class QueryFeatures:
     hash: RobustHash
     embedding: np.ndarray
     speech_s: float
+    detail: np.ndarray  # (frames, bands) uint8: fingerprint/detail.py
+    pitch: np.ndarray  # uint8 per 10 ms frame: fingerprint/pitch.py
 
 
 @dataclass
@@ -69,6 +76,8 @@ class FuzzyMatcher:
             hash=robust_hash_from_energies(energies),
             embedding=embedding_from_energies(energies, self.config),
             speech_s=speech_extent(pcm_16k).duration_s,
+            detail=detail_spectrum(pcm_16k),
+            pitch=pitch_contour(pcm_16k),
         )
 
     def attach(self, entry: Entry, features: QueryFeatures) -> Entry:
@@ -80,6 +89,8 @@ class FuzzyMatcher:
             fingerprint_levels=levels,
             embedding=features.embedding.astype("<f4").tobytes(),
             fingerprint_version=self.config.version,
+            detail=features.detail.tobytes(),
+            pitch=features.pitch.tobytes(),
         )
 
     async def match(self, features: QueryFeatures, profile: Profile) -> FuzzyMatch:
@@ -116,10 +127,12 @@ class FuzzyMatcher:
         return FuzzyMatch(best[1], best[0], candidates)
 
     def _judge_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple[bool, float, str]]:
-        return [self._judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries)]
+        return [self.judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries)]
 
-    def _judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
-        """(accepted, score, reason) for one candidate; the score is the worst stretch's."""
+    def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
+        """(accepted, score, reason) for one candidate, the service's verdict (`earmark tune` and
+        the benchmarks call this too): the score is the worse of the worst ~1 s stretch's and
+        the detail check's, and the reason names the check, and the stretch, that decided."""
         limits = self.thresholds
         if entry is None:
             return False, 0.0, "gone: the entry expired, was evicted or deleted"
@@ -142,12 +155,54 @@ class FuzzyMatcher:
         verdict = verify(features.hash, reference, self.config)
         if verdict.windows == 0:
             return False, 0.0, "no_comparable_stretch"
+        if not entry.detail or not entry.pitch:
+            return False, 0.0, "no_detail: the entry has no detail spectrum or pitch contour"
+        detail = compare_detail(features.detail, detail_from_bytes(entry.detail), verdict.offset_s)
+        detail_score = detail_score_of(detail.burst_db)
+        offset_frames = int(round((detail.entry_s - detail.query_s) * 16000 / DETAIL_HOP))
+        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), offset_frames)
+        pitch_score = pitch_score_of(pitch.burst_semitones)
+        # The reported score is the worst evidence; each check keeps its own threshold.
+        score = min(verdict.worst_score, detail_score, pitch_score)
         if verdict.worst_score < limits.min_window_score:
-            return False, verdict.worst_score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
-                                                f"< {limits.min_window_score} (mean {verdict.mean_score:.3f})")
+            return False, score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
+                                  f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
+                                  f"at query {verdict.worst_at_s:.2f} s")
         if verdict.worst_short_score < limits.min_short_window_score:
-            return False, verdict.worst_score, (f"short_window_below_threshold: worst 0.25 s stretch "
-                                                f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score}")
-        return True, verdict.worst_score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
-                                           f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), "
-                                           f"offset {verdict.offset_s:+.3f} s")
+            return False, score, (f"short_window_below_threshold: worst 0.25 s stretch "
+                                  f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
+                                  f"at query {verdict.worst_short_at_s:.2f} s")
+        if detail_score < limits.min_detail_score:
+            return False, score, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
+                                  f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
+                                  f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)")
+        if pitch_score < limits.min_pitch_score:
+            return False, score, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
+                                  f"100 ms from query {pitch.query_s:.2f} s differs by {pitch.burst_semitones:.1f} "
+                                  f"semitones (a different tone or intonation)")
+        return True, score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
+                             f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
+                             f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
+                             f"+{detail.burst_db:.1f} dB), pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
+
+
+# A stretch's detail distance above the recording's own median, in dB, that scores 0: about
+# what a syllable against silence measures. It puts the detail score on the scale of the
+# window score, so that one reported score (the worse of the two) is compared with thresholds
+# of one kind.
+DETAIL_ZERO_DB = 26.0
+
+
+def detail_score_of(burst_db: float) -> float:
+    """The detail check's score in [0, 1]: 1 - burst / DETAIL_ZERO_DB."""
+    return max(0.0, 1.0 - burst_db / DETAIL_ZERO_DB)
+
+
+# Mean pitch disagreement over ~100 ms, in semitones, that scores 0; 2.5 semitones (a tone
+# changed) then scores 0.74, where the window and detail thresholds sit.
+PITCH_ZERO_SEMITONES = 9.6
+
+
+def pitch_score_of(burst_semitones: float) -> float:
+    """The pitch check's score in [0, 1]: 1 - burst / PITCH_ZERO_SEMITONES."""
+    return max(0.0, 1.0 - burst_semitones / PITCH_ZERO_SEMITONES)

@@ -1,0 +1,79 @@
+"""Minimal pairs are never served: one changed word, digit, tone or a cut end is a different
+recording, while real re-encoded copies of the same recordings still match."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fingerprint.decode import decode_audio
+from index.entry import Entry
+from service.config import FuzzyThresholds
+from service.fuzzy import FuzzyMatcher
+from tests.audio_tools import encode, fixture_bytes, read_pcm
+
+PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017"]
+PROFILE = "profile-minimal-pairs"
+
+
+def _features(matcher: FuzzyMatcher, data: bytes):
+    return matcher.features(decode_audio(data, 3600).pcm_16k)
+
+
+def _entry(matcher: FuzzyMatcher, features) -> Entry:
+    entry = Entry(entry_id="a" * 32, profile_id=PROFILE, pcm_digest="pcm", text="cached", normalized_text="cached",
+                  language="en", duration_s=0.0, speech_s=features.speech_s, engine_seconds=1.0, generation="g")
+    return matcher.attach(entry, features)
+
+
+def _judge(matcher: FuzzyMatcher, entry_features, query_features):
+    similarity = float(query_features.embedding @ entry_features.embedding)
+    return matcher.judge(query_features, PROFILE, similarity, _entry(matcher, entry_features))
+
+
+@pytest.fixture(scope="module")
+def matcher() -> FuzzyMatcher:
+    return FuzzyMatcher(FuzzyThresholds(), None, None, None)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_a_minimal_pair_is_refused_with_a_margin(matcher, pair):
+    original = _features(matcher, fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
+    changed = _features(matcher, fixture_bytes(f"minimal_pairs/{pair}_b.flac"))
+    for query, entry in ((changed, original), (original, changed)):  # whichever was cached first
+        accepted, score, reason = _judge(matcher, entry, query)
+        assert not accepted, reason
+        assert score <= FuzzyThresholds().min_window_score - 0.05, reason
+        assert " s" in reason  # the refusal names where to listen
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_real_copies_of_the_same_recordings_still_match(matcher, pair):
+    data = fixture_bytes(f"minimal_pairs/{pair}_a.flac")
+    samples, rate = read_pcm(data)
+    original = _features(matcher, data)
+    copies = {
+        "mp3 32 kbps": encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=32_000),
+        "opus 24 kbps": encode(_resample(samples, rate, 48_000), 48_000, fmt="ogg", codec="libopus", bitrate=24_000),
+        "8 kHz": encode(_resample(samples, rate, 8_000), 8_000, fmt="wav", codec="pcm_s16le"),
+        "padded": encode(np.concatenate([np.zeros(rate // 2, np.int16), samples]), rate, fmt="wav", codec="pcm_s16le"),
+    }
+    for name, copy in copies.items():
+        accepted, score, reason = _judge(matcher, original, _features(matcher, copy))
+        assert accepted, f"{name}: {reason}"
+
+
+def test_lookup_names_the_stretch_that_refused_a_minimal_pair(client):
+    original, changed = (fixture_bytes(f"minimal_pairs/teen_ty_010_{s}.flac") for s in "ab")
+    first = client.post("/recognize", files={"file": ("a.flac", original, "application/octet-stream")}).json()
+    assert first["cache"]["tier"] == "miss"
+    lookup = client.post("/lookup", files={"file": ("b.flac", changed, "application/octet-stream")}).json()
+    assert lookup["cache"]["tier"] == "miss"
+    refusal = next(c for c in lookup["cache"]["candidates"] if c["entry"] == first["cache"]["entry"])
+    assert not refusal["accepted"] and refusal["score"] < 0.69 and "at query" in refusal["reason"]
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    import soxr
+
+    return np.round(soxr.resample(samples.astype(np.float32), rate, target)).astype(np.int16)
