@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11, pip and make:
 #   make serve   install into .venv and start the service on embedded defaults
-#   make test    install into .venv and run the tests
+#   make test    install into .venv, lint (ruff), type-check (mypy) and run the tests
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,6 +20,8 @@ serve: $(STAMP)
 	$(BIN)/earmark serve
 
 test: $(STAMP)
+	$(BIN)/ruff check fingerprint index service tests bench
+	$(BIN)/mypy fingerprint index
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

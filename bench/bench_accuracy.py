@@ -52,6 +52,14 @@ def _features(path: str) -> tuple[QueryFeatures, str, float]:
     return matcher.features(decoded.pcm_16k), pcm_digest(decoded.pcm_16k), decoded.duration_s
 
 
+def fingerprint_code_digest() -> str:
+    """A digest of the fingerprint code itself: cached features are stale once it changes."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent / "fingerprint"
+    return hashlib.blake2b(b"".join(p.read_bytes() for p in sorted(root.glob("*.py"))), digest_size=8).hexdigest()
+
+
 def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> list[tuple[QueryFeatures, str, float]]:
     """Decode and fingerprint every file (in parallel worker processes).
 
@@ -62,7 +70,7 @@ def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> 
 
     from fingerprint import speech
 
-    key = repr((DEFAULT, speech.ABSOLUTE_FLOOR_DB, speech.RELATIVE_FLOOR_DB, speech.NOISE_FLOOR_PERCENTILE,
+    key = repr((DEFAULT, fingerprint_code_digest(), speech.ABSOLUTE_FLOOR_DB, speech.RELATIVE_FLOOR_DB, speech.NOISE_FLOOR_PERCENTILE,
                 speech.ABOVE_NOISE_DB, speech.MAX_RELATIVE_DB, [(p, Path(p).stat().st_size) for p in paths]))
     if cache is not None and cache.exists():
         stored_key, features = pickle.loads(cache.read_bytes())
@@ -85,7 +93,7 @@ async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, c
     features = compute_features([str(corpus / item["path"]) for item in originals + transforms + negatives + cut_copies],
                                 jobs, cache)
     print(f"features for {len(features)} files in {time.perf_counter() - started:.0f} s", flush=True)
-    original_features = dict(zip((o["id"] for o in originals), features[: len(originals)]))
+    original_features = dict(zip((o["id"] for o in originals), features[: len(originals)], strict=True))
     query_features = features[len(originals):]
 
     with tempfile.TemporaryDirectory() as data_dir:
@@ -109,7 +117,7 @@ async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, c
             ] + [dict(c, group=c["transform"], positive=False, source_id=c["id"]) for c in cut_copies]
             rows = []
             lookup_started = time.perf_counter()
-            for query, (feats, _, duration) in zip(queries, query_features):
+            for query, (feats, _, duration) in zip(queries, query_features, strict=True):
                 match = await matcher.match(feats, PROFILE)
                 source_entry = entry_of.get(query.get("source_id") or "")
                 rows.append(_row(query, feats, duration, match, source_entry, original_features, matcher))

@@ -326,7 +326,7 @@ def write_synthetic_entries(sync: redis.Redis, keys: Keys, ids: list[str], vecto
     expires_at_ms = int(time.time() * 1000) + 7 * DAY_MS
     for lo in range(0, len(ids), batch):
         pipe = sync.pipeline(transaction=False)
-        for entry_id, vector in zip(ids[lo : lo + batch], vectors[lo : lo + batch]):
+        for entry_id, vector in zip(ids[lo : lo + batch], vectors[lo : lo + batch], strict=True):
             key = keys.entry(entry_id)
             aliases = [keys.exact(PROFILE_ID, entry_id + "e"), keys.canonical(PROFILE_ID, entry_id + "c")]
             pipe.hset(key, mapping=synthetic_entry_fields(entry_id, vector, rng, frames, speech_s, expires_at_ms))
@@ -532,7 +532,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         }
         faiss.omp_set_num_threads(1)
         indexes = {"flat_10k": small, f"hnsw_{args.large_label}": large, f"flat_{args.large_label}": flat_large}
-        hnsw_name, flat_large_name = f"hnsw_{args.large_label}", f"flat_{args.large_label}"
+        flat_large_name = f"flat_{args.large_label}"
 
         # Recall check: does each index put the real entry first for the MP3 copy's embedding?
         recall = {}
@@ -585,7 +585,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         log(f"  saved the {len(large):,}-entry HNSW snapshot in {save_s:.2f} s ({dir_bytes(snapshot_dir) / 1e6:.0f} MB)")
 
         # (b') full match path, neighbours absent: each is read, found gone, pruned (tombstoned)
-        for name, index in indexes.items():
+        for index in indexes.values():
             for entry_id, _ in index.search(PROFILE_ID, query.embedding, 4 * TOP_K):
                 if entry_id not in real_ids:
                     sync.delete(keys.entry(entry_id))
@@ -784,7 +784,6 @@ def build_ratios(out: dict, args) -> dict:
 
 
 def print_table(out: dict, args) -> None:
-    large = args.large_label
     print()
     print(f"=== fuzzy tier speed and scale ({'quick' if args.quick else 'full'} run, {out['date']}, "
           f"{out['machine']['cpus']} cores, load {out['machine']['loadavg_start'][0]:.1f} -> {out['machine']['loadavg_end'][0]:.1f}) ===")

@@ -39,7 +39,6 @@ import os
 import random
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -351,7 +350,7 @@ def estimate(parts: list[str], lang: str, speed: int) -> float:
         letters = sum(c.isalpha() for c in text)
         breaks = sum(text.rstrip(".?! ").count(c) for c in ".?!")
         feats = (letters, len(text.split()), breaks, text.count(","))
-        per = sum(c * f for c, f in zip(EN_SPEECH_MODEL, feats))
+        per = sum(c * f for c, f in zip(EN_SPEECH_MODEL, feats, strict=True))
     return per * MODEL_REF_SPEED / speed
 
 

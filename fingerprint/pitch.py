@@ -19,13 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+import soxr
 
 from fingerprint.decode import SAMPLE_RATE
 
-HOP = 160  # 10 ms, the detail spectrum's grid
-FRAME = 640  # 40 ms: two periods of the lowest pitch
+RATE = 8000  # pitch lives well under 4 kHz: half the samples, a quarter of the work
+HOP = 80  # 10 ms, the detail spectrum's grid
+FRAME = 320  # 40 ms: two periods of the lowest pitch
+PAD = 200  # 25 ms, as the detail spectrum pads: frame k covers the same time in both
 MIN_HZ, MAX_HZ = 60.0, 400.0
-VOICED_PEAK = 0.6  # normalised autocorrelation peak for a frame to count as voiced
+VOICED_PEAK = 0.6
+SUBHARMONIC_RATIO = 0.9  # a shorter lag within this fraction of the best peak wins  # normalised autocorrelation peak for a frame to count as voiced
 # Stored as uint8: 0 = unvoiced, else 1 + quarter-semitones above MIN_HZ (up to ~63 semitones).
 _STEPS_PER_SEMITONE = 4.0
 BURST_FRAMES = 10  # ~100 ms: a tone's syllable
@@ -45,23 +49,38 @@ class PitchVerdict:
 
 def pitch_contour(pcm_16k: np.ndarray) -> np.ndarray:
     """One uint8 per 10 ms frame (aligned with fingerprint/detail.py): 0 unvoiced, else pitch."""
-    padded = np.pad(pcm_16k.astype(np.float32), (400, 400 + FRAME))  # detail's padding: same frame k
+    pcm = soxr.resample(pcm_16k.astype(np.float32), SAMPLE_RATE, RATE, quality="LQ") if len(pcm_16k) else pcm_16k
+    padded = np.pad(np.asarray(pcm, dtype=np.float32), (PAD, PAD + FRAME))
     count = max(0, (len(padded) - FRAME) // HOP + 1)
     frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME)[::HOP][:count]
     frames = frames - frames.mean(axis=1, keepdims=True)
     spectrum = scipy.fft.rfft(frames, n=2 * FRAME, axis=1, workers=1)
     autocorrelation = scipy.fft.irfft(spectrum.real**2 + spectrum.imag**2, axis=1, workers=1)[:, :FRAME]
     energy = autocorrelation[:, :1]
-    low, high = int(SAMPLE_RATE / MAX_HZ), int(SAMPLE_RATE / MIN_HZ)
+    low, high = int(RATE / MAX_HZ), int(RATE / MIN_HZ)
     # Normalise by the overlap that shrinks with the lag, so long lags are not penalised.
     overlap = (FRAME - np.arange(low, high + 1)) / FRAME
     normalised = autocorrelation[:, low : high + 1] / np.maximum(energy, 1e-9) / overlap
-    best = np.argmax(normalised, axis=1)
+    # The shortest lag whose peak comes close to the strongest: a periodic signal correlates as
+    # well at two or three periods, and taking those would halve or third the pitch.
+    strongest = normalised.max(axis=1, keepdims=True) if normalised.size else normalised
+    local_max = np.zeros_like(normalised, dtype=bool)
+    local_max[:, 1:-1] = (normalised[:, 1:-1] >= normalised[:, :-2]) & (normalised[:, 1:-1] >= normalised[:, 2:])
+    candidates = local_max & (normalised >= SUBHARMONIC_RATIO * strongest)
+    best = np.where(candidates.any(axis=1), np.argmax(candidates, axis=1), np.argmax(normalised, axis=1))
     peak = normalised[np.arange(len(best)), best]
     level = 10.0 * np.log10(energy[:, 0] / FRAME + 1e-12)
     loud = level > np.percentile(level, 99) - 35.0 if level.size else np.zeros(0, dtype=bool)
     voiced = (peak > VOICED_PEAK) & loud
-    semitones = 12.0 * np.log2(SAMPLE_RATE / (best + low) / MIN_HZ)
+    # A parabola through the peak and its neighbours: the lag to a fraction of a sample (at
+    # 8 kHz one sample is half a semitone at 250 Hz).
+    rows = np.arange(len(best))
+    inner = np.clip(best, 1, normalised.shape[1] - 2)
+    before, at, after = normalised[rows, inner - 1], normalised[rows, inner], normalised[rows, inner + 1]
+    curvature = before - 2.0 * at + after
+    shift = np.where(curvature < 0, 0.5 * (before - after) / np.where(curvature < 0, curvature, -1.0), 0.0)
+    lag = inner + np.clip(shift, -0.5, 0.5) + low
+    semitones = 12.0 * np.log2(RATE / lag / MIN_HZ)
     codes = np.where(voiced, 1 + np.clip(np.round(semitones * _STEPS_PER_SEMITONE), 0, 254), 0)
     return codes.astype(np.uint8)
 
@@ -84,4 +103,4 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
     means = np.convolve(difference, np.ones(window) / window, mode="valid")
     start = int(np.argmax(means))
     frame = int(q_index[np.flatnonzero(both)[start]])
-    return PitchVerdict(float(means[start]), round((frame * HOP - 400) / SAMPLE_RATE, 3), int(both.sum()))
+    return PitchVerdict(float(means[start]), round((frame * HOP - PAD) / RATE, 3), int(both.sum()))

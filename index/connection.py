@@ -11,6 +11,7 @@ or gone, and a retry would only double the wait).
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -31,7 +32,7 @@ class StoreURLError(ValueError):
 def open_client(url: str, *, max_connections: int = 64) -> aioredis.Redis | RedisCluster:
     """Return an asyncio client for `url`; raw bytes in and out (fingerprints are binary)."""
     parts = urlsplit(url)
-    options = dict(
+    options: dict[str, Any] = dict(
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=COMMAND_TIMEOUT_S,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),

@@ -148,7 +148,7 @@ class IndexReplica:
             pipe.hmget(self.keys.entry(entry_id), "profile", "emb", "fp_version")
         rows = await pipe.execute()
         by_profile: dict[str, tuple[list[str], list[np.ndarray]]] = {}
-        for entry_id, (profile, embedding, version) in zip(entry_ids, rows):
+        for entry_id, (profile, embedding, version) in zip(entry_ids, rows, strict=True):
             if not embedding or version is None or version.decode() != self.fingerprint_version:
                 continue
             ids, vectors = by_profile.setdefault(profile.decode(), ([], []))
@@ -182,7 +182,7 @@ class IndexReplica:
             pipe = self.client.pipeline(transaction=False)
             for entry_id in batch:
                 pipe.exists(self.keys.entry(entry_id))
-            for entry_id, exists in zip(batch, await pipe.execute()):
+            for entry_id, exists in zip(batch, await pipe.execute(), strict=True):
                 if not exists:
                     self.index.remove(entry_id)
                     self._changes_since_snapshot += 1
@@ -209,6 +209,7 @@ class IndexReplica:
             self._changes_since_snapshot += len(events)
 
     def _save(self) -> None:
+        assert self.snapshot_dir is not None, "snapshots are saved only once a snapshot directory is known"
         self.index.save(self.snapshot_dir, self.offset, self.fingerprint_version)
         self._changes_since_snapshot = 0
 

@@ -236,7 +236,7 @@ class Store:
             for entry_id in entry_ids:
                 pipe.hgetall(self.keys.entry(entry_id))
             rows = await pipe.execute()
-            return [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows)]
+            return [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows, strict=True)]
 
         return await self._call(read_all)
 

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import cast
+
 import faiss
 import numpy as np
 
@@ -36,7 +38,7 @@ def vector_id(entry_id: str) -> int:
 
 @dataclass
 class _ProfileIndex:
-    index: faiss.Index
+    index: faiss.IndexIDMap  # flat or HNSW inside an id map
     kind: str
     entry_ids: dict[int, str] = field(default_factory=dict)
     tombstones: set[int] = field(default_factory=set)
@@ -86,7 +88,7 @@ class VectorIndex:
             if existing:
                 self._remove_ids(part, existing)
             part.index.add_with_ids(vectors, ids)
-            for vid, entry_id in zip(ids.tolist(), entry_ids):
+            for vid, entry_id in zip(ids.tolist(), entry_ids, strict=True):
                 part.entry_ids[vid] = entry_id
                 part.tombstones.discard(vid)
 
@@ -110,7 +112,7 @@ class VectorIndex:
             fetch = min(part.index.ntotal, k + len(part.tombstones))
             scores, ids = part.index.search(np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1), fetch)
             hits, seen = [], set()
-            for vid, score in zip(ids[0].tolist(), scores[0].tolist()):
+            for vid, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
                 if vid < 0 or vid in part.tombstones or vid not in part.entry_ids or vid in seen:
                     continue
                 seen.add(vid)
@@ -193,7 +195,7 @@ class VectorIndex:
         profiles = {}
         for profile_id, (kind, blob, entry_ids, tombstones) in state.items():
             try:
-                index = faiss.deserialize_index(blob)
+                index = cast(faiss.IndexIDMap, faiss.deserialize_index(blob))
             except RuntimeError:  # a damaged snapshot: rebuild from the store instead
                 return None
             if kind == "hnsw":
@@ -234,5 +236,5 @@ class VectorIndex:
         return np.ascontiguousarray(stored[[row_of[int(v)] for v in ids]], dtype=np.float32)
 
 
-def _hnsw_of(index: faiss.Index):
-    return faiss.downcast_index(faiss.downcast_index(index).index)
+def _hnsw_of(index: faiss.IndexIDMap):
+    return faiss.downcast_index(cast(faiss.IndexIDMap, faiss.downcast_index(index)).index)

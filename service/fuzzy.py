@@ -110,7 +110,7 @@ class FuzzyMatcher:
         self.metrics.lookup_seconds.labels(stage="verify").observe(time.perf_counter() - started)
         best: tuple[float, Entry] | None = None
         candidates = []
-        for (entry_id, similarity), entry, (accepted, score, reason) in zip(found, entries, judged):
+        for (entry_id, similarity), entry, (accepted, score, reason) in zip(found, entries, judged, strict=True):
             self.metrics.fuzzy_candidates.inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
@@ -127,7 +127,7 @@ class FuzzyMatcher:
         return FuzzyMatch(best[1], best[0], candidates)
 
     def _judge_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple[bool, float, str]]:
-        return [self.judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries)]
+        return [self.judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries, strict=True)]
 
     def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
         """(accepted, score, reason) for one candidate, the service's verdict (`earmark tune` and
@@ -158,12 +158,12 @@ class FuzzyMatcher:
         if not entry.detail or not entry.pitch:
             return False, 0.0, "no_detail: the entry has no detail spectrum or pitch contour"
         detail = compare_detail(features.detail, detail_from_bytes(entry.detail), verdict.offset_s)
-        detail_score = detail_score_of(detail.burst_db)
+        detail_score = detail_score_of(detail.excess_db)
         offset_frames = int(round((detail.entry_s - detail.query_s) * 16000 / DETAIL_HOP))
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), offset_frames)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
-        score = min(verdict.worst_score, detail_score, pitch_score)
+        score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
         if verdict.worst_score < limits.min_window_score:
             return False, score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
                                   f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
@@ -183,19 +183,31 @@ class FuzzyMatcher:
         return True, score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
                              f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                              f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
-                             f"+{detail.burst_db:.1f} dB), pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
+                             f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB), pitch {pitch_score:.3f}, "
+                             f"offset {verdict.offset_s:+.3f} s")
 
 
-# A stretch's detail distance above the recording's own median, in dB, that scores 0: about
-# what a syllable against silence measures. It puts the detail score on the scale of the
-# window score, so that one reported score (the worse of the two) is compared with thresholds
-# of one kind.
-DETAIL_ZERO_DB = 26.0
+# The ~0.25 s stretch score enters the reported score rescaled so that its default threshold
+# (0.65) sits where the others' do (0.74): with default thresholds, a candidate is accepted
+# exactly when its reported score reaches 0.74.
+SHORT_SCALE = (1.0 - 0.74) / (1.0 - 0.65)
 
 
-def detail_score_of(burst_db: float) -> float:
-    """The detail check's score in [0, 1]: 1 - burst / DETAIL_ZERO_DB."""
-    return max(0.0, 1.0 - burst_db / DETAIL_ZERO_DB)
+def short_score_of(worst_short_score: float) -> float:
+    """The ~0.25 s stretch check on the reported score's scale."""
+    return max(0.0, 1.0 - (1.0 - worst_short_score) * SHORT_SCALE)
+
+
+# A stretch's detail excess (dB above what the recording's own distortion explains) that
+# scores 0: about what a syllable against silence measures. It puts the detail score on the
+# scale of the window score (0.74 = 5.7 dB), so that one reported score (the worst evidence)
+# is compared with thresholds of one kind.
+DETAIL_ZERO_DB = 22.0
+
+
+def detail_score_of(excess_db: float) -> float:
+    """The detail check's score in [0, 1]: 1 - excess / DETAIL_ZERO_DB."""
+    return max(0.0, 1.0 - excess_db / DETAIL_ZERO_DB)
 
 
 # Mean pitch disagreement over ~100 ms, in semitones, that scores 0; 2.5 semitones (a tone

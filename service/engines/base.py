@@ -113,5 +113,5 @@ class Engine(ABC):
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
         """Transcribe 16 kHz mono float32 PCM under `profile` (as returned by `resolve`)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release models and threads."""
