@@ -1,0 +1,221 @@
+"""earmark on real Redis topologies started by the tests: a 3-master Cluster and a Sentinel-
+managed primary with a replica and three sentinels (Debian's redis-server, which `.ci/run`
+installs). Two earmark replicas walk every tier on each; on Sentinel the primary is killed
+mid-run and every request must still be answered, never naming an entry that was not written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("redis-server") and shutil.which("redis-cli")),
+    reason="needs Debian's redis-server and redis-cli (installed by .ci/run)",
+)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _free_cluster_ports(count: int) -> list[int]:
+    """Ports whose cluster-bus port (port + 10000) is free and valid too."""
+    import random
+
+    chosen: list[int] = []
+    candidates = random.Random().sample(range(20000, 45000), 2000)
+    for port in candidates:
+        if len(chosen) == count:
+            break
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def _wait(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        assert time.monotonic() < deadline, f"{what} not met within {timeout_s} s"
+        time.sleep(0.1)
+
+
+class _Servers:
+    """redis-server processes in a temporary directory, all stopped at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    def start(self, port: int, *args: str, sentinel: bool = False) -> None:
+        directory = self.root / str(port)
+        directory.mkdir(parents=True, exist_ok=True)
+        command = ["redis-server"]
+        if sentinel:
+            config = directory / "sentinel.conf"
+            config.write_text("\n".join(args) + "\n")
+            command += [str(config), "--sentinel"]
+            args = ()
+        command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+                    "--appendonly", "no", *args]
+        self.processes[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: redis.Redis(port=port, socket_timeout=0.5).ping(), what=f"redis on {port}")
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait(10)
+        self.processes.clear()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    started = _Servers(tmp_path_factory.mktemp("topologies"))
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def cluster_url(servers) -> str:
+    ports = _free_cluster_ports(3)
+    for port in ports:
+        servers.start(port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                      "--cluster-node-timeout", "2000")
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    _wait(lambda: redis.Redis(port=ports[0], decode_responses=True).cluster("info")["cluster_state"] == "ok",
+          what="cluster state ok")
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup(servers):
+    primary, replica, *sentinels = _free_ports(5)
+    servers.start(primary)
+    servers.start(replica, "--replicaof", "127.0.0.1", str(primary))
+    for port in sentinels:
+        servers.start(port, f"port {port}", f"sentinel monitor earmark 127.0.0.1 {primary} 2",
+                      "sentinel down-after-milliseconds earmark 1000", "sentinel failover-timeout earmark 5000",
+                      sentinel=True)
+    _wait(lambda: redis.Redis(port=replica).info("replication")["master_link_status"] == "up", what="replica in sync")
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in sentinels) + "/earmark/0"
+    return url, primary, replica
+
+
+@pytest.fixture(scope="module")
+def audio():
+    recorded = fixture_bytes("recorded.wav")
+    samples, rate = read_pcm(recorded)
+    return {
+        "wav": recorded,
+        "flac": encode(samples, rate, fmt="flac", codec="flac"),
+        "mp3": encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=48000),
+        "silence": silence_wav(2.0),
+        "weather": fixture_bytes("weather.wav"),
+    }
+
+
+def _post(client, data: bytes, path: str = "/recognize") -> dict:
+    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["cache"]
+
+
+def _tier_walk(first: TestClient, second: TestClient, audio) -> None:
+    """miss, exact, canonical, fuzzy (on the other replica), negative, DELETE seen by both."""
+    _wait(lambda: second.get("/health").json()["index_ready"], what="second replica's index ready")
+    miss = _post(first, audio["wav"])
+    assert miss["tier"] == "miss"
+    entry = miss["entry"]
+    assert _post(first, audio["wav"])["tier"] == "exact"
+    canonical = _post(second, audio["flac"])
+    assert (canonical["tier"], canonical["entry"]) == ("canonical", entry)
+    _wait(lambda: second.get("/health").json()["index_size"] >= 1, what="entry reached the second replica")
+    fuzzy = _post(second, audio["mp3"])
+    assert (fuzzy["tier"], fuzzy["entry"]) == ("fuzzy", entry)
+    assert _post(first, audio["silence"])["tier"] == "miss"
+    assert _post(second, audio["silence"])["tier"] == "negative"
+    assert first.delete(f"/entries/{entry}").status_code == 200
+    for replica in (first, second):
+        for data in (audio["wav"], audio["flac"], audio["mp3"]):
+            assert _post(replica, data, "/lookup")["tier"] == "miss"
+
+
+def _replicas(url: str, tmp_path: Path, engine):
+    settings = Settings(redis_url=url, key_prefix=f"earmark-topo-{uuid.uuid4().hex[:6]}:", data_dir=tmp_path / "one")
+    return (TestClient(create_app(settings, engine=engine)),
+            TestClient(create_app(replace(settings, data_dir=tmp_path / "two"), engine=engine)))
+
+
+def test_every_tier_on_a_three_master_cluster(cluster_url, tmp_path, engine, audio):
+    first, second = _replicas(cluster_url, tmp_path, engine)
+    with first, second:
+        _tier_walk(first, second, audio)
+
+
+def test_every_tier_on_sentinel_and_a_primary_killed_mid_run(sentinel_setup, servers, tmp_path, engine, audio):
+    url, primary, replica = sentinel_setup
+    first, second = _replicas(url, tmp_path, engine)
+    with first, second:
+        _tier_walk(first, second, audio)
+        before = _post(first, audio["weather"])
+        assert before["tier"] == "miss"
+        servers.kill(primary)
+        answers = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for client in (first, second):
+                answer = client.post("/recognize", files={"file": ("w.wav", audio["weather"], "application/octet-stream")})
+                assert answer.status_code == 200, answer.text  # every request answered
+                answers.append(answer.json()["cache"])
+            if answers[-1]["tier"] in ("exact", "canonical") and answers[-2]["tier"] in ("exact", "canonical", "miss"):
+                break
+            time.sleep(0.2)
+        assert answers[-1]["tier"] in ("exact", "canonical"), answers[-5:]  # caching resumed on the new primary
+        promoted = redis.Redis(port=replica)
+        _wait(lambda: promoted.info("replication")["role"] == "master", what="replica promoted")
+        _wait(lambda: first.get("/health").json()["index_size"] == second.get("/health").json()["index_size"],
+              timeout_s=5, what="both replicas' indexes agree")
+        tiers = [a["tier"] for a in answers]
+        print(f"\nfailover: {len(answers)} requests after the kill, {tiers.count('bypass')} bypass, "
+              f"{tiers.count('miss')} miss, last {tiers[-1]}, {time.monotonic() - deadline + 30:.1f} s to resume caching")
+        keys = first.app.state.services.store.keys
+        for answer in answers:
+            assert answer["tier"] in ("exact", "canonical", "miss", "bypass"), answer
+            if answer["entry"] is not None:  # an answer names only an entry that was written
+                assert promoted.exists(keys.entry(answer["entry"])), answer
