@@ -30,6 +30,10 @@ SNAPSHOT_EVERY_S = 60.0
 # Expired and evicted entries leave no event; a sweep finds them. Lookups never need it (every
 # candidate is re-read from the store), it only keeps the index from filling with the dead.
 SWEEP_EVERY_S = 600.0
+# An `add` event whose entry is not readable yet (on a Cluster the event and the entry live on
+# different shards; a shard paused or failing over lags) is retried this long, never dropped
+# at first sight: replicas converge.
+PENDING_FOR_S = 120.0
 RETRY_AFTER_ERROR_S = 1.0
 STOP_WAIT_S = 2.0
 
@@ -49,6 +53,7 @@ class IndexReplica:
         self.offset = "0-0"
         self.ready = asyncio.Event()
         self._changes_since_snapshot = 0
+        self._pending: dict[str, float] = {}  # entry id -> until when its add event is retried
         self._task: asyncio.Task | None = None
         self._rebuild: asyncio.Task | None = None
 
@@ -141,13 +146,15 @@ class IndexReplica:
         entry_ids = [self.keys.entry_id_of(key) for key in keys]
         await self._index_entries(entry_ids)
 
-    async def _index_entries(self, entry_ids: list[str]) -> None:
-        """Read these entries' vectors and add the ones that exist and match our version."""
+    async def _index_entries(self, entry_ids: list[str]) -> list[str]:
+        """Read these entries' vectors and add the ones that exist and match our version;
+        returns the ids whose entries could not be read (not there, or not yet)."""
         pipe = self.client.pipeline(transaction=False)
         for entry_id in entry_ids:
             pipe.hmget(self.keys.entry(entry_id), "profile", "emb", "fp_version")
         rows = await pipe.execute()
         by_profile: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        missing = [entry_id for entry_id, (profile, _, _) in zip(entry_ids, rows, strict=True) if profile is None]
         for entry_id, (profile, embedding, version) in zip(entry_ids, rows, strict=True):
             if not embedding or version is None or version.decode() != self.fingerprint_version:
                 continue
@@ -156,6 +163,7 @@ class IndexReplica:
             vectors.append(np.frombuffer(embedding, dtype="<f4"))
         for profile, (ids, vectors) in by_profile.items():
             self.index.add_many(profile, ids, np.vstack(vectors))
+        return missing
 
     async def _tail(self) -> None:
         last_snapshot = last_sweep = time.monotonic()
@@ -163,6 +171,8 @@ class IndexReplica:
             response = await self.client.xread({self.keys.index_stream(): self.offset}, count=READ_COUNT, block=READ_BLOCK_MS)
             for _, events in response or []:
                 await self.apply(events)
+            if self._pending:
+                await self._retry_pending()
             if self.snapshot_dir is not None and self._changes_since_snapshot and time.monotonic() - last_snapshot > SNAPSHOT_EVERY_S:
                 await asyncio.to_thread(self._save)
                 last_snapshot = time.monotonic()
@@ -188,10 +198,20 @@ class IndexReplica:
                     self._changes_since_snapshot += 1
             await asyncio.sleep(0)
 
+    async def _retry_pending(self) -> None:
+        """Index the entries whose add events came before the entries were readable."""
+        now = time.monotonic()
+        self._pending = {e: until for e, until in self._pending.items() if until >= now}
+        if self._pending:
+            still_missing = set(await self._index_entries(list(self._pending)))
+            self._pending = {e: until for e, until in self._pending.items() if e in still_missing}
+
     async def apply(self, events: list) -> None:
         """Apply stream events (id, fields) in order; the offset moves only once they are in,
-        so a store error mid-batch replays the batch (applying an event twice is harmless)."""
+        so a store error mid-batch replays the batch (applying an event twice is harmless).
+        An added entry that cannot be read yet is retried later (`PENDING_FOR_S`)."""
         added: list[str] = []
+        missing: list[str] = []
         for _, fields in events:
             op = fields.get(b"op")
             entry_id = fields.get(b"entry", b"").decode()
@@ -199,11 +219,16 @@ class IndexReplica:
                 added.append(entry_id)
             elif op == b"del":
                 if added:
-                    await self._index_entries(added)
+                    missing += await self._index_entries(added)
                     added = []
                 self.index.remove(entry_id)
+                self._pending.pop(entry_id, None)
+                missing = [e for e in missing if e != entry_id]
         if added:
-            await self._index_entries(added)
+            missing += await self._index_entries(added)
+        until = time.monotonic() + PENDING_FOR_S
+        for entry_id in missing:
+            self._pending.setdefault(entry_id, until)
         if events:
             self.offset = events[-1][0].decode()
             self._changes_since_snapshot += len(events)
