@@ -58,6 +58,9 @@ class VectorIndex:
         self.index_type = index_type
         self._profiles: dict[str, _ProfileIndex] = {}
         self._lock = threading.RLock()
+        # Held by whatever adds to a FAISS index in place, and by `save` while it serialises:
+        # searches (reads, as serialising is) never wait for a snapshot, only adds do.
+        self._faiss_writes = threading.Lock()
         faiss.omp_set_num_threads(1)  # one query at a time per request; keep the other core free
 
     def __len__(self) -> int:
@@ -80,7 +83,7 @@ class VectorIndex:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(entry_ids), self.dim)
         ids = np.array([vector_id(e) for e in entry_ids], dtype=np.int64)
-        with self._lock:
+        with self._faiss_writes, self._lock:
             part = self._profiles.get(profile_id)
             if part is None:
                 part = self._profiles[profile_id] = self._new_part(len(entry_ids))
@@ -164,13 +167,17 @@ class VectorIndex:
                 self._profiles[profile_id] = fresh
 
     def save(self, directory: Path, stream_offset: str, fingerprint_version: str) -> None:
-        """Write a snapshot atomically, with the stream offset it reflects."""
+        """Write a snapshot atomically, with the stream offset it reflects.
+
+        Searches go on while it serialises (2.9 s for HNSW at 1M entries); only adds wait.
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            state = {
-                profile_id: (part.kind, faiss.serialize_index(part.index), dict(part.entry_ids), set(part.tombstones))
-                for profile_id, part in self._profiles.items()
-            }
+        with self._faiss_writes:
+            with self._lock:  # a consistent view: the indexes, their ids and tombstones
+                parts = {profile_id: (part.kind, part.index, dict(part.entry_ids), set(part.tombstones))
+                         for profile_id, part in self._profiles.items()}
+            state = {profile_id: (kind, faiss.serialize_index(index), entry_ids, tombstones)
+                     for profile_id, (kind, index, entry_ids, tombstones) in parts.items()}
         temporary = directory / "index.pkl.tmp"
         with open(temporary, "wb") as handle:
             pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)

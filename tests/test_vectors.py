@@ -54,3 +54,32 @@ def test_auto_switches_to_hnsw_when_large(monkeypatch):
     index.rebuild()
     assert not index.needs_rebuild()
     assert index.search("p", vectors[120], 1)[0][0] == ids[120]
+
+
+def test_searches_go_on_while_a_snapshot_is_serialised(tmp_path, monkeypatch):
+    import threading
+
+    import index.vectors as vectors_module
+
+    index = VectorIndex(8, "flat")
+    index.add("p", "a" * 32, np.eye(8, dtype=np.float32)[0])
+    entered, release = threading.Event(), threading.Event()
+    serialize = vectors_module.faiss.serialize_index
+
+    def slow_serialize(faiss_index):
+        entered.set()
+        release.wait(30)
+        return serialize(faiss_index)
+
+    monkeypatch.setattr(vectors_module.faiss, "serialize_index", slow_serialize)
+    saver = threading.Thread(target=index.save, args=(tmp_path, "1-0", "v"))
+    saver.start()
+    assert entered.wait(10)
+    found: list = []
+    searcher = threading.Thread(target=lambda: found.extend(index.search("p", np.eye(8, dtype=np.float32)[0], 1)))
+    searcher.start()
+    searcher.join(10)
+    finished = not searcher.is_alive()
+    release.set()
+    saver.join(10)
+    assert finished and found and found[0][0] == "a" * 32  # the search did not wait for the snapshot
