@@ -136,27 +136,29 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
     """Decode the stream at its own rate, downmixed to mono float32, enforcing the limit."""
     if source_rate <= 0:
         raise UndecodableAudioError("the audio stream declares no sample rate; re-export the file")
-    # Same rate in and out: the resampler only converts format and downmixes, sample by
-    # sample, so the output does not depend on how the container chunks its packets.
-    downmix = av.AudioResampler(format="flt", layout="mono", rate=source_rate)
+    # Same rate in and out: the resampler only converts to planar float, sample by sample, so
+    # the output does not depend on how the container chunks its packets. The channels are
+    # then averaged here: FFmpeg's own downmix adds identical channels at +3 dB (its pan law),
+    # which clipped the loud peaks of every stereo copy of a mono recording.
+    to_float = av.AudioResampler(format="fltp", rate=source_rate)
     max_samples = int(max_duration_s * source_rate) + source_rate
     chunks: list[np.ndarray] = []
     total = 0
     try:
         for frame in container.decode(stream):
-            if frame.format.name in ("flt", "fltp") and len(frame.layout.channels) == 1:
-                # Already float mono (MP3, AAC, Opus decoders give it): converting is a no-op.
+            if frame.format.name == "fltp" or (frame.format.name == "flt" and len(frame.layout.channels) == 1):
+                # Already planar float (MP3, AAC, Opus decoders give it): converting is a no-op.
                 converted_frames = [frame]
             else:
-                converted_frames = downmix.resample(frame)
+                converted_frames = to_float.resample(frame)
             for converted in converted_frames:
-                samples = converted.to_ndarray().reshape(-1)
+                samples = _mono(converted)
                 chunks.append(samples)
                 total += samples.size
             if total > max_samples:
                 raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s))
-        for converted in downmix.resample(None):
-            chunks.append(converted.to_ndarray().reshape(-1))
+        for converted in to_float.resample(None):
+            chunks.append(_mono(converted))
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
         if not chunks:
             raise UndecodableAudioError(
@@ -166,6 +168,14 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _mono(frame) -> np.ndarray:
+    """The frame's channels averaged (planar float, or packed mono, in)."""
+    samples = frame.to_ndarray()
+    if samples.ndim == 2 and samples.shape[0] > 1 and frame.format.is_planar:
+        return samples.mean(axis=0, dtype=np.float32)
+    return samples.reshape(-1)
 
 
 def _too_long_message(duration_s: float, max_duration_s: float) -> str:

@@ -151,3 +151,13 @@ def test_corrupted_files_only_ever_raise_audio_errors(samples):
             assert 400 <= exc.status < 500
         else:
             assert np.isfinite(decoded.pcm_16k).all()
+
+
+def test_a_stereo_copy_of_mono_audio_decodes_to_the_same_pcm_unclipped():
+    """FFmpeg's downmix adds identical channels at +3 dB; averaging keeps the PCM (and the
+    canonical digest) of a loud mono recording and its stereo copy identical."""
+    samples, rate = read_pcm(fixture_bytes("recorded.wav"))
+    loud = (samples.astype(np.float64) * 32000 / np.abs(samples).max()).astype(np.int16)  # peaks at -0.2 dBFS
+    mono = decode_audio(encode(loud, rate, fmt="wav", codec="pcm_s16le"), 3600).pcm_16k
+    stereo = decode_audio(encode(loud, rate, fmt="wav", codec="pcm_s16le", channels=2), 3600).pcm_16k
+    assert np.array_equal(mono, stereo)
