@@ -54,33 +54,61 @@ class EnginePool:
         self._in_flight = 0
         self._recent_seconds = 1.0
 
+    @property
+    def in_flight(self) -> int:
+        """Engine jobs admitted and not yet ended (running, queued, or timed out but running)."""
+        return self._in_flight
+
     async def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
-        """Transcribe on a worker thread; returns the transcript and the engine's seconds."""
+        """Transcribe on a worker; returns the transcript and the engine's seconds.
+
+        A slot is held until the work really ends: a request that timed out or went away does
+        not free it while its job still runs (a hung process worker is killed and replaced).
+        """
         if self._in_flight >= self.workers + self.max_waiting:
             raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
         self._in_flight += 1
         self.metrics.engine_queue.set(self._in_flight)
+        executor = self._executor
+        loop = asyncio.get_running_loop()
+        if isinstance(executor, ProcessPoolExecutor):
+            job = loop.run_in_executor(executor, _transcribe_in_worker, pcm_16k, profile)
+        else:
+            job = loop.run_in_executor(executor, _timed_transcribe, self.engine, pcm_16k, profile)
+        job.add_done_callback(self._release)
+        # A fixed allowance plus twice the audio's length: slow is fine, hung is not.
+        allowance = self.timeout_s + 2.0 * len(pcm_16k) / 16000
         try:
-            loop = asyncio.get_running_loop()
-            if isinstance(self._executor, ProcessPoolExecutor):
-                job = loop.run_in_executor(self._executor, _transcribe_in_worker, pcm_16k, profile)
-            else:
-                job = loop.run_in_executor(self._executor, _timed_transcribe, self.engine, pcm_16k, profile)
-            # A fixed allowance plus twice the audio's length: slow is fine, hung is not.
-            allowance = self.timeout_s + 2.0 * len(pcm_16k) / 16000
-            transcript, seconds = await asyncio.wait_for(job, allowance)
+            transcript, seconds = await asyncio.wait_for(asyncio.shield(job), allowance)
         except asyncio.TimeoutError as exc:
+            self._replace_broken(executor, hung=True)
             raise EngineTimeout(f"the engine did not finish within {allowance:.0f} s") from exc
         except BrokenProcessPool as exc:
-            self._executor = _executor_for(self.engine, self.workers)
+            self._replace_broken(executor)
             raise EngineFailure("the engine worker process died; it has been restarted, retry the request") from exc
-        finally:
-            self._in_flight -= 1
-            self.metrics.engine_queue.set(self._in_flight)
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
         self.metrics.engine_seconds.inc(seconds)
         self.metrics.engine_runs.inc()
         return transcript, seconds
+
+    def _release(self, job: asyncio.Future) -> None:
+        self._in_flight -= 1
+        self.metrics.engine_queue.set(self._in_flight)
+        if not job.cancelled():
+            job.exception()  # retrieved: a failure nobody awaits any more is not "never retrieved"
+
+    def _replace_broken(self, executor: Executor, *, hung: bool = False) -> None:
+        """Replace a process pool that broke or hangs, once however many calls saw it fail.
+
+        Its processes are killed, so a hung job ends (and frees its slot) now. A thread cannot
+        be killed: a hung thread keeps its slot until it returns."""
+        if not isinstance(executor, ProcessPoolExecutor) or executor is not self._executor:
+            return
+        self._executor = _executor_for(self.engine, self.workers)
+        if hung:
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
         """Start the worker processes now (loading the model takes a second or two), so the

@@ -1,0 +1,52 @@
+"""The engine pool's admission: a slot is held until its work really ends."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
+from service.engines.base import Capabilities, Engine, Transcript
+from service.metrics import Metrics
+from service.profile import Profile
+
+
+class _StuckEngine(Engine):
+    """A real Engine whose transcribe blocks until released (a hung model, in a thread)."""
+
+    name = "stuck"
+    model_id = "stuck"
+    revision = "1"
+    capabilities = Capabilities(languages=("en",), default_language="en")
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
+        self.release.wait(60)
+        return Transcript(text="done", normalized_text="done", language="en")
+
+
+def test_a_timed_out_job_keeps_its_slot_until_it_ends():
+    engine = _StuckEngine()
+
+    async def run() -> None:
+        pool = EnginePool(engine, Metrics(), workers=1, max_waiting=0, timeout_s=0.0)
+        profile = Profile(engine="stuck", model="m", revision="1", language="en", use_itn=False)
+        with pytest.raises(EngineTimeout):
+            await pool.transcribe(np.zeros(160, np.float32), profile)
+        assert pool.in_flight == 1  # the thread still runs: its slot is still taken
+        with pytest.raises(EngineBusy):
+            await pool.transcribe(np.zeros(160, np.float32), profile)
+        engine.release.set()
+        for _ in range(200):
+            if pool.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.in_flight == 0
+        pool.close()
+
+    asyncio.run(run())
