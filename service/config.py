@@ -36,12 +36,13 @@ class FuzzyThresholds:
     # substituted word scores about 0.5-0.6 there; copies scored >= 0.79 on the benchmark.
     min_short_window_score: float = 0.65
     # The worst ~80 ms stretch of the fine spectrum (fingerprint/detail.py), scored as
-    # 1 - (its distance above the recording's median, in dB) / 26: copies scored >= 0.78 on the
-    # minimal-pair benchmark, pairs differing in one consonant <= 0.68.
+    # 1 - (its distance above the recording's median, less 1.5x that median, in dB) / 22: on
+    # the minimal-pair benchmark 99.8% of copies (telephone codecs included) scored above it,
+    # every non-tone pair <= 0.68.
     min_detail_score: float = 0.74
     # The worst ~100 ms of pitch both recordings voice (fingerprint/pitch.py), scored as
-    # 1 - (mean disagreement in semitones) / 9.6: copies scored >= 0.79, most Mandarin tone
-    # pairs (mǎi/mài) <= 0.74.
+    # 1 - (mean disagreement in semitones) / 9.6: 99.9% of copies scored >= 0.83, 16 of 18
+    # Mandarin tone pairs (mǎi/mài) were refused.
     min_pitch_score: float = 0.74
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
