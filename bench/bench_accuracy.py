@@ -61,27 +61,31 @@ def fingerprint_code_digest() -> str:
 
 
 def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> list[tuple[QueryFeatures, str, float]]:
-    """Decode and fingerprint every file (in parallel worker processes).
-
-    With `cache`, results are kept in a pickle keyed by the fingerprint configuration, the
-    speech-extent constants and the files' sizes, so threshold experiments skip this step.
-    """
-    import pickle
-
+    """Decode and fingerprint every file (in parallel worker processes), cached (`cached_map`)."""
     from fingerprint import speech
 
-    key = repr((DEFAULT, fingerprint_code_digest(), speech.ABSOLUTE_FLOOR_DB, speech.RELATIVE_FLOOR_DB, speech.NOISE_FLOOR_PERCENTILE,
-                speech.ABOVE_NOISE_DB, speech.MAX_RELATIVE_DB, [(p, Path(p).stat().st_size) for p in paths]))
+    constants = (speech.ABSOLUTE_FLOOR_DB, speech.RELATIVE_FLOOR_DB, speech.NOISE_FLOOR_PERCENTILE,
+                 speech.ABOVE_NOISE_DB, speech.MAX_RELATIVE_DB)
+    return cached_map(_features, paths, jobs, cache, constants)
+
+
+def cached_map(function, paths: list[str], jobs: int, cache: Path | None, *key_parts) -> list:
+    """`function` over `paths` in worker processes; with `cache`, the results are kept in a pickle
+    keyed by the fingerprint configuration and code, `key_parts` and the files' sizes, so
+    threshold and verification experiments skip this step."""
+    import pickle
+
+    key = repr((DEFAULT, fingerprint_code_digest(), key_parts, [(p, Path(p).stat().st_size) for p in paths]))
     if cache is not None and cache.exists():
-        stored_key, features = pickle.loads(cache.read_bytes())
+        stored_key, results = pickle.loads(cache.read_bytes())
         if stored_key == key:
-            return features
+            return results
     with ProcessPoolExecutor(jobs) as pool:
-        features = list(pool.map(_features, paths, chunksize=16))
+        results = list(pool.map(function, paths, chunksize=16))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(pickle.dumps((key, features)))
-    return features
+        cache.write_bytes(pickle.dumps((key, results)))
+    return results
 
 
 async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path | None) -> dict:

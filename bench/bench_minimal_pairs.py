@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_accuracy import fingerprint_code_digest  # noqa: E402
+from bench_accuracy import cached_map  # noqa: E402
 from fingerprint.canonical import pcm_digest  # noqa: E402
 from fingerprint.config import DEFAULT  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
@@ -49,7 +48,7 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
     pairs, copies = manifest["pairs"], manifest["copies"]
     paths = [str(corpus / p["path_a"]) for p in pairs] + [str(corpus / p["path_b"]) for p in pairs]
     paths += [str(corpus / c["path"]) for c in copies]
-    features = _cached(paths, jobs, cache)
+    features = cached_map(_features, paths, jobs, cache)
     matcher = FuzzyMatcher(thresholds, None, None, None)
     entries = {}
     for pair, (feats, digest) in zip(pairs, features[: len(pairs)], strict=True):
@@ -75,24 +74,6 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
             "speech_s": (feats.speech_s, source.speech_s),
         })
     return rows
-
-
-def _cached(paths: list[str], jobs: int, cache: Path | None) -> list[tuple[QueryFeatures, str]]:
-    """Features of every file, reused from `cache` while the fingerprint and the files are unchanged
-    (verification experiments then take seconds)."""
-    import pickle
-
-    key = repr((DEFAULT, fingerprint_code_digest(), [(p, Path(p).stat().st_size) for p in paths]))
-    if cache is not None and cache.exists():
-        stored_key, features = pickle.loads(cache.read_bytes())
-        if stored_key == key:
-            return features
-    with ProcessPoolExecutor(jobs) as pool:
-        features = list(pool.map(_features, paths, chunksize=16))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(pickle.dumps((key, features)))
-    return features
 
 
 def report(rows: list[dict], thresholds: FuzzyThresholds) -> dict:
