@@ -51,7 +51,6 @@ BURST_FRAMES = 8  # ~80 ms: the core of a syllable
 # every G.726 and 16 kbps MP3 copy but 11 of 5,200 under the threshold, and every pair above).
 MEDIAN_WEIGHT = 1.5
 REFINE_FRAMES = 4  # +-40 ms around the hash's alignment
-HOT_LEVEL = 10 ** (-1.0 / 20)  # -1 dBFS: where limiters and clipping act
 
 
 @dataclass(frozen=True)
@@ -95,41 +94,17 @@ def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
     return np.clip(codes, 0, 255).astype(np.uint8)
 
 
-def hot_frames(pcm_16k: np.ndarray) -> np.ndarray:
-    """One bool per detail frame: the frame reaches within 1 dB of full scale.
-
-    There a limiter or clipping (a "louder" copy made with `sox gain -l`, an AGC, a stereo
-    downmix that overflowed) reshapes the waveform of the loudest syllable, which the detail
-    check would read as a changed one: such frames are left out of it (the window checks still
-    see them)."""
-    padded = np.pad(np.abs(pcm_16k.astype(np.float32)), (WINDOW, WINDOW))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, WINDOW)[::HOP]
-    return frames.max(axis=1) >= HOT_LEVEL if len(frames) else np.zeros(0, dtype=bool)
-
-
-def hot_to_bytes(hot: np.ndarray) -> bytes:
-    """Packed form of `hot_frames` for storage (one bit per frame)."""
-    return np.packbits(hot.astype(bool)).tobytes()
-
-
-def hot_from_bytes(raw: bytes, frames: int) -> np.ndarray:
-    """Inverse of `hot_to_bytes`."""
-    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=frames).astype(bool)
-
-
-def detail_from_bytes(raw: bytes) -> np.ndarray:
-    """Inverse of `ndarray.tobytes()` on a `detail_spectrum` result."""
+def detail_from_bytes(raw: bytes) -> np.ndarray | None:
+    """Inverse of `ndarray.tobytes()` on a `detail_spectrum` result; None for a damaged value."""
+    if len(raw) % BANDS:
+        return None
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, BANDS)
 
 
-def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float,
-                   query_hot: np.ndarray | None = None, entry_hot: np.ndarray | None = None) -> DetailVerdict:
-    """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s);
-    frames near full scale on either side (`hot_frames`) are left out."""
+def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:
+    """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s)."""
     q = query.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
     r = entry.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
-    q_hot = query_hot if query_hot is not None and len(query_hot) == len(q) else np.zeros(len(q), dtype=bool)
-    r_hot = entry_hot if entry_hot is not None and len(entry_hot) == len(r) else np.zeros(len(r), dtype=bool)
     if len(q) == 0 or len(r) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
     floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
@@ -139,7 +114,7 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float,
     center = int(round(offset_s * SAMPLE_RATE / HOP))
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
-        distances, q_index = _aligned_distances(q, r, q_sound, r_sound, offset, q_hot, r_hot)
+        distances, q_index = _aligned_distances(q, r, q_sound, r_sound, offset)
         if distances.size == 0:
             continue
         median = float(np.median(distances))
@@ -162,7 +137,7 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float,
     )
 
 
-def _aligned_distances(q, r, q_sound, r_sound, offset: int, q_hot, r_hot) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_distances(q, r, q_sound, r_sound, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame distance over the frames where either side has sound, with their query index.
 
     The channel is equalised first: each band's median difference over those frames (a
@@ -176,10 +151,6 @@ def _aligned_distances(q, r, q_sound, r_sound, offset: int, q_hot, r_hot) -> tup
     sound = np.zeros(q_index.size, dtype=bool)
     sound[q_ok] |= q_sound[q_index[q_ok]]
     sound[r_ok] |= r_sound[r_index[r_ok]]
-    hot = np.zeros(q_index.size, dtype=bool)
-    hot[q_ok] |= q_hot[q_index[q_ok]]
-    hot[r_ok] |= r_hot[r_index[r_ok]]
-    sound &= ~hot
     both = q_ok & r_ok
     difference = q[q_index[both]] - r[r_index[both]]
     if sound[both].any():

@@ -162,8 +162,8 @@ class EmbeddedServer:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             return
-        if not (_alive(pid) and _is_valkey(pid)):
-            return
+        if not (_alive(pid) and _is_valkey(pid) and _serves(pid, store_dir)):
+            return  # a stale pid file: that pid is gone, or is some other server
         url = (store_dir / "url").read_text().strip() if (store_dir / "url").exists() else "?"
         if _parent_alive(pid):
             raise EmbeddedServerError(
@@ -282,6 +282,14 @@ def _parent_alive(pid: int) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return ppid > 1 and (b"earmark" in parent or b"python" in parent)
+
+
+def _serves(pid: int, store_dir: Path) -> bool:
+    """True when `pid` runs in `store_dir` (valkey changes into its --dir): it is this store's."""
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve() == store_dir.resolve()
+    except OSError:
+        return False
 
 
 def _is_zombie(pid: int) -> bool:

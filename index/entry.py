@@ -36,7 +36,6 @@ class Entry:
     fingerprint_version: str = ""
     detail: bytes = b""  # syllable-scale spectrum for telling copies from minimal pairs
     pitch: bytes = b""  # pitch contour, for tone minimal pairs
-    detail_hot: bytes = b""  # frames near full scale, left out of the detail check
     # Random per write of the entry, copied into every alias that points at it: an alias is
     # followed only while the two agree, so an alias that outlived a DELETE (its alias set
     # evicted, or a write racing the delete) never revives when the same audio is cached again.
@@ -74,7 +73,6 @@ class Entry:
             "fp_version": self.fingerprint_version,
             "fd": self.detail,
             "f0": self.pitch,
-            "fdh": self.detail_hot,
             "gen": self.generation,
         }
 
@@ -109,6 +107,5 @@ class Entry:
             fingerprint_version=text("fp_version"),
             detail=fields.get(b"fd", b""),
             pitch=fields.get(b"f0", b""),
-            detail_hot=fields.get(b"fdh", b""),
             generation=text("gen"),
         )

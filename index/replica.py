@@ -162,7 +162,8 @@ class IndexReplica:
             ids.append(entry_id)
             vectors.append(np.frombuffer(embedding, dtype="<f4"))
         for profile, (ids, vectors) in by_profile.items():
-            self.index.add_many(profile, ids, np.vstack(vectors))
+            # Off the event loop: an add waits while a snapshot is being serialised.
+            await asyncio.to_thread(self.index.add_many, profile, ids, np.vstack(vectors))
         return missing
 
     async def _tail(self) -> None:

@@ -63,6 +63,8 @@ def serve(config_file: str | None, **options) -> None:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     finally:
         if server is not None:
+            for signum in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut the stop short
+                signal.signal(signum, signal.SIG_IGN)
             server.stop()
 
 

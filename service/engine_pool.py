@@ -63,7 +63,7 @@ class EnginePool:
         """Transcribe on a worker; returns the transcript and the engine's seconds.
 
         A slot is held until the work really ends: a request that timed out or went away does
-        not free it while its job still runs (a hung process worker is killed and replaced).
+        not free it while its job still runs.
         """
         if self._in_flight >= self.workers + self.max_waiting:
             raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
@@ -81,11 +81,17 @@ class EnginePool:
         try:
             transcript, seconds = await asyncio.wait_for(asyncio.shield(job), allowance)
         except asyncio.TimeoutError as exc:
-            self._replace_broken(executor, hung=True)
+            # The job keeps its slot until it ends; other requests' jobs are not touched.
             raise EngineTimeout(f"the engine did not finish within {allowance:.0f} s") from exc
         except BrokenProcessPool as exc:
             self._replace_broken(executor)
             raise EngineFailure("the engine worker process died; it has been restarted, retry the request") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if job.cancelled() and (task is None or task.cancelling() == 0):
+                # Our job, not our request, was cancelled: its pool broke and was replaced.
+                raise EngineFailure("the engine worker pool was restarted; retry the request") from None
+            raise
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
         self.metrics.engine_seconds.inc(seconds)
         self.metrics.engine_runs.inc()
@@ -97,17 +103,12 @@ class EnginePool:
         if not job.cancelled():
             job.exception()  # retrieved: a failure nobody awaits any more is not "never retrieved"
 
-    def _replace_broken(self, executor: Executor, *, hung: bool = False) -> None:
-        """Replace a process pool that broke or hangs, once however many calls saw it fail.
-
-        Its processes are killed, so a hung job ends (and frees its slot) now. A thread cannot
-        be killed: a hung thread keeps its slot until it returns."""
+    def _replace_broken(self, executor: Executor) -> None:
+        """Replace a process pool that broke, once however many calls saw it fail (its queued
+        jobs are cancelled: their requests get EngineFailure, and their slots are freed)."""
         if not isinstance(executor, ProcessPoolExecutor) or executor is not self._executor:
             return
         self._executor = _executor_for(self.engine, self.workers)
-        if hung:
-            for process in list(getattr(executor, "_processes", {}).values()):
-                process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:

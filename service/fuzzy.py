@@ -20,7 +20,7 @@ import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
 from fingerprint.detail import HOP as DETAIL_HOP
-from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum, hot_frames, hot_from_bytes, hot_to_bytes
+from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum
 from fingerprint.pitch import compare_pitch, pitch_contour
 from fingerprint.embedding import embedding_from_energies
 from fingerprint.matcher import verify
@@ -43,7 +43,6 @@ class QueryFeatures:
     embedding: np.ndarray
     speech_s: float
     detail: np.ndarray  # (frames, bands) uint8: fingerprint/detail.py
-    detail_hot: np.ndarray  # bool per detail frame: near full scale (left out of the check)
     pitch: np.ndarray  # uint8 per 10 ms frame: fingerprint/pitch.py
 
 
@@ -78,7 +77,6 @@ class FuzzyMatcher:
             embedding=embedding_from_energies(energies, self.config),
             speech_s=speech_extent(pcm_16k).duration_s,
             detail=detail_spectrum(pcm_16k),
-            detail_hot=hot_frames(pcm_16k),
             pitch=pitch_contour(pcm_16k),
         )
 
@@ -92,7 +90,6 @@ class FuzzyMatcher:
             embedding=features.embedding.astype("<f4").tobytes(),
             fingerprint_version=self.config.version,
             detail=features.detail.tobytes(),
-            detail_hot=hot_to_bytes(features.detail_hot),
             pitch=features.pitch.tobytes(),
         )
 
@@ -158,11 +155,10 @@ class FuzzyMatcher:
         verdict = verify(features.hash, reference, self.config)
         if verdict.windows == 0:
             return False, 0.0, "no_comparable_stretch"
-        if not entry.detail or not entry.pitch:
-            return False, 0.0, "no_detail: the entry has no detail spectrum or pitch contour"
         entry_detail = detail_from_bytes(entry.detail)
-        detail = compare_detail(features.detail, entry_detail, verdict.offset_s, features.detail_hot,
-                                hot_from_bytes(entry.detail_hot, len(entry_detail)))
+        if entry_detail is None or not len(entry_detail) or not entry.pitch:
+            return False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour"
+        detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
         detail_score = detail_score_of(detail.excess_db)
         offset_frames = int(round((detail.entry_s - detail.query_s) * 16000 / DETAIL_HOP))
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), offset_frames)

@@ -164,6 +164,8 @@ class RecognitionCache:
             tier = "exact" if leader_digest == upload_digest else "canonical"
             # The entry may have been deleted while we waited: serve it only as it is now.
             current, store_ok = await self._try_store(lambda: self.store.get_entry(shared.entry.entry_id))
+            if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
+                return Outcome(tier="bypass", result=shared.result)
             if current is not None and current.generation == shared.entry.generation:
                 outcome = await self._hit_and_alias(tier, current, upload_digest, write=True)
                 if outcome is not None:

@@ -77,3 +77,13 @@ def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     import soxr
 
     return np.round(soxr.resample(samples.astype(np.float32), rate, target)).astype(np.int16)
+
+
+def test_a_louder_clipped_copy_of_a_minimal_pair_is_still_refused(matcher):
+    """Loudness and clipping at the peaks must not hide the changed vowel (Don / Dan)."""
+    original_data = fixture_bytes("minimal_pairs/name_changed_011_a.flac")
+    changed, rate = read_pcm(fixture_bytes("minimal_pairs/name_changed_011_b.flac"))
+    louder = np.clip(changed.astype(np.float64) * (32767 / np.abs(changed).max()) * 10 ** (3 / 20), -32768, 32767)
+    query = _features(matcher, encode(louder.astype(np.int16), rate, fmt="wav", codec="pcm_s16le"))
+    accepted, score, reason = _judge(matcher, _features(matcher, original_data), query)
+    assert not accepted and score < FuzzyThresholds().min_window_score, reason
