@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
+from fingerprint.decode import SAMPLE_RATE
 from fingerprint.detail import HOP as DETAIL_HOP
 from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum
 from fingerprint.pitch import compare_pitch, pitch_contour
@@ -160,7 +161,7 @@ class FuzzyMatcher:
             return False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour"
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
         detail_score = detail_score_of(detail.excess_db)
-        offset_frames = int(round((detail.entry_s - detail.query_s) * 16000 / DETAIL_HOP))
+        offset_frames = int(round((detail.entry_s - detail.query_s) * SAMPLE_RATE / DETAIL_HOP))
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), offset_frames)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
