@@ -64,7 +64,7 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
         accepted, score, reason = matcher.judge(feats, PROFILE_ID, similarity, entry)
         verdict = verify(feats.hash, source.hash, DEFAULT)
         detail = compare_detail(feats.detail, source.detail, verdict.offset_s)
-        pitch = compare_pitch(feats.pitch, source.pitch, int(round((detail.entry_s - detail.query_s) * 100)))
+        pitch = compare_pitch(feats.pitch, source.pitch, detail.offset_frames)
         rows.append({
             "id": pair_id, "group": group, "pair": is_pair, "accepted": accepted, "score": score,
             "reason": reason, "window": verdict.worst_score, "short": verdict.worst_short_score,

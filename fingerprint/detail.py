@@ -30,8 +30,8 @@ import scipy.fft
 
 from fingerprint.decode import SAMPLE_RATE
 
-HOP = 160  # 10 ms
-WINDOW = 400  # 25 ms
+HOP = 160  # 10 ms: the grid fingerprint/pitch.py shares
+WINDOW = 400  # 25 ms, also the padding before frame 0
 N_FFT = 512
 BANDS = 16
 LOW_HZ, HIGH_HZ = 250.0, 3800.0  # what an 8 kHz telephone copy keeps
@@ -61,6 +61,7 @@ class DetailVerdict:
     median_db: float  # the recording's own level of difference: its codec's
     query_s: float  # where that stretch starts in the query
     entry_s: float  # ...and in the entry
+    offset_frames: int = 0  # the refined alignment: query frame k ~ entry frame k + offset_frames
 
     @property
     def excess_db(self) -> float:
@@ -134,6 +135,7 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
         median_db=median,
         query_s=round(seconds, 3),
         entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
+        offset_frames=offset,
     )
 
 

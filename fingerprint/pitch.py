@@ -21,12 +21,14 @@ import numpy as np
 import scipy.fft
 import soxr
 
+from fingerprint import detail
 from fingerprint.decode import SAMPLE_RATE
 
 RATE = 8000  # pitch lives well under 4 kHz: half the samples, a quarter of the work
-HOP = 80  # 10 ms, the detail spectrum's grid
+# The detail spectrum's grid and padding, at this rate: frame k covers the same time in both.
+HOP = detail.HOP * RATE // SAMPLE_RATE
+PAD = detail.WINDOW * RATE // SAMPLE_RATE
 FRAME = 320  # 40 ms: two periods of the lowest pitch
-PAD = 200  # 25 ms, as the detail spectrum pads: frame k covers the same time in both
 MIN_HZ, MAX_HZ = 60.0, 400.0
 VOICED_PEAK = 0.6  # normalised autocorrelation peak for a frame to count as voiced
 SUBHARMONIC_RATIO = 0.9  # a shorter lag within this fraction of the best peak wins

@@ -35,10 +35,8 @@ def band_energies(pcm_16k: np.ndarray, config: FingerprintConfig) -> np.ndarray:
     starts or ends on speech (synthetic prompts do) gets the same onset frames as a copy with
     silence added or trimmed: without it, padding alone scored like a changed syllable.
     """
-    edge = config.frame_length - config.hop_length
+    edge = config.frame_length - config.hop_length  # also makes any clip at least one frame long
     pcm_16k = np.pad(pcm_16k, (edge, edge))
-    if len(pcm_16k) < config.frame_length:
-        pcm_16k = np.pad(pcm_16k, (0, config.frame_length - len(pcm_16k)))
     frames = np.lib.stride_tricks.sliding_window_view(pcm_16k.astype(np.float32), config.frame_length)[
         :: config.hop_length
     ]

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
-from fingerprint.decode import SAMPLE_RATE
-from fingerprint.detail import HOP as DETAIL_HOP
 from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum
 from fingerprint.pitch import compare_pitch, pitch_contour
 from fingerprint.embedding import embedding_from_energies
@@ -132,8 +130,9 @@ class FuzzyMatcher:
 
     def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
         """(accepted, score, reason) for one candidate, the service's verdict (`earmark tune` and
-        the benchmarks call this too): the score is the worse of the worst ~1 s stretch's and
-        the detail check's, and the reason names the check, and the stretch, that decided."""
+        the benchmarks call this too): the score is the worst of the ~1 s window, the rescaled
+        ~0.25 s window, the detail and the pitch scores, and the reason names the check, and
+        the stretch, that decided."""
         limits = self.thresholds
         if entry is None:
             return False, 0.0, "gone: the entry expired, was evicted or deleted"
@@ -161,8 +160,7 @@ class FuzzyMatcher:
             return False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour"
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
         detail_score = detail_score_of(detail.excess_db)
-        offset_frames = int(round((detail.entry_s - detail.query_s) * SAMPLE_RATE / DETAIL_HOP))
-        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), offset_frames)
+        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
         score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
