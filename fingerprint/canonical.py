@@ -19,6 +19,11 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
+def new_bytes_hasher():
+    """A hasher giving `bytes_digest` of whatever is fed to it, for bytes that arrive in pieces."""
+    return hashlib.blake2b(digest_size=20)
+
+
 def pcm_digest(pcm_16k: np.ndarray) -> str:
     """Hex digest of 16 kHz mono PCM quantised to 16 bits, the `canonical` tier's key.
 

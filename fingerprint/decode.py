@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -68,22 +69,27 @@ class DecodedAudio:
         return len(self.pcm_16k) / SAMPLE_RATE
 
 
-def decode_audio(data: bytes, max_duration_s: float) -> DecodedAudio:
-    """Decode `data` to 16 kHz mono float32, or raise an `AudioError` saying what was wrong.
+def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudio:
+    """Decode `source` (bytes, or a seekable file positioned at its start) to 16 kHz mono
+    float32, or raise an `AudioError` saying what was wrong.
 
     The declared duration is checked before decoding, and the decoded length while decoding,
     so a long or lying file is refused without holding hours of PCM in memory.
     """
-    if not data:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    head = source.read(64)
+    source.seek(0)
+    if not head:
         raise EmptyAudioError("the uploaded file is empty; send the audio bytes in the 'file' field")
-    container_label = sniff_format(data)
+    container_label = sniff_format(head)
     if container_label is None:
         raise NotAudioError(
             "the upload is not a recognised audio format; send WAV, FLAC, MP3, AAC/M4A, Ogg "
             "(Vorbis/Opus), WebM/Matroska or AIFF audio"
         )
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(source, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise UndecodableAudioError(
             f"the upload looks like {container_label} but could not be opened ({_short(exc)}); "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -42,13 +43,14 @@ from service.metrics import Metrics
 from service.openai_compat import check_response_format, transcription_response
 from service.pipeline import Outcome, RecognitionCache
 from service.profile import Profile
-from service.uploads import read_upload, recognition_options
+from service.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
 
 log = logging.getLogger(__name__)
 
 STORE_WATCH_INTERVAL_S = 2.0
 SHUTDOWN_STEP_TIMEOUT_S = 5.0
 ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+OPENAI_ENDPOINTS = ("transcriptions",)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Services:
     cache: RecognitionCache
     vectors: VectorIndex
     replica: IndexReplica
+    upload_limits: UploadLimits
+    upload_gate: UploadGate
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -93,7 +97,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
                                _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
         cache = RecognitionCache(settings, store, pool, metrics, fuzzy)
-        app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica)
+        limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
+                              min_bytes_per_s=settings.upload_min_bytes_per_s)
+        gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
+        app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
@@ -120,7 +127,19 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
+    # `/entries/x/` is an unknown entry like any other, not a redirect to somewhere else.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Unknown routes and methods answer in the contract's shape too."""
+    assert isinstance(exc, HTTPException)
+    msg = {404: f"no such endpoint {request.url.path[:80]!r}; see docs/api.md for the endpoints",
+           405: f"{request.method[:16]} is not allowed on {request.url.path[:80]!r}; allowed: "
+                f"{(exc.headers or {}).get('allow', 'see docs/api.md')}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"code": exc.status_code, "msg": msg}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def recognize(request: Request) -> Response:
@@ -130,8 +149,9 @@ async def recognize(request: Request) -> Response:
 
 async def _recognize(request: Request, services: Services) -> Response:
     started = time.perf_counter()
-    data, profile = await _read_request(request, services)
-    outcome = await services.cache.recognize(data, profile, started=started)
+    upload, form = await _receive(request, services)
+    with contextlib.closing(upload):
+        outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -143,8 +163,9 @@ async def lookup(request: Request) -> Response:
 
 async def _lookup(request: Request, services: Services) -> Response:
     started = time.perf_counter()
-    data, profile = await _read_request(request, services)
-    outcome = await services.cache.lookup(data, profile, started=started)
+    upload, form = await _receive(request, services)
+    with contextlib.closing(upload):
+        outcome = await services.cache.lookup(upload, _profile(services, form), started=started)
     response = JSONResponse(
         {"code": 0, "msg": "success", "cache": outcome.cache_info(with_candidates=True), "result": outcome.result}
     )
@@ -158,10 +179,10 @@ async def openai_transcriptions(request: Request) -> Response:
 
 async def _openai_transcriptions(request: Request, services: Services) -> Response:
     started = time.perf_counter()
-    data, form = await read_upload(request, services.settings.max_upload_bytes)
-    response_format = check_response_format(form.get("response_format"))
-    profile = services.engine.resolve(recognition_options(form))
-    outcome = await services.cache.recognize(data, profile, started=started)
+    upload, form = await _receive(request, services)
+    with contextlib.closing(upload):
+        response_format = check_response_format(form.text("response_format"))
+        outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
     return _with_cache_headers(transcription_response(outcome, response_format), outcome)
 
 
@@ -238,6 +259,10 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
     services: Services = request.app.state.services
     try:
         response = await handler(request, services)
+    except UploadAborted:
+        # The client hung up mid-upload: nobody is there to answer, and it is not our error.
+        services.metrics.uploads_aborted.labels(endpoint=endpoint).inc()
+        return Response(status_code=400)
     except ApiError as exc:
         return _error(services, endpoint, exc.status, exc.msg, exc.headers)
     except AudioError as exc:
@@ -274,12 +299,20 @@ def _with_cache_headers(response: Response, outcome: Outcome) -> Response:
 
 def _error(services: Services, endpoint: str, status: int, msg: str, headers: dict | None = None) -> Response:
     services.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
-    return JSONResponse({"code": status, "msg": msg}, status_code=status, headers=headers)
+    body: dict = {"code": status, "msg": msg}
+    if endpoint in OPENAI_ENDPOINTS:
+        # OpenAI's clients show `error.message`; earmark's own fields stay beside it.
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body["error"] = {"message": msg, "type": kind, "param": None, "code": str(status)}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _read_request(request: Request, services: Services) -> tuple[bytes, Profile]:
-    data, form = await read_upload(request, services.settings.max_upload_bytes)
-    return data, services.engine.resolve(recognition_options(form))
+async def _receive(request: Request, services: Services) -> tuple[Upload, UploadForm]:
+    return await read_upload(request, services.upload_limits, services.upload_gate)
+
+
+def _profile(services: Services, form: UploadForm) -> Profile:
+    return services.engine.resolve(recognition_options(form))
 
 
 def _entry_id(request: Request) -> str:

@@ -70,6 +70,12 @@ class Settings:
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
+    # A body must arrive within this, and (after its first 10 s) at this average rate at least:
+    # a stalled or trickling upload is cut off with a 408 instead of holding a slot for ever.
+    upload_timeout_s: float = 600.0
+    upload_min_bytes_per_s: int = 16 * 1024
+    # Uploads arriving at once; beyond it a request gets 503 with Retry-After.
+    max_uploads_in_progress: int = 64
     engine_workers: int = 1
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
@@ -87,6 +93,9 @@ class Settings:
             (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
             (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (self.upload_timeout_s > 0, "upload_timeout_s must be positive"),
+            (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
+            (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
             (self.engine_workers >= 1, "engine_workers must be at least 1"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),

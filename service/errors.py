@@ -11,3 +11,10 @@ class ApiError(Exception):
         self.status = status
         self.msg = msg
         self.headers = headers or {}
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """`repr` of a client's value for an error message, cut to a short prefix: an error must
+    never echo a megabyte back."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"

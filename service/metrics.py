@@ -46,6 +46,10 @@ class Metrics:
         self.store_max_memory = Gauge("earmark_store_maxmemory_bytes", "The store's maxmemory (0: unbounded).", registry=r)
         self.store_evicted = Gauge("earmark_store_evicted_keys", "Keys the store evicted under memory pressure since it started.", registry=r)
         self.store_expired = Gauge("earmark_store_expired_keys", "Keys the store expired since it started.", registry=r)
+        self.uploads_in_progress = Gauge("earmark_uploads_in_progress", "Request bodies being received now.", registry=r)
+        self.uploads_aborted = Counter(
+            "earmark_uploads_aborted_total", "Uploads the client abandoned before the body arrived, by endpoint.", ["endpoint"], registry=r
+        )
         self.store_up.set(1)
 
     def observe_store_info(self, info: dict) -> None:

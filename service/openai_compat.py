@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from service.errors import ApiError
+from service.errors import ApiError, quoted
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 
@@ -17,8 +17,7 @@ def check_response_format(value) -> str:
     """The requested format, checked before any work is done (a refused request caches nothing)."""
     response_format = "json" if value is None or value == "" else value
     if not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS:
-        shown = response_format if isinstance(response_format, str) else "a file"
-        raise ApiError(422, f"response_format {shown!r} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}")
+        raise ApiError(422, f"response_format {quoted(response_format)} is not supported; use one of: {', '.join(RESPONSE_FORMATS)}")
     return response_format
 
 

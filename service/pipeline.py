@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
-from fingerprint.canonical import bytes_digest, pcm_digest
+from fingerprint.canonical import pcm_digest
 from fingerprint.decode import DecodedAudio, decode_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
@@ -29,12 +29,11 @@ from service.engine_pool import EnginePool
 from service.engines.base import EngineFailure
 from service.metrics import Metrics
 from service.profile import Profile
+from service.uploads import Upload
 
 log = logging.getLogger(__name__)
 
 LOCK_POLL_S = 0.05
-# Hashing runs at about 1 GB/s: up to this size it costs less than handing it to a thread.
-HASH_ON_LOOP_MAX_BYTES = 256 * 1024
 
 
 @dataclass
@@ -73,30 +72,29 @@ class RecognitionCache:
         # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
 
-    async def recognize(self, data: bytes, profile: Profile, *, started: float | None = None) -> Outcome:
+    async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
         """Answer from cache or run the engine, writing a new entry on a miss.
 
         `started` (a `time.perf_counter()` reading) is when the request arrived, so that the
         reported `elapsed_ms` includes receiving the upload.
         """
-        return await self._answer(data, profile, write=True, started=started)
+        return await self._answer(upload, profile, write=True, started=started)
 
-    async def lookup(self, data: bytes, profile: Profile, *, started: float | None = None) -> Outcome:
+    async def lookup(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
         """What `recognize` would answer now, without running the engine or writing."""
-        return await self._answer(data, profile, write=False, started=started)
+        return await self._answer(upload, profile, write=False, started=started)
 
-    async def _answer(self, data: bytes, profile: Profile, *, write: bool, started: float | None) -> Outcome:
+    async def _answer(self, upload: Upload | bytes, profile: Profile, *, write: bool, started: float | None) -> Outcome:
         started = time.perf_counter() if started is None else started
-        outcome = await self._find_or_run(data, profile, write=write)
+        if isinstance(upload, bytes):
+            upload = Upload.from_bytes(upload)
+        outcome = await self._find_or_run(upload, profile, write=write)
         outcome.elapsed_ms = _ms_since(started)
         return outcome
 
-    async def _find_or_run(self, data: bytes, profile: Profile, *, write: bool) -> Outcome:
+    async def _find_or_run(self, upload: Upload, profile: Profile, *, write: bool) -> Outcome:
         """Walk the tiers in order; the first that answers wins."""
-        if len(data) > HASH_ON_LOOP_MAX_BYTES:
-            upload_digest = await asyncio.to_thread(bytes_digest, data)
-        else:
-            upload_digest = bytes_digest(data)
+        upload_digest = upload.digest
         keys = self.store.keys
         store_ok = self.store.up
 
@@ -114,7 +112,7 @@ class RecognitionCache:
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
         with self._stage("decode"):
-            decoded, audio_digest = await asyncio.to_thread(_decode_and_digest, data, self.settings.max_duration_s)
+            decoded, audio_digest = await asyncio.to_thread(_decode_and_digest, upload, self.settings.max_duration_s)
 
         candidates: list[dict] = []
         if store_ok:
@@ -316,8 +314,8 @@ class RecognitionCache:
         return self.metrics.lookup_seconds.labels(stage=stage).time()
 
 
-def _decode_and_digest(data: bytes, max_duration_s: float) -> tuple[DecodedAudio, str]:
-    decoded = decode_audio(data, max_duration_s)
+def _decode_and_digest(upload: Upload, max_duration_s: float) -> tuple[DecodedAudio, str]:
+    decoded = decode_audio(upload.open(), max_duration_s)
     return decoded, pcm_digest(decoded.pcm_16k)
 
 

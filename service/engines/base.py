@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.errors import quoted
 from service.profile import Profile
 
 _LANGUAGE_ALIASES = {
@@ -81,7 +82,7 @@ class Engine(ABC):
             wanted = _LANGUAGE_ALIASES.get(options.language.strip().lower(), options.language.strip().lower())
             if wanted not in caps.languages:
                 raise EngineOptionError(
-                    f"language {options.language!r} is not supported by engine {self.name!r}; "
+                    f"language {quoted(options.language)} is not supported by engine {self.name!r}; "
                     f"it supports: {', '.join(caps.languages)} (or 'auto')"
                 )
             language = wanted

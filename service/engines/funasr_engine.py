@@ -34,6 +34,7 @@ import unicodedata
 
 import numpy as np
 
+from service.errors import quoted
 from service.engines.base import (
     Capabilities,
     Engine,
@@ -163,13 +164,13 @@ class FunASREngine(Engine):
                 # looks like a .txt path or an http URL as a file to open or fetch.
                 if any(ch.isspace() for ch in hotword):
                     raise EngineOptionError(
-                        f"hotword {hotword!r} contains whitespace; engine 'funasr' with a Paraformer model "
+                        f"hotword {quoted(hotword)} contains whitespace; engine 'funasr' with a Paraformer model "
                         f"takes each hotword as one word (send 'New' and 'York' separately)"
                     )
                 if hotword.lower().startswith("http") or hotword.lower().endswith(".txt"):
-                    raise EngineOptionError(f"hotword {hotword!r} looks like a URL or file name; send words only")
+                    raise EngineOptionError(f"hotword {quoted(hotword)} looks like a URL or file name; send words only")
             elif "\n" in hotword or "\r" in hotword:
-                raise EngineOptionError(f"hotword {hotword!r} contains a line break; send one word or phrase each")
+                raise EngineOptionError(f"hotword {quoted(hotword)} contains a line break; send one word or phrase each")
         return profile
 
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
