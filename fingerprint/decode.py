@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import av
@@ -21,6 +22,7 @@ from fingerprint.sniff import sniff_format
 SAMPLE_RATE = 16000
 MIN_SOURCE_RATE = 4000
 MAX_SOURCE_RATE = 384000
+CHUNK_SAMPLES = 1 << 16  # source samples handed on at a time: about 4 s at 16 kHz
 
 
 class AudioError(ValueError):
@@ -69,12 +71,29 @@ class DecodedAudio:
         return len(self.pcm_16k) / SAMPLE_RATE
 
 
-def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudio:
-    """Decode `source` (bytes, or a seekable file positioned at its start) to 16 kHz mono
-    float32, or raise an `AudioError` saying what was wrong.
+@dataclass
+class AudioStream:
+    """An upload being decoded: what the source is, and its 16 kHz mono float32 samples as they
+    come (`chunks` may be iterated once; it raises an `AudioError` for a file that fails midway).
 
-    The declared duration is checked before decoding, and the decoded length while decoding,
-    so a long or lying file is refused without holding hours of PCM in memory.
+    Resampling is soxr's stream, which gives the same samples as one call over the whole
+    signal, so nothing about the result depends on how the container cut its packets.
+    """
+
+    container: str
+    codec: str
+    source_rate: int
+    source_channels: int
+    declared_s: float | None  # what the header says, if anything: a hint, never trusted
+    chunks: Iterator[np.ndarray]
+
+
+def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
+    """Open `source` (bytes, or a seekable file positioned at its start) for decoding, or raise
+    an `AudioError` saying what was wrong.
+
+    The declared duration is checked here, and the decoded length while decoding, so a long or
+    lying file is refused without holding hours of PCM in memory.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
@@ -95,11 +114,13 @@ def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudi
             f"the upload looks like {container_label} but could not be opened ({_short(exc)}); "
             "check that the file is complete and not corrupted"
         ) from exc
-    with container:
+    try:
         if not container.streams.audio:
             raise NotAudioError("the file holds no audio stream; send a file with an audio track")
         stream = container.streams.audio[0]
-        _check_declared_duration(container, stream, max_duration_s)
+        declared = _declared_duration(container, stream)
+        if declared is not None and declared > max_duration_s:
+            raise AudioTooLongError(_too_long_message(declared, max_duration_s))
         context = stream.codec_context
         if context is None:
             raise UndecodableAudioError("the audio stream uses no codec we can decode; re-export it as WAV, FLAC or MP3")
@@ -110,45 +131,95 @@ def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudi
                 f"the audio's sample rate is {source_rate} Hz; send audio sampled between "
                 f"{MIN_SOURCE_RATE} and {MAX_SOURCE_RATE} Hz"
             )
-        source_channels = int(getattr(context, "channels", 0) or 0)
-        codec = context.name
-        mono = _decode_mono(container, stream, source_rate, max_duration_s)
-    if mono.size == 0:
-        raise EmptyAudioError("the audio decodes to no samples; send a file that contains sound")
-    # Float formats can carry NaN or infinity; nothing downstream should ever see them.
-    mono = np.clip(np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-    pcm_16k = mono if source_rate == SAMPLE_RATE else soxr.resample(mono, source_rate, SAMPLE_RATE, quality="HQ")
-    return DecodedAudio(
-        pcm_16k=np.ascontiguousarray(pcm_16k, dtype=np.float32),
+    except BaseException:
+        container.close()
+        raise
+    return AudioStream(
         container=container_label,
-        codec=codec,
+        codec=context.name,
         source_rate=source_rate,
-        source_channels=source_channels,
+        source_channels=int(getattr(context, "channels", 0) or 0),
+        declared_s=declared,
+        chunks=_chunks_16k(container, stream, source_rate, max_duration_s),
     )
 
 
-def _check_declared_duration(container, stream, max_duration_s: float) -> None:
-    """Refuse audio whose header already says it is over the limit."""
-    declared = None
+def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudio:
+    """Decode `source` whole to 16 kHz mono float32 (see `open_audio`), for the engine."""
+    audio = open_audio(source, max_duration_s)
+    # The header's duration sizes the buffer; the pages are only touched as samples arrive,
+    # so a header that lies about its length costs address space, not memory.
+    expected = min(audio.declared_s or max_duration_s, max_duration_s) + 1.0
+    buffer = np.empty(int(expected * SAMPLE_RATE), dtype=np.float32)
+    filled = 0
+    for chunk in audio.chunks:
+        if filled + chunk.size > buffer.size:
+            grown = np.empty(max(filled + chunk.size, buffer.size * 3 // 2), dtype=np.float32)
+            grown[:filled] = buffer[:filled]
+            buffer = grown
+        buffer[filled:filled + chunk.size] = chunk
+        filled += chunk.size
+    return DecodedAudio(
+        pcm_16k=buffer[:filled],
+        container=audio.container,
+        codec=audio.codec,
+        source_rate=audio.source_rate,
+        source_channels=audio.source_channels,
+    )
+
+
+def _declared_duration(container, stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
-        declared = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        declared = container.duration / av.time_base
-    if declared is not None and declared > max_duration_s:
-        raise AudioTooLongError(_too_long_message(declared, max_duration_s))
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
 
 
-def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> np.ndarray:
+def _chunks_16k(container, stream, source_rate: int, max_duration_s: float) -> Iterator[np.ndarray]:
+    """The stream's samples at 16 kHz mono, clean (no NaN, within [-1, 1]), in pieces of about
+    `CHUNK_SAMPLES` (a decoder's packets are too small to pay each step's overhead on)."""
+    with container:
+        resampler = None if source_rate == SAMPLE_RATE else soxr.ResampleStream(
+            source_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        total = 0
+        for mono in _coalesced(_decode_mono(container, stream, source_rate, max_duration_s), CHUNK_SAMPLES):
+            # Float formats can carry NaN or infinity; nothing downstream should ever see them.
+            mono = np.clip(np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+            total += mono.size
+            out = mono if resampler is None else resampler.resample_chunk(mono)
+            if out.size:
+                yield np.ascontiguousarray(out, dtype=np.float32)
+        if total == 0:
+            raise EmptyAudioError("the audio decodes to no samples; send a file that contains sound")
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+def _coalesced(pieces: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """The same samples in pieces of at least `size` (the last may be shorter)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for piece in pieces:
+        pending.append(piece)
+        count += piece.size
+        if count >= size:
+            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+            pending, count = [], 0
+    if pending:
+        yield np.concatenate(pending)
+
+
+def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> Iterator[np.ndarray]:
     """Decode the stream at its own rate, downmixed to mono float32, enforcing the limit."""
-    if source_rate <= 0:
-        raise UndecodableAudioError("the audio stream declares no sample rate; re-export the file")
     # Same rate in and out: the resampler only converts to planar float, sample by sample, so
     # the output does not depend on how the container chunks its packets. The channels are
     # then averaged here: FFmpeg's own downmix adds identical channels at +3 dB (its pan law),
     # which clipped the loud peaks of every stereo copy of a mono recording.
     to_float = av.AudioResampler(format="fltp", rate=source_rate)
     max_samples = int(max_duration_s * source_rate) + source_rate
-    chunks: list[np.ndarray] = []
     total = 0
     try:
         for frame in container.decode(stream):
@@ -159,21 +230,20 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
                 converted_frames = to_float.resample(frame)
             for converted in converted_frames:
                 samples = _mono(converted)
-                chunks.append(samples)
                 total += samples.size
+                yield samples
             if total > max_samples:
                 raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s))
         for converted in to_float.resample(None):
-            chunks.append(_mono(converted))
+            yield _mono(converted)
+    except AudioError:
+        raise  # over the limit: a 413, not a damaged tail to keep
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
-        if not chunks:
+        if total == 0:
             raise UndecodableAudioError(
                 f"the audio could not be decoded ({_short(exc)}); check that the file is complete"
             ) from exc
         # A damaged tail after good audio: keep what decoded, as players do.
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def _mono(frame) -> np.ndarray:

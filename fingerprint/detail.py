@@ -29,6 +29,7 @@ import numpy as np
 import scipy.fft
 
 from fingerprint.decode import SAMPLE_RATE
+from fingerprint.framing import Framer
 
 HOP = 160  # 10 ms: the grid fingerprint/pitch.py shares
 WINDOW = 400  # 25 ms, also the padding before frame 0
@@ -83,16 +84,37 @@ def _window() -> np.ndarray:
     return np.hanning(WINDOW).astype(np.float32)
 
 
+class DetailSpectrum:
+    """`detail_spectrum` of a signal pushed in pieces."""
+
+    def __init__(self) -> None:
+        self._framer = Framer(WINDOW, HOP, WINDOW, WINDOW)
+        self._levels: list[np.ndarray] = []
+
+    def push(self, pcm_16k: np.ndarray) -> None:
+        """Add the next samples (16 kHz mono float)."""
+        self._levels.extend(self._block_levels(block) for block in self._framer.push(pcm_16k))
+
+    def finish(self) -> np.ndarray:
+        """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
+        self._levels.extend(self._block_levels(block) for block in self._framer.finish())
+        reference = float(np.percentile(np.concatenate([block.max(axis=1) for block in self._levels]), 99))
+        codes = [np.clip(np.round((block - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
+                 for block in self._levels]
+        return np.concatenate(codes)
+
+    @staticmethod
+    def _block_levels(frames: np.ndarray) -> np.ndarray:
+        spectrum = scipy.fft.rfft(frames * _window(), n=N_FFT, axis=1, workers=1)
+        power = (spectrum.real**2 + spectrum.imag**2) @ _mel_matrix()
+        return 10.0 * np.log10(power + 1e-12)
+
+
 def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
     """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
-    padded = np.pad(pcm_16k.astype(np.float32), (WINDOW, WINDOW))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, WINDOW)[::HOP]
-    spectrum = scipy.fft.rfft(frames * _window(), n=N_FFT, axis=1, workers=1)
-    power = (spectrum.real**2 + spectrum.imag**2) @ _mel_matrix()
-    levels = 10.0 * np.log10(power + 1e-12)
-    reference = float(np.percentile(levels.max(axis=1), 99))
-    codes = np.round((levels - reference + _OFFSET_DB) * _STEPS_PER_DB)
-    return np.clip(codes, 0, 255).astype(np.uint8)
+    stream = DetailSpectrum()
+    stream.push(pcm_16k)
+    return stream.finish()
 
 
 def detail_from_bytes(raw: bytes) -> np.ndarray | None:

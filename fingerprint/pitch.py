@@ -23,6 +23,7 @@ import soxr
 
 from fingerprint import detail
 from fingerprint.decode import SAMPLE_RATE
+from fingerprint.framing import Framer
 
 RATE = 8000  # pitch lives well under 4 kHz: half the samples, a quarter of the work
 # The detail spectrum's grid and padding, at this rate: frame k covers the same time in both.
@@ -49,12 +50,47 @@ class PitchVerdict:
     shared_frames: int
 
 
+class PitchContour:
+    """`pitch_contour` of a signal pushed in pieces: resampled to 8 kHz as it comes (soxr's
+    stream gives the same samples as one call), then framed block by block. Only the loudness
+    gate needs the whole recording, so each block keeps its frames' level, peak and lag."""
+
+    def __init__(self) -> None:
+        self._resampler = soxr.ResampleStream(SAMPLE_RATE, RATE, 1, dtype="float32", quality="LQ")
+        self._framer = Framer(FRAME, HOP, PAD, PAD + FRAME)
+        self._blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def push(self, pcm_16k: np.ndarray) -> None:
+        """Add the next samples (16 kHz mono float)."""
+        if pcm_16k.size:
+            self._frames(self._resampler.resample_chunk(np.asarray(pcm_16k, dtype=np.float32)), final=False)
+
+    def finish(self) -> np.ndarray:
+        """One uint8 per 10 ms frame: 0 unvoiced, else pitch."""
+        self._frames(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True), final=True)
+        level, peak, lag = (np.concatenate(parts) for parts in zip(*self._blocks, strict=True))
+        loud = level > np.percentile(level, 99) - 35.0 if level.size else np.zeros(0, dtype=bool)
+        voiced = (peak > VOICED_PEAK) & loud
+        semitones = 12.0 * np.log2(RATE / lag / MIN_HZ)
+        codes = np.where(voiced, 1 + np.clip(np.round(semitones * _STEPS_PER_SEMITONE), 0, 254), 0)
+        return codes.astype(np.uint8)
+
+    def _frames(self, pcm_8k: np.ndarray, *, final: bool) -> None:
+        blocks = list(self._framer.push(pcm_8k))
+        if final:
+            blocks += list(self._framer.finish())
+        self._blocks.extend(_analyse(block) for block in blocks)
+
+
 def pitch_contour(pcm_16k: np.ndarray) -> np.ndarray:
     """One uint8 per 10 ms frame (aligned with fingerprint/detail.py): 0 unvoiced, else pitch."""
-    pcm = soxr.resample(pcm_16k.astype(np.float32), SAMPLE_RATE, RATE, quality="LQ") if len(pcm_16k) else pcm_16k
-    padded = np.pad(np.asarray(pcm, dtype=np.float32), (PAD, PAD + FRAME))
-    count = max(0, (len(padded) - FRAME) // HOP + 1)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME)[::HOP][:count]
+    stream = PitchContour()
+    stream.push(pcm_16k)
+    return stream.finish()
+
+
+def _analyse(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each frame's level (dB), autocorrelation peak and lag (samples, to a fraction)."""
     frames = frames - frames.mean(axis=1, keepdims=True)
     spectrum = scipy.fft.rfft(frames, n=2 * FRAME, axis=1, workers=1)
     autocorrelation = scipy.fft.irfft(spectrum.real**2 + spectrum.imag**2, axis=1, workers=1)[:, :FRAME]
@@ -72,8 +108,6 @@ def pitch_contour(pcm_16k: np.ndarray) -> np.ndarray:
     best = np.where(candidates.any(axis=1), np.argmax(candidates, axis=1), np.argmax(normalised, axis=1))
     peak = normalised[np.arange(len(best)), best]
     level = 10.0 * np.log10(energy[:, 0] / FRAME + 1e-12)
-    loud = level > np.percentile(level, 99) - 35.0 if level.size else np.zeros(0, dtype=bool)
-    voiced = (peak > VOICED_PEAK) & loud
     # A parabola through the peak and its neighbours: the lag to a fraction of a sample (at
     # 8 kHz one sample is half a semitone at 250 Hz).
     rows = np.arange(len(best))
@@ -81,10 +115,7 @@ def pitch_contour(pcm_16k: np.ndarray) -> np.ndarray:
     before, at, after = normalised[rows, inner - 1], normalised[rows, inner], normalised[rows, inner + 1]
     curvature = before - 2.0 * at + after
     shift = np.where(curvature < 0, 0.5 * (before - after) / np.where(curvature < 0, curvature, -1.0), 0.0)
-    lag = inner + np.clip(shift, -0.5, 0.5) + low
-    semitones = 12.0 * np.log2(RATE / lag / MIN_HZ)
-    codes = np.where(voiced, 1 + np.clip(np.round(semitones * _STEPS_PER_SEMITONE), 0, 254), 0)
-    return codes.astype(np.uint8)
+    return level, peak, inner + np.clip(shift, -0.5, 0.5) + low
 
 
 def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> PitchVerdict:

@@ -20,6 +20,8 @@ import numpy as np
 from fingerprint.config import FingerprintConfig
 from fingerprint.spectrum import band_energies
 
+_ROWS = 8192  # frames hashed at a time
+
 @dataclass(frozen=True)
 class RobustHash:
     """Sub-fingerprints and the level of each frame (to tell speech from silence)."""
@@ -41,17 +43,32 @@ class RobustHash:
 
 
 def robust_hash_from_energies(energies: np.ndarray) -> RobustHash:
-    """Hash from precomputed band energies (shared with the embedding)."""
-    log_energy = np.log(energies + 1e-10)
-    band_diff = log_energy[:, :-1] - log_energy[:, 1:]
-    change = np.zeros((len(energies), band_diff.shape[1]), dtype=np.float32)
-    change[1:] = band_diff[1:] - band_diff[:-1]
-    magnitude = np.abs(change)
-    half = magnitude.shape[1] // 2
-    strong = magnitude >= np.partition(magnitude, half, axis=1)[:, half : half + 1]
-    level = 10.0 * np.log10(energies.sum(axis=1) / energies.shape[1] + 1e-12)
-    level_db = np.clip(np.round(level + 120.0), 0, 255).astype(np.uint8)
-    return RobustHash(_pack(change > 0), _pack(strong), level_db)
+    """Hash from precomputed band energies (shared with the embedding).
+
+    Row block by row block (each frame needs only itself and the one before), so an hour's
+    hash costs a few megabytes of temporaries beside its result.
+    """
+    frames = len(energies)
+    bits = np.zeros(frames, dtype=np.uint32)
+    strong = np.zeros(frames, dtype=np.uint32)
+    level_db = np.zeros(frames, dtype=np.uint8)
+    for start in range(0, frames, _ROWS):
+        stop = min(frames, start + _ROWS)
+        first = max(0, start - 1)  # the frame before the block, for the first row's change
+        log_energy = np.log(energies[first:stop] + 1e-10)
+        band_diff = log_energy[:, :-1] - log_energy[:, 1:]
+        change = np.zeros((stop - first, band_diff.shape[1]), dtype=np.float32)
+        change[1:] = band_diff[1:] - band_diff[:-1]
+        change = change[start - first:]
+        magnitude = np.abs(change)
+        half = magnitude.shape[1] // 2
+        strong_flags = magnitude >= np.partition(magnitude, half, axis=1)[:, half : half + 1]
+        block = energies[start:stop]
+        level = 10.0 * np.log10(block.sum(axis=1) / block.shape[1] + 1e-12)
+        bits[start:stop] = _pack(change > 0)
+        strong[start:stop] = _pack(strong_flags)
+        level_db[start:stop] = np.clip(np.round(level + 120.0), 0, 255).astype(np.uint8)
+    return RobustHash(bits, strong, level_db)
 
 
 def _pack(flags: np.ndarray) -> np.ndarray:

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fingerprint.decode import SAMPLE_RATE
+from fingerprint.framing import Framer
 
 FRAME_S = 0.02
+FRAME = int(FRAME_S * SAMPLE_RATE)
 # Frames below this level are silence whatever the recording: -60 dBFS is under the noise
 # floor of any real microphone chain but above dithered digital silence.
 ABSOLUTE_FLOOR_DB = -60.0
@@ -40,14 +42,40 @@ class SpeechExtent:
         return max(0.0, self.end_s - self.start_s)
 
 
+class FrameLevels:
+    """`frame_levels_db` of a signal pushed in pieces."""
+
+    def __init__(self) -> None:
+        self._framer = Framer(FRAME, FRAME)
+        self._levels: list[np.ndarray] = []
+        self._head: list[np.ndarray] = []  # the first samples, kept only while under one frame
+        self._total = 0
+
+    def push(self, pcm_16k: np.ndarray) -> None:
+        """Add the next samples (16 kHz mono float)."""
+        if self._total < FRAME:
+            self._head.append(np.array(pcm_16k[:FRAME], dtype=np.float32))
+        self._total += len(pcm_16k)
+        self._levels.extend(_rms_db(block) for block in self._framer.push(pcm_16k))
+
+    def finish(self) -> np.ndarray:
+        """RMS level of each 20 ms frame in dBFS (a shorter signal is one frame)."""
+        self._levels.extend(_rms_db(block) for block in self._framer.finish())
+        if self._total < FRAME:
+            head = np.concatenate(self._head) if self._head else np.zeros(0, dtype=np.float32)
+            return np.full(1, -120.0) if head.size == 0 else _db(np.sqrt(np.mean(head**2)))[None]
+        return np.concatenate(self._levels)
+
+
 def frame_levels_db(pcm_16k: np.ndarray) -> np.ndarray:
     """RMS level of each 20 ms frame in dBFS."""
-    frame = int(FRAME_S * SAMPLE_RATE)
-    count = len(pcm_16k) // frame
-    if count == 0:
-        return np.full(1, -120.0) if len(pcm_16k) == 0 else _db(np.sqrt(np.mean(pcm_16k**2)))[None]
-    frames = pcm_16k[: count * frame].reshape(count, frame).astype(np.float64)
-    return _db(np.sqrt(np.mean(frames**2, axis=1)))
+    stream = FrameLevels()
+    stream.push(pcm_16k)
+    return stream.finish()
+
+
+def _rms_db(frames: np.ndarray) -> np.ndarray:
+    return _db(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)))
 
 
 def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
@@ -56,7 +84,11 @@ def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
     Over a noise floor (a noisy copy of a clean recording, room tone), the threshold rises to
     just above the floor, so the extent is that of the speech and not of the noise around it.
     """
-    levels = frame_levels_db(pcm_16k)
+    return extent_from_levels(frame_levels_db(pcm_16k))
+
+
+def extent_from_levels(levels: np.ndarray) -> SpeechExtent:
+    """`speech_extent` from the frame levels (`FrameLevels`), for a signal seen in pieces."""
     peak = float(levels.max())
     noise_floor = float(np.percentile(levels, NOISE_FLOOR_PERCENTILE))
     threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB, min(noise_floor + ABOVE_NOISE_DB, peak + MAX_RELATIVE_DB))
@@ -68,7 +100,11 @@ def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
 
 def has_sound(pcm_16k: np.ndarray, min_duration_s: float = 0.1) -> bool:
     """True when the signal holds at least `min_duration_s` of sound above the silence floor."""
-    levels = frame_levels_db(pcm_16k)
+    return sound_in_levels(frame_levels_db(pcm_16k), min_duration_s)
+
+
+def sound_in_levels(levels: np.ndarray, min_duration_s: float = 0.1) -> bool:
+    """`has_sound` from the frame levels."""
     return int(np.count_nonzero(levels > ABSOLUTE_FLOOR_DB)) * FRAME_S >= min_duration_s
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
-from fingerprint.detail import compare_detail, detail_from_bytes, detail_spectrum
-from fingerprint.pitch import compare_pitch, pitch_contour
+from fingerprint.detail import DetailSpectrum, compare_detail, detail_from_bytes
+from fingerprint.pitch import PitchContour, compare_pitch
 from fingerprint.embedding import embedding_from_energies
 from fingerprint.matcher import verify
 from fingerprint.robust_hash import RobustHash, robust_hash_from_energies
-from fingerprint.spectrum import band_energies
-from fingerprint.speech import speech_extent
+from fingerprint.spectrum import BandEnergies
+from fingerprint.speech import FrameLevels, extent_from_levels
 from index.entry import Entry
 from index.store import Store
 from index.vectors import VectorIndex
@@ -70,13 +71,22 @@ class FuzzyMatcher:
 
     def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """Hash, embedding and speech duration of a recording (CPU work: call off the loop)."""
-        energies = band_energies(pcm_16k, self.config)
+        return self.features_of([pcm_16k])
+
+    def features_of(self, chunks: Iterable[np.ndarray]) -> QueryFeatures:
+        """`features` of a recording that arrives in pieces (a decoder's), holding only the
+        features: the same result however it is cut."""
+        energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(), PitchContour()
+        for chunk in chunks:
+            for stream in (energies, levels, detail, pitch):
+                stream.push(chunk)
+        band = energies.finish()
         return QueryFeatures(
-            hash=robust_hash_from_energies(energies),
-            embedding=embedding_from_energies(energies, self.config),
-            speech_s=speech_extent(pcm_16k).duration_s,
-            detail=detail_spectrum(pcm_16k),
-            pitch=pitch_contour(pcm_16k),
+            hash=robust_hash_from_energies(band),
+            embedding=embedding_from_energies(band, self.config),
+            speech_s=extent_from_levels(levels.finish()).duration_s,
+            detail=detail.finish(),
+            pitch=pitch.finish(),
         )
 
     def attach(self, entry: Entry, features: QueryFeatures) -> Entry:

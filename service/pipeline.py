@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
-from fingerprint.canonical import pcm_digest
-from fingerprint.decode import DecodedAudio, decode_audio
+from fingerprint.canonical import PcmDigest
+from fingerprint.decode import decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
@@ -112,7 +112,8 @@ class RecognitionCache:
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
         with self._stage("decode"):
-            decoded, audio_digest = await asyncio.to_thread(_decode_and_digest, upload, self.settings.max_duration_s)
+            # A first pass keeps nothing but the digest: an hour of audio is never held here.
+            audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s)
 
         candidates: list[dict] = []
         if store_ok:
@@ -127,7 +128,7 @@ class RecognitionCache:
         features = None
         if store_ok and self.fuzzy is not None:
             with self._stage("fingerprint"):
-                features = await asyncio.to_thread(self.fuzzy.features, decoded.pcm_16k)
+                features = await asyncio.to_thread(self._features_of, upload)
             with self._stage("fuzzy"):
                 match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
@@ -143,12 +144,12 @@ class RecognitionCache:
         if not write:
             tier = "miss" if store_ok else "bypass"
             return Outcome(tier=tier, candidates=candidates)
-        outcome = await self._single_flight(decoded, audio_digest, upload_digest, profile, store_ok, features)
+        outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features)
         outcome.candidates = candidates
         return outcome
 
     async def _single_flight(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Run the miss once per (profile, audio) in this process; later callers share it."""
         flight_key = (profile.digest, audio_digest)
@@ -168,12 +169,12 @@ class RecognitionCache:
                 outcome = await self._hit_and_alias(tier, current, upload_digest, write=True)
                 if outcome is not None:
                     return outcome
-            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[flight_key] = (upload_digest, future)
         try:
-            outcome = await self._miss(decoded, audio_digest, upload_digest, profile, store_ok, features)
+            outcome = await self._miss(upload, audio_digest, upload_digest, profile, store_ok, features)
         except asyncio.CancelledError:
             # The leader's client went away; its followers still deserve an answer.
             future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
@@ -187,7 +188,7 @@ class RecognitionCache:
         return outcome
 
     async def _miss(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Take the cross-process lock (or wait for its holder's entry), then run and store."""
         lock_key = self.store.keys.lock(profile.digest, audio_digest)
@@ -212,7 +213,7 @@ class RecognitionCache:
                     outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True)
                     if outcome is not None:
                         return outcome
-            return await self._run_and_store(decoded, audio_digest, upload_digest, profile, store_ok, features)
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -240,9 +241,11 @@ class RecognitionCache:
                 return
 
     async def _run_and_store(
-        self, decoded: DecodedAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
         """Run the engine (unless there is nothing to hear) and write the new entry."""
+        with self._stage("decode"):
+            decoded = await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)
         pcm = decoded.pcm_16k
         if has_sound(pcm):
             with self._stage("engine"):
@@ -310,13 +313,21 @@ class RecognitionCache:
         except StoreUnavailable:
             return None, False
 
+    def _features_of(self, upload: Upload):
+        """The fuzzy tier's features, decoding the upload again as a stream."""
+        assert self.fuzzy is not None
+        return self.fuzzy.features_of(open_audio(upload.open(), self.settings.max_duration_s).chunks)
+
     def _stage(self, stage: str):
         return self.metrics.lookup_seconds.labels(stage=stage).time()
 
 
-def _decode_and_digest(upload: Upload, max_duration_s: float) -> tuple[DecodedAudio, str]:
-    decoded = decode_audio(upload.open(), max_duration_s)
-    return decoded, pcm_digest(decoded.pcm_16k)
+def _pcm_digest_of(upload: Upload, max_duration_s: float) -> str:
+    """The canonical digest, decoding as a stream (the audio is refused here if it is bad)."""
+    digest = PcmDigest()
+    for chunk in open_audio(upload.open(), max_duration_s).chunks:
+        digest.push(chunk)
+    return digest.hexdigest()
 
 
 def _ms_since(started: float) -> float:
