@@ -135,13 +135,14 @@ class Server:
     signal and stops the server cleanly. Output goes to `log_path`; `port` 0 picks a free one.
     """
 
-    def __init__(self, data_dir: Path, log_path: Path, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, port: int = 0, extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [str(EARMARK), "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--log-level", "warning"],
+            [str(EARMARK), "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--log-level", "warning",
+             *extra_args],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent,
         )

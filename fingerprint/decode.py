@@ -9,7 +9,7 @@ resampling to 16 kHz is one deterministic whole-signal call: the same PCM in two
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -22,6 +22,7 @@ from fingerprint.sniff import sniff_format
 SAMPLE_RATE = 16000
 MIN_SOURCE_RATE = 4000
 MAX_SOURCE_RATE = 384000
+LOWEST_BYTES_PER_S = 1000  # 8 kbps: below any speech codec's usual rate
 CHUNK_SAMPLES = 1 << 16  # source samples handed on at a time: about 4 s at 16 kHz
 
 
@@ -86,6 +87,12 @@ class AudioStream:
     source_channels: int
     declared_s: float | None  # what the header says, if anything: a hint, never trusted
     chunks: Iterator[np.ndarray]
+    _container: object = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Stop decoding (when `chunks` is not read to its end)."""
+        self.chunks.close()  # type: ignore[attr-defined]
+        self._container.close()  # type: ignore[attr-defined]
 
 
 def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
@@ -141,7 +148,19 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
         source_channels=int(getattr(context, "channels", 0) or 0),
         declared_s=declared,
         chunks=_chunks_16k(container, stream, source_rate, max_duration_s),
+        _container=container,
     )
+
+
+def audio_seconds(source: bytes | BinaryIO, max_duration_s: float, size: int) -> float:
+    """How long the audio is, for budgeting, before decoding it: the header's duration, or
+    when it gives none the longest the upload could hold at a low bit rate (8 kbps), never
+    more than the limit. Raises an `AudioError` for what `open_audio` refuses."""
+    audio = open_audio(source, max_duration_s)
+    audio.close()
+    if audio.declared_s is not None:
+        return audio.declared_s
+    return min(max_duration_s, size / LOWEST_BYTES_PER_S)
 
 
 def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudio:

@@ -76,6 +76,9 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # Uploads arriving at once; beyond it a request gets 503 with Retry-After.
     max_uploads_in_progress: int = 64
+    # Seconds of audio decoded (or held as PCM for the engine) at once, over all requests: a
+    # lookup costs about 55 KB per second of audio, a miss 64 KB plus the engine's own.
+    decode_budget_s: float = 4 * 3600.0
     engine_workers: int = 1
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
@@ -96,6 +99,7 @@ class Settings:
             (self.upload_timeout_s > 0, "upload_timeout_s must be positive"),
             (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
             (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
+            (self.decode_budget_s > 0, "decode_budget_s must be positive"),
             (self.engine_workers >= 1, "engine_workers must be at least 1"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),

@@ -50,6 +50,12 @@ class Metrics:
         self.uploads_aborted = Counter(
             "earmark_uploads_aborted_total", "Uploads the client abandoned before the body arrived, by endpoint.", ["endpoint"], registry=r
         )
+        self.decode_budget_in_use = Gauge(
+            "earmark_decode_budget_seconds_in_use", "Seconds of audio being decoded (or held as PCM) now.", registry=r
+        )
+        self.decode_budget_refused = Counter(
+            "earmark_decode_budget_refused_total", "Requests answered 503 because the decode budget stayed full.", registry=r
+        )
         self.store_up.set(1)
 
     def observe_store_info(self, info: dict) -> None:

@@ -12,19 +12,21 @@ in this process share one future, and processes sharing the store take a lock wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 
 from fingerprint.canonical import PcmDigest
-from fingerprint.decode import decode_audio, open_audio
+from fingerprint.decode import audio_seconds, decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
 from index.store import FuzzyVerdict, Store
 from service.config import Settings
+from service.decode_budget import DecodeBudget
 from service.engine_pool import EnginePool
 from service.engines.base import EngineFailure
 from service.metrics import Metrics
@@ -69,6 +71,9 @@ class RecognitionCache:
         self.pool = pool
         self.metrics = metrics
         self.fuzzy = fuzzy
+        self.budget = DecodeBudget(
+            settings.decode_budget_s, on_change=metrics.decode_budget_in_use.set, on_refused=metrics.decode_budget_refused.inc
+        )
         # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
 
@@ -111,9 +116,10 @@ class RecognitionCache:
                 return self._hit("fuzzy", entry, write=write, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
-        with self._stage("decode"):
-            # A first pass keeps nothing but the digest: an hour of audio is never held here.
-            audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s)
+        # A first pass keeps nothing but the digest: an hour of audio is never held here.
+        async with self._decoding(upload):
+            with self._stage("decode"):
+                audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s)
 
         candidates: list[dict] = []
         if store_ok:
@@ -127,8 +133,9 @@ class RecognitionCache:
                     return outcome
         features = None
         if store_ok and self.fuzzy is not None:
-            with self._stage("fingerprint"):
-                features = await asyncio.to_thread(self._features_of, upload)
+            async with self._decoding(upload):
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self._features_of, upload)
             with self._stage("fuzzy"):
                 match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
@@ -243,7 +250,14 @@ class RecognitionCache:
     async def _run_and_store(
         self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
-        """Run the engine (unless there is nothing to hear) and write the new entry."""
+        """Run the engine (unless there is nothing to hear) and write the new entry; the audio's
+        seconds stay reserved in the decode budget for as long as its PCM is held."""
+        async with self._decoding(upload):
+            return await self._transcribe_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
+
+    async def _transcribe_and_store(
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+    ) -> Outcome:
         with self._stage("decode"):
             decoded = await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)
         pcm = decoded.pcm_16k
@@ -312,6 +326,15 @@ class RecognitionCache:
             return await call(), True
         except StoreUnavailable:
             return None, False
+
+    @contextlib.asynccontextmanager
+    async def _decoding(self, upload: Upload) -> AsyncIterator[None]:
+        """Hold the upload's audio seconds in the shared decode budget (see service/decode_budget.py)."""
+        if upload.audio_seconds is None:
+            upload.audio_seconds = await asyncio.to_thread(
+                audio_seconds, upload.open(), self.settings.max_duration_s, upload.size)
+        async with self.budget.reserve(upload.audio_seconds):
+            yield
 
     def _features_of(self, upload: Upload):
         """The fuzzy tier's features, decoding the upload again as a stream."""

@@ -62,6 +62,7 @@ class Upload:
         self._spool = spool
         self.digest = digest
         self.size = size
+        self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Upload:

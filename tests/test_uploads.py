@@ -242,3 +242,37 @@ def test_the_exact_tier_uses_the_digest_taken_while_the_body_arrived(client, rec
     first = post(client, recorded).json()
     again = post_raw(client, multipart(("file", recorded, "other-name.bin"))).json()
     assert again["cache"]["tier"] == "exact" and again["cache"]["entry"] == first["cache"]["entry"]
+
+
+def test_the_decode_budget_makes_requests_wait_then_refuses_with_retry_after():
+    from service.decode_budget import DecodeBudget
+
+    async def scenario():
+        budget = DecodeBudget(5.0, wait_s=0.2)
+        order = []
+        async with budget.reserve(3.0):
+            with pytest.raises(ApiError) as refused:
+                async with budget.reserve(3.0):
+                    pass
+            assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+
+            async def later():
+                async with budget.reserve(3.0):
+                    order.append("second")
+            waiting = asyncio.create_task(later())
+            await asyncio.sleep(0.05)
+            order.append("first done")
+        await asyncio.wait_for(waiting, 1)
+        async with budget.reserve(60.0):  # longer than the whole budget: runs alone
+            assert budget.in_use == 5.0
+        return order, budget.in_use
+
+    order, in_use = asyncio.run(scenario())
+    assert order == ["first done", "second"] and in_use == 0
+
+
+def test_a_recording_longer_than_the_decode_budget_still_runs_alone(settings, engine, recorded):
+    with live_server(replace(settings, decode_budget_s=0.5), engine) as base_url:
+        answer = httpx.post(f"{base_url}/recognize", files={"file": ("a.wav", recorded)}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "miss"
+        assert metric(base_url, "earmark_decode_budget_seconds_in_use") == 0

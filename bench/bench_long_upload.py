@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Long uploads (issue 8): memory of the lookup path against the audio's 16-bit PCM, and a
+one-hour recording end to end over HTTP.
+
+Part 1, memory, one fresh process per file: the lookup path as the service runs it (a decode
+pass for the canonical digest, then a decode pass for the fuzzy features; no PCM kept), its
+peak RSS over the process's RSS before (VmHWM), against the size of the audio as 16 kHz
+16-bit PCM (115 MB an hour). Target: at most 2x, whatever the container, rate or channels.
+Files: an hour of speech as 16 kHz WAV, FLAC and 32 kbps MP3, and as 48 kHz stereo FLAC;
+30 minutes of 48 kHz stereo silence as FLAC (a few hundred KB that decode to gigabytes); one
+minute at 384 kHz.
+
+Part 2, end to end (`--service`): `earmark serve` (the default engine unless `--engine`) with
+its embedded store; the hour's WAV is a miss, the same bytes an exact hit, its FLAC a
+canonical hit, its 32 kbps MP3 a fuzzy hit. Each request's time, tier and the server's peak
+RSS growth (VmHWM) are printed.
+
+    .venv/bin/python bench/bench_long_upload.py [--minutes 60] [--service] [--engine whisper]
+
+The hour of speech is the corpus's originals (bench/make_corpus.py) joined end to end, or
+espeak-ng sentences when the corpus is absent. Files are cached in bench/data/long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from harness import OUT_DIR, ROOT, SENTENCES, VOICE, Server, git_head, interrupt_on_sigterm, loadavg, machine_info, \
+    require_tools, run_quiet
+
+DATA = ROOT / "bench" / "data" / "long"
+PCM_BYTES_PER_S = 16000 * 2
+TARGET_RATIO = 2.0
+
+_PROBE = r"""
+import sys, time, json
+sys.path.insert(0, sys.argv[2])
+from fingerprint.canonical import PcmDigest
+from fingerprint.decode import open_audio
+from service.config import FuzzyThresholds
+from service.fuzzy import FuzzyMatcher
+
+def vm(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
+with open(sys.argv[3], "rb") as warm:
+    matcher.features_of(open_audio(warm, 3600).chunks)  # imports, caches, FFT plans
+before = vm("VmRSS")
+with open(sys.argv[1], "rb") as source:
+    started = time.perf_counter()
+    digest, audio = PcmDigest(), open_audio(source, 4 * 3600)
+    samples = 0
+    for chunk in audio.chunks:
+        digest.push(chunk)
+        samples += chunk.size
+    digest_s = time.perf_counter() - started
+    source.seek(0)
+    started = time.perf_counter()
+    matcher.features_of(open_audio(source, 4 * 3600).chunks)
+    features_s = time.perf_counter() - started
+print(json.dumps({"peak_growth": vm("VmHWM") - before, "duration_s": samples / 16000,
+                  "digest_s": digest_s, "features_s": features_s}))
+"""
+
+
+def ffmpeg(*args: str) -> None:
+    run_quiet("ffmpeg", "-nostdin", "-v", "error", "-y", *args)
+
+
+def make_inputs(minutes: float) -> dict[str, Path]:
+    """The benchmark's files, made once and cached."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    seconds = int(minutes * 60)
+    speech = DATA / f"speech_{seconds}s_16k.wav"
+    if not speech.exists():
+        originals = sorted((ROOT / "bench" / "data" / "corpus" / "originals").glob("*.wav"))
+        joined = DATA / "joined.wav"
+        if originals:
+            run_quiet("sox", *map(str, originals), "-r", "16000", "-c", "1", "-b", "16", str(joined))
+        else:
+            text = DATA / "text.txt"
+            text.write_text(" ".join(SENTENCES * 20))
+            run_quiet("espeak-ng", "-v", VOICE, "-w", str(DATA / "espeak.wav"), "-f", str(text))
+            run_quiet("sox", str(DATA / "espeak.wav"), "-r", "16000", "-c", "1", "-b", "16", str(joined))
+        # Loop the speech to the length wanted.
+        ffmpeg("-stream_loop", "-1", "-i", str(joined), "-t", str(seconds), "-c:a", "pcm_s16le", str(speech))
+        joined.unlink()
+    files = {"16 kHz WAV": speech}
+    for label, name, args in [
+        ("16 kHz FLAC", "speech.flac", ["-c:a", "flac"]),
+        ("32 kbps MP3", "speech_32k.mp3", ["-c:a", "libmp3lame", "-b:a", "32k"]),
+        ("48 kHz stereo FLAC", "speech_48k_stereo.flac", ["-ar", "48000", "-ac", "2", "-c:a", "flac"]),
+    ]:
+        path = DATA / f"{seconds}s_{name}"
+        if not path.exists():
+            ffmpeg("-i", str(speech), *args, str(path))
+        files[label] = path
+    silence = DATA / "silence_30min_48k_stereo.flac"
+    if not silence.exists():
+        ffmpeg("-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "1800", "-c:a", "flac", str(silence))
+    files["30 min silence, 48 kHz stereo FLAC"] = silence
+    high = DATA / "tone_1min_384k.flac"
+    if not high.exists():
+        ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=384000", "-t", "60", "-c:a", "flac", str(high))
+    files["1 min at 384 kHz FLAC"] = high
+    return files
+
+
+def measure_lookup(path: Path) -> dict:
+    """Part 1 for one file, in a fresh process."""
+    warm = ROOT / "tests" / "fixtures" / "recorded.wav"
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ROOT), str(warm)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def server_peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def end_to_end(files: dict[str, Path], engine: str | None) -> list[dict]:
+    """Part 2: miss, exact, canonical and fuzzy for the long recording, over HTTP."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ("--engine", engine) if engine else ()
+        server = Server(Path(tmp) / "data", Path(tmp) / "server.log", extra_args=extra)
+        try:
+            with httpx.Client(base_url=server.url, timeout=4 * 3600) as client:
+                server.wait_healthy(client)
+                for label, key, expected in [("miss", "16 kHz WAV", "miss"), ("exact", "16 kHz WAV", "exact"),
+                                             ("canonical", "16 kHz FLAC", "canonical"),
+                                             ("fuzzy (32 kbps MP3)", "32 kbps MP3", "fuzzy")]:
+                    body = files[key].read_bytes()
+                    before = server_peak_rss(server.process.pid)
+                    started = time.perf_counter()
+                    response = client.post("/recognize", files={"file": (files[key].name, body)})
+                    elapsed = time.perf_counter() - started
+                    answer = response.json()
+                    cache = answer.get("cache", {})
+                    rows.append({"request": label, "status": response.status_code, "tier": cache.get("tier"),
+                                 "expected": expected, "seconds": round(elapsed, 2), "score": cache.get("score"),
+                                 "upload_mb": round(len(body) / 2**20, 1),
+                                 "server_peak_growth_mb": round((server_peak_rss(server.process.pid) - before) / 2**20),
+                                 "words": len((answer.get("result") or {}).get("text", "").split())})
+                    print(f"  {label:22} {response.status_code} tier={cache.get('tier')!s:9} {elapsed:8.2f} s  "
+                          f"server peak RSS +{rows[-1]['server_peak_growth_mb']} MB  words={rows[-1]['words']}", flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="length of the long recording [60]")
+    parser.add_argument("--service", action="store_true", help="also run part 2, end to end over HTTP")
+    parser.add_argument("--engine", default=None, help="engine for part 2 [the service's default]")
+    args = parser.parse_args()
+    require_tools(parser, "ffmpeg", "sox", "espeak-ng")
+    interrupt_on_sigterm()
+    files = make_inputs(args.minutes)
+    print(f"Part 1: lookup path, peak RSS growth against 16-bit PCM at 16 kHz (target <= {TARGET_RATIO:.0f}x)")
+    print(f"  {'file':36} {'audio':>8} {'upload':>9} {'PCM':>8} {'peak +RSS':>10} {'ratio':>6} {'digest pass':>12} {'features pass':>14}")
+    lookups = []
+    for label, path in files.items():
+        figures = measure_lookup(path)
+        pcm = figures["duration_s"] * PCM_BYTES_PER_S
+        ratio = figures["peak_growth"] / pcm
+        lookups.append({"file": label, "upload_mb": round(path.stat().st_size / 2**20, 2), **figures, "ratio": round(ratio, 2)})
+        print(f"  {label:36} {figures['duration_s']:7.0f}s {path.stat().st_size / 2**20:8.1f}M {pcm / 2**20:7.0f}M "
+              f"{figures['peak_growth'] / 2**20:9.0f}M {ratio:5.2f}x "
+              f"{figures['digest_s']:6.2f}s ({figures['duration_s'] / max(figures['digest_s'], 1e-9):4.0f}x) "
+              f"{figures['features_s']:6.2f}s ({figures['duration_s'] / max(figures['features_s'], 1e-9):4.0f}x)", flush=True)
+    service = end_to_end(files, args.engine) if args.service else []
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / "long_upload.json"
+    out.write_text(json.dumps({"machine": machine_info(), "git": git_head(), "load": loadavg(),
+                               "lookups": lookups, "service": service}, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
