@@ -1,12 +1,15 @@
 """Content hashes for the two exact tiers: the uploaded bytes, and the decoded PCM.
 
-BLAKE2b rather than MD5: MD5 collisions can be manufactured, which would let one upload
-poison another's cached transcript.
+BLAKE3 and BLAKE2b rather than MD5: MD5 collisions can be manufactured, which would let one
+upload poison another's cached transcript. The PCM digest stays BLAKE2b: entry ids are made
+from it, and changing it would orphan every entry.
 """
 
 from __future__ import annotations
 
 import hashlib
+
+import blake3
 
 import numpy as np
 
@@ -17,12 +20,27 @@ _BLOCK = 1 << 16  # samples quantised at a time: no int16 copy of a whole record
 
 def bytes_digest(data: bytes) -> str:
     """Hex digest of the uploaded bytes, the `exact` tier's key."""
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
+    hasher = BytesHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
-def new_bytes_hasher():
-    """A hasher giving `bytes_digest` of whatever is fed to it, for bytes that arrive in pieces."""
-    return hashlib.blake2b(digest_size=20)
+class BytesHasher:
+    """`bytes_digest` of bytes that arrive in pieces (an upload, hashed as it is received).
+
+    BLAKE3, one thread: about 5 GB/s here against BLAKE2b's 1 GB/s, which made hashing a 2 MB
+    upload cost as much as a whole request to /health (issue 8)."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+
+    def update(self, data: bytes) -> None:
+        """Add the next bytes."""
+        self._hasher.update(data)
+
+    def hexdigest(self) -> str:
+        """The digest of everything added (160 bits, as the keys have always held)."""
+        return self._hasher.hexdigest(length=20)
 
 
 class PcmDigest:

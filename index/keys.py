@@ -37,7 +37,9 @@ class Keys:
 
     def exact(self, profile_id: str, bytes_digest: str) -> str:
         """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""
-        return f"{self.prefix}exact:{profile_id}:{bytes_digest}"
+        # "exact3": BLAKE3 digests since issue 8; the BLAKE2b aliases before it ("exact:") are
+        # never looked up again and expire with their entries.
+        return f"{self.prefix}exact3:{profile_id}:{bytes_digest}"
 
     def canonical(self, profile_id: str, pcm_digest: str) -> str:
         """Alias from the decoded PCM's digest to an entry id (tier `canonical`)."""

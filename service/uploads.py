@@ -11,6 +11,7 @@ in a temporary file beyond that, removed when the request ends.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import tempfile
@@ -23,12 +24,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect, Request
 
-from fingerprint.canonical import bytes_digest, new_bytes_hasher
+from fingerprint.canonical import BytesHasher, bytes_digest
 from service.engines.base import RecognitionOptions
 from service.errors import ApiError, quoted
 
 MULTIPART_SLACK = 64 * 1024  # boundary lines and small fields around the file part
-SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # larger files go to a temporary file as they arrive
+SPOOL_IN_MEMORY_BYTES = 2 * 1024 * 1024  # larger files go to a temporary file as they arrive
 MAX_PARTS = 36  # the documented 4 files and 32 fields
 MAX_FIELD_BYTES = 64 * 1024
 FILE_FIELD = "file"
@@ -55,10 +56,46 @@ class UploadLimits:
     grace_s: float = 10.0
 
 
+class Spool:
+    """Bytes as they arrive: the pieces themselves while small (an exact hit never needs them
+    joined), a temporary file once over `SPOOL_IN_MEMORY_BYTES`."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes | memoryview] = []
+        self._size = 0
+        self._file: BinaryIO | None = None
+
+    def write(self, piece: bytes | memoryview) -> None:
+        """Add the next bytes (kept by reference while in memory: do not modify them)."""
+        self._size += len(piece)
+        if self._file is None and self._size > SPOOL_IN_MEMORY_BYTES:
+            self._file = tempfile.TemporaryFile()
+            self._file.writelines(self._pieces)
+            self._pieces = []
+        if self._file is not None:
+            self._file.write(piece)
+        else:
+            self._pieces.append(piece)
+
+    def open(self) -> BinaryIO:
+        """The bytes as a file, from the start (one reader at a time)."""
+        if self._file is None:
+            self._file = io.BytesIO(b"".join(self._pieces))
+            self._pieces = []
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        """Drop the bytes (a temporary file is deleted)."""
+        self._pieces = []
+        if self._file is not None:
+            self._file.close()
+
+
 class Upload:
     """The audio file of a request: its digest, taken as the bytes arrived, and the bytes."""
 
-    def __init__(self, spool: BinaryIO, digest: str, size: int) -> None:
+    def __init__(self, spool: Spool, digest: str, size: int) -> None:
         self._spool = spool
         self.digest = digest
         self.size = size
@@ -67,14 +104,13 @@ class Upload:
     @classmethod
     def from_bytes(cls, data: bytes) -> Upload:
         """An upload that is already in memory (the CLI, tests)."""
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+        spool = Spool()
         spool.write(data)
-        return cls(spool, bytes_digest(data), len(data))  # type: ignore[arg-type]
+        return cls(spool, bytes_digest(data), len(data))
 
     def open(self) -> BinaryIO:
         """The bytes as a file, from the start (one reader at a time)."""
-        self._spool.seek(0)
-        return self._spool
+        return self._spool.open()
 
     def read(self) -> bytes:
         """All the bytes at once; prefer `open` for large uploads."""
@@ -177,8 +213,8 @@ class _FormReceiver:
         self._name = ""
         self._kind = ""  # "file" (the audio), "field" (text), "ignored" (another file part)
         self._value = bytearray()
-        self._spool: BinaryIO | None = None
-        self._hasher = new_bytes_hasher()
+        self._spool: Spool | None = None
+        self._hasher = BytesHasher()
         self._size = 0
         self._file_done = False
         self._ended = False
@@ -251,7 +287,7 @@ class _FormReceiver:
             if self._spool is not None:
                 raise ApiError(422, "the form has more than one 'file' part; send one audio file per request")
             self._kind = "file"
-            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # type: ignore[assignment]
+            self._spool = Spool()
         elif b"filename" in options:
             self._kind = "ignored"
             self.form.file_names.add(self._name)
@@ -260,7 +296,7 @@ class _FormReceiver:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._kind == "file":
-            piece = data[start:end]
+            piece = memoryview(data)[start:end]  # no copy: the spool keeps the chunk itself
             self._size += len(piece)
             if self._size > self.limits.max_bytes:
                 raise ApiError(413, _too_large(self.limits.max_bytes))
