@@ -70,11 +70,19 @@ class EnginePool:
         self._in_flight += 1
         self.metrics.engine_queue.set(self._in_flight)
         executor = self._executor
-        loop = asyncio.get_running_loop()
-        if isinstance(executor, ProcessPoolExecutor):
-            job = loop.run_in_executor(executor, _transcribe_in_worker, pcm_16k, profile)
-        else:
-            job = loop.run_in_executor(executor, _timed_transcribe, self.engine, pcm_16k, profile)
+        try:
+            job = self._submit(executor, pcm_16k, profile)
+        except BrokenProcessPool:
+            # The pool broke before this job was given to it (a worker died while idle or at
+            # start): the job can run on a fresh pool.
+            self._replace_broken(executor)
+            executor = self._executor
+            try:
+                job = self._submit(executor, pcm_16k, profile)
+            except BrokenProcessPool as exc:
+                self._in_flight -= 1
+                self.metrics.engine_queue.set(self._in_flight)
+                raise EngineUnavailable("the engine's worker processes die as they start; see the service log") from exc
         job.add_done_callback(self._release)
         # A fixed allowance plus twice the audio's length: slow is fine, hung is not.
         allowance = self.timeout_s + 2.0 * len(pcm_16k) / 16000
@@ -96,6 +104,12 @@ class EnginePool:
         self.metrics.engine_seconds.inc(seconds)
         self.metrics.engine_runs.inc()
         return transcript, seconds
+
+    def _submit(self, executor: Executor, pcm_16k: np.ndarray, profile: Profile) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if isinstance(executor, ProcessPoolExecutor):
+            return loop.run_in_executor(executor, _transcribe_in_worker, pcm_16k, profile)
+        return loop.run_in_executor(executor, _timed_transcribe, self.engine, pcm_16k, profile)
 
     def _release(self, job: asyncio.Future) -> None:
         self._in_flight -= 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
-from service.engines.base import Capabilities, Engine, Transcript
+from service.engines.base import Capabilities, Engine, EngineFailure, EngineUnavailable, Transcript
 from service.metrics import Metrics
 from service.profile import Profile
 
@@ -43,6 +43,40 @@ def test_a_timed_out_job_keeps_its_slot_until_it_ends():
             await pool.transcribe(np.zeros(160, np.float32), profile)
         engine.release.set()
         for _ in range(200):
+            if pool.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.in_flight == 0
+        pool.close()
+
+    asyncio.run(run())
+
+
+def _die_at_start() -> Engine:
+    """A worker-process engine factory that dies as the worker starts (a model that crashes
+    its process while loading)."""
+    import os
+
+    os._exit(3)
+
+
+class _DiesAtStartEngine(_StuckEngine):
+    name = "dies"
+
+    def worker_spec(self) -> tuple:
+        return (_die_at_start, ())
+
+
+def test_a_pool_whose_workers_die_at_start_answers_errors_and_frees_its_slots():
+    async def run() -> None:
+        pool = EnginePool(_DiesAtStartEngine(), Metrics(), workers=1, max_waiting=2, timeout_s=30.0)
+        pool.warm_up()  # the worker dies here, before any request
+        profile = Profile(engine="dies", model="m", revision="1", language="en", use_itn=False)
+        await asyncio.sleep(1.0)
+        for _ in range(4):  # more requests than slots: a leaked slot would turn into EngineBusy
+            with pytest.raises((EngineFailure, EngineUnavailable)):
+                await pool.transcribe(np.zeros(160, np.float32), profile)
+        for _ in range(100):
             if pool.in_flight == 0:
                 break
             await asyncio.sleep(0.05)
