@@ -82,3 +82,29 @@ def test_features_of_a_decoder_stream_equal_those_of_the_decoded_array():
     matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
     _same(matcher.features_of(open_audio(data, 3600).chunks), matcher.features(decode_audio(data, 3600).pcm_16k))
     assert DEFAULT.version == "ehash-v3"  # the features did not change: stored entries stay comparable
+
+
+@pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "wav"), ("flac", "flac")])
+def test_16_bit_frames_are_scaled_and_averaged_exactly_as_ffmpeg_converts_them(codec, fmt):
+    import io
+
+    import av
+
+    from fingerprint.decode import _mono, _mono_s16
+
+    rng = np.random.default_rng(5)
+    left, right = (rng.integers(-32768, 32767, 48000, dtype=np.int16) for _ in range(2))
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=48000)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(np.stack([left, right], axis=1).reshape(1, -1), format="s16", layout="stereo")
+        frame.rate = 48000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    to_float = av.AudioResampler(format="fltp", rate=48000)
+    with av.open(io.BytesIO(buffer.getvalue())) as container:
+        for frame in container.decode(audio=0):
+            assert frame.format.name in ("s16", "s16p")
+            converted = [_mono(piece) for piece in to_float.resample(frame)]
+            assert np.array_equal(_mono_s16(frame), np.concatenate(converted))
