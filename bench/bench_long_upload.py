@@ -6,7 +6,8 @@ Part 1, memory, one fresh process per file: the lookup path as the service runs 
 pass for the canonical digest, then a decode pass for the fuzzy features; no PCM kept), its
 peak RSS over the process's RSS before (VmHWM), against the size of the audio as 16 kHz
 16-bit PCM (115 MB an hour). Target: at most 2x, whatever the container, rate or channels.
-Files: an hour of speech as 16 kHz WAV, FLAC and 32 kbps MP3, and as 48 kHz stereo FLAC;
+Beside each, Chromaprint's `fpcalc -length 0` (decode + fingerprint of the whole file) on the
+same core, when it is installed (Debian's libchromaprint-tools). Files: an hour of speech as 16 kHz WAV, FLAC and 32 kbps MP3, and as 48 kHz stereo FLAC;
 30 minutes of 48 kHz stereo silence as FLAC (a few hundred KB that decode to gigabytes); one
 minute at 384 kHz.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,12 +118,21 @@ def make_inputs(minutes: float) -> dict[str, Path]:
     return files
 
 
+ONE_CORE = ("taskset", "-c", "0") if shutil.which("taskset") else ()
+
+
 def measure_lookup(path: Path) -> dict:
-    """Part 1 for one file, in a fresh process."""
+    """Part 1 for one file, in a fresh process on one core."""
     warm = ROOT / "tests" / "fixtures" / "recorded.wav"
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(ROOT), str(warm)],
+    out = subprocess.run([*ONE_CORE, sys.executable, "-c", _PROBE, str(path), str(ROOT), str(warm)],
                          check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    if shutil.which("fpcalc"):
+        # Chromaprint's decode + fingerprint of the whole file, on the same core, for comparison.
+        started = time.perf_counter()
+        subprocess.run([*ONE_CORE, "fpcalc", "-length", "0", "-raw", str(path)], capture_output=True)
+        figures["fpcalc_s"] = time.perf_counter() - started
+    return figures
 
 
 def server_peak_rss(pid: int) -> int:
@@ -170,7 +181,8 @@ def main() -> None:
     interrupt_on_sigterm()
     files = make_inputs(args.minutes)
     print(f"Part 1: lookup path, peak RSS growth against 16-bit PCM at 16 kHz (target <= {TARGET_RATIO:.0f}x)")
-    print(f"  {'file':36} {'audio':>8} {'upload':>9} {'PCM':>8} {'peak +RSS':>10} {'ratio':>6} {'digest pass':>12} {'features pass':>14}")
+    print(f"  {'file':36} {'audio':>8} {'upload':>9} {'PCM':>8} {'peak +RSS':>10} {'ratio':>6} {'digest pass':>15} "
+          f"{'features pass':>15} {'fpcalc':>15} {'both passes / fpcalc':>21}")
     lookups = []
     for label, path in files.items():
         figures = measure_lookup(path)
@@ -180,7 +192,10 @@ def main() -> None:
         print(f"  {label:36} {figures['duration_s']:7.0f}s {path.stat().st_size / 2**20:8.1f}M {pcm / 2**20:7.0f}M "
               f"{figures['peak_growth'] / 2**20:9.0f}M {ratio:5.2f}x "
               f"{figures['digest_s']:6.2f}s ({figures['duration_s'] / max(figures['digest_s'], 1e-9):4.0f}x) "
-              f"{figures['features_s']:6.2f}s ({figures['duration_s'] / max(figures['features_s'], 1e-9):4.0f}x)", flush=True)
+              f"{figures['features_s']:6.2f}s ({figures['duration_s'] / max(figures['features_s'], 1e-9):4.0f}x) "
+              + (f"{figures['fpcalc_s']:6.2f}s ({figures['duration_s'] / figures['fpcalc_s']:4.0f}x) "
+                 f"{(figures['digest_s'] + figures['features_s']) / figures['fpcalc_s']:8.1f}x slower"
+                 if "fpcalc_s" in figures else ""), flush=True)
     service = end_to_end(files, args.engine) if args.service else []
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUT_DIR / "long_upload.json"
