@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -86,6 +87,7 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
         client = httpx.Client(base_url=url.rstrip("/"), timeout=None)
         server = None
     else:
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         from starlette.testclient import TestClient
 
         from service.app import create_app
@@ -117,6 +119,62 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
         else:
             client.close()
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON-lines output, one line a file; a run resumes from it.")
+@_option("--url", env="EARMARK_URL", default=None, help="A running earmark server; without it, earmark runs in-process.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Requests in flight.")
+@click.option("--retry-failed", is_flag=True, help="Also redo files whose last line in --out is an error.")
+@_option("--language", env="EARMARK_LANGUAGE", default=None, help="Language option sent with each file.")
+@_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="In-process mode: store data directory [./.earmark].")
+@_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="In-process mode: an existing store.")
+@_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="In-process mode: TOML settings file.")
+def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_failed: bool, language: str | None,
+          config_file: str | None, **options) -> None:
+    """Recognize every file of SOURCE (a directory, or a text file listing paths) into --out."""
+    from service.batch import list_inputs, run_batch, timed
+
+    paths = list_inputs(source)
+    fields = {"language": language} if language else {}
+    server = None
+    if url:
+        client = httpx.Client(base_url=url.rstrip("/"), timeout=None)
+        try:
+            client.get("/health").raise_for_status()
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {url}: {exc}")
+    else:
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
+
+        from service.app import create_app
+
+        settings, server = _with_store(_settings(config_file, options))
+        client = TestClient(create_app(settings))
+        client.__enter__()
+
+    def post(path: Path) -> tuple[int, dict | None]:
+        with open(path, "rb") as handle:
+            try:
+                response = client.post("/recognize", files={"file": (path.name, handle, "application/octet-stream")},
+                                       data=fields)
+            except httpx.HTTPError as exc:
+                return 0, {"msg": f"request failed: {exc}"}
+        return response.status_code, _json_or_none(response)
+
+    try:
+        tally, wall_s = timed(lambda: run_batch(paths, out, post, concurrency=concurrency, retry_failed=retry_failed))
+    finally:
+        if server is not None:
+            client.__exit__(None, None, None)
+            server.stop()
+        else:
+            client.close()
+    click.echo(tally.summary(wall_s))
+    sys.exit(1 if tally.errors else 0)
 
 
 def _settings(config_file: str | None, options: dict) -> Settings:

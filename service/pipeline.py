@@ -56,6 +56,8 @@ class Outcome:
             "entry": self.entry.entry_id if self.entry is not None else None,
             "score": None if self.score is None else round(self.score, 4),
             "elapsed_ms": round(self.elapsed_ms, 2),
+            # The entry's engine time: spent on a miss, saved on a hit (what `earmark batch` sums).
+            "engine_seconds": round(self.entry.engine_seconds, 3) if self.entry is not None else None,
         }
         if with_candidates:
             info["candidates"] = self.candidates
