@@ -39,7 +39,7 @@ from service.engines.registry import create_engine
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
-from service.openai_compat import check_response_format, transcription_response
+from service.openai_compat import check_response_format, check_timestamp_granularities, transcription_response
 from service.pipeline import Outcome, RecognitionCache
 from service.profile import Profile
 from service.uploads import read_upload, recognition_options
@@ -160,9 +160,11 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
     started = time.perf_counter()
     data, form = await read_upload(request, services.settings.max_upload_bytes)
     response_format = check_response_format(form.get("response_format"))
+    granularities = check_timestamp_granularities(
+        form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
     profile = services.engine.resolve(recognition_options(form))
     outcome = await services.cache.recognize(data, profile, started=started)
-    return _with_cache_headers(transcription_response(outcome, response_format), outcome)
+    return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
 
 
 async def get_entry(request: Request) -> Response:
