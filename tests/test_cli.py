@@ -76,7 +76,8 @@ def test_a_store_that_cannot_start_shows_its_own_words(tmp_path):
 
 
 def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
-    with serving(tmp_path, "--data-dir", str(tmp_path / "d")) as url:
+    # pocketsphinx runs in worker processes (whisper in threads): they must go with the service too
+    with serving(tmp_path, "--data-dir", str(tmp_path / "d"), "--engine", "pocketsphinx") as url:
         service = _SERVICES[url]
         store_pid = int((tmp_path / "d" / "store" / "valkey.pid").read_text())
         deadline = time.monotonic() + 30
