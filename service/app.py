@@ -82,8 +82,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         )
         chosen = engine or engine_for(settings)
         # An engine that serialises its own calls (one model behind a lock) gains nothing
-        # from more workers than it recommends.
-        workers = min(settings.engine_workers, getattr(chosen, "recommended_workers", settings.engine_workers))
+        # from more workers than it recommends; 0 workers configured means its recommendation.
+        recommended = getattr(chosen, "recommended_workers", None)
+        workers = settings.engine_workers or recommended or 1
+        if recommended is not None:
+            workers = min(workers, recommended)
         pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue,
                           timeout_s=settings.engine_timeout_s)
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)

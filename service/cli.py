@@ -37,11 +37,11 @@ def main() -> None:
 @_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
          help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
-@_option("--device", env="EARMARK_DEVICE", default=None, help="Device for torch engines: cpu, cuda, cuda:0 [cpu].")
+@_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
-@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Engine worker threads [1].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
 @_option("--index-type", env="EARMARK_INDEX_TYPE", type=click.Choice(["auto", "flat", "hnsw"]), default=None,
          help="Vector index: exact search, HNSW, or auto (exact while small) [auto].")

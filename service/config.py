@@ -75,7 +75,8 @@ class Settings:
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
-    engine_workers: int = 1
+    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1).
+    engine_workers: int = 0
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
     lock_ttl_ms: int = 30_000
@@ -92,7 +93,7 @@ class Settings:
             (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
             (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
-            (self.engine_workers >= 1, "engine_workers must be at least 1"),
+            (self.engine_workers >= 0, "engine_workers must be 0 (the engine's choice) or more"),
             (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),

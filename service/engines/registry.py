@@ -10,12 +10,12 @@ ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr")
 
 
 def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whisper_model: str = "",
-                  workers: int = 1, whisper_beam_size: int = 5, whisper_condition_on_previous_text: bool = False,
+                  workers: int = 0, whisper_beam_size: int = 5, whisper_condition_on_previous_text: bool = False,
                   digest_cache: Path | None = None) -> Engine:
     """Build the engine called `name`; raise `EngineUnavailable` with what to do when it cannot.
 
-    `workers` is how many calls the service runs at once (whisper shares the cores among
-    them); `digest_cache` remembers the SHA-256 of a user's whisper model files."""
+    `workers` is how many calls the service runs at once, 0 for the engine's choice (whisper
+    shares the cores among them); `digest_cache` remembers the SHA-256 of a user's whisper model files."""
     if name == "whisper":
         try:
             from service.engines.whisper_engine import Decoding, WhisperEngine

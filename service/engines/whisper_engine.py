@@ -150,11 +150,13 @@ class WhisperEngine(Engine):
 
     name = "whisper"
 
-    def __init__(self, model_dir: str = "", *, device: str = "cpu", cpu_threads: int = 0, num_workers: int = 1,
+    def __init__(self, model_dir: str = "", *, device: str = "cpu", cpu_threads: int = 0, num_workers: int = 0,
                  decoding: Decoding | None = None, digest_cache: Path | None = None) -> None:
-        """Check and load the model. `cpu_threads`: CTranslate2 threads per call (0: the cores
-        this process may use, divided among the workers); `num_workers`: calls that may run at
-        once. Raises `EngineUnavailable` saying what to do."""
+        """Check and load the model. `num_workers`: calls that may run at once (0: one per core
+        this process may use); `cpu_threads`: CTranslate2 threads per call (0: the cores divided
+        among the workers). On 2 cores, 2 workers x 1 thread served a burst 2.2x faster than
+        1 x 2, and a single request no slower (bench/README.md). Raises `EngineUnavailable`
+        saying what to do."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing below may download
         files = locate_model(model_dir, digest_cache)
         try:
@@ -165,7 +167,7 @@ class WhisperEngine(Engine):
         if device != "cpu" and not device.startswith("cuda"):
             raise EngineUnavailable(f"device {device!r} is not one CTranslate2 knows; use cpu, cuda or cuda:N")
         device_kind, _, index = device.partition(":")
-        self.num_workers = max(1, num_workers)
+        self.num_workers = num_workers or _available_cores()
         self.cpu_threads = cpu_threads or max(1, _available_cores() // self.num_workers)
         self.recommended_workers = self.num_workers  # more pool threads than this would only queue
         self.decoding = decoding = decoding or Decoding()
