@@ -17,10 +17,10 @@ both sides (lower case, punctuation dropped, numbers written as words, "mr" as "
 that Whisper's written form ("10 meters") is not counted against it. RTF: engine seconds /
 audio seconds (wall time on this 2-core machine). Load: constructing the engine.
 
-`--threads` also compares two ways of spending the 2 cores on Whisper under concurrent load:
-one CTranslate2 worker with 2 threads (calls queue) against 2 workers with 1 thread each (two
-calls at once), on 8 LibriVox clips submitted together: wall time for all, and each request's
-latency. Writes bench/out/engines.json; CI does not run this.
+`--threads` also compares ways of spending the 2 cores on Whisper: one CTranslate2 worker with
+2 threads (calls queue), 2 workers with 1 thread each (two calls at once), and 1 x 1; a request
+alone, and 8 LibriVox clips submitted together (wall time for all, each request's latency).
+`--threads-only` skips the WER part. Writes bench/out/engines.json; CI does not run this.
 """
 
 from __future__ import annotations
@@ -166,11 +166,12 @@ def _timed(engine, profile, pcm: np.ndarray, started: float, latencies: list[flo
 
 
 def thread_layouts(pcms: list[np.ndarray]) -> dict:
-    """Whisper on 2 cores: 1 worker x 2 threads against 2 workers x 1 thread, all clips at once."""
+    """Whisper on 2 cores: 1 worker x 2 threads, 2 workers x 1 thread, and 1 x 1 (which leaves a
+    core to the rest of the service): one request alone, and all clips submitted at once."""
     from service.engines.whisper_engine import WhisperEngine
 
     results = {}
-    for workers, threads in ((1, 2), (2, 1)):
+    for workers, threads in ((1, 2), (2, 1), (1, 1)):
         engine = WhisperEngine(num_workers=workers, cpu_threads=threads)
         profile = engine.resolve(RecognitionOptions())
         engine.transcribe(pcms[0], profile)  # first call outside the clock
@@ -199,6 +200,7 @@ def thread_layouts(pcms: list[np.ndarray]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", action="store_true", help="also compare Whisper thread layouts")
+    parser.add_argument("--threads-only", action="store_true", help="only compare Whisper thread layouts")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no {DATA}: apt-get install pocketsphinx-testdata")
@@ -214,6 +216,13 @@ def main() -> None:
     from service.engines.whisper_engine import WhisperEngine
 
     out: dict = {"load_s": {}, "rows": [], "loadavg_start": os.getloadavg()}
+    if args.threads_only:
+        librivox = [pcms[i["name"]] for i in items if i["set"] == "librivox"]
+        out["threads"] = thread_layouts(librivox + librivox[:3])
+        out["loadavg_end"] = os.getloadavg()
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.with_name("engines-threads.json").write_text(json.dumps(out, indent=1, default=str))
+        return
     for name, factory in (("pocketsphinx", PocketSphinxEngine), ("whisper", WhisperEngine)):
         started = time.perf_counter()
         engine = factory()
