@@ -27,15 +27,15 @@ TIMESTAMP_GRANULARITIES = ("segment", "word")
 
 def check_timestamp_granularities(values: list, response_format: str) -> frozenset[str]:
     """The `timestamp_granularities[]` asked for (OpenAI's field), checked before any work is
-    done. They shape only the answer, not the transcript: every entry keeps word times."""
+    done. They shape only a verbose_json answer, not the transcript (every entry keeps word
+    times), so with another format they are accepted and change nothing, as they have nothing
+    to add there (srt and vtt are timed by segment either way)."""
     wanted = set()
     for value in values:
         if not isinstance(value, str) or value not in TIMESTAMP_GRANULARITIES:
             shown = repr(value) if isinstance(value, str) else "a file"
             raise ApiError(422, f"timestamp_granularities[] {shown} is not supported; use segment and/or word")
         wanted.add(value)
-    if wanted and response_format != "verbose_json":
-        raise ApiError(422, "timestamp_granularities[] needs response_format=verbose_json")
     return frozenset(wanted)
 
 

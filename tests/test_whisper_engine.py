@@ -182,8 +182,10 @@ def test_segments_over_http_and_in_subtitles(whisper_client, long_recording):
     assert all(s["tokens"] and s["avg_logprob"] < 0 for s in verbose["segments"])
     assert words(" ".join(w["word"] for w in verbose["words"])) == words(result["text"])
     assert verbose["words"][0]["start"] <= verbose["words"][-1]["end"] <= duration + 0.05
-    refused = post(whisper_client, long_recording, "/v1/audio/transcriptions", **{"timestamp_granularities[]": "word"})
-    assert refused.status_code == 422 and "verbose_json" in refused.json()["msg"]
+    plain = post(whisper_client, long_recording, "/v1/audio/transcriptions", **{"timestamp_granularities[]": "word"})
+    assert plain.json() == {"text": result["text"]}  # only verbose_json has words to add
+    refused = post(whisper_client, long_recording, "/v1/audio/transcriptions", **{"timestamp_granularities[]": "phoneme"})
+    assert refused.status_code == 422 and "segment and/or word" in refused.json()["msg"]
 
 
 def test_cached_entries_keep_their_segments(whisper_client, long_recording):
