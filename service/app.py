@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
         pool.warm_up()
+        await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
         watcher = asyncio.create_task(_watch_store(store))
         try:
             yield

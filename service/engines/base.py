@@ -160,5 +160,9 @@ class Engine(ABC):
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
         """Transcribe 16 kHz mono float32 PCM under `profile` (as returned by `resolve`)."""
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook: most engines need none
+        """Run the engine once on a little audio, so that the first request does not pay for
+        one-time set-up. Called on the engine's worker threads at start-up."""
+
     def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release models and threads."""

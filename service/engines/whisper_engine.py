@@ -234,6 +234,15 @@ class WhisperEngine(Engine):
         return Transcript(text=text, normalized_text=text, language=language or info.language, segments=segments)
 
 
+    def warm_up(self) -> None:
+        """Decode a second of faint noise once (CTranslate2 sets up each worker's buffers on
+        its first call)."""
+        noise = np.random.default_rng(0).normal(0.0, 0.01, 16000).astype(np.float32)
+        pieces, _ = self._model.transcribe(noise, language="en" if "en" in self.capabilities.languages else None,
+                                           **self.decoding.kwargs())
+        list(pieces)  # the decoder runs while the segments are read
+
+
 def piece_text(segment: Segment, index: int) -> str:
     """A segment's text as joined into the transcript: a space before it unless it is the first
     or it is written without spaces (Chinese, Japanese)."""
