@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 def make_entry_id(profile_id: str, pcm_digest: str) -> str:
@@ -29,6 +33,9 @@ class Entry:
     created_at: float = field(default_factory=time.time)
     expires_at_ms: int = 0
     engine: str = ""
+    # Timed segments as the engine cut them, in the shape of `result()["segments"]` (plain dicts:
+    # the index knows nothing of engines). Empty for entries written before segments existed.
+    segments: tuple[dict, ...] = ()
     # Perceptual evidence for the fuzzy tier; empty until that tier computes them.
     fingerprint: bytes = b""
     fingerprint_levels: bytes = b""
@@ -50,7 +57,17 @@ class Entry:
             "normalized_text": self.normalized_text,
             "language": self.language,
             "duration_s": round(self.duration_s, 3),
+            "segments": self.timed_segments(),
         }
+
+    def timed_segments(self) -> list[dict]:
+        """The segments; an entry without them (written before they were kept, or by an engine
+        that gives none) reads as one segment covering the whole audio."""
+        if self.segments:
+            return [dict(segment) for segment in self.segments]
+        if not self.text:
+            return []
+        return [{"id": 0, "start": 0.0, "end": round(self.duration_s, 3), "text": self.text}]
 
     def to_fields(self) -> dict[str, bytes | str]:
         """Hash fields for HSET."""
@@ -67,6 +84,7 @@ class Entry:
             "created_at": repr(self.created_at),
             "expires_at_ms": str(self.expires_at_ms),
             "engine": self.engine,
+            "seg": _pack_segments(self.segments),
             "fp": self.fingerprint,
             "fpl": self.fingerprint_levels,
             "emb": self.embedding,
@@ -101,6 +119,7 @@ class Entry:
             created_at=number("created_at"),
             expires_at_ms=int(number("expires_at_ms")),
             engine=text("engine"),
+            segments=_unpack_segments(fields.get(b"seg", b""), entry_id),
             fingerprint=fields.get(b"fp", b""),
             fingerprint_levels=fields.get(b"fpl", b""),
             embedding=fields.get(b"emb", b""),
@@ -109,3 +128,38 @@ class Entry:
             pitch=fields.get(b"f0", b""),
             generation=text("gen"),
         )
+
+
+def _pack_segments(segments: tuple[dict, ...]) -> str:
+    """Segments as compact JSON; words as [word, start, end, probability] lists, since they
+    are most of the bytes (about half the size of one object per word)."""
+    if not segments:
+        return ""
+    packed = []
+    for segment in segments:
+        item = {k: v for k, v in segment.items() if k != "words"}
+        if "words" in segment:
+            item["w"] = [[w["word"], w["start"], w["end"], w.get("probability")] for w in segment["words"]]
+        packed.append(item)
+    return json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
+
+
+def _unpack_segments(raw: bytes, entry_id: str) -> tuple[dict, ...]:
+    """The segments of `_pack_segments`; a damaged field reads as none (the whole-audio segment)."""
+    if not raw:
+        return ()
+    try:
+        packed = json.loads(raw)
+        segments = []
+        for item in packed:
+            segment = {k: v for k, v in item.items() if k != "w"}
+            if "w" in item:
+                segment["words"] = [
+                    {"word": w[0], "start": w[1], "end": w[2]} | ({} if w[3] is None else {"probability": w[3]})
+                    for w in item["w"]
+                ]
+            segments.append(segment)
+        return tuple(segments)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        log.warning("entry %s has unreadable segments; answering with one segment for the whole audio", entry_id)
+        return ()

@@ -36,11 +36,11 @@ from index.vectors import VectorIndex
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
-from service.engines.registry import create_engine
+from service.engines.registry import engine_for
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
-from service.openai_compat import check_response_format, transcription_response
+from service.openai_compat import check_response_format, check_timestamp_granularities, transcription_response
 from service.pipeline import Outcome, RecognitionCache
 from service.profile import Profile
 from service.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
@@ -84,10 +84,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             on_state=lambda up: metrics.store_up.set(1 if up else 0),
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
-        chosen = engine or create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device)
+        chosen = engine or engine_for(settings)
         # An engine that serialises its own calls (one model behind a lock) gains nothing
-        # from more workers than it recommends.
-        workers = min(settings.engine_workers, getattr(chosen, "recommended_workers", settings.engine_workers))
+        # from more workers than it recommends; 0 workers configured means its recommendation.
+        recommended = getattr(chosen, "recommended_workers", None)
+        workers = settings.engine_workers or recommended or 1
+        if recommended is not None:
+            workers = min(workers, recommended)
         pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue,
                           timeout_s=settings.engine_timeout_s)
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
@@ -105,6 +108,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
         pool.warm_up()
+        await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
         watcher = asyncio.create_task(_watch_store(store))
         try:
             yield
@@ -182,8 +186,10 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
     upload, form = await _receive(request, services)
     with contextlib.closing(upload):
         response_format = check_response_format(form.text("response_format"))
+        granularities = check_timestamp_granularities(
+            form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
         outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
-    return _with_cache_headers(transcription_response(outcome, response_format), outcome)
+    return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
 
 
 async def get_entry(request: Request) -> Response:

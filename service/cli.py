@@ -34,13 +34,15 @@ def main() -> None:
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="Embedded store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None,
          help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
-@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: pocketsphinx or funasr [pocketsphinx].")
+@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, pocketsphinx or funasr [whisper].")
+@_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
+         help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
-@_option("--device", env="EARMARK_DEVICE", default=None, help="Device for torch engines: cpu, cuda, cuda:0 [cpu].")
+@_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
-@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Engine worker threads [1].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
 @_option("--index-type", env="EARMARK_INDEX_TYPE", type=click.Choice(["auto", "flat", "hnsw"]), default=None,
          help="Vector index: exact search, HNSW, or auto (exact while small) [auto].")
@@ -53,14 +55,14 @@ def serve(config_file: str | None, **options) -> None:
 
     from service.app import create_app
 
-    _check_startable(settings)
+    engine = _check_startable(settings)
     settings, server = _with_store(settings)
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down; as an exception (not the default
     # handler, which ends the process on the spot) it lets the store below be stopped properly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
     try:
-        app = create_app(settings)
+        app = create_app(settings, engine=engine)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     finally:
         if server is not None:
@@ -184,11 +186,14 @@ def _settings(config_file: str | None, options: dict) -> Settings:
         _fail(str(exc))
 
 
-def _check_startable(settings: Settings) -> None:
-    """Refuse, with a one-line reason, what would otherwise fail inside the server's start-up."""
+def _check_startable(settings: Settings):
+    """Refuse, with a one-line reason, what would otherwise fail inside the server's start-up.
+
+    Returns the engine when loading it was the check (the service then uses it: the model is
+    loaded once, before the port opens, so no request pays for it), else None."""
     from index.connection import StoreURLError, open_client
     from service.engines.base import EngineUnavailable
-    from service.engines.registry import ENGINE_NAMES, create_engine
+    from service.engines.registry import ENGINE_NAMES, engine_for
 
     if settings.engine not in ENGINE_NAMES:
         _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
@@ -197,11 +202,12 @@ def _check_startable(settings: Settings) -> None:
             open_client(settings.redis_url)
         except (StoreURLError, ValueError) as exc:
             _fail(f"bad --redis-url: {exc}")
-    if settings.engine != "pocketsphinx":
-        try:
-            create_engine(settings.engine, funasr_model=settings.funasr_model, device=settings.device).close()
-        except EngineUnavailable as exc:
-            _fail(str(exc))
+    if settings.engine == "pocketsphinx":
+        return None  # loads in its worker processes, which the pool starts at once
+    try:
+        return engine_for(settings)
+    except EngineUnavailable as exc:
+        _fail(str(exc))
 
 
 def _with_store(settings: Settings):

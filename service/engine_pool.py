@@ -126,11 +126,15 @@ class EnginePool:
         executor.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
-        """Start the worker processes now (loading the model takes a second or two), so the
-        first miss does not pay for it. Returns at once."""
+        """Start the worker processes now (loading the model takes a second or two), or run a
+        thread engine's `warm_up` on each worker thread, so the first miss does not pay for
+        it. Returns at once."""
         if isinstance(self._executor, ProcessPoolExecutor):
             for _ in range(self.workers):
                 self._executor.submit(_worker_ready)
+        else:
+            for _ in range(self.workers):
+                self._executor.submit(self.engine.warm_up)
 
     def close(self) -> None:
         """Stop the workers and release the engine. Worker processes are terminated: they hold

@@ -21,30 +21,80 @@ def check_response_format(value) -> str:
     return response_format
 
 
-def transcription_response(outcome, response_format: str) -> Response:
-    """Render the outcome in a `response_format` that `check_response_format` accepted."""
+TIMESTAMP_GRANULARITIES = ("segment", "word")
+
+
+def check_timestamp_granularities(values: list, response_format: str) -> frozenset[str]:
+    """The `timestamp_granularities[]` asked for (OpenAI's field), checked before any work is
+    done. They shape only a verbose_json answer, not the transcript (every entry keeps word
+    times), so with another format they are accepted and change nothing, as they have nothing
+    to add there (srt and vtt are timed by segment either way)."""
+    wanted = set()
+    for value in values:
+        if not isinstance(value, str) or value not in TIMESTAMP_GRANULARITIES:
+            shown = repr(value) if isinstance(value, str) else "a file"
+            raise ApiError(422, f"timestamp_granularities[] {shown} is not supported; use segment and/or word")
+        wanted.add(value)
+    return frozenset(wanted)
+
+
+def transcription_response(outcome, response_format: str, granularities: frozenset[str] = frozenset()) -> Response:
+    """Render the outcome in a `response_format` that `check_response_format` accepted; srt and
+    vtt get one cue per segment, verbose_json the segments (and words when asked for)."""
     result = outcome.result or {}
     text = result.get("text", "")
     duration = float(result.get("duration_s") or 0.0)
+    segments = _segments(result, text, duration)
     if response_format == "json":
         return JSONResponse({"text": text})
     if response_format == "text":
         return PlainTextResponse(text)
     if response_format == "verbose_json":
-        segments = [_segment(text, duration)] if text else []
-        return JSONResponse(
-            {"task": "transcribe", "language": result.get("language", ""), "duration": duration, "text": text, "segments": segments}
-        )
+        body = {"task": "transcribe", "language": result.get("language", ""), "duration": duration, "text": text,
+                "segments": [_openai_segment(segment) for segment in segments]}
+        if "word" in granularities:
+            body["words"] = [{"word": word["word"], "start": word["start"], "end": word["end"]}
+                             for segment in segments for word in segment.get("words", [])]
+        return JSONResponse(body)
     if response_format == "srt":
-        body = f"1\n{_timestamp(0.0, ',')} --> {_timestamp(duration, ',')}\n{text}\n" if text else ""
-        return PlainTextResponse(body)
-    body = "WEBVTT\n\n" + (f"{_timestamp(0.0, '.')} --> {_timestamp(duration, '.')}\n{text}\n" if text else "")
-    return PlainTextResponse(body, media_type="text/vtt")
+        cues = [f"{number}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{cue_text}\n"
+                for number, (start, end, cue_text) in enumerate(_cues(segments, duration), start=1)]
+        return PlainTextResponse("\n".join(cues))
+    cues = [f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{cue_text}\n" for start, end, cue_text in _cues(segments, duration)]
+    return PlainTextResponse("WEBVTT\n\n" + "\n".join(cues), media_type="text/vtt")
 
 
-def _segment(text: str, duration: float) -> dict:
-    return {"id": 0, "seek": 0, "start": 0.0, "end": duration, "text": text, "tokens": [], "temperature": 0.0,
-            "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
+def _segments(result: dict, text: str, duration: float) -> list[dict]:
+    """The result's timed segments (a result without them: one over the whole audio)."""
+    if not text:
+        return []
+    segments = result.get("segments")
+    if segments:
+        return segments
+    return [{"id": 0, "start": 0.0, "end": duration, "text": text}]
+
+
+def _cues(segments: list[dict], duration: float) -> list[tuple[float, float, str]]:
+    """(start, end, text) per non-empty segment, kept in order and inside [0, duration]: the
+    decoder's last timestamp may round past the end of the audio."""
+    cues, floor = [], 0.0
+    for segment in segments:
+        cue_text = str(segment.get("text", "")).strip()
+        if not cue_text:
+            continue
+        start = min(max(float(segment["start"]), floor), duration)
+        end = min(max(float(segment["end"]), start), duration)
+        cues.append((start, end, cue_text))
+        floor = start
+    return cues
+
+
+def _openai_segment(segment: dict) -> dict:
+    """OpenAI's verbose_json segment; decoder statistics an engine does not report are 0."""
+    return {"id": segment.get("id", 0), "seek": segment.get("seek", 0), "start": segment["start"], "end": segment["end"],
+            "text": segment["text"], "tokens": segment.get("tokens", []), "temperature": 0.0,
+            "avg_logprob": segment.get("avg_logprob", 0.0), "compression_ratio": segment.get("compression_ratio", 0.0),
+            "no_speech_prob": segment.get("no_speech_prob", 0.0)}
 
 
 def _timestamp(seconds: float, separator: str) -> str:

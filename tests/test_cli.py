@@ -46,6 +46,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     bad_port = run("serve", "--port", "eighty", cwd=tmp_path)
     assert bad_port.returncode != 0 and "Traceback" not in bad_port.stderr
+    no_model = run("serve", "--whisper-model", str(tmp_path / "no-such-model"), cwd=tmp_path)
+    assert no_model.returncode == 2 and "no such directory" in no_model.stderr and "Traceback" not in no_model.stderr
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("no_such_setting = 1\n")
     result = run("serve", "--config", str(bad_config), cwd=tmp_path)
@@ -55,6 +57,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 def test_serve_as_the_readme_says_from_a_working_directory(tmp_path):
     """`earmark serve` with the default (relative) data dir, then a file recognized over HTTP."""
     with serving(tmp_path) as url:
+        assert httpx.get(f"{url}/health").json()["engine"] == "whisper"  # the default engine
         with open(FIXTURE, "rb") as handle:
             response = httpx.post(f"{url}/recognize", files={"file": ("recorded.wav", handle)}, timeout=120)
         assert response.status_code == 200 and response.json()["cache"]["tier"] == "miss"
@@ -76,7 +79,8 @@ def test_a_store_that_cannot_start_shows_its_own_words(tmp_path):
 
 
 def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
-    with serving(tmp_path, "--data-dir", str(tmp_path / "d")) as url:
+    # pocketsphinx runs in worker processes (whisper in threads): they must go with the service too
+    with serving(tmp_path, "--data-dir", str(tmp_path / "d"), "--engine", "pocketsphinx") as url:
         service = _SERVICES[url]
         store_pid = int((tmp_path / "d" / "store" / "valkey.pid").read_text())
         deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis
@@ -201,3 +202,24 @@ def _has_redis_server() -> bool:
     import shutil
 
     return shutil.which("redis-server") is not None
+
+
+def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, keys, redis_client):
+    """An entry keeps its timed segments and words; one written before segments were kept
+    (no `seg` field) or with a damaged one reads as one segment over the whole audio."""
+    words = [{"word": "hello", "start": 0.1, "end": 0.5, "probability": 0.9}, {"word": "there", "start": 0.6, "end": 1.2}]
+    segments = ({"id": 0, "start": 0.1, "end": 1.2, "text": "hello there", "words": words, "tokens": [1, 2], "seek": 0,
+                 "avg_logprob": -0.2},)
+
+    async def body(store: Store):
+        written = await store.put_entry(replace(_entry(), segments=segments), "bytes-1", TTL_S, stream_maxlen=MAXLEN)
+        assert (await store.get_entry(written.entry_id)).result()["segments"] == list(segments)
+        for raw in (None, b"[{not json"):
+            if raw is None:
+                redis_client.hdel(keys.entry(written.entry_id), "seg")
+            else:
+                redis_client.hset(keys.entry(written.entry_id), "seg", raw)
+            old = await store.get_entry(written.entry_id)
+            assert old.result()["segments"] == [{"id": 0, "start": 0.0, "end": 2.0, "text": "hello there"}]
+
+    _run(_with_store(store_url, keys, body))

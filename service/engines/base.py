@@ -45,12 +45,59 @@ class RecognitionOptions:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One recognised word with its start and end in seconds from the start of the audio."""
+
+    word: str
+    start: float
+    end: float
+    probability: float | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the transcript with its times, as the engine cut it (Whisper: a phrase or
+    sentence; PocketSphinx: the whole utterance). The decoder statistics are None when the
+    engine does not report them."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    tokens: tuple[int, ...] = ()
+    seek: int = 0
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+
+    def as_dict(self, segment_id: int) -> dict:
+        """The segment as stored in an entry and returned in `result.segments` (times in
+        seconds, rounded to milliseconds; statistics only when the engine reports them)."""
+        shaped: dict = {"id": segment_id, "start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        if self.words:
+            shaped["words"] = [
+                {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
+                | ({} if w.probability is None else {"probability": round(w.probability, 4)})
+                for w in self.words
+            ]
+        if self.tokens:
+            shaped["tokens"] = list(self.tokens)
+            shaped["seek"] = self.seek
+        for name in ("avg_logprob", "compression_ratio", "no_speech_prob"):
+            value = getattr(self, name)
+            if value is not None:
+                shaped[name] = round(value, 4)
+        return shaped
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """What the engine heard."""
+    """What the engine heard: the text, and its segments with times when the engine gives them."""
 
     text: str
     normalized_text: str
     language: str
+    segments: tuple[Segment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +160,10 @@ class Engine(ABC):
     @abstractmethod
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
         """Transcribe 16 kHz mono float32 PCM under `profile` (as returned by `resolve`)."""
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook: most engines need none
+        """Run the engine once on a little audio, so that the first request does not pay for
+        one-time set-up. Called on the engine's worker threads at start-up."""
 
     def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release models and threads."""

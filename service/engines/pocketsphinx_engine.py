@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from service.engines.base import Capabilities, Engine, EngineFailure, Transcript
+from service.engines.base import Capabilities, Engine, EngineFailure, Segment, Transcript, Word
 from service.profile import Profile
 
 
@@ -54,7 +54,22 @@ class PocketSphinxEngine(Engine):
             raise EngineFailure(f"pocketsphinx failed: {exc}") from exc
         hypothesis = decoder.hyp()
         text = hypothesis.hypstr.strip() if hypothesis is not None else ""
-        return Transcript(text=text, normalized_text=text, language=profile.language)
+        words = _words(decoder) if text else ()
+        segments = (Segment(start=words[0].start, end=words[-1].end, text=text, words=words),) if words else ()
+        return Transcript(text=text, normalized_text=text, language=profile.language, segments=segments)
+
+
+def _words(decoder) -> tuple[Word, ...]:
+    """The hypothesis's words with their times (the decoder's frames, 100 a second), without
+    sentence marks, silences and fillers, and without the alternate-pronunciation suffix "(2)"."""
+    frames_per_s = float(decoder.config["frate"])
+    words = []
+    for seg in decoder.seg():
+        if seg.word in ("<s>", "</s>", "<sil>") or seg.word.startswith(("[", "+")):
+            continue
+        words.append(Word(word=seg.word.split("(", 1)[0], start=seg.start_frame / frames_per_s,
+                          end=(seg.end_frame + 1) / frames_per_s, probability=float(seg.prob)))
+    return tuple(words)
 
 
 def _installed_version(package: str) -> str:

