@@ -40,7 +40,14 @@ from service.engines.registry import engine_for
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
-from service.openai_compat import check_response_format, check_timestamp_granularities, transcription_response
+from service.openai_compat import (
+    check_response_format,
+    check_stream,
+    check_timestamp_granularities,
+    models_list,
+    streamed_transcription,
+    transcription_response,
+)
 from service.pipeline import Outcome, RecognitionCache
 from service.profile import Profile
 from service.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
@@ -126,6 +133,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/recognize", recognize, methods=["POST"]),
         Route("/lookup", lookup, methods=["POST"]),
         Route("/v1/audio/transcriptions", openai_transcriptions, methods=["POST"]),
+        Route("/v1/models", openai_models, methods=["GET"]),
         Route("/entries/{entry_id}", get_entry, methods=["GET"]),
         Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
         Route("/health", health, methods=["GET"]),
@@ -188,8 +196,18 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
         response_format = check_response_format(form.text("response_format"))
         granularities = check_timestamp_granularities(
             form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
+        stream = check_stream(form.text("stream"), response_format)
         outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
+    if stream:
+        return _with_cache_headers(streamed_transcription(outcome), outcome)
     return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
+
+
+async def openai_models(request: Request) -> Response:
+    """GET /v1/models: the model names a client may use."""
+    services: Services = request.app.state.services
+    names = ["whisper-1", services.engine.name, services.engine.model_id]
+    return models_list(list(dict.fromkeys(names)))
 
 
 async def get_entry(request: Request) -> Response:

@@ -6,7 +6,10 @@ cache information travels in `X-Cache-*` headers because the body's shape is not
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+import json
+import time
+
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from service.errors import ApiError, quoted
 
@@ -62,6 +65,50 @@ def transcription_response(outcome, response_format: str, granularities: frozens
         return PlainTextResponse("\n".join(cues))
     cues = [f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{cue_text}\n" for start, end, cue_text in _cues(segments, duration)]
     return PlainTextResponse("WEBVTT\n\n" + "\n".join(cues), media_type="text/vtt")
+
+
+def check_stream(value: str, response_format: str) -> bool:
+    """`stream=true` asks for server-sent events (OpenAI's `transcript.text.delta` ... `done`);
+    they carry text only, so only the json and text formats can stream."""
+    wanted = value.strip().lower()
+    if wanted in ("", "false", "0"):
+        return False
+    if wanted not in ("true", "1"):
+        raise ApiError(422, f"stream must be true or false, got {quoted(value)}")
+    if response_format not in ("json", "text"):
+        raise ApiError(422, f"stream=true sends text events; use response_format json or text, not {response_format!r}")
+    return True
+
+
+def streamed_transcription(outcome) -> StreamingResponse:
+    """The transcript as OpenAI streams it: one `transcript.text.delta` event per segment (a
+    cached answer streams the same way), then `transcript.text.done` with the whole text."""
+    result = outcome.result or {}
+    text = result.get("text", "")
+    segments = _segments(result, text, float(result.get("duration_s") or 0.0))
+
+    def events():
+        pieces = [str(segment.get("text", "")) for segment in segments]
+        for number, piece in enumerate(pieces):
+            delta = piece.strip() if number == 0 else " " + piece.strip()
+            if delta.strip():
+                yield _event({"type": "transcript.text.delta", "delta": delta, "logprobs": None})
+        yield _event({"type": "transcript.text.done", "text": text, "logprobs": None})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def models_list(names: list[str]) -> JSONResponse:
+    """GET /v1/models: the names a client may send as `model` (every one resolves to the
+    configured engine)."""
+    created = int(time.time())
+    return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "earmark"}
+                                                      for name in names]})
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def _segments(result: dict, text: str, duration: float) -> list[dict]:

@@ -1,0 +1,71 @@
+"""The official `openai` Python client against earmark, unchanged: plain, raw-response,
+streaming and async calls, every response_format, errors with the reason, and the model list."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from tests.audio_tools import fixture_bytes
+from tests.conftest import live_server
+
+
+@pytest.fixture(scope="module")
+def recorded() -> bytes:
+    return fixture_bytes("recorded.wav")
+
+
+@pytest.fixture
+def base_url(settings, engine):
+    with live_server(settings, engine) as url:
+        yield url + "/v1"
+
+
+def test_plain_raw_and_every_format(base_url, recorded):
+    client = openai.OpenAI(base_url=base_url, api_key="unused")
+    first = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded))
+    assert "recorded" in first.text
+    raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("a.wav", recorded))
+    assert raw.headers["x-cache-tier"] == "exact" and len(raw.headers["x-cache-entry"]) == 32
+    assert raw.parse().text == first.text
+    verbose = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded), response_format="verbose_json",
+                                                 timestamp_granularities=["word", "segment"])
+    assert verbose.text == first.text and verbose.segments and verbose.words
+    for response_format in ("text", "srt", "vtt"):
+        body = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded), response_format=response_format)
+        assert "recorded" in str(body)
+
+
+def test_streaming_sends_deltas_then_the_whole_text(base_url, recorded):
+    client = openai.OpenAI(base_url=base_url, api_key="unused")
+    for attempt in ("miss", "cached"):
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded), stream=True))
+        assert [event.type for event in events][-1] == "transcript.text.done", attempt
+        deltas = "".join(event.delta for event in events if event.type == "transcript.text.delta")
+        assert deltas == events[-1].text and "recorded" in deltas
+
+
+def test_async_client_and_streaming(base_url, recorded):
+    async def run():
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="unused")
+        plain = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded))
+        stream = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded), stream=True)
+        events = [event async for event in stream]
+        await client.close()
+        return plain.text, events[-1].text
+
+    plain, streamed = asyncio.run(run())
+    assert plain == streamed and "recorded" in plain
+
+
+def test_errors_show_the_reason_and_models_are_listed(base_url, recorded):
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded), response_format="srt", stream=True)
+    assert "stream=true sends text events" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as bad:  # a WAV header with no audio after it
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded[:44]))
+    assert bad.value.status_code == 400 and "send" in str(bad.value)
+    assert "whisper-1" in [model.id for model in client.models.list()]
