@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 
+import numpy as np
+
 from fingerprint.canonical import PcmDigest
-from fingerprint.decode import audio_seconds, decode_audio, open_audio
+from fingerprint.decode import SAMPLE_RATE, audio_seconds, decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
@@ -36,6 +38,8 @@ from service.uploads import Upload
 log = logging.getLogger(__name__)
 
 LOCK_POLL_S = 0.05
+# Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
+KEEP_PCM_S = 120.0
 
 
 @dataclass
@@ -260,9 +264,11 @@ class RecognitionCache:
     async def _transcribe_and_store(
         self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
     ) -> Outcome:
-        with self._stage("decode"):
-            decoded = await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)
-        pcm = decoded.pcm_16k
+        if upload.pcm is not None:
+            pcm = upload.pcm
+        else:
+            with self._stage("decode"):
+                pcm = (await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)).pcm_16k
         if has_sound(pcm):
             with self._stage("engine"):
                 transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
@@ -278,7 +284,7 @@ class RecognitionCache:
             text=text,
             normalized_text=normalized,
             language=language,
-            duration_s=decoded.duration_s,
+            duration_s=len(pcm) / SAMPLE_RATE,
             speech_s=speech_extent(pcm).duration_s,
             engine_seconds=engine_seconds,
             negative=negative,
@@ -343,6 +349,8 @@ class RecognitionCache:
     def _features_of(self, upload: Upload):
         """The fuzzy tier's features, decoding the upload again as a stream."""
         assert self.fuzzy is not None
+        if upload.pcm is not None:
+            return self.fuzzy.features(upload.pcm)
         return self.fuzzy.features_of(open_audio(upload.open(), self.settings.max_duration_s).chunks)
 
     def _stage(self, stage: str):
@@ -350,10 +358,22 @@ class RecognitionCache:
 
 
 def _pcm_digest_of(upload: Upload, max_duration_s: float) -> str:
-    """The canonical digest, decoding as a stream (the audio is refused here if it is bad)."""
+    """The canonical digest, decoding as a stream (the audio is refused here if it is bad).
+
+    Short audio (up to `KEEP_PCM_S`) is kept on the upload as it goes by, so the fingerprint
+    and the engine need no second decoding; longer audio is decoded again when needed, and
+    never held whole by a lookup."""
     digest = PcmDigest()
+    kept: list[np.ndarray] | None = []
+    samples = 0
     for chunk in open_audio(upload.open(), max_duration_s).chunks:
         digest.push(chunk)
+        samples += chunk.size
+        if kept is not None:
+            kept.append(chunk)
+            if samples > KEEP_PCM_S * SAMPLE_RATE:
+                kept = None
+    upload.pcm = np.concatenate(kept) if kept else None
     return digest.hexdigest()
 
 
