@@ -4,14 +4,13 @@ nothing on any tier; a store lost while the engine runs turns the answer (and it
 followers') into `bypass` with no entry; followers share one engine run; a miss the store says
 another process is running is waited for, and taken over when that process died.
 
-The engine is PocketSphinx behind a gate the test opens (`GatedEngine`): the transcript is
-real, only its moment is chosen, so that "while the engine runs" is a certainty, not a race.
+The engine is PocketSphinx behind a gate the test opens (tests/gated_engine.py): the transcript
+is real, only its moment is chosen, so that "while the engine runs" is a certainty, not a race.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -26,34 +25,12 @@ from index.keys import Keys
 from index.store import Store
 from service.config import Settings
 from service.engine_pool import EnginePool
-from service.engines.base import Engine, RecognitionOptions, Transcript
+from service.engines.base import Engine, RecognitionOptions
 from service.metrics import Metrics
 from service.pipeline import RecognitionCache, _pcm_digest_of
-from service.profile import Profile
 from service.uploads import Upload
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
-
-WAIT_S = 60.0  # generous: a busy 2-core machine
-
-
-class GatedEngine(Engine):
-    """The real engine, run in threads, each call waiting until `gate` is open."""
-
-    def __init__(self, inner: Engine, *, open_now: bool = True) -> None:
-        self.inner = inner
-        self.name, self.model_id, self.revision = inner.name, inner.model_id, inner.revision
-        self.capabilities = inner.capabilities
-        self.gate = threading.Event()
-        self.started = threading.Event()
-        if open_now:
-            self.gate.set()
-
-    def transcribe(self, pcm_16k, profile: Profile) -> Transcript:
-        """Wait for the gate, then transcribe for real."""
-        self.started.set()
-        assert self.gate.wait(WAIT_S), "the test never opened the gate"
-        return self.inner.transcribe(pcm_16k, profile)
-
+from tests.gated_engine import WAIT_S, GatedEngine
 
 @pytest.fixture(scope="module")
 def audio() -> dict[str, bytes]:
