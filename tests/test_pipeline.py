@@ -1,0 +1,228 @@
+"""service/pipeline.py (`RecognitionCache`) on real stores with the real PocketSphinx engine:
+tiers are walked in order and an answer names only an entry that exists; `lookup` writes
+nothing on any tier; a store lost while the engine runs turns the answer (and its in-process
+followers') into `bypass` with no entry; followers share one engine run; a miss the store says
+another process is running is waited for, and taken over when that process died.
+
+The engine is PocketSphinx behind a gate the test opens (tests/gated_engine.py): the transcript
+is real, only its moment is chosen, so that "while the engine runs" is a certainty, not a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+import redis
+
+from index.connection import open_client
+from index.embedded import EmbeddedServer
+from index.entry import Entry, make_entry_id
+from index.keys import Keys
+from index.store import Store
+from service.config import Settings
+from service.engine_pool import EnginePool
+from service.engines.base import Engine, RecognitionOptions
+from service.metrics import Metrics
+from service.pipeline import RecognitionCache, _pcm_digest_of
+from service.uploads import Upload
+from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
+from tests.gated_engine import WAIT_S, GatedEngine
+
+@pytest.fixture(scope="module")
+def audio() -> dict[str, bytes]:
+    recorded = fixture_bytes("recorded.wav")
+    samples, rate = read_pcm(recorded)
+    return {"wav": recorded, "flac": encode(samples, rate, fmt="flac", codec="flac"),
+            "silence": silence_wav(2.0), "weather": fixture_bytes("weather.wav")}
+
+
+class _Cache:
+    """A RecognitionCache with its own store client, engine pool and metrics."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.metrics = Metrics()
+        self.store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
+        self.pool = EnginePool(engine, self.metrics, workers=1, max_waiting=16, timeout_s=settings.engine_timeout_s)
+        self.cache = RecognitionCache(settings, self.store, self.pool, self.metrics, fuzzy=None)
+        self.profile = engine.resolve(RecognitionOptions())
+
+    @property
+    def engine_runs(self) -> float:
+        return self.metrics.engine_runs._value.get()
+
+    def waits(self, scope: str) -> float:
+        return self.metrics.single_flight_waits.labels(scope=scope)._value.get()
+
+    async def recognize(self, data: bytes):
+        return await self.cache.recognize(data, self.profile)
+
+    async def lookup(self, data: bytes):
+        return await self.cache.lookup(data, self.profile)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.store.close()
+
+
+async def _until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT_S} s"
+        await asyncio.sleep(0.02)
+
+
+def _with_cache(settings: Settings, engine: Engine, body) -> None:
+    async def run() -> None:
+        cache = _Cache(settings, engine)
+        try:
+            await body(cache)
+        finally:
+            await cache.close()
+
+    asyncio.run(run())
+
+
+def test_tiers_are_walked_in_order_and_a_dead_alias_falls_through(settings, engine, audio):
+    """The bytes' own alias (exact) wins over the audio's (canonical) even when they name
+    different entries; once an entry is deleted the next tier answers, and with nothing left
+    the answer is a miss naming no entry."""
+
+    async def body(c: _Cache) -> None:
+        weather = (await c.recognize(audio["weather"])).entry
+        recorded = (await c.recognize(audio["wav"])).entry
+        assert weather is not None and recorded is not None and weather.entry_id != recorded.entry_id
+        flac_digest = Upload.from_bytes(audio["flac"]).digest
+        assert await c.store.add_alias(weather, flac_digest) == "added"  # these bytes now say "weather"
+
+        first = await c.lookup(audio["flac"])
+        assert (first.tier, first.entry.entry_id) == ("exact", weather.entry_id)
+        assert await c.store.delete_entry(weather.entry_id, stream_maxlen=100)
+        second = await c.lookup(audio["flac"])
+        assert (second.tier, second.entry.entry_id) == ("canonical", recorded.entry_id)
+        assert await c.store.delete_entry(recorded.entry_id, stream_maxlen=100)
+        for data in (audio["flac"], audio["wav"], audio["weather"]):
+            gone = await c.lookup(data)
+            assert (gone.tier, gone.entry, gone.result) == ("miss", None, None)
+
+        again = await c.recognize(audio["flac"])
+        assert again.tier == "miss" and again.entry.entry_id == recorded.entry_id
+        assert again.entry.generation != recorded.generation
+        assert (await c.store.get_entry(again.entry.entry_id)).generation == again.entry.generation
+        assert c.engine_runs == 3
+
+    _with_cache(settings, GatedEngine(engine), body)
+
+
+def test_lookup_writes_nothing_on_any_tier(settings, engine, audio, redis_client):
+    """Canonical, exact, negative and miss lookups (one while another process holds the miss's
+    lock) leave every key as it was and run nothing; the same canonical upload through
+    `recognize` then writes its bytes' alias, the one key a hit adds."""
+
+    async def body(c: _Cache) -> None:
+        await c.recognize(audio["wav"])
+        await c.recognize(audio["silence"])
+        weather_pcm = _pcm_digest_of(Upload.from_bytes(audio["weather"]), c.cache.settings.max_duration_s)
+        redis_client.set(c.store.keys.lock(c.profile.digest, weather_pcm), "another-process", px=60_000)
+        before = _keyspace(redis_client, settings.key_prefix)
+        runs = c.engine_runs
+        tiers = [(await c.lookup(audio[name])).tier for name in ("flac", "wav", "silence", "weather")]
+        assert tiers == ["canonical", "exact", "negative", "miss"]
+        assert _keyspace(redis_client, settings.key_prefix) == before and c.engine_runs == runs
+        assert c.waits("store") == 0 and c.waits("process") == 0  # lookup never waits for a lock
+
+        assert (await c.recognize(audio["flac"])).tier == "canonical"
+        added = set(_keyspace(redis_client, settings.key_prefix)) - set(before)
+        assert added == {c.store.keys.exact(c.profile.digest, Upload.from_bytes(audio["flac"]).digest).encode()}
+
+    _with_cache(settings, GatedEngine(engine), body)
+
+
+def test_followers_share_the_leaders_engine_run_and_alias_their_own_bytes(settings, engine, audio):
+    """Three requests for the same audio at once (the WAV twice, a FLAC of it once): one engine
+    run; the leader's miss, the identical bytes `exact`, the FLAC `canonical`, one entry; and
+    the FLAC's bytes are remembered (next time `exact`)."""
+    gated = GatedEngine(engine, open_now=False)
+
+    async def body(c: _Cache) -> None:
+        leader = asyncio.create_task(c.recognize(audio["wav"]))
+        await _until(gated.started.is_set, "the leader reaching the engine")
+        followers = [asyncio.create_task(c.recognize(audio[name])) for name in ("wav", "flac")]
+        await _until(lambda: c.waits("process") == 2, "both followers waiting on the leader")
+        gated.gate.set()
+        outcomes = [await leader] + [await f for f in followers]
+        assert [o.tier for o in outcomes] == ["miss", "exact", "canonical"]
+        assert len({o.entry.entry_id for o in outcomes}) == 1 and len({o.result["text"] for o in outcomes}) == 1
+        assert c.engine_runs == 1
+        assert (await c.lookup(audio["flac"])).tier == "exact"
+
+    _with_cache(settings, gated, body)
+
+
+def test_a_store_lost_while_the_engine_runs_answers_bypass_naming_no_entry(tmp_path, engine, audio):
+    """The store dies while the leader's engine runs, with a follower waiting: both are
+    answered with the transcript, tier `bypass`, no entry (none was written); the engine ran
+    once. After the store returns the same audio is a miss that is written."""
+    server = EmbeddedServer(tmp_path / "store")
+    server.start()
+    settings = Settings(redis_url=server.url, key_prefix=f"earmark-pipeline-{uuid.uuid4().hex[:6]}:",
+                        data_dir=tmp_path / "data")
+    gated = GatedEngine(engine, open_now=False)
+
+    async def body(c: _Cache) -> None:
+        leader = asyncio.create_task(c.recognize(audio["wav"]))
+        await _until(gated.started.is_set, "the leader reaching the engine")
+        follower = asyncio.create_task(c.recognize(audio["flac"]))
+        await _until(lambda: c.waits("process") == 1, "the follower waiting on the leader")
+        server.kill()
+        gated.gate.set()
+        for outcome in (await leader, await follower):
+            assert (outcome.tier, outcome.entry) == ("bypass", None)
+            assert outcome.result["text"]
+        assert c.engine_runs == 1 and not c.store.up
+        server.start()
+        await _until(lambda: c.store.up, "the store coming back")
+        written = await c.recognize(audio["wav"])
+        assert written.tier == "miss" and await c.store.get_entry(written.entry.entry_id) is not None
+
+    try:
+        _with_cache(settings, gated, body)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("holder", ["finishes", "died"])
+def test_a_miss_another_process_is_running_is_waited_for(settings, engine, audio, redis_client, holder):
+    """The store says another process holds this audio's lock. If that process writes its
+    entry, the waiting request serves it (`canonical`) and runs nothing; if it died (its lock
+    expires with no entry), the waiting request runs the engine itself."""
+
+    async def body(c: _Cache) -> None:
+        pcm = _pcm_digest_of(Upload.from_bytes(audio["wav"]), c.cache.settings.max_duration_s)
+        lock = c.store.keys.lock(c.profile.digest, pcm)
+        redis_client.set(lock, "another-process", px=60_000 if holder == "finishes" else 1_500)
+        waiting = asyncio.create_task(c.recognize(audio["wav"]))
+        await _until(lambda: c.waits("store") >= 1, "the request waiting on the other process")
+        if holder == "finishes":
+            theirs = Entry(entry_id=make_entry_id(c.profile.digest, pcm), profile_id=c.profile.digest, pcm_digest=pcm,
+                           text="written by the other process", normalized_text="written by the other process",
+                           language="en", duration_s=2.0, speech_s=1.8, engine_seconds=1.0, engine=c.profile.engine)
+            written = await c.store.put_entry(theirs, "their-upload-bytes", 3600, stream_maxlen=100)
+            redis_client.delete(lock)
+            outcome = await waiting
+            assert (outcome.tier, outcome.entry.generation) == ("canonical", written.generation)
+            assert outcome.result["text"] == "written by the other process" and c.engine_runs == 0
+        else:
+            outcome = await waiting
+            assert outcome.tier == "miss" and c.engine_runs == 1
+            assert (await c.store.get_entry(outcome.entry.entry_id)).text == outcome.result["text"]
+
+    _with_cache(replace(settings, lock_ttl_ms=30_000), GatedEngine(engine), body)
+
+
+def _keyspace(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
+    """Every key under the prefix with its serialised value (DUMP): any write shows."""
+    return {key: client.dump(key) for key in client.scan_iter(match=f"{prefix}*", count=1000)}
