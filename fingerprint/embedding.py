@@ -24,7 +24,10 @@ _BLOCK_WEIGHTS = (0.5**0.5, 0.25**0.5, 0.25**0.5)
 
 def embedding_from_energies(energies: np.ndarray, config: FingerprintConfig) -> np.ndarray:
     """Unit-length float32 vector of `EMBEDDING_DIM` for band energies (frames, n_bands)."""
-    log_energy = 10.0 * np.log10(energies + 1e-10)
+    # In place after the first copy: an hour's energies are 28 MB, and each temporary as much.
+    log_energy = energies + 1e-10
+    np.log10(log_energy, out=log_energy)
+    log_energy *= 10.0
     level = log_energy.mean(axis=1)
     voiced = level > level.max() - config.silence_below_peak_db
     # Only the loud core of the speech shapes the spectrum: quiet frames are where noise
