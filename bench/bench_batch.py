@@ -41,8 +41,9 @@ def build_batch(originals: int, repeats: int, seed: int) -> tuple[list[Path], se
     """The batch's files in order, and which of them are repeats."""
     manifest = json.loads((CORPUS / "manifest.json").read_text())
     rng = random.Random(seed)
-    # Short recordings (up to 5 s) keep three passes over the batch within minutes.
-    names = sorted(item["id"] for item in manifest["originals"] if item["duration_s"] <= 5.0)[:originals]
+    # The shortest recordings keep three passes over the batch within minutes.
+    shortest = sorted(manifest["originals"], key=lambda item: (item["duration_s"], item["id"]))[:originals]
+    names = sorted(item["id"] for item in shortest)
     firsts = [CORPUS / "originals" / f"{name}.wav" for name in names]
     repeated = []
     for name in rng.sample(names, repeats):
