@@ -16,7 +16,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -188,18 +188,13 @@ async def read_upload(request: Request, limits: UploadLimits, gate: UploadGate |
     if not boundary or len(boundary) > 200:
         raise ApiError(400, "the multipart Content-Type has no usable boundary; send a well-formed form")
     receiver = _FormReceiver(limits)
-    with (gate.slot() if gate is not None else _no_slot()):
+    with (gate.slot() if gate is not None else nullcontext()):
         try:
             await receiver.receive(request, boundary)
         except BaseException:
             receiver.discard()
             raise
     return receiver.result()
-
-
-@contextmanager
-def _no_slot() -> Iterator[None]:
-    yield
 
 
 class _FormReceiver:
