@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
@@ -264,7 +265,9 @@ async def health(request: Request) -> Response:
     store_up = await services.store.ping()
     return JSONResponse(
         {"status": "ok", "store": "up" if store_up else "down", "index_size": len(services.vectors),
-         "index_ready": services.replica.ready.is_set(), "engine": services.engine.name}
+         "index_ready": services.replica.ready.is_set(), "engine": services.engine.name,
+         # The fuzzy tier's thresholds in force (from `earmark tune`'s file, or the defaults).
+         "thresholds": dataclasses.asdict(services.settings.fuzzy)}
     )
 
 

@@ -179,6 +179,49 @@ def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_fail
     sys.exit(1 if tally.errors else 0)
 
 
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for report.html, summary.json and thresholds.toml.")
+@click.option("--target-far", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="False-accept rate allowed on the tuning pairs.")
+@click.option("--margin", type=click.FloatRange(0.0, 0.5), default=0.02, show_default=True,
+              help="Safety margin added to the threshold the pairs allow.")
+@click.option("--others", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="Directory input: other recordings each file is judged against.")
+@click.option("--allow-lower", is_flag=True,
+              help="Allow thresholds under the built-in ones (which were set on minimal pairs your audio may lack).")
+def tune(source: Path, out: Path, target_far: float, margin: float, others: int, allow_lower: bool) -> None:
+    """Choose the fuzzy tier's thresholds on your own audio (a directory, or a CSV of
+    query,original pairs) and write a report and a --config file."""
+    from service.config import FuzzyThresholds
+    from service.tune import Scorer, TuneResult, choose_threshold, csv_pairs, directory_pairs, thresholds_toml
+    from service.tune_report import render_report
+
+    scorer = Scorer(FuzzyThresholds())
+    try:
+        pairs = directory_pairs(source, scorer, others) if source.is_dir() else csv_pairs(source, scorer)
+        result = TuneResult(target_far=target_far, margin=margin)
+        with click.progressbar(pairs, label="scoring pairs", item_show_func=lambda pair: pair.query[:40] if pair else "") as bar:
+            result.pairs.extend(bar)
+    except (OSError, ValueError, IndexError) as exc:
+        _fail(f"cannot tune on {source}: {exc}")
+    if not result.positives or not result.negatives:
+        _fail(f"{source} gave {len(result.positives)} copies and {len(result.negatives)} negatives; "
+              "tuning needs at least two recordings (or labelled pairs of both kinds)")
+    negative_scores = [pair.score for pair in result.negatives]
+    result.floor = 0.0 if allow_lower else FuzzyThresholds().min_window_score
+    result.allowed_by_pairs = choose_threshold(negative_scores, target_far, margin)
+    result.threshold = choose_threshold(negative_scores, target_far, margin, result.floor)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+    (out / "thresholds.toml").write_text(thresholds_toml(result))
+    (out / "report.html").write_text(render_report(result))
+    click.echo(f"threshold {result.threshold:.3f}: recall {result.recall():.1%} of {len(result.positives)} copies, "
+               f"false accepts {result.false_accept_rate():.2%} of {len(result.negatives)}; "
+               f"wrote {out}/report.html, summary.json, thresholds.toml (earmark serve --config {out}/thresholds.toml)")
+
+
 def _settings(config_file: str | None, options: dict) -> Settings:
     try:
         return load_settings(config_file, **{k: v for k, v in options.items() if v is not None})
