@@ -41,9 +41,8 @@ PENDING_FOR_S = 120.0
 RETRY_AFTER_ERROR_S = 1.0
 STOP_WAIT_S = 2.0
 # Snapshots are written by a thread of their own, this much nicer than the process (Linux: per
-# thread; capped at 19), so that
-# on a busy machine writing hundreds of MB yields the cores to requests (bench/README.md,
-# snapshot pause); on an idle one it runs at full speed all the same.
+# thread; capped at 19), so that on a busy machine writing hundreds of MB yields the cores to
+# requests (bench/README.md, snapshot pause); on an idle one it runs at full speed all the same.
 SNAPSHOT_NICENESS = 10
 
 
