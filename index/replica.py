@@ -10,11 +10,7 @@ moment, and snapshots are written now and then so the next start is quick.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import os
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,10 +36,6 @@ SWEEP_EVERY_S = 600.0
 PENDING_FOR_S = 120.0
 RETRY_AFTER_ERROR_S = 1.0
 STOP_WAIT_S = 2.0
-# Snapshots are written by a thread of their own, this much nicer than the process (Linux: per
-# thread; capped at 19), so that on a busy machine writing hundreds of MB yields the cores to
-# requests (bench/README.md, snapshot pause); on an idle one it runs at full speed all the same.
-SNAPSHOT_NICENESS = 10
 
 
 class IndexReplica:
@@ -64,9 +56,6 @@ class IndexReplica:
         self._pending: dict[str, float] = {}  # entry id -> until when its add event is retried
         self._task: asyncio.Task | None = None
         self._rebuild: asyncio.Task | None = None
-        # One thread: saves never overlap (a cancelled tail's save still runs to its end, and
-        # the final save on `stop` queues behind it).
-        self._saver = concurrent.futures.ThreadPoolExecutor(1, "earmark-snapshot", initializer=_lower_thread_priority)
 
     def start(self) -> None:
         """Begin loading and tailing in the background; `ready` is set once caught up."""
@@ -84,8 +73,7 @@ class IndexReplica:
         if self._rebuild is not None:
             self._rebuild.cancel()
         if self.ready.is_set() and self._changes_since_snapshot:
-            await self._save_in_background()
-        await asyncio.to_thread(self._saver.shutdown)  # a save under way finishes; the loop goes on
+            await asyncio.to_thread(self._save)
         await self.client.aclose()
 
     async def _run(self) -> None:
@@ -150,7 +138,7 @@ class IndexReplica:
         self._changes_since_snapshot = len(self.index)
         log.info("vector index: rebuilt from the store (%d entries) in %.1f s", len(self.index), time.perf_counter() - started)
         if self.snapshot_dir is not None:
-            await self._save_in_background()
+            await asyncio.to_thread(self._save)
 
     async def _index_keys(self, keys: list[bytes]) -> None:
         if not keys:
@@ -187,7 +175,7 @@ class IndexReplica:
             if self._pending:
                 await self._retry_pending()
             if self.snapshot_dir is not None and self._changes_since_snapshot and time.monotonic() - last_snapshot > SNAPSHOT_EVERY_S:
-                await self._save_in_background()
+                await asyncio.to_thread(self._save)
                 last_snapshot = time.monotonic()
             if self.index.needs_rebuild() and (self._rebuild is None or self._rebuild.done()):
                 # In the background: building HNSW for a large index takes minutes, and the
@@ -246,26 +234,10 @@ class IndexReplica:
             self.offset = events[-1][0].decode()
             self._changes_since_snapshot += len(events)
 
-    async def _save_in_background(self) -> None:
-        """Write a snapshot on the replica's low-priority saver thread."""
-        await asyncio.get_running_loop().run_in_executor(self._saver, self._save)
-
     def _save(self) -> None:
         assert self.snapshot_dir is not None, "snapshots are saved only once a snapshot directory is known"
         self.index.save(self.snapshot_dir, self.offset, self.fingerprint_version)
         self._changes_since_snapshot = 0
-
-
-def _lower_thread_priority() -> None:
-    """Raise the calling thread's niceness (Linux only: elsewhere `setpriority` on a thread
-    id would name a process). Best effort: a refusal leaves the default priority."""
-    if sys.platform != "linux":
-        return
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + SNAPSHOT_NICENESS))
-    except OSError as exc:
-        log.info("snapshot thread keeps its priority (%s)", exc)
 
 
 def _id_tuple(stream_id: str) -> tuple[int, int]:

@@ -4,14 +4,10 @@ arrives before its entry is readable is retried until the entry appears, never d
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import threading
 import time
 import uuid
 
 import numpy as np
-import pytest
 
 from fingerprint.config import DEFAULT
 from fingerprint.embedding import EMBEDDING_DIM
@@ -46,13 +42,3 @@ def test_an_add_event_ahead_of_its_entry_is_retried_until_the_entry_appears(stor
         await replica.stop()
 
     asyncio.run(run())
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux only")
-def test_snapshots_are_written_by_a_lower_priority_thread_of_their_own(tmp_path):
-    """The saver thread yields the cores to requests; the threads that serve them keep theirs."""
-    replica = IndexReplica(None, Keys("earmark-replica-nice:"), VectorIndex(8, "flat"), tmp_path, DEFAULT.version)
-    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    saver = replica._saver.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(10)
-    replica._saver.shutdown()
-    assert saver > mine and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
