@@ -115,6 +115,10 @@ class VectorIndex:
         # Held by whatever adds to a FAISS index in place, and by `save` while it serialises:
         # searches (reads, as serialising is) never wait for a snapshot, only adds do.
         self._faiss_writes = threading.Lock()
+        # One save at a time: a save deletes the snapshot folders it supersedes, which must
+        # not include another save's half-written one (the replica's stop can save while a
+        # cancelled tail's save is still running in its thread).
+        self._saving = threading.Lock()
         faiss.omp_set_num_threads(1)  # one query at a time per request; keep the other core free
 
     def __len__(self) -> int:
@@ -236,6 +240,10 @@ class VectorIndex:
         `<n>.vids.npy`, `<n>.eids.npy` and `<n>.live.npy`; it is replaced last, so a crash
         mid-save leaves the previous snapshot in force.
         """
+        with self._saving:
+            self._save(directory, stream_offset, fingerprint_version)
+
+    def _save(self, directory: Path, stream_offset: str, fingerprint_version: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         name = f"snapshot-{uuid.uuid4().hex[:12]}"
         staging = directory / f"{name}.tmp"

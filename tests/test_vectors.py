@@ -223,3 +223,21 @@ def test_a_rebuild_keeps_what_changed_while_it_built(monkeypatch):
     assert index.search("p", vectors[32], 1)[0][0] == ids[32]
     assert index.search("p", vectors[39], 1)[0][0] == ids[2]
     assert all(hit != ids[5] for hit, _ in index.search("p", vectors[5], 10))
+
+
+def test_saves_running_at_once_leave_one_whole_snapshot(tmp_path):
+    """Each save deletes the snapshots it supersedes; two at once must not delete each other's."""
+    import threading
+
+    index = VectorIndex(64, "hnsw")
+    ids = [secrets.token_hex(16) for _ in range(300)]
+    index.add_many("p", ids, unit_vectors(300, seed=7))
+    savers = [threading.Thread(target=index.save, args=(tmp_path, f"{n}-0", "v")) for n in range(4)]
+    for saver in savers:
+        saver.start()
+    for saver in savers:
+        saver.join(30)
+    assert len(list(tmp_path.glob("snapshot-*"))) == 1
+    loaded = VectorIndex(64, "hnsw")
+    assert loaded.load(tmp_path, "v") in {f"{n}-0" for n in range(4)}
+    assert sorted(loaded.entry_ids()) == sorted(ids)
