@@ -373,7 +373,7 @@ def index_vector(index: VectorIndex, entry_id: str) -> np.ndarray:
     with index._lock:  # bench-only peek at the stored vector
         for part in index._profiles.values():
             vid = vector_id(entry_id)
-            if vid in part.entry_ids:
+            if vid in part.row_of:
                 return part.index.reconstruct(vid)
     raise KeyError(entry_id)
 

@@ -137,6 +137,15 @@ def percentiles(values_s: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
 
 
+def snapshot_bytes(directory: Path) -> int:
+    """The size of the snapshot in force in `directory`: the folder meta.json names (version 2),
+    or index.pkl (version 1)."""
+    meta = json.loads((directory / "meta.json").read_text())
+    if "snapshot" not in meta:
+        return (directory / "index.pkl").stat().st_size
+    return sum(path.stat().st_size for path in (directory / meta["snapshot"]).iterdir())
+
+
 def split(samples: list[tuple[float, float]], saves: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     """Latencies of requests overlapping a save, and of the others."""
     during, between = [], []
@@ -171,8 +180,10 @@ def main() -> None:
     admin.set(keys.store_id(), STORE_ID)
     target = _snapshot_dir(settings) / STORE_ID
     target.mkdir(parents=True)
-    for name in ("index.pkl", "meta.json"):
-        os.link(filler / name, target / name)  # the service replaces, never rewrites, these files
+    for source in filler.rglob("*"):  # either snapshot layout (version 1 or 2, index/vectors.py)
+        if source.is_file():
+            (target / source.relative_to(filler)).parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, target / source.relative_to(filler))  # the service replaces, never rewrites, these files
     times_file = work / "saves.txt"
     port = free_port()
     log_path = work / "server.log"
@@ -257,7 +268,7 @@ def main() -> None:
             "git": git_head(), "machine": machine_info(load_at_end=loadavg()),
             "entries": args.entries, "seconds": args.seconds, "snapshot_every_s": args.snapshot_every,
             "filler_ef_construction": FILLER_EF_CONSTRUCTION,
-            "snapshot_bytes": (target / "index.pkl").stat().st_size,
+            "snapshot_bytes": snapshot_bytes(target),
             "saves": {"n": len(saves), "durations_s": [round(b - a, 2) for a, b in saves],
                       "share_of_time": round(sum(b - a for a, b in saves) / args.seconds, 3)},
             "exact": {"during": percentiles(exact_during), "between": percentiles(exact_between)},

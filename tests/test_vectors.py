@@ -64,14 +64,14 @@ def test_searches_go_on_while_a_snapshot_is_serialised(tmp_path, monkeypatch):
     index = VectorIndex(8, "flat")
     index.add("p", "a" * 32, np.eye(8, dtype=np.float32)[0])
     entered, release = threading.Event(), threading.Event()
-    serialize = vectors_module.faiss.serialize_index
+    write_index = vectors_module.faiss.write_index
 
-    def slow_serialize(faiss_index):
+    def slow_write_index(faiss_index, path):
         entered.set()
         release.wait(30)
-        return serialize(faiss_index)
+        return write_index(faiss_index, path)
 
-    monkeypatch.setattr(vectors_module.faiss, "serialize_index", slow_serialize)
+    monkeypatch.setattr(vectors_module.faiss, "write_index", slow_write_index)
     saver = threading.Thread(target=index.save, args=(tmp_path, "1-0", "v"))
     saver.start()
     assert entered.wait(10)
@@ -83,3 +83,161 @@ def test_searches_go_on_while_a_snapshot_is_serialised(tmp_path, monkeypatch):
     release.set()
     saver.join(10)
     assert finished and found and found[0][0] == "a" * 32  # the search did not wait for the snapshot
+
+
+def test_a_snapshot_is_the_index_as_the_save_began(tmp_path, monkeypatch):
+    """A remove during a save (it takes only the search lock) and an add (it waits for the
+    FAISS write) change the live index, not the snapshot being written: the snapshot is the
+    index at the stream offset it is saved with, and later events are replayed on top of it."""
+    import threading
+
+    import index.vectors as vectors_module
+
+    index = VectorIndex(64, "flat")
+    vectors = unit_vectors(20, seed=3)
+    ids = [secrets.token_hex(16) for _ in range(20)]
+    index.add_many("p", ids[:19], vectors[:19])
+    entered, release = threading.Event(), threading.Event()
+    write_index = vectors_module.faiss.write_index
+
+    def slow_write_index(faiss_index, path):
+        entered.set()
+        release.wait(30)
+        return write_index(faiss_index, path)
+
+    monkeypatch.setattr(vectors_module.faiss, "write_index", slow_write_index)
+    saver = threading.Thread(target=index.save, args=(tmp_path, "5-0", "v"))
+    saver.start()
+    assert entered.wait(10)
+    assert index.remove(ids[0])  # does not wait for the snapshot
+    adder = threading.Thread(target=index.add, args=("p", ids[19], vectors[19]))
+    adder.start()
+    release.set()
+    saver.join(10)
+    adder.join(10)
+    assert not saver.is_alive() and not adder.is_alive()
+
+    assert len(index) == 19 and ids[0] not in index.entry_ids() and ids[19] in index.entry_ids()
+    loaded = VectorIndex(64, "flat")
+    assert loaded.load(tmp_path, "v") == "5-0"
+    assert sorted(loaded.entry_ids()) == sorted(ids[:19])
+    assert loaded.search("p", vectors[0], 1)[0][0] == ids[0]
+    assert all(hit != ids[19] for hit, _ in loaded.search("p", vectors[19], 20))
+
+
+def test_size_is_read_without_waiting_for_the_index_lock():
+    """/health and /metrics read len(index); a long holder of the lock must not stall them."""
+    import threading
+
+    index = VectorIndex(64, "flat")
+    index.add_many("p", [secrets.token_hex(16) for _ in range(3)], unit_vectors(3))
+    sizes: list[int] = []
+    with index._lock:
+        reader = threading.Thread(target=lambda: sizes.append(len(index)))
+        reader.start()
+        reader.join(10)
+        answered = not reader.is_alive()
+    reader.join(10)
+    assert answered and sizes == [3]
+
+
+def test_re_adds_removals_and_tombstones_survive_a_snapshot(tmp_path):
+    index = VectorIndex(64, "hnsw")
+    vectors = unit_vectors(60, seed=4)
+    ids = [secrets.token_hex(16) for _ in range(50)]
+    index.add_many("p", ids, vectors[:50])
+    index.add("p", ids[3], vectors[55])  # a re-add moves the entry to its new vector
+    index.remove(ids[4])
+    index.add_many("q", ids[40:45], vectors[50:55])  # the same entries in another profile
+    index.save(tmp_path, "9-1", "v")
+    loaded = VectorIndex(64, "hnsw")
+    assert loaded.load(tmp_path, "v") == "9-1"
+    assert len(loaded) == len(index) == 54 and loaded.tombstones == index.tombstones == 1
+    assert loaded.search("p", vectors[55], 1)[0][0] == ids[3]
+    assert all(hit != ids[4] for hit, _ in loaded.search("p", vectors[4], 10))
+    assert loaded.search("q", vectors[52], 1)[0][0] == ids[42]
+    loaded.rebuild()
+    assert loaded.tombstones == 0 and len(loaded) == 54
+    assert loaded.search("p", vectors[55], 1)[0][0] == ids[3]
+
+
+def test_a_version_1_snapshot_still_loads_and_the_next_save_replaces_it(tmp_path):
+    """Snapshots written before version 2 (one pickle: FAISS blob, id dict, tombstones)."""
+    import json
+    import pickle
+
+    import faiss
+
+    from index.vectors import vector_id
+
+    vectors = unit_vectors(10, seed=5)
+    ids = [secrets.token_hex(16) for _ in range(10)]
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(64))
+    flat.add_with_ids(vectors, np.array([vector_id(e) for e in ids], dtype=np.int64))
+    entry_ids = {vector_id(e): e for e in ids[1:]}  # ids[0] was removed: a tombstone
+    state = {"p": ("flat", faiss.serialize_index(flat), entry_ids, {vector_id(ids[0])})}
+    (tmp_path / "index.pkl").write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    (tmp_path / "meta.json").write_text(json.dumps({"version": 1, "dim": 64, "stream_offset": "3-0",
+                                                    "fingerprint_version": "v", "entries": 9}))
+    index = VectorIndex(64, "flat")
+    assert index.load(tmp_path, "v") == "3-0"
+    assert len(index) == 9 and index.tombstones == 1
+    assert index.search("p", vectors[5], 1)[0][0] == ids[5]
+    assert all(hit != ids[0] for hit, _ in index.search("p", vectors[0], 10))
+
+    index.save(tmp_path, "4-0", "v")
+    assert not (tmp_path / "index.pkl").exists()
+    again = VectorIndex(64, "flat")
+    assert again.load(tmp_path, "v") == "4-0" and sorted(again.entry_ids()) == sorted(ids[1:])
+
+
+def test_a_damaged_snapshot_is_not_used(tmp_path):
+    index = VectorIndex(64, "flat")
+    index.add_many("p", [secrets.token_hex(16) for _ in range(5)], unit_vectors(5))
+    index.save(tmp_path, "1-0", "v")
+    folder = next(tmp_path.glob("snapshot-*"))
+    (folder / "0.faiss").write_bytes(b"not an index")
+    assert VectorIndex(64, "flat").load(tmp_path, "v") is None
+    (folder / "0.faiss").unlink()
+    assert VectorIndex(64, "flat").load(tmp_path, "v") is None
+
+
+def test_a_rebuild_keeps_what_changed_while_it_built(monkeypatch):
+    """rebuild() builds without the lock; adds, re-adds and removals meanwhile are kept."""
+    index = VectorIndex(64, "hnsw")
+    vectors = unit_vectors(40, seed=6)
+    ids = [secrets.token_hex(16) for _ in range(35)]
+    index.add_many("p", ids[:30], vectors[:30])
+    new_part = index._new_part
+
+    def new_part_with_changes(expected):
+        monkeypatch.setattr(index, "_new_part", new_part)  # once
+        index.add_many("p", ids[30:35], vectors[30:35])  # new entries
+        index.add("p", ids[2], vectors[39])  # a re-add with another vector
+        index.remove(ids[5])
+        return new_part(expected)
+
+    monkeypatch.setattr(index, "_new_part", new_part_with_changes)
+    index.rebuild()
+    assert len(index) == 34 and index.tombstones == 1  # the removal came after the graph was built
+    assert index.search("p", vectors[32], 1)[0][0] == ids[32]
+    assert index.search("p", vectors[39], 1)[0][0] == ids[2]
+    assert all(hit != ids[5] for hit, _ in index.search("p", vectors[5], 10))
+
+
+def test_saves_running_at_once_leave_one_whole_snapshot(tmp_path):
+    """Each save deletes the snapshots it supersedes; two at once must not delete each other's."""
+    import threading
+
+    index = VectorIndex(64, "hnsw")
+    ids = [secrets.token_hex(16) for _ in range(300)]
+    index.add_many("p", ids, unit_vectors(300, seed=7))
+    savers = [threading.Thread(target=index.save, args=(tmp_path, f"{n}-0", "v")) for n in range(4)]
+    for saver in savers:
+        saver.start()
+    for saver in savers:
+        saver.join(30)
+    assert len(list(tmp_path.glob("snapshot-*"))) == 1
+    loaded = VectorIndex(64, "hnsw")
+    assert loaded.load(tmp_path, "v") in {f"{n}-0" for n in range(4)}
+    assert sorted(loaded.entry_ids()) == sorted(ids)
