@@ -41,6 +41,8 @@ def main() -> None:
 @_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
+@_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
+         help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
 @_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
@@ -197,6 +199,13 @@ def _check_startable(settings: Settings):
 
     if settings.engine not in ENGINE_NAMES:
         _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+    if settings.api_keys_file:
+        from service.auth import ApiKeys
+
+        try:
+            ApiKeys.from_file(settings.api_keys_file)
+        except ConfigError as exc:
+            _fail(str(exc))
     if settings.redis_url:
         try:
             open_client(settings.redis_url)
