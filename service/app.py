@@ -86,6 +86,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
     # Read now, not in the lifespan: a bad keys file stops the start with its ConfigError.
     api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
+    if api_keys is not None and not settings.admin_token:
+        # Entry ids derive from the profile (namespace included) and the audio: anyone who has
+        # the audio and knows a namespace's name could compute an id and read it there.
+        log.warning("API keys are configured but no admin token: /entries/... is open to every caller; "
+                    "set --admin-token to keep namespaces apart there too")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
