@@ -3,6 +3,7 @@ and a namespace is a hard partition (exact, canonical, fuzzy, negative, /lookup'
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.auth import ApiKeys
 from service.config import ConfigError
+from service.engines.base import RecognitionOptions
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_app import keys_under
@@ -193,3 +195,17 @@ def test_the_openai_client_works_with_a_real_key(keyed_settings, engine, recorde
         assert refused.value.status_code == 401 and "API key is not valid" in str(refused.value)
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
+
+
+def test_identical_requests_of_two_namespaces_at_once_never_share_a_run(client, engine, recorded):
+    cache = client.app.state.services.cache
+    alpha, beta = (engine.resolve(RecognitionOptions(), namespace) for namespace in ("alpha", "beta"))
+
+    async def both():
+        return await asyncio.gather(cache.recognize(recorded, alpha), cache.recognize(recorded, beta))
+
+    first, second = client.portal.call(both)
+    assert (first.tier, second.tier) == ("miss", "miss")
+    assert first.entry.entry_id != second.entry.entry_id
+    assert first.entry.profile_id == alpha.digest and second.entry.profile_id == beta.digest
+    assert client.app.state.services.metrics.engine_runs._value.get() == 2
