@@ -1,7 +1,8 @@
 """The HTTP API of the contract (docs/api.md), as a Starlette application.
 
-Routes read top to bottom; each handler parses input, calls the lookup pipeline and shapes the
-answer. Every refusal is an `ApiError` turned into `{"code", "msg"}` with a 4xx (or the 5xx the
+Routes read top to bottom; each handler checks the caller's API key (when keys are
+configured: the key names the caller's namespace), parses input, calls the lookup pipeline and
+shapes the answer. Every refusal is an `ApiError` turned into `{"code", "msg"}` with a 4xx (or the 5xx the
 contract allows); any other exception is a bug and answers 500 without leaking internals.
 """
 
@@ -34,6 +35,8 @@ from index.keys import Keys
 from index.replica import IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
+from service.auth import ApiKeys, AuthError
+from service.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 STORE_WATCH_INTERVAL_S = 2.0
 SHUTDOWN_STEP_TIMEOUT_S = 5.0
 ENTRY_ID = re.compile(r"[0-9a-f]{32}")
-OPENAI_ENDPOINTS = ("transcriptions",)
+OPENAI_ENDPOINTS = ("transcriptions", "models")
 
 
 @dataclass
@@ -75,12 +78,20 @@ class Services:
     replica: IndexReplica
     upload_limits: UploadLimits
     upload_gate: UploadGate
+    api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
     """Build the application; `settings.redis_url` must name a reachable-or-not store."""
     if not settings.redis_url:
         raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
+    # Read now, not in the lifespan: a bad keys file stops the start with its ConfigError.
+    api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
+    if api_keys is not None and not settings.admin_token:
+        # Entry ids derive from the profile (namespace included) and the audio: anyone who has
+        # the audio and knows a namespace's name could compute an id and read it there.
+        log.warning("API keys are configured but no admin token: /entries/... is open to every caller; "
+                    "set --admin-token to keep namespaces apart there too")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -111,7 +122,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
-        app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate)
+        app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
+                                      api_keys)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
@@ -162,9 +174,12 @@ async def recognize(request: Request) -> Response:
 
 async def _recognize(request: Request, services: Services) -> Response:
     started = time.perf_counter()
+    namespace = _authenticate(request, services)
+    control = _cache_control(request, services, "recognize")
     upload, form = await _receive(request, services)
     with contextlib.closing(upload):
-        outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
+        outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
+                                                 control=control)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -176,9 +191,10 @@ async def lookup(request: Request) -> Response:
 
 async def _lookup(request: Request, services: Services) -> Response:
     started = time.perf_counter()
+    namespace = _authenticate(request, services)
     upload, form = await _receive(request, services)
     with contextlib.closing(upload):
-        outcome = await services.cache.lookup(upload, _profile(services, form), started=started)
+        outcome = await services.cache.lookup(upload, _profile(services, form, namespace), started=started)
     response = JSONResponse(
         {"code": 0, "msg": "success", "cache": outcome.cache_info(with_candidates=True), "result": outcome.result}
     )
@@ -192,13 +208,16 @@ async def openai_transcriptions(request: Request) -> Response:
 
 async def _openai_transcriptions(request: Request, services: Services) -> Response:
     started = time.perf_counter()
+    namespace = _authenticate(request, services)
+    control = _cache_control(request, services, "transcriptions")
     upload, form = await _receive(request, services)
     with contextlib.closing(upload):
         response_format = check_response_format(form.text("response_format"))
         granularities = check_timestamp_granularities(
             form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
         stream = check_stream(form.text("stream"), response_format)
-        outcome = await services.cache.recognize(upload, _profile(services, form), started=started)
+        outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
+                                                 control=control)
     if stream:
         return _with_cache_headers(streamed_transcription(outcome), outcome)
     return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
@@ -206,7 +225,11 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
 
 async def openai_models(request: Request) -> Response:
     """GET /v1/models: the model names a client may use."""
-    services: Services = request.app.state.services
+    return await _guarded(request, "models", _openai_models)
+
+
+async def _openai_models(request: Request, services: Services) -> Response:
+    _authenticate(request, services)
     names = ["whisper-1", services.engine.name, services.engine.model_id]
     return models_list(list(dict.fromkeys(names)))
 
@@ -292,6 +315,8 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         return Response(status_code=400)
     except ApiError as exc:
         return _error(services, endpoint, exc.status, exc.msg, exc.headers)
+    except AuthError as exc:
+        return _error(services, endpoint, 401, str(exc), {"WWW-Authenticate": "Bearer"})
     except AudioError as exc:
         return _error(services, endpoint, exc.status, str(exc))
     except EngineOptionError as exc:
@@ -330,7 +355,9 @@ def _error(services: Services, endpoint: str, status: int, msg: str, headers: di
     if endpoint in OPENAI_ENDPOINTS:
         # OpenAI's clients show `error.message`; earmark's own fields stay beside it.
         kind = "invalid_request_error" if status < 500 else "server_error"
-        body["error"] = {"message": msg, "type": kind, "param": None, "code": str(status)}
+        # OpenAI's own code for a missing or wrong key, which its clients may test for.
+        code = "invalid_api_key" if status == 401 else str(status)
+        body["error"] = {"message": msg, "type": kind, "param": None, "code": code}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -338,8 +365,24 @@ async def _receive(request: Request, services: Services) -> tuple[Upload, Upload
     return await read_upload(request, services.upload_limits, services.upload_gate)
 
 
-def _profile(services: Services, form: UploadForm) -> Profile:
-    return services.engine.resolve(recognition_options(form))
+def _profile(services: Services, form: UploadForm, namespace: str) -> Profile:
+    return services.engine.resolve(recognition_options(form), namespace)
+
+
+def _authenticate(request: Request, services: Services) -> str:
+    """The caller's namespace: from its API key when keys are configured (raises `AuthError`
+    without a valid one), else "" for everyone. Checked before the body is read."""
+    if services.api_keys is None:
+        return ""
+    return services.api_keys.authenticate(request.headers.get("authorization"))
+
+
+def _cache_control(request: Request, services: Services, endpoint: str) -> CacheControl:
+    """The request's `Cache-Control` directives, counted by directive (never by namespace)."""
+    control = parse_cache_control(request.headers.get("cache-control"))
+    for directive in control.directives:
+        services.metrics.cache_control.labels(endpoint=endpoint, directive=directive).inc()
+    return control
 
 
 def _entry_id(request: Request) -> str:

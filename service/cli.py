@@ -41,6 +41,8 @@ def main() -> None:
 @_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
+@_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
+         help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
 @_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
@@ -76,17 +78,20 @@ def serve(config_file: str | None, **options) -> None:
 @_option("--url", env="EARMARK_URL", default=None, help="A running earmark server; without it, earmark runs in-process.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @_option("--language", env="EARMARK_LANGUAGE", default=None, help="Language option sent with each file.")
+@_option("--api-key", env="EARMARK_API_KEY", default=None, help="API key sent as 'Authorization: Bearer <key>' (when the server has --api-keys).")
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="In-process mode: store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="In-process mode: an existing store.")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="In-process mode: TOML settings file.")
-def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: str | None, config_file: str | None, **options) -> None:
+def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: str | None, api_key: str | None,
+              config_file: str | None, **options) -> None:
     """Transcribe FILES through the cache and print text and tier."""
     for name in files:
         if not Path(name).is_file():
             _fail(f"no such file: {name}")
     fields = {"language": language} if language else {}
+    headers = _auth_headers(api_key)
     if url:
-        client = httpx.Client(base_url=url.rstrip("/"), timeout=None)
+        client = httpx.Client(base_url=url.rstrip("/"), timeout=None, headers=headers)
         server = None
     else:
         warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
@@ -95,7 +100,7 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
         from service.app import create_app
 
         settings, server = _with_store(_settings(config_file, options))
-        client = TestClient(create_app(settings))
+        client = TestClient(create_app(settings), headers=headers)
         client.__enter__()
     failed = False
     try:
@@ -131,19 +136,21 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Requests in flight.")
 @click.option("--retry-failed", is_flag=True, help="Also redo files whose last line in --out is an error.")
 @_option("--language", env="EARMARK_LANGUAGE", default=None, help="Language option sent with each file.")
+@_option("--api-key", env="EARMARK_API_KEY", default=None, help="API key sent as 'Authorization: Bearer <key>' (when the server has --api-keys).")
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="In-process mode: store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="In-process mode: an existing store.")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="In-process mode: TOML settings file.")
 def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_failed: bool, language: str | None,
-          config_file: str | None, **options) -> None:
+          api_key: str | None, config_file: str | None, **options) -> None:
     """Recognize every file of SOURCE (a directory, or a text file listing paths) into --out."""
     from service.batch import list_inputs, run_batch, timed
 
     paths = list_inputs(source)
     fields = {"language": language} if language else {}
     server = None
+    headers = _auth_headers(api_key)
     if url:
-        client = httpx.Client(base_url=url.rstrip("/"), timeout=None)
+        client = httpx.Client(base_url=url.rstrip("/"), timeout=None, headers=headers)
         try:
             client.get("/health").raise_for_status()
         except httpx.HTTPError as exc:
@@ -155,7 +162,7 @@ def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_fail
         from service.app import create_app
 
         settings, server = _with_store(_settings(config_file, options))
-        client = TestClient(create_app(settings))
+        client = TestClient(create_app(settings), headers=headers)
         client.__enter__()
 
     def post(path: Path) -> tuple[int, dict | None]:
@@ -222,6 +229,11 @@ def tune(source: Path, out: Path, target_far: float, margin: float, others: int,
                f"wrote {out}/report.html, summary.json, thresholds.toml (earmark serve --config {out}/thresholds.toml)")
 
 
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    """The Authorization header a server with --api-keys wants; none without a key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _settings(config_file: str | None, options: dict) -> Settings:
     try:
         return load_settings(config_file, **{k: v for k, v in options.items() if v is not None})
@@ -240,6 +252,13 @@ def _check_startable(settings: Settings):
 
     if settings.engine not in ENGINE_NAMES:
         _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+    if settings.api_keys_file:
+        from service.auth import ApiKeys
+
+        try:
+            ApiKeys.from_file(settings.api_keys_file)
+        except ConfigError as exc:
+            _fail(str(exc))
     if settings.redis_url:
         try:
             open_client(settings.redis_url)

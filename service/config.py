@@ -71,6 +71,8 @@ class Settings:
     funasr_model: str = ""
     device: str = "cpu"
     admin_token: str = ""
+    # A file of `<key> <namespace>` lines (service/auth.py); empty: no keys, one namespace ("").
+    api_keys_file: str = ""
     ttl_s: int = 7 * DAY_S
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024

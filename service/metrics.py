@@ -56,6 +56,12 @@ class Metrics:
         self.decode_budget_refused = Counter(
             "earmark_decode_budget_refused_total", "Requests answered 503 because the decode budget stayed full.", registry=r
         )
+        self.cache_control = Counter(
+            "earmark_cache_control_total",
+            "Recognition requests by Cache-Control directive honoured (none, no-cache, no-store, max-age); "
+            "a request with two directives counts under both.",
+            ["endpoint", "directive"], registry=r,
+        )
         self.store_up.set(1)
 
     def observe_store_info(self, info: dict) -> None:

@@ -1,7 +1,9 @@
 """The lookup pipeline: exact bytes, canonical PCM, then perceptual match; else the engine.
 
 `recognize` may run the engine and write the result; `lookup` answers what `recognize` would do
-now, with its evidence, and never runs the engine or writes. When the store is unreachable both
+now, with its evidence, and never runs the engine or writes. A request's cache control
+(service/cache_control.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
+shorten the written entry's life (`max-age`). When the store is unreachable both
 carry on without it (tier `bypass`): the cache must never turn into an outage.
 
 A miss is run once however many requests ask for the same new audio at the same moment: requests
@@ -27,6 +29,7 @@ from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
 from index.store import FuzzyVerdict, Store
+from service.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
 from service.config import Settings
 from service.decode_budget import DecodeBudget
 from service.engine_pool import EnginePool
@@ -83,43 +86,53 @@ class RecognitionCache:
         # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
 
-    async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
+    async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None,
+                        control: CacheControl = DEFAULT_CONTROL) -> Outcome:
         """Answer from cache or run the engine, writing a new entry on a miss.
 
         `started` (a `time.perf_counter()` reading) is when the request arrived, so that the
-        reported `elapsed_ms` includes receiving the upload.
+        reported `elapsed_ms` includes receiving the upload. `control` is the request's cache
+        control: `no-cache` runs the engine whatever is cached (and stores the result),
+        `no-store` writes nothing (a miss is then answered as `bypass`), `max-age` shortens the
+        TTL of an entry this request writes.
         """
-        return await self._answer(upload, profile, write=True, started=started)
+        return await self._answer(upload, profile, run=True, control=control, started=started)
 
     async def lookup(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
         """What `recognize` would answer now, without running the engine or writing."""
-        return await self._answer(upload, profile, write=False, started=started)
+        return await self._answer(upload, profile, run=False, control=DEFAULT_CONTROL, started=started)
 
-    async def _answer(self, upload: Upload | bytes, profile: Profile, *, write: bool, started: float | None) -> Outcome:
+    async def _answer(self, upload: Upload | bytes, profile: Profile, *, run: bool, control: CacheControl,
+                      started: float | None) -> Outcome:
         started = time.perf_counter() if started is None else started
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
-        outcome = await self._find_or_run(upload, profile, write=write)
+        outcome = await self._find_or_run(upload, profile, run=run, control=control)
         outcome.elapsed_ms = _ms_since(started)
         return outcome
 
-    async def _find_or_run(self, upload: Upload, profile: Profile, *, write: bool) -> Outcome:
-        """Walk the tiers in order; the first that answers wins."""
+    async def _find_or_run(self, upload: Upload, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
+        """Walk the tiers in order; the first that answers wins.
+
+        `run`: the engine may run and a hit is served (recognize), or neither (lookup).
+        `write`, below: the store may be written (recognize without `no-store`)."""
+        write = run and control.writes
         upload_digest = upload.digest
         keys = self.store.keys
         store_ok = self.store.up
+        look = not control.no_cache
 
-        if store_ok:
+        if store_ok and look:
             with self._stage("exact"):
                 found, store_ok = await self._try_store(
                     lambda: self.store.entry_and_verdict(keys.exact(profile.digest, upload_digest))
                 )
             entry, verdict = found or (None, None)
             if entry is not None and verdict is None:
-                return self._hit("exact", entry, write=write)
+                return self._hit("exact", entry, served=run)
             if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.judged_by:
                 # These bytes were matched before, under the thresholds in force now.
-                return self._hit("fuzzy", entry, write=write, verdict=verdict)
+                return self._hit("fuzzy", entry, served=run, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
         # A first pass keeps nothing but the digest: an hour of audio is never held here.
@@ -128,17 +141,17 @@ class RecognitionCache:
                 audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s)
 
         candidates: list[dict] = []
-        if store_ok:
+        if store_ok and look:
             with self._stage("canonical"):
                 entry, store_ok = await self._try_store(
                     lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
                 )
             if entry is not None:
-                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=write)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=write, served=run)
                 if outcome is not None:
                     return outcome
         features = None
-        if store_ok and self.fuzzy is not None:
+        if store_ok and look and self.fuzzy is not None:
             async with self._decoding(upload):
                 with self._stage("fingerprint"):
                     features = await asyncio.to_thread(self._features_of, upload)
@@ -149,20 +162,29 @@ class RecognitionCache:
                 if match.entry is not None:
                     verdict = FuzzyVerdict(match.score, self.fuzzy.judged_by)
                     outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
-                                                        verdict=verdict)
+                                                        served=run, verdict=verdict)
                     if outcome is not None:
                         outcome.candidates = candidates
                         return outcome
 
-        if not write:
+        if not run:
             tier = "miss" if store_ok else "bypass"
             return Outcome(tier=tier, candidates=candidates)
-        outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features)
+        ttl_cap_s = control.max_age_s
+        if not write or control.no_cache:
+            # The client asked for an engine run (no-cache), or for nothing to be kept
+            # (no-store): neither shares another request's run, nor waits for one.
+            outcome = await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok and write,
+                                                features, ttl_cap_s)
+        else:
+            outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features,
+                                                ttl_cap_s)
         outcome.candidates = candidates
         return outcome
 
     async def _single_flight(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
     ) -> Outcome:
         """Run the miss once per (profile, audio) in this process; later callers share it."""
         flight_key = (profile.digest, audio_digest)
@@ -179,15 +201,15 @@ class RecognitionCache:
             if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
                 return Outcome(tier="bypass", result=shared.result)
             if current is not None and current.generation == shared.entry.generation:
-                outcome = await self._hit_and_alias(tier, current, upload_digest, write=True)
+                outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
                 if outcome is not None:
                     return outcome
-            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[flight_key] = (upload_digest, future)
         try:
-            outcome = await self._miss(upload, audio_digest, upload_digest, profile, store_ok, features)
+            outcome = await self._miss(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         except asyncio.CancelledError:
             # The leader's client went away; its followers still deserve an answer.
             future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
@@ -201,7 +223,8 @@ class RecognitionCache:
         return outcome
 
     async def _miss(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
     ) -> Outcome:
         """Take the cross-process lock (or wait for its holder's entry), then run and store."""
         lock_key = self.store.keys.lock(profile.digest, audio_digest)
@@ -214,7 +237,7 @@ class RecognitionCache:
             self.metrics.single_flight_waits.labels(scope="store").inc()
             entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
             if entry is not None:
-                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True)
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
                 if outcome is not None:
                     return outcome
         renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
@@ -223,10 +246,10 @@ class RecognitionCache:
                 # The previous holder may have finished between our lookup and our lock.
                 entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
                 if entry is not None:
-                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True)
+                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
                     if outcome is not None:
                         return outcome
-            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         finally:
             if renewer is not None:
                 renewer.cancel()
@@ -254,15 +277,22 @@ class RecognitionCache:
                 return
 
     async def _run_and_store(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
     ) -> Outcome:
-        """Run the engine (unless there is nothing to hear) and write the new entry; the audio's
-        seconds stay reserved in the decode budget for as long as its PCM is held."""
+        """Run the engine (unless there is nothing to hear) and write the new entry, unless
+        `store_ok` is False (an outage, or `no-store`: then tier `bypass`); the audio's
+        seconds stay reserved in the decode budget for as long as its PCM is held.
+
+        Writing replaces an entry of the same profile and audio (a `no-cache` request's run): it
+        gets a new generation, so aliases made for the old one are never followed again."""
         async with self._decoding(upload):
-            return await self._transcribe_and_store(upload, audio_digest, upload_digest, profile, store_ok, features)
+            return await self._transcribe_and_store(upload, audio_digest, upload_digest, profile, store_ok, features,
+                                                    ttl_cap_s)
 
     async def _transcribe_and_store(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
     ) -> Outcome:
         if upload.pcm is not None:
             pcm = upload.pcm
@@ -299,6 +329,8 @@ class RecognitionCache:
                     features = await asyncio.to_thread(self.fuzzy.features, pcm)
             entry = self.fuzzy.attach(entry, features)
         ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
+        if ttl_cap_s is not None:
+            ttl_s = min(ttl_s, ttl_cap_s)
         stored, store_ok = await self._try_store(
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
         )
@@ -306,19 +338,20 @@ class RecognitionCache:
             return Outcome(tier="bypass", result=entry.result())
         return Outcome(tier="miss", entry=stored, result=stored.result())
 
-    def _hit(self, tier: str, entry: Entry, *, write: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
-        """An answer from `entry`; only a fuzzy hit carries a score (the contract)."""
+    def _hit(self, tier: str, entry: Entry, *, served: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
+        """An answer from `entry`; only a fuzzy hit carries a score (the contract). `served`: the
+        answer goes to a recognition request (engine time saved), not to /lookup."""
         if entry.negative:
             tier = "negative"
-        if write:
+        if served:
             self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
         score = verdict.score if verdict is not None and tier == "fuzzy" else None
         return Outcome(tier=tier, entry=entry, result=entry.result(), score=score)
 
-    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, *, write: bool,
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, *, write: bool, served: bool,
                              verdict: FuzzyVerdict | None = None) -> Outcome | None:
-        """A hit by audio rather than bytes: remember these bytes so the next upload of them
-        needs no decoding (`exact`, or `fuzzy` with the recorded verdict).
+        """A hit by audio rather than bytes: remember these bytes (when `write`) so the next
+        upload of them needs no decoding (`exact`, or `fuzzy` with the recorded verdict).
 
         None when the entry vanished (deleted, expired) between reading it and now: it must
         not be served."""
@@ -328,7 +361,7 @@ class RecognitionCache:
                 return None
             if state == "seen" and verdict is None:
                 tier = "exact"
-        return self._hit(tier, entry, write=write, verdict=verdict)
+        return self._hit(tier, entry, served=served, verdict=verdict)
 
     async def _try_store(self, call: Callable[[], Awaitable]) -> tuple[object, bool]:
         """Run a store call; on an outage return (None, False) instead of raising."""

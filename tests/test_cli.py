@@ -193,3 +193,22 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_api_keys_file_errors_stop_serve_and_recognize_sends_the_key(tmp_path):
+    bad_keys = tmp_path / "bad-keys"
+    bad_keys.write_text("# key namespace\nsk-0123456789abcdef\n")
+    result = run("serve", "--api-keys", str(bad_keys), cwd=tmp_path)
+    assert result.returncode == 2 and "line 2" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "sk-0123456789abcdef" not in result.stderr
+
+    keys = tmp_path / "keys"
+    keys.write_text("sk-0123456789abcdef team-a\n")
+    config = tmp_path / "earmark.toml"
+    config.write_text(f'api_keys_file = "{keys}"\nengine = "pocketsphinx"\n')
+    common = ("--data-dir", str(tmp_path / "data"), "--config", str(config), "--json")
+    refused = run("recognize", FIXTURE, *common, cwd=tmp_path)
+    assert refused.returncode == 1 and json.loads(refused.stdout)["status"] == 401
+    answered = run("recognize", FIXTURE, *common, "--api-key", "sk-0123456789abcdef", cwd=tmp_path)
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["cache"]["tier"] == "miss"
