@@ -92,7 +92,7 @@ class AudioStream:
     _container: object = field(default=None, repr=False)
 
     def close(self) -> None:
-        """Stop decoding (when `chunks` is not read to its end)."""
+        """Stop decoding (when `chunks` is not read to its end; harmless when it was)."""
         self.chunks.close()  # type: ignore[attr-defined]
         self._container.close()  # type: ignore[attr-defined]
 
@@ -157,12 +157,10 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
     )
 
 
-def audio_seconds(source: bytes | BinaryIO, max_duration_s: float, size: int) -> float:
+def budget_seconds(audio: AudioStream, size: int, max_duration_s: float) -> float:
     """How long the audio is, for budgeting, before decoding it: the header's duration, or
     when it gives none the longest the upload could hold at a low bit rate (8 kbps), never
-    more than the limit. Raises an `AudioError` for what `open_audio` refuses."""
-    audio = open_audio(source, max_duration_s)
-    audio.close()
+    more than the limit."""
     if audio.declared_s is not None:
         return audio.declared_s
     return min(max_duration_s, size / LOWEST_BYTES_PER_S)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -118,8 +117,7 @@ def record_for(path: Path, post: Poster) -> dict:
             "engine_seconds": cache.get("engine_seconds")}
 
 
-def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: int, retry_failed: bool,
-              show_progress: bool = True) -> Tally:
+def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: int, retry_failed: bool) -> Tally:
     """Recognize `paths` with `concurrency` requests in flight, appending one line a file to
     `out` as each finishes (so a killed run loses at most the files in flight)."""
     tally = Tally()
@@ -129,7 +127,7 @@ def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: in
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     with out.open("a", encoding="utf-8") as sink, \
-            click.progressbar(length=len(todo), label="recognizing", show_pos=True, file=None if show_progress else _Null(),
+            click.progressbar(length=len(todo), label="recognizing", show_pos=True,
                               item_show_func=lambda _: tally.progress()) as bar, \
             ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = [pool.submit(record_for, path, post) for path in todo]
@@ -145,23 +143,3 @@ def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: in
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-class _Null:
-    """A sink for the progress bar when it is not wanted."""
-
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-def timed(function: Callable[[], Tally]) -> tuple[Tally, float]:
-    """Run `function`, returning its tally and wall time."""
-    started = time.perf_counter()
-    tally = function()
-    return tally, time.perf_counter() - started

@@ -6,10 +6,12 @@ non-zero with a one-line reason, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -89,21 +91,8 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
         if not Path(name).is_file():
             _fail(f"no such file: {name}")
     fields = {"language": language} if language else {}
-    headers = _auth_headers(api_key)
-    if url:
-        client = httpx.Client(base_url=url.rstrip("/"), timeout=None, headers=headers)
-        server = None
-    else:
-        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-        from starlette.testclient import TestClient
-
-        from service.app import create_app
-
-        settings, server = _with_store(_settings(config_file, options))
-        client = TestClient(create_app(settings), headers=headers)
-        client.__enter__()
     failed = False
-    try:
+    with _recognition_client(url, _auth_headers(api_key), config_file, options) as client:
         for name in files:
             with open(name, "rb") as handle:
                 try:
@@ -119,12 +108,6 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
                 click.echo(f"{name}\t{cache['tier']}\t{result.get('text', '')}")
             else:
                 click.echo(f"{name}\terror {response.status_code}\t{(body or {}).get('msg', response.text)}", err=True)
-    finally:
-        if server is not None:
-            client.__exit__(None, None, None)
-            server.stop()
-        else:
-            client.close()
     sys.exit(1 if failed else 0)
 
 
@@ -143,46 +126,29 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
 def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_failed: bool, language: str | None,
           api_key: str | None, config_file: str | None, **options) -> None:
     """Recognize every file of SOURCE (a directory, or a text file listing paths) into --out."""
-    from service.batch import list_inputs, run_batch, timed
+    from service.batch import list_inputs, run_batch
 
     paths = list_inputs(source)
     fields = {"language": language} if language else {}
-    server = None
-    headers = _auth_headers(api_key)
-    if url:
-        client = httpx.Client(base_url=url.rstrip("/"), timeout=None, headers=headers)
-        try:
-            client.get("/health").raise_for_status()
-        except httpx.HTTPError as exc:
-            _fail(f"cannot reach {url}: {exc}")
-    else:
-        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-        from starlette.testclient import TestClient
-
-        from service.app import create_app
-
-        settings, server = _with_store(_settings(config_file, options))
-        client = TestClient(create_app(settings), headers=headers)
-        client.__enter__()
-
-    def post(path: Path) -> tuple[int, dict | None]:
-        with open(path, "rb") as handle:
+    with _recognition_client(url, _auth_headers(api_key), config_file, options) as client:
+        if url:
             try:
-                response = client.post("/recognize", files={"file": (path.name, handle, "application/octet-stream")},
-                                       data=fields)
+                client.get("/health").raise_for_status()
             except httpx.HTTPError as exc:
-                return 0, {"msg": f"request failed: {exc}"}
-        return response.status_code, _json_or_none(response)
+                _fail(f"cannot reach {url}: {exc}")
 
-    try:
-        tally, wall_s = timed(lambda: run_batch(paths, out, post, concurrency=concurrency, retry_failed=retry_failed))
-    finally:
-        if server is not None:
-            client.__exit__(None, None, None)
-            server.stop()
-        else:
-            client.close()
-    click.echo(tally.summary(wall_s))
+        def post(path: Path) -> tuple[int, dict | None]:
+            with open(path, "rb") as handle:
+                try:
+                    response = client.post("/recognize", files={"file": (path.name, handle, "application/octet-stream")},
+                                           data=fields)
+                except httpx.HTTPError as exc:
+                    return 0, {"msg": f"request failed: {exc}"}
+            return response.status_code, _json_or_none(response)
+
+        started = time.perf_counter()
+        tally = run_batch(paths, out, post, concurrency=concurrency, retry_failed=retry_failed)
+    click.echo(tally.summary(time.perf_counter() - started))
     sys.exit(1 if tally.errors else 0)
 
 
@@ -232,6 +198,28 @@ def tune(source: Path, out: Path, target_far: float, margin: float, others: int,
 def _auth_headers(api_key: str | None) -> dict[str, str]:
     """The Authorization header a server with --api-keys wants; none without a key."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+@contextlib.contextmanager
+def _recognition_client(url: str | None, headers: dict[str, str], config_file: str | None, options: dict):
+    """A client for `/recognize`: against a running server (`url`), or in-process on the
+    configured store (the embedded one is started here and stopped on the way out)."""
+    if url:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=None, headers=headers) as client:
+            yield client
+        return
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+
+    settings, server = _with_store(_settings(config_file, options))
+    try:
+        with TestClient(create_app(settings), headers=headers) as client:
+            yield client
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _settings(config_file: str | None, options: dict) -> Settings:

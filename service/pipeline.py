@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fingerprint.canonical import PcmDigest
-from fingerprint.decode import SAMPLE_RATE, audio_seconds, decode_audio, open_audio
+from fingerprint.decode import SAMPLE_RATE, AudioStream, budget_seconds, decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
@@ -135,10 +135,16 @@ class RecognitionCache:
                 return self._hit("fuzzy", entry, served=run, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
 
-        # A first pass keeps nothing but the digest: an hour of audio is never held here.
-        async with self._decoding(upload):
-            with self._stage("decode"):
-                audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s)
+        # A first pass keeps nothing but the digest: an hour of audio is never held here. The
+        # container is opened once, for the decode budget's estimate and for the pass itself.
+        with self._stage("decode"):
+            audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+            upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+            try:
+                async with self._decoding(upload):
+                    audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s, audio)
+            finally:
+                audio.close()
 
         candidates: list[dict] = []
         if store_ok and look:
@@ -372,11 +378,10 @@ class RecognitionCache:
 
     @contextlib.asynccontextmanager
     async def _decoding(self, upload: Upload) -> AsyncIterator[None]:
-        """Hold the upload's audio seconds in the shared decode budget (see service/decode_budget.py)."""
-        if upload.audio_seconds is None:
-            upload.audio_seconds = await asyncio.to_thread(
-                audio_seconds, upload.open(), self.settings.max_duration_s, upload.size)
-        async with self.budget.reserve(upload.audio_seconds):
+        """Hold the upload's audio seconds (estimated by the first pass, which every later
+        one follows) in the shared decode budget (see service/decode_budget.py)."""
+        seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
+        async with self.budget.reserve(seconds):
             yield
 
     def _features_of(self, upload: Upload):
@@ -390,8 +395,9 @@ class RecognitionCache:
         return self.metrics.lookup_seconds.labels(stage=stage).time()
 
 
-def _pcm_digest_of(upload: Upload, max_duration_s: float) -> str:
-    """The canonical digest, decoding as a stream (the audio is refused here if it is bad).
+def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | None = None) -> str:
+    """The canonical digest, decoding as a stream (`audio`, if the upload is already open);
+    the audio is refused here if it is bad.
 
     Short audio (up to `KEEP_PCM_S`) is kept on the upload as it goes by, so the fingerprint
     and the engine need no second decoding; longer audio is decoded again when needed, and
@@ -399,7 +405,8 @@ def _pcm_digest_of(upload: Upload, max_duration_s: float) -> str:
     digest = PcmDigest()
     kept: list[np.ndarray] | None = []
     samples = 0
-    for chunk in open_audio(upload.open(), max_duration_s).chunks:
+    audio = audio or open_audio(upload.open(), max_duration_s)
+    for chunk in audio.chunks:
         digest.push(chunk)
         samples += chunk.size
         if kept is not None:

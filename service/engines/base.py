@@ -22,6 +22,26 @@ _LANGUAGE_ALIASES = {
 }
 
 
+def installed_version(package: str) -> str:
+    """The installed version of `package` (part of an engine's revision), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 class EngineOptionError(ValueError):
     """A request option the engine cannot honour; the message says what it supports."""
 

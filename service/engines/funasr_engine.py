@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import threading
 import unicodedata
@@ -36,6 +35,8 @@ import numpy as np
 
 from service.errors import quoted
 from service.engines.base import (
+    available_cores,
+    installed_version,
     Capabilities,
     Engine,
     EngineFailure,
@@ -111,7 +112,7 @@ class FunASREngine(Engine):
         self.family = family
         self.model_id = asr.model_id
         self.device = device
-        self.threads = max(1, threads or _available_cores())
+        self.threads = max(1, threads or available_cores())
         # Calls are serialised (see the module docstring), so more workers only queue.
         self.recommended_workers = 1
         self._lock = threading.Lock()
@@ -123,7 +124,7 @@ class FunASREngine(Engine):
         self._model = _load(funasr, asr, vad, punc, vad_settings, device=device, threads=self.threads)
 
         digest = hashlib.blake2b(digest_size=6)
-        for part in [f"funasr={_installed_version('funasr')}", *asr.digest_parts()]:
+        for part in [f"funasr={installed_version('funasr')}", *asr.digest_parts()]:
             digest.update(part.encode() + b"\n")
         for label, extra in (("vad", vad), ("punc", punc)):
             if extra is not None:
@@ -361,18 +362,3 @@ def _script_language(text: str) -> str:
     best = max(counts, key=counts.get)
     return best if counts[best] else "auto"
 
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _installed_version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"

@@ -7,11 +7,10 @@ pocketsphinx `Decoder` must not be shared between threads, so each worker thread
 from __future__ import annotations
 
 import threading
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from service.engines.base import Capabilities, Engine, EngineFailure, Segment, Transcript, Word
+from service.engines.base import Capabilities, Engine, EngineFailure, Segment, Transcript, Word, installed_version
 from service.profile import Profile
 
 
@@ -28,7 +27,7 @@ class PocketSphinxEngine(Engine):
 
         self._pocketsphinx = pocketsphinx
         self.model_id = "cmusphinx-en-us-5.2"
-        self.revision = _installed_version("pocketsphinx")
+        self.revision = installed_version("pocketsphinx")
         self._local = threading.local()
 
     def _decoder(self):
@@ -70,10 +69,3 @@ def _words(decoder) -> tuple[Word, ...]:
         words.append(Word(word=seg.word.split("(", 1)[0], start=seg.start_frame / frames_per_s,
                           end=(seg.end_frame + 1) / frames_per_s, probability=float(seg.prob)))
     return tuple(words)
-
-
-def _installed_version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"

@@ -24,12 +24,13 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 from service.engines.base import (
+    available_cores,
+    installed_version,
     Capabilities,
     Engine,
     EngineFailure,
@@ -147,7 +148,7 @@ def check_bundled(path: Path) -> ModelFiles:
         if digests[name] != expected:
             raise EngineUnavailable(
                 f"{path / name} has SHA-256 {digests[name][:16]}..., not the {expected[:16]}... of "
-                f"{BUNDLED_PACKAGE} {BUNDLED_VERSION} (installed: {_installed_version(BUNDLED_PACKAGE)}): "
+                f"{BUNDLED_PACKAGE} {BUNDLED_VERSION} (installed: {installed_version(BUNDLED_PACKAGE)}): "
                 f"the weights are not the ones earmark was measured with; reinstall them: {INSTALL_HINT}"
             )
     return ModelFiles(path, f"{BUNDLED_PACKAGE}-{BUNDLED_VERSION}/{BUNDLED_MODEL}", digests, bundled=True)
@@ -175,8 +176,8 @@ class WhisperEngine(Engine):
         if device != "cpu" and not device.startswith("cuda"):
             raise EngineUnavailable(f"device {device!r} is not one CTranslate2 knows; use cpu, cuda or cuda:N")
         device_kind, _, index = device.partition(":")
-        self.num_workers = num_workers or _available_cores()
-        self.cpu_threads = cpu_threads or max(1, _available_cores() // self.num_workers)
+        self.num_workers = num_workers or available_cores()
+        self.cpu_threads = cpu_threads or max(1, available_cores() // self.num_workers)
         self.recommended_workers = self.num_workers  # more pool threads than this would only queue
         self.decoding = decoding = decoding or Decoding()
         self.compute_type = "int8"
@@ -189,7 +190,7 @@ class WhisperEngine(Engine):
         self.files = files
         self.model_id = files.model_id
         revision = {
-            "faster_whisper": _installed_version("faster-whisper"),
+            "faster_whisper": installed_version("faster-whisper"),
             "ctranslate2": ctranslate2.__version__,
             "compute_type": self.compute_type,
             "device": device_kind,
@@ -344,16 +345,3 @@ def _cached_digests(path: Path, names: list[str], cache_file: Path | None) -> di
             log.warning("could not remember model digests in %s: %s", cache_file, exc)
     return digests
 
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _installed_version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
