@@ -39,10 +39,11 @@ from service.auth import ApiKeys, AuthError
 from service.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
-from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
+from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
 from service.errors import ApiError
 from service.fuzzy import FuzzyMatcher
+from service.key_reload import KeysFile, watch_keys_file
 from service.metrics import Metrics
 from service.openai_compat import (
     check_response_format,
@@ -96,6 +97,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         metrics = Metrics()
+        if settings.metrics_namespace_labels:
+            metrics.enable_namespace_labels()
         store = Store(
             open_client(settings.redis_url),
             Keys(settings.key_prefix),
@@ -127,14 +130,24 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
+        if isinstance(chosen, AsyncEngine):
+            await chosen.start(metrics)
         pool.warm_up()
         await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
-        watcher = asyncio.create_task(_watch_store(store))
+        watchers = [asyncio.create_task(_watch_store(store))]
+        if settings.api_keys_file:
+            watchers.append(asyncio.create_task(watch_keys_file(
+                KeysFile(settings.api_keys_file), settings.api_keys_check_s,
+                apply=lambda keys: setattr(app.state.services, "api_keys", keys),
+                on_result=lambda result: metrics.api_keys_reloads.labels(result=result).inc())))
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             pool.close()
+            if isinstance(chosen, AsyncEngine):
+                await chosen.aclose()
             # Bounded: a stuck connection must never keep the service from exiting.
             for step in (replica.stop(), store.close()):
                 try:
@@ -291,6 +304,8 @@ async def health(request: Request) -> Response:
          "index_ready": services.replica.ready.is_set(), "engine": services.engine.name,
          # The fuzzy tier's thresholds in force (from `earmark tune`'s file, or the defaults).
          "thresholds": dataclasses.asdict(services.settings.fuzzy)}
+        # An upstream engine's server: its URL, model and state.
+        | ({"upstream": status} if (status := services.engine.status()) is not None else {})
     )
 
 
@@ -338,6 +353,9 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
     tier = response.headers.get("X-Cache-Tier")
     if tier:
         services.metrics.requests.labels(endpoint=endpoint, tier=tier).inc()
+        if services.metrics.namespace_requests is not None:  # opt-in: metrics_namespace_labels
+            namespace = getattr(request.state, "namespace", "")
+            services.metrics.namespace_requests.labels(namespace=namespace, endpoint=endpoint, tier=tier).inc()
     return response
 
 
@@ -374,7 +392,8 @@ def _authenticate(request: Request, services: Services) -> str:
     without a valid one), else "" for everyone. Checked before the body is read."""
     if services.api_keys is None:
         return ""
-    return services.api_keys.authenticate(request.headers.get("authorization"))
+    request.state.namespace = services.api_keys.authenticate(request.headers.get("authorization"))
+    return request.state.namespace
 
 
 def _cache_control(request: Request, services: Services, endpoint: str) -> CacheControl:
