@@ -22,7 +22,10 @@ Failures, none of them cached (the pipeline writes only a transcript the engine 
 | 429 or 503                                 | 503, its `Retry-After` (or 5 s)  | `overloaded`   |
 | any other non-2xx, a malformed answer, or  | 502, with the upstream's reason  | `error`        |
 | a FunASR answer with a non-zero `code`     |                                  |                |
-| no answer within the engine's allowance    | 504                              | `timeout`      |
+| no answer within the engine's allowance    | 504                              | `timeout` (1)  |
+
+(1) `cancelled` when the engine pool's own allowance (which also counts the wait for a slot) ran
+out first, or the client went away: the request upstream is abandoned, its connection closed.
 
 Only a failure to connect is retried: the request never left, so a retry cannot run the
 upstream twice. A request that was sent (and may be running upstream) is never repeated.
@@ -202,6 +205,10 @@ class UpstreamEngine(AsyncEngine):
             started = time.perf_counter()
             try:
                 response = await self._client.post(self.endpoint, files=files, data=data, timeout=timeout)
+            except asyncio.CancelledError:
+                self._observe(started)
+                self._metrics.requests.labels(outcome="cancelled").inc()
+                raise
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt < self.config.retries:
                     self._metrics.retries.inc()
