@@ -87,6 +87,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     if not settings.redis_url:
         raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
     # Read now, not in the lifespan: a bad keys file stops the start with its ConfigError.
+    # Its stat is taken first: a change made while it is read is read again at the first check.
+    keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file else None
     api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
     if api_keys is not None and not settings.admin_token:
         # Entry ids derive from the profile (namespace included) and the audio: anyone who has
@@ -135,9 +137,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         pool.warm_up()
         await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
         watchers = [asyncio.create_task(_watch_store(store))]
-        if settings.api_keys_file:
+        if keys_file is not None:
             watchers.append(asyncio.create_task(watch_keys_file(
-                KeysFile(settings.api_keys_file), settings.api_keys_check_s,
+                keys_file, settings.api_keys_check_s,
                 apply=lambda keys: setattr(app.state.services, "api_keys", keys),
                 on_result=lambda result: metrics.api_keys_reloads.labels(result=result).inc())))
         try:

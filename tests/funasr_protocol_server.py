@@ -49,12 +49,22 @@ class FunASRProtocolServer:
         self.profile = engine.resolve(RecognitionOptions())
         self.mode = "ok"
         self.requests = 0
+        self.in_progress = 0
+        self.max_in_progress = 0  # the most requests it held at once
         self.release = threading.Event()
         self.app = Starlette(routes=[Route("/recognition", self.recognition, methods=["POST"])])
 
     async def recognition(self, request: Request) -> JSONResponse:
-        """The runtime's `api_recognition`."""
+        """The runtime's `api_recognition` (counted: requests, and how many at once)."""
         self.requests += 1
+        self.in_progress += 1
+        self.max_in_progress = max(self.max_in_progress, self.in_progress)
+        try:
+            return await self._recognition(request)
+        finally:
+            self.in_progress -= 1
+
+    async def _recognition(self, request: Request) -> JSONResponse:
         form = await request.form()
         audio = form.get("audio")
         if audio is None or isinstance(audio, str):

@@ -135,3 +135,44 @@ def test_health_shows_the_funasr_server(front, funasr):
         time.sleep(0.1)
     upstream = front.get("/health").json()["upstream"]
     assert upstream["endpoint"] == f"{funasr.url}/recognition" and upstream["model"] == "paraformer-zh"
+
+
+def test_misses_go_upstream_at_most_max_connections_at_once_and_hits_do_not_wait(funasr_settings, funasr, recorded):
+    """Three different recordings at once with 2 connections and no queue: 2 reach the server
+    and are held there, the 3rd is refused at once (503); meanwhile a cached answer is served."""
+    import asyncio
+
+    import httpx
+
+    from tests.conftest import live_server
+
+    others = [fixture_bytes(name) for name in ("weather.wav", "librivox_0890.flac", "librivox_0930.flac")]
+    limited = replace(funasr_settings, upstream_max_connections=2, engine_queue=0)
+    funasr.max_in_progress = 0
+    with live_server(limited) as url:
+        cached = httpx.post(f"{url}/recognize", files={"file": ("a.wav", recorded)}, timeout=120)
+        assert cached.json()["cache"]["tier"] == "miss"
+        funasr.mode = "slow"
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+                async def post(data):
+                    return await client.post("/recognize", files={"file": ("x", data)})
+                tasks = [asyncio.create_task(post(data)) for data in others]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)  # the refused one
+                for _ in range(3000):  # the other two reach the server, and are held there
+                    if funasr.in_progress == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                assert funasr.in_progress == 2
+                hit = await post(recorded)  # answered while the upstream holds both connections
+                funasr.release.set()
+                return hit, await asyncio.gather(*tasks)
+
+        hit, answers = asyncio.run(burst())
+    assert hit.json()["cache"]["tier"] == "exact"
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200, 200, 503], [answer.text for answer in answers]
+    refused = next(answer for answer in answers if answer.status_code == 503)
+    assert int(refused.headers["retry-after"]) >= 1 and "busy" in refused.json()["msg"]
+    assert funasr.max_in_progress == 2

@@ -72,4 +72,5 @@ class FunASRHttpEngine(UpstreamEngine):
             Segment(start=float(s["start"]) / 1000.0, end=float(s["end"]) / 1000.0, text=str(s["text"]))
             for s in body.get("sentences") or [] if str(s.get("text", "")).strip()
         )
-        return Transcript(text=text.strip(), normalized_text=text.strip(), language=profile.language, segments=segments)
+        # The server does not say which language it heard.
+        return Transcript(text=text.strip(), normalized_text=text.strip(), language="", segments=segments)

@@ -98,13 +98,16 @@ class UpstreamEngine(AsyncEngine):
 
     name: str
     default_model: str
+    # What earmark asks of the upstream besides the profile's options (openai: temperature,
+    # response format); a change to it changes transcripts, so it is in the revision.
+    request_version: int = 1
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.endpoint = self.endpoint_url(config.url)
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
-        self.revision = f"{self.name}/{config.revision or 'unversioned'}"
+        self.revision = f"{self.name}/{self.request_version}/{config.revision or 'unversioned'}"
         # The engine pool admits this many calls at once (app.py reads it).
         self.recommended_workers = config.max_connections
         self._client: httpx.AsyncClient | None = None
