@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,9 +131,12 @@ def test_an_upstream_error_is_a_502_and_nothing_is_cached(front, upstream, recor
 
 
 def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_settings, recorded, redis_client):
-    with TestClient(create_app(replace(upstream_settings, upstream_api_key="wrong-key-0123456789abcdef"))) as client:
+    wrong = "wrong-key-0123456789abcdef"
+    with TestClient(create_app(replace(upstream_settings, upstream_api_key=wrong))) as client:
         failed = transcribe(client, recorded)
+        shown = client.get("/health").text + client.get("/metrics").text + failed.text
     assert failed.status_code == 502 and "HTTP 401" in failed.json()["error"]["message"]
+    assert wrong not in shown, "the upstream key is never shown"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
 
@@ -153,8 +157,6 @@ def test_an_upstream_that_is_down_is_a_502_after_bounded_retries(settings, recor
 
 
 def test_health_and_metrics_show_the_upstream_up(front, upstream):
-    import time
-
     deadline = time.monotonic() + 30
     while front.get("/health").json()["upstream"]["state"] != "up":  # the first check runs at start
         assert time.monotonic() < deadline, "the health check never ran"
@@ -179,8 +181,6 @@ def test_serve_as_the_readme_says_with_the_key_from_the_environment(tmp_path, up
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        import time
-
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -205,3 +205,27 @@ def test_serve_refuses_an_upstream_engine_without_a_url(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert result.returncode == 2 and "upstream_url" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("configured,endpoint,health", [
+    ("http://asr:8000", "http://asr:8000/v1/audio/transcriptions", "http://asr:8000/v1/models"),
+    ("http://asr:8000/v1/", "http://asr:8000/v1/audio/transcriptions", "http://asr:8000/v1/models"),
+    ("https://asr/openai/v1/audio/transcriptions", "https://asr/openai/v1/audio/transcriptions",
+     "https://asr/openai/v1/models"),
+])
+def test_the_upstream_url_may_be_the_server_the_base_url_or_the_endpoint(configured, endpoint, health):
+    from service.engines.openai_upstream import OpenAIUpstreamEngine
+    from service.engines.upstream import UpstreamConfig
+
+    engine = OpenAIUpstreamEngine(UpstreamConfig(url=configured))
+    assert (engine.endpoint, engine.health_url()) == (endpoint, health)
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_kept_in_bounds():
+    from email.utils import formatdate
+
+    from service.engines.upstream import _retry_after_s
+
+    assert _retry_after_s("7") == 7 and _retry_after_s(None) == 5 and _retry_after_s("soon") == 5
+    assert _retry_after_s("0") == 1 and _retry_after_s("86400") == 300
+    assert 25 <= _retry_after_s(formatdate(time.time() + 30, usegmt=True)) <= 30
