@@ -340,7 +340,7 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         return _error(services, endpoint, 422, str(exc))
     except EngineBusy as exc:
         return _error(
-            services, endpoint, 503, f"the engine is busy; retry after {exc.retry_after_s} s",
+            services, endpoint, 503, f"{exc}; retry after {exc.retry_after_s} s",
             {"Retry-After": str(exc.retry_after_s)},
         )
     except EngineUnavailable as exc:

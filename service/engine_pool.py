@@ -33,8 +33,8 @@ from service.profile import Profile
 class EngineBusy(RuntimeError):
     """The engine's queue is full; try again after `retry_after_s`."""
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__("the engine queue is full")
+    def __init__(self, retry_after_s: int, reason: str = "the engine is busy") -> None:
+        super().__init__(reason)
         self.retry_after_s = retry_after_s
 
 

@@ -108,6 +108,7 @@ def test_a_busy_server_is_a_503_with_its_retry_after(front, funasr, funasr_setti
     busy = front.post("/v1/audio/transcriptions", files={"file": ("a.wav", recorded)}, data={"model": "whisper-1"})
     assert busy.status_code == 503 and busy.headers["retry-after"] == "7"
     assert busy.json()["error"]["type"] == "server_error"
+    assert busy.json()["msg"] == "the upstream is overloaded (HTTP 503); retry after 7 s"
     assert metric(front, 'earmark_upstream_requests_total{outcome="overloaded"}') == 1
     assert keys_under(redis_client, funasr_settings.key_prefix) == set()
 

@@ -235,7 +235,8 @@ class UpstreamEngine(AsyncEngine):
         if response.status_code in (429, 503):
             retry_after = _retry_after_s(response.headers.get("retry-after"))
             self._count("overloaded", f"HTTP {response.status_code}", up=response.status_code == 429)
-            raise EngineBusy(retry_after_s=retry_after)
+            raise EngineBusy(retry_after_s=retry_after,
+                             reason=f"the upstream is overloaded (HTTP {response.status_code})")
         if not response.is_success:
             reason = f"HTTP {response.status_code}: {_error_message(response)}"
             self._count("error", reason, up=response.status_code < 500)
