@@ -86,6 +86,9 @@ class Settings:
     upstream_api_key: str = ""
     upstream_model: str = ""
     upstream_revision: str = ""
+    # What an openai upstream is asked for: verbose_json (text and segment times) or json (text
+    # only, for servers without verbose_json). Part of the profile.
+    upstream_response_format: str = "verbose_json"
     # Requests sent upstream at once (more wait in the engine queue), on pooled connections.
     upstream_max_connections: int = 8
     upstream_connect_timeout_s: float = 5.0
@@ -134,6 +137,7 @@ class Settings:
             (self.api_keys_check_s > 0, "api_keys_check_s must be positive"),
             (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
              f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
+            (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),
             (self.upstream_max_connections >= 1, "upstream_max_connections must be at least 1"),
             (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
             (0 <= self.upstream_retries <= 10, "upstream_retries must be between 0 and 10"),

@@ -229,3 +229,20 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_kept_in_bounds():
     assert _retry_after_s("7") == 7 and _retry_after_s(None) == 5 and _retry_after_s("soon") == 5
     assert _retry_after_s("0") == 1 and _retry_after_s("86400") == 300
     assert 25 <= _retry_after_s(formatdate(time.time() + 30, usegmt=True)) <= 30
+
+
+def test_a_json_only_upstream_gives_the_text_without_times_under_its_own_profile(upstream_settings, upstream,
+                                                                                   recorded):
+    with TestClient(create_app(upstream_settings)) as client:
+        verbose = client.post("/recognize", files={"file": ("a.wav", recorded)}).json()
+    plain_settings = replace(upstream_settings, upstream_response_format="json")
+    with TestClient(create_app(plain_settings)) as client:
+        arrived = upstream_arrivals(upstream)
+        plain = client.post("/recognize", files={"file": ("a.wav", recorded)}).json()
+        assert upstream_arrivals(upstream) == arrived + 1, "another profile: forwarded, not served from verbose_json's entry"
+    assert plain["cache"]["tier"] == "miss" and plain["result"]["text"] == verbose["result"]["text"]
+    # No upstream times: the result's one segment is the whole audio (as for any engine without them).
+    whole = plain["result"]["segments"]
+    assert len(whole) == 1 and (whole[0]["start"], whole[0]["end"]) == (0.0, plain["result"]["duration_s"])
+    assert verbose["result"]["segments"][0]["start"] > 0.0, "verbose_json's segment times are the upstream's"
+    assert plain["cache"]["entry"] != verbose["cache"]["entry"]

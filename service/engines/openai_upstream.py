@@ -3,7 +3,8 @@
 
 Each miss is sent as OpenAI's client sends it: the WAV as `file`, the configured
 `upstream_model` as `model`, `temperature=0` (a cache wants the one most likely transcript, not a
-sample), `response_format=verbose_json` with segment timestamps, and the request's `language`
+sample), `response_format=verbose_json` with segment timestamps (or `json`, text only, for a
+server without verbose_json: setting `upstream_response_format`), and the request's `language`
 and `prompt` when given. The model name, the operator's revision label, the language and the
 prompt are all in the profile, so a transcript is only served for the options that made it.
 Hotwords have no OpenAI field and are refused (422). The shared machinery (pooled connections,
@@ -42,6 +43,10 @@ class OpenAIUpstreamEngine(UpstreamEngine):
             extra={"any_language": True, "upstream": self.endpoint},
         )
 
+    def request_details(self) -> str:
+        """The request version and the response format asked for (json has no segments)."""
+        return f"{self.request_version}-{self.config.response_format}"
+
     def endpoint_url(self, url: str) -> str:
         """`http://host:8000`, `http://host:8000/v1` or the full transcriptions URL."""
         path = urlsplit(url).path.rstrip("/")
@@ -56,8 +61,10 @@ class OpenAIUpstreamEngine(UpstreamEngine):
 
     def request_fields(self, wav: bytes, profile: Profile) -> tuple[dict, dict]:
         """OpenAI's multipart form for this profile."""
-        data = {"model": self.model_id, "response_format": "verbose_json", "temperature": "0",
-                "timestamp_granularities[]": "segment"}
+        data = {"model": self.model_id, "response_format": self.config.response_format, "temperature": "0"}
+        if self.config.response_format == "verbose_json":
+            # Segments only: some servers refuse `word` (and OpenAI charges latency for it).
+            data["timestamp_granularities[]"] = "segment"
         if profile.language != "auto":
             data["language"] = profile.language
         if profile.prompt:

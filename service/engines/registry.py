@@ -70,7 +70,8 @@ def upstream_config(settings):
 
     return UpstreamConfig(
         url=settings.upstream_url, api_key=settings.upstream_api_key, model=settings.upstream_model,
-        revision=settings.upstream_revision, max_connections=settings.upstream_max_connections,
+        revision=settings.upstream_revision, response_format=settings.upstream_response_format,
+        max_connections=settings.upstream_max_connections,
         connect_timeout_s=settings.upstream_connect_timeout_s, retries=settings.upstream_retries,
         health_interval_s=settings.upstream_health_interval_s,
     )

@@ -85,6 +85,7 @@ class UpstreamConfig:
     api_key: str = ""
     model: str = ""
     revision: str = ""
+    response_format: str = "verbose_json"  # openai only
     max_connections: int = 8
     connect_timeout_s: float = 5.0
     retries: int = 2
@@ -100,14 +101,14 @@ class UpstreamEngine(AsyncEngine):
     default_model: str
     # What earmark asks of the upstream besides the profile's options (openai: temperature,
     # response format); a change to it changes transcripts, so it is in the revision.
-    request_version: int = 1
+    request_version: str = "1"
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
         self.endpoint = self.endpoint_url(config.url)
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
-        self.revision = f"{self.name}/{self.request_version}/{config.revision or 'unversioned'}"
+        self.revision = f"{self.name}/{self.request_details()}/{config.revision or 'unversioned'}"
         # The engine pool admits this many calls at once (app.py reads it).
         self.recommended_workers = config.max_connections
         self._client: httpx.AsyncClient | None = None
@@ -118,6 +119,10 @@ class UpstreamEngine(AsyncEngine):
         self._last_error = ""
 
     # --- what a protocol supplies -------------------------------------------------------
+
+    def request_details(self) -> str:
+        """What the requests ask besides the profile's options, for the revision."""
+        return self.request_version
 
     def endpoint_url(self, url: str) -> str:
         """The URL transcription requests are posted to, from the configured `url`."""
