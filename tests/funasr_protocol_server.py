@@ -20,7 +20,10 @@ server produces under conditions a test cannot arrange on demand:
   to audio ffmpeg cannot read);
 - `busy`: 503 with `Retry-After: 7` (an nginx in front of a saturated pool, as the runtime's
   README sets up);
-- `slow`: the answer waits until `release` is set (or 60 s).
+- `slow`: the answer waits until `release` is set (or 60 s);
+- `crash`: HTTP 500 with uvicorn's plain-text "Internal Server Error", what the real server sends
+  when `model.generate` raises (its result lacks `sentence_info` without a VAD and punctuation
+  model, for one).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from fingerprint.decode import decode_audio
@@ -64,7 +67,7 @@ class FunASRProtocolServer:
         finally:
             self.in_progress -= 1
 
-    async def _recognition(self, request: Request) -> JSONResponse:
+    async def _recognition(self, request: Request):
         form = await request.form()
         audio = form.get("audio")
         if audio is None or isinstance(audio, str):
@@ -73,6 +76,8 @@ class FunASRProtocolServer:
         content = await audio.read()
         if self.mode == "busy":
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "7"})
+        if self.mode == "crash":
+            return PlainTextResponse("Internal Server Error", status_code=500)
         if self.mode == "slow":
             await asyncio.to_thread(self.release.wait, 60)
         try:

@@ -18,6 +18,7 @@ from service.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.funasr_protocol_server import FunASRProtocolServer
 from tests.test_app import keys_under
+from tests.test_auth import wait_for
 from tests.test_upstream import metric
 
 
@@ -70,6 +71,7 @@ def test_a_miss_is_forwarded_with_sentence_times_and_a_copy_is_cached(front, fun
     segment = body["result"]["segments"][0]
     assert 0.0 <= segment["start"] < segment["end"] <= 4.1, "milliseconds became seconds"
     copy = encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=64000)
+    wait_for(lambda: front.get("/health").json()["index_size"] >= 1)  # the entry reached the vector index
     again = recognize(front, copy, name="a.mp3")
     assert again.json()["cache"]["tier"] in ("canonical", "fuzzy")
     assert again.json()["result"]["text"] == body["result"]["text"]
@@ -101,6 +103,20 @@ def test_http_200_with_a_non_zero_code_is_a_502_and_nothing_is_cached(front, fun
     assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 2
     funasr.mode = "ok"
     assert recognize(front, recorded).json()["cache"]["tier"] == "miss"  # nothing was cached before
+
+
+def test_a_server_error_is_a_502_the_server_counts_as_down_and_nothing_is_cached(front, funasr, funasr_settings,
+                                                                                recorded, redis_client):
+    funasr.mode = "crash"
+    failed = recognize(front, recorded)
+    assert failed.status_code == 502 and "HTTP 500" in failed.json()["msg"] and "Internal Server Error" in failed.json()["msg"]
+    upstream = front.get("/health").json()["upstream"]
+    assert upstream["state"] == "down" and "HTTP 500" in upstream["last_error"]
+    assert metric(front, "earmark_upstream_up") == 0
+    assert keys_under(redis_client, funasr_settings.key_prefix) == set()
+    funasr.mode = "ok"
+    assert recognize(front, recorded).json()["cache"]["tier"] == "miss"
+    assert front.get("/health").json()["upstream"]["state"] == "up", "an answer brings it back up"
 
 
 def test_a_busy_server_is_a_503_with_its_retry_after(front, funasr, funasr_settings, recorded, redis_client):

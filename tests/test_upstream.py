@@ -22,6 +22,7 @@ from service.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.conftest import _free_port
 from tests.test_app import keys_under
+from tests.test_auth import wait_for
 from tests.test_cli import EARMARK, serving
 
 UPSTREAM_KEY = "upstream-key-0123456789abcdef"
@@ -93,6 +94,7 @@ def test_a_miss_is_forwarded_and_a_reencoded_copy_never_reaches_the_upstream(fro
     assert first.json()["text"] == direct["text"]  # the upstream's own transcript, unchanged
     arrived = upstream_arrivals(upstream)
 
+    wait_for(lambda: front.get("/health").json()["index_size"] >= 1)  # the entry reached the vector index
     copy = transcribe(front, mp3_copy, name="a.mp3")
     assert copy.status_code == 200 and copy.headers["x-cache-tier"] in ("canonical", "fuzzy")
     assert copy.json()["text"] == first.json()["text"]
