@@ -62,6 +62,14 @@ class Metrics:
             "a request with two directives counts under both.",
             ["endpoint", "directive"], registry=r,
         )
+        self.events_recorded = Counter(
+            "earmark_events_recorded_total", "Recognition events written to the event stream, by endpoint and tier.",
+            ["endpoint", "tier"], registry=r,
+        )
+        self.events_dropped = Counter(
+            "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
+            registry=r,
+        )
         self.store_up.set(1)
 
     def observe_store_info(self, info: dict) -> None:
