@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fingerprint.canonical import PcmDigest
-from fingerprint.decode import SAMPLE_RATE, AudioStream, budget_seconds, decode_audio, open_audio
+from fingerprint.decode import SAMPLE_RATE, AudioError, AudioStream, budget_seconds, decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
@@ -113,6 +113,8 @@ class RecognitionCache:
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
         outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        if not run and outcome.entry is not None and not outcome.candidates:
+            outcome.candidates = await self._candidates_of(upload, profile)
         outcome.elapsed_ms = _ms_since(started)
         if self.events is not None:
             await self.events.record(event_for(outcome, endpoint=endpoint, query_digest=upload.digest,
@@ -391,6 +393,26 @@ class RecognitionCache:
         seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
         async with self.budget.reserve(seconds):
             yield
+
+    async def _candidates_of(self, upload: Upload, profile: Profile) -> list[dict]:
+        """The fuzzy tier's evidence for a /lookup answered by an earlier tier (bytes or audio
+        seen before), so that tuning and audits see every query's scores: [] when the fuzzy
+        tier is off, the audio unreadable now or the store unreachable."""
+        if self.fuzzy is None:
+            return []
+        try:
+            if upload.audio_seconds is None:  # answered by its bytes: never decoded so far
+                audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+                upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+                audio.close()
+            async with self._decoding(upload):
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self._features_of, upload)
+        except AudioError:
+            return []
+        with self._stage("fuzzy"):
+            match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
+        return match.candidates if match is not None else []
 
     def _features_of(self, upload: Upload):
         """The fuzzy tier's features, decoding the upload again as a stream."""
