@@ -41,6 +41,8 @@ from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
+from service.audit import collect_audit
+from service.audit_api import audit_options
 from service.errors import ApiError
 from service.events import EventLog
 from service.fuzzy import FuzzyMatcher
@@ -120,7 +122,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
                                _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
-        events = EventLog(store, settings.events_maxlen, metrics=metrics)
+        events = EventLog(store, settings.events_maxlen, metrics=metrics,
+                          review_below=settings.fuzzy.min_window_score + settings.review_margin)
         cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
@@ -152,6 +155,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/entries/{entry_id}", get_entry, methods=["GET"]),
         Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
+        Route("/audit", audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
@@ -283,6 +287,21 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
+
+
+async def audit(request: Request) -> Response:
+    """GET /audit: the dedup audit (service/audit.py) as JSON; admin token when configured."""
+    return await _guarded(request, "audit", _audit)
+
+
+async def _audit(request: Request, services: Services) -> Response:
+    _require_admin(request, services.settings)
+    options = audit_options(request.query_params, services.settings.review_margin)
+    services.metrics.audits.inc()
+    assert services.events is not None
+    report = await _store_call(collect_audit(services.store, services.events, services.settings.fuzzy, options,
+                                             source=f"GET /audit on {request.url.netloc}"))
+    return JSONResponse({"code": 0, "msg": "success", **report})
 
 
 async def health(request: Request) -> Response:

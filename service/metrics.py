@@ -70,6 +70,7 @@ class Metrics:
             "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
             registry=r,
         )
+        self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
         self.store_up.set(1)
 
     def observe_store_info(self, info: dict) -> None:
