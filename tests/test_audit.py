@@ -199,6 +199,21 @@ def test_an_empty_store_gives_a_finished_empty_report(settings, tmp_path):
     assert "nothing to audit yet" in page and "data:image/png" not in page
 
 
+def test_earmark_audit_of_a_stopped_deployments_data_dir(tmp_path):
+    data = tmp_path / "data"
+    fixture = str(Path(__file__).parent / "fixtures" / "recorded.wav")
+    for _ in range(2):
+        assert run("recognize", fixture, "--data-dir", str(data), cwd=tmp_path).returncode == 0
+    result = run("audit", "--data-dir", str(data), "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    audit = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert (audit["summary"]["entries"], audit["summary"]["answers"], audit["summary"]["hits"]) == (1, 2, 1)
+    assert [hit["tier"] for hit in audit["hits"]] == ["exact"]
+    assert str(data) in audit["source"]
+    assert run("audit", "--url", "http://127.0.0.1:9", "--data-dir", str(data), "--out", str(tmp_path / "b"),
+               cwd=tmp_path).returncode == 2
+
+
 def render_to_png(page: Path, png: Path) -> None:
     """Render the report in headless Chromium and check the picture has content; the PNG is
     also copied to $EARMARK_TEST_ARTIFACTS (when set) for a person to look at."""
