@@ -184,9 +184,11 @@ async def _recognize(request: Request, services: Services) -> Response:
     namespace = _authenticate(request, services)
     control = _cache_control(request, services, "recognize")
     upload, form = await _receive(request, services)
+    # `earmark batch` says so, for the event log (service/events.py); any other value is ignored.
+    endpoint = "batch" if request.headers.get("x-earmark-client", "").lower() == "batch" else "recognize"
     with contextlib.closing(upload):
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control)
+                                                 control=control, endpoint=endpoint)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 

@@ -131,7 +131,8 @@ def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_fail
 
     paths = list_inputs(source)
     fields = {"language": language} if language else {}
-    with _recognition_client(url, _auth_headers(api_key), config_file, options) as client:
+    headers = {**_auth_headers(api_key), "X-Earmark-Client": "batch"}  # its events say "batch" (docs/api.md)
+    with _recognition_client(url, headers, config_file, options) as client:
         if url:
             try:
                 client.get("/health").raise_for_status()
