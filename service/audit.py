@@ -223,7 +223,9 @@ def _score_distribution(log: list[RecognitionEvent]) -> dict:
     edges = np.round(np.arange(0.0, 1.0 + SCORE_BIN / 2, SCORE_BIN), 4)
     hit_counts = np.histogram(hit_scores, bins=edges)[0] if hit_scores else np.zeros(len(edges) - 1, dtype=int)
     miss_counts = np.histogram(miss_scores, bins=edges)[0] if miss_scores else np.zeros(len(edges) - 1, dtype=int)
-    rejections = Counter((event.rejection or "").split(":")[0] for event in judged if event.tier != "fuzzy")
+    # Why misses were misses: the best candidate's refusal, or why no candidate was examined.
+    rejections = Counter(event.rejection.split(":")[0] for event in log
+                         if event.tier in ("miss", "bypass") and event.rejection)
     return {
         "hits": len(hit_scores),
         "misses": len(miss_scores),

@@ -215,7 +215,7 @@ def _distribution_section(audit: dict) -> str:
     if not dist["hits"] and not dist["misses"]:
         return "<p>No lookup reached the fuzzy tier's verification yet.</p>"
     reasons = _table([{"reason": k or "(none)", "misses": v} for k, v in dist["miss_reasons"].items()],
-                     [("reason", "best candidate refused because"), ("misses", "misses")])
+                     [("reason", "missed because (best candidate refused, or none examined)"), ("misses", "misses")])
     lowest = "-" if dist["lowest_hit"] is None else f"{dist['lowest_hit']:.3f}"
     highest = "-" if dist["highest_miss"] is None else f"{dist['highest_miss']:.3f}"
     return (f"<p>The best fuzzy candidate's score of every answer the fuzzy tier decided: {dist['hits']} hits (lowest "
