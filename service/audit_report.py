@@ -150,11 +150,12 @@ def _headline(audit: dict, saved_h: float) -> str:
     missed = sum(cluster["engine_s_missed"] for cluster in audit["near_duplicates"])
     parts = [f"{summary['hits']} of {summary['answers']} answers came from the cache, saving "
              f"{_seconds(summary['engine_seconds_saved'])} of engine time."]
-    parts.append(f"{summary['near_threshold_hits']} fuzzy hit(s) scored within {audit['thresholds']['review_margin']:g} "
-                 "of the threshold and deserve a listen." if summary["near_threshold_hits"]
+    parts.append(f"{_count(summary['near_threshold_hits'], 'fuzzy hit')} scored within "
+                 f"{audit['thresholds']['review_margin']:g} of the threshold and deserve a listen."
+                 if summary["near_threshold_hits"]
                  else "No fuzzy hit came near the threshold.")
-    parts.append(f"{summary['entries_in_near_duplicate_clusters']} entries in {summary['near_duplicate_clusters']} "
-                 f"cluster(s) are copies of each other stored separately ({_seconds(missed)} of engine time the "
+    parts.append(f"{summary['entries_in_near_duplicate_clusters']} entries in "
+                 f"{_count(summary['near_duplicate_clusters'], 'cluster')} are copies of each other stored separately ({_seconds(missed)} of engine time the "
                  "cache could have saved)." if summary["near_duplicate_clusters"]
                  else "No two stored entries are copies of each other.")
     return " ".join(parts)
@@ -177,7 +178,7 @@ def _near_section(audit: dict) -> str:
         return (f"<p>No fuzzy hit scored under {min(1.0, accept + audit['thresholds']['review_margin']):.3f}: every copy served "
                 "was well clear of the threshold.</p>")
     images = "".join(
-        f'<h3>{html.escape(row["entry"])} <span class="muted">score {row["score"]:.3f}, {row["hits"]} hit(s)</span></h3>'
+        f'<h3>{html.escape(row["entry"])} <span class="muted">score {row["score"]:.3f}, {_count(row["hits"], "hit")}</span></h3>'
         f'<p>{html.escape(row.get("text") or "")}</p>'
         + (f'<img alt="stretch scores" src="data:image/png;base64,{_curve_png(row, accept)}">' if row["curve"]
            else f'<p class="muted">{html.escape(row["note"])}</p>')
@@ -252,6 +253,10 @@ def _td(key: str, value) -> str:
     if key in ("entry", "profile", "query_digest", "a", "b") and len(text) > 16:
         return f"<td><code title='{html.escape(text)}'>{html.escape(text[:12])}…</code></td>"
     return f"<td>{html.escape(text)}</td>"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _seconds(seconds: float) -> str:
