@@ -297,6 +297,10 @@ async def audit(request: Request) -> Response:
 
 
 async def _audit(request: Request, services: Services) -> Response:
+    if services.api_keys is not None and not services.settings.admin_token:
+        # It covers every namespace (transcripts included): never open to every key holder.
+        raise ApiError(403, "GET /audit covers every namespace: with API keys configured it needs an admin token "
+                            "(--admin-token)")
     _require_admin(request, services.settings)
     options = audit_options(request.query_params, services.settings.review_margin)
     services.metrics.audits.inc()

@@ -234,3 +234,16 @@ def render_to_png(page: Path, png: Path) -> None:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(png, Path(artifacts) / png.name)
         shutil.copy(page, Path(artifacts) / page.name)
+
+
+def test_get_audit_is_open_without_an_admin_token_but_never_to_every_key_holder(settings, engine, tmp_path):
+    with TestClient(create_app(settings, engine=engine)) as client:
+        answer = client.get("/audit")
+        assert answer.status_code == 200 and answer.json()["summary"]["entries"] == 0
+    keys = tmp_path / "api-keys"
+    keys.write_text("alpha-key-0123456789abcdef alpha\n")
+    with TestClient(create_app(replace(settings, api_keys_file=str(keys)), engine=engine)) as client:
+        refused = client.get("/audit", headers={"Authorization": "Bearer alpha-key-0123456789abcdef"})
+        assert refused.status_code == 403 and "admin token" in refused.json()["msg"]
+    with TestClient(create_app(replace(settings, api_keys_file=str(keys), admin_token=ADMIN), engine=engine)) as client:
+        assert client.get("/audit", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
