@@ -36,18 +36,27 @@ SUBHARMONIC_RATIO = 0.9  # a shorter lag within this fraction of the best peak w
 # Stored as uint8: 0 = unvoiced, else 1 + quarter-semitones above MIN_HZ (up to ~63 semitones).
 _STEPS_PER_SEMITONE = 4.0
 BURST_FRAMES = 10  # ~100 ms: a tone's syllable
+# A 100 ms stretch is judged on as few as this many frames voiced on both sides: a low tone
+# (Mandarin 买 in a low male voice) is often voiced in only a few frames of its syllable.
+MIN_BURST_FRAMES = 3
 MIN_SHARED_FRAMES = 20  # fewer frames voiced on both sides say nothing either way
+# A frame this far from its recording's median pitch is the tracker's, not the voice's: a
+# harmonic taken for F0 at a voicing onset (a 3:1 error is 19 semitones, which pitch classes do
+# not forgive). One utterance's F0 stays within about an octave of its median.
+OUTLIER_SEMITONES = 7.0
 # A frame's disagreement is capped here: a wrong octave-and-a-fifth is no more wrong than this.
 CAP_SEMITONES = 6.0
 
 
 @dataclass(frozen=True)
 class PitchVerdict:
-    """The worst ~100 ms of frames both recordings voice: their mean pitch disagreement."""
+    """The worst 100 ms: the mean pitch disagreement of its frames both recordings voice, and
+    where it starts in each recording."""
 
     burst_semitones: float
     query_s: float
     shared_frames: int
+    entry_s: float = 0.0
 
 
 class PitchContour:
@@ -119,21 +128,39 @@ def _analyse(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> PitchVerdict:
-    """Judge two contours aligned at `offset_frames` (query frame k ~ entry frame k + offset)."""
+    """Judge two contours aligned at `offset_frames` (query frame k ~ entry frame k + offset).
+
+    The burst is the worst 100 ms of time (not of shared frames): a changed tone often leaves
+    only three or four frames voiced on both sides within its syllable, and averaging them with
+    the agreeing frames of the next syllable would hide it."""
     q_index = np.arange(max(0, -offset_frames), min(len(query), len(entry) - offset_frames))
     if q_index.size == 0:
         return PitchVerdict(0.0, 0.0, 0)
     q, r = query[q_index].astype(np.float32), entry[q_index + offset_frames].astype(np.float32)
-    both = (q > 0) & (r > 0)
-    if both.sum() < MIN_SHARED_FRAMES:
-        return PitchVerdict(0.0, 0.0, int(both.sum()))
+    both = _trusted(q) & _trusted(r)
+    shared = int(both.sum())
+    if shared < MIN_SHARED_FRAMES:
+        return PitchVerdict(0.0, 0.0, shared)
     difference = np.abs(q[both] - r[both]) / _STEPS_PER_SEMITONE % 12.0
     difference = np.minimum(np.minimum(difference, 12.0 - difference), CAP_SEMITONES)
-    # Median over three frames: one frame's wrong peak is the tracker, not the speech.
-    if difference.size >= 3:
-        difference = np.median(np.lib.stride_tricks.sliding_window_view(np.pad(difference, 1, mode="edge"), 3), axis=1)
-    window = min(BURST_FRAMES, difference.size)
-    means = np.convolve(difference, np.ones(window) / window, mode="valid")
+    # Median over three shared frames: one frame's wrong peak is the tracker, not the speech.
+    difference = np.median(np.lib.stride_tricks.sliding_window_view(np.pad(difference, 1, mode="edge"), 3), axis=1)
+    per_frame = np.zeros(q.size, dtype=np.float64)
+    per_frame[both] = difference
+    window = min(BURST_FRAMES, q.size)
+    sums = np.convolve(per_frame, np.ones(window), mode="valid")
+    counts = np.convolve(both.astype(np.float64), np.ones(window), mode="valid")
+    means = np.where(counts >= MIN_BURST_FRAMES, sums / np.maximum(counts, 1.0), 0.0)
     start = int(np.argmax(means))
-    frame = int(q_index[np.flatnonzero(both)[start]])
-    return PitchVerdict(float(means[start]), round((frame * HOP - PAD) / RATE, 3), int(both.sum()))
+    frame = int(q_index[start + int(np.argmax(both[start : start + window]))])
+    query_s = (frame * HOP - PAD) / RATE
+    return PitchVerdict(float(means[start]), round(query_s, 3), shared, round(query_s + offset_frames * HOP / RATE, 3))
+
+
+def _trusted(codes: np.ndarray) -> np.ndarray:
+    """Voiced frames within OUTLIER_SEMITONES of the contour's median pitch."""
+    voiced = codes > 0
+    if not voiced.any():
+        return voiced
+    median = float(np.median(codes[voiced]))
+    return voiced & (np.abs(codes - median) <= OUTLIER_SEMITONES * _STEPS_PER_SEMITONE)

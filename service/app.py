@@ -39,13 +39,14 @@ from service.auth import ApiKeys, AuthError
 from service.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
-from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
+from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
 from service.audit import collect_audit
 from service.audit_api import audit_options
 from service.errors import ApiError
 from service.events import EventLog
 from service.fuzzy import FuzzyMatcher
+from service.key_reload import KeysFile, watch_keys_file
 from service.metrics import Metrics
 from service.openai_compat import (
     check_response_format,
@@ -90,6 +91,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     if not settings.redis_url:
         raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
     # Read now, not in the lifespan: a bad keys file stops the start with its ConfigError.
+    # Its stat is taken first: a change made while it is read is read again at the first check.
+    keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file else None
     api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
     if api_keys is not None and not settings.admin_token:
         # Entry ids derive from the profile (namespace included) and the audio: anyone who has
@@ -100,6 +103,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         metrics = Metrics()
+        if settings.metrics_namespace_labels:
+            metrics.enable_namespace_labels()
         store = Store(
             open_client(settings.redis_url),
             Keys(settings.key_prefix),
@@ -133,14 +138,24 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
+        if isinstance(chosen, AsyncEngine):
+            await chosen.start(metrics)
         pool.warm_up()
         await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
-        watcher = asyncio.create_task(_watch_store(store))
+        watchers = [asyncio.create_task(_watch_store(store))]
+        if keys_file is not None:
+            watchers.append(asyncio.create_task(watch_keys_file(
+                keys_file, settings.api_keys_check_s,
+                apply=lambda keys: setattr(app.state.services, "api_keys", keys),
+                on_result=lambda result: metrics.api_keys_reloads.labels(result=result).inc())))
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             pool.close()
+            if isinstance(chosen, AsyncEngine):
+                await chosen.aclose()
             # Bounded: a stuck connection must never keep the service from exiting.
             for step in (replica.stop(), store.close()):
                 try:
@@ -319,6 +334,8 @@ async def health(request: Request) -> Response:
          "index_ready": services.replica.ready.is_set(), "engine": services.engine.name,
          # The fuzzy tier's thresholds in force (from `earmark tune`'s file, or the defaults).
          "thresholds": dataclasses.asdict(services.settings.fuzzy)}
+        # An upstream engine's server: its URL, model and state.
+        | ({"upstream": status} if (status := services.engine.status()) is not None else {})
     )
 
 
@@ -351,7 +368,7 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         return _error(services, endpoint, 422, str(exc))
     except EngineBusy as exc:
         return _error(
-            services, endpoint, 503, f"the engine is busy; retry after {exc.retry_after_s} s",
+            services, endpoint, 503, f"{exc}; retry after {exc.retry_after_s} s",
             {"Retry-After": str(exc.retry_after_s)},
         )
     except EngineUnavailable as exc:
@@ -366,6 +383,9 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
     tier = response.headers.get("X-Cache-Tier")
     if tier:
         services.metrics.requests.labels(endpoint=endpoint, tier=tier).inc()
+        if services.metrics.namespace_requests is not None:  # opt-in: metrics_namespace_labels
+            namespace = getattr(request.state, "namespace", "")
+            services.metrics.namespace_requests.labels(namespace=namespace, endpoint=endpoint, tier=tier).inc()
     return response
 
 
@@ -402,7 +422,8 @@ def _authenticate(request: Request, services: Services) -> str:
     without a valid one), else "" for everyone. Checked before the body is read."""
     if services.api_keys is None:
         return ""
-    return services.api_keys.authenticate(request.headers.get("authorization"))
+    request.state.namespace = services.api_keys.authenticate(request.headers.get("authorization"))
+    return request.state.namespace
 
 
 def _cache_control(request: Request, services: Services, endpoint: str) -> CacheControl:

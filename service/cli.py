@@ -37,7 +37,7 @@ def main() -> None:
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="Embedded store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None,
          help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
-@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, pocketsphinx or funasr [whisper].")
+@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, pocketsphinx, funasr, or an upstream server: openai, funasr-http [whisper].")
 @_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
          help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
@@ -46,6 +46,16 @@ def main() -> None:
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
 @_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
          help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
+@_option("--upstream-url", env="EARMARK_UPSTREAM_URL", default=None,
+         help="Engines openai and funasr-http: the recognition server misses are forwarded to (http://host:port).")
+@_option("--upstream-api-key", env="EARMARK_UPSTREAM_API_KEY", default=None,
+         help="Bearer key sent upstream; prefer the environment variable (the command line is visible to others).")
+@_option("--upstream-model", env="EARMARK_UPSTREAM_MODEL", default=None,
+         help="Model name sent to an openai upstream [whisper-1], a label for funasr-http [funasr-runtime]; part of the profile.")
+@_option("--upstream-revision", env="EARMARK_UPSTREAM_REVISION", default=None,
+         help="Label of the upstream model's version, part of the profile: change it when the upstream's model changes.")
+@_option("--upstream-max-connections", env="EARMARK_UPSTREAM_MAX_CONNECTIONS", type=int, default=None,
+         help="Requests sent upstream at once [8].")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
 @_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
@@ -66,6 +76,7 @@ def serve(config_file: str | None, **options) -> None:
     # handler, which ends the process on the spot) it lets the store below be stopped properly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _reload_on_signal)
     try:
         app = create_app(settings, engine=engine)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
@@ -359,6 +370,13 @@ def _with_store(settings: Settings):
     except EmbeddedServerError as exc:
         _fail(str(exc))
     return replace(settings, redis_url=server.url), server
+
+
+def _reload_on_signal(_signum: int, _frame) -> None:
+    """SIGHUP: read the API keys file again at the next check (service/key_reload.py)."""
+    from service.key_reload import reload_requested
+
+    reload_requested.set()
 
 
 def _exit_on_signal(signum: int, _frame) -> None:

@@ -73,6 +73,28 @@ class Settings:
     admin_token: str = ""
     # A file of `<key> <namespace>` lines (service/auth.py); empty: no keys, one namespace ("").
     api_keys_file: str = ""
+    # Seconds between checks of the keys file: a changed file is read again, without a restart.
+    api_keys_check_s: float = 2.0
+    # Count answered requests by namespace too (earmark_namespace_requests_total): off by
+    # default, since every namespace is a time series of its own.
+    metrics_namespace_labels: bool = False
+    # An upstream recognition server, for the engines `openai` and `funasr-http`
+    # (service/engines/upstream.py). The model name (sent to an openai upstream; a label for a
+    # funasr-http one) and the revision label are part of the profile: change one when the
+    # model behind the URL changes, or its transcripts would be served for the new model's.
+    upstream_url: str = ""
+    upstream_api_key: str = ""
+    upstream_model: str = ""
+    upstream_revision: str = ""
+    # What an openai upstream is asked for: verbose_json (text and segment times) or json (text
+    # only, for servers without verbose_json). Part of the profile.
+    upstream_response_format: str = "verbose_json"
+    # Requests sent upstream at once (more wait in the engine queue), on pooled connections.
+    upstream_max_connections: int = 8
+    upstream_connect_timeout_s: float = 5.0
+    # Extra attempts after a failure to connect (the request was never sent, so a retry is safe).
+    upstream_retries: int = 2
+    upstream_health_interval_s: float = 10.0
     ttl_s: int = 7 * DAY_S
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
@@ -121,6 +143,14 @@ class Settings:
             (self.events_maxlen >= 0, "events_maxlen must be 0 (no events kept) or more"),
             (0.0 <= self.review_margin <= 1.0, "review_margin must be in [0, 1]"),
             (self.key_prefix != "", "key_prefix must not be empty"),
+            (self.api_keys_check_s > 0, "api_keys_check_s must be positive"),
+            (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
+             f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
+            (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),
+            (self.upstream_max_connections >= 1, "upstream_max_connections must be at least 1"),
+            (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
+            (0 <= self.upstream_retries <= 10, "upstream_retries must be between 0 and 10"),
+            (self.upstream_health_interval_s > 0, "upstream_health_interval_s must be positive"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
             (0.0 <= self.fuzzy.min_short_window_score <= 1.0, "thresholds.min_short_window_score must be in [0, 1]"),

@@ -6,7 +6,9 @@ already wait, the next one is refused at once (HTTP 503 with Retry-After).
 
 Engines that hold the GIL while decoding (pocketsphinx does, for seconds at a time) run in
 worker processes, since a thread would freeze the event loop and with it every cache hit;
-engines that release it (torch) run in threads and share the loaded model.
+engines that release it (torch) run in threads and share the loaded model. Engines that only
+wait on a remote server (`AsyncEngine`: the upstream engines) are awaited on the event loop
+itself, `workers` at a time: a thread or a process per waiting request would buy nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
+from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
 from service.metrics import Metrics
 from service.profile import Profile
 
@@ -31,8 +33,8 @@ from service.profile import Profile
 class EngineBusy(RuntimeError):
     """The engine's queue is full; try again after `retry_after_s`."""
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__("the engine queue is full")
+    def __init__(self, retry_after_s: int, reason: str = "the engine is busy") -> None:
+        super().__init__(reason)
         self.retry_after_s = retry_after_s
 
 
@@ -53,6 +55,7 @@ class EnginePool:
         self._executor = _executor_for(engine, workers)
         self._in_flight = 0
         self._recent_seconds = 1.0
+        self._async_slots = asyncio.Semaphore(workers)
 
     @property
     def in_flight(self) -> int:
@@ -65,6 +68,8 @@ class EnginePool:
         A slot is held until the work really ends: a request that timed out or went away does
         not free it while its job still runs.
         """
+        if isinstance(self.engine, AsyncEngine):
+            return await self._transcribe_async(self.engine, pcm_16k, profile)
         if self._in_flight >= self.workers + self.max_waiting:
             raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
         self._in_flight += 1
@@ -105,6 +110,30 @@ class EnginePool:
         self.metrics.engine_runs.inc()
         return transcript, seconds
 
+    async def _transcribe_async(self, engine: AsyncEngine, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
+        """Await an I/O-bound engine on this loop, `workers` at once, with the same queue bound
+        and allowance as a worker's job; a request that goes away cancels its call."""
+        if self._in_flight >= self.workers + self.max_waiting:
+            raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
+        self._in_flight += 1
+        self.metrics.engine_queue.set(self._in_flight)
+        allowance = self.timeout_s + 2.0 * len(pcm_16k) / 16000
+        try:
+            async with asyncio.timeout(allowance):
+                async with self._async_slots:
+                    started = time.perf_counter()
+                    transcript = await engine.transcribe_async(pcm_16k, profile, allowance)
+                    seconds = time.perf_counter() - started
+        except TimeoutError as exc:
+            raise EngineTimeout(f"the engine did not finish within {allowance:.0f} s") from exc
+        finally:
+            self._in_flight -= 1
+            self.metrics.engine_queue.set(self._in_flight)
+        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * seconds
+        self.metrics.engine_seconds.inc(seconds)
+        self.metrics.engine_runs.inc()
+        return transcript, seconds
+
     def _submit(self, executor: Executor, pcm_16k: np.ndarray, profile: Profile) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         if isinstance(executor, ProcessPoolExecutor):
@@ -128,7 +157,9 @@ class EnginePool:
     def warm_up(self) -> None:
         """Start the worker processes now (loading the model takes a second or two), or run a
         thread engine's `warm_up` on each worker thread, so the first miss does not pay for
-        it. Returns at once."""
+        it. Returns at once. An `AsyncEngine` has nothing to warm: it is started by the app."""
+        if isinstance(self.engine, AsyncEngine):
+            return
         if isinstance(self._executor, ProcessPoolExecutor):
             for _ in range(self.workers):
                 self._executor.submit(_worker_ready)

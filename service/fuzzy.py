@@ -179,19 +179,20 @@ class FuzzyMatcher:
         if verdict.worst_score < limits.min_window_score:
             return False, score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
                                   f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
-                                  f"at query {verdict.worst_at_s:.2f} s")
+                                  f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
         if verdict.worst_short_score < limits.min_short_window_score:
             return False, score, (f"short_window_below_threshold: worst 0.25 s stretch "
                                   f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
-                                  f"at query {verdict.worst_short_at_s:.2f} s")
+                                  f"at query {verdict.worst_short_at_s:.2f} s / entry "
+                                  f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
         if detail_score < limits.min_detail_score:
             return False, score, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
                                   f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
                                   f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)")
         if pitch_score < limits.min_pitch_score:
             return False, score, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
-                                  f"100 ms from query {pitch.query_s:.2f} s differs by {pitch.burst_semitones:.1f} "
-                                  f"semitones (a different tone or intonation)")
+                                  f"100 ms from query {pitch.query_s:.2f} s / entry {pitch.entry_s:.2f} s differs by "
+                                  f"{pitch.burst_semitones:.1f} semitones (a different tone or intonation)")
         return True, score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
                              f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                              f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+_UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -71,7 +72,31 @@ class Metrics:
             registry=r,
         )
         self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
+        self.api_keys_reloads = Counter(
+            "earmark_api_keys_reloads_total", "Reads of a changed API keys file, by result: ok (applied), error (kept the old keys).",
+            ["result"], registry=r,
+        )
         self.store_up.set(1)
+        self.upstream: UpstreamMetrics | None = None
+        self.namespace_requests: Counter | None = None
+
+    def enable_upstream(self) -> "UpstreamMetrics":
+        """Register the upstream metrics (only a service with an upstream engine has them, so a
+        local engine's service exports no `earmark_upstream_up 0` to alert on)."""
+        if self.upstream is None:
+            self.upstream = UpstreamMetrics(self.registry)
+        return self.upstream
+
+    def enable_namespace_labels(self) -> Counter:
+        """Register `earmark_namespace_requests_total{namespace,...}`: opt-in
+        (`metrics_namespace_labels`), since namespaces are unbounded in number and every one
+        is a time series of its own."""
+        if self.namespace_requests is None:
+            self.namespace_requests = Counter(
+                "earmark_namespace_requests_total", "Answered requests, by API-key namespace, endpoint and tier.",
+                ["namespace", "endpoint", "tier"], registry=self.registry,
+            )
+        return self.namespace_requests
 
     def observe_store_info(self, info: dict) -> None:
         """Copy the store's own memory and expiry figures (INFO) into the gauges."""
@@ -79,3 +104,24 @@ class Metrics:
         self.store_max_memory.set(float(info.get("maxmemory", 0)))
         self.store_evicted.set(float(info.get("evicted_keys", 0)))
         self.store_expired.set(float(info.get("expired_keys", 0)))
+
+
+class UpstreamMetrics:
+    """The upstream recognition server, as the upstream engines see it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.up = Gauge("earmark_upstream_up", "1 while the upstream answers (health check or request), 0 while it does not.", registry=r)
+        self.requests = Counter(
+            "earmark_upstream_requests_total",
+            "Transcription requests sent upstream, by outcome: ok, error, overloaded, timeout, unreachable, cancelled.",
+            ["outcome"], registry=r,
+        )
+        self.retries = Counter("earmark_upstream_retries_total", "Upstream requests retried after a connect failure.", registry=r)
+        self.seconds = Histogram(
+            "earmark_upstream_seconds", "Time from sending a transcription request upstream to its answer (every outcome).",
+            buckets=_UPSTREAM_BUCKETS, registry=r,
+        )
+        self.health_checks = Counter(
+            "earmark_upstream_health_checks_total", "Periodic upstream health checks, by result: up, down.", ["result"], registry=r
+        )

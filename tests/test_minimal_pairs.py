@@ -12,7 +12,8 @@ from service.config import FuzzyThresholds
 from service.fuzzy import FuzzyMatcher
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
-PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017"]
+PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017",
+         "cmn_tone_002", "cmn_tone_017"]  # 002 and 017: 买 / 卖, accepted before pitch was judged per 100 ms of time
 PROFILE = "profile-minimal-pairs"
 
 

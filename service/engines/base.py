@@ -187,3 +187,30 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release models and threads."""
+
+    def status(self) -> dict | None:
+        """What /health shows about the engine beyond its name (an upstream's state); None: nothing."""
+        return None
+
+
+class AsyncEngine(Engine):
+    """An engine that waits rather than computes (a remote recognition server): it runs as a
+    coroutine on the service's event loop, not on a worker thread or process, so a hundred
+    requests in flight cost a hundred sockets, not a hundred threads (service/engine_pool.py)."""
+
+    @abstractmethod
+    async def start(self, metrics) -> None:
+        """Open connections and start background checks on the running loop; `metrics` is the
+        service's `service.metrics.Metrics`."""
+
+    @abstractmethod
+    async def transcribe_async(self, pcm_16k: np.ndarray, profile: Profile, timeout_s: float) -> Transcript:
+        """Transcribe 16 kHz mono float32 PCM under `profile`, giving up after `timeout_s`."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop background checks and close connections."""
+
+    def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> Transcript:
+        """Not used: the engine pool awaits `transcribe_async` on the service's loop."""
+        raise EngineFailure(f"engine {self.name!r} runs on the event loop; use transcribe_async")

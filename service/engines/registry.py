@@ -6,16 +6,19 @@ from pathlib import Path
 
 from service.engines.base import Engine, EngineUnavailable
 
-ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr")
+ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr", "openai", "funasr-http")
+# Engines that forward a miss to a recognition server (service/engines/upstream.py).
+UPSTREAM_ENGINES = ("openai", "funasr-http")
 
 
 def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whisper_model: str = "",
                   workers: int = 0, whisper_beam_size: int = 5, whisper_condition_on_previous_text: bool = False,
-                  digest_cache: Path | None = None) -> Engine:
+                  digest_cache: Path | None = None, upstream=None) -> Engine:
     """Build the engine called `name`; raise `EngineUnavailable` with what to do when it cannot.
 
     `workers` is how many calls the service runs at once, 0 for the engine's choice (whisper
-    shares the cores among them); `digest_cache` remembers the SHA-256 of a user's whisper model files."""
+    shares the cores among them); `digest_cache` remembers the SHA-256 of a user's whisper model files;
+    `upstream` is the `UpstreamConfig` of the upstream engines."""
     if name == "whisper":
         try:
             from service.engines.whisper_engine import Decoding, WhisperEngine
@@ -36,6 +39,16 @@ def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whi
                 "the funasr engine needs the optional extra: pip install torch==2.13.0 'earmark[funasr]'"
             ) from exc
         return FunASREngine(funasr_model, device=device)
+    if name in UPSTREAM_ENGINES:
+        if upstream is None or not upstream.url:
+            raise EngineUnavailable(f"engine {name!r} needs --upstream-url, the recognition server to forward misses to")
+        if name == "openai":
+            from service.engines.openai_upstream import OpenAIUpstreamEngine
+
+            return OpenAIUpstreamEngine(upstream)
+        from service.engines.funasr_http import FunASRHttpEngine
+
+        return FunASRHttpEngine(upstream)
     raise EngineUnavailable(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")
 
 
@@ -47,4 +60,18 @@ def engine_for(settings) -> Engine:
         whisper_beam_size=settings.whisper_beam_size,
         whisper_condition_on_previous_text=settings.whisper_condition_on_previous_text,
         digest_cache=Path(settings.data_dir) / "model-digests.json",
+        upstream=upstream_config(settings),
+    )
+
+
+def upstream_config(settings):
+    """The upstream engines' `UpstreamConfig` from `settings`."""
+    from service.engines.upstream import UpstreamConfig
+
+    return UpstreamConfig(
+        url=settings.upstream_url, api_key=settings.upstream_api_key, model=settings.upstream_model,
+        revision=settings.upstream_revision, response_format=settings.upstream_response_format,
+        max_connections=settings.upstream_max_connections,
+        connect_timeout_s=settings.upstream_connect_timeout_s, retries=settings.upstream_retries,
+        health_interval_s=settings.upstream_health_interval_s,
     )

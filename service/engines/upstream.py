@@ -1,0 +1,354 @@
+"""Upstream engines: a miss is forwarded to a recognition server the operator already runs, and
+its answer is cached like any engine's (service/engines/openai_upstream.py,
+service/engines/funasr_http.py).
+
+Where it runs. An upstream engine computes nothing: it sends a WAV and waits for a JSON answer.
+So it is an `AsyncEngine`, awaited on the service's own event loop through one pooled
+`httpx.AsyncClient` (service/engine_pool.py admits `upstream_max_connections` calls at once
+and queues `engine_queue` more, as for a local engine). A worker process would add a pickle of
+the audio and a second event loop for nothing; a worker thread per waiting request would add a
+thread per socket. Waiting costs the loop nothing, so cache hits are never held up by misses
+waiting on the upstream.
+
+What is sent. The canonical 16 kHz mono PCM the cache keyed, as a 16-bit WAV: every server
+decodes WAV, it is what every re-encoded copy of the recording shares, and the client's
+container (which the upstream might not read) never matters.
+
+Failures, none of them cached (the pipeline writes only a transcript the engine returned):
+
+| upstream                                   | earmark                          | outcome label  |
+|--------------------------------------------|----------------------------------|----------------|
+| cannot connect (after `upstream_retries`)  | 502                              | `unreachable`  |
+| 429 or 503                                 | 503, its `Retry-After` (or 5 s)  | `overloaded`   |
+| any other non-2xx, a malformed answer, or  | 502, with the upstream's reason  | `error`        |
+| a FunASR answer with a non-zero `code`     |                                  |                |
+| no answer within the engine's allowance    | 504                              | `timeout` (1)  |
+
+(1) `cancelled` when the engine pool's own allowance (which also counts the wait for a slot) ran
+out first, or the client went away: the request upstream is abandoned, its connection closed.
+
+Only a failure to connect is retried: the request never left, so a retry cannot run the
+upstream twice. A request that was sent (and may be running upstream) is never repeated.
+
+Health. The upstream is checked every `upstream_health_interval_s` (a GET that any running
+server answers, even with a 404 or 405) and by every request's outcome: any HTTP answer below 500
+means up, no answer or a 5xx means down. The state is in /health (`upstream`) and /metrics
+(`earmark_upstream_up`); the engine still tries a down upstream, since it may be back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import time
+import wave
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import numpy as np
+
+from service.engine_pool import EngineBusy, EngineTimeout
+from service.engines.base import (
+    _LANGUAGE_ALIASES,
+    AsyncEngine,
+    EngineFailure,
+    EngineOptionError,
+    RecognitionOptions,
+    Transcript,
+)
+from service.errors import quoted
+from service.profile import Profile
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER_S = 5
+MAX_RETRY_AFTER_S = 300
+FIRST_RETRY_DELAY_S = 0.2
+# A language code as OpenAI's `language` takes it (ISO 639-1, or a 3-letter 639-3 code).
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+
+
+class UpstreamError(EngineFailure):
+    """The upstream failed on this request (HTTP 502): an error status, a malformed answer, a
+    FunASR `code` other than 0, or no connection."""
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Where the upstream is and how to talk to it (from `service.config.Settings`)."""
+
+    url: str
+    api_key: str = ""
+    model: str = ""
+    revision: str = ""
+    response_format: str = "verbose_json"  # openai only
+    max_connections: int = 8
+    connect_timeout_s: float = 5.0
+    retries: int = 2
+    health_interval_s: float = 10.0
+
+
+class UpstreamEngine(AsyncEngine):
+    """The shared part of the upstream engines: the pooled client, retries, the mapping of
+    failures to statuses, health checks and metrics. A protocol supplies `endpoint_url`,
+    `health_url`, `request_fields` and `parse`."""
+
+    name: str
+    default_model: str
+    # What earmark asks of the upstream besides the profile's options (openai: temperature,
+    # response format); a change to it changes transcripts, so it is in the revision.
+    request_version: str = "1"
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.endpoint = self.endpoint_url(config.url)
+        self.model_id = config.model or self.default_model
+        # Only the operator knows when the upstream's model changes; `revision` is their label.
+        self.revision = f"{self.name}/{self.request_details()}/{config.revision or 'unversioned'}"
+        # The engine pool admits this many calls at once (app.py reads it).
+        self.recommended_workers = config.max_connections
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task | None = None
+        self._metrics = None
+        self._state = "unknown"
+        self._checked_at: float | None = None
+        self._last_error = ""
+
+    # --- what a protocol supplies -------------------------------------------------------
+
+    def request_details(self) -> str:
+        """What the requests ask besides the profile's options, for the revision."""
+        return self.request_version
+
+    def endpoint_url(self, url: str) -> str:
+        """The URL transcription requests are posted to, from the configured `url`."""
+        raise NotImplementedError
+
+    def health_url(self) -> str:
+        """A URL any running upstream answers to a GET (the answer's status may be 4xx)."""
+        raise NotImplementedError
+
+    def request_fields(self, wav: bytes, profile: Profile) -> tuple[dict, dict]:
+        """The multipart `files` and `data` of a transcription request."""
+        raise NotImplementedError
+
+    def parse(self, response: httpx.Response, profile: Profile) -> Transcript:
+        """The transcript in a 2xx answer; raise `UpstreamError` when it holds none."""
+        raise NotImplementedError
+
+    # --- options ------------------------------------------------------------------------
+
+    def resolve(self, options: RecognitionOptions, namespace: str = "") -> Profile:
+        """The base checks, but any plain language code is accepted for the upstream to judge
+        (it knows its languages, earmark does not), when the protocol can send a language."""
+        language = "auto"
+        if options.language is not None and options.language.strip().lower() not in ("", "auto"):
+            wanted = options.language.strip().lower()
+            wanted = _LANGUAGE_ALIASES.get(wanted, wanted)
+            if not self.capabilities.extra.get("any_language") or not LANGUAGE_CODE.fullmatch(wanted):
+                accepted = "a 2- or 3-letter language code, or 'auto'" if self.capabilities.extra.get("any_language") \
+                    else "only 'auto' (the upstream server's model decides)"
+                raise EngineOptionError(f"language {quoted(options.language)} is not supported by engine "
+                                        f"{self.name!r}; it takes {accepted}")
+            language = wanted
+        profile = super().resolve(RecognitionOptions(use_itn=options.use_itn, hotwords=options.hotwords,
+                                                     prompt=options.prompt), namespace)
+        return replace(profile, language=language)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self, metrics) -> None:
+        """Open the connection pool and start the periodic health check."""
+        self._metrics = metrics.enable_upstream()
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        # One connection more than the calls admitted at once: the health check's.
+        pooled = self.config.max_connections + 1
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            limits=httpx.Limits(max_connections=pooled, max_keepalive_connections=pooled),
+            timeout=httpx.Timeout(self.config.connect_timeout_s),
+        )
+        self._health_task = asyncio.create_task(self._watch_health())
+
+    async def aclose(self) -> None:
+        """Stop the health check and close the pool."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def status(self) -> dict:
+        """/health's `upstream` object."""
+        return {"url": _redacted(self.config.url), "endpoint": _redacted(self.endpoint), "model": self.model_id,
+                "state": self._state, "checked_at": self._checked_at, "last_error": self._last_error}
+
+    # --- a transcription ----------------------------------------------------------------
+
+    async def transcribe_async(self, pcm_16k: np.ndarray, profile: Profile, timeout_s: float) -> Transcript:
+        """Send the audio as a WAV; the transcript, or the failure mapped to its status."""
+        files, data = self.request_fields(wav_bytes(pcm_16k), profile)
+        response = await self._post(files, data, timeout_s)
+        try:
+            transcript = self.parse(response, profile)
+        except UpstreamError as exc:
+            self._count("error", str(exc))
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            self._count("error", f"malformed answer: {exc}")
+            raise UpstreamError(f"the upstream's answer is not what {self.name} answers: {type(exc).__name__}: {exc}") from exc
+        self._count("ok")
+        return transcript
+
+    async def _post(self, files: dict, data: dict, timeout_s: float) -> httpx.Response:
+        """POST, retrying only connect failures; map every failure to its exception."""
+        assert self._client is not None and self._metrics is not None, "start() was not called"
+        timeout = httpx.Timeout(timeout_s, connect=self.config.connect_timeout_s)
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self._client.post(self.endpoint, files=files, data=data, timeout=timeout)
+            except asyncio.CancelledError:
+                self._observe(started)
+                self._metrics.requests.labels(outcome="cancelled").inc()
+                raise
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt < self.config.retries:
+                    self._metrics.retries.inc()
+                    await asyncio.sleep(FIRST_RETRY_DELAY_S * 2 ** attempt)
+                    attempt += 1
+                    continue
+                self._observe(started)
+                self._count("unreachable", f"cannot connect: {_reason(exc)}", up=False)
+                raise UpstreamError(f"cannot connect to the upstream {_redacted(self.endpoint)} "
+                                    f"({attempt + 1} attempts): {_reason(exc)}") from exc
+            except httpx.TimeoutException as exc:
+                self._observe(started)
+                self._count("timeout", "no answer in time")
+                raise EngineTimeout(f"the upstream did not answer within {timeout_s:.0f} s") from exc
+            except httpx.HTTPError as exc:  # the connection broke mid-request, a protocol error
+                self._observe(started)
+                self._count("error", _reason(exc), up=False)
+                raise UpstreamError(f"the upstream request failed: {_reason(exc)}") from exc
+            self._observe(started)
+            break
+        if response.status_code in (429, 503):
+            retry_after = _retry_after_s(response.headers.get("retry-after"))
+            self._count("overloaded", f"HTTP {response.status_code}", up=response.status_code == 429)
+            raise EngineBusy(retry_after_s=retry_after,
+                             reason=f"the upstream is overloaded (HTTP {response.status_code})")
+        if not response.is_success:
+            reason = f"HTTP {response.status_code}: {_error_message(response)}"
+            self._count("error", reason, up=response.status_code < 500)
+            raise UpstreamError(f"the upstream answered {reason}")
+        return response
+
+    def _observe(self, started: float) -> None:
+        assert self._metrics is not None
+        self._metrics.seconds.observe(time.perf_counter() - started)
+
+    def _count(self, outcome: str, error: str = "", *, up: bool = True) -> None:
+        """Count a request's outcome; it also says whether the upstream answers."""
+        assert self._metrics is not None
+        self._metrics.requests.labels(outcome=outcome).inc()
+        if error:
+            self._last_error = error[:300]
+        self._set_state(up)
+
+    def _set_state(self, up: bool) -> None:
+        assert self._metrics is not None
+        if self._state != ("up" if up else "down"):
+            log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s%s", _redacted(self.endpoint),
+                    "up" if up else "down", "" if up else f": {self._last_error}")
+        self._state = "up" if up else "down"
+        self._checked_at = time.time()
+        self._metrics.up.set(1 if up else 0)
+
+    # --- health -------------------------------------------------------------------------
+
+    async def check_health(self) -> bool:
+        """One health check now: a GET on `health_url`; True when the upstream answers below 500."""
+        assert self._client is not None and self._metrics is not None
+        try:
+            response = await self._client.get(self.health_url())
+            up = response.status_code < 500
+            if not up:
+                self._last_error = f"health check: HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            up = False
+            self._last_error = f"health check: {_reason(exc)}"
+        self._metrics.health_checks.labels(result="up" if up else "down").inc()
+        self._set_state(up)
+        return up
+
+    async def _watch_health(self) -> None:
+        while True:
+            try:
+                await self.check_health()
+            except Exception:  # noqa: BLE001 - a check must never stop the checking
+                log.exception("upstream health check failed")
+            await asyncio.sleep(self.config.health_interval_s)
+
+
+def wav_bytes(pcm_16k: np.ndarray) -> bytes:
+    """16 kHz mono float PCM as a 16-bit WAV file."""
+    samples = np.round(np.clip(np.asarray(pcm_16k, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def with_path(url: str, path: str) -> str:
+    """`url` with its path replaced by `path` (query and fragment dropped)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _retry_after_s(value: str | None) -> int:
+    """The upstream's Retry-After (seconds or an HTTP date), within 1 to 300 s; 5 s if none."""
+    if not value:
+        return DEFAULT_RETRY_AFTER_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return DEFAULT_RETRY_AFTER_S
+    return int(min(max(seconds, 1), MAX_RETRY_AFTER_S))
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The reason in an upstream's error answer (OpenAI's `error.message`, earmark's `msg`,
+    FastAPI's `detail`), else the start of its body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return quoted(response.text.strip(), 200)
+    if isinstance(body, dict):
+        error = body.get("error")
+        for candidate in (error.get("message") if isinstance(error, dict) else error, body.get("msg"),
+                          body.get("detail"), body.get("message")):
+            if candidate:
+                return quoted(candidate if isinstance(candidate, str) else str(candidate), 200)
+    return quoted(str(body), 200)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _redacted(url: str) -> str:
+    """A URL without any user:password part."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))

@@ -1,0 +1,60 @@
+"""The pitch check: a changed tone is caught even when few of its frames voice on both sides,
+while a tracker's error at a voicing onset (a harmonic taken for F0) is not held against a copy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fingerprint.pitch import compare_pitch, pitch_contour
+
+STEPS = 4  # quarter-semitone codes, as stored
+
+
+def _codes(semitones: list[float | None]) -> np.ndarray:
+    """A stored contour from semitones above the tracker's floor (None = unvoiced)."""
+    return np.array([0 if s is None else 1 + round(s * STEPS) for s in semitones], dtype=np.uint8)
+
+
+def _speech(frames: int, base: float = 8.0) -> list[float | None]:
+    """A gently moving contour, voiced in runs of 15 frames with 5 unvoiced between them."""
+    return [None if i % 20 >= 15 else base + 1.5 * np.sin(i / 9.0) for i in range(frames)]
+
+
+def test_a_tone_changed_on_three_shared_frames_is_caught():
+    entry = _speech(120)
+    query = list(entry)
+    # The syllable at 60..69: the entry's low tone voices only three frames, the query's
+    # falling tone voices them all, 3.5 semitones above.
+    for i in range(60, 70):
+        entry[i] = 1.0 if i in (60, 61, 63) else None
+        query[i] = 4.5 - 0.1 * (i - 60)
+    verdict = compare_pitch(_codes(query), _codes(entry), 0)
+    assert verdict.burst_semitones > 3.0
+    assert 0.55 <= verdict.query_s <= 0.65
+
+
+def test_a_harmonic_taken_for_pitch_at_an_onset_is_forgiven():
+    entry = _speech(120)
+    query = list(entry)
+    for i in (20, 21, 40):  # 19 semitones up: the third harmonic, at the start of a voiced run
+        query[i] = entry[i] + 19.0
+    verdict = compare_pitch(_codes(query), _codes(entry), 0)
+    assert verdict.burst_semitones < 0.5
+
+
+def test_the_same_contour_agrees_everywhere():
+    entry = _codes(_speech(120))
+    verdict = compare_pitch(entry, entry, 0)
+    assert verdict.burst_semitones == 0.0
+    assert verdict.shared_frames == sum(1 for i in range(120) if i % 20 < 15)
+
+
+def test_a_rising_glide_is_tracked_as_an_octave():
+    t = np.arange(16000) / 16000.0
+    glide = np.sin(2 * np.pi * np.cumsum(np.linspace(110, 220, t.size)) / 16000).astype(np.float32)
+    voice = glide + 0.5 * np.sin(2 * 2 * np.pi * np.cumsum(np.linspace(110, 220, t.size)) / 16000)
+    contour = pitch_contour(0.3 * voice.astype(np.float32))
+    voiced = contour[contour > 0]
+    assert voiced.size > 50
+    rising = (voiced[-10:].astype(float).mean() - voiced[:10].astype(float).mean()) / STEPS
+    assert 9.0 < rising < 15.0, rising  # an octave, give or take the ends

@@ -1,0 +1,250 @@
+"""The `openai` upstream engine against a real OpenAI-compatible server: a second earmark
+process (`python -m service serve --engine pocketsphinx`, its own data dir, store and API key).
+
+A miss is forwarded; a re-encoded copy is answered from the first earmark's cache and never
+reaches the upstream (counted by the upstream's own /metrics); upstream errors, a wrong upstream
+key and an upstream that is down become 502s and nothing is cached."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.conftest import _free_port
+from tests.test_app import keys_under
+from tests.test_auth import wait_for
+from tests.test_cli import EARMARK, serving
+
+UPSTREAM_KEY = "upstream-key-0123456789abcdef"
+
+
+def transcribe(client, data: bytes, name: str = "a.wav", **fields):
+    return client.post("/v1/audio/transcriptions", files={"file": (name, data, "application/octet-stream")},
+                       data={"model": "whisper-1", **fields})
+
+
+def upstream_arrivals(url: str) -> float:
+    """Transcription requests the upstream earmark received (answered or refused), from its /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    pattern = re.compile(r'^earmark_(?:requests|errors)_total\{endpoint="transcriptions",[^}]*\} (\S+)$', re.M)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def metric(client, name: str) -> float:
+    """A sample's value in the first earmark's /metrics (0 when absent)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def recorded() -> bytes:
+    return fixture_bytes("recorded.wav")
+
+
+@pytest.fixture(scope="module")
+def mp3_copy(recorded) -> bytes:
+    return encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> str:
+    """A second earmark process (pocketsphinx, keyed) as the OpenAI-compatible upstream."""
+    workdir = tmp_path_factory.mktemp("upstream-earmark")
+    keys = workdir / "keys"
+    keys.write_text(f"{UPSTREAM_KEY} downstream\n")
+    with serving(workdir, "--engine", "pocketsphinx", "--data-dir", str(workdir / "data"),
+                 "--api-keys", str(keys)) as url:
+        yield url
+
+
+@pytest.fixture
+def upstream_settings(settings, upstream):
+    return replace(settings, engine="openai", upstream_url=upstream, upstream_api_key=UPSTREAM_KEY,
+                   upstream_model="whisper-1")
+
+
+@pytest.fixture
+def front(upstream_settings):
+    """The first earmark, engine `openai` on the upstream earmark."""
+    with TestClient(create_app(upstream_settings)) as client:
+        yield client
+
+
+def test_a_miss_is_forwarded_and_a_reencoded_copy_never_reaches_the_upstream(front, upstream, recorded, mp3_copy):
+    before = upstream_arrivals(upstream)
+    first = transcribe(front, recorded, response_format="verbose_json")
+    assert first.status_code == 200, first.text
+    assert first.headers["x-cache-tier"] == "miss" and "recorded" in first.json()["text"]
+    assert first.json()["segments"], "the upstream's segment times are kept"
+    assert upstream_arrivals(upstream) == before + 1
+    direct = httpx.post(f"{upstream}/v1/audio/transcriptions", files={"file": ("a.wav", recorded)},
+                        headers={"Authorization": f"Bearer {UPSTREAM_KEY}"}).json()
+    assert first.json()["text"] == direct["text"]  # the upstream's own transcript, unchanged
+    arrived = upstream_arrivals(upstream)
+
+    wait_for(lambda: front.get("/health").json()["index_size"] >= 1)  # the entry reached the vector index
+    copy = transcribe(front, mp3_copy, name="a.mp3")
+    assert copy.status_code == 200 and copy.headers["x-cache-tier"] in ("canonical", "fuzzy")
+    assert copy.json()["text"] == first.json()["text"]
+    again = front.post("/recognize", files={"file": ("a.wav", recorded)})
+    assert again.json()["cache"]["tier"] == "exact"
+    assert upstream_arrivals(upstream) == arrived, "a cached answer must not reach the upstream"
+    assert metric(front, 'earmark_upstream_requests_total{outcome="ok"}') == 1
+
+
+def test_language_and_prompt_are_part_of_the_profile(front, upstream, recorded):
+    first = transcribe(front, recorded)
+    assert first.headers["x-cache-tier"] == "miss"
+    arrived = upstream_arrivals(upstream)
+    english = transcribe(front, recorded, language="en")
+    assert english.status_code == 200 and english.headers["x-cache-tier"] == "miss"
+    assert upstream_arrivals(upstream) == arrived + 1
+    assert transcribe(front, recorded, language="en").headers["x-cache-tier"] == "exact"
+    # Hotwords have no OpenAI field: refused here, before anything is sent.
+    refused = transcribe(front, recorded, hotwords="training")
+    assert refused.status_code == 422 and "hotwords" in refused.json()["error"]["message"]
+    assert upstream_arrivals(upstream) == arrived + 1
+
+
+def test_an_upstream_error_is_a_502_and_nothing_is_cached(front, upstream, recorded, upstream_settings, redis_client):
+    # pocketsphinx upstream refuses a prompt with a 422: the upstream failed this request.
+    arrived = upstream_arrivals(upstream)
+    for attempt in range(2):
+        failed = transcribe(front, recorded, prompt="a call about training")
+        assert failed.status_code == 502, failed.text
+        error = failed.json()["error"]
+        assert "HTTP 422" in error["message"] and "prompt" in error["message"] and error["type"] == "server_error"
+        assert upstream_arrivals(upstream) == arrived + attempt + 1, "not cached: the second one is forwarded too"
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
+    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 2
+    assert front.get("/health").json()["upstream"]["state"] == "up"  # it answered: it is up
+
+
+def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_settings, recorded, redis_client):
+    wrong = "wrong-key-0123456789abcdef"
+    with TestClient(create_app(replace(upstream_settings, upstream_api_key=wrong))) as client:
+        failed = transcribe(client, recorded)
+        shown = client.get("/health").text + client.get("/metrics").text + failed.text
+    assert failed.status_code == 502 and "HTTP 401" in failed.json()["error"]["message"]
+    assert wrong not in shown, "the upstream key is never shown"
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
+
+
+def test_an_upstream_that_is_down_is_a_502_after_bounded_retries(settings, recorded, redis_client):
+    closed = f"http://127.0.0.1:{_free_port()}"
+    down = replace(settings, engine="openai", upstream_url=closed, upstream_retries=2, upstream_health_interval_s=0.2)
+    with TestClient(create_app(down)) as client:
+        failed = transcribe(client, recorded)
+        assert failed.status_code == 502 and "cannot connect" in failed.json()["error"]["message"]
+        assert "3 attempts" in failed.json()["error"]["message"]
+        assert metric(client, "earmark_upstream_retries_total") == 2
+        assert metric(client, 'earmark_upstream_requests_total{outcome="unreachable"}') == 1
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["upstream"]["state"] == "down"
+        assert health["upstream"]["url"] == closed and metric(client, "earmark_upstream_up") == 0
+        assert metric(client, 'earmark_upstream_health_checks_total{result="down"}') >= 1
+    assert keys_under(redis_client, down.key_prefix) == set()
+
+
+def test_health_and_metrics_show_the_upstream_up(front, upstream):
+    deadline = time.monotonic() + 30
+    while front.get("/health").json()["upstream"]["state"] != "up":  # the first check runs at start
+        assert time.monotonic() < deadline, "the health check never ran"
+        time.sleep(0.1)
+    health = front.get("/health").json()
+    assert health["engine"] == "openai"
+    assert health["upstream"]["endpoint"] == f"{upstream}/v1/audio/transcriptions"
+    assert health["upstream"]["model"] == "whisper-1"
+    assert metric(front, "earmark_upstream_up") == 1
+    assert metric(front, 'earmark_upstream_health_checks_total{result="up"}') >= 1
+    assert "whisper-1" in [model["id"] for model in front.get("/v1/models").json()["data"]]
+
+
+def test_serve_as_the_readme_says_with_the_key_from_the_environment(tmp_path, upstream, recorded):
+    """`earmark serve --engine openai --upstream-url ...`, the upstream key in its variable."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "EARMARK_UPSTREAM_API_KEY": UPSTREAM_KEY}
+    env.pop("REDIS_URL", None)
+    arrived = upstream_arrivals(upstream)
+    service = subprocess.Popen([*EARMARK, "serve", "--port", str(port), "--engine", "openai", "--upstream-url", upstream,
+                                "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert service.poll() is None, service.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        answer = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", recorded)},
+                            data={"model": "whisper-1"}, timeout=120)
+        assert answer.status_code == 200 and "recorded" in answer.json()["text"]
+        assert answer.headers["x-cache-tier"] == "miss" and upstream_arrivals(upstream) == arrived + 1
+    finally:
+        service.terminate()
+        service.wait(30)
+
+
+def test_serve_refuses_an_upstream_engine_without_a_url(tmp_path):
+    result = subprocess.run([*EARMARK, "serve", "--engine", "funasr-http", "--data-dir", str(tmp_path / "d")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert result.returncode == 2 and "upstream_url" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("configured,endpoint,health", [
+    ("http://asr:8000", "http://asr:8000/v1/audio/transcriptions", "http://asr:8000/v1/models"),
+    ("http://asr:8000/v1/", "http://asr:8000/v1/audio/transcriptions", "http://asr:8000/v1/models"),
+    ("https://asr/openai/v1/audio/transcriptions", "https://asr/openai/v1/audio/transcriptions",
+     "https://asr/openai/v1/models"),
+])
+def test_the_upstream_url_may_be_the_server_the_base_url_or_the_endpoint(configured, endpoint, health):
+    from service.engines.openai_upstream import OpenAIUpstreamEngine
+    from service.engines.upstream import UpstreamConfig
+
+    engine = OpenAIUpstreamEngine(UpstreamConfig(url=configured))
+    assert (engine.endpoint, engine.health_url()) == (endpoint, health)
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_kept_in_bounds():
+    from email.utils import formatdate
+
+    from service.engines.upstream import _retry_after_s
+
+    assert _retry_after_s("7") == 7 and _retry_after_s(None) == 5 and _retry_after_s("soon") == 5
+    assert _retry_after_s("0") == 1 and _retry_after_s("86400") == 300
+    assert 25 <= _retry_after_s(formatdate(time.time() + 30, usegmt=True)) <= 30
+
+
+def test_a_json_only_upstream_gives_the_text_without_times_under_its_own_profile(upstream_settings, upstream,
+                                                                                   recorded):
+    with TestClient(create_app(upstream_settings)) as client:
+        verbose = client.post("/recognize", files={"file": ("a.wav", recorded)}).json()
+    plain_settings = replace(upstream_settings, upstream_response_format="json")
+    with TestClient(create_app(plain_settings)) as client:
+        arrived = upstream_arrivals(upstream)
+        plain = client.post("/recognize", files={"file": ("a.wav", recorded)}).json()
+        assert upstream_arrivals(upstream) == arrived + 1, "another profile: forwarded, not served from verbose_json's entry"
+    assert plain["cache"]["tier"] == "miss" and plain["result"]["text"] == verbose["result"]["text"]
+    # No upstream times: the result's one segment is the whole audio (as for any engine without them).
+    whole = plain["result"]["segments"]
+    assert len(whole) == 1 and (whole[0]["start"], whole[0]["end"]) == (0.0, plain["result"]["duration_s"])
+    assert verbose["result"]["segments"][0]["start"] > 0.0, "verbose_json's segment times are the upstream's"
+    assert plain["cache"]["entry"] != verbose["cache"]["entry"]
