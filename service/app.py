@@ -41,7 +41,10 @@ from service.config import Settings
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
+from service.audit import collect_audit
+from service.audit_api import audit_options
 from service.errors import ApiError
+from service.events import EventLog
 from service.fuzzy import FuzzyMatcher
 from service.key_reload import KeysFile, watch_keys_file
 from service.metrics import Metrics
@@ -80,6 +83,7 @@ class Services:
     upload_limits: UploadLimits
     upload_gate: UploadGate
     api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
+    events: EventLog | None = None
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -123,12 +127,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
                                _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
-        cache = RecognitionCache(settings, store, pool, metrics, fuzzy)
+        events = EventLog(store, settings.events_maxlen, metrics=metrics,
+                          review_below=settings.fuzzy.min_window_score + settings.review_margin)
+        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
-                                      api_keys)
+                                      api_keys, events)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
@@ -164,6 +170,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/entries/{entry_id}", get_entry, methods=["GET"]),
         Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
+        Route("/audit", audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
@@ -192,9 +199,11 @@ async def _recognize(request: Request, services: Services) -> Response:
     namespace = _authenticate(request, services)
     control = _cache_control(request, services, "recognize")
     upload, form = await _receive(request, services)
+    # `earmark batch` says so, for the event log (service/events.py); any other value is ignored.
+    endpoint = "batch" if request.headers.get("x-earmark-client", "").lower() == "batch" else "recognize"
     with contextlib.closing(upload):
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control)
+                                                 control=control, endpoint=endpoint)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -232,7 +241,7 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
             form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
         stream = check_stream(form.text("stream"), response_format)
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control)
+                                                 control=control, endpoint="openai")
     if stream:
         return _with_cache_headers(streamed_transcription(outcome), outcome)
     return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
@@ -295,6 +304,25 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
+
+
+async def audit(request: Request) -> Response:
+    """GET /audit: the dedup audit (service/audit.py) as JSON; admin token when configured."""
+    return await _guarded(request, "audit", _audit)
+
+
+async def _audit(request: Request, services: Services) -> Response:
+    if services.api_keys is not None and not services.settings.admin_token:
+        # It covers every namespace (transcripts included): never open to every key holder.
+        raise ApiError(403, "GET /audit covers every namespace: with API keys configured it needs an admin token "
+                            "(--admin-token)")
+    _require_admin(request, services.settings)
+    options = audit_options(request.query_params, services.settings.review_margin)
+    services.metrics.audits.inc()
+    assert services.events is not None
+    report = await _store_call(collect_audit(services.store, services.events, services.settings.fuzzy, options,
+                                             source=f"GET /audit on {request.url.netloc}"))
+    return JSONResponse({"code": 0, "msg": "success", **report})
 
 
 async def health(request: Request) -> Response:

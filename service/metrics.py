@@ -63,6 +63,15 @@ class Metrics:
             "a request with two directives counts under both.",
             ["endpoint", "directive"], registry=r,
         )
+        self.events_recorded = Counter(
+            "earmark_events_recorded_total", "Recognition events written to the event stream, by endpoint and tier.",
+            ["endpoint", "tier"], registry=r,
+        )
+        self.events_dropped = Counter(
+            "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
+            registry=r,
+        )
+        self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
         self.api_keys_reloads = Counter(
             "earmark_api_keys_reloads_total", "Reads of a changed API keys file, by result: ok (applied), error (kept the old keys).",
             ["result"], registry=r,
