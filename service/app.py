@@ -100,7 +100,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             open_client(settings.redis_url),
             Keys(settings.key_prefix),
             on_error=metrics.store_errors.inc,
-            on_state=lambda up: metrics.store_up.set(1 if up else 0),
+            on_state=metrics.observe_store_state,
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
         chosen = engine or engine_for(settings)
@@ -300,7 +300,7 @@ async def metrics_endpoint(request: Request) -> Response:
     try:
         services.metrics.observe_store_info(await services.store.info())
     except StoreUnavailable:
-        pass  # earmark_store_up already says so
+        services.metrics.observe_store_info(None)  # earmark_store_up already says so
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
