@@ -38,6 +38,7 @@ from index.vectors import VectorIndex
 from service.auth import ApiKeys, AuthError
 from service.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
+from service.console import console_routes
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
@@ -151,6 +152,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *console_routes(),  # the web console (service/console.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
     # `/entries/x/` is an unknown entry like any other, not a redirect to somewhere else.

@@ -67,6 +67,9 @@ class Metrics:
             "a request with two directives counts under both.",
             ["endpoint", "directive"], registry=r,
         )
+        self.console_pages = Counter(
+            "earmark_console_pages_total", "Web console pages served (and console deletes), by page.", ["page"], registry=r
+        )
         self.store_up.set(1)
         self._store_was_up = True
 
