@@ -57,3 +57,7 @@ class Keys:
     def index_stream(self) -> str:
         """Capped stream of entry additions and deletions that index replicas tail."""
         return f"{self.prefix}index:changes"
+
+    def events(self) -> str:
+        """Capped stream of recognition events (one per answered request) that audits read."""
+        return f"{self.prefix}events"

@@ -154,6 +154,11 @@ class Store:
             log.warning("the store refused a command (%s): this request goes on without the cache", exc)
             raise StoreRefused(str(exc)) from exc
 
+    async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a client operation of a module with keys of its own (service/events.py) behind
+        the breaker: `StoreUnavailable` during an outage, like every other store call."""
+        return await self._call(operation)
+
     def _ensure_probe(self) -> None:
         if self._probe_task is None or self._probe_task.done():
             try:

@@ -43,6 +43,7 @@ from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
 from service.errors import ApiError
+from service.events import EventLog
 from service.fuzzy import FuzzyMatcher
 from service.metrics import Metrics
 from service.openai_compat import (
@@ -80,6 +81,7 @@ class Services:
     upload_limits: UploadLimits
     upload_gate: UploadGate
     api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
+    events: EventLog | None = None
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -119,12 +121,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
                                _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
-        cache = RecognitionCache(settings, store, pool, metrics, fuzzy)
+        events = EventLog(store, settings.events_maxlen, metrics=metrics)
+        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
-                                      api_keys)
+                                      api_keys, events)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
@@ -219,7 +222,7 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
             form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
         stream = check_stream(form.text("stream"), response_format)
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control)
+                                                 control=control, endpoint="openai")
     if stream:
         return _with_cache_headers(streamed_transcription(outcome), outcome)
     return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)

@@ -92,6 +92,9 @@ class Settings:
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
     lock_ttl_ms: int = 30_000
     stream_maxlen: int = 1_000_000
+    # Recognition events kept for audits (service/events.py): about 0.3 KB each, trimmed
+    # approximately (XADD MAXLEN ~) so the cap costs nothing per request.
+    events_maxlen: int = 100_000
     index_type: str = "auto"
     log_level: str = "info"
     fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
@@ -111,6 +114,7 @@ class Settings:
             (self.engine_workers >= 0, "engine_workers must be 0 (the engine's choice) or more"),
             (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
+            (self.events_maxlen >= 0, "events_maxlen must be 0 (no events kept) or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),

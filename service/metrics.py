@@ -70,6 +70,14 @@ class Metrics:
         self.console_pages = Counter(
             "earmark_console_pages_total", "Web console pages served (and console deletes), by page.", ["page"], registry=r
         )
+        self.events_recorded = Counter(
+            "earmark_events_recorded_total", "Recognition events written to the event stream, by endpoint and tier.",
+            ["endpoint", "tier"], registry=r,
+        )
+        self.events_dropped = Counter(
+            "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
+            registry=r,
+        )
         self.store_up.set(1)
         self._store_was_up = True
 

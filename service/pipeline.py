@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fingerprint.canonical import PcmDigest
-from fingerprint.decode import SAMPLE_RATE, AudioStream, budget_seconds, decode_audio, open_audio
+from fingerprint.decode import SAMPLE_RATE, AudioError, AudioStream, budget_seconds, decode_audio, open_audio
 from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
@@ -34,6 +34,7 @@ from service.config import Settings
 from service.decode_budget import DecodeBudget
 from service.engine_pool import EnginePool
 from service.engines.base import EngineFailure
+from service.events import EventLog, event_for
 from service.metrics import Metrics
 from service.profile import Profile
 from service.uploads import Upload
@@ -55,6 +56,7 @@ class Outcome:
     score: float | None = None
     candidates: list[dict] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
@@ -74,8 +76,10 @@ class Outcome:
 class RecognitionCache:
     """Answers recognition requests from the store when it can, from the engine when not."""
 
-    def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None) -> None:
+    def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None,
+                 events: EventLog | None = None) -> None:
         self.settings = settings
+        self.events = events  # one event per answer (service/events.py); None: none recorded
         self.store = store
         self.pool = pool
         self.metrics = metrics
@@ -87,28 +91,34 @@ class RecognitionCache:
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
 
     async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None,
-                        control: CacheControl = DEFAULT_CONTROL) -> Outcome:
+                        control: CacheControl = DEFAULT_CONTROL, endpoint: str = "recognize") -> Outcome:
         """Answer from cache or run the engine, writing a new entry on a miss.
 
         `started` (a `time.perf_counter()` reading) is when the request arrived, so that the
         reported `elapsed_ms` includes receiving the upload. `control` is the request's cache
         control: `no-cache` runs the engine whatever is cached (and stores the result),
         `no-store` writes nothing (a miss is then answered as `bypass`), `max-age` shortens the
-        TTL of an entry this request writes.
+        TTL of an entry this request writes. `endpoint` names the caller in the event log.
         """
-        return await self._answer(upload, profile, run=True, control=control, started=started)
+        return await self._answer(upload, profile, run=True, control=control, started=started, endpoint=endpoint)
 
     async def lookup(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
         """What `recognize` would answer now, without running the engine or writing."""
-        return await self._answer(upload, profile, run=False, control=DEFAULT_CONTROL, started=started)
+        return await self._answer(upload, profile, run=False, control=DEFAULT_CONTROL, started=started,
+                                  endpoint="lookup")
 
     async def _answer(self, upload: Upload | bytes, profile: Profile, *, run: bool, control: CacheControl,
-                      started: float | None) -> Outcome:
+                      started: float | None, endpoint: str) -> Outcome:
         started = time.perf_counter() if started is None else started
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
         outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        if not run and outcome.entry is not None and not outcome.candidates:
+            outcome.candidates = await self._candidates_of(upload, profile)
         outcome.elapsed_ms = _ms_since(started)
+        if self.events is not None:
+            await self.events.record(event_for(outcome, endpoint=endpoint, query_digest=upload.digest,
+                                               profile=profile, served=run))
         return outcome
 
     async def _find_or_run(self, upload: Upload, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
@@ -328,7 +338,7 @@ class RecognitionCache:
             segments=() if negative else segments,
         )
         if not store_ok:
-            return Outcome(tier="bypass", result=entry.result())
+            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
         if self.fuzzy is not None and not negative:
             if features is None:
                 with self._stage("fingerprint"):
@@ -341,8 +351,8 @@ class RecognitionCache:
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
         )
         if not store_ok:
-            return Outcome(tier="bypass", result=entry.result())
-        return Outcome(tier="miss", entry=stored, result=stored.result())
+            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+        return Outcome(tier="miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds)
 
     def _hit(self, tier: str, entry: Entry, *, served: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
         """An answer from `entry`; only a fuzzy hit carries a score (the contract). `served`: the
@@ -383,6 +393,26 @@ class RecognitionCache:
         seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
         async with self.budget.reserve(seconds):
             yield
+
+    async def _candidates_of(self, upload: Upload, profile: Profile) -> list[dict]:
+        """The fuzzy tier's evidence for a /lookup answered by an earlier tier (bytes or audio
+        seen before), so that tuning and audits see every query's scores: [] when the fuzzy
+        tier is off, the audio unreadable now or the store unreachable."""
+        if self.fuzzy is None:
+            return []
+        try:
+            if upload.audio_seconds is None:  # answered by its bytes: never decoded so far
+                audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+                upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+                audio.close()
+            async with self._decoding(upload):
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self._features_of, upload)
+        except AudioError:
+            return []
+        with self._stage("fuzzy"):
+            match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
+        return match.candidates if match is not None else []
 
     def _features_of(self, upload: Upload):
         """The fuzzy tier's features, decoding the upload again as a stream."""

@@ -20,8 +20,11 @@ def post(client, data: bytes, path: str = "/recognize", **fields):
 
 
 def keys_under(redis_client, prefix: str) -> set[bytes]:
-    """Keys requests wrote (the store identity, written by the index replica at start, aside)."""
-    return {key for key in redis_client.scan_iter(match=f"{prefix}*", count=1000) if not key.endswith(b"store-id")}
+    """Keys requests wrote into the cache (the store identity, written by the index replica at
+    start, and the audit's event stream, which every answer appends to, aside)."""
+    events = Keys(prefix).events().encode()
+    return {key for key in redis_client.scan_iter(match=f"{prefix}*", count=1000)
+            if not key.endswith(b"store-id") and key != events}
 
 
 @pytest.fixture(scope="module")

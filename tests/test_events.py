@@ -1,0 +1,133 @@
+"""The recognition event log on a real store: one event per answered request, every tier,
+capped, paged, readable by time; an outage loses events, never requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from fingerprint.canonical import bytes_digest
+from index.connection import open_client
+from index.keys import Keys
+from index.store import Store
+from service.events import EventLog, RecognitionEvent
+from service.metrics import Metrics
+from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.test_fuzzy import post, wait_for
+
+
+def an_event(number: int, **changes) -> RecognitionEvent:
+    values = dict(time=1_700_000_000.0 + number, endpoint="recognize", tier="miss", entry_id=None, score=None,
+                  best_score=None, rejection=None, query_digest=f"{number:064x}", duration_s=1.5,
+                  engine_s_spent=0.25, engine_s_saved=0.0, namespace="", profile_id="p")
+    return RecognitionEvent(**(values | changes))
+
+
+def test_an_event_round_trips_through_its_fields():
+    event = an_event(7, tier="fuzzy", entry_id="ab" * 16, score=0.8123, best_score=0.8123, engine_s_saved=1.25,
+                     namespace="team-a", rejection=None)
+    raw = {key.encode(): value.encode() for key, value in event.to_fields().items()}
+    assert RecognitionEvent.from_fields(raw) == event
+    missed = an_event(8, best_score=0.61, rejection="window_below_threshold: worst stretch 0.610 < 0.74")
+    assert RecognitionEvent.from_fields(missed.to_fields()) == missed
+
+
+def test_record_recent_pages_and_between(settings):
+    async def scenario():
+        metrics = Metrics()
+        store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
+        log = EventLog(store, maxlen=1000, metrics=metrics)
+        for number in range(25):
+            await log.record(an_event(number))
+        newest = await log.recent(10)
+        assert [event.query_digest for _, event in newest] == [f"{n:064x}" for n in range(24, 14, -1)]
+        older = await log.recent(10, before=newest[-1][0])
+        assert [event.query_digest for _, event in older] == [f"{n:064x}" for n in range(14, 4, -1)]
+        everything = await log.between(time.time() - 60, time.time() + 60)
+        assert [event.query_digest for _, event in everything] == [f"{n:064x}" for n in range(25)]
+        assert await log.between(time.time() + 3600, time.time() + 7200) == []
+        assert metrics.events_recorded.labels(endpoint="recognize", tier="miss")._value.get() == 25
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_stream_is_capped(settings, redis_client):
+    async def scenario():
+        store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
+        log = EventLog(store, maxlen=50)
+        for number in range(600):
+            await log.record(an_event(number))
+        await store.close()
+
+    asyncio.run(scenario())
+    kept = redis_client.xlen(Keys(settings.key_prefix).events())
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default): about the cap, never all
+    assert 50 <= kept < 600
+
+
+def test_an_outage_drops_events_without_failing(settings):
+    async def scenario():
+        metrics = Metrics()
+        # a port nothing listens on: every call fails at once
+        store = Store(open_client("redis://127.0.0.1:9/0"), Keys(settings.key_prefix))
+        log = EventLog(store, maxlen=100, metrics=metrics)
+        await log.record(an_event(1))
+        await log.record(an_event(2))
+        assert metrics.events_dropped._value.get() == 2
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_each_answered_request_is_recorded_with_its_evidence(client, settings):
+    recorded = fixture_bytes("recorded.wav")
+    samples, rate = read_pcm(recorded)
+    flac = encode(samples, rate, fmt="flac", codec="flac")
+    mp3 = encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=48000)
+    weather = fixture_bytes("weather.wav")
+
+    miss = post(client, recorded)["cache"]
+    wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+    exact = post(client, recorded)["cache"]
+    canonical = post(client, flac)["cache"]
+    fuzzy = post(client, mp3)["cache"]
+    looked = post(client, weather, "/lookup")["cache"]
+    assert [miss["tier"], exact["tier"], canonical["tier"], fuzzy["tier"], looked["tier"]] == [
+        "miss", "exact", "canonical", "fuzzy", "miss"]
+
+    services = client.app.state.services
+    events = [event for _, event in client.portal.call(services.events.recent, 10)][::-1]
+    assert [(e.endpoint, e.tier) for e in events] == [
+        ("recognize", "miss"), ("recognize", "exact"), ("recognize", "canonical"), ("recognize", "fuzzy"),
+        ("lookup", "miss")]
+    entry = miss["entry"]
+    assert [e.entry_id for e in events[:4]] == [entry] * 4 and events[4].entry_id is None
+    assert [e.query_digest for e in events] == [bytes_digest(data) for data in
+                                                (recorded, recorded, flac, mp3, weather)]
+    spent = miss["engine_seconds"]
+    assert spent > 0 and events[0].engine_s_spent == pytest.approx(spent, abs=1e-3)
+    assert [e.engine_s_saved for e in events[1:4]] == [pytest.approx(spent, abs=1e-3)] * 3
+    assert events[4].engine_s_saved == 0.0 and events[4].engine_s_spent == 0.0
+    # the fuzzy hit: its verified score, and the best candidate's score (the same entry)
+    assert events[3].score == pytest.approx(fuzzy["score"], abs=1e-4)
+    assert events[3].best_score == pytest.approx(fuzzy["score"], abs=1e-4) and events[3].rejection is None
+    # the fuzzy miss: how close the best candidate came, and why it was refused
+    best = max(looked["candidates"], key=lambda c: c["score"])
+    assert events[4].best_score == best["score"] and events[4].rejection == best["reason"]
+    assert all(e.duration_s == pytest.approx(len(samples) / rate, abs=0.05) for e in events[:4])
+    assert all(e.profile_id == events[0].profile_id and e.namespace == "" for e in events)
+    assert 'earmark_events_recorded_total{endpoint="recognize",tier="fuzzy"} 1.0' in client.get("/metrics").text
+
+
+def test_openai_requests_are_recorded_as_openai(client):
+    silence = np.zeros(16000, dtype=np.int16)
+    data = encode(silence, 16000, fmt="wav", codec="pcm_s16le")
+    answer = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", data, "audio/wav")},
+                         data={"model": "whisper-1"})
+    assert answer.status_code == 200, answer.text
+    _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
+    assert (event.endpoint, event.tier) == ("openai", answer.headers["X-Cache-Tier"])
