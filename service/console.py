@@ -13,9 +13,11 @@ Strict cookie; /entries/... itself keeps checking its Bearer header as before.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -23,11 +25,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from index.breaker import StoreUnavailable
+from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, TIERS, audit_view, entry_hits, history_page
+
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "console_templates"))
 STATIC_DIR = HERE / "console_static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+AUDIT_HOURS = (1, 6, 24, 168)
+TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3",
+                "miss": "#d98a00", "bypass": "#c0392b"}
 
 
 def console_routes() -> list[BaseRoute]:
@@ -35,6 +44,10 @@ def console_routes() -> list[BaseRoute]:
     return [
         Route("/", upload_page, methods=["GET"]),
         Route("/console/login", login, methods=["GET", "POST"]),
+        Route("/console/history", history, methods=["GET"]),
+        Route("/console/entry/{entry_id}", entry_page, methods=["GET"]),
+        Route("/console/entry/{entry_id}/delete", delete_entry, methods=["POST"]),
+        Route("/console/audit", audit, methods=["GET"]),
         Mount("/console/static", app=StaticFiles(directory=str(STATIC_DIR)), name="console_static"),
     ]
 
@@ -56,6 +69,107 @@ async def upload_page(request: Request) -> Response:
     caps = services.engine.capabilities
     return _render(request, "upload.html", nav="upload", caps=caps, thresholds=services.settings.fuzzy,
                    languages=sorted(caps.languages), itn_choices=list(caps.itn))
+
+
+async def history(request: Request) -> Response:
+    """GET /console/history: recent recognitions, newest first, paged (`before`), searchable (`q`).
+    An htmx request (the search box) gets the results fragment only."""
+    if not is_admin(request):
+        return login_page(request)
+    services = request.app.state.services
+    query = request.query_params.get("q", "")[:200]
+    before = request.query_params.get("before") or None
+    if before is not None and not re.fullmatch(r"\d{1,20}-\d{1,20}", before):
+        before = None
+    try:
+        page = await history_page(services.events, services.store, count=PAGE_SIZE, before=before, query=query)
+    except StoreUnavailable:
+        return _store_down(request, "history")
+    template = "_history_results.html" if request.headers.get("hx-request") else "history.html"
+    return _render(request, template, nav="history", page=page, before=before, query=query,
+                   scan_limit=SEARCH_SCAN_LIMIT, deleted=request.query_params.get("deleted", "")[:32])
+
+
+async def entry_page(request: Request) -> Response:
+    """GET /console/entry/{id}: one entry's transcript, facts and the hits it served."""
+    if not is_admin(request):
+        return login_page(request)
+    services = request.app.state.services
+    entry_id = request.path_params["entry_id"]
+    if not ENTRY_ID.fullmatch(entry_id):
+        return _not_found(request, entry_id[:40])
+    try:
+        entry = await services.store.get_entry(entry_id)
+        if entry is None:
+            return _not_found(request, entry_id)
+        hits = await entry_hits(services.events, entry_id)
+        size = await services.store.call(lambda: services.store.client.memory_usage(services.store.keys.entry(entry_id)))
+    except StoreUnavailable:
+        return _store_down(request, "entry")
+    latest = hits.events[0][1] if hits.events else None
+    return _render(request, "entry.html", nav="history", entry=entry, hits=hits, size_bytes=size, latest=latest,
+                   scan_limit=HITS_SCAN_LIMIT, tiers=TIERS)
+
+
+async def delete_entry(request: Request) -> Response:
+    """POST /console/entry/{id}/delete: what DELETE /entries/{id} does, for the console's button
+    (the admin token's cookie when one is configured; refused from another site's page)."""
+    services = request.app.state.services
+    if not is_admin(request):
+        return login_page(request)
+    if not _same_origin(request):
+        return _render(request, "message.html", status_code=403, heading="Refused",
+                       message="A delete must come from this console's own page.")
+    entry_id = request.path_params["entry_id"]
+    if not ENTRY_ID.fullmatch(entry_id):
+        return _not_found(request, entry_id[:40])
+    try:
+        deleted = await services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+    except StoreUnavailable:
+        return _store_down(request, "delete")
+    if not deleted:
+        return _not_found(request, entry_id)
+    services.metrics.console_pages.labels(page="delete").inc()
+    return RedirectResponse(f"/console/history?deleted={entry_id}", status_code=303)
+
+
+async def audit(request: Request) -> Response:
+    """GET /console/audit: hits per tier over time, engine time saved and spent, and fuzzy
+    verdicts near the threshold, drawn from the recognition event log."""
+    if not is_admin(request):
+        return login_page(request)
+    services = request.app.state.services
+    try:
+        hours = float(request.query_params.get("hours", "24"))
+    except ValueError:
+        hours = 24.0
+    hours = hours if hours in AUDIT_HOURS else 24.0
+    threshold = services.settings.fuzzy.min_window_score
+    try:
+        view = await audit_view(services.events, hours=hours, threshold=threshold)
+    except StoreUnavailable:
+        return _store_down(request, "audit")
+    return _render(request, "audit.html", nav="audit", view=view, hours=hours, hour_choices=AUDIT_HOURS,
+                   threshold=threshold, tiers=TIERS, colours=TIER_COLOURS)
+
+
+def _same_origin(request: Request) -> bool:
+    """The form was posted from a page of this host (the Origin header, else the Referer)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return True  # not a browser's cross-site form post: those always carry an Origin
+    return urlsplit(source).netloc == request.headers.get("host", "")
+
+
+def _not_found(request: Request, entry_id: str) -> Response:
+    return _render(request, "message.html", status_code=404, heading="No such entry", nav="history",
+                   message=f"There is no entry {entry_id}: it never existed, expired, was evicted or was deleted.")
+
+
+def _store_down(request: Request, page: str) -> Response:
+    return _render(request, "message.html", status_code=503, heading="The store is unreachable", nav=page,
+                   message="History and entries live in the cache store, which does not answer right now. "
+                           "Recognition still works (uncached); try this page again shortly.")
 
 
 def is_admin(request: Request) -> bool:
@@ -112,3 +226,15 @@ def ttl_text(expires_at_ms: int, now: float | None = None) -> str:
 
 TEMPLATES.env.filters["ttl"] = ttl_text
 TEMPLATES.env.filters["when"] = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else ""
+TEMPLATES.env.filters["ago"] = lambda epoch: _ago(time.time() - epoch)
+
+
+def _ago(seconds: float) -> str:
+    """'just now', '5 min ago', '3 h ago', '2 d ago'."""
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} d ago"
