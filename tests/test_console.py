@@ -125,7 +125,7 @@ def test_audit_page_charts_tiers_and_saved_time(client, recorded):
     html = client.get("/console/audit").text
     assert '<div class="value" id="stat-recognitions">2</div>' in html
     assert "exact (1)" in html and "miss (1)" in html
-    assert html.count("<svg class=\"chart\"") == 2 and "<title>" in html
+    assert html.count("<svg class=\"chart wide\"") == 2 and "<title>" in html
     assert 'earmark_console_pages_total{page="audit"} 1.0' in client.get("/metrics").text
 
 
