@@ -165,3 +165,16 @@ def test_history_survives_a_restart_of_service_and_store(tmp_path, engine, recor
             assert re.findall(r'data-tier="(\w+)" data-entry="(\w*)"', html) == [("miss", entry)]
     finally:
         server.stop()
+
+
+def test_upload_page_offers_hotwords_prompt_and_an_api_key_field_when_they_apply(settings, whisper_engine, tmp_path):
+    from dataclasses import replace
+
+    keys = tmp_path / "api-keys"
+    keys.write_text("k" * 32 + " alpha\n")
+    with TestClient(create_app(replace(settings, api_keys_file=str(keys)), engine=whisper_engine)) as client:
+        html = client.get("/").text
+    # Whisper takes hotwords and a prompt; with keys configured the page asks for one (sent as Bearer).
+    for field in ('<label for="hotwords">', '<label for="prompt">', '<label for="api_key">'):
+        assert field in html, field
+    assert "takes no" not in html
