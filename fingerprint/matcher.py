@@ -53,20 +53,15 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
     single substituted word cannot hide in an otherwise identical second). Stretches run over
     speech frames only, so pauses never dilute a difference.
     """
-    q_voiced, r_voiced = speech_mask(query, config), speech_mask(reference, config)
-    if not q_voiced.any() or not r_voiced.any():
+    aligned = _align(query, reference, config)
+    if aligned is None:
         return Verification(0.0, 0.0, 0.0, 0)
-    q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
-    search = int(ALIGN_SEARCH_S * config.frames_per_second)
-    offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
-    errors, counted, shared, q_index = _aligned_errors(query, reference, q_voiced, r_voiced, offset)
+    offset, errors, counted, shared, q_index = aligned
     long_scores, long_starts = _window_scores(errors[counted], config.window_frames)
     short_scores, short_starts = _window_scores(errors[counted & shared], config.short_window_frames)
-    edge = config.frame_length - config.hop_length  # band_energies' padding
 
     def start_time(mask: np.ndarray, start: int) -> float:
-        frame = int(q_index[np.flatnonzero(mask)[start]])
-        return round(max(0.0, (frame * config.hop_length - edge) / config.sample_rate), 3)
+        return _query_seconds(q_index[np.flatnonzero(mask)[start]], config)
 
     def query_time(mask: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> float:
         if scores.size == 0:
@@ -84,6 +79,37 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
         stretches=tuple((start_time(counted, int(start)), round(float(score), 4))
                         for start, score in zip(long_starts, long_scores, strict=True)),
     )
+
+
+def stretch_scores(query: RobustHash, reference: RobustHash, config: FingerprintConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`verify`'s ~1 s stretch scores one by one, with where each stretch starts in query
+    seconds: the curve an audit draws to show which second of a match was the worst (its
+    minimum is `verify(...).worst_score`). Empty when the two have no speech to compare."""
+    aligned = _align(query, reference, config)
+    if aligned is None:
+        return np.zeros(0), np.zeros(0)
+    _, errors, counted, _, q_index = aligned
+    scores, starts = _window_scores(errors[counted], config.window_frames)
+    frames = q_index[np.flatnonzero(counted)[starts]] if scores.size else np.zeros(0, dtype=int)
+    return np.array([_query_seconds(frame, config) for frame in frames]), scores
+
+
+def _align(query: RobustHash, reference: RobustHash, config: FingerprintConfig):
+    """(offset, per-frame errors, counted mask, shared mask, query frame index) of the two
+    aligned at their best offset; None when either has no speech."""
+    q_voiced, r_voiced = speech_mask(query, config), speech_mask(reference, config)
+    if not q_voiced.any() or not r_voiced.any():
+        return None
+    q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
+    search = int(ALIGN_SEARCH_S * config.frames_per_second)
+    offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
+    return (offset, *_aligned_errors(query, reference, q_voiced, r_voiced, offset))
+
+
+def _query_seconds(frame, config: FingerprintConfig) -> float:
+    """A query frame's start in seconds (band_energies pads by frame - hop samples)."""
+    edge = config.frame_length - config.hop_length
+    return round(max(0.0, (int(frame) * config.hop_length - edge) / config.sample_rate), 3)
 
 
 def _window_scores(frame_errors: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

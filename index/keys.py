@@ -58,6 +58,11 @@ class Keys:
         """Capped stream of entry additions and deletions that index replicas tail."""
         return f"{self.prefix}index:changes"
 
+    def query_print(self, profile_id: str, bytes_digest: str) -> str:
+        """A fuzzy hit's query fingerprint (never its audio), kept while its entry lives so an
+        audit can redraw the match stretch by stretch (service/events.py)."""
+        return f"{self.prefix}qprint:{profile_id}:{bytes_digest}"
+
     def events(self) -> str:
         """Capped stream of recognition events (one per answered request) that audits read."""
         return f"{self.prefix}events"

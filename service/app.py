@@ -42,6 +42,8 @@ from service.console import console_routes
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
+from service.audit import collect_audit
+from service.audit_api import audit_options
 from service.errors import ApiError
 from service.events import EventLog
 from service.fuzzy import FuzzyMatcher
@@ -121,7 +123,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
                                _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
-        events = EventLog(store, settings.events_maxlen, metrics=metrics)
+        events = EventLog(store, settings.events_maxlen, metrics=metrics,
+                          review_below=settings.fuzzy.min_window_score + settings.review_margin)
         cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
@@ -153,6 +156,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/entries/{entry_id}", get_entry, methods=["GET"]),
         Route("/entries/{entry_id}", delete_entry, methods=["DELETE"]),
+        Route("/audit", audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *console_routes(),  # the web console (service/console.py)
@@ -182,9 +186,11 @@ async def _recognize(request: Request, services: Services) -> Response:
     namespace = _authenticate(request, services)
     control = _cache_control(request, services, "recognize")
     upload, form = await _receive(request, services)
+    # `earmark batch` says so, for the event log (service/events.py); any other value is ignored.
+    endpoint = "batch" if request.headers.get("x-earmark-client", "").lower() == "batch" else "recognize"
     with contextlib.closing(upload):
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control)
+                                                 control=control, endpoint=endpoint)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -285,6 +291,21 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
+
+
+async def audit(request: Request) -> Response:
+    """GET /audit: the dedup audit (service/audit.py) as JSON; admin token when configured."""
+    return await _guarded(request, "audit", _audit)
+
+
+async def _audit(request: Request, services: Services) -> Response:
+    _require_admin(request, services.settings)
+    options = audit_options(request.query_params, services.settings.review_margin)
+    services.metrics.audits.inc()
+    assert services.events is not None
+    report = await _store_call(collect_audit(services.store, services.events, services.settings.fuzzy, options,
+                                             source=f"GET /audit on {request.url.netloc}"))
+    return JSONResponse({"code": 0, "msg": "success", **report})
 
 
 async def health(request: Request) -> Response:

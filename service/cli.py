@@ -6,6 +6,7 @@ non-zero with a one-line reason, never a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -130,7 +131,8 @@ def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_fail
 
     paths = list_inputs(source)
     fields = {"language": language} if language else {}
-    with _recognition_client(url, _auth_headers(api_key), config_file, options) as client:
+    headers = {**_auth_headers(api_key), "X-Earmark-Client": "batch"}  # its events say "batch" (docs/api.md)
+    with _recognition_client(url, headers, config_file, options) as client:
         if url:
             try:
                 client.get("/health").raise_for_status()
@@ -193,6 +195,83 @@ def tune(source: Path, out: Path, target_far: float, margin: float, others: int,
     click.echo(f"threshold {result.threshold:.3f}: recall {result.recall():.1%} of {len(result.positives)} copies, "
                f"false accepts {result.false_accept_rate():.2%} of {len(result.negatives)}; "
                f"wrote {out}/report.html, summary.json, thresholds.toml (earmark serve --config {out}/thresholds.toml)")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for report.html, audit.json and the CSV tables.")
+@_option("--url", env="EARMARK_URL", default=None, help="A running earmark server: its GET /audit.")
+@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="With --url: the server's admin token.")
+@_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="The deployment's store.")
+@_option("--data-dir", env="EARMARK_DATA_DIR", default=None,
+         help="A stopped deployment's data directory (its embedded store is started here) [./.earmark].")
+@_option("--config", "config_file", env="EARMARK_CONFIG", default=None,
+         help="The deployment's TOML settings (key prefix, thresholds, review margin).")
+@click.option("--review-margin", type=click.FloatRange(0.0, 1.0), default=None,
+              help="List fuzzy hits scoring under the threshold plus this [the setting review_margin, 0.05].")
+@click.option("--top", type=click.IntRange(1, 1000), default=20, show_default=True, help="Most reused entries listed.")
+def audit(out: Path, url: str | None, admin_token: str | None, config_file: str | None, review_margin: float | None,
+          top: int, **options) -> None:
+    """Write a dedup audit of a deployment: what was reused, how close fuzzy hits came to the
+    threshold, and copies stored twice (report.html, audit.json, CSV files)."""
+    from index.breaker import StoreUnavailable
+    from service.audit import AuditOptions, audit_settings_store
+    from service.audit_report import write_audit
+
+    if url:
+        if options.get("redis_url") or options.get("data_dir"):
+            _fail("give one of --url, --redis-url or --data-dir")
+        params: dict[str, str | int | float] = {"top": top} | ({} if review_margin is None else {"review_margin": review_margin})
+        click.echo(f"building the audit on {url} ...", err=True)
+        try:
+            response = httpx.get(f"{url.rstrip('/')}/audit", params=params, headers=_auth_headers(admin_token), timeout=None)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {url}: {exc}")
+        body = _json_or_none(response) or {}
+        if response.status_code != 200:
+            _fail(f"{url}/audit answered {response.status_code}: {body.get('msg') or response.text[:200]}")
+        report = {key: value for key, value in body.items() if key not in ("code", "msg")}
+    else:
+        settings, server = _with_store(_settings(config_file, options))
+        margin = settings.review_margin if review_margin is None else review_margin
+        source = f"the store at {settings.redis_url}" if server is None else f"the data directory {settings.data_dir}"
+        bars = _StageBars()
+        try:
+            report = asyncio.run(audit_settings_store(settings, AuditOptions(review_margin=margin, top=top),
+                                                      source=source, progress=bars))
+        except StoreUnavailable as exc:  # also a store that refuses (StoreRefused)
+            _fail(f"the store is unreachable: {exc}")
+        finally:
+            bars.close()
+            if server is not None:
+                server.stop()
+    write_audit(report, out)
+    summary = report["summary"]
+    rate = "-" if summary["hit_rate"] is None else f"{summary['hit_rate']:.1%}"
+    click.echo(f"{summary['answers']} answers, hit rate {rate}, engine time saved {summary['engine_seconds_saved']:.1f} s; "
+               f"{summary['entries']} entries, {summary['near_threshold_hits']} fuzzy hits near the threshold, "
+               f"{summary['near_duplicate_clusters']} near-duplicate clusters; wrote {out}/report.html, audit.json "
+               "and CSV files")
+
+
+class _StageBars:
+    """A progress bar per stage of a long job, fed `(stage, done, total)`."""
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, click.progressbar(length=total, label=stage, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:

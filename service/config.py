@@ -95,6 +95,10 @@ class Settings:
     # Recognition events kept for audits (service/events.py): about 0.3 KB each, trimmed
     # approximately (XADD MAXLEN ~) so the cap costs nothing per request.
     events_maxlen: int = 100_000
+    # A fuzzy hit scoring under the threshold (min_window_score) plus this is "near the
+    # threshold": its query fingerprint is kept for `earmark audit` to redraw, and it is listed
+    # there for human review.
+    review_margin: float = 0.05
     index_type: str = "auto"
     log_level: str = "info"
     fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
@@ -115,6 +119,7 @@ class Settings:
             (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.events_maxlen >= 0, "events_maxlen must be 0 (no events kept) or more"),
+            (0.0 <= self.review_margin <= 1.0, "review_margin must be in [0, 1]"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
             (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),

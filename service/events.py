@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 
 import redis.exceptions
 
+from fingerprint.robust_hash import RobustHash
 from index.breaker import StoreUnavailable
 from index.store import Store
 from service.metrics import Metrics
@@ -126,11 +127,48 @@ class EventLog:
     """Appends recognition events to the capped stream and reads them back, newest first or by
     time range."""
 
-    def __init__(self, store: Store, maxlen: int, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: Store, maxlen: int, *, metrics: Metrics | None = None,
+                 review_below: float = 0.0) -> None:
         self.store = store
         self.maxlen = maxlen
         self.metrics = metrics
+        # Fuzzy hits scoring under this keep their query fingerprint for the audit to redraw.
+        self.review_below = review_below
         self.key = store.keys.events()
+
+    async def record_answer(self, outcome, *, endpoint: str, query_digest: str, profile, served: bool) -> None:
+        """Record a pipeline Outcome (service/pipeline.py): its event, and for a served fuzzy
+        hit near the threshold the query's fingerprint too. Never raises."""
+        event = event_for(outcome, endpoint=endpoint, query_digest=query_digest, profile=profile, served=served)
+        await self.record(event)
+        if (served and event.tier == "fuzzy" and outcome.query_hash is not None and event.score is not None
+                and event.score < self.review_below):
+            await self._keep_query_print(profile.digest, query_digest, outcome.entry, outcome.query_hash)
+
+    async def _keep_query_print(self, profile_id: str, query_digest: str, entry, query_hash: RobustHash) -> None:
+        """Keep a fuzzy hit's query fingerprint as long as its entry lives (no audio)."""
+        bits, levels = query_hash.to_bytes()
+        key = self.store.keys.query_print(profile_id, query_digest)
+        try:
+            self.store.breaker.allow()
+            pipe = self.store.client.pipeline(transaction=False)
+            pipe.hset(key, mapping={"fp": bits, "fpl": levels, "entry": entry.entry_id})
+            if entry.expires_at_ms:
+                pipe.pexpireat(key, entry.expires_at_ms)
+            else:
+                pipe.expire(key, 7 * 24 * 3600)
+            await pipe.execute()
+        except (StoreUnavailable, redis.exceptions.RedisError, OSError, asyncio.TimeoutError):
+            self._dropped()
+
+    async def query_print(self, profile_id: str, query_digest: str) -> tuple[str, RobustHash] | None:
+        """(entry id, query fingerprint) kept for a near-threshold fuzzy hit; None when none was
+        kept or it expired. Raises `StoreUnavailable` during an outage."""
+        key = self.store.keys.query_print(profile_id, query_digest)
+        fields_ = await self.store.call(lambda: self.store.client.hgetall(key))
+        if not fields_ or not fields_.get(b"fp"):
+            return None
+        return fields_[b"entry"].decode(), RobustHash.from_bytes(fields_[b"fp"], fields_.get(b"fpl", b""))
 
     async def record(self, event: RecognitionEvent) -> None:
         """Append one event; never raises (a store outage or refusal is counted and swallowed).

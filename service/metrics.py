@@ -78,6 +78,7 @@ class Metrics:
             "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
             registry=r,
         )
+        self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
         self.store_up.set(1)
         self._store_was_up = True
 

@@ -34,7 +34,7 @@ from service.config import Settings
 from service.decode_budget import DecodeBudget
 from service.engine_pool import EnginePool
 from service.engines.base import EngineFailure
-from service.events import EventLog, event_for
+from service.events import EventLog
 from service.metrics import Metrics
 from service.profile import Profile
 from service.uploads import Upload
@@ -57,6 +57,7 @@ class Outcome:
     candidates: list[dict] = field(default_factory=list)
     elapsed_ms: float = 0.0
     engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
+    query_hash: object = None  # a fuzzy match's query fingerprint (a RobustHash), for the audit
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
@@ -117,8 +118,8 @@ class RecognitionCache:
             outcome.candidates = await self._candidates_of(upload, profile)
         outcome.elapsed_ms = _ms_since(started)
         if self.events is not None:
-            await self.events.record(event_for(outcome, endpoint=endpoint, query_digest=upload.digest,
-                                               profile=profile, served=run))
+            await self.events.record_answer(outcome, endpoint=endpoint, query_digest=upload.digest, profile=profile,
+                                            served=run)
         return outcome
 
     async def _find_or_run(self, upload: Upload, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
@@ -180,7 +181,7 @@ class RecognitionCache:
                     outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
                                                         served=run, verdict=verdict)
                     if outcome is not None:
-                        outcome.candidates = candidates
+                        outcome.candidates, outcome.query_hash = candidates, features.hash
                         return outcome
 
         if not run:

@@ -69,16 +69,19 @@ def _pair_table(pairs: list[Pair]) -> str:
     return f"<table><tr><th>query</th><th>original</th><th>score</th><th>verdict</th></tr>{body}</table>"
 
 
-def _figure():
+def new_figure(size: tuple[float, float] = (8, 3.6)):
+    """(pyplot, (figure, axes)) for one plot of a report, drawn off-screen (Agg); the audit
+    report (service/audit_report.py) draws with it too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, plt.subplots(figsize=(8, 3.6), dpi=100)
+    return plt, plt.subplots(figsize=size, dpi=100)
 
 
-def _png(plt, figure) -> str:
+def png_base64(plt, figure) -> str:
+    """The figure as base64 PNG data for an <img src="data:image/png;base64,..."> (and closed)."""
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
@@ -87,7 +90,7 @@ def _png(plt, figure) -> str:
 
 
 def _histogram_png(result: TuneResult) -> str:
-    plt, (figure, axes) = _figure()
+    plt, (figure, axes) = new_figure()
     bins = np.linspace(0.0, 1.0, 51)
     axes.hist([pair.score for pair in result.negatives], bins=bins, alpha=0.7, label="must not match", color="#c0392b")
     axes.hist([pair.score for pair in result.positives], bins=bins, alpha=0.7, label="copies", color="#2874a6")
@@ -95,11 +98,11 @@ def _histogram_png(result: TuneResult) -> str:
     axes.set_xlabel("score (the worst of the checks)")
     axes.set_ylabel("pairs")
     axes.legend()
-    return _png(plt, figure)
+    return png_base64(plt, figure)
 
 
 def _curve_png(result: TuneResult) -> str:
-    plt, (figure, axes) = _figure()
+    plt, (figure, axes) = new_figure()
     candidates = sorted({0.0, 1.0, *(pair.score for pair in result.pairs)})
     far = [result.false_accept_rate(threshold) for threshold in candidates]
     recall = [result.recall(threshold) for threshold in candidates]
@@ -110,4 +113,4 @@ def _curve_png(result: TuneResult) -> str:
     axes.set_xlim(-0.02, 1.02)
     axes.set_ylim(-0.02, 1.02)
     axes.legend()
-    return _png(plt, figure)
+    return png_base64(plt, figure)

@@ -131,3 +131,13 @@ def test_openai_requests_are_recorded_as_openai(client):
     assert answer.status_code == 200, answer.text
     _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
     assert (event.endpoint, event.tier) == ("openai", answer.headers["X-Cache-Tier"])
+
+
+def test_batch_requests_are_recorded_as_batch(client):
+    data = encode(np.zeros(16000, dtype=np.int16), 16000, fmt="wav", codec="pcm_s16le")
+    for client_name, endpoint in (("batch", "batch"), ("something-else", "recognize")):
+        answer = client.post("/recognize", files={"file": ("a.wav", data, "audio/wav")},
+                             headers={"X-Earmark-Client": client_name})
+        assert answer.status_code == 200, answer.text
+        _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
+        assert event.endpoint == endpoint

@@ -9,7 +9,7 @@ import soxr
 from fingerprint.config import DEFAULT
 from fingerprint.decode import SAMPLE_RATE, decode_audio
 from fingerprint.embedding import EMBEDDING_DIM, embedding_from_energies
-from fingerprint.matcher import verify
+from fingerprint.matcher import stretch_scores, verify
 from fingerprint.robust_hash import RobustHash, robust_hash
 from fingerprint.spectrum import band_energies
 from service.config import FuzzyThresholds
@@ -87,6 +87,23 @@ def test_half_identical_half_different_fails_on_the_worst_stretch(original):
     verdict = verify(robust_hash(spliced, DEFAULT), robust_hash(original, DEFAULT), DEFAULT)
     assert verdict.mean_score > verdict.worst_score + 0.1  # an average would have looked fine-ish
     assert verdict.worst_score < THRESHOLD
+
+
+def test_stretch_scores_show_where_a_splice_goes_wrong(original):
+    """The audit's per-stretch curve is verify's: its minimum is the worst stretch, found where
+    verify says, and the stretches over the swapped second half score low, the first half high."""
+    other = pcm_of(fixture_bytes("weather.wav"))
+    half = len(original) // 2
+    spliced = np.concatenate([original[:half], other[half : len(original)]])
+    query, reference = robust_hash(spliced, DEFAULT), robust_hash(original, DEFAULT)
+    verdict = verify(query, reference, DEFAULT)
+    starts, scores = stretch_scores(query, reference, DEFAULT)
+    assert len(scores) == verdict.windows >= 3 and list(starts) == sorted(starts)
+    assert float(scores.min()) == pytest.approx(verdict.worst_score)
+    assert float(starts[int(np.argmin(scores))]) == pytest.approx(verdict.worst_at_s)
+    half_s = half / SAMPLE_RATE
+    assert scores[starts < half_s - 1.0].min() >= THRESHOLD > scores[starts >= half_s].max()
+    assert stretch_scores(robust_hash(np.zeros(SAMPLE_RATE, np.float32), DEFAULT), reference, DEFAULT)[1].size == 0
 
 
 def test_embedding_is_unit_length_gain_invariant_and_pad_tolerant(original):
