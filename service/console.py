@@ -26,7 +26,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
-from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, TIERS, audit_view, entry_hits, history_page
+from service.audit import AuditOptions, collect_audit
+from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, TIERS, entry_hits, history_page
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "console_templates"))
@@ -34,7 +35,6 @@ STATIC_DIR = HERE / "console_static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
 ENTRY_ID = re.compile(r"[0-9a-f]{32}")
-AUDIT_HOURS = (1, 6, 24, 168)
 TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3",
                 "miss": "#d98a00", "bypass": "#c0392b"}
 
@@ -134,23 +134,57 @@ async def delete_entry(request: Request) -> Response:
 
 
 async def audit(request: Request) -> Response:
-    """GET /console/audit: hits per tier over time, engine time saved and spent, and fuzzy
-    verdicts near the threshold, drawn from the recognition event log."""
+    """GET /console/audit: the dedup audit of `earmark audit` and GET /audit (service/audit.py's
+    collect_audit, the same data) drawn as charts: answers per tier over time, engine time saved
+    and spent, fuzzy hits near the threshold each with its stretch curve, near-duplicate entries."""
     if not is_admin(request):
         return login_page(request)
     services = request.app.state.services
-    try:
-        hours = float(request.query_params.get("hours", "24"))
-    except ValueError:
-        hours = 24.0
-    hours = hours if hours in AUDIT_HOURS else 24.0
     threshold = services.settings.fuzzy.min_window_score
+    options = AuditOptions(review_margin=services.settings.review_margin, hits_limit=0)
     try:
-        view = await audit_view(services.events, hours=hours, threshold=threshold)
+        report = await collect_audit(services.store, services.events, services.settings.fuzzy, options,
+                                     source="the web console")
     except StoreUnavailable:
         return _store_down(request, "audit")
-    return _render(request, "audit.html", nav="audit", view=view, hours=hours, hour_choices=AUDIT_HOURS,
-                   threshold=threshold, tiers=TIERS, colours=TIER_COLOURS)
+    over_time = report["tiers_over_time"]
+    for row in over_time["rows"]:
+        row["label"] = _bucket_label(row["start"], over_time["bucket_s"])
+    for near in report["near_threshold"]:
+        near["chart"] = curve_chart(near["curve"], threshold)
+    return _render(request, "audit.html", nav="audit", report=report, over_time=over_time,
+                   summary=report["summary"], threshold=threshold, margin=options.review_margin,
+                   colours=TIER_COLOURS, tiers=[tier for tier in TIERS if tier in over_time["tiers"]])
+
+
+def _bucket_label(iso: str, bucket_s: int) -> str:
+    """An axis label for a bucket starting at `iso` (UTC): its time of day, or its date."""
+    return iso[11:19] if bucket_s < 60 else iso[11:16] if bucket_s < 86400 else iso[5:10]
+
+
+def curve_chart(curve: list, threshold: float, width: int = 520, height: int = 150) -> dict | None:
+    """SVG geometry of a stretch-score curve ([[start s, score], ...]) against the threshold:
+    the polyline's points, the threshold's y, the worst point and the axis ticks."""
+    if not curve:
+        return None
+    left, right, top, bottom = 40, 10, 10, 24
+    end = max(curve[-1][0] + 1.0, 1.0)
+    low = min(0.5, threshold - 0.1, *(score for _, score in curve))
+
+    def x(t: float) -> float:
+        return round(left + t / end * (width - left - right), 1)
+
+    def y(v: float) -> float:
+        return round(top + (1 - (v - low) / (1 - low)) * (height - top - bottom), 1)
+
+    worst = min(curve, key=lambda point: point[1])
+    step = 10 if end > 20 else 2 if end > 8 else 1
+    return {"width": width, "height": height, "left": left, "right": width - right,
+            "points": " ".join(f"{x(t)},{y(v)}" for t, v in curve),
+            "dots": [(x(t), y(v), t, v) for t, v in curve],
+            "threshold_y": y(threshold), "worst": (x(worst[0]), y(worst[1]), worst[0], worst[1]),
+            "y_ticks": [(y(v), f"{v:.2f}") for v in (low, (low + 1) / 2, 1.0)],
+            "x_ticks": [(x(t), f"{t:g} s") for t in range(0, int(end) + 1, step)], "bottom": height - 8}
 
 
 def _same_origin(request: Request) -> bool:

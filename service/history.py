@@ -1,4 +1,4 @@
-"""What the console's history, entry and audit pages show, read from the recognition event log
+"""What the console's history and entry pages show, read from the recognition event log
 (service/events.py) and the entries it names: nothing of its own is stored.
 
 Every read is bounded (the event stream is capped, and a page or a search examines at most a
@@ -9,7 +9,6 @@ entry in the store: the pages say so.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from index.entry import Entry
@@ -17,12 +16,11 @@ from index.store import Store
 from service.events import HIT_TIERS, EventLog, RecognitionEvent
 
 # Endpoints whose events are recognitions (a /lookup answers nothing and saves nothing).
-RECOGNITION_ENDPOINTS = ("recognize", "openai")
+RECOGNITION_ENDPOINTS = ("recognize", "openai", "batch")
 READ_BATCH = 200  # events read per round trip while paging or searching
 SEARCH_SCAN_LIMIT = 2000  # events a text search examines, newest first
 HITS_SCAN_LIMIT = 5000  # events examined for an entry's hits
 TIERS = ("exact", "canonical", "fuzzy", "negative", "miss", "bypass")
-NEAR_THRESHOLD_MARGIN = 0.06  # fuzzy verdicts this close to the window threshold are listed for review
 
 
 @dataclass
@@ -114,56 +112,3 @@ async def entry_hits(events: EventLog, entry_id: str, scan_limit: int = HITS_SCA
             break
         cursor = batch[-1][0]
     return found
-
-
-@dataclass
-class AuditView:
-    """The audit page's figures over a time range, binned for the charts."""
-
-    start_s: float
-    end_s: float
-    bin_s: float
-    bins: list[dict]  # {"start": epoch s, "label": its axis label, "tiers": {tier: count}, "saved_s", "spent_s"}
-    totals: dict[str, int]
-    saved_s: float
-    spent_s: float
-    near_hits: list[RecognitionEvent]  # fuzzy hits scored within the margin above the threshold
-    near_misses: list[RecognitionEvent]  # rejected best candidates within the margin below it
-    events: int
-
-
-async def audit_view(events: EventLog, *, hours: float, threshold: float, bins: int = 24,
-                     now: float | None = None) -> AuditView:
-    """Hits per tier over time, engine time saved and spent, and fuzzy verdicts near the
-    threshold, over the last `hours`, from the event log (recognitions only)."""
-    end = time.time() if now is None else now
-    start = end - hours * 3600
-    width = (end - start) / bins
-    label = "%H:%M" if hours <= 24 else "%m-%d"
-    series = [{"start": start + i * width, "label": time.strftime(label, time.localtime(start + i * width)),
-               "tiers": dict.fromkeys(TIERS, 0), "saved_s": 0.0, "spent_s": 0.0} for i in range(bins)]
-    totals = dict.fromkeys(TIERS, 0)
-    saved = spent = 0.0
-    near_hits: list[RecognitionEvent] = []
-    near_misses: list[RecognitionEvent] = []
-    count = 0
-    for _, event in await events.between(start, end):
-        if event.endpoint not in RECOGNITION_ENDPOINTS:
-            continue
-        count += 1
-        slot = series[min(bins - 1, max(0, int((event.time - start) / width)))]
-        if event.tier in slot["tiers"]:
-            slot["tiers"][event.tier] += 1
-            totals[event.tier] += 1
-        slot["saved_s"] += event.engine_s_saved
-        slot["spent_s"] += event.engine_s_spent
-        saved += event.engine_s_saved
-        spent += event.engine_s_spent
-        if event.tier == "fuzzy" and event.score is not None and event.score < threshold + NEAR_THRESHOLD_MARGIN:
-            near_hits.append(event)
-        elif (event.tier not in HIT_TIERS and event.best_score is not None
-              and threshold - NEAR_THRESHOLD_MARGIN <= event.best_score < threshold):
-            near_misses.append(event)
-    near_hits.sort(key=lambda event: event.score or 0.0)
-    near_misses.sort(key=lambda event: -(event.best_score or 0.0))
-    return AuditView(start, end, width, series, totals, saved, spent, near_hits[:50], near_misses[:50], count)

@@ -119,13 +119,18 @@ def test_delete_from_the_console_makes_the_next_upload_miss(client, recorded):
     assert client.post(f"/console/entry/{'0' * 32}/delete").status_code == 404
 
 
-def test_audit_page_charts_tiers_and_saved_time(client, recorded):
+def test_audit_page_draws_the_audits_data(client, recorded):
     post(client, recorded)
     post(client, recorded)
+    quiet = encode((read_pcm(recorded)[0] * 0.5).astype("int16"), read_pcm(recorded)[1], fmt="wav", codec="pcm_s16le")
+    post(client, quiet)  # quieter copy: a fuzzy hit
     html = client.get("/console/audit").text
-    assert '<div class="value" id="stat-recognitions">2</div>' in html
-    assert "exact (1)" in html and "miss (1)" in html
-    assert html.count("<svg class=\"chart wide\"") == 2 and "<title>" in html
+    report = client.get("/audit").json()  # the same data, as GET /audit serves it
+    assert f'<div class="value" id="stat-recognitions">{report["summary"]["answers"]}</div>' in html
+    assert report["summary"]["answers"] == 3
+    for tier in ("miss", "exact", "fuzzy"):
+        assert f": 1 {tier}</title>" in html, tier
+    assert html.count('<svg class="chart wide"') == 2
     assert 'earmark_console_pages_total{page="audit"} 1.0' in client.get("/metrics").text
 
 
@@ -178,3 +183,18 @@ def test_upload_page_offers_hotwords_prompt_and_an_api_key_field_when_they_apply
     for field in ('<label for="hotwords">', '<label for="prompt">', '<label for="api_key">'):
         assert field in html, field
     assert "takes no" not in html
+
+
+def test_audit_page_redraws_near_threshold_hits_stretch_by_stretch(settings, engine, recorded):
+    from dataclasses import replace
+
+    # A review margin this wide puts every fuzzy hit "near the threshold": its curve is drawn.
+    with TestClient(create_app(replace(settings, review_margin=0.3), engine=engine)) as client:
+        entry = post(client, recorded)["cache"]["entry"]
+        mp3 = encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
+        assert post(client, mp3)["cache"]["tier"] == "fuzzy"
+        html = client.get("/console/audit").text
+    near = html.split('id="near-heading"')[1].split('id="dup-heading"')[0]
+    assert f'href="/console/entry/{entry}"' in near
+    points = re.search(r'<polyline class="line" points="([^"]+)"', near).group(1).split()
+    assert len(points) >= 3 and 'class="threshold"' in near and "dot worst" in near
