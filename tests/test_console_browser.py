@@ -19,6 +19,7 @@ from index.embedded import EmbeddedServer
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.conftest import live_server
+from tests.gated_engine import GatedEngine
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -56,15 +57,21 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory, engine):
-    """A live service on its own embedded store, with the fast pocketsphinx engine."""
+def gated(engine):
+    """The fast pocketsphinx engine behind a gate the test opens: "while a miss runs" is certain."""
+    return GatedEngine(engine, open_now=False)
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory, gated):
+    """A live service on its own embedded store, with the gated engine."""
     workdir = tmp_path_factory.mktemp("console-browser")
     server = EmbeddedServer(workdir / "store")
     server.start()
     settings = Settings(redis_url=server.url, key_prefix=f"earmark-browser-{uuid.uuid4().hex[:6]}:",
                         data_dir=workdir / "data")
     try:
-        with live_server(settings, engine) as base:
+        with live_server(settings, gated) as base:
             yield base
     finally:
         server.stop()
@@ -82,8 +89,9 @@ def screenshot(driver, name: str) -> Path:
     return ARTIFACTS / f"{name}.png"
 
 
-def upload(driver, base: str, path: Path, expected_cards: int):
-    """Choose a file on the upload page, press Recognize and wait for its card to be answered."""
+def upload(driver, base: str, path: Path, expected_cards: int, *, while_running=None):
+    """Choose a file on the upload page, press Recognize and wait for its card to be answered
+    (calling `while_running` first, while the card is still working)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -92,6 +100,8 @@ def upload(driver, base: str, path: Path, expected_cards: int):
     driver.find_element(By.ID, "files").send_keys(str(path))
     assert path.name in driver.find_element(By.ID, "chosen").text
     driver.find_element(By.ID, "go").click()
+    if while_running is not None:
+        while_running()
     WebDriverWait(driver, WAIT_S).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-tier], .result.failed")) >= expected_cards)
     card = driver.find_elements(By.CSS_SELECTOR, ".result")[0]  # newest first
@@ -99,7 +109,7 @@ def upload(driver, base: str, path: Path, expected_cards: int):
     return card
 
 
-def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, tmp_path):
+def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, gated, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -114,8 +124,19 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, tmp_pa
     assert browser.find_element(By.TAG_NAME, "h1").text == "Recognize audio"
     screenshot(browser, "1-upload-empty")
 
-    # A WAV: the engine runs; its transcript, tier, entry, time taken and engine time show.
-    card = upload(browser, console, wav, 1)
+    def progress_while_the_engine_runs():
+        assert gated.started.wait(WAIT_S), "the engine was never called"
+        WebDriverWait(browser, WAIT_S).until(
+            lambda d: "engine is transcribing" in d.find_element(By.CSS_SELECTOR, ".result .status-text").text)
+        working = browser.find_element(By.CSS_SELECTOR, ".result")
+        assert working.get_attribute("aria-busy") == "true"
+        assert working.find_element(By.CSS_SELECTOR, "progress").is_displayed()
+        screenshot(browser, "2-upload-miss-running")
+        gated.gate.set()
+
+    # A WAV: a progress indicator while the engine runs; then its transcript, tier, entry, time
+    # taken and engine time.
+    card = upload(browser, console, wav, 1, while_running=progress_while_the_engine_runs)
     assert card.get_attribute("data-tier") == "miss"
     entry = card.get_attribute("data-entry")
     assert len(entry) == 32
@@ -136,14 +157,14 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, tmp_pa
     assert evidence.find_element(By.CSS_SELECTOR, ".reason").text.startswith("accepted: worst stretch")
     points = evidence.find_element(By.CSS_SELECTOR, "svg.chart polyline").get_attribute("points").split()
     assert len(points) >= 3  # one point per ~1 s stretch of a 4 s recording
-    screenshot(browser, "2-upload-results")
+    screenshot(browser, "3-upload-results")
 
     # History: both recognitions, newest first, each linking to the entry; search finds them.
     browser.find_element(By.LINK_TEXT, "History").click()
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.history-row")
     assert [(row.get_attribute("data-tier"), row.get_attribute("data-entry")) for row in rows] == [
         ("fuzzy", entry), ("miss", entry)]
-    screenshot(browser, "3-history")
+    screenshot(browser, "4-history")
     search = browser.find_element(By.ID, "q")
     search.send_keys("zebra")  # htmx replaces the results as one types
     WebDriverWait(browser, WAIT_S).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "tr.history-row"))
@@ -156,12 +177,12 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, tmp_pa
     assert entry in browser.find_element(By.TAG_NAME, "h1").text
     assert browser.find_element(By.ID, "transcript").text == transcript
     assert browser.find_element(By.ID, "hit-count").text == "1"
-    screenshot(browser, "4-entry")
+    screenshot(browser, "5-entry")
     browser.find_element(By.ID, "delete").click()
     WebDriverWait(browser, WAIT_S).until(expected_conditions.alert_is_present()).accept()
     WebDriverWait(browser, WAIT_S).until(lambda d: "deleted=" in d.current_url)
     assert "was deleted" in browser.find_element(By.CSS_SELECTOR, ".notice").text
-    screenshot(browser, "5-history-after-delete")
+    screenshot(browser, "6-history-after-delete")
 
     # The next upload of the WAV runs the engine again.
     browser.get(console + "/")
@@ -171,4 +192,4 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, tmp_pa
 
     browser.find_element(By.LINK_TEXT, "Audit").click()
     assert browser.find_element(By.ID, "stat-recognitions").text == "3"  # miss, fuzzy, miss again
-    screenshot(browser, "6-audit")
+    screenshot(browser, "7-audit")
