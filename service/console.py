@@ -74,8 +74,8 @@ async def upload_page(request: Request) -> Response:
 async def history(request: Request) -> Response:
     """GET /console/history: recent recognitions, newest first, paged (`before`), searchable (`q`).
     An htmx request (the search box) gets the results fragment only."""
-    if not is_admin(request):
-        return login_page(request)
+    if (refusal := _admin_refusal(request)) is not None:
+        return refusal
     services = request.app.state.services
     query = request.query_params.get("q", "")[:200]
     before = request.query_params.get("before") or None
@@ -92,8 +92,8 @@ async def history(request: Request) -> Response:
 
 async def entry_page(request: Request) -> Response:
     """GET /console/entry/{id}: one entry's transcript, facts and the hits it served."""
-    if not is_admin(request):
-        return login_page(request)
+    if (refusal := _admin_refusal(request)) is not None:
+        return refusal
     services = request.app.state.services
     entry_id = request.path_params["entry_id"]
     if not ENTRY_ID.fullmatch(entry_id):
@@ -115,8 +115,8 @@ async def delete_entry(request: Request) -> Response:
     """POST /console/entry/{id}/delete: what DELETE /entries/{id} does, for the console's button
     (the admin token's cookie when one is configured; refused from another site's page)."""
     services = request.app.state.services
-    if not is_admin(request):
-        return login_page(request)
+    if (refusal := _admin_refusal(request)) is not None:
+        return refusal
     if not _same_origin(request):
         return _render(request, "message.html", status_code=403, heading="Refused",
                        message="A delete must come from this console's own page.")
@@ -137,8 +137,8 @@ async def audit(request: Request) -> Response:
     """GET /console/audit: the dedup audit of `earmark audit` and GET /audit (service/audit.py's
     collect_audit, the same data) drawn as charts: answers per tier over time, engine time saved
     and spent, fuzzy hits near the threshold each with its stretch curve, near-duplicate entries."""
-    if not is_admin(request):
-        return login_page(request)
+    if (refusal := _admin_refusal(request)) is not None:
+        return refusal
     services = request.app.state.services
     threshold = services.settings.fuzzy.min_window_score
     options = AuditOptions(review_margin=services.settings.review_margin, hits_limit=0)
@@ -204,6 +204,18 @@ def _store_down(request: Request, page: str) -> Response:
     return _render(request, "message.html", status_code=503, heading="The store is unreachable", nav=page,
                    message="History and entries live in the cache store, which does not answer right now. "
                            "Recognition still works (uncached); try this page again shortly.")
+
+
+def _admin_refusal(request: Request) -> Response | None:
+    """None when this request may see every caller's transcripts; else the page to answer
+    instead: the admin-token form, or, with API keys configured but no admin token (namespaces
+    are a hard partition, and no one could sign in), a refusal that says how to open them."""
+    services = request.app.state.services
+    if services.api_keys is not None and not services.settings.admin_token:
+        return _render(request, "message.html", status_code=403, heading="An admin token is needed",
+                       message="This service keeps each API key's namespace apart, and history, entries and the audit "
+                               "would show every namespace's transcripts. Start it with --admin-token to use these pages.")
+    return None if is_admin(request) else login_page(request)
 
 
 def is_admin(request: Request) -> bool:

@@ -198,3 +198,18 @@ def test_audit_page_redraws_near_threshold_hits_stretch_by_stretch(settings, eng
     assert f'href="/console/entry/{entry}"' in near
     points = re.search(r'<polyline class="line" points="([^"]+)"', near).group(1).split()
     assert len(points) >= 3 and 'class="threshold"' in near and "dot worst" in near
+
+
+def test_with_api_keys_and_no_admin_token_no_page_shows_another_namespaces_transcripts(settings, engine, tmp_path, recorded):
+    from dataclasses import replace
+
+    keys = tmp_path / "api-keys"
+    keys.write_text("k" * 32 + " alpha\n")
+    with TestClient(create_app(replace(settings, api_keys_file=str(keys)), engine=engine)) as client:
+        answer = client.post("/recognize", files={"file": ("a.wav", recorded)}, headers={"Authorization": "Bearer " + "k" * 32})
+        entry = answer.json()["cache"]["entry"]
+        assert client.get("/").status_code == 200
+        for path in ("/console/history", f"/console/entry/{entry}", "/console/audit"):
+            page = client.get(path)
+            assert page.status_code == 403 and "--admin-token" in page.text and "quality" not in page.text, path
+        assert client.post(f"/console/entry/{entry}/delete").status_code == 403
