@@ -70,17 +70,25 @@ async def collect_audit(store: Store, events: EventLog, thresholds: FuzzyThresho
     matcher = FuzzyMatcher(thresholds, store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
     near = await _near_threshold(served, store, events, accept + options.review_margin, progress)
     clusters = await _near_duplicates(entries, store, matcher, progress)
+    # The tables are plain Python over up to `events_maxlen` events: off the event loop too.
+    return await asyncio.to_thread(_tables, entries, log, served, near, clusters, events.maxlen,
+                                   {"accept": accept, "review_margin": options.review_margin, **asdict(thresholds)},
+                                   options, source)
+
+
+def _tables(entries: dict[str, Entry], log: list[RecognitionEvent], served: list[RecognitionEvent], near: list[dict],
+            clusters: list[dict], events_cap: int, limits: dict, options: AuditOptions, source: str) -> dict:
     hits = [event for event in served if event.tier in HIT_TIERS and event.entry_id]
     saved = sum(event.engine_s_saved for event in served)
     spent = sum(event.engine_s_spent for event in served)
     return {
         "generated_at": _iso(time.time()),
         "source": source,
-        "thresholds": {"accept": accept, "review_margin": options.review_margin, **asdict(thresholds)},
+        "thresholds": limits,
         "summary": {
             "entries": len(entries),
             "events": len(log),
-            "events_cap": events.maxlen,
+            "events_cap": events_cap,
             "first_event": _iso(log[0].time) if log else None,
             "last_event": _iso(log[-1].time) if log else None,
             "answers": len(served),
@@ -215,7 +223,9 @@ def _score_distribution(log: list[RecognitionEvent]) -> dict:
     edges = np.round(np.arange(0.0, 1.0 + SCORE_BIN / 2, SCORE_BIN), 4)
     hit_counts = np.histogram(hit_scores, bins=edges)[0] if hit_scores else np.zeros(len(edges) - 1, dtype=int)
     miss_counts = np.histogram(miss_scores, bins=edges)[0] if miss_scores else np.zeros(len(edges) - 1, dtype=int)
-    rejections = Counter((event.rejection or "").split(":")[0] for event in judged if event.tier != "fuzzy")
+    # Why misses were misses: the best candidate's refusal, or why no candidate was examined.
+    rejections = Counter(event.rejection.split(":")[0] for event in log
+                         if event.tier in ("miss", "bypass") and event.rejection)
     return {
         "hits": len(hit_scores),
         "misses": len(miss_scores),

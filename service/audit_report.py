@@ -16,6 +16,8 @@ from service.tune_report import new_figure, png_base64
 TIER_COLOURS = {"exact": "#1e8449", "canonical": "#2874a6", "fuzzy": "#d68910", "negative": "#7f8c8d",
                 "miss": "#c0392b", "bypass": "#6c3483"}
 CURVES_DRAWN = 12  # near-threshold hits drawn one plot each; the rest are in the table and CSV
+ROWS_SHOWN = 50  # rows of a long table on the page; every row is in audit.json and the CSV
+CLUSTERS_SHOWN = 20
 
 
 def write_audit(audit: dict, out: Path) -> list[Path]:
@@ -181,12 +183,13 @@ def _near_section(audit: dict) -> str:
            else f'<p class="muted">{html.escape(row["note"])}</p>')
         for row in rows[:CURVES_DRAWN])
     more = f"<p>{len(rows) - CURVES_DRAWN} more in the table and near_threshold_curves.csv.</p>" if len(rows) > CURVES_DRAWN else ""
-    table = _table(rows, [("entry", "entry"), ("query_digest", "query bytes (digest)"), ("score", "score"),
+    table = _table(rows[:ROWS_SHOWN], [("entry", "entry"), ("query_digest", "query bytes (digest)"), ("score", "score"),
                           ("hits", "hits"), ("worst_at_s", "worst stretch at (s)"),
                           ("worst_stretch_score", "worst stretch"), ("last_hit", "last hit"), ("note", "note")])
+    cut = _cut_note(len(rows), ROWS_SHOWN, "near_threshold.csv")
     return (f"<p>Each hit below was served, but with less room than the review margin. The curve is the score of each "
             f"~1 s stretch of the query against the entry (redrawn from the stored fingerprints with the service's "
-            f"matcher); the lowest point is the second to listen to.</p>{table}{images}{more}")
+            f"matcher); the lowest point is the second to listen to.</p>{table}{cut}{images}{more}")
 
 
 def _duplicates_section(audit: dict) -> str:
@@ -195,7 +198,7 @@ def _duplicates_section(audit: dict) -> str:
         return ("<p>No two entries of a profile verify as copies of each other: no reuse was missed among the stored "
                 "entries.</p>")
     blocks = []
-    for number, cluster in enumerate(clusters, 1):
+    for number, cluster in enumerate(clusters[:CLUSTERS_SHOWN], 1):
         scores = ", ".join(f"{pair['score']:.3f}" for pair in cluster["pairs"])
         blocks.append(f"<h3>Cluster {number}: {len(cluster['entries'])} entries, {_seconds(cluster['engine_s_missed'])} "
                       f"of engine time spent again <span class='muted'>(pair scores {scores})</span></h3>"
@@ -203,7 +206,8 @@ def _duplicates_section(audit: dict) -> str:
                                                     ("engine_s", "engine time"), ("text", "transcript")]))
     return ("<p>Entries stored separately although the fuzzy tier's verification accepts them as copies of one "
             "another: the later ones were engine runs the cache missed (stored before the first was indexed, "
-            "or under other thresholds).</p>" + "".join(blocks))
+            "or under other thresholds).</p>" + "".join(blocks)
+            + _cut_note(len(clusters), CLUSTERS_SHOWN, "near_duplicates.csv", "clusters"))
 
 
 def _distribution_section(audit: dict) -> str:
@@ -211,7 +215,7 @@ def _distribution_section(audit: dict) -> str:
     if not dist["hits"] and not dist["misses"]:
         return "<p>No lookup reached the fuzzy tier's verification yet.</p>"
     reasons = _table([{"reason": k or "(none)", "misses": v} for k, v in dist["miss_reasons"].items()],
-                     [("reason", "best candidate refused because"), ("misses", "misses")])
+                     [("reason", "missed because (best candidate refused, or none examined)"), ("misses", "misses")])
     lowest = "-" if dist["lowest_hit"] is None else f"{dist['lowest_hit']:.3f}"
     highest = "-" if dist["highest_miss"] is None else f"{dist['highest_miss']:.3f}"
     return (f"<p>The best fuzzy candidate's score of every answer the fuzzy tier decided: {dist['hits']} hits (lowest "
@@ -219,6 +223,12 @@ def _distribution_section(audit: dict) -> str:
             f"under the threshold, or hits just over it, are what to look at.</p>"
             f'<img alt="score distribution" src="data:image/png;base64,{_distribution_png(dist, audit["thresholds"]["accept"])}">'
             + reasons)
+
+
+def _cut_note(total: int, shown: int, csv_name: str, what: str = "rows") -> str:
+    if total <= shown:
+        return ""
+    return f"<p class='muted'>The first {shown} of {total} {what}; all of them are in {csv_name} and audit.json.</p>"
 
 
 def _table(rows: list[dict], columns: list[tuple[str, str]], *, empty: str = "None.") -> str:
@@ -277,8 +287,8 @@ def _tiers_png(over_time: dict) -> str:
     saved.set_ylim(bottom=0)
     handles, labels = axes.get_legend_handles_labels()
     more_handles, more_labels = saved.get_legend_handles_labels()
-    axes.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0),
-                frameon=False)
+    axes.legend(handles + more_handles, labels + more_labels, fontsize=8, loc="upper center",
+                bbox_to_anchor=(0.5, -0.2), ncol=len(handles) + 1, frameon=False)
     return png_base64(plt, figure)
 
 

@@ -232,7 +232,10 @@ def audit(out: Path, url: str | None, admin_token: str | None, config_file: str 
             _fail(f"{url}/audit answered {response.status_code}: {body.get('msg') or response.text[:200]}")
         report = {key: value for key, value in body.items() if key not in ("code", "msg")}
     else:
-        settings, server = _with_store(_settings(config_file, options))
+        settings = _settings(config_file, options)
+        if not settings.redis_url and not Path(settings.data_dir).is_dir():
+            _fail(f"no earmark data directory at {settings.data_dir}; give --url, --redis-url or --data-dir")
+        settings, server = _with_store(settings)
         margin = settings.review_margin if review_margin is None else review_margin
         source = f"the store at {settings.redis_url}" if server is None else f"the data directory {settings.data_dir}"
         bars = _StageBars()
@@ -245,7 +248,10 @@ def audit(out: Path, url: str | None, admin_token: str | None, config_file: str 
             bars.close()
             if server is not None:
                 server.stop()
-    write_audit(report, out)
+    try:
+        write_audit(report, out)
+    except OSError as exc:
+        _fail(f"cannot write the audit into {out}: {exc.strerror or exc}")
     summary = report["summary"]
     rate = "-" if summary["hit_rate"] is None else f"{summary['hit_rate']:.1%}"
     click.echo(f"{summary['answers']} answers, hit rate {rate}, engine time saved {summary['engine_seconds_saved']:.1f} s; "

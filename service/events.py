@@ -44,7 +44,9 @@ class RecognitionEvent:
     entry_id: str | None
     score: float | None  # verified score of a fuzzy hit
     best_score: float | None  # the best fuzzy candidate's score, hit or miss
-    rejection: str | None  # the best candidate's rejection reason when no candidate was accepted
+    # the best candidate's rejection reason when no candidate was accepted; when the fuzzy tier
+    # ran but examined none, why (query_too_short, no_candidates, disabled)
+    rejection: str | None
     query_digest: str  # the uploaded bytes' BLAKE3 digest (the exact tier's: fingerprint/canonical.py)
     duration_s: float
     engine_s_spent: float
@@ -113,7 +115,7 @@ def event_for(outcome, *, endpoint: str, query_digest: str, profile, served: boo
         entry_id=entry.entry_id if entry is not None else None,
         score=outcome.score,
         best_score=best_score,
-        rejection=best.get("reason") if best is not None and not accepted else None,
+        rejection=best.get("reason") if best is not None and not accepted else outcome.fuzzy_note if best is None else None,
         query_digest=query_digest,
         duration_s=duration_s,
         engine_s_spent=outcome.engine_s_spent,

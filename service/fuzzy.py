@@ -53,6 +53,7 @@ class FuzzyMatch:
     entry: Entry | None
     score: float | None
     candidates: list[dict] = field(default_factory=list)
+    note: str | None = None  # why no candidate was examined (query_too_short, no_candidates, disabled)
 
 
 class FuzzyMatcher:
@@ -106,13 +107,14 @@ class FuzzyMatcher:
         """Find the entry this recording is a copy of, if any, with the evidence."""
         limits = self.thresholds
         if not limits.enabled:
-            return FuzzyMatch(None, None)
+            return FuzzyMatch(None, None, note="disabled: the fuzzy tier is off")
         if features.speech_s < limits.min_speech_s:
             self.metrics.fuzzy_rejected.labels(reason="query_too_short").inc()
-            return FuzzyMatch(None, None)
+            return FuzzyMatch(None, None, note=f"query_too_short: {features.speech_s:.2f} s of speech "
+                                               f"< {limits.min_speech_s} s")
         found = self.index.search(profile.digest, features.embedding, limits.top_k)
         if not found:
-            return FuzzyMatch(None, None)
+            return FuzzyMatch(None, None, note="no_candidates: the index holds no entry of this profile")
         entries = await self.store.get_entries([entry_id for entry_id, _ in found])
         started = time.perf_counter()
         judged = await asyncio.to_thread(self._evaluate_all, features, profile.digest, found, entries)

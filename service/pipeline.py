@@ -58,6 +58,7 @@ class Outcome:
     elapsed_ms: float = 0.0
     engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
     query_hash: object = None  # a fuzzy match's query fingerprint (a RobustHash), for the audit
+    fuzzy_note: str | None = None  # why the fuzzy tier examined no candidate, when it ran (for the audit)
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
@@ -158,6 +159,7 @@ class RecognitionCache:
                 audio.close()
 
         candidates: list[dict] = []
+        fuzzy_note = None
         if store_ok and look:
             with self._stage("canonical"):
                 entry, store_ok = await self._try_store(
@@ -175,7 +177,7 @@ class RecognitionCache:
             with self._stage("fuzzy"):
                 match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
-                candidates = match.candidates
+                candidates, fuzzy_note = match.candidates, match.note
                 if match.entry is not None:
                     verdict = FuzzyVerdict(match.score, self.fuzzy.judged_by)
                     outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
@@ -186,7 +188,7 @@ class RecognitionCache:
 
         if not run:
             tier = "miss" if store_ok else "bypass"
-            return Outcome(tier=tier, candidates=candidates)
+            return Outcome(tier=tier, candidates=candidates, fuzzy_note=fuzzy_note)
         ttl_cap_s = control.max_age_s
         if not write or control.no_cache:
             # The client asked for an engine run (no-cache), or for nothing to be kept
@@ -196,7 +198,7 @@ class RecognitionCache:
         else:
             outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features,
                                                 ttl_cap_s)
-        outcome.candidates = candidates
+        outcome.candidates, outcome.fuzzy_note = candidates, fuzzy_note
         return outcome
 
     async def _single_flight(

@@ -141,3 +141,13 @@ def test_batch_requests_are_recorded_as_batch(client):
         assert answer.status_code == 200, answer.text
         _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
         assert event.endpoint == endpoint
+
+
+def test_a_fuzzy_lookup_without_candidates_records_why(client):
+    short = encode(read_pcm(fixture_bytes("recorded.wav"))[0][:8000], 22050, fmt="wav", codec="pcm_s16le")
+    assert post(client, short, "/lookup")["cache"]["candidates"] == []
+    _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
+    assert event.best_score is None and event.rejection.startswith("query_too_short: ")
+    post(client, fixture_bytes("weather.wav"), "/lookup")  # nothing stored yet in this profile
+    _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
+    assert event.best_score is None and event.rejection.startswith("no_candidates: ")
