@@ -184,12 +184,19 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, gated,
     assert "was deleted" in browser.find_element(By.CSS_SELECTOR, ".notice").text
     screenshot(browser, "6-history-after-delete")
 
-    # The next upload of the WAV runs the engine again.
+    # The next upload of the WAV runs the engine again; chosen together with its MP3 copy (one
+    # file input, two files), the two are answered in turn: the WAV misses, then the copy hits it.
     browser.get(console + "/")
-    card = upload(browser, console, wav, 1)
-    assert card.get_attribute("data-tier") == "miss"
-    assert card.find_element(By.CSS_SELECTOR, ".transcript").text == transcript
+    browser.find_element(By.ID, "files").send_keys(f"{wav}\n{mp3}")
+    assert "2 files chosen" in browser.find_element(By.ID, "chosen").text
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-tier]")) == 2)
+    cards = {card.find_element(By.CSS_SELECTOR, ".file-name").text: card for card in browser.find_elements(By.CSS_SELECTOR, ".result")}
+    assert cards["recorded.wav"].get_attribute("data-tier") == "miss"
+    assert cards["recorded.wav"].find_element(By.CSS_SELECTOR, ".transcript").text == transcript
+    assert (cards["recorded-copy.mp3"].get_attribute("data-tier"), cards["recorded-copy.mp3"].get_attribute("data-entry")) == (
+        "fuzzy", entry)
 
     browser.find_element(By.LINK_TEXT, "Audit").click()
-    assert browser.find_element(By.ID, "stat-recognitions").text == "3"  # miss, fuzzy, miss again
+    assert browser.find_element(By.ID, "stat-recognitions").text == "4"  # miss, fuzzy, then both again
     screenshot(browser, "7-audit")
