@@ -32,6 +32,9 @@ class Verification:
     worst_short_score: float = 0.0  # worst ~0.25 s stretch where both recordings have audio
     worst_at_s: float = 0.0  # where the worst ~1 s stretch starts, in query time
     worst_short_at_s: float = 0.0  # where the worst ~0.25 s stretch starts, in query time
+    # Every ~1 s stretch as (where it starts in query time, its score): the curve whose minimum
+    # is worst_score, for showing a verdict (the console draws it).
+    stretches: tuple[tuple[float, float], ...] = ()
 
 
 def speech_mask(hash_: RobustHash, config: FingerprintConfig) -> np.ndarray:
@@ -57,10 +60,13 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
     long_scores, long_starts = _window_scores(errors[counted], config.window_frames)
     short_scores, short_starts = _window_scores(errors[counted & shared], config.short_window_frames)
 
+    def start_time(mask: np.ndarray, start: int) -> float:
+        return _query_seconds(q_index[np.flatnonzero(mask)[start]], config)
+
     def query_time(mask: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> float:
         if scores.size == 0:
             return 0.0
-        return _query_seconds(q_index[np.flatnonzero(mask)[starts[int(np.argmin(scores))]]], config)
+        return start_time(mask, int(starts[int(np.argmin(scores))]))
 
     return Verification(
         worst_score=float(long_scores.min()),
@@ -70,6 +76,8 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
         worst_short_score=float(short_scores.min()) if short_scores.size else 1.0,
         worst_at_s=query_time(counted, long_starts, long_scores),
         worst_short_at_s=query_time(counted & shared, short_starts, short_scores),
+        stretches=tuple((start_time(counted, int(start)), round(float(score), 4))
+                        for start, score in zip(long_starts, long_scores, strict=True)),
     )
 
 

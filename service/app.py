@@ -38,6 +38,7 @@ from index.vectors import VectorIndex
 from service.auth import ApiKeys, AuthError
 from service.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
+from service.console import console_routes
 from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
@@ -109,7 +110,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             open_client(settings.redis_url),
             Keys(settings.key_prefix),
             on_error=metrics.store_errors.inc,
-            on_state=lambda up: metrics.store_up.set(1 if up else 0),
+            on_state=metrics.observe_store_state,
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
         chosen = engine or engine_for(settings)
@@ -173,6 +174,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/audit", audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *console_routes(),  # the web console (service/console.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
     # `/entries/x/` is an unknown entry like any other, not a redirect to somewhere else.
@@ -345,7 +347,7 @@ async def metrics_endpoint(request: Request) -> Response:
     try:
         services.metrics.observe_store_info(await services.store.info())
     except StoreUnavailable:
-        pass  # earmark_store_up already says so
+        services.metrics.observe_store_info(None)  # earmark_store_up already says so
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

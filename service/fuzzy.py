@@ -117,11 +117,11 @@ class FuzzyMatcher:
             return FuzzyMatch(None, None, note="no_candidates: the index holds no entry of this profile")
         entries = await self.store.get_entries([entry_id for entry_id, _ in found])
         started = time.perf_counter()
-        judged = await asyncio.to_thread(self._judge_all, features, profile.digest, found, entries)
+        judged = await asyncio.to_thread(self._evaluate_all, features, profile.digest, found, entries)
         self.metrics.lookup_seconds.labels(stage="verify").observe(time.perf_counter() - started)
         best: tuple[float, Entry] | None = None
         candidates = []
-        for (entry_id, similarity), entry, (accepted, score, reason) in zip(found, entries, judged, strict=True):
+        for (entry_id, similarity), entry, (accepted, score, reason, stretches) in zip(found, entries, judged, strict=True):
             self.metrics.fuzzy_candidates.inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
@@ -131,20 +131,37 @@ class FuzzyMatcher:
                     best = (score, entry)
             else:
                 self.metrics.fuzzy_rejected.labels(reason=reason.split(":")[0]).inc()
-            candidates.append({"entry": entry_id, "score": round(score, 4), "embedding_similarity": round(similarity, 4),
-                               "accepted": accepted, "reason": reason})
+            candidate = {"entry": entry_id, "score": round(score, 4), "embedding_similarity": round(similarity, 4),
+                         "accepted": accepted, "reason": reason}
+            if stretches:
+                candidate["stretches"] = [{"at_s": at_s, "score": stretch_score} for at_s, stretch_score in stretches]
+            candidates.append(candidate)
         if best is None:
             return FuzzyMatch(None, None, candidates)
         return FuzzyMatch(best[1], best[0], candidates)
 
-    def _judge_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple[bool, float, str]]:
-        return [self.judge(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries, strict=True)]
+    def _evaluate_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple]:
+        return [self.evaluate(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries, strict=True)]
 
     def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
         """(accepted, score, reason) for one candidate, the service's verdict (`earmark tune` and
         the benchmarks call this too): the score is the worst of the ~1 s window, the rescaled
         ~0.25 s window, the detail and the pitch scores, and the reason names the check, and
         the stretch, that decided."""
+        return self._decide(features, profile_id, similarity, entry, [])
+
+    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float,
+                 entry: Entry | None) -> tuple[bool, float, str, tuple[tuple[float, float], ...]]:
+        """`judge`'s verdict plus the per-stretch score curve ((query time, score) of every ~1 s
+        stretch; empty when the candidate was rejected before the hashes were compared), the
+        evidence /lookup lists for each candidate."""
+        verified: list = []
+        accepted, score, reason = self._decide(features, profile_id, similarity, entry, verified)
+        return accepted, score, reason, verified[0].stretches if verified else ()
+
+    def _decide(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None,
+                verified: list) -> tuple[bool, float, str]:
+        """The checks in order; appends the hash comparison to `verified` once it has run."""
         limits = self.thresholds
         if entry is None:
             return False, 0.0, "gone: the entry expired, was evicted or deleted"
@@ -165,6 +182,7 @@ class FuzzyMatcher:
             return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
         verdict = verify(features.hash, reference, self.config)
+        verified.append(verdict)
         if verdict.windows == 0:
             return False, 0.0, "no_comparable_stretch"
         entry_detail = detail_from_bytes(entry.detail)

@@ -6,7 +6,11 @@ do not share counters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LOOKUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -43,10 +47,11 @@ class Metrics:
         self.fuzzy_candidates = Counter("earmark_fuzzy_candidates_total", "Fuzzy candidates examined.", registry=r)
         self.fuzzy_accepted = Counter("earmark_fuzzy_accepted_total", "Fuzzy candidates accepted after verification.", registry=r)
         self.fuzzy_rejected = Counter("earmark_fuzzy_rejected_total", "Fuzzy candidates rejected, by reason.", ["reason"], registry=r)
-        self.store_used_memory = Gauge("earmark_store_used_memory_bytes", "Memory the store reports in use (INFO memory).", registry=r)
-        self.store_max_memory = Gauge("earmark_store_maxmemory_bytes", "The store's maxmemory (0: unbounded).", registry=r)
-        self.store_evicted = Gauge("earmark_store_evicted_keys", "Keys the store evicted under memory pressure since it started.", registry=r)
-        self.store_expired = Gauge("earmark_store_expired_keys", "Keys the store expired since it started.", registry=r)
+        self.store_info = StoreInfoCollector()
+        r.register(self.store_info)
+        self.breaker_trips = Counter(
+            "earmark_store_breaker_trips_total", "Times the store's circuit breaker opened (an outage began).", registry=r
+        )
         self.uploads_in_progress = Gauge("earmark_uploads_in_progress", "Request bodies being received now.", registry=r)
         self.uploads_aborted = Counter(
             "earmark_uploads_aborted_total", "Uploads the client abandoned before the body arrived, by endpoint.", ["endpoint"], registry=r
@@ -63,6 +68,9 @@ class Metrics:
             "a request with two directives counts under both.",
             ["endpoint", "directive"], registry=r,
         )
+        self.console_pages = Counter(
+            "earmark_console_pages_total", "Web console pages served (and console deletes), by page.", ["page"], registry=r
+        )
         self.events_recorded = Counter(
             "earmark_events_recorded_total", "Recognition events written to the event stream, by endpoint and tier.",
             ["endpoint", "tier"], registry=r,
@@ -77,6 +85,7 @@ class Metrics:
             ["result"], registry=r,
         )
         self.store_up.set(1)
+        self._store_was_up = True
         self.upstream: UpstreamMetrics | None = None
         self.namespace_requests: Counter | None = None
 
@@ -98,12 +107,16 @@ class Metrics:
             )
         return self.namespace_requests
 
-    def observe_store_info(self, info: dict) -> None:
-        """Copy the store's own memory and expiry figures (INFO) into the gauges."""
-        self.store_used_memory.set(float(info.get("used_memory", 0)))
-        self.store_max_memory.set(float(info.get("maxmemory", 0)))
-        self.store_evicted.set(float(info.get("evicted_keys", 0)))
-        self.store_expired.set(float(info.get("expired_keys", 0)))
+    def observe_store_info(self, info: dict | None) -> None:
+        """Keep the store's INFO figures for this scrape; None (the store did not answer) exports none."""
+        self.store_info.info = info
+
+    def observe_store_state(self, up: bool) -> None:
+        """Follow the store breaker: `earmark_store_up`, and one trip counted per outage begun."""
+        if self._store_was_up and not up:
+            self.breaker_trips.inc()
+        self._store_was_up = up
+        self.store_up.set(1 if up else 0)
 
 
 class UpstreamMetrics:
@@ -125,3 +138,41 @@ class UpstreamMetrics:
         self.health_checks = Counter(
             "earmark_upstream_health_checks_total", "Periodic upstream health checks, by result: up, down.", ["result"], registry=r
         )
+
+
+# INFO field -> (metric name, help). Counters keep the store's own count since it started: a
+# store restart resets them, which Prometheus' rate() and increase() treat as a counter reset.
+STORE_INFO_GAUGES = {
+    "used_memory": ("earmark_store_used_memory_bytes", "Memory the store reports in use (INFO memory)."),
+    "maxmemory": ("earmark_store_maxmemory_bytes", "The store's maxmemory (0: unbounded)."),
+}
+STORE_INFO_COUNTERS = {
+    "evicted_keys": ("earmark_store_evicted_keys", "Keys the store evicted under memory pressure since it started (INFO stats)."),
+    "expired_keys": ("earmark_store_expired_keys", "Keys the store expired since it started (INFO stats)."),
+    "keyspace_hits": ("earmark_store_keyspace_hits", "Key lookups that found their key, since the store started (INFO stats)."),
+    "keyspace_misses": ("earmark_store_keyspace_misses", "Key lookups that found no key, since the store started (INFO stats)."),
+}
+
+
+class StoreInfoCollector(Collector):
+    """The store's own figures, read from INFO at each scrape: memory as gauges, its running
+    counts (evictions, expirations, keyspace hits and misses) as counters with `_total`, since
+    the store, not earmark, does the counting. Nothing is exported for a scrape at which the
+    store did not answer (stale figures would look live; `earmark_store_up` says why)."""
+
+    def __init__(self) -> None:
+        self.info: dict | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families of the last INFO read (none when it failed)."""
+        info = self.info
+        if info is None:
+            return
+        for field, (name, documentation) in STORE_INFO_GAUGES.items():
+            yield GaugeMetricFamily(name, documentation, value=float(info.get(field, 0)))
+        for field, (name, documentation) in STORE_INFO_COUNTERS.items():
+            yield CounterMetricFamily(name, documentation, value=float(info.get(field, 0)))
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing up front: the families depend on the store's answer at scrape time."""
+        return iter(())

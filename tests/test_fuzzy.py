@@ -45,6 +45,12 @@ def test_reencoded_copy_hits_fuzzy_with_the_same_entry(client, recorded, mp3_cop
     evidence = post(client, mp3_copy, "/lookup")["cache"]
     assert (evidence["tier"], evidence["entry"]) == ("fuzzy", entry)
     assert evidence["candidates"][0]["accepted"] and 0 < evidence["score"] <= 1
+    # The per-stretch curve: its minimum is the worst stretch the reason names, and it spans the recording.
+    stretches = evidence["candidates"][0]["stretches"]
+    worst = float(evidence["candidates"][0]["reason"].split("worst stretch ")[1].split()[0])
+    assert round(min(s["score"] for s in stretches), 3) == worst and len(stretches) >= 3
+    times = [s["at_s"] for s in stretches]
+    assert times == sorted(times) and times[-1] > 1.0
 
     hit = post(client, mp3_copy)
     assert (hit["cache"]["tier"], hit["cache"]["entry"]) == ("fuzzy", entry)

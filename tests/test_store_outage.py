@@ -42,6 +42,8 @@ def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):
             assert client.get("/health").json()["store"] == "down"
             metrics = client.get("/metrics").text
             assert "earmark_store_up 0.0" in metrics
+            assert "earmark_store_breaker_trips_total 1.0" in metrics  # one outage, however many requests
+            assert "earmark_store_used_memory_bytes" not in metrics  # no stale figures while it is down
             errors = [line for line in metrics.splitlines() if line.startswith("earmark_store_errors_total ")]
             assert float(errors[0].split()[1]) <= 2  # the breaker stops per-request connect attempts
 
@@ -52,7 +54,8 @@ def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):
                 time.sleep(0.2)
             assert post(client, weather).json()["cache"]["tier"] == "miss"
             assert post(client, weather).json()["cache"]["tier"] == "exact"
-            assert "earmark_store_up 1.0" in client.get("/metrics").text
+            metrics = client.get("/metrics").text
+            assert "earmark_store_up 1.0" in metrics and "earmark_store_breaker_trips_total 1.0" in metrics
     finally:
         server.stop()
 
