@@ -103,6 +103,13 @@ class FuzzyMatcher:
             pitch=features.pitch.tobytes(),
         )
 
+    async def index_now(self, entry: Entry, features: QueryFeatures) -> None:
+        """Make an entry this process just stored findable here at once: the index replica adds
+        it too when it reads the change stream (adding twice is harmless), but a copy sent right
+        after its original's miss must not wait for that, and on a busy machine it can lag by
+        seconds. Other processes still learn of it from the stream."""
+        await asyncio.to_thread(self.index.add, entry.profile_id, entry.entry_id, features.embedding)
+
     async def match(self, features: QueryFeatures, profile: Profile) -> FuzzyMatch:
         """Find the entry this recording is a copy of, if any, with the evidence."""
         limits = self.thresholds

@@ -355,6 +355,8 @@ class RecognitionCache:
         )
         if not store_ok:
             return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+        if self.fuzzy is not None and features is not None and not negative:
+            await self.fuzzy.index_now(stored, features)
         return Outcome(tier="miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds)
 
     def _hit(self, tier: str, entry: Entry, *, served: bool, verdict: FuzzyVerdict | None = None) -> Outcome:

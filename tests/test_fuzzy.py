@@ -147,3 +147,13 @@ def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(
         wait_for(lambda: client.get("/health").json()["index_ready"])
         assert post(client, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
         assert post(client, recorded, "/lookup")["cache"]["tier"] == "exact"
+
+
+def test_a_copy_right_after_its_original_is_found_without_waiting_for_the_stream(client, recorded, mp3_copy):
+    # The replica that tails the change stream is stopped: only the write path itself can make
+    # the new entry findable by this process.
+    services = client.app.state.services
+    client.portal.call(services.replica.stop)
+    entry = post(client, recorded)["cache"]["entry"]
+    hit = post(client, mp3_copy)["cache"]
+    assert (hit["tier"], hit["entry"]) == ("fuzzy", entry)
