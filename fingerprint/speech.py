@@ -90,12 +90,25 @@ def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
 def extent_from_levels(levels: np.ndarray) -> SpeechExtent:
     """`speech_extent` from the frame levels (`FrameLevels`), for a signal seen in pieces."""
     peak = float(levels.max())
-    noise_floor = float(np.percentile(levels, NOISE_FLOOR_PERCENTILE))
+    noise_floor = float(np.percentile(_floor_frames(levels), NOISE_FLOOR_PERCENTILE))
     threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB, min(noise_floor + ABOVE_NOISE_DB, peak + MAX_RELATIVE_DB))
     sounding = np.flatnonzero(levels > threshold)
     if peak <= ABSOLUTE_FLOOR_DB or sounding.size == 0:
         return SpeechExtent(0.0, 0.0, peak)
     return SpeechExtent(float(sounding[0] * FRAME_S), float((sounding[-1] + 1) * FRAME_S), peak)
+
+
+def _floor_frames(levels: np.ndarray) -> np.ndarray:
+    """The frames the noise floor is estimated from. Digital silence before the first and after
+    the last audible frame is padding (an editor's, or a copy's), not the recording's floor:
+    counted, it would drag the floor of a padded copy of a recording with room tone from the
+    room tone to -120 dB and its extent out over the room tone. When digital silence also
+    sits between audible frames (synthetic speech, a gated recording), it is the floor."""
+    audible = np.flatnonzero(levels > ABSOLUTE_FLOOR_DB)
+    if audible.size == 0:
+        return levels
+    inner = levels[audible[0] : audible[-1] + 1]
+    return levels if (inner <= ABSOLUTE_FLOOR_DB).any() else inner
 
 
 def has_sound(pcm_16k: np.ndarray, min_duration_s: float = 0.1) -> bool:

@@ -122,6 +122,22 @@ def test_silence_has_no_sound_and_speech_does(wav):
     assert speech_extent(padded).duration_s == pytest.approx(speech_extent(speech).duration_s, abs=0.03)
 
 
+@pytest.mark.parametrize("codec", ["pcm_s16le", "aac"])
+def test_a_padded_copy_of_a_recording_with_room_tone_has_the_same_speech_extent(codec):
+    # A real recording (LibriVox) whose pauses hold room tone at about -48 dBFS: half a second of
+    # digital silence at each end of a copy must not drag its noise floor to -120 dB and its
+    # extent out over the room tone (it did: 3.30 s of "speech" against 2.60 s, a refused copy).
+    data = fixture_bytes("librivox_0930.flac")
+    original = speech_extent(decode_audio(data, HOUR).pcm_16k)
+    samples, rate = read_pcm(data)
+    pad = np.zeros(rate // 2, np.int16)
+    fmt = "wav" if codec == "pcm_s16le" else "adts"
+    copy = encode(np.concatenate([pad, samples, pad]), rate, fmt=fmt, codec=codec, bitrate=64000)
+    padded = speech_extent(decode_audio(copy, HOUR).pcm_16k)
+    assert padded.duration_s == pytest.approx(original.duration_s, abs=0.06)
+    assert padded.start_s == pytest.approx(original.start_s + 0.5, abs=0.06)
+
+
 def test_corrupted_files_only_ever_raise_audio_errors(samples):
     """Mutated real files (bytes flipped, spans cut, tails lost) are refused cleanly, never crash."""
     import random
