@@ -22,7 +22,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check fingerprint index service tests bench
 	$(BIN)/mypy fingerprint index
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -30,6 +30,7 @@ import numpy as np
 import soxr
 
 from fingerprint.decode import SAMPLE_RATE, AudioError, decode_audio
+from fingerprint.speech import speech_extent
 from index.entry import Entry
 from service.config import FuzzyThresholds
 from service.fuzzy import SHORT_SCALE, FuzzyMatcher, QueryFeatures
@@ -153,9 +154,16 @@ def transforms() -> dict[str, Callable[[np.ndarray], bytes]]:
 
 
 def negatives_of(pcm: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
-    """Edits of one recording that must never be served its transcript."""
-    cut = int(len(pcm) * 0.7)
-    middle, length = len(pcm) // 2, min(int(0.3 * SAMPLE_RATE), len(other), len(pcm) // 4)
+    """Edits of one recording that must never be served its transcript. The clip and the
+    replaced stretch are placed within the speech, not the file: a recording with a second of
+    silence at its end keeps all its speech in its first 70%, and that clip is a copy."""
+    extent = speech_extent(pcm)
+    start, end = int(extent.start_s * SAMPLE_RATE), int(extent.end_s * SAMPLE_RATE)
+    if end - start < SAMPLE_RATE // 2:  # next to no speech found: fall back to the whole file
+        start, end = 0, len(pcm)
+    cut = start + int((end - start) * 0.7)
+    middle = (start + end) // 2
+    length = min(int(0.3 * SAMPLE_RATE), len(other), (end - start) // 4)
     replaced = pcm.copy()
     source = (len(other) - length) // 2
     replaced[middle:middle + length] = other[source:source + length]

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -100,3 +101,20 @@ def test_health_reports_the_thresholds_in_force(tuned, settings, engine):
     with TestClient(create_app(tuned_settings, engine=engine)) as client:
         reported = client.get("/health").json()["thresholds"]
     assert reported["min_window_score"] == pytest.approx(0.74) and reported["enabled"] is True
+
+
+def test_the_clip_negative_cuts_into_the_speech_even_with_silence_at_the_end():
+    # 70% of a file whose last second is silence would hold all of its speech: a copy, not a
+    # negative (on the benchmark corpus one such clip scored 1.0 and drove the threshold to 1).
+    from fingerprint.decode import decode_audio
+    from fingerprint.speech import speech_extent
+    from service.tune import negatives_of
+
+    speech = decode_audio(fixture_bytes("recorded.wav"), 3600).pcm_16k
+    padded = np.concatenate([speech, np.zeros(3 * 16000, np.float32)])
+    other = decode_audio(fixture_bytes("weather.wav"), 3600).pcm_16k
+    edits = negatives_of(padded, other)
+    whole = speech_extent(padded)
+    assert speech_extent(edits["clip_70pct"]).end_s < whole.end_s - 0.5
+    changed = np.flatnonzero(edits["stretch_replaced"] != padded) / 16000
+    assert whole.start_s < changed.min() and changed.max() < whole.end_s
