@@ -29,12 +29,16 @@ class StoreURLError(ValueError):
     """The store URL is malformed or uses a scheme we do not support."""
 
 
-def open_client(url: str, *, max_connections: int = 64) -> aioredis.Redis | RedisCluster:
-    """Return an asyncio client for `url`; raw bytes in and out (fingerprints are binary)."""
+def open_client(url: str, *, max_connections: int = 64, blocking_s: float = 0.0) -> aioredis.Redis | RedisCluster:
+    """Return an asyncio client for `url`; raw bytes in and out (fingerprints are binary).
+
+    `blocking_s`: the longest a command of this client blocks on the server by design (an
+    XREAD's BLOCK), added to the command timeout so that a blocking read that ends on time is
+    not taken for a lost store on a busy machine."""
     parts = urlsplit(url)
     options: dict[str, Any] = dict(
         socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S + blocking_s,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
     )
     if parts.scheme in ("redis", "rediss", "unix"):

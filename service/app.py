@@ -32,7 +32,7 @@ from fingerprint.embedding import EMBEDDING_DIM
 from index.breaker import StoreUnavailable
 from index.connection import open_client
 from index.keys import Keys
-from index.replica import IndexReplica
+from index.replica import READ_BLOCK_MS, IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
 from service.auth import ApiKeys, AuthError
@@ -125,8 +125,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
         # The replica's blocking stream reads get their own connections, apart from requests'.
-        replica = IndexReplica(open_client(settings.redis_url, max_connections=4), store.keys, vectors,
-                               _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
+        replica_client = open_client(settings.redis_url, max_connections=4, blocking_s=READ_BLOCK_MS / 1000)
+        replica = IndexReplica(replica_client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)
