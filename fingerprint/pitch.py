@@ -40,10 +40,15 @@ BURST_FRAMES = 10  # ~100 ms: a tone's syllable
 # (Mandarin 买 in a low male voice) is often voiced in only a few frames of its syllable.
 MIN_BURST_FRAMES = 3
 MIN_SHARED_FRAMES = 20  # fewer frames voiced on both sides say nothing either way
-# A frame this far from its recording's median pitch is the tracker's, not the voice's: a
+# A frame this far from its recording's median pitch may be the tracker's, not the voice's: a
 # harmonic taken for F0 at a voicing onset (a 3:1 error is 19 semitones, which pitch classes do
-# not forgive). One utterance's F0 stays within about an octave of its median.
+# not forgive). One utterance's F0 stays within about an octave of its median. Such a frame is
+# left out when it sits about a harmonic away from the median (2:1 to 6:1) or belongs to a run
+# of at most MAX_GLITCH_FRAMES: a longer excursion elsewhere is the voice's, and is judged.
 OUTLIER_SEMITONES = 7.0
+HARMONIC_SEMITONES = np.array([12.0, 19.02, 24.0, 27.86, 31.02])
+HARMONIC_TOLERANCE = 1.0
+MAX_GLITCH_FRAMES = 6
 # A frame's disagreement is capped here: a wrong octave-and-a-fifth is no more wrong than this.
 CAP_SEMITONES = 6.0
 
@@ -158,9 +163,22 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
 
 
 def _trusted(codes: np.ndarray) -> np.ndarray:
-    """Voiced frames within OUTLIER_SEMITONES of the contour's median pitch."""
+    """Voiced frames, less those a pitch tracker's error explains (see OUTLIER_SEMITONES)."""
     voiced = codes > 0
     if not voiced.any():
         return voiced
-    median = float(np.median(codes[voiced]))
-    return voiced & (np.abs(codes - median) <= OUTLIER_SEMITONES * _STEPS_PER_SEMITONE)
+    deviation = np.abs(codes.astype(np.float64) - float(np.median(codes[voiced]))) / _STEPS_PER_SEMITONE
+    far = voiced & (deviation > OUTLIER_SEMITONES)
+    if not far.any():
+        return voiced
+    harmonic = np.min(np.abs(deviation[:, None] - HARMONIC_SEMITONES[None, :]), axis=1) <= HARMONIC_TOLERANCE
+    return voiced & ~(far & (harmonic | _in_short_run(far)))
+
+
+def _in_short_run(flags: np.ndarray) -> np.ndarray:
+    """True where `flags` is set within a run of at most MAX_GLITCH_FRAMES consecutive frames."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    short = np.zeros(flags.size, dtype=bool)
+    for start, end in zip(edges[::2], edges[1::2], strict=True):
+        short[start:end] = end - start <= MAX_GLITCH_FRAMES
+    return short

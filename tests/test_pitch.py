@@ -4,6 +4,7 @@ while a tracker's error at a voicing onset (a harmonic taken for F0) is not held
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fingerprint.pitch import compare_pitch, pitch_contour
 
@@ -58,3 +59,14 @@ def test_a_rising_glide_is_tracked_as_an_octave():
     assert voiced.size > 50
     rising = (voiced[-10:].astype(float).mean() - voiced[:10].astype(float).mean()) / STEPS
     assert 9.0 < rising < 15.0, rising  # an octave, give or take the ends
+
+
+@pytest.mark.parametrize("shift, at_least", [(5.0, 4.5), (8.0, 3.5)])
+def test_a_sustained_excursion_far_from_the_median_is_judged_not_dropped(shift, at_least):
+    # 150 ms of the query far from its own median pitch: not a tracker's glitch (too long, and
+    # no harmonic away), so it counts. 8 semitones is 4 as pitch classes (octaves forgiven).
+    entry = [8.0] * 120
+    query = list(entry)
+    for i in range(50, 65):
+        query[i] = 8.0 + shift
+    assert compare_pitch(_codes(query), _codes(entry), 0).burst_semitones >= at_least
