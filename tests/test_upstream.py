@@ -248,3 +248,48 @@ def test_a_json_only_upstream_gives_the_text_without_times_under_its_own_profile
     assert len(whole) == 1 and (whole[0]["start"], whole[0]["end"]) == (0.0, plain["result"]["duration_s"])
     assert verbose["result"]["segments"][0]["start"] > 0.0, "verbose_json's segment times are the upstream's"
     assert plain["cache"]["entry"] != verbose["cache"]["entry"]
+
+
+class _FixedAnswer:
+    """A real OpenAI-shaped server that answers every transcription with one fixed body:
+    answers a well-behaved server never gives, but a broken one can."""
+
+    def __init__(self, body: str) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        async def transcriptions(request):
+            await request.body()
+            return Response(body, media_type="application/json")
+
+        self.app = Starlette(routes=[Route("/v1/audio/transcriptions", transcriptions, methods=["POST"])])
+
+
+@pytest.mark.parametrize("body", [
+    '{"text": "hello", "segments": [{"start": NaN, "end": 1.0, "text": "hello"}]}',
+    '{"text": "hello", "segments": [{"start": 0.0, "end": "inf", "text": "hello"}]}',
+    '{"text": "", "error": "model overloaded"}',
+])
+def test_an_answer_with_a_non_finite_time_or_an_error_is_a_502_never_cached(settings, recorded, redis_client, body):
+    from tests.funasr_protocol_server import _Running
+
+    with _Running(_FixedAnswer(body)) as url:
+        broken = replace(settings, engine="openai", upstream_url=url, upstream_model="whisper-1")
+        with TestClient(create_app(broken)) as client:
+            for _ in range(2):  # the second is forwarded again: nothing was cached
+                answer = transcribe(client, recorded)
+                assert answer.status_code == 502, answer.text
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+def test_without_a_revision_label_the_upstreams_address_is_in_the_profile():
+    from service.engines.openai_upstream import OpenAIUpstreamEngine
+    from service.engines.upstream import UpstreamConfig
+
+    small = OpenAIUpstreamEngine(UpstreamConfig(url="http://small:8000"))
+    large = OpenAIUpstreamEngine(UpstreamConfig(url="http://user:secret@large:8000/v1"))
+    assert small.revision != large.revision
+    assert "secret" not in large.revision and "large:8000" in large.revision
+    labelled = OpenAIUpstreamEngine(UpstreamConfig(url="http://small:8000", revision="v2"))
+    assert labelled.revision == OpenAIUpstreamEngine(UpstreamConfig(url="http://large:8000", revision="v2")).revision

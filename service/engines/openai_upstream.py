@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.engines.base import _LANGUAGE_ALIASES, Capabilities, Segment, Transcript, Word
+from service.errors import quoted
 from service.engines.upstream import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
 from service.profile import Profile
 
@@ -76,6 +77,8 @@ class OpenAIUpstreamEngine(UpstreamEngine):
         body = response.json()
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise UpstreamError("the upstream's answer has no 'text'")
+        if body.get("error"):  # some servers answer 200 with an error beside an empty text
+            raise UpstreamError(f"the upstream answered an error: {quoted(str(body['error']))}")
         text = body["text"].strip()
         words = [Word(word=str(w["word"]).strip(), start=float(w["start"]), end=float(w["end"]))
                  for w in body.get("words") or []]

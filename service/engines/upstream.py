@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import re
 import time
 import wave
@@ -108,7 +109,9 @@ class UpstreamEngine(AsyncEngine):
         self.endpoint = self.endpoint_url(config.url)
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
-        self.revision = f"{self.name}/{self.request_details()}/{config.revision or 'unversioned'}"
+        # Without one, the server's address stands in: two deployments sharing a store but
+        # pointed at different servers must never serve each other's transcripts.
+        self.revision = f"{self.name}/{self.request_details()}/{config.revision or 'at ' + _server_of(self.endpoint)}"
         # The engine pool admits this many calls at once (app.py reads it).
         self.recommended_workers = config.max_connections
         self._client: httpx.AsyncClient | None = None
@@ -191,14 +194,16 @@ class UpstreamEngine(AsyncEngine):
 
     async def transcribe_async(self, pcm_16k: np.ndarray, profile: Profile, timeout_s: float) -> Transcript:
         """Send the audio as a WAV; the transcript, or the failure mapped to its status."""
-        files, data = self.request_fields(wav_bytes(pcm_16k), profile)
+        # Off the loop: an hour of audio is a 115 MB WAV, and hits must not wait for it.
+        files, data = self.request_fields(await asyncio.to_thread(wav_bytes, pcm_16k), profile)
         response = await self._post(files, data, timeout_s)
         try:
             transcript = self.parse(response, profile)
+            _check_finite(transcript)
         except UpstreamError as exc:
             self._count("error", str(exc))
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._count("error", f"malformed answer: {exc}")
             raise UpstreamError(f"the upstream's answer is not what {self.name} answers: {type(exc).__name__}: {exc}") from exc
         self._count("ok")
@@ -352,3 +357,19 @@ def _redacted(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _server_of(url: str) -> str:
+    """host:port/path of a URL, without credentials or query: what names the server."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}{parts.path}"
+
+
+def _check_finite(transcript: Transcript) -> None:
+    """Refuse an answer with a time or statistic that is not a finite number (JSON's NaN):
+    cached, it would make every later answer from that entry fail to serialise."""
+    for segment in transcript.segments:
+        numbers = [segment.start, segment.end, segment.avg_logprob, segment.compression_ratio,
+                   segment.no_speech_prob, *(value for word in segment.words for value in (word.start, word.end, word.probability))]
+        if not all(value is None or math.isfinite(value) for value in numbers):
+            raise UpstreamError("the upstream's answer holds a time or score that is not a finite number")
