@@ -165,7 +165,9 @@ def _over_time(served: list[RecognitionEvent]) -> dict:
     """Answers per tier, and engine seconds spent and saved, per time bucket."""
     if not served:
         return {"bucket_s": BUCKETS_S[0], "tiers": [], "rows": []}
-    first, last = served[0].time, served[-1].time
+    # Not the stream's first and last: each event's time is its process's clock before its
+    # XADD, so concurrent requests, replicas' skew or a clock step can land them out of order.
+    first, last = min(event.time for event in served), max(event.time for event in served)
     bucket_s = next((size for size in BUCKETS_S if (last - first) / size < MAX_BUCKETS), BUCKETS_S[-1])
     tiers = sorted({event.tier for event in served}, key=_tier_order)
     # Every bucket from the first to the last, quiet ones too: the time axis stays true.

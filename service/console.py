@@ -60,7 +60,11 @@ def _render(request: Request, template: str, status_code: int = 200, **context) 
     context.setdefault("admin_required", bool(services.settings.admin_token))
     context.setdefault("keys_required", services.api_keys is not None)
     context.setdefault("nav", "")
-    return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
+    # Never framed by another site: a framed entry page would let it trick a click on Delete.
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
 
 
 async def upload_page(request: Request) -> Response:
@@ -243,7 +247,7 @@ async def login(request: Request) -> Response:
     form = await request.form()
     token = str(form.get("token", ""))
     next_url = str(form.get("next", "/console/history"))
-    if not next_url.startswith("/") or next_url.startswith("//"):
+    if not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
         next_url = "/console/history"  # never redirect off this site
     expected = request.app.state.services.settings.admin_token
     if not expected or not secrets.compare_digest(token.encode(), expected.encode()):

@@ -408,8 +408,10 @@ class RecognitionCache:
         try:
             if upload.audio_seconds is None:  # answered by its bytes: never decoded so far
                 audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
-                upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
-                audio.close()
+                try:
+                    upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+                finally:
+                    audio.close()
             async with self._decoding(upload):
                 with self._stage("fingerprint"):
                     features = await asyncio.to_thread(self._features_of, upload)

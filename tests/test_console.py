@@ -38,6 +38,8 @@ def weather() -> bytes:
 def test_upload_page_offers_the_engines_options_and_loads_only_local_assets(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # No other site may frame a console page (a framed Delete button is a click away).
+    assert page.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page.headers["content-security-policy"]
     html = page.text
     assert '<input id="files"' in html and "multiple" in html and 'id="drop"' in html
     assert '<label for="language">' in html and '<label for="use_itn">' in html
