@@ -289,6 +289,16 @@ async def _near_threshold(served: list[RecognitionEvent], store: Store, events: 
 # Near-duplicate entries: reuse that was missed
 
 
+def _candidate_pairs(index, candidates: list[Entry], k: int, min_similarity: float) -> list[list[tuple[str, float]]]:
+    """For each entry, its nearest stored neighbours (later ids only: each pair once)."""
+    for entry in candidates:
+        index.add(entry.profile_id, entry.entry_id, np.frombuffer(entry.embedding, dtype="<f4"))
+    return [[(other, similarity) for other, similarity in
+             index.search(entry.profile_id, np.frombuffer(entry.embedding, dtype="<f4"), k)
+             if other > entry.entry_id and similarity >= min_similarity]
+            for entry in candidates]
+
+
 async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: FuzzyMatcher,
                            progress: Progress) -> list[dict]:
     """Clusters of entries of one profile that the service's verification accepts as copies of
@@ -298,8 +308,10 @@ async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: Fuz
     index = matcher.index
     candidates = [entry for entry in entries.values()
                   if entry.embedding and not entry.negative and entry.fingerprint_version == matcher.config.version]
-    for entry in candidates:
-        index.add(entry.profile_id, entry.entry_id, np.frombuffer(entry.embedding, dtype="<f4"))
+    # Off the event loop: indexing and searching every stored entry is seconds on a big store,
+    # and the service answers hits meanwhile.
+    found_of = await asyncio.to_thread(_candidate_pairs, index, candidates, limits.top_k + 1,
+                                       limits.min_embedding_similarity)
     parent: dict[str, str] = {}
 
     def root(entry_id: str) -> str:
@@ -308,10 +320,7 @@ async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: Fuz
         return entry_id
 
     pairs: list[dict] = []
-    for number, entry in enumerate(candidates):
-        found = [(other, similarity) for other, similarity in
-                 index.search(entry.profile_id, np.frombuffer(entry.embedding, dtype="<f4"), limits.top_k + 1)
-                 if other > entry.entry_id and similarity >= limits.min_embedding_similarity]
+    for number, (entry, found) in enumerate(zip(candidates, found_of, strict=True)):
         if found:
             full = await store.get_entries([entry.entry_id, *(other for other, _ in found)])
             if full[0] is not None:
