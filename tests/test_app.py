@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 from index.keys import Keys
 from service.app import create_app
 from service.engines.base import RecognitionOptions
-from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav, wav_with_extra_chunk
+from tests.audio_tools import encode, read_pcm, silence_wav, wav_with_extra_chunk
 
 DAY_S = 24 * 3600
 
@@ -25,11 +25,6 @@ def keys_under(redis_client, prefix: str) -> set[bytes]:
     events = Keys(prefix).events().encode()
     return {key for key in redis_client.scan_iter(match=f"{prefix}*", count=1000)
             if not key.endswith(b"store-id") and key != events}
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
 
 
 def test_miss_then_exact_then_canonical_share_one_entry(client, recorded):

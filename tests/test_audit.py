@@ -20,7 +20,7 @@ from service.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_cli import run
-from tests.test_fuzzy import wait_for
+from tests.waiting import wait_for
 
 ADMIN = "s3cret-admin"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

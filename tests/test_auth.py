@@ -4,7 +4,6 @@ and a namespace is a hard partition (exact, canonical, fuzzy, negative, /lookup'
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
 
 import openai
@@ -15,7 +14,8 @@ from service.app import create_app
 from service.auth import ApiKeys
 from service.config import ConfigError
 from service.engines.base import RecognitionOptions
-from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
+from tests.waiting import wait_for
+from tests.audio_tools import encode, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_app import keys_under
 
@@ -31,23 +31,6 @@ KEYS_FILE = f"""# earmark API keys: <key> <namespace>
 def post(client, data: bytes, path: str = "/recognize", key: str | None = None, **fields):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields, headers=headers)
-
-
-def wait_for(condition, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
-
-
-@pytest.fixture(scope="module")
-def mp3_copy(recorded) -> bytes:
-    return encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
 
 
 @pytest.fixture

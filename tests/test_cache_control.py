@@ -24,11 +24,6 @@ def engine_runs(client) -> float:
     return client.app.state.services.metrics.engine_runs._value.get()
 
 
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
-
-
 @pytest.mark.parametrize("header,expected", [
     (None, CacheControl()),
     ("", CacheControl()),

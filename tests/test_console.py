@@ -26,11 +26,6 @@ def post(client, data: bytes, path: str = "/recognize"):
 
 
 @pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
-
-
-@pytest.fixture(scope="module")
 def weather() -> bytes:
     return fixture_bytes("weather.wav")
 

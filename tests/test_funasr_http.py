@@ -18,17 +18,12 @@ from service.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.funasr_protocol_server import FunASRProtocolServer
 from tests.test_app import keys_under
-from tests.test_auth import wait_for
+from tests.waiting import wait_for
 from tests.test_upstream import metric
 
 
 def recognize(client, data: bytes, name: str = "a.wav", **fields):
     return client.post("/recognize", files={"file": (name, data, "application/octet-stream")}, data=fields)
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
 
 
 @pytest.fixture(scope="module")

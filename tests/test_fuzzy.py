@@ -7,10 +7,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from tests.waiting import wait_for
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 
@@ -18,23 +18,6 @@ def post(client, data: bytes, path: str = "/recognize"):
     answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")})
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def wait_for(condition, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
-
-
-@pytest.fixture(scope="module")
-def mp3_copy(recorded) -> bytes:
-    return encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
 
 
 def test_reencoded_copy_hits_fuzzy_with_the_same_entry(client, recorded, mp3_copy):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import replace
 
 import httpx
@@ -15,7 +14,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.key_reload import KeysFile, reload_requested
-from tests.audio_tools import fixture_bytes
+from tests import waiting
 from tests.test_auth import KEY_A, KEY_B, post
 from tests.test_cli import serving
 from tests.test_upstream import metric
@@ -24,10 +23,8 @@ KEY_C = "gamma-key-0123456789abcdef"
 
 
 def wait_for(condition, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    """A re-read waits for the next check (every 2 s): longer than the usual wait."""
+    waiting.wait_for(condition, timeout_s=timeout_s, interval_s=0.05)
 
 
 def write_keys(path, text: str) -> None:
@@ -35,11 +32,6 @@ def write_keys(path, text: str) -> None:
     fresh = path.with_suffix(".new")
     fresh.write_text(text)
     os.replace(fresh, path)
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
 
 
 @pytest.fixture

@@ -8,13 +8,7 @@ import asyncio
 import openai
 import pytest
 
-from tests.audio_tools import fixture_bytes
 from tests.conftest import live_server
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
 
 
 @pytest.fixture

@@ -15,16 +15,10 @@ from starlette.requests import Request
 
 from service.errors import ApiError
 from service.uploads import UploadLimits, read_upload
-from tests.audio_tools import fixture_bytes
 from tests.conftest import live_server
 from tests.test_app import keys_under, post
 
 BOUNDARY = "earmarkTestBoundary"
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
 
 
 def multipart(*parts: tuple[str, bytes, str | None], boundary: str = BOUNDARY, close: bool = True) -> bytes:

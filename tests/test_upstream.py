@@ -19,10 +19,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.conftest import _free_port
 from tests.test_app import keys_under
-from tests.test_auth import wait_for
+from tests.waiting import wait_for
 from tests.test_cli import EARMARK, serving
 
 UPSTREAM_KEY = "upstream-key-0123456789abcdef"
@@ -46,16 +45,6 @@ def metric(client, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
-
-
-@pytest.fixture(scope="module")
-def recorded() -> bytes:
-    return fixture_bytes("recorded.wav")
-
-
-@pytest.fixture(scope="module")
-def mp3_copy(recorded) -> bytes:
-    return encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
 
 
 @pytest.fixture(scope="module")
