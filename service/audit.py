@@ -32,7 +32,7 @@ from index.entry import Entry
 from index.store import Store
 from index.vectors import VectorIndex
 from service.config import FuzzyThresholds
-from service.events import HIT_TIERS, EventLog, RecognitionEvent
+from service.events import HIT_TIERS, RECOGNITION_ENDPOINTS, TIERS, EventLog, RecognitionEvent
 from service.fuzzy import FuzzyMatcher, QueryFeatures
 from service.metrics import Metrics
 
@@ -65,7 +65,7 @@ async def collect_audit(store: Store, events: EventLog, thresholds: FuzzyThresho
     progress = progress or (lambda stage, done, total: None)
     entries = await _read_entries(store, progress)
     log = [event for _, event in await events.between(0.0, time.time() + 60.0)]
-    served = [event for event in log if event.endpoint != "lookup"]
+    served = [event for event in log if event.endpoint in RECOGNITION_ENDPOINTS]
     accept = thresholds.min_window_score
     matcher = FuzzyMatcher(thresholds, store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
     near = await _near_threshold(served, store, events, accept + options.review_margin, progress)
@@ -374,8 +374,7 @@ def _detail_or_empty(raw: bytes) -> np.ndarray:
 
 
 def _tier_order(tier: str) -> tuple[int, str]:
-    order = ("exact", "canonical", "fuzzy", "negative", "miss", "bypass")
-    return (order.index(tier) if tier in order else len(order), tier)
+    return (TIERS.index(tier) if tier in TIERS else len(TIERS), tier)
 
 
 def _iso(epoch_s: float) -> str:

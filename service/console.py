@@ -27,7 +27,8 @@ from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
 from service.audit import AuditOptions, collect_audit
-from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, TIERS, entry_hits, history_page
+from service.events import TIERS
+from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=str(HERE / "console_templates"))

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # Events read per round trip when a time range is read whole.
 PAGE = 1000
 HIT_TIERS = ("exact", "canonical", "fuzzy", "negative")
+TIERS = (*HIT_TIERS, "miss", "bypass")  # every tier an answer can have, in the order reports show them
+# The endpoints whose answers are recognitions (history, audit); /lookup only asks.
+RECOGNITION_ENDPOINTS = ("recognize", "openai", "batch")
 
 
 @dataclass(frozen=True)

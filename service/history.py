@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 
 from index.entry import Entry
 from index.store import Store
-from service.events import HIT_TIERS, EventLog, RecognitionEvent
+from service.events import HIT_TIERS, RECOGNITION_ENDPOINTS, EventLog, RecognitionEvent
 
-# Endpoints whose events are recognitions (a /lookup answers nothing and saves nothing).
-RECOGNITION_ENDPOINTS = ("recognize", "openai", "batch")
 READ_BATCH = 200  # events read per round trip while paging or searching
 SEARCH_SCAN_LIMIT = 2000  # events a text search examines, newest first
 HITS_SCAN_LIMIT = 5000  # events examined for an entry's hits
-TIERS = ("exact", "canonical", "fuzzy", "negative", "miss", "bypass")
 
 
 @dataclass
