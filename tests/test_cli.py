@@ -131,10 +131,11 @@ _SERVICES: dict[str, subprocess.Popen] = {}
 
 
 @contextmanager
-def serving(cwd: Path, *args: str):
-    """`earmark serve` in a subprocess from `cwd` on a free port; yields its URL once healthy."""
+def serving(cwd: Path, *args: str, env: dict[str, str] | None = None):
+    """`earmark serve` in a subprocess from `cwd` on a free port, with `env` added to the
+    environment; yields its URL once healthy."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), **(env or {})}
     env.pop("REDIS_URL", None)
     service = subprocess.Popen([*EARMARK, "serve", "--port", str(port), *args], cwd=cwd, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -163,32 +163,13 @@ def test_health_and_metrics_show_the_upstream_up(front, upstream):
 
 def test_serve_as_the_readme_says_with_the_key_from_the_environment(tmp_path, upstream, recorded):
     """`earmark serve --engine openai --upstream-url ...`, the upstream key in its variable."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "EARMARK_UPSTREAM_API_KEY": UPSTREAM_KEY}
-    env.pop("REDIS_URL", None)
     arrived = upstream_arrivals(upstream)
-    service = subprocess.Popen([*EARMARK, "serve", "--port", str(port), "--engine", "openai", "--upstream-url", upstream,
-                                "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert service.poll() is None, service.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+    with serving(tmp_path, "--engine", "openai", "--upstream-url", upstream, "--data-dir", str(tmp_path / "data"),
+                 env={"EARMARK_UPSTREAM_API_KEY": UPSTREAM_KEY}) as url:
         answer = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", recorded)},
                             data={"model": "whisper-1"}, timeout=120)
         assert answer.status_code == 200 and "recorded" in answer.json()["text"]
         assert answer.headers["x-cache-tier"] == "miss" and upstream_arrivals(upstream) == arrived + 1
-    finally:
-        service.terminate()
-        service.wait(30)
 
 
 def test_serve_refuses_an_upstream_engine_without_a_url(tmp_path):
