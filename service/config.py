@@ -40,9 +40,10 @@ class FuzzyThresholds:
     # the minimal-pair benchmark 99.8% of copies (telephone codecs included) scored above it,
     # every non-tone pair <= 0.68.
     min_detail_score: float = 0.74
-    # The worst ~100 ms of pitch both recordings voice (fingerprint/pitch.py), scored as
-    # 1 - (mean disagreement in semitones) / 9.6: 99.9% of copies scored >= 0.83, 16 of 18
-    # Mandarin tone pairs (mǎi/mài) were refused.
+    # The worst ~200 ms of pitch both recordings voice (fingerprint/pitch.py), scored as
+    # 1 - 0.26 x (the size of its mean signed difference, semitones): on the minimal-pair
+    # benchmark copies scored >= 0.79 (one Opus 8k copy of 5,200 lower), Mandarin tone pairs
+    # (mǎi/mài) <= 0.62.
     min_pitch_score: float = 0.74
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
