@@ -346,3 +346,21 @@ def test_forms_posted_through_a_proxy_that_rewrites_host_pass_and_other_origins_
     assert post(client, recorded)["cache"]["tier"] == "miss"
     signed_out = client.post("/console/logout", headers={**proxy, "Origin": "https://console.example"}, follow_redirects=False)
     assert signed_out.status_code == 303
+
+
+def test_console_session_s_sets_how_long_a_sign_in_lasts(settings, engine, tmp_path):
+    import time
+    from dataclasses import replace
+
+    from service.config import ConfigError, load_settings
+
+    config = tmp_path / "earmark.toml"
+    config.write_text("console_session_s = 600\n")
+    assert load_settings(config).console_session_s == 600.0
+    with pytest.raises(ConfigError, match="console_session_s must be positive"):
+        load_settings(console_session_s=0)
+    with _admin_client(replace(settings, console_session_s=600), engine) as client:
+        answer = _sign_in(client)
+    assert "max-age=600" in answer.headers["set-cookie"].lower()
+    expiry = int(answer.cookies["earmark_admin"].split(".")[0])
+    assert time.time() + 500 < expiry <= time.time() + 600
