@@ -72,6 +72,8 @@ class Settings:
     funasr_model: str = ""
     device: str = "cpu"
     admin_token: str = ""
+    # How long a web console sign-in lasts (service/console_session.py), in seconds.
+    console_session_s: float = 12 * 3600.0
     # A file of `<key> <namespace>` lines (service/auth.py); empty: no keys, one namespace ("").
     api_keys_file: str = ""
     # Seconds between checks of the keys file: a changed file is read again, without a restart.
@@ -145,6 +147,7 @@ class Settings:
             (0.0 <= self.review_margin <= 1.0, "review_margin must be in [0, 1]"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.api_keys_check_s > 0, "api_keys_check_s must be positive"),
+            (self.console_session_s > 0, "console_session_s must be positive"),
             (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
              f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
             (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),

@@ -7,8 +7,10 @@ calls the JSON API the way any client does (/lookup for the evidence, then /reco
 console shows exactly what the API answers. History, entry and audit pages read the store.
 
 When an admin token is configured, the pages that show other callers' transcripts (history,
-entries, audit) and the Delete button ask for it once, and keep it in an HttpOnly, SameSite
-Strict cookie; /entries/... itself keeps checking its Bearer header as before.
+entries, audit) and the Delete button ask for it once and then keep a signed session (never the
+token: service/console_session.py) in an HttpOnly, SameSite Strict cookie, Secure over https,
+that expires after `console_session_s`; "Sign out" (POST /console/logout) clears it. A Bearer
+header with the token itself works on these pages too; /entries/... keeps checking only that.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
 from service.audit import AuditOptions, collect_audit
+from service.console_session import check_session, issue_session
 from service.events import TIERS
 from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
 
@@ -45,6 +48,7 @@ def console_routes() -> list[BaseRoute]:
     return [
         Route("/", upload_page, methods=["GET"]),
         Route("/console/login", login, methods=["GET", "POST"]),
+        Route("/console/logout", logout, methods=["POST"]),
         Route("/console/history", history, methods=["GET"]),
         Route("/console/entry/{entry_id}", entry_page, methods=["GET"]),
         Route("/console/entry/{entry_id}/delete", delete_entry, methods=["POST"]),
@@ -61,6 +65,7 @@ def _render(request: Request, template: str, status_code: int = 200, **context) 
     context.setdefault("admin_required", bool(services.settings.admin_token))
     context.setdefault("keys_required", services.api_keys is not None)
     context.setdefault("nav", "")
+    context.setdefault("signed_in", _session_state(request) == "ok")
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
     # Never framed by another site: a framed entry page would let it trick a click on Delete.
     response.headers["X-Frame-Options"] = "DENY"
@@ -193,11 +198,23 @@ def curve_chart(curve: list, threshold: float, width: int = 520, height: int = 1
 
 
 def _same_origin(request: Request) -> bool:
-    """The form was posted from a page of this host (the Origin header, else the Referer)."""
+    """The form was posted from a page of this console (the Origin header, else the Referer):
+    its host is the request's Host, or the first X-Forwarded-Host (a reverse proxy that rewrites
+    Host, e.g. to 127.0.0.1:8000, names there the host the browser asked for).
+
+    Trusting X-Forwarded-Host here keeps CSRF out: the attack is a page of another site making
+    the signed-in browser post a form here, and such a post carries that site's Origin, which
+    matches neither header, while the attacking page cannot set X-Forwarded-Host at all (no
+    form can set a header, and a cross-site fetch with it needs a CORS preflight this service
+    never grants). Whoever can set headers freely (curl) sends no victim's cookie with them."""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source:
         return True  # not a browser's cross-site form post: those always carry an Origin
-    return urlsplit(source).netloc == request.headers.get("host", "")
+    netloc = urlsplit(source).netloc
+    if not netloc:
+        return False  # "null" (a sandboxed or privacy-redirected page) or a relative Referer
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+    return netloc == request.headers.get("host", "") or (forwarded != "" and netloc == forwarded)
 
 
 def _not_found(request: Request, entry_id: str) -> Response:
@@ -220,41 +237,79 @@ def _admin_refusal(request: Request) -> Response | None:
         return _render(request, "message.html", status_code=403, heading="An admin token is needed",
                        message="This service keeps each API key's namespace apart, and history, entries and the audit "
                                "would show every namespace's transcripts. Start it with --admin-token to use these pages.")
-    return None if is_admin(request) else login_page(request)
+    if is_admin(request):
+        return None
+    state = _session_state(request)
+    if state in ("expired", "invalid"):
+        request.app.state.services.metrics.console_sessions_refused.labels(reason=state).inc()
+        return login_page(request, message="Your sign-in has expired; enter the admin token again." if state == "expired" else "")
+    return login_page(request)
 
 
 def is_admin(request: Request) -> bool:
-    """True when no admin token is configured, or the request carries it (cookie or Bearer)."""
+    """True when no admin token is configured, or the request carries a valid session cookie
+    or the token itself as `Authorization: Bearer <token>`."""
     token = request.app.state.services.settings.admin_token
     if not token:
         return True
-    supplied = request.cookies.get(ADMIN_COOKIE, "")
     header = request.headers.get("authorization", "")
     if header.startswith("Bearer "):
-        supplied = header.removeprefix("Bearer ")
-    return secrets.compare_digest(supplied.encode(), token.encode())
+        return secrets.compare_digest(header.removeprefix("Bearer ").encode(), token.encode())
+    return _session_state(request) == "ok"
+
+
+def _session_state(request: Request) -> str:
+    """The request's session cookie checked (console_session.check_session), or "missing"
+    when no admin token is configured (there is nothing to sign in to)."""
+    token = request.app.state.services.settings.admin_token
+    return check_session(request.cookies.get(ADMIN_COOKIE, ""), token) if token else "missing"
 
 
 def login_page(request: Request, status_code: int = 401, message: str = "") -> Response:
-    """The admin-token form, answered in place of a page that needs it."""
+    """The admin-token form, answered in place of a page that needs it (then back to that page)."""
     return _render(request, "login.html", status_code=status_code, message=message,
                    next_url=request.url.path + (f"?{request.url.query}" if request.url.query else ""))
 
 
+def _local_path(next_url: str) -> str:
+    """`next_url` when it is a path on this site, else the history page: never redirect off it."""
+    if not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
+        return "/console/history"
+    return next_url
+
+
 async def login(request: Request) -> Response:
-    """GET/POST /console/login: check the admin token and keep it in a cookie for the console."""
+    """GET/POST /console/login: check the admin token and keep a signed session (not the token)
+    in a cookie, Secure when the request came over https."""
+    services = request.app.state.services
     if request.method == "GET":
-        return login_page(request, status_code=200)
+        signed_out = request.query_params.get("signed_out") == "1"
+        return _render(request, "login.html", message="You are signed out." if signed_out else "", message_ok=signed_out,
+                       next_url=_local_path(request.query_params.get("next", "/console/history")))
     form = await request.form()
     token = str(form.get("token", ""))
-    next_url = str(form.get("next", "/console/history"))
-    if not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
-        next_url = "/console/history"  # never redirect off this site
-    expected = request.app.state.services.settings.admin_token
+    next_url = _local_path(str(form.get("next", "/console/history")))
+    expected = services.settings.admin_token
     if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
+        services.metrics.console_logins.labels(outcome="wrong_token").inc()
         return _render(request, "login.html", status_code=401, message="That is not the admin token.", next_url=next_url)
+    services.metrics.console_logins.labels(outcome="ok").inc()
+    lifetime_s = services.settings.console_session_s
     response = RedirectResponse(next_url, status_code=303)
-    response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", path="/")
+    response.set_cookie(ADMIN_COOKIE, issue_session(expected, lifetime_s), max_age=int(lifetime_s), path="/",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """POST /console/logout: clear the session cookie (refused from another site's page) and go
+    back to the sign-in form."""
+    if not _same_origin(request):
+        return _render(request, "message.html", status_code=403, heading="Refused",
+                       message="Signing out must come from this console's own page.")
+    request.app.state.services.metrics.console_pages.labels(page="logout").inc()
+    response = RedirectResponse("/console/login?signed_out=1", status_code=303)
+    response.delete_cookie(ADMIN_COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
 

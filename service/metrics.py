@@ -71,6 +71,14 @@ class Metrics:
         self.console_pages = Counter(
             "earmark_console_pages_total", "Web console pages served (and console deletes), by page.", ["page"], registry=r
         )
+        self.console_logins = Counter(
+            "earmark_console_logins_total", "Web console sign-in forms posted, by outcome (ok, wrong_token).", ["outcome"], registry=r
+        )
+        self.console_sessions_refused = Counter(
+            "earmark_console_sessions_refused_total",
+            "Web console requests whose session cookie was refused (expired, invalid), answered with the sign-in form.",
+            ["reason"], registry=r,
+        )
         self.events_recorded = Counter(
             "earmark_events_recorded_total", "Recognition events written to the event stream, by endpoint and tier.",
             ["endpoint", "tier"], registry=r,

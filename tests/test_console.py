@@ -210,3 +210,157 @@ def test_with_api_keys_and_no_admin_token_no_page_shows_another_namespaces_trans
             page = client.get(path)
             assert page.status_code == 403 and "--admin-token" in page.text and "quality" not in page.text, path
         assert client.post(f"/console/entry/{entry}/delete").status_code == 403
+
+
+def _admin_client(settings, engine, token: str = "s3cret", **client_options) -> TestClient:
+    from dataclasses import replace
+
+    return TestClient(create_app(replace(settings, admin_token=token), engine=engine), **client_options)
+
+
+def _sign_in(client, token: str = "s3cret"):
+    answer = client.post("/console/login", data={"token": token, "next": "/console/history"}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return answer
+
+
+def _asks_to_sign_in(page) -> bool:
+    return page.status_code == 401 and 'name="token"' in page.text and "history-row" not in page.text
+
+
+def test_the_sign_in_cookie_is_a_signed_session_never_the_token(settings, engine, recorded):
+    with _admin_client(settings, engine, token="the-admin-token-7f3a") as client:
+        post(client, recorded)
+        assert client.post("/console/login", data={"token": "guess"}).status_code == 401
+        answer = _sign_in(client, "the-admin-token-7f3a")
+        cookie = answer.cookies["earmark_admin"]
+        assert "the-admin-token-7f3a" not in answer.headers["set-cookie"] and "7f3a" not in cookie
+        assert re.fullmatch(r"\d+\.[0-9a-f]{32}\.[0-9a-f]{64}", cookie), cookie
+        assert "max-age=43200" in answer.headers["set-cookie"].lower()  # console_session_s, 12 h by default
+        assert "secure" not in answer.headers["set-cookie"].lower()  # plain http: a Secure cookie would never come back
+        html = client.get("/console/history").text
+        assert "quality and training" in html and 'action="/console/logout"' in html
+        # a second sign-in is another session: a random id, not a function of the token alone
+        assert _sign_in(client, "the-admin-token-7f3a").cookies["earmark_admin"] != cookie
+        metrics = client.get("/metrics").text
+    assert 'earmark_console_logins_total{outcome="ok"} 2.0' in metrics
+    assert 'earmark_console_logins_total{outcome="wrong_token"} 1.0' in metrics
+
+
+def test_expired_tampered_foreign_and_malformed_cookies_get_the_sign_in_form(settings, engine, recorded):
+    import time
+
+    from service.console_session import issue_session
+
+    with _admin_client(settings, engine) as client:
+        post(client, recorded)
+        valid = issue_session("s3cret", 60)
+        expired = issue_session("s3cret", 60, now=time.time() - 3600)
+        expiry, session_id, signature = expired.split(".")
+        cases = {
+            "expired": expired,
+            "expiry moved on": f"{int(expiry) + 7200}.{session_id}.{signature}",
+            "id changed": f"{expiry}.{'0' * 32}.{signature}",
+            "another token's": issue_session("other-token", 60),
+            "the token itself (the old cookie)": "s3cret",
+            "no signature": f"{expiry}.{session_id}",
+            "junk": "x" * 4000,
+            "empty parts": "..",
+        }
+        assert "quality and training" in client.get("/console/history", headers={"Cookie": f"earmark_admin={valid}"}).text
+        for name, cookie in cases.items():
+            page = client.get("/console/history", headers={"Cookie": f"earmark_admin={cookie}"})
+            assert _asks_to_sign_in(page), name
+            assert ("has expired" in page.text) == (name == "expired"), name
+            assert 'action="/console/logout"' not in page.text, name
+        metrics = client.get("/metrics").text
+    assert 'earmark_console_sessions_refused_total{reason="expired"} 1.0' in metrics
+    assert f'earmark_console_sessions_refused_total{{reason="invalid"}} {len(cases) - 1}.0' in metrics
+
+
+def test_sign_out_clears_the_cookie_and_the_next_page_asks_again(settings, engine, recorded):
+    with _admin_client(settings, engine) as client:
+        post(client, recorded)
+        _sign_in(client)
+        assert "quality and training" in client.get("/console/history").text
+        refused = client.post("/console/logout", headers={"Origin": "http://evil.example"}, follow_redirects=False)
+        assert refused.status_code == 403 and "set-cookie" not in refused.headers
+        assert "quality and training" in client.get("/console/history").text  # still signed in
+        answer = client.post("/console/logout", headers={"Origin": "http://testserver"}, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login?signed_out=1"
+        assert re.search(r"earmark_admin=[^;]*;.*max-age=0", answer.headers["set-cookie"].lower())
+        assert "earmark_admin" not in client.cookies
+        form = client.get(answer.headers["location"])
+        assert form.status_code == 200 and "You are signed out." in form.text and 'action="/console/logout"' not in form.text
+        assert 'name="next" value="/console/history"' in form.text
+        assert _asks_to_sign_in(client.get("/console/history"))
+        assert 'earmark_console_pages_total{page="logout"} 1.0' in client.get("/metrics").text
+
+
+def test_a_changed_admin_token_signs_every_session_out(settings, engine, recorded):
+    with _admin_client(settings, engine, token="first-token") as client:
+        post(client, recorded)
+        cookie = _sign_in(client, "first-token").cookies["earmark_admin"]
+    sent = {"Cookie": f"earmark_admin={cookie}"}
+    with _admin_client(settings, engine, token="first-token") as client:  # a restart, same token: still signed in
+        assert "quality and training" in client.get("/console/history", headers=sent).text
+    with _admin_client(settings, engine, token="second-token") as client:
+        assert _asks_to_sign_in(client.get("/console/history", headers=sent))
+        assert "quality and training" in client.get("/console/history", headers={"Authorization": "Bearer second-token"}).text
+
+
+def test_the_cookie_is_secure_when_the_request_came_over_https(settings, engine):
+    with _admin_client(settings, engine, base_url="https://testserver") as client:
+        answer = _sign_in(client)
+        assert "; secure" in answer.headers["set-cookie"].lower()
+        cleared = client.post("/console/logout", headers={"Origin": "https://testserver"}, follow_redirects=False)
+        assert "; secure" in cleared.headers["set-cookie"].lower()
+
+
+def test_earmark_serve_behind_a_local_tls_proxy_sets_a_secure_cookie(tmp_path):
+    """uvicorn (as `earmark serve` runs it) honours X-Forwarded-Proto from loopback peers: a TLS
+    proxy on the same machine gets a Secure cookie; plain http gets none."""
+    import httpx
+
+    from tests.test_cli import serving
+
+    with serving(tmp_path, "--data-dir", str(tmp_path / "d"), "--engine", "pocketsphinx", "--admin-token", "s3cret") as url:
+        form = {"token": "s3cret", "next": "/console/history"}
+        proxied = httpx.post(f"{url}/console/login", data=form, headers={"X-Forwarded-Proto": "https"})
+        plain = httpx.post(f"{url}/console/login", data=form)
+    assert proxied.status_code == 303 and "; secure" in proxied.headers["set-cookie"].lower()
+    assert plain.status_code == 303 and "secure" not in plain.headers["set-cookie"].lower()
+
+
+def test_forms_posted_through_a_proxy_that_rewrites_host_pass_and_other_origins_do_not(client, recorded):
+    entry = post(client, recorded)["cache"]["entry"]
+    proxy = {"Host": "127.0.0.1:8000", "X-Forwarded-Host": "console.example, other.example"}
+    for origin in ("http://evil.example", "https://other.example", "null", "http://127.0.0.1:8001"):
+        refused = client.post(f"/console/entry/{entry}/delete", headers={**proxy, "Origin": origin})
+        assert refused.status_code == 403, origin
+    assert client.post(f"/console/entry/{entry}/delete", headers={"Origin": "https://console.example"}).status_code == 403
+    assert post(client, recorded)["cache"]["tier"] == "exact"  # nothing was deleted
+    referred = {**proxy, "Referer": f"https://console.example/console/entry/{entry}"}
+    deleted = client.post(f"/console/entry/{entry}/delete", headers=referred, follow_redirects=False)
+    assert deleted.status_code == 303
+    assert post(client, recorded)["cache"]["tier"] == "miss"
+    signed_out = client.post("/console/logout", headers={**proxy, "Origin": "https://console.example"}, follow_redirects=False)
+    assert signed_out.status_code == 303
+
+
+def test_console_session_s_sets_how_long_a_sign_in_lasts(settings, engine, tmp_path):
+    import time
+    from dataclasses import replace
+
+    from service.config import ConfigError, load_settings
+
+    config = tmp_path / "earmark.toml"
+    config.write_text("console_session_s = 600\n")
+    assert load_settings(config).console_session_s == 600.0
+    with pytest.raises(ConfigError, match="console_session_s must be positive"):
+        load_settings(console_session_s=0)
+    with _admin_client(replace(settings, console_session_s=600), engine) as client:
+        answer = _sign_in(client)
+    assert "max-age=600" in answer.headers["set-cookie"].lower()
+    expiry = int(answer.cookies["earmark_admin"].split(".")[0])
+    assert time.time() + 500 < expiry <= time.time() + 600

@@ -200,3 +200,36 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, gated,
     browser.find_element(By.LINK_TEXT, "Audit").click()
     assert browser.find_element(By.ID, "stat-recognitions").text == "4"  # miss, fuzzy, then both again
     screenshot(browser, "7-audit")
+
+
+def test_sign_in_with_the_admin_token_then_sign_out(browser, tmp_path, engine):
+    """With an admin token: History asks for it, the form signs in (a cookie without the
+    token), Sign out in the nav ends it and History asks again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = EmbeddedServer(tmp_path / "store")
+    server.start()
+    settings = Settings(redis_url=server.url, key_prefix=f"earmark-browser-{uuid.uuid4().hex[:6]}:",
+                        data_dir=tmp_path / "data", admin_token="browser-admin-token")
+    try:
+        with live_server(settings, engine) as base:
+            browser.delete_all_cookies()
+            browser.get(base + "/console/history")
+            assert browser.find_element(By.TAG_NAME, "h1").text == "Admin token needed"
+            assert not browser.find_elements(By.CSS_SELECTOR, "form.signout")
+            browser.find_element(By.ID, "token").send_keys("browser-admin-token")
+            browser.find_element(By.CSS_SELECTOR, "form[action='/console/login'] button").click()
+            WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.signout"))
+            assert browser.current_url == base + "/console/history"
+            cookie = browser.get_cookie("earmark_admin")
+            assert cookie["httpOnly"] and "browser-admin-token" not in cookie["value"]
+            screenshot(browser, "8-signed-in-history")
+            browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+            WebDriverWait(browser, WAIT_S).until(lambda d: "signed_out=1" in d.current_url)
+            assert "You are signed out." in browser.find_element(By.CSS_SELECTOR, ".notice").text
+            assert browser.get_cookie("earmark_admin") is None
+            browser.get(base + "/console/history")
+            assert browser.find_element(By.TAG_NAME, "h1").text == "Admin token needed"
+    finally:
+        server.stop()
