@@ -107,18 +107,59 @@ def test_language_and_prompt_are_part_of_the_profile(front, upstream, recorded):
     assert upstream_arrivals(upstream) == arrived + 1
 
 
-def test_an_upstream_error_is_a_502_and_nothing_is_cached(front, upstream, recorded, upstream_settings, redis_client):
-    # pocketsphinx upstream refuses a prompt with a 422: the upstream failed this request.
+def test_an_upstream_refusal_of_the_prompt_is_a_422_naming_it_and_nothing_is_cached(front, upstream, recorded,
+                                                                                  upstream_settings, redis_client):
+    # The pocketsphinx upstream refuses a prompt with a 422: the request's fault, not the upstream's.
     arrived = upstream_arrivals(upstream)
     for attempt in range(2):
-        failed = transcribe(front, recorded, prompt="a call about training")
-        assert failed.status_code == 502, failed.text
-        error = failed.json()["error"]
-        assert "HTTP 422" in error["message"] and "prompt" in error["message"] and error["type"] == "server_error"
+        refused = transcribe(front, recorded, prompt="a call about training")
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "422" and refused.json()["code"] == 422
+        assert error["message"].startswith("the upstream ASR server refused this request (HTTP 422: ")
+        assert "change or leave out 'prompt'" in error["message"]
         assert upstream_arrivals(upstream) == arrived + attempt + 1, "not cached: the second one is forwarded too"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
-    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 2
-    assert front.get("/health").json()["upstream"]["state"] == "up"  # it answered: it is up
+    assert metric(front, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 0
+    assert metric(front, 'earmark_errors_total{endpoint="transcriptions",status="422"}') == 2
+    upstream_state = front.get("/health").json()["upstream"]
+    assert upstream_state["state"] == "up" and upstream_state["last_error"] == "", "the upstream is not to blame"
+    assert metric(front, "earmark_upstream_up") == 1
+
+
+def test_an_upstream_refusal_of_the_language_is_a_422_on_recognize_naming_it(front, upstream, recorded,
+                                                                              upstream_settings, redis_client):
+    arrived = upstream_arrivals(upstream)
+    refused = front.post("/recognize", files={"file": ("a.wav", recorded)}, data={"language": "fr"})
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["code"] == 422 and "error" not in body, "the native error object, as for any 422"
+    assert "refused this request (HTTP 422: \"language 'fr'" in body["msg"] and "'language'" in body["msg"]
+    assert upstream_arrivals(upstream) == arrived + 1
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
+    assert front.get("/health").json()["upstream"]["state"] == "up"
+    assert front.post("/recognize", files={"file": ("a.wav", recorded)}).json()["cache"]["tier"] == "miss"
+
+
+def test_an_upstream_whose_size_limit_is_lower_answers_413_and_so_does_earmark(tmp_path, upstream_settings, recorded,
+                                                                             redis_client):
+    """A real earmark upstream with a 100 kB upload limit; the 4 s recording is a 128 kB WAV."""
+    config = tmp_path / "small.toml"
+    config.write_text("max_upload_bytes = 100000\n")
+    with serving(tmp_path, "--engine", "pocketsphinx", "--data-dir", str(tmp_path / "data"),
+                 "--config", str(config)) as small:
+        with TestClient(create_app(replace(upstream_settings, upstream_url=small, upstream_api_key=""))) as client:
+            for endpoint in ("/recognize", "/v1/audio/transcriptions"):
+                refused = client.post(endpoint, files={"file": ("a.wav", recorded)}, data={"model": "whisper-1"})
+                assert refused.status_code == 413, refused.text
+                assert "refused this request (HTTP 413: " in refused.json()["msg"]
+                assert "over the upstream's size limit" in refused.json()["msg"]
+                assert "send shorter audio" in refused.json()["msg"]
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+            assert client.get("/health").json()["upstream"]["state"] == "up"
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
 
 def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_settings, recorded, redis_client):
@@ -126,7 +167,10 @@ def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_setting
     with TestClient(create_app(replace(upstream_settings, upstream_api_key=wrong))) as client:
         failed = transcribe(client, recorded)
         shown = client.get("/health").text + client.get("/metrics").text + failed.text
+        assert metric(client, 'earmark_upstream_requests_total{outcome="error"}') == 1
+        assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 0
     assert failed.status_code == 502 and "HTTP 401" in failed.json()["error"]["message"]
+    assert failed.json()["error"]["type"] == "server_error", "the operator's key: not the client's to change"
     assert wrong not in shown, "the upstream key is never shown"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
