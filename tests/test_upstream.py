@@ -7,6 +7,7 @@ key and an upstream that is down become 502s and nothing is cached."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -268,14 +269,17 @@ class _FixedAnswer:
     """A real OpenAI-shaped server that answers every transcription with one fixed body:
     answers a well-behaved server never gives, but a broken one can."""
 
-    def __init__(self, body: str) -> None:
+    def __init__(self, body: str, status: int = 200) -> None:
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
+        self.requests = 0
+
         async def transcriptions(request):
             await request.body()
-            return Response(body, media_type="application/json")
+            self.requests += 1
+            return Response(body, status_code=status, media_type="application/json")
 
         self.app = Starlette(routes=[Route("/v1/audio/transcriptions", transcriptions, methods=["POST"])])
 
@@ -307,3 +311,64 @@ def test_without_a_revision_label_the_upstreams_address_is_in_the_profile():
     assert "secret" not in large.revision and "large:8000" in large.revision
     labelled = OpenAIUpstreamEngine(UpstreamConfig(url="http://small:8000", revision="v2"))
     assert labelled.revision == OpenAIUpstreamEngine(UpstreamConfig(url="http://large:8000", revision="v2")).revision
+
+
+# OpenAI's own answers (its API's error object), as a server sends them.
+OPENAI_BAD_LANGUAGE = json.dumps({"error": {
+    "message": "Invalid language 'xx'. Language parameter must be specified in ISO-639-1 format.",
+    "type": "invalid_request_error", "param": "language", "code": "invalid_language_format"}})
+OPENAI_BAD_FORMAT = json.dumps({"error": {
+    "message": "This model does not support verbose_json; use json or text.",
+    "type": "invalid_request_error", "param": "response_format", "code": "unsupported_value"}})
+
+
+def test_an_openai_400_about_the_language_is_a_422_naming_it_and_the_upstream_stays_healthy(settings, recorded,
+                                                                                             redis_client):
+    from tests.funasr_protocol_server import _Running
+
+    server = _FixedAnswer(OPENAI_BAD_LANGUAGE, status=400)
+    with _Running(server) as url:
+        with TestClient(create_app(replace(settings, engine="openai", upstream_url=url))) as client:
+            for attempt in range(2):
+                refused = transcribe(client, recorded, language="xx")
+                assert refused.status_code == 422, refused.text
+                message = refused.json()["error"]["message"]
+                assert "(HTTP 400: \"Invalid language 'xx'. Language parameter must be" in message
+                assert "change or leave out 'language'" in message
+                assert server.requests == attempt + 1, "nothing cached: forwarded again"
+            upstream = client.get("/health").json()["upstream"]
+            assert upstream["state"] == "up" and upstream["last_error"] == ""
+            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+def test_a_400_about_what_earmarks_configuration_sends_is_the_operators_502(settings, recorded, redis_client):
+    from tests.funasr_protocol_server import _Running
+
+    with _Running(_FixedAnswer(OPENAI_BAD_FORMAT, status=400)) as url:
+        with TestClient(create_app(replace(settings, engine="openai", upstream_url=url))) as client:
+            failed = transcribe(client, recorded, language="en")
+            assert failed.status_code == 502, failed.text
+            message = failed.json()["error"]["message"]
+            assert "HTTP 400" in message and "'response_format' (upstream_response_format)" in message
+            assert metric(client, 'earmark_upstream_requests_total{outcome="error"}') == 1
+            assert "HTTP 400" in client.get("/health").json()["upstream"]["last_error"]
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+def test_credentials_an_upstream_echoes_are_never_shown(settings, recorded):
+    """A 401 quoting the key it was sent, and a URL with a password: neither reaches the client,
+    /health or /metrics."""
+    from tests.funasr_protocol_server import _Running
+
+    key = "sk-proj-" + "k3y" * 20
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}. Also tried Bearer abc.def.ghi",
+                                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+    with _Running(_FixedAnswer(echo, status=401)) as url:
+        with_password = url.replace("http://", "http://operator:pa55word-secret@")
+        keyed = replace(settings, engine="openai", upstream_url=with_password, upstream_api_key=key)
+        with TestClient(create_app(keyed)) as client:
+            failed = transcribe(client, recorded)
+            shown = failed.text + client.get("/health").text + client.get("/metrics").text
+    assert failed.status_code == 502 and "Incorrect API key provided: ***" in failed.json()["msg"]
+    assert key not in shown and key[:12] not in shown and "pa55word" not in shown and "abc.def" not in shown

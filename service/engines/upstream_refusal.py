@@ -46,6 +46,8 @@ OPERATOR_FIELDS = {"model": "upstream_model", "response_format": "upstream_respo
 NAMED_IN_TEXT = re.compile(r"\b(language|prompt|response_format|timestamp_granularities|temperature)\b", re.I)
 REASON_LIMIT = 200
 WAV_BYTES_PER_S = 32000  # 16 kHz, 16-bit, mono
+_HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.I | re.S)
+_HTML_TAG = re.compile(r"<[^>]*>")
 _TOKEN_LIKE = re.compile(r"(?i)(bearer\s+)\S+|\bsk-[\w*.-]{4,}")
 
 
@@ -78,7 +80,7 @@ def read_error(response: httpx.Response, secrets: tuple[str, ...]) -> ErrorAnswe
     try:
         body = response.json()
     except ValueError:
-        body, message = None, response.text.strip()
+        body, message = None, _plain(response.text)
     else:
         message = str(body)
         if isinstance(body, dict):
@@ -89,6 +91,9 @@ def read_error(response: httpx.Response, secrets: tuple[str, ...]) -> ErrorAnswe
             if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [..., field], "msg"}]
                 structured += [str(item["loc"][-1]) for item in detail
                                if isinstance(item, dict) and isinstance(item.get("loc"), list) and item["loc"]]
+            if isinstance(detail, list):  # "body.prompt: too long" rather than the list's repr
+                detail = "; ".join(f"{'.'.join(map(str, item.get('loc') or []))}: {item.get('msg')}"
+                                   if isinstance(item, dict) else str(item) for item in detail)
             for candidate in (error.get("message") if isinstance(error, dict) else error, body.get("msg"),
                               detail, body.get("message")):
                 if candidate:
@@ -137,6 +142,12 @@ def operator_hint(answer: ErrorAnswer, client_fields: tuple[str, ...]) -> str:
         return ""
     named = ", ".join(f"{field!r} ({OPERATOR_FIELDS[field]})" for field in fields)
     return f"; it refused what earmark's configuration sends, not this request: {named}"
+
+
+def _plain(text: str) -> str:
+    """A non-JSON body as one line: an HTML error page's title (a proxy's, say), else its text."""
+    title = _HTML_TITLE.search(text)
+    return " ".join((title.group(1) if title else _HTML_TAG.sub(" ", text)).split())
 
 
 def without_secrets(text: str, secrets: tuple[str, ...]) -> str:
