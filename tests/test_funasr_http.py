@@ -5,7 +5,8 @@ torch and funasr are not installed; see its docstring).
 A miss is forwarded as the `audio` field and its sentences' millisecond times become segments;
 a re-encoded copy is answered from cache without reaching the server; an HTTP 200 with a
 non-zero `code` is a 502 and nothing is cached; a busy server's 503 is a 503 with its
-Retry-After; a server that does not answer in time is a 504."""
+Retry-After; a server that does not answer in time is a 504; a 413 from the nginx in front is
+the client's 413, its 401 a 502."""
 
 from __future__ import annotations
 

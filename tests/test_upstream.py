@@ -2,8 +2,10 @@
 process (`python -m service serve --engine pocketsphinx`, its own data dir, store and API key).
 
 A miss is forwarded; a re-encoded copy is answered from the first earmark's cache and never
-reaches the upstream (counted by the upstream's own /metrics); upstream errors, a wrong upstream
-key and an upstream that is down become 502s and nothing is cached."""
+reaches the upstream (counted by the upstream's own /metrics); the upstream's refusal of a
+request (a prompt or language it does not take, a body over its size limit) is the client's 422
+or 413 naming what to change; a wrong upstream key and an upstream that is down become 502s;
+nothing is cached for any of them."""
 
 from __future__ import annotations
 
