@@ -18,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from tests.audio_tools import encode, read_pcm
 from tests.conftest import _free_port
 from tests.test_app import keys_under
 from tests.waiting import wait_for
@@ -147,7 +149,10 @@ def test_an_upstream_refusal_of_the_language_is_a_422_on_recognize_naming_it(fro
 
 def test_an_upstream_whose_size_limit_is_lower_answers_413_and_so_does_earmark(tmp_path, upstream_settings, recorded,
                                                                              redis_client):
-    """A real earmark upstream with a 100 kB upload limit; the 4 s recording is a 128 kB WAV."""
+    """A real earmark upstream with a 100 kB upload limit: the 4 s recording is a 128 kB WAV (refused
+    as it arrives), a 161 s one a 5.2 MB WAV (refused on its Content-Length, before it is read)."""
+    pcm, rate = read_pcm(recorded)
+    longer = encode(np.tile(pcm, 40), rate, fmt="flac", codec="flac")
     config = tmp_path / "small.toml"
     config.write_text("max_upload_bytes = 100000\n")
     with serving(tmp_path, "--engine", "pocketsphinx", "--data-dir", str(tmp_path / "data"),
@@ -160,7 +165,9 @@ def test_an_upstream_whose_size_limit_is_lower_answers_413_and_so_does_earmark(t
                 assert "over the upstream's size limit" in refused.json()["msg"]
                 assert "send shorter audio" in refused.json()["msg"]
             assert refused.json()["error"]["type"] == "invalid_request_error"
-            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+            refused = client.post("/recognize", files={"file": ("a.flac", longer)})
+            assert refused.status_code == 413 and "a 5.2 MB 16 kHz mono WAV of 161 s" in refused.json()["msg"]
+            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 3
             assert client.get("/health").json()["upstream"]["state"] == "up"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
