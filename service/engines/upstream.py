@@ -56,7 +56,7 @@ import time
 import wave
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -284,7 +284,9 @@ class UpstreamEngine(AsyncEngine):
         self._set_state(up)
 
     def _secrets(self) -> tuple[str, ...]:
-        return self.config.api_key, urlsplit(self.config.url).password or ""
+        """What must never be shown: the key, and the URL's password as written and decoded."""
+        password = urlsplit(self.config.url).password or ""
+        return self.config.api_key, password, unquote(password)
 
     def _safe(self, text: str) -> str:
         """`text` bounded to 300 characters and without credentials: for /health, logs and clients."""
