@@ -367,7 +367,7 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
     except AudioError as exc:
         return _error(services, endpoint, exc.status, str(exc))
     except EngineOptionError as exc:
-        return _error(services, endpoint, 422, str(exc))
+        return _error(services, endpoint, exc.status, str(exc))
     except EngineBusy as exc:
         return _error(
             services, endpoint, 503, f"{exc}; retry after {exc.retry_after_s} s",

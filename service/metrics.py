@@ -135,7 +135,7 @@ class UpstreamMetrics:
         self.up = Gauge("earmark_upstream_up", "1 while the upstream answers (health check or request), 0 while it does not.", registry=r)
         self.requests = Counter(
             "earmark_upstream_requests_total",
-            "Transcription requests sent upstream, by outcome: ok, error, overloaded, timeout, unreachable, cancelled.",
+            "Transcription requests sent upstream, by outcome: ok, refused, error, overloaded, timeout, unreachable, cancelled.",
             ["outcome"], registry=r,
         )
         self.retries = Counter("earmark_upstream_retries_total", "Upstream requests retried after a connect failure.", registry=r)

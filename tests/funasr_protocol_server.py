@@ -23,7 +23,10 @@ server produces under conditions a test cannot arrange on demand:
 - `slow`: the answer waits until `release` is set (or 60 s);
 - `crash`: HTTP 500 with uvicorn's plain-text "Internal Server Error", what the real server sends
   when `model.generate` raises (its result lacks `sentence_info` without a VAD and punctuation
-  model, for one).
+  model, for one);
+- `too_large`: HTTP 413 with nginx's own HTML page, what the nginx in front of it sends for a
+  body over its `client_max_body_size` (1 MB unless set);
+- `unauthorized`: HTTP 401 with nginx's HTML page, an nginx in front asking for credentials.
 """
 
 from __future__ import annotations
@@ -36,12 +39,16 @@ import time
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from fingerprint.decode import decode_audio
 from service.engines.base import RecognitionOptions
 from tests.conftest import _free_port
+
+NGINX_PAGES = {"too_large": (413, "Request Entity Too Large"), "unauthorized": (401, "Authorization Required")}
+NGINX_PAGE = ("<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+              "<hr><center>nginx/1.18.0 (Ubuntu)</center>\r\n</body>\r\n</html>\r\n")
 
 
 class FunASRProtocolServer:
@@ -78,6 +85,9 @@ class FunASRProtocolServer:
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "7"})
         if self.mode == "crash":
             return PlainTextResponse("Internal Server Error", status_code=500)
+        if self.mode in NGINX_PAGES:
+            status, title = NGINX_PAGES[self.mode]
+            return HTMLResponse(NGINX_PAGE.format(title=f"{status} {title}"), status_code=status)
         if self.mode == "slow":
             await asyncio.to_thread(self.release.wait, 60)
         try:

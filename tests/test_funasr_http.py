@@ -5,7 +5,8 @@ torch and funasr are not installed; see its docstring).
 A miss is forwarded as the `audio` field and its sentences' millisecond times become segments;
 a re-encoded copy is answered from cache without reaching the server; an HTTP 200 with a
 non-zero `code` is a 502 and nothing is cached; a busy server's 503 is a 503 with its
-Retry-After; a server that does not answer in time is a 504."""
+Retry-After; a server that does not answer in time is a 504; a 413 from the nginx in front is
+the client's 413, its 401 a 502."""
 
 from __future__ import annotations
 
@@ -112,6 +113,33 @@ def test_a_server_error_is_a_502_the_server_counts_as_down_and_nothing_is_cached
     funasr.mode = "ok"
     assert recognize(front, recorded).json()["cache"]["tier"] == "miss"
     assert front.get("/health").json()["upstream"]["state"] == "up", "an answer brings it back up"
+
+
+def test_a_body_over_the_servers_size_limit_is_the_clients_413_and_the_server_stays_up(front, funasr, funasr_settings,
+                                                                                       recorded, redis_client):
+    funasr.mode = "too_large"
+    before = funasr.requests
+    for attempt in range(2):
+        refused = recognize(front, recorded)
+        assert refused.status_code == 413, refused.text
+        msg = refused.json()["msg"]
+        assert msg.startswith("the upstream ASR server refused this request (HTTP 413: '413 Request Entity Too Large'): ")
+        assert "a 0.1 MB 16 kHz mono WAV of 4 s" in msg and "send shorter audio" in msg
+        assert funasr.requests == before + attempt + 1, "not cached: forwarded again"
+    upstream = front.get("/health").json()["upstream"]
+    assert upstream["state"] == "up" and upstream["last_error"] == ""
+    assert metric(front, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+    assert metric(front, 'earmark_errors_total{endpoint="recognize",status="413"}') == 2
+    assert keys_under(redis_client, funasr_settings.key_prefix) == set()
+
+
+def test_a_401_from_a_proxy_in_front_stays_a_502(front, funasr, funasr_settings, recorded, redis_client):
+    funasr.mode = "unauthorized"
+    failed = recognize(front, recorded)
+    assert failed.status_code == 502 and "HTTP 401" in failed.json()["msg"], failed.text
+    assert "HTTP 401" in front.get("/health").json()["upstream"]["last_error"]
+    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 1
+    assert keys_under(redis_client, funasr_settings.key_prefix) == set()
 
 
 def test_a_busy_server_is_a_503_with_its_retry_after(front, funasr, funasr_settings, recorded, redis_client):

@@ -2,11 +2,14 @@
 process (`python -m service serve --engine pocketsphinx`, its own data dir, store and API key).
 
 A miss is forwarded; a re-encoded copy is answered from the first earmark's cache and never
-reaches the upstream (counted by the upstream's own /metrics); upstream errors, a wrong upstream
-key and an upstream that is down become 502s and nothing is cached."""
+reaches the upstream (counted by the upstream's own /metrics); the upstream's refusal of a
+request (a prompt or language it does not take, a body over its size limit) is the client's 422
+or 413 naming what to change; a wrong upstream key and an upstream that is down become 502s;
+nothing is cached for any of them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from tests.audio_tools import encode, read_pcm
 from tests.conftest import _free_port
 from tests.test_app import keys_under
 from tests.waiting import wait_for
@@ -107,18 +112,64 @@ def test_language_and_prompt_are_part_of_the_profile(front, upstream, recorded):
     assert upstream_arrivals(upstream) == arrived + 1
 
 
-def test_an_upstream_error_is_a_502_and_nothing_is_cached(front, upstream, recorded, upstream_settings, redis_client):
-    # pocketsphinx upstream refuses a prompt with a 422: the upstream failed this request.
+def test_an_upstream_refusal_of_the_prompt_is_a_422_naming_it_and_nothing_is_cached(front, upstream, recorded,
+                                                                                  upstream_settings, redis_client):
+    # The pocketsphinx upstream refuses a prompt with a 422: the request's fault, not the upstream's.
     arrived = upstream_arrivals(upstream)
     for attempt in range(2):
-        failed = transcribe(front, recorded, prompt="a call about training")
-        assert failed.status_code == 502, failed.text
-        error = failed.json()["error"]
-        assert "HTTP 422" in error["message"] and "prompt" in error["message"] and error["type"] == "server_error"
+        refused = transcribe(front, recorded, prompt="a call about training")
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "422" and refused.json()["code"] == 422
+        assert error["message"].startswith("the upstream ASR server refused this request (HTTP 422: ")
+        assert "change or leave out 'prompt'" in error["message"]
         assert upstream_arrivals(upstream) == arrived + attempt + 1, "not cached: the second one is forwarded too"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
-    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 2
-    assert front.get("/health").json()["upstream"]["state"] == "up"  # it answered: it is up
+    assert metric(front, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+    assert metric(front, 'earmark_upstream_requests_total{outcome="error"}') == 0
+    assert metric(front, 'earmark_errors_total{endpoint="transcriptions",status="422"}') == 2
+    upstream_state = front.get("/health").json()["upstream"]
+    assert upstream_state["state"] == "up" and upstream_state["last_error"] == "", "the upstream is not to blame"
+    assert metric(front, "earmark_upstream_up") == 1
+
+
+def test_an_upstream_refusal_of_the_language_is_a_422_on_recognize_naming_it(front, upstream, recorded,
+                                                                              upstream_settings, redis_client):
+    arrived = upstream_arrivals(upstream)
+    refused = front.post("/recognize", files={"file": ("a.wav", recorded)}, data={"language": "fr"})
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["code"] == 422 and "error" not in body, "the native error object, as for any 422"
+    assert "refused this request (HTTP 422: \"language 'fr'" in body["msg"] and "'language'" in body["msg"]
+    assert upstream_arrivals(upstream) == arrived + 1
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
+    assert front.get("/health").json()["upstream"]["state"] == "up"
+    assert front.post("/recognize", files={"file": ("a.wav", recorded)}).json()["cache"]["tier"] == "miss"
+
+
+def test_an_upstream_whose_size_limit_is_lower_answers_413_and_so_does_earmark(tmp_path, upstream_settings, recorded,
+                                                                             redis_client):
+    """A real earmark upstream with a 100 kB upload limit: the 4 s recording is a 128 kB WAV (refused
+    as it arrives), a 161 s one a 5.2 MB WAV (refused on its Content-Length, before it is read)."""
+    pcm, rate = read_pcm(recorded)
+    longer = encode(np.tile(pcm, 40), rate, fmt="flac", codec="flac")
+    config = tmp_path / "small.toml"
+    config.write_text("max_upload_bytes = 100000\n")
+    with serving(tmp_path, "--engine", "pocketsphinx", "--data-dir", str(tmp_path / "data"),
+                 "--config", str(config)) as small:
+        with TestClient(create_app(replace(upstream_settings, upstream_url=small, upstream_api_key=""))) as client:
+            for endpoint in ("/recognize", "/v1/audio/transcriptions"):
+                refused = client.post(endpoint, files={"file": ("a.wav", recorded)}, data={"model": "whisper-1"})
+                assert refused.status_code == 413, refused.text
+                assert "refused this request (HTTP 413: " in refused.json()["msg"]
+                assert "over the upstream's size limit" in refused.json()["msg"]
+                assert "send shorter audio" in refused.json()["msg"]
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+            refused = client.post("/recognize", files={"file": ("a.flac", longer)})
+            assert refused.status_code == 413 and "a 5.2 MB 16 kHz mono WAV of 161 s" in refused.json()["msg"]
+            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 3
+            assert client.get("/health").json()["upstream"]["state"] == "up"
+    assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
 
 def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_settings, recorded, redis_client):
@@ -126,7 +177,10 @@ def test_a_wrong_upstream_key_is_a_502_naming_the_upstreams_401(upstream_setting
     with TestClient(create_app(replace(upstream_settings, upstream_api_key=wrong))) as client:
         failed = transcribe(client, recorded)
         shown = client.get("/health").text + client.get("/metrics").text + failed.text
+        assert metric(client, 'earmark_upstream_requests_total{outcome="error"}') == 1
+        assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 0
     assert failed.status_code == 502 and "HTTP 401" in failed.json()["error"]["message"]
+    assert failed.json()["error"]["type"] == "server_error", "the operator's key: not the client's to change"
     assert wrong not in shown, "the upstream key is never shown"
     assert keys_under(redis_client, upstream_settings.key_prefix) == set()
 
@@ -224,14 +278,17 @@ class _FixedAnswer:
     """A real OpenAI-shaped server that answers every transcription with one fixed body:
     answers a well-behaved server never gives, but a broken one can."""
 
-    def __init__(self, body: str) -> None:
+    def __init__(self, body: str, status: int = 200) -> None:
         from starlette.applications import Starlette
         from starlette.responses import Response
         from starlette.routing import Route
 
+        self.requests = 0
+
         async def transcriptions(request):
             await request.body()
-            return Response(body, media_type="application/json")
+            self.requests += 1
+            return Response(body, status_code=status, media_type="application/json")
 
         self.app = Starlette(routes=[Route("/v1/audio/transcriptions", transcriptions, methods=["POST"])])
 
@@ -263,3 +320,64 @@ def test_without_a_revision_label_the_upstreams_address_is_in_the_profile():
     assert "secret" not in large.revision and "large:8000" in large.revision
     labelled = OpenAIUpstreamEngine(UpstreamConfig(url="http://small:8000", revision="v2"))
     assert labelled.revision == OpenAIUpstreamEngine(UpstreamConfig(url="http://large:8000", revision="v2")).revision
+
+
+# OpenAI's own answers (its API's error object), as a server sends them.
+OPENAI_BAD_LANGUAGE = json.dumps({"error": {
+    "message": "Invalid language 'xx'. Language parameter must be specified in ISO-639-1 format.",
+    "type": "invalid_request_error", "param": "language", "code": "invalid_language_format"}})
+OPENAI_BAD_FORMAT = json.dumps({"error": {
+    "message": "This model does not support verbose_json; use json or text.",
+    "type": "invalid_request_error", "param": "response_format", "code": "unsupported_value"}})
+
+
+def test_an_openai_400_about_the_language_is_a_422_naming_it_and_the_upstream_stays_healthy(settings, recorded,
+                                                                                             redis_client):
+    from tests.funasr_protocol_server import _Running
+
+    server = _FixedAnswer(OPENAI_BAD_LANGUAGE, status=400)
+    with _Running(server) as url:
+        with TestClient(create_app(replace(settings, engine="openai", upstream_url=url))) as client:
+            for attempt in range(2):
+                refused = transcribe(client, recorded, language="xx")
+                assert refused.status_code == 422, refused.text
+                message = refused.json()["error"]["message"]
+                assert "(HTTP 400: \"Invalid language 'xx'. Language parameter must be" in message
+                assert "change or leave out 'language'" in message
+                assert server.requests == attempt + 1, "nothing cached: forwarded again"
+            upstream = client.get("/health").json()["upstream"]
+            assert upstream["state"] == "up" and upstream["last_error"] == ""
+            assert metric(client, 'earmark_upstream_requests_total{outcome="refused"}') == 2
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+def test_a_400_about_what_earmarks_configuration_sends_is_the_operators_502(settings, recorded, redis_client):
+    from tests.funasr_protocol_server import _Running
+
+    with _Running(_FixedAnswer(OPENAI_BAD_FORMAT, status=400)) as url:
+        with TestClient(create_app(replace(settings, engine="openai", upstream_url=url))) as client:
+            failed = transcribe(client, recorded, language="en")
+            assert failed.status_code == 502, failed.text
+            message = failed.json()["error"]["message"]
+            assert "HTTP 400" in message and "'response_format' (upstream_response_format)" in message
+            assert metric(client, 'earmark_upstream_requests_total{outcome="error"}') == 1
+            assert "HTTP 400" in client.get("/health").json()["upstream"]["last_error"]
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+def test_credentials_an_upstream_echoes_are_never_shown(settings, recorded):
+    """A 401 quoting the key it was sent, and a URL with a password: neither reaches the client,
+    /health or /metrics."""
+    from tests.funasr_protocol_server import _Running
+
+    key = "sk-proj-" + "k3y" * 20
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}. Also tried Bearer abc.def.ghi",
+                                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+    with _Running(_FixedAnswer(echo, status=401)) as url:
+        with_password = url.replace("http://", "http://operator:pa55word-secret@")
+        keyed = replace(settings, engine="openai", upstream_url=with_password, upstream_api_key=key)
+        with TestClient(create_app(keyed)) as client:
+            failed = transcribe(client, recorded)
+            shown = failed.text + client.get("/health").text + client.get("/metrics").text
+    assert failed.status_code == 502 and "Incorrect API key provided: ***" in failed.json()["msg"]
+    assert key not in shown and key[:12] not in shown and "pa55word" not in shown and "abc.def" not in shown

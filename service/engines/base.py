@@ -43,7 +43,10 @@ def available_cores() -> int:
 
 
 class EngineOptionError(ValueError):
-    """A request option the engine cannot honour; the message says what it supports."""
+    """A request option the engine cannot honour; the message says what it supports.
+    `status` is the HTTP answer: 422, or 413 when the audio is too large for the engine."""
+
+    status: int = 422
 
 
 class EngineUnavailable(RuntimeError):

@@ -34,6 +34,7 @@ class OpenAIUpstreamEngine(UpstreamEngine):
 
     name = "openai"
     default_model = "whisper-1"
+    client_fields = ("language", "prompt")
 
     def __init__(self, config: UpstreamConfig) -> None:
         super().__init__(config)

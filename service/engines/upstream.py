@@ -20,12 +20,21 @@ Failures, none of them cached (the pipeline writes only a transcript the engine 
 |--------------------------------------------|----------------------------------|----------------|
 | cannot connect (after `upstream_retries`)  | 502                              | `unreachable`  |
 | 429 or 503                                 | 503, its `Retry-After` (or 5 s)  | `overloaded`   |
+| 413 (its size limit)                       | 413, its reason, "send shorter"  | `refused` (2)  |
+| 400, 415, 422 (this request's options or   | 422, its reason and the field it | `refused` (2)  |
+| audio)                                     | names (`language`, `prompt`)     |                |
 | any other non-2xx, a malformed answer, or  | 502, with the upstream's reason  | `error`        |
 | a FunASR answer with a non-zero `code`     |                                  |                |
 | no answer within the engine's allowance    | 504                              | `timeout` (1)  |
 
 (1) `cancelled` when the engine pool's own allowance (which also counts the wait for a slot) ran
 out first, or the client went away: the request upstream is abandoned, its connection closed.
+(2) The client's to change, so not a 5xx; the upstream stays up and `last_error` is not set. A
+400/422 naming only a field earmark's configuration sets (`model`, `response_format`) is the
+operator's: 502, `error`. Why each status: service/engines/upstream_refusal.py.
+
+Every reason shown (to the client, in /health's `last_error`, in the log) is bounded and has the
+configured key, the URL's password and anything token-like replaced by `***`.
 
 Only a failure to connect is retried: the request never left, so a retry cannot run the
 upstream twice. A request that was sent (and may be running upstream) is never repeated.
@@ -47,7 +56,7 @@ import time
 import wave
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -61,6 +70,7 @@ from service.engines.base import (
     RecognitionOptions,
     Transcript,
 )
+from service.engines.upstream_refusal import operator_hint, read_error, refusal, without_secrets
 from service.errors import quoted
 from service.profile import Profile
 
@@ -103,6 +113,8 @@ class UpstreamEngine(AsyncEngine):
     # What earmark asks of the upstream besides the profile's options (openai: temperature,
     # response format); a change to it changes transcripts, so it is in the revision.
     request_version: str = "1"
+    # The request's options the protocol sends upstream: the fields a refusal may name.
+    client_fields: tuple[str, ...] = ()
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
@@ -196,7 +208,7 @@ class UpstreamEngine(AsyncEngine):
         """Send the audio as a WAV; the transcript, or the failure mapped to its status."""
         # Off the loop: an hour of audio is a 115 MB WAV, and hits must not wait for it.
         files, data = self.request_fields(await asyncio.to_thread(wav_bytes, pcm_16k), profile)
-        response = await self._post(files, data, timeout_s)
+        response = await self._post(files, data, timeout_s, audio_s=len(pcm_16k) / 16000)
         try:
             transcript = self.parse(response, profile)
             _check_finite(transcript)
@@ -209,8 +221,9 @@ class UpstreamEngine(AsyncEngine):
         self._count("ok")
         return transcript
 
-    async def _post(self, files: dict, data: dict, timeout_s: float) -> httpx.Response:
-        """POST, retrying only connect failures; map every failure to its exception."""
+    async def _post(self, files: dict, data: dict, timeout_s: float, *, audio_s: float) -> httpx.Response:
+        """POST, retrying only connect failures; map every failure to its exception (a refusal
+        of this request to `UpstreamRefused`, the client's 4xx: service/engines/upstream_refusal.py)."""
         assert self._client is not None and self._metrics is not None, "start() was not called"
         timeout = httpx.Timeout(timeout_s, connect=self.config.connect_timeout_s)
         attempt = 0
@@ -231,7 +244,7 @@ class UpstreamEngine(AsyncEngine):
                 self._observe(started)
                 self._count("unreachable", f"cannot connect: {_reason(exc)}", up=False)
                 raise UpstreamError(f"cannot connect to the upstream {_redacted(self.endpoint)} "
-                                    f"({attempt + 1} attempts): {_reason(exc)}") from exc
+                                    f"({attempt + 1} attempts): {self._safe(_reason(exc))}") from exc
             except httpx.TimeoutException as exc:
                 self._observe(started)
                 self._count("timeout", "no answer in time")
@@ -239,7 +252,7 @@ class UpstreamEngine(AsyncEngine):
             except httpx.HTTPError as exc:  # the connection broke mid-request, a protocol error
                 self._observe(started)
                 self._count("error", _reason(exc), up=False)
-                raise UpstreamError(f"the upstream request failed: {_reason(exc)}") from exc
+                raise UpstreamError(f"the upstream request failed: {self._safe(_reason(exc))}") from exc
             self._observe(started)
             break
         if response.status_code in (429, 503):
@@ -248,9 +261,14 @@ class UpstreamEngine(AsyncEngine):
             raise EngineBusy(retry_after_s=retry_after,
                              reason=f"the upstream is overloaded (HTTP {response.status_code})")
         if not response.is_success:
-            reason = f"HTTP {response.status_code}: {_error_message(response)}"
-            self._count("error", reason, up=response.status_code < 500)
-            raise UpstreamError(f"the upstream answered {reason}")
+            answer = read_error(response, self._secrets())
+            refused = refusal(answer, self.client_fields, audio_s)
+            if refused is not None:  # this request's fault, not the upstream's: it is up, and healthy
+                self._count("refused")
+                log.info("the upstream refused a request: %s", answer.described())
+                raise refused
+            self._count("error", answer.described(), up=response.status_code < 500)
+            raise UpstreamError(f"the upstream answered {answer.described()}{operator_hint(answer, self.client_fields)}")
         return response
 
     def _observe(self, started: float) -> None:
@@ -262,8 +280,17 @@ class UpstreamEngine(AsyncEngine):
         assert self._metrics is not None
         self._metrics.requests.labels(outcome=outcome).inc()
         if error:
-            self._last_error = error[:300]
+            self._last_error = self._safe(error)
         self._set_state(up)
+
+    def _secrets(self) -> tuple[str, ...]:
+        """What must never be shown: the key, and the URL's password as written and decoded."""
+        password = urlsplit(self.config.url).password or ""
+        return self.config.api_key, password, unquote(password)
+
+    def _safe(self, text: str) -> str:
+        """`text` bounded to 300 characters and without credentials: for /health, logs and clients."""
+        return without_secrets(text, self._secrets())[:300]
 
     def _set_state(self, up: bool) -> None:
         assert self._metrics is not None
@@ -286,7 +313,7 @@ class UpstreamEngine(AsyncEngine):
                 self._last_error = f"health check: HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             up = False
-            self._last_error = f"health check: {_reason(exc)}"
+            self._last_error = self._safe(f"health check: {_reason(exc)}")
         self._metrics.health_checks.labels(result="up" if up else "down").inc()
         self._set_state(up)
         return up
@@ -330,22 +357,6 @@ def _retry_after_s(value: str | None) -> int:
         except (TypeError, ValueError):
             return DEFAULT_RETRY_AFTER_S
     return int(min(max(seconds, 1), MAX_RETRY_AFTER_S))
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The reason in an upstream's error answer (OpenAI's `error.message`, earmark's `msg`,
-    FastAPI's `detail`), else the start of its body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return quoted(response.text.strip(), 200)
-    if isinstance(body, dict):
-        error = body.get("error")
-        for candidate in (error.get("message") if isinstance(error, dict) else error, body.get("msg"),
-                          body.get("detail"), body.get("message")):
-            if candidate:
-                return quoted(candidate if isinstance(candidate, str) else str(candidate), 200)
-    return quoted(str(body), 200)
 
 
 def _reason(exc: BaseException) -> str:
