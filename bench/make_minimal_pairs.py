@@ -98,9 +98,15 @@ MODEL_REF_SPEED = 160
 COPY_TRANSFORMS = ("mp3_32k", "opus_24k", "aac_64k", "wav_8k", "gain_minus6", "noise_30db",
                    "pad_start_0_5",
                    # telephone codecs
-                   "gsm_8k", "g726_16k", "g723_1", "opus_8k", "mp3_16k_11k", "ulaw_8k")
+                   "gsm_8k", "g726_16k", "g723_1", "opus_8k", "mp3_16k_11k", "ulaw_8k",
+                   # 6 dB louder through sox's limiter: it engages on every A (espeak-ng peaks
+                   # above -6 dBFS) and fills the spectrum's valleys in the loudest syllables
+                   "gain_plus6")
+# B made louder through the same limiter, judged against the untouched A: a prompt normalised
+# with a limiter before it reaches the cache, while the cached one was not.
+LIMITED_B = "gain_plus6"
 CUT_ALGO = "speech_bounds_v1"  # part of the cut recipe: bump when the cut logic changes
-SUBDIRS = ("a", "b", "copies")
+SUBDIRS = ("a", "b", "copies", "b_limited")
 
 # --------------------------------------------------------------------------
 # Texts (written for this corpus)
@@ -691,9 +697,9 @@ def plan_pairs(n: int, seed: int) -> list[dict]:
     return pairs
 
 
-def plan_items(pairs: list[dict]) -> tuple[list[Item], list[Item], list[Item], list[Item]]:
-    """(A syntheses, B syntheses, B cuts, copies of A) as make_corpus Items."""
-    a_items, b_synth, b_cut, copies = [], [], [], []
+def plan_items(pairs: list[dict]) -> tuple[list[Item], list[Item], list[Item], list[Item], list[Item]]:
+    """(A syntheses, B syntheses, B cuts, copies of A, limited Bs) as make_corpus Items."""
+    a_items, b_synth, b_cut, copies, limited = [], [], [], [], []
     for p in pairs:
         pid, a_rel, b_rel = p["id"], p["path_a"], p["path_b"]
         voice = Voice(p["voice"], p["speed"], p["pitch"])
@@ -709,7 +715,11 @@ def plan_items(pairs: list[dict]) -> tuple[list[Item], list[Item], list[Item], l
             rel = f"copies/{name}/{pid}.{ext}"
             copies.append(Item(pid, rel, mc.transform_job(tool, args, a_rel, pid), (a_rel,),
                                {"id": pid, "transform": name, "path": rel}))
-    return a_items, b_synth, b_cut, copies
+        ext, tool, args = mc.TRANSFORMS[LIMITED_B]
+        rel = f"b_limited/{pid}.{ext}"
+        limited.append(Item(pid, rel, mc.transform_job(tool, args, b_rel, pid), (b_rel,),
+                            {"id": pid, "transform": LIMITED_B, "path": rel}))
+    return a_items, b_synth, b_cut, copies, limited
 
 
 # --------------------------------------------------------------------------
@@ -928,9 +938,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     pairs = plan_pairs(args.pairs, args.seed)
-    a_items, b_synth, b_cut, copies = plan_items(pairs)
+    a_items, b_synth, b_cut, copies, limited = plan_items(pairs)
     hashes = mc.recipe_hashes(a_items, {})
     hashes = mc.recipe_hashes(b_synth + b_cut + copies, hashes)
+    hashes = mc.recipe_hashes(limited, hashes)
     built = mc.load_specs(out)
     prune(out, built, set(hashes))
 
@@ -944,6 +955,9 @@ def main(argv: list[str] | None = None) -> int:
         f, _ = mc.run_phase("copies", copies, out, args.jobs, hashes, built)
         failed |= f
         failed |= run_cuts(b_cut, out, hashes, built)
+        limited = [b for b in limited if b.deps[0] not in failed]
+        f, _ = mc.run_phase("limited B", limited, out, args.jobs, hashes, built)
+        failed |= f
     finally:
         write_specs(out, built)
 
@@ -955,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "pairs": pairs_ok,
         "copies": [c.meta for c in copies if c.rel not in failed and c.id in kept],
+        "limited_b": [b.meta for b in limited if b.rel not in failed and b.id in kept],
     }
     mc.write_json(out / mc.MANIFEST_FILE, manifest)
     print_summary(pairs, stats, len(manifest["copies"]), len(failed), problems, out,

@@ -41,9 +41,9 @@ class FuzzyThresholds:
     # every non-tone pair <= 0.68.
     min_detail_score: float = 0.74
     # The worst ~200 ms of pitch both recordings voice (fingerprint/pitch.py), scored as
-    # 1 - 0.26 x (the size of its mean signed difference, semitones): on the minimal-pair
-    # benchmark copies scored >= 0.79 (one Opus 8k copy of 5,200 lower), Mandarin tone pairs
-    # (mǎi/mài) <= 0.62.
+    # 1 - 0.26 / 1.2 x (the size of its mean signed difference, semitones): on the minimal-pair
+    # benchmark copies scored >= 0.78 (one Opus 8k copy of 5,600 lower), Mandarin tone pairs
+    # (mǎi/mài) <= 0.66.
     min_pitch_score: float = 0.74
     # Speech durations must agree within max(abs, rel * longer): the contract's tolerance.
     duration_tolerance_s: float = 0.4
