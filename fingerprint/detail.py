@@ -47,6 +47,8 @@ LOWEST_FLOOR_DB = -60.0
 # Frames of one recording with no counterpart in the other count as this distance: about what
 # a syllable scores against silence.
 UNMATCHED_DB = 20.0
+# ...when it rises this far above the common floor in some band: speech, not room tone.
+UNMATCHED_ABOVE_FLOOR_DB = 10.0
 BURST_FRAMES = 8  # ~80 ms: the core of a syllable
 # How much of a burst the recording's median difference explains (bench/README.md: 1.5 kept
 # every G.726 and 16 kbps MP3 copy but 11 of 5,200 under the threshold, and every pair above).
@@ -134,10 +136,13 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     floor = floor + FLOOR_MARGIN_DB
     q, r = np.maximum(q, floor), np.maximum(r, floor)
     q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
+    # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
+    q_speech = (q > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1)
+    r_speech = (r > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1)
     center = int(round(offset_s * SAMPLE_RATE / HOP))
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
-        distances, q_index = _aligned_distances(q, r, q_sound, r_sound, offset)
+        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech), (r_sound, r_speech), offset)
         if distances.size == 0:
             continue
         median = float(np.median(distances))
@@ -161,8 +166,10 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     )
 
 
-def _aligned_distances(q, r, q_sound, r_sound, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame distance over the frames where either side has sound, with their query index.
+def _aligned_distances(q, r, q_masks, r_masks, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame distance over the frames where either side has sound, with their query index;
+    a frame with no counterpart on the other side counts (as UNMATCHED_DB) only when it holds
+    speech. `q_masks` and `r_masks` are each (sound, speech) per frame.
 
     The channel is equalised first: each band's median difference over those frames (a
     codec's or a line's frequency response, a gain) is taken out, so only what changes from
@@ -172,10 +179,13 @@ def _aligned_distances(q, r, q_sound, r_sound, offset: int) -> tuple[np.ndarray,
     r_index = q_index + offset
     q_ok = (q_index >= 0) & (q_index < len(q))
     r_ok = (r_index >= 0) & (r_index < len(r))
-    sound = np.zeros(q_index.size, dtype=bool)
-    sound[q_ok] |= q_sound[q_index[q_ok]]
-    sound[r_ok] |= r_sound[r_index[r_ok]]
     both = q_ok & r_ok
+    (q_sound, q_speech), (r_sound, r_speech) = q_masks, r_masks
+    sound = np.zeros(q_index.size, dtype=bool)
+    sound[both] = q_sound[q_index[both]] | r_sound[r_index[both]]
+    q_only, r_only = q_ok & ~r_ok, r_ok & ~q_ok
+    sound[q_only] = q_speech[q_index[q_only]]
+    sound[r_only] = r_speech[r_index[r_only]]
     difference = q[q_index[both]] - r[r_index[both]]
     if sound[both].any():
         difference = difference - np.median(difference[sound[both]], axis=0)

@@ -51,6 +51,12 @@ OUTLIER_SEMITONES = 7.0
 HARMONIC_SEMITONES = np.array([12.0, 19.02, 24.0, 27.86, 31.02])
 HARMONIC_TOLERANCE = 1.0
 MAX_GLITCH_FRAMES = 6
+# A frame within this of the tracker's ceiling (MAX_HZ) is pinned there, not measured: a voice
+# above 400 Hz (a child's, a high call) reads as 400 Hz in one copy and, under noise, as a lower
+# peak in another. (The floor is kept: Mandarin's low tones read there, and judging them is the
+# point; a real voice under 60 Hz is rare.)
+CEILING_SEMITONES = 0.5
+_CEILING_CODE = 1 + (12.0 * np.log2(MAX_HZ / MIN_HZ) - CEILING_SEMITONES) * _STEPS_PER_SEMITONE
 
 
 @dataclass(frozen=True)
@@ -167,8 +173,9 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
 
 
 def _trusted(codes: np.ndarray) -> np.ndarray:
-    """Voiced frames, less those a pitch tracker's error explains (see OUTLIER_SEMITONES)."""
-    voiced = codes > 0
+    """Voiced frames, less those a pitch tracker's error explains (see OUTLIER_SEMITONES) and
+    those pinned at its ceiling (CEILING_SEMITONES)."""
+    voiced = (codes > 0) & (codes < _CEILING_CODE)
     if not voiced.any():
         return voiced
     deviation = np.abs(codes.astype(np.float64) - float(np.median(codes[voiced]))) / _STEPS_PER_SEMITONE

@@ -24,6 +24,10 @@ RELATIVE_FLOOR_DB = -40.0
 # The quietest frames estimate the noise floor; speech starts this far above it. The cap keeps
 # a recording with no pauses at all (whose quietest frames are speech) from losing its speech.
 NOISE_FLOOR_PERCENTILE = 5
+# Digital silence: under the dither of 16-bit audio (about -96 dBFS RMS). A real microphone
+# chain's quietest room tone sits well above it (-62 to -66 dBFS in the quiet TIDIGITS and
+# pocketsphinx recordings), even under ABSOLUTE_FLOOR_DB.
+DIGITAL_SILENCE_DB = -90.0
 ABOVE_NOISE_DB = 10.0
 MAX_RELATIVE_DB = -20.0
 
@@ -103,12 +107,13 @@ def _floor_frames(levels: np.ndarray) -> np.ndarray:
     the last audible frame is padding (an editor's, or a copy's), not the recording's floor:
     counted, it would drag the floor of a padded copy of a recording with room tone from the
     room tone to -120 dB and its extent out over the room tone. When digital silence also
-    sits between audible frames (synthetic speech, a gated recording), it is the floor."""
-    audible = np.flatnonzero(levels > ABSOLUTE_FLOOR_DB)
+    sits between audible frames (synthetic speech, a gated recording), it is the floor. Room
+    tone quieter than ABSOLUTE_FLOOR_DB is not digital silence: only DIGITAL_SILENCE_DB is."""
+    audible = np.flatnonzero(levels > DIGITAL_SILENCE_DB)
     if audible.size == 0:
         return levels
     inner = levels[audible[0] : audible[-1] + 1]
-    return levels if (inner <= ABSOLUTE_FLOOR_DB).any() else inner
+    return levels if (inner <= DIGITAL_SILENCE_DB).any() else inner
 
 
 def has_sound(pcm_16k: np.ndarray, min_duration_s: float = 0.1) -> bool:

@@ -88,3 +88,18 @@ def test_a_louder_clipped_copy_of_a_minimal_pair_is_still_refused(matcher):
     query = _features(matcher, encode(louder.astype(np.int16), rate, fmt="wav", codec="pcm_s16le"))
     accepted, score, reason = _judge(matcher, _features(matcher, original_data), query)
     assert not accepted and score < FuzzyThresholds().min_window_score, reason
+
+
+def test_room_tone_trimmed_off_a_real_recording_is_a_copy_but_a_cut_first_word_is_not(matcher):
+    """A real recording (LibriVox, speech from 0.28 s) under a steady room tone (noise at
+    -50 dBFS, as a quiet office's): an editor trimming 0.2 s of the lead-in leaves the same
+    recording (room tone with no counterpart is not a missing word); cutting 0.4 s takes the
+    start of the first word with it."""
+    samples, rate = read_pcm(fixture_bytes("librivox_0890.flac"))
+    tone = np.random.default_rng(7).normal(0.0, 32768 * 10 ** (-50 / 20), samples.size)
+    roomy = np.clip(np.round(samples + tone), -32768, 32767).astype(np.int16)
+    original = _features(matcher, encode(roomy, rate, fmt="wav", codec="pcm_s16le"))
+    for cut_s, same in ((0.2, True), (0.4, False)):
+        copy = encode(roomy[int(cut_s * rate):], rate, fmt="wav", codec="pcm_s16le")
+        accepted, score, reason = _judge(matcher, original, _features(matcher, copy))
+        assert accepted == same, f"cut {cut_s} s: {reason}"

@@ -89,3 +89,16 @@ def test_a_sustained_excursion_far_from_the_median_is_judged_not_dropped(shift, 
     for i in range(50, 65):
         query[i] = 8.0 + shift
     assert compare_pitch(_codes(query), _codes(entry), 0).burst_semitones >= at_least
+
+
+def test_frames_pinned_at_the_trackers_ceiling_are_not_judged():
+    # A voice above 400 Hz reads as the ceiling in the entry; a noisy copy's tracker picks a
+    # lower peak for a few frames at a time. Neither side measured a pitch there.
+    ceiling = 12.0 * np.log2(400.0 / 60.0)
+    entry = _speech(120, base=26.0)
+    query = list(entry)
+    for i in range(40, 55):
+        entry[i] = ceiling
+        query[i] = ceiling - (2.0 + 0.5 * (i % 3)) if i % 4 else ceiling
+    verdict = compare_pitch(_codes(query), _codes(entry), 0)
+    assert pitch_score_of(verdict.burst_semitones) >= THRESHOLD + 0.05, verdict

@@ -1,0 +1,147 @@
+"""Real human recordings through real encoders: does the fuzzy tier still take their copies?
+
+The accuracy and minimal-pair corpora are synthetic (espeak-ng): one clean voice, deep spectral
+valleys, a steady pitch. This benchmark judges copies of real recordings instead: the twelve
+recordings of Debian's pocketsphinx-testdata that bench_engines.py uses (five LibriVox readings,
+five spoken card names, two commands; 16 kHz, room tone in the pauses), each re-encoded with
+make_corpus's own commands (MP3, AAC, Opus, telephone codecs, the limiter, noise) and padded
+with digital silence. Every copy is judged against its original with the service's own
+`FuzzyMatcher.judge` (default thresholds), as a cached entry would be. Cutting the first 0.2 s
+is judged too, apart: it reaches into the speech of most of these recordings, so refusing it
+is the minimal-pair rule, not a miss.
+
+    apt-get install pocketsphinx-testdata ffmpeg sox
+    .venv/bin/python bench/bench_real_copies.py [--out bench/out/real_copies.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import make_corpus as mc  # noqa: E402
+from bench_engines import load_pcm, recordings  # noqa: E402
+from fingerprint.decode import decode_audio  # noqa: E402
+from index.entry import Entry  # noqa: E402
+from service.config import FuzzyThresholds  # noqa: E402
+from service.fuzzy import FuzzyMatcher  # noqa: E402
+
+PROFILE_ID = "bench-real-copies"
+# make_corpus's transforms, by name: the same encoders and settings as the synthetic corpus.
+CORPUS_TRANSFORMS = ("mp3_32k", "aac_64k", "opus_24k", "wav_8k", "gain_minus6", "gain_plus6", "noise_30db",
+                     "gsm_8k", "g726_16k", "g723_1", "opus_8k", "mp3_16k_11k", "ulaw_8k")
+# Padded with digital silence, then (for two) encoded: an export with lead-in and tail.
+PADDED = {
+    "pad_0_5_wav": (("pad", "0.5", "0.5"), None),
+    "pad_0_5_aac": (("pad", "0.5", "0.5"), "aac_64k"),
+    "pad_1_mp3": (("pad", "1", "1"), "mp3_32k"),
+}
+CUT = ("cut_start_0_2", ("trim", "0.2"))
+
+
+def build_copies(work: Path, names: list[str]) -> dict[tuple[str, str], Path]:
+    """Every copy of every original (work/orig/<name>.wav), made with make_corpus's run_job."""
+    jobs: list[tuple[str, str, dict, str]] = []
+    for name in names:
+        src = f"orig/{name}.wav"
+        for transform in CORPUS_TRANSFORMS:
+            ext, tool, args = mc.TRANSFORMS[transform]
+            jobs.append((name, transform, mc.transform_job(tool, args, src, name), f"copies/{transform}/{name}.{ext}"))
+        for transform, (pad, encoder) in PADDED.items():
+            padded = f"padded/{transform}/{name}.wav"
+            jobs.append((name, f"_{transform}", {"op": "sox", "src": src, "args": list(pad)}, padded))
+            if encoder is not None:
+                ext, tool, args = mc.TRANSFORMS[encoder]
+                jobs.append((name, transform, mc.transform_job(tool, args, padded, name), f"copies/{transform}/{name}.{ext}"))
+            else:
+                jobs[-1] = (name, transform, jobs[-1][2], padded)
+        jobs.append((name, CUT[0], {"op": "sox", "src": src, "args": list(CUT[1])}, f"copies/{CUT[0]}/{name}.wav"))
+    built = {}
+    for name, transform, job, rel in jobs:  # in order: a padded WAV before its encoding
+        result = mc.run_job(job, str(work), rel)
+        if not result["ok"]:
+            raise RuntimeError(f"{rel}: {result['error']}")
+        if not transform.startswith("_"):
+            built[(name, transform)] = work / rel
+    return built
+
+
+def judge_copies(originals: dict[str, np.ndarray], copies: dict[tuple[str, str], Path]) -> list[dict]:
+    """One row per copy: the service's verdict against its original as the cached entry."""
+    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
+    entries = {}
+    for name, pcm in originals.items():
+        feats = matcher.features(pcm)
+        entry = Entry(entry_id=name, profile_id=PROFILE_ID, pcm_digest=name, text="", normalized_text="",
+                      language="en", duration_s=len(pcm) / 16000, speech_s=feats.speech_s, engine_seconds=1.0)
+        entries[name] = (matcher.attach(entry, feats), feats)
+    rows = []
+    for (name, transform), path in sorted(copies.items()):
+        feats = matcher.features(decode_audio(path.read_bytes(), 3600).pcm_16k)
+        entry, source = entries[name]
+        accepted, score, reason = matcher.judge(feats, PROFILE_ID, float(feats.embedding @ source.embedding), entry)
+        rows.append({"recording": name, "transform": transform, "accepted": accepted, "score": round(score, 4),
+                     "reason": reason, "speech_s": (round(feats.speech_s, 2), round(source.speech_s, 2))})
+    return rows
+
+
+def report(rows: list[dict]) -> dict:
+    """Per transform: accepted of n, lowest score, the checks that refused."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by[row["transform"]].append(row)
+    summary = {}
+    for transform, members in sorted(by.items()):
+        refusals: dict[str, int] = defaultdict(int)
+        for row in members:
+            if not row["accepted"]:
+                refusals[row["reason"].split(":")[0]] += 1
+        summary[transform] = {"count": len(members), "accepted": sum(r["accepted"] for r in members),
+                              "lowest_score": min(r["score"] for r in members), "refused_by": dict(refusals)}
+    copies = [r for r in rows if r["transform"] != CUT[0]]
+    summary["all copies"] = {"count": len(copies), "accepted": sum(r["accepted"] for r in copies)}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/out/real_copies.json"))
+    args = parser.parse_args()
+    items = recordings()
+    originals = {item["name"]: load_pcm(item) for item in items}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "orig").mkdir()
+        for name, pcm in originals.items():
+            soundfile.write(work / "orig" / f"{name}.wav", pcm, 16000, subtype="PCM_16")
+        rows = judge_copies(originals, build_copies(work, list(originals)))
+    summary = report(rows)
+    print(f"{len(originals)} recordings, {sum(len(p) for p in originals.values()) / 16000:.1f} s\n")
+    print("| copy | accepted | lowest score | refused by |")
+    print("|---|---|---|---|")
+    for transform, g in summary.items():
+        if transform == "all copies":
+            continue
+        refused = ", ".join(f"{reason} {n}" for reason, n in g["refused_by"].items()) or "-"
+        print(f"| {transform} | {g['accepted']} of {g['count']} | {g['lowest_score']:.3f} | {refused} |")
+    total = summary["all copies"]
+    print(f"\ncopies accepted: {total['accepted']} of {total['count']} (the {CUT[0]} row is not a copy)")
+    for row in rows:
+        if not row["accepted"] and row["transform"] != CUT[0]:
+            print(f"  {row['transform']} {row['recording']}: {row['reason'][:150]}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
