@@ -56,6 +56,13 @@ class FuzzyMatch:
     note: str | None = None  # why no candidate was examined (query_too_short, no_candidates, disabled)
 
 
+# Changed whenever the verification changes while the stored features do not (the comparisons
+# in fingerprint/matcher.py, detail.py and pitch.py, the score scales below), so that verdicts
+# remembered for bytes seen before are judged afresh. 2: the pitch check's signed 200 ms shift,
+# its ceiling, and room tone no longer counted as a missing word.
+VERIFICATION_REVISION = 2
+
+
 class FuzzyMatcher:
     """Candidate search in the vector index plus verification against stored hashes."""
 
@@ -66,9 +73,11 @@ class FuzzyMatcher:
         self.index = index
         self.metrics = metrics
         self.config = config
-        # Who judged a match: verdicts recorded under other thresholds or another fingerprint
-        # version are not reused (bytes once matched are judged again after `earmark tune`).
-        self.judged_by = hashlib.blake2b(f"{config.version}|{thresholds!r}".encode(), digest_size=6).hexdigest()
+        # Who judged a match: verdicts recorded under other thresholds, another fingerprint
+        # version or another verification are not reused (bytes once matched are judged again
+        # after `earmark tune`, or after an upgrade that changed how copies are told apart).
+        self.judged_by = hashlib.blake2b(f"{config.version}|{VERIFICATION_REVISION}|{thresholds!r}".encode(),
+                                         digest_size=6).hexdigest()
 
     def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """Hash, embedding and speech duration of a recording (CPU work: call off the loop)."""

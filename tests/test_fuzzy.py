@@ -132,6 +132,18 @@ def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(
         assert post(client, recorded, "/lookup")["cache"]["tier"] == "exact"
 
 
+def test_remembered_verdicts_are_not_reused_across_a_change_of_verification(monkeypatch):
+    # Stored features outlive an upgrade that changes how they are compared; a verdict
+    # remembered under the old comparison must be judged again, as under new thresholds.
+    from service import fuzzy
+    from service.config import FuzzyThresholds
+
+    before = fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by
+    assert fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by == before
+    monkeypatch.setattr(fuzzy, "VERIFICATION_REVISION", fuzzy.VERIFICATION_REVISION + 1)
+    assert fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by != before
+
+
 def test_a_copy_right_after_its_original_is_found_without_waiting_for_the_stream(client, recorded, mp3_copy):
     # The replica that tails the change stream is stopped: only the write path itself can make
     # the new entry findable by this process.
