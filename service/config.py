@@ -124,6 +124,9 @@ class Settings:
     # threshold": its query fingerprint is kept for `earmark audit` to redraw, and it is listed
     # there for human review.
     review_margin: float = 0.05
+    # Seconds an audit report (GET /audit, the console's audit page) is reused before it is
+    # computed again: it reads every entry and event (service/audit_cache.py). 0: every time.
+    audit_cache_s: float = 30.0
     index_type: str = "auto"
     log_level: str = "info"
     fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
@@ -145,6 +148,7 @@ class Settings:
             (self.engine_queue >= 0, "engine_queue must be 0 or more"),
             (self.events_maxlen >= 0, "events_maxlen must be 0 (no events kept) or more"),
             (0.0 <= self.review_margin <= 1.0, "review_margin must be in [0, 1]"),
+            (self.audit_cache_s >= 0, "audit_cache_s must be 0 (no reuse) or more"),
             (self.key_prefix != "", "key_prefix must not be empty"),
             (self.api_keys_check_s > 0, "api_keys_check_s must be positive"),
             (self.console_session_s > 0, "console_session_s must be positive"),

@@ -139,6 +139,8 @@ async def delete_entry(request: Request) -> Response:
         return _store_down(request, "delete")
     if not deleted:
         return _not_found(request, entry_id)
+    if services.audits is not None:
+        services.audits.forget()
     services.metrics.console_pages.labels(page="delete").inc()
     return RedirectResponse(f"/console/history?deleted={entry_id}", status_code=303)
 
@@ -153,8 +155,8 @@ async def audit(request: Request) -> Response:
     threshold = services.settings.fuzzy.min_window_score
     options = AuditOptions(review_margin=services.settings.review_margin, hits_limit=0)
     try:
-        report = await collect_audit(services.store, services.events, services.settings.fuzzy, options,
-                                     source="the web console")
+        report = await services.audits.get(("the web console", options), lambda: collect_audit(
+            services.store, services.events, services.settings.fuzzy, options, source="the web console"))
     except StoreUnavailable:
         return _store_down(request, "audit")
     over_time = report["tiers_over_time"]
@@ -164,6 +166,7 @@ async def audit(request: Request) -> Response:
         near["chart"] = curve_chart(near["curve"], threshold)
     return _render(request, "audit.html", nav="audit", report=report, over_time=over_time,
                    summary=report["summary"], threshold=threshold, margin=options.review_margin,
+                   cache_s=services.settings.audit_cache_s,
                    colours=TIER_COLOURS, tiers=[tier for tier in TIERS if tier in over_time["tiers"]])
 
 

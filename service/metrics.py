@@ -88,6 +88,12 @@ class Metrics:
             registry=r,
         )
         self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
+        self.audit_reports = Counter(
+            "earmark_audit_reports_total",
+            "Audit reports asked for (GET /audit, the console's audit page), by result: computed, kept "
+            "(a recent one reused, audit_cache_s) or shared (another viewer's computation awaited).",
+            ["result"], registry=r,
+        )
         self.api_keys_reloads = Counter(
             "earmark_api_keys_reloads_total", "Reads of a changed API keys file, by result: ok (applied), error (kept the old keys).",
             ["result"], registry=r,

@@ -262,3 +262,58 @@ def test_answers_over_time_take_events_out_of_clock_order():
 
     table = _over_time([event(1000.0, "miss"), event(2000.0, "exact"), event(999.0, "fuzzy")])
     assert sum(row.get("miss", 0) + row.get("exact", 0) + row.get("fuzzy", 0) for row in table["rows"]) == 3
+
+
+def test_an_audit_is_reused_for_a_while_and_computed_again_after_a_delete(traffic):
+    _, client, happened = traffic
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    first = client.get("/audit", headers=auth).json()
+    again = client.get("/audit", headers=auth).json()
+    assert first["age_s"] == 0.0 and again["generated_at"] == first["generated_at"]
+    assert again["hits"] == first["hits"]
+    for _ in range(2):  # the console draws its charts into its own copy, never into the kept report
+        assert client.get("/console/audit", headers=auth).status_code == 200
+    assert client.get("/audit", headers=auth).json()["near_threshold"] == first["near_threshold"]
+    copy = happened["weather_copy"]["entry"]
+    assert copy in {member["entry"] for cluster in first["near_duplicates"] for member in cluster["entries"]}
+    assert client.delete(f"/entries/{copy}", headers=auth).status_code == 200
+    after = client.get("/audit", headers=auth).json()
+    assert after["age_s"] == 0.0
+    assert copy not in {member["entry"] for cluster in after["near_duplicates"] for member in cluster["entries"]}
+    metrics = client.get("/metrics").text
+    assert 'earmark_audit_reports_total{result="computed"} 3.0' in metrics  # GET /audit twice, the console once
+    assert 'earmark_audit_reports_total{result="kept"} 3.0' in metrics
+
+
+def test_viewers_asking_at_once_share_one_audit_and_a_failure_is_not_kept():
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from service.audit_cache import AuditCache
+
+    results = Counter("reports", "", ["result"], registry=CollectorRegistry())
+    cache, runs = AuditCache(30.0, results), []
+
+    async def compute() -> dict:
+        runs.append(1)
+        await asyncio.sleep(0.05)
+        return {"hits": [1, 2]}
+
+    async def failing() -> dict:
+        raise ConnectionError("store down")
+
+    async def scenario() -> None:
+        reports = await asyncio.gather(*(cache.get("k", compute) for _ in range(5)))
+        assert len(runs) == 1 and all(report["hits"] == [1, 2] for report in reports)
+        reports[0]["hits"].append(3)  # a caller's copy is its own
+        assert (await cache.get("k", compute))["hits"] == [1, 2]
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await cache.get("down", failing)
+        cache.forget()
+        await cache.get("k", compute)
+        assert len(runs) == 2
+
+    asyncio.run(scenario())
+    assert [results.labels(result=r)._value.get() for r in ("computed", "shared", "kept")] == [2, 4, 1]
