@@ -151,15 +151,19 @@ class EventLog:
             await self._keep_query_print(profile.digest, query_digest, outcome.entry, outcome.query_hash)
 
     async def _keep_query_print(self, profile_id: str, query_digest: str, entry, query_hash: RobustHash) -> None:
-        """Keep a fuzzy hit's query fingerprint as long as its entry lives (no audio)."""
+        """Keep a fuzzy hit's query fingerprint as long as its entry lives (no audio), listed
+        among the entry's aliases so that deleting the entry deletes it too."""
         bits, levels = query_hash.to_bytes()
         key = self.store.keys.query_print(profile_id, query_digest)
+        aliases = self.store.keys.entry_aliases(entry.entry_id)
         try:
             self.store.breaker.allow()
             pipe = self.store.client.pipeline(transaction=False)
             pipe.hset(key, mapping={"fp": bits, "fpl": levels, "entry": entry.entry_id})
+            pipe.sadd(aliases, key)
             if entry.expires_at_ms:
                 pipe.pexpireat(key, entry.expires_at_ms)
+                pipe.pexpireat(aliases, entry.expires_at_ms)
             else:
                 pipe.expire(key, 7 * 24 * 3600)
             await pipe.execute()

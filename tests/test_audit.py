@@ -317,3 +317,13 @@ def test_viewers_asking_at_once_share_one_audit_and_a_failure_is_not_kept():
 
     asyncio.run(scenario())
     assert [results.labels(result=r)._value.get() for r in ("computed", "shared", "kept")] == [2, 4, 1]
+
+
+def test_deleting_an_entry_deletes_the_query_prints_kept_for_its_hits(traffic):
+    _, client, happened = traffic
+    store = client.app.state.services.store
+    pattern = f"{store.keys.prefix}qprint:*"
+    assert client.portal.call(store.client.keys, pattern)  # the MP3 copy's near-threshold hit kept one
+    deleted = client.delete(f"/entries/{happened['original']['entry']}", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert deleted.status_code == 200
+    assert client.portal.call(store.client.keys, pattern) == []
