@@ -5,10 +5,10 @@ valleys, a steady pitch. This benchmark judges copies of real recordings instead
 recordings of Debian's pocketsphinx-testdata that bench_engines.py uses (five LibriVox readings,
 five spoken card names, two commands; 16 kHz, room tone in the pauses), each re-encoded with
 make_corpus's own commands (MP3, AAC, Opus, telephone codecs, the limiter, noise) and padded
-with digital silence. Every copy is judged against its original with the service's own
-`FuzzyMatcher.judge` (default thresholds), as a cached entry would be. Cutting the first 0.2 s
-is judged too, apart: it reaches into the speech of most of these recordings, so refusing it
-is the minimal-pair rule, not a miss.
+with digital silence. Every copy is judged against its original as a cached entry, with the
+service's own `FuzzyMatcher.judge` (default thresholds) through `earmark tune`'s Scorer.
+Cutting the first 0.2 s is judged too, apart: it reaches into the speech of most of these
+recordings, so refusing it is the minimal-pair rule, not a miss.
 
     apt-get install pocketsphinx-testdata ffmpeg sox
     .venv/bin/python bench/bench_real_copies.py [--out bench/out/real_copies.json]
@@ -32,11 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_corpus as mc  # noqa: E402
 from bench_engines import load_pcm, recordings  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
-from index.entry import Entry  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.fuzzy import FuzzyMatcher  # noqa: E402
+from service.tune import Scorer  # noqa: E402
 
-PROFILE_ID = "bench-real-copies"
 # make_corpus's transforms, by name: the same encoders and settings as the synthetic corpus.
 CORPUS_TRANSFORMS = ("mp3_32k", "aac_64k", "opus_24k", "wav_8k", "gain_minus6", "gain_plus6", "noise_30db",
                      "gsm_8k", "g726_16k", "g723_1", "opus_8k", "mp3_16k_11k", "ulaw_8k")
@@ -50,48 +48,42 @@ CUT = ("cut_start_0_2", ("trim", "0.2"))
 
 
 def build_copies(work: Path, names: list[str]) -> dict[tuple[str, str], Path]:
-    """Every copy of every original (work/orig/<name>.wav), made with make_corpus's run_job."""
-    jobs: list[tuple[str, str, dict, str]] = []
+    """Every copy of every original (work/orig/<name>.wav), made with make_corpus's run_job, by
+    (recording, copy). Jobs run in order: a padded WAV is made before its encoding reads it."""
+    jobs: list[tuple[str | None, str, dict, str]] = []  # (copy or None for a step, recording, job, path)
     for name in names:
         src = f"orig/{name}.wav"
         for transform in CORPUS_TRANSFORMS:
             ext, tool, args = mc.TRANSFORMS[transform]
-            jobs.append((name, transform, mc.transform_job(tool, args, src, name), f"copies/{transform}/{name}.{ext}"))
+            jobs.append((transform, name, mc.transform_job(tool, args, src, name), f"copies/{transform}/{name}.{ext}"))
         for transform, (pad, encoder) in PADDED.items():
             padded = f"padded/{transform}/{name}.wav"
-            jobs.append((name, f"_{transform}", {"op": "sox", "src": src, "args": list(pad)}, padded))
+            jobs.append((transform if encoder is None else None, name, {"op": "sox", "src": src, "args": list(pad)}, padded))
             if encoder is not None:
                 ext, tool, args = mc.TRANSFORMS[encoder]
-                jobs.append((name, transform, mc.transform_job(tool, args, padded, name), f"copies/{transform}/{name}.{ext}"))
-            else:
-                jobs[-1] = (name, transform, jobs[-1][2], padded)
-        jobs.append((name, CUT[0], {"op": "sox", "src": src, "args": list(CUT[1])}, f"copies/{CUT[0]}/{name}.wav"))
+                jobs.append((transform, name, mc.transform_job(tool, args, padded, name), f"copies/{transform}/{name}.{ext}"))
+        jobs.append((CUT[0], name, {"op": "sox", "src": src, "args": list(CUT[1])}, f"copies/{CUT[0]}/{name}.wav"))
     built = {}
-    for name, transform, job, rel in jobs:  # in order: a padded WAV before its encoding
+    for transform, name, job, rel in jobs:
         result = mc.run_job(job, str(work), rel)
         if not result["ok"]:
             raise RuntimeError(f"{rel}: {result['error']}")
-        if not transform.startswith("_"):
+        if transform is not None:
             built[(name, transform)] = work / rel
     return built
 
 
 def judge_copies(originals: dict[str, np.ndarray], copies: dict[tuple[str, str], Path]) -> list[dict]:
     """One row per copy: the service's verdict against its original as the cached entry."""
-    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
-    entries = {}
+    scorer = Scorer(FuzzyThresholds())
     for name, pcm in originals.items():
-        feats = matcher.features(pcm)
-        entry = Entry(entry_id=name, profile_id=PROFILE_ID, pcm_digest=name, text="", normalized_text="",
-                      language="en", duration_s=len(pcm) / 16000, speech_s=feats.speech_s, engine_seconds=1.0)
-        entries[name] = (matcher.attach(entry, feats), feats)
+        scorer.original(name, pcm)
     rows = []
     for (name, transform), path in sorted(copies.items()):
-        feats = matcher.features(decode_audio(path.read_bytes(), 3600).pcm_16k)
-        entry, source = entries[name]
-        accepted, score, reason = matcher.judge(feats, PROFILE_ID, float(feats.embedding @ source.embedding), entry)
-        rows.append({"recording": name, "transform": transform, "accepted": accepted, "score": round(score, 4),
-                     "reason": reason, "speech_s": (round(feats.speech_s, 2), round(source.speech_s, 2))})
+        pair = scorer.score(str(path), decode_audio(path.read_bytes(), 3600).pcm_16k, name, transform,
+                            positive=transform != CUT[0])
+        rows.append({"recording": name, "transform": transform, "accepted": pair.accepted,
+                     "score": round(pair.score, 4), "reason": pair.reason})
     return rows
 
 
