@@ -34,7 +34,7 @@ class AuditCache:
         kept = self._kept.get(key)
         if kept is not None and now - kept[0] < self.ttl_s:
             self._results.labels(result="kept").inc()
-            return {**copy.deepcopy(kept[1]), "age_s": round(now - kept[0], 1)}
+            return _served(kept[1], now - kept[0])
         running = self._running.get(key)
         if running is not None:
             try:
@@ -44,7 +44,7 @@ class AuditCache:
                     raise  # this viewer's own request was cancelled
             else:
                 self._results.labels(result="shared").inc()
-                return {**copy.deepcopy(report), "age_s": 0.0}
+                return _served(report, 0.0)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
@@ -63,8 +63,13 @@ class AuditCache:
         if self.ttl_s > 0:
             self._kept[key] = (time.monotonic(), report)
         future.set_result(report)
-        return {**copy.deepcopy(report), "age_s": 0.0}
+        return _served(report, 0.0)
 
     def forget(self) -> None:
         """Drop every kept report: an entry was deleted, so they list what no longer exists."""
         self._kept.clear()
+
+
+def _served(report: dict, age_s: float) -> dict:
+    """A caller's own copy of a report (the console draws into it), with its age."""
+    return {**copy.deepcopy(report), "age_s": round(age_s, 1)}

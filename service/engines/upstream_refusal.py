@@ -80,7 +80,7 @@ def read_error(response: httpx.Response, secrets: tuple[str, ...]) -> ErrorAnswe
     try:
         body = response.json()
     except ValueError:
-        body, message = None, _plain(response.text)
+        message = _plain(response.text)
     else:
         message = str(body)
         if isinstance(body, dict):
@@ -91,7 +91,7 @@ def read_error(response: httpx.Response, secrets: tuple[str, ...]) -> ErrorAnswe
             if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [..., field], "msg"}]
                 structured += [str(item["loc"][-1]) for item in detail
                                if isinstance(item, dict) and isinstance(item.get("loc"), list) and item["loc"]]
-            if isinstance(detail, list):  # "body.prompt: too long" rather than the list's repr
+                # "body.prompt: too long" rather than the list's repr
                 detail = "; ".join(f"{'.'.join(map(str, item.get('loc') or []))}: {item.get('msg')}"
                                    if isinstance(item, dict) else str(item) for item in detail)
             for candidate in (error.get("message") if isinstance(error, dict) else error, body.get("msg"),
