@@ -16,13 +16,21 @@ module keeps, beside the hash, a fine log-mel spectrum (16 bands over the teleph
   explains (`excess_db`); each band's steady offset (the line's frequency response) is
   equalised away first.
 
+A limiter or compressor (a "louder" copy held under full scale) is the exception: it fills the
+spectrum's valleys in the loud syllables, which both bursts a copy's loudest syllable and
+raises the median that excuses a pair's changed one. It also compresses the level: quiet frames
+come up against the loud ones, which no codec does. When the two recordings' levels disagree
+that way, only the top 30 dB under each frame's peak are compared (where the fill does not
+reach), each speech frame's own gain is taken out (a compressor's gain moves within a
+syllable), and the burst is held to a stricter limit.
+
 Measured on the minimal-pair corpus (bench/README.md): re-encoded copies, telephone codecs
 included, stay under about 6 dB of excess, pairs differing in one vowel start at 7 dB.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -55,6 +63,18 @@ BURST_FRAMES = 8  # ~80 ms: the core of a syllable
 # every G.726 and 16 kbps MP3 copy but 11 of 5,200 under the threshold, and every pair above).
 MEDIAN_WEIGHT = 1.5
 REFINE_FRAMES = 4  # +-40 ms around the hash's alignment
+# Level compression: how much more the frames 12 to 30 dB under the loud ones gained than the
+# loud ones did, either way round (bench/README.md: sox's limiter 1.4 to 2.9 dB; G.726 up to
+# 0.9 and 16 kbps MP3 up to 0.7, whose distortion the stricter judgement would not forgive;
+# Opus 8k and G.723.1 up to 1.5 and 2.4, which pass it).
+COMPRESSION_DB = 0.8
+_QUIET_DB, _MIDDLE_DB, _LOUD_DB = -30.0, -12.0, -3.0
+# A level-compressed pair of recordings is compared only this far under each frame's peak...
+LIMITED_RANGE_DB = 30.0
+# ...with the codec allowance of a clean line and the excess counted this many times: limited
+# copies stay under 2.7 dB there, limited minimal pairs start at 4.4 (threshold 3.4 dB).
+LIMITED_MEDIAN_WEIGHT = 1.0
+LIMITED_EXCESS_WEIGHT = 1.7
 
 
 @dataclass(frozen=True)
@@ -66,11 +86,16 @@ class DetailVerdict:
     query_s: float  # where that stretch starts in the query
     entry_s: float  # ...and in the entry
     offset_frames: int = 0  # the refined alignment: query frame k ~ entry frame k + offset_frames
+    compression_db: float = 0.0  # how much more the query's quiet frames gained than its loud ones
+    limited: bool = False  # judged as a level-compressed pair: the top LIMITED_RANGE_DB of each frame
 
     @property
     def excess_db(self) -> float:
         """The burst beyond what the codec's own distortion explains: a coarse codec (G.726,
-        16 kbps MP3) also distorts more at onsets, in proportion to its median."""
+        16 kbps MP3) also distorts more at onsets, in proportion to its median. A limited
+        comparison has no coarse codec to excuse and counts its excess more."""
+        if self.limited:
+            return LIMITED_EXCESS_WEIGHT * max(0.0, self.burst_db - LIMITED_MEDIAN_WEIGHT * self.median_db)
         return max(0.0, self.burst_db - MEDIAN_WEIGHT * self.median_db)
 
 
@@ -133,6 +158,17 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     r = entry.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
     if len(q) == 0 or len(r) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
+    verdict = _worst_stretch(q, r, offset_s)
+    compression = _compression_db(q, r, verdict.offset_frames)
+    if abs(compression) < COMPRESSION_DB:
+        return replace(verdict, compression_db=round(compression, 2))
+    limited = _worst_stretch(_top_range(q), _top_range(r), offset_s, frame_gain=True)
+    return replace(limited, compression_db=round(compression, 2), limited=True)
+
+
+def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bool = False) -> DetailVerdict:
+    """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
+    `offset_s`) that makes their median distance smallest."""
     floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
     floor = floor + FLOOR_MARGIN_DB
     q, r = np.maximum(q, floor), np.maximum(r, floor)
@@ -143,7 +179,7 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     center = int(round(offset_s * SAMPLE_RATE / HOP))
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
-        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech), (r_sound, r_speech), offset)
+        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech), (r_sound, r_speech), offset, frame_gain)
         if distances.size == 0:
             continue
         median = float(np.median(distances))
@@ -167,14 +203,45 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     )
 
 
-def _aligned_distances(q, r, q_masks, r_masks, offset: int) -> tuple[np.ndarray, np.ndarray]:
+def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
+    """How much more the query's quiet speech frames (12 to 30 dB under the loud ones) gained
+    against the entry than its loud frames did: positive when the query went through a limiter
+    or compressor, negative when the entry did, near 0 for any codec."""
+    q_index = np.arange(len(q))
+    r_index = q_index + offset
+    both = (r_index >= 0) & (r_index < len(r))
+    q_level, r_level = _frame_levels(q[q_index[both]]), _frame_levels(r[r_index[both]])
+    mean = (q_level + r_level) / 2
+    relative = mean - np.percentile(mean, 98) if mean.size else mean
+    loud = relative > _LOUD_DB
+    quiet = (relative > _QUIET_DB) & (relative < _MIDDLE_DB)
+    if loud.sum() < 3 or quiet.sum() < 5:
+        return 0.0
+    gain = q_level - r_level
+    return float(np.median(gain[quiet]) - np.median(gain[loud]))
+
+
+def _frame_levels(spectrum: np.ndarray) -> np.ndarray:
+    """Each frame's total power over the bands, in dB."""
+    return 10.0 * np.log10(np.power(10.0, spectrum / 10.0).sum(axis=1))
+
+
+def _top_range(spectrum: np.ndarray) -> np.ndarray:
+    """Each frame raised to at least LIMITED_RANGE_DB under its own peak: the valleys a limiter
+    fills are out of the comparison."""
+    return np.maximum(spectrum, spectrum.max(axis=1, keepdims=True) - LIMITED_RANGE_DB)
+
+
+def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame distance over the frames where either side has sound, with their query index;
     a frame with no counterpart on the other side counts (as UNMATCHED_DB) only when it holds
     speech. `q_masks` and `r_masks` are each (sound, speech) per frame.
 
     The channel is equalised first: each band's median difference over those frames (a
     codec's or a line's frequency response, a gain) is taken out, so only what changes from
-    frame to frame remains.
+    frame to frame remains. With `frame_gain` (a limiter or compressor on one side), so is each
+    frame's own level difference where both sides have sound and one holds speech: its gain
+    follows the signal, while a missing word (speech against the floor) still counts in full.
     """
     q_index = np.arange(min(0, -offset), max(len(q), len(r) - offset))
     r_index = q_index + offset
@@ -190,6 +257,9 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int) -> tuple[np.ndarray,
     difference = q[q_index[both]] - r[r_index[both]]
     if sound[both].any():
         difference = difference - np.median(difference[sound[both]], axis=0)
+    if frame_gain:
+        speech = (q_speech[q_index[both]] | r_speech[r_index[both]]) & q_sound[q_index[both]] & r_sound[r_index[both]]
+        difference[speech] -= np.median(difference[speech], axis=1, keepdims=True)
     distances = np.full(q_index.size, UNMATCHED_DB, dtype=np.float32)
     distances[both] = np.abs(difference).mean(axis=1)
     return distances[sound], q_index[sound]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
-from fingerprint.detail import DetailSpectrum, compare_detail, detail_from_bytes
+from fingerprint.detail import LIMITED_RANGE_DB, DetailSpectrum, DetailVerdict, compare_detail, detail_from_bytes
 from fingerprint.pitch import PitchContour, compare_pitch
 from fingerprint.embedding import embedding_from_energies
 from fingerprint.matcher import verify
@@ -59,8 +59,9 @@ class FuzzyMatch:
 # Changed whenever the verification changes while the stored features do not (the comparisons
 # in fingerprint/matcher.py, detail.py and pitch.py, the score scales below), so that verdicts
 # remembered for bytes seen before are judged afresh. 2: the pitch check's signed 200 ms shift,
-# its ceiling, and room tone no longer counted as a missing word.
-VERIFICATION_REVISION = 2
+# its ceiling, and room tone no longer counted as a missing word. 3: a level-compressed pair
+# (a limiter on one side) compared within 30 dB of each frame's peak.
+VERIFICATION_REVISION = 3
 
 
 class FuzzyMatcher:
@@ -137,8 +138,11 @@ class FuzzyMatcher:
         self.metrics.lookup_seconds.labels(stage="verify").observe(time.perf_counter() - started)
         best: tuple[float, Entry] | None = None
         candidates = []
-        for (entry_id, similarity), entry, (accepted, score, reason, stretches) in zip(found, entries, judged, strict=True):
+        for (entry_id, similarity), entry, (accepted, score, reason, stretches, compressed) in zip(
+                found, entries, judged, strict=True):
             self.metrics.fuzzy_candidates.inc()
+            if compressed:
+                self.metrics.fuzzy_level_compressed.labels(accepted=str(accepted).lower()).inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
             if accepted:
@@ -167,17 +171,20 @@ class FuzzyMatcher:
         return self._decide(features, profile_id, similarity, entry, [])
 
     def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float,
-                 entry: Entry | None) -> tuple[bool, float, str, tuple[tuple[float, float], ...]]:
+                 entry: Entry | None) -> tuple[bool, float, str, tuple[tuple[float, float], ...], bool]:
         """`judge`'s verdict plus the per-stretch score curve ((query time, score) of every ~1 s
         stretch; empty when the candidate was rejected before the hashes were compared), the
-        evidence /lookup lists for each candidate."""
-        verified: list = []
-        accepted, score, reason = self._decide(features, profile_id, similarity, entry, verified)
-        return accepted, score, reason, verified[0].stretches if verified else ()
+        evidence /lookup lists for each candidate, and whether the detail check judged the pair
+        as level-compressed (a limiter or compressor on one side)."""
+        compared: list = []
+        accepted, score, reason = self._decide(features, profile_id, similarity, entry, compared)
+        stretches = compared[0].stretches if compared else ()
+        return accepted, score, reason, stretches, len(compared) > 1 and compared[1].limited
 
     def _decide(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None,
-                verified: list) -> tuple[bool, float, str]:
-        """The checks in order; appends the hash comparison to `verified` once it has run."""
+                compared: list) -> tuple[bool, float, str]:
+        """The checks in order; appends the hash comparison to `compared` once it has run, then
+        the detail comparison."""
         limits = self.thresholds
         if entry is None:
             return False, 0.0, "gone: the entry expired, was evicted or deleted"
@@ -198,13 +205,14 @@ class FuzzyMatcher:
             return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
         verdict = verify(features.hash, reference, self.config)
-        verified.append(verdict)
+        compared.append(verdict)
         if verdict.windows == 0:
             return False, 0.0, "no_comparable_stretch"
         entry_detail = detail_from_bytes(entry.detail)
         if entry_detail is None or not len(entry_detail) or not entry.pitch:
             return False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour"
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
+        compared.append(detail)
         detail_score = detail_score_of(detail.excess_db)
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
         pitch_score = pitch_score_of(pitch.burst_semitones)
@@ -222,7 +230,8 @@ class FuzzyMatcher:
         if detail_score < limits.min_detail_score:
             return False, score, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
                                   f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
-                                  f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)")
+                                  f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)"
+                                  f"{_limited_note(detail)}")
         if pitch_score < limits.min_pitch_score:
             return False, score, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
                                   f"200 ms from query {pitch.query_s:.2f} s / entry {pitch.entry_s:.2f} s differs by "
@@ -230,7 +239,8 @@ class FuzzyMatcher:
         return True, score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
                              f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                              f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
-                             f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB), pitch {pitch_score:.3f}, "
+                             f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB{_limited_note(detail)}), "
+                             f"pitch {pitch_score:.3f}, "
                              f"offset {verdict.offset_s:+.3f} s")
 
     def warm_up(self) -> None:
@@ -238,6 +248,15 @@ class FuzzyMatcher:
         and librosa's filters (0.8 s on this kind of machine), which the first request after
         start would otherwise pay."""
         self.features(np.random.default_rng(0).normal(0.0, 0.1, 16000).astype(np.float32))
+
+
+def _limited_note(detail: DetailVerdict) -> str:
+    """The evidence's word on a level-compressed pair (a limiter on one side), judged differently."""
+    if not detail.limited:
+        return ""
+    return (f"; levels compressed by {abs(detail.compression_db):.1f} dB on the "
+            f"{'query' if detail.compression_db > 0 else 'entry'}'s side (a limiter): "
+            f"compared within {LIMITED_RANGE_DB:.0f} dB of each frame's peak")
 
 
 # The ~0.25 s stretch score enters the reported score rescaled so that its default threshold

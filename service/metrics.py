@@ -47,6 +47,11 @@ class Metrics:
         self.fuzzy_candidates = Counter("earmark_fuzzy_candidates_total", "Fuzzy candidates examined.", registry=r)
         self.fuzzy_accepted = Counter("earmark_fuzzy_accepted_total", "Fuzzy candidates accepted after verification.", registry=r)
         self.fuzzy_rejected = Counter("earmark_fuzzy_rejected_total", "Fuzzy candidates rejected, by reason.", ["reason"], registry=r)
+        self.fuzzy_level_compressed = Counter(
+            "earmark_fuzzy_level_compressed_total",
+            "Fuzzy candidates the detail check judged as level-compressed (a limiter or compressor on one side), by outcome.",
+            ["accepted"], registry=r,
+        )
         self.store_info = StoreInfoCollector()
         r.register(self.store_info)
         self.breaker_trips = Counter(

@@ -103,3 +103,43 @@ def test_room_tone_trimmed_off_a_real_recording_is_a_copy_but_a_cut_first_word_i
         copy = encode(roomy[int(cut_s * rate):], rate, fmt="wav", codec="pcm_s16le")
         accepted, score, reason = _judge(matcher, original, _features(matcher, copy))
         assert accepted == same, f"cut {cut_s} s: {reason}"
+
+
+def _through_a_limiter(samples: np.ndarray, gain_db: float = 6.0, knee: float = 0.5) -> np.ndarray:
+    """`gain_db` louder through a per-sample soft limiter (as sox's `gain -l`): linear up to
+    `knee` of full scale, then bent smoothly under it, so the loud syllables are held down and
+    their spectra filled in."""
+    x = samples.astype(np.float64) / 32768 * 10 ** (gain_db / 20)
+    over = np.abs(x) > knee
+    bent = np.sign(x) * (knee + (1 - knee) * np.tanh((np.abs(x) - knee) / (1 - knee)))
+    return np.round(np.where(over, bent, x) * 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("pair", ["name_changed_011"])
+def test_a_limiter_on_one_side_is_a_copy_but_does_not_hide_a_changed_word(matcher, pair):
+    """A prompt made louder through a limiter before it reaches the cache: the same prompt is
+    a copy whichever side went through it, and a minimal pair stays refused (the limiter fills
+    the valleys where Don and Dan differ, and raised the level of difference that excused them)."""
+    a, rate = read_pcm(fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
+    b, _ = read_pcm(fixture_bytes(f"minimal_pairs/{pair}_b.flac"))
+    plain_a, plain_b = (_features(matcher, encode(x, rate, fmt="wav", codec="pcm_s16le")) for x in (a, b))
+    limited_a, limited_b = (_features(matcher, encode(_through_a_limiter(x), rate, fmt="wav", codec="pcm_s16le"))
+                            for x in (a, b))
+    for query, entry in ((limited_a, plain_a), (plain_a, limited_a)):
+        accepted, score, reason = _judge(matcher, entry, query)
+        assert accepted, reason
+    for query, entry in ((limited_b, plain_a), (plain_a, limited_b), (plain_b, limited_a)):
+        accepted, score, reason = _judge(matcher, entry, query)
+        assert not accepted and score <= FuzzyThresholds().min_window_score - 0.05, reason
+
+
+def test_a_limited_copy_is_served_and_counted_as_level_compressed(client):
+    """Through the service: the limited copy of a cached prompt is a fuzzy hit, and the
+    comparison that took it is counted on /metrics."""
+    samples, rate = read_pcm(fixture_bytes("minimal_pairs/name_changed_011_a.flac"))
+    original = encode(samples, rate, fmt="wav", codec="pcm_s16le")
+    louder = encode(_through_a_limiter(samples), rate, fmt="wav", codec="pcm_s16le")
+    first = client.post("/recognize", files={"file": ("a.wav", original, "audio/wav")}).json()
+    again = client.post("/recognize", files={"file": ("louder.wav", louder, "audio/wav")}).json()
+    assert again["cache"]["tier"] == "fuzzy" and again["cache"]["entry"] == first["cache"]["entry"], again["cache"]
+    assert 'earmark_fuzzy_level_compressed_total{accepted="true"} 1.0' in client.get("/metrics").text
