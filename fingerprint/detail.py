@@ -21,8 +21,8 @@ spectrum's valleys in the loud syllables, which both bursts a copy's loudest syl
 raises the median that excuses a pair's changed one. It also compresses the level: quiet frames
 come up against the loud ones, which no codec does. When the two recordings' levels disagree
 that way, only the top 30 dB under each frame's peak are compared (where the fill does not
-reach), each speech frame's own gain is taken out (a compressor's gain moves within a
-syllable), and the burst is held to a stricter limit.
+reach), each frame's own gain is taken out (a compressor's gain moves within a syllable, and
+lifts quiet sounds out of the noise floor), and the burst is held to a stricter limit.
 
 Measured on the minimal-pair corpus (bench/README.md): re-encoded copies, telephone codecs
 included, stay under about 6 dB of excess, pairs differing in one vowel start at 7 dB.
@@ -72,9 +72,11 @@ _QUIET_DB, _MIDDLE_DB, _LOUD_DB = -30.0, -12.0, -3.0
 # A level-compressed pair of recordings is compared only this far under each frame's peak...
 LIMITED_RANGE_DB = 30.0
 # ...with the codec allowance of a clean line and the excess counted this many times: limited
-# copies stay under 2.7 dB there, limited minimal pairs start at 4.4 (threshold 3.4 dB).
+# copies stay under 2.4 dB there, limited minimal pairs start at 4.4 (threshold 3.4 dB).
 LIMITED_MEDIAN_WEIGHT = 1.0
 LIMITED_EXCESS_WEIGHT = 1.7
+# A compressor moves a frame's level by up to about its compression, plus this.
+GAIN_SLACK_DB = 6.0
 
 
 @dataclass(frozen=True)
@@ -162,15 +164,21 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     compression = _compression_db(q, r, verdict.offset_frames)
     if abs(compression) < COMPRESSION_DB:
         return replace(verdict, compression_db=round(compression, 2))
-    limited = _worst_stretch(_top_range(q), _top_range(r), offset_s, frame_gain=True)
+    # Each query frame brought to its counterpart's level before the floors are applied, and
+    # the floor raised by the compression: what the compressor lifted out of the noise stays
+    # under it on both sides.
+    levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
+    limited = _worst_stretch(levelled, _top_range(r), offset_s, frame_gain=True, floor_lift=abs(compression))
     return replace(limited, compression_db=round(compression, 2), limited=True)
 
 
-def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bool = False) -> DetailVerdict:
+def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bool = False,
+                   floor_lift: float = 0.0) -> DetailVerdict:
     """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
-    `offset_s`) that makes their median distance smallest."""
+    `offset_s`) that makes their median distance smallest; `frame_gain` and `floor_lift` (dB
+    over the common floor) for a level-compressed pair."""
     floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
-    floor = floor + FLOOR_MARGIN_DB
+    floor = floor + FLOOR_MARGIN_DB + floor_lift
     q, r = np.maximum(q, floor), np.maximum(r, floor)
     q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
@@ -219,6 +227,20 @@ def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
         return 0.0
     gain = q_level - r_level
     return float(np.median(gain[quiet]) - np.median(gain[loud]))
+
+
+def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.ndarray:
+    """Per query frame, its level over its counterpart's (the median over the bands), within
+    +-limit: the gain a compressor applied there. 0 where either frame is under LOWEST_FLOOR_DB
+    (a missing word is not levelled onto the speech it lacks) or has no counterpart."""
+    gains = np.zeros(len(q), dtype=np.float32)
+    q_index = np.arange(len(q))
+    r_index = q_index + offset
+    both = (r_index >= 0) & (r_index < len(r))
+    qs, rs = q[q_index[both]], r[r_index[both]]
+    audible = (qs.max(axis=1) > LOWEST_FLOOR_DB) & (rs.max(axis=1) > LOWEST_FLOOR_DB)
+    gains[q_index[both][audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
+    return gains
 
 
 def _frame_levels(spectrum: np.ndarray) -> np.ndarray:
