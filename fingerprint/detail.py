@@ -285,3 +285,21 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = F
     distances = np.full(q_index.size, UNMATCHED_DB, dtype=np.float32)
     distances[both] = np.abs(difference).mean(axis=1)
     return distances[sound], q_index[sound]
+
+
+def speech_durations_s(query: np.ndarray, entry: np.ndarray) -> tuple[float, float]:
+    """Each recording's speech duration, first to last frame with a band UNMATCHED_ABOVE_FLOOR_DB
+    over the pair's common floor: measured alike on both, where each recording's own speech
+    extent (fingerprint/speech.py) follows its own noise floor, which a codec's noise in a
+    quiet room tone can move by half a second."""
+    q = query.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
+    r = entry.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
+    if len(q) == 0 or len(r) == 0:
+        return 0.0, 0.0
+    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
+    threshold = floor + FLOOR_MARGIN_DB + UNMATCHED_ABOVE_FLOOR_DB
+    durations = []
+    for spectrum in (q, r):
+        speech = np.flatnonzero((spectrum > threshold).any(axis=1))
+        durations.append(0.0 if speech.size == 0 else float(speech[-1] - speech[0] + 1) * HOP / SAMPLE_RATE)
+    return durations[0], durations[1]

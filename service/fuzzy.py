@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fingerprint.config import DEFAULT, FingerprintConfig
-from fingerprint.detail import LIMITED_RANGE_DB, DetailSpectrum, DetailVerdict, compare_detail, detail_from_bytes
+from fingerprint.detail import (
+    LIMITED_RANGE_DB,
+    DetailSpectrum,
+    DetailVerdict,
+    compare_detail,
+    detail_from_bytes,
+    speech_durations_s,
+)
 from fingerprint.pitch import PitchContour, compare_pitch
 from fingerprint.embedding import embedding_from_energies
 from fingerprint.matcher import verify
@@ -60,7 +67,8 @@ class FuzzyMatch:
 # in fingerprint/matcher.py, detail.py and pitch.py, the score scales below), so that verdicts
 # remembered for bytes seen before are judged afresh. 2: the pitch check's signed 200 ms shift,
 # its ceiling, and room tone no longer counted as a missing word. 3: a level-compressed pair
-# (a limiter on one side) compared within 30 dB of each frame's peak.
+# (a limiter on one side) compared within 30 dB of each frame's peak; speech durations that
+# disagree measured again over the pair's common noise floor.
 VERIFICATION_REVISION = 3
 
 
@@ -199,8 +207,14 @@ class FuzzyMatcher:
         longer = max(entry.speech_s, features.speech_s)
         tolerance = max(limits.duration_tolerance_s, limits.duration_tolerance_ratio * longer)
         if abs(entry.speech_s - features.speech_s) > tolerance:
-            return False, 0.0, (f"duration_mismatch: speech {features.speech_s:.2f} s vs entry {entry.speech_s:.2f} s "
-                                f"(tolerance {tolerance:.2f} s)")
+            # Measured apart, each over its own noise floor; measured again over the louder of
+            # the two floors before the pair is refused.
+            stored = detail_from_bytes(entry.detail)
+            query_s, entry_s = speech_durations_s(features.detail, stored) if stored is not None else (0.0, 0.0)
+            if stored is None or abs(query_s - entry_s) > tolerance:
+                return False, 0.0, (f"duration_mismatch: speech {features.speech_s:.2f} s vs entry {entry.speech_s:.2f} s "
+                                    f"(tolerance {tolerance:.2f} s; over their common noise floor "
+                                    f"{query_s:.2f} s vs {entry_s:.2f} s)")
         if similarity < limits.min_embedding_similarity:
             return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)

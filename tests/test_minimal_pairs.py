@@ -3,6 +3,8 @@ recording, while real re-encoded copies of the same recordings still match."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,20 @@ def test_a_limited_copy_is_served_and_counted_as_level_compressed(client):
     again = client.post("/recognize", files={"file": ("louder.wav", louder, "audio/wav")}).json()
     assert again["cache"]["tier"] == "fuzzy" and again["cache"]["entry"] == first["cache"]["entry"], again["cache"]
     assert 'earmark_fuzzy_level_compressed_total{accepted="true"} 1.0' in client.get("/metrics").text
+
+
+def test_speech_durations_that_disagree_are_measured_again_over_a_common_floor(matcher):
+    """Each recording's speech duration is measured alone, over its own noise floor: a codec's
+    noise in a real recording's quiet room tone moved one by 0.44 s (pocketsphinx's 0930 through
+    GSM), past the 0.4 s tolerance. Before such a pair is refused both are measured again over
+    the louder of their floors; a recording's first 60% is still refused."""
+    data = fixture_bytes("librivox_0930.flac")
+    samples, rate = read_pcm(data)
+    original = _features(matcher, data)
+    copy = _features(matcher, encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=32_000))
+    measured_alone = replace(copy, speech_s=original.speech_s + 0.44)  # what the GSM copy measured
+    accepted, _, reason = _judge(matcher, original, measured_alone)
+    assert accepted, reason
+    prefix = _features(matcher, encode(samples[: len(samples) * 6 // 10], rate, fmt="wav", codec="pcm_s16le"))
+    accepted, _, reason = _judge(matcher, original, prefix)
+    assert not accepted and reason.startswith("duration_mismatch") and "common noise floor" in reason, reason
