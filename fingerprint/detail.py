@@ -156,8 +156,7 @@ def detail_from_bytes(raw: bytes) -> np.ndarray | None:
 
 def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:
     """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s)."""
-    q = query.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
-    r = entry.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
+    q, r = _decibels(query), _decibels(entry)
     if len(q) == 0 or len(r) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
     verdict = _worst_stretch(q, r, offset_s)
@@ -170,6 +169,11 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
     limited = _worst_stretch(levelled, _top_range(r), offset_s, frame_gain=True, floor_lift=abs(compression))
     return replace(limited, compression_db=round(compression, 2), limited=True)
+
+
+def _decibels(codes: np.ndarray) -> np.ndarray:
+    """A stored detail spectrum's levels in dB relative to its loud frames."""
+    return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
 
 
 def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bool = False,
@@ -292,8 +296,7 @@ def speech_durations_s(query: np.ndarray, entry: np.ndarray) -> tuple[float, flo
     over the pair's common floor: measured alike on both, where each recording's own speech
     extent (fingerprint/speech.py) follows its own noise floor, which a codec's noise in a
     quiet room tone can move by half a second."""
-    q = query.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
-    r = entry.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
+    q, r = _decibels(query), _decibels(entry)
     if len(q) == 0 or len(r) == 0:
         return 0.0, 0.0
     floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)

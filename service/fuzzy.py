@@ -210,11 +210,12 @@ class FuzzyMatcher:
             # Measured apart, each over its own noise floor; measured again over the louder of
             # the two floors before the pair is refused.
             stored = detail_from_bytes(entry.detail)
-            query_s, entry_s = speech_durations_s(features.detail, stored) if stored is not None else (0.0, 0.0)
-            if stored is None or abs(query_s - entry_s) > tolerance:
+            remeasured = speech_durations_s(features.detail, stored) if stored is not None and len(stored) else None
+            if remeasured is None or abs(remeasured[0] - remeasured[1]) > tolerance:
+                again = "" if remeasured is None else (f"; over their common noise floor {remeasured[0]:.2f} s "
+                                                       f"vs {remeasured[1]:.2f} s")
                 return False, 0.0, (f"duration_mismatch: speech {features.speech_s:.2f} s vs entry {entry.speech_s:.2f} s "
-                                    f"(tolerance {tolerance:.2f} s; over their common noise floor "
-                                    f"{query_s:.2f} s vs {entry_s:.2f} s)")
+                                    f"(tolerance {tolerance:.2f} s{again})")
         if similarity < limits.min_embedding_similarity:
             return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
@@ -269,7 +270,7 @@ def _limited_note(detail: DetailVerdict) -> str:
     if not detail.limited:
         return ""
     return (f"; levels compressed by {abs(detail.compression_db):.1f} dB on the "
-            f"{'query' if detail.compression_db > 0 else 'entry'}'s side (a limiter): "
+            f"{'query' if detail.compression_db > 0 else 'entry'}'s side (a limiter or compressor): "
             f"compared within {LIMITED_RANGE_DB:.0f} dB of each frame's peak")
 
 
