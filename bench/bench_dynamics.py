@@ -46,7 +46,7 @@ EVERY = 3  # one pair in three: 134 of the 400
 PROFILE_ID = "bench-dynamics"
 
 
-def _process(job: tuple[str, str, str]) -> str:
+def process_chain(job: tuple[str, str, str]) -> str:
     """Run one chain on one file unless its output exists; returns the output path."""
     chain, source, target = job
     if not Path(target).exists():
@@ -69,7 +69,7 @@ def run(corpus: Path, work: Path, jobs: int) -> list[dict]:
         extension = "mp3" if chain.endswith("_mp3") else "wav"
         targets.append((chain, str(corpus / pair[f"path_{side}"]), str(work / chain / side / f"{pair['id']}.{extension}")))
     with ProcessPoolExecutor(jobs) as pool:
-        paths = list(pool.map(_process, targets, chunksize=8))
+        paths = list(pool.map(process_chain, targets, chunksize=8))
     originals = [str(corpus / pair["path_a"]) for pair in pairs]
     features = cached_map(_features, originals + paths, jobs, work / "features.pkl", "dynamics")
     matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)

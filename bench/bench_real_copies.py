@@ -8,7 +8,9 @@ make_corpus's own commands (MP3, AAC, Opus, telephone codecs, the limiter, noise
 with digital silence. Every copy is judged against its original as a cached entry, with the
 service's own `FuzzyMatcher.judge` (default thresholds) through `earmark tune`'s Scorer.
 Cutting the first 0.2 s is judged too, apart: it reaches into the speech of most of these
-recordings, so refusing it is the minimal-pair rule, not a miss.
+recordings, so refusing it is the minimal-pair rule, not a miss. So are copies through
+bench_dynamics.py's eight dynamics chains (limiters, clipping, a compressor, normalisers;
+`dyn:` rows), which the limited judgement of the detail check was checked on.
 
     apt-get install pocketsphinx-testdata ffmpeg sox
     .venv/bin/python bench/bench_real_copies.py [--out bench/out/real_copies.json]
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_corpus as mc  # noqa: E402
+from bench_dynamics import CHAINS, process_chain  # noqa: E402
 from bench_engines import load_pcm, recordings  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
@@ -45,6 +48,7 @@ PADDED = {
     "pad_1_mp3": (("pad", "1", "1"), "mp3_32k"),
 }
 CUT = ("cut_start_0_2", ("trim", "0.2"))
+DYNAMICS = "dyn:"  # the prefix of the dynamics chains' rows
 
 
 def build_copies(work: Path, names: list[str]) -> dict[tuple[str, str], Path]:
@@ -70,6 +74,10 @@ def build_copies(work: Path, names: list[str]) -> dict[tuple[str, str], Path]:
             raise RuntimeError(f"{rel}: {result['error']}")
         if transform is not None:
             built[(name, transform)] = work / rel
+    for name in names:
+        for chain in CHAINS:
+            target = work / "dynamics" / chain / f"{name}.{'mp3' if chain.endswith('_mp3') else 'wav'}"
+            built[(name, f"{DYNAMICS}{chain}")] = Path(process_chain((chain, str(work / "orig" / f"{name}.wav"), str(target))))
     return built
 
 
@@ -100,8 +108,10 @@ def report(rows: list[dict]) -> dict:
                 refusals[row["reason"].split(":")[0]] += 1
         summary[transform] = {"count": len(members), "accepted": sum(r["accepted"] for r in members),
                               "lowest_score": min(r["score"] for r in members), "refused_by": dict(refusals)}
-    copies = [r for r in rows if r["transform"] != CUT[0]]
+    copies = [r for r in rows if r["transform"] != CUT[0] and not r["transform"].startswith(DYNAMICS)]
     summary["all copies"] = {"count": len(copies), "accepted": sum(r["accepted"] for r in copies)}
+    dynamics = [r for r in rows if r["transform"].startswith(DYNAMICS)]
+    summary["dynamics copies"] = {"count": len(dynamics), "accepted": sum(r["accepted"] for r in dynamics)}
     return summary
 
 
@@ -122,12 +132,14 @@ def main() -> None:
     print("| copy | accepted | lowest score | refused by |")
     print("|---|---|---|---|")
     for transform, g in summary.items():
-        if transform == "all copies":
+        if transform in ("all copies", "dynamics copies"):
             continue
         refused = ", ".join(f"{reason} {n}" for reason, n in g["refused_by"].items()) or "-"
         print(f"| {transform} | {g['accepted']} of {g['count']} | {g['lowest_score']:.3f} | {refused} |")
     total = summary["all copies"]
-    print(f"\ncopies accepted: {total['accepted']} of {total['count']} (the {CUT[0]} row is not a copy)")
+    dynamics = summary["dynamics copies"]
+    print(f"\ncopies accepted: {total['accepted']} of {total['count']} (the {CUT[0]} row is not a copy, the "
+          f"{DYNAMICS} rows are apart: {dynamics['accepted']} of {dynamics['count']})")
     for row in rows:
         if not row["accepted"] and row["transform"] != CUT[0]:
             print(f"  {row['transform']} {row['recording']}: {row['reason'][:150]}")
