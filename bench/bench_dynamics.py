@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_accuracy import cached_map  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
-from index.entry import Entry  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
 from service.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.tune import Scorer  # noqa: E402
 
 # ffmpeg arguments of each processor; the output is 16 kHz WAV (MP3 where the name says so).
 CHAINS = {
@@ -43,7 +43,11 @@ CHAINS = {
     "loudnorm": ("-af", "loudnorm=I=-14:TP=-1"),
 }
 EVERY = 3  # one pair in three: 134 of the 400
-PROFILE_ID = "bench-dynamics"
+
+
+def output_name(chain: str, stem: str) -> str:
+    """The file name of `stem` through `chain`: MP3 where the chain ends in one, else WAV."""
+    return f"{stem}.{'mp3' if chain.endswith('_mp3') else 'wav'}"
 
 
 def process_chain(job: tuple[str, str, str]) -> str:
@@ -66,23 +70,17 @@ def run(corpus: Path, work: Path, jobs: int) -> list[dict]:
     items = [(chain, side, pair) for chain in CHAINS for side in "ab" for pair in pairs]
     targets = []
     for chain, side, pair in items:
-        extension = "mp3" if chain.endswith("_mp3") else "wav"
-        targets.append((chain, str(corpus / pair[f"path_{side}"]), str(work / chain / side / f"{pair['id']}.{extension}")))
+        targets.append((chain, str(corpus / pair[f"path_{side}"]), str(work / chain / side / output_name(chain, pair["id"]))))
     with ProcessPoolExecutor(jobs) as pool:
         paths = list(pool.map(process_chain, targets, chunksize=8))
     originals = [str(corpus / pair["path_a"]) for pair in pairs]
     features = cached_map(_features, originals + paths, jobs, work / "features.pkl", "dynamics")
-    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
-    entries = {}
+    scorer = Scorer(FuzzyThresholds())
     for pair, feats in zip(pairs, features[: len(pairs)], strict=True):
-        entry = Entry(entry_id=pair["id"], profile_id=PROFILE_ID, pcm_digest=pair["id"], text=pair["text_a"],
-                      normalized_text=pair["text_a"], language=pair["lang"], duration_s=0.0,
-                      speech_s=feats.speech_s, engine_seconds=1.0)
-        entries[pair["id"]] = (matcher.attach(entry, feats), feats)
+        scorer.original_features(pair["id"], feats)
     rows = []
     for (chain, side, pair), feats in zip(items, features[len(pairs):], strict=True):
-        entry, source = entries[pair["id"]]
-        accepted, score, reason = matcher.judge(feats, PROFILE_ID, float(feats.embedding @ source.embedding), entry)
+        accepted, score, reason = scorer.judge(feats, pair["id"])
         rows.append({"chain": chain, "copy": side == "a", "id": pair["id"], "kind": pair["kind"],
                      "accepted": accepted, "score": score, "reason": reason})
     return rows

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_corpus as mc  # noqa: E402
-from bench_dynamics import CHAINS, process_chain  # noqa: E402
+from bench_dynamics import CHAINS, output_name, process_chain  # noqa: E402
 from bench_engines import load_pcm, recordings  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
@@ -76,7 +76,7 @@ def build_copies(work: Path, names: list[str]) -> dict[tuple[str, str], Path]:
             built[(name, transform)] = work / rel
     for name in names:
         for chain in CHAINS:
-            target = work / "dynamics" / chain / f"{name}.{'mp3' if chain.endswith('_mp3') else 'wav'}"
+            target = work / "dynamics" / chain / output_name(chain, name)
             built[(name, f"{DYNAMICS}{chain}")] = Path(process_chain((chain, str(work / "orig" / f"{name}.wav"), str(target))))
     return built
 

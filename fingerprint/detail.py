@@ -167,7 +167,7 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     # the floor raised by the compression: what the compressor lifted out of the noise stays
     # under it on both sides.
     levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
-    limited = _worst_stretch(levelled, _top_range(r), offset_s, frame_gain=True, floor_lift=abs(compression))
+    limited = _worst_stretch(levelled, _top_range(r), offset_s, compression_db=abs(compression))
     return replace(limited, compression_db=round(compression, 2), limited=True)
 
 
@@ -176,18 +176,17 @@ def _decibels(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
 
 
-def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bool = False,
-                   floor_lift: float = 0.0) -> DetailVerdict:
+def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db: float = 0.0) -> DetailVerdict:
     """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
-    `offset_s`) that makes their median distance smallest; `frame_gain` and `floor_lift` (dB
-    over the common floor) for a level-compressed pair."""
-    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
-    floor = floor + FLOOR_MARGIN_DB + floor_lift
+    `offset_s`) that makes their median distance smallest. For a level-compressed pair
+    (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
+    taken out (`_aligned_distances`)."""
+    floor = _common_floor(q, r) + compression_db
     q, r = np.maximum(q, floor), np.maximum(r, floor)
     q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
-    q_speech = (q > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1)
-    r_speech = (r > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1)
+    q_speech, r_speech = _speech_frames(q, floor), _speech_frames(r, floor)
+    frame_gain = compression_db > 0
     center = int(round(offset_s * SAMPLE_RATE / HOP))
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
@@ -215,14 +214,31 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, frame_gain: bo
     )
 
 
+def _common_floor(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per band, the louder of the two recordings' noise floors (10th percentile over time, never
+    under LOWEST_FLOOR_DB), plus FLOOR_MARGIN_DB: only what rises above it is compared."""
+    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
+    return floor + FLOOR_MARGIN_DB
+
+
+def _speech_frames(spectrum: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Frames with a band UNMATCHED_ABOVE_FLOOR_DB over `floor`: speech, not room tone."""
+    return np.asarray((spectrum > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1))
+
+
+def _overlap(q: np.ndarray, r: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The query frames that have a counterpart at `offset` (query k ~ entry k + offset), and
+    those counterparts' indices."""
+    q_index = np.arange(max(0, -offset), max(0, min(len(q), len(r) - offset)))
+    return q_index, q_index + offset
+
+
 def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
     """How much more the query's quiet speech frames (12 to 30 dB under the loud ones) gained
     against the entry than its loud frames did: positive when the query went through a limiter
     or compressor, negative when the entry did, near 0 for any codec."""
-    q_index = np.arange(len(q))
-    r_index = q_index + offset
-    both = (r_index >= 0) & (r_index < len(r))
-    q_level, r_level = _frame_levels(q[q_index[both]]), _frame_levels(r[r_index[both]])
+    q_index, r_index = _overlap(q, r, offset)
+    q_level, r_level = _frame_levels(q[q_index]), _frame_levels(r[r_index])
     mean = (q_level + r_level) / 2
     relative = mean - np.percentile(mean, 98) if mean.size else mean
     loud = relative > _LOUD_DB
@@ -238,12 +254,10 @@ def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.
     +-limit: the gain a compressor applied there. 0 where either frame is under LOWEST_FLOOR_DB
     (a missing word is not levelled onto the speech it lacks) or has no counterpart."""
     gains = np.zeros(len(q), dtype=np.float32)
-    q_index = np.arange(len(q))
-    r_index = q_index + offset
-    both = (r_index >= 0) & (r_index < len(r))
-    qs, rs = q[q_index[both]], r[r_index[both]]
+    q_index, r_index = _overlap(q, r, offset)
+    qs, rs = q[q_index], r[r_index]
     audible = (qs.max(axis=1) > LOWEST_FLOOR_DB) & (rs.max(axis=1) > LOWEST_FLOOR_DB)
-    gains[q_index[both][audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
+    gains[q_index[audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
     return gains
 
 
@@ -299,10 +313,9 @@ def speech_durations_s(query: np.ndarray, entry: np.ndarray) -> tuple[float, flo
     q, r = _decibels(query), _decibels(entry)
     if len(q) == 0 or len(r) == 0:
         return 0.0, 0.0
-    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
-    threshold = floor + FLOOR_MARGIN_DB + UNMATCHED_ABOVE_FLOOR_DB
+    floor = _common_floor(q, r)
     durations = []
     for spectrum in (q, r):
-        speech = np.flatnonzero((spectrum > threshold).any(axis=1))
+        speech = np.flatnonzero(_speech_frames(spectrum, floor))
         durations.append(0.0 if speech.size == 0 else float(speech[-1] - speech[0] + 1) * HOP / SAMPLE_RATE)
     return durations[0], durations[1]

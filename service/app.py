@@ -84,9 +84,9 @@ class Services:
     replica: IndexReplica
     upload_limits: UploadLimits
     upload_gate: UploadGate
+    audits: AuditCache
     api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
     events: EventLog | None = None
-    audits: AuditCache | None = None
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
@@ -137,7 +137,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
-                                      api_keys, events, AuditCache(settings.audit_cache_s, metrics.audit_reports))
+                                      AuditCache(settings.audit_cache_s, metrics.audit_reports), api_keys, events)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
         replica.start()
@@ -307,8 +307,7 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     )
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
-    if services.audits is not None:
-        services.audits.forget()
+    services.audits.forget()
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
 
 
@@ -325,7 +324,7 @@ async def _audit(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
     options = audit_options(request.query_params, services.settings.review_margin)
     services.metrics.audits.inc()
-    assert services.events is not None and services.audits is not None
+    assert services.events is not None
     source = f"GET /audit on {request.url.netloc}"
     report = await _store_call(services.audits.get(
         (source, options), lambda: collect_audit(services.store, services.events, services.settings.fuzzy, options,

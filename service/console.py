@@ -139,8 +139,7 @@ async def delete_entry(request: Request) -> Response:
         return _store_down(request, "delete")
     if not deleted:
         return _not_found(request, entry_id)
-    if services.audits is not None:
-        services.audits.forget()
+    services.audits.forget()
     services.metrics.console_pages.labels(page="delete").inc()
     return RedirectResponse(f"/console/history?deleted={entry_id}", status_code=303)
 

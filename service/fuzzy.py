@@ -53,6 +53,18 @@ class QueryFeatures:
     pitch: np.ndarray  # uint8 per 10 ms frame: fingerprint/pitch.py
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """One candidate's verdict, and what /lookup's evidence and the metrics add to it."""
+
+    accepted: bool
+    score: float
+    reason: str
+    # (query time, score) of every ~1 s stretch; empty when rejected before the hashes were compared
+    stretches: tuple[tuple[float, float], ...] = ()
+    level_compressed: bool = False  # the detail check judged a limiter or compressor on one side
+
+
 @dataclass
 class FuzzyMatch:
     """The accepted entry (or None) and every candidate's evidence."""
@@ -146,10 +158,11 @@ class FuzzyMatcher:
         self.metrics.lookup_seconds.labels(stage="verify").observe(time.perf_counter() - started)
         best: tuple[float, Entry] | None = None
         candidates = []
-        for (entry_id, similarity), entry, (accepted, score, reason, stretches, compressed) in zip(
-                found, entries, judged, strict=True):
+        for (entry_id, similarity), entry, judgement in zip(found, entries, judged, strict=True):
+            accepted, score, reason, stretches = (judgement.accepted, judgement.score, judgement.reason,
+                                                  judgement.stretches)
             self.metrics.fuzzy_candidates.inc()
-            if compressed:
+            if judgement.level_compressed:
                 self.metrics.fuzzy_level_compressed.labels(accepted=str(accepted).lower()).inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
@@ -168,7 +181,7 @@ class FuzzyMatcher:
             return FuzzyMatch(None, None, candidates)
         return FuzzyMatch(best[1], best[0], candidates)
 
-    def _evaluate_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[tuple]:
+    def _evaluate_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[Judgement]:
         return [self.evaluate(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries, strict=True)]
 
     def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
@@ -176,87 +189,81 @@ class FuzzyMatcher:
         the benchmarks call this too): the score is the worst of the ~1 s window, the rescaled
         ~0.25 s window, the detail and the pitch scores, and the reason names the check, and
         the stretch, that decided."""
-        return self._decide(features, profile_id, similarity, entry, [])
+        judgement = self.evaluate(features, profile_id, similarity, entry)
+        return judgement.accepted, judgement.score, judgement.reason
 
-    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float,
-                 entry: Entry | None) -> tuple[bool, float, str, tuple[tuple[float, float], ...], bool]:
-        """`judge`'s verdict plus the per-stretch score curve ((query time, score) of every ~1 s
-        stretch; empty when the candidate was rejected before the hashes were compared), the
-        evidence /lookup lists for each candidate, and whether the detail check judged the pair
-        as level-compressed (a limiter or compressor on one side)."""
-        compared: list = []
-        accepted, score, reason = self._decide(features, profile_id, similarity, entry, compared)
-        stretches = compared[0].stretches if compared else ()
-        return accepted, score, reason, stretches, len(compared) > 1 and compared[1].limited
-
-    def _decide(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None,
-                compared: list) -> tuple[bool, float, str]:
-        """The checks in order; appends the hash comparison to `compared` once it has run, then
-        the detail comparison."""
+    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> Judgement:
+        """`judge`'s verdict with what /lookup's evidence and the metrics add to it: the checks in
+        order."""
         limits = self.thresholds
         if entry is None:
-            return False, 0.0, "gone: the entry expired, was evicted or deleted"
+            return Judgement(False, 0.0, "gone: the entry expired, was evicted or deleted")
         if entry.fingerprint_version != self.config.version or not entry.fingerprint:
-            return False, 0.0, f"fingerprint_version: entry has {entry.fingerprint_version or 'none'}"
+            return Judgement(False, 0.0, f"fingerprint_version: entry has {entry.fingerprint_version or 'none'}")
         if entry.profile_id != profile_id:
-            return False, 0.0, "profile_mismatch: the entry belongs to another profile"
+            return Judgement(False, 0.0, "profile_mismatch: the entry belongs to another profile")
         if entry.negative:
-            return False, 0.0, "negative_entry: no-speech entries are never fuzzy-matched"
+            return Judgement(False, 0.0, "negative_entry: no-speech entries are never fuzzy-matched")
         if entry.speech_s < limits.min_speech_s:
-            return False, 0.0, f"too_short: entry has {entry.speech_s:.2f} s of speech"
+            return Judgement(False, 0.0, f"too_short: entry has {entry.speech_s:.2f} s of speech")
+        entry_detail = detail_from_bytes(entry.detail)
+        usable_detail = entry_detail is not None and len(entry_detail) > 0
         longer = max(entry.speech_s, features.speech_s)
         tolerance = max(limits.duration_tolerance_s, limits.duration_tolerance_ratio * longer)
         if abs(entry.speech_s - features.speech_s) > tolerance:
             # Measured apart, each over its own noise floor; measured again over the louder of
             # the two floors before the pair is refused.
-            stored = detail_from_bytes(entry.detail)
-            remeasured = speech_durations_s(features.detail, stored) if stored is not None and len(stored) else None
+            remeasured = speech_durations_s(features.detail, entry_detail) if usable_detail else None
             if remeasured is None or abs(remeasured[0] - remeasured[1]) > tolerance:
                 again = "" if remeasured is None else (f"; over their common noise floor {remeasured[0]:.2f} s "
                                                        f"vs {remeasured[1]:.2f} s")
-                return False, 0.0, (f"duration_mismatch: speech {features.speech_s:.2f} s vs entry {entry.speech_s:.2f} s "
-                                    f"(tolerance {tolerance:.2f} s{again})")
+                return Judgement(False, 0.0, f"duration_mismatch: speech {features.speech_s:.2f} s vs entry "
+                                             f"{entry.speech_s:.2f} s (tolerance {tolerance:.2f} s{again})")
         if similarity < limits.min_embedding_similarity:
-            return False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}"
+            return Judgement(False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}")
         reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
         verdict = verify(features.hash, reference, self.config)
-        compared.append(verdict)
         if verdict.windows == 0:
-            return False, 0.0, "no_comparable_stretch"
-        entry_detail = detail_from_bytes(entry.detail)
-        if entry_detail is None or not len(entry_detail) or not entry.pitch:
-            return False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour"
+            return Judgement(False, 0.0, "no_comparable_stretch", verdict.stretches)
+        if not usable_detail or not entry.pitch:
+            return Judgement(False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour",
+                             verdict.stretches)
+        assert entry_detail is not None
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
-        compared.append(detail)
         detail_score = detail_score_of(detail.excess_db)
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
         score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
+        accepted, reason = self._verdict(verdict, detail, detail_score, pitch, pitch_score)
+        return Judgement(accepted, score, reason, verdict.stretches, detail.limited)
+
+    def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, pitch, pitch_score: float) -> tuple[bool, str]:
+        """(accepted, reason) from the compared hashes, detail and pitch, each against its threshold."""
+        limits = self.thresholds
         if verdict.worst_score < limits.min_window_score:
-            return False, score, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
-                                  f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
-                                  f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
+            return False, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
+                           f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
+                           f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
         if verdict.worst_short_score < limits.min_short_window_score:
-            return False, score, (f"short_window_below_threshold: worst 0.25 s stretch "
-                                  f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
-                                  f"at query {verdict.worst_short_at_s:.2f} s / entry "
-                                  f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
+            return False, (f"short_window_below_threshold: worst 0.25 s stretch "
+                           f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
+                           f"at query {verdict.worst_short_at_s:.2f} s / entry "
+                           f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
         if detail_score < limits.min_detail_score:
-            return False, score, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
-                                  f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
-                                  f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)"
-                                  f"{_limited_note(detail)}")
+            return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
+                           f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
+                           f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)"
+                           f"{_limited_note(detail)}")
         if pitch_score < limits.min_pitch_score:
-            return False, score, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
-                                  f"200 ms from query {pitch.query_s:.2f} s / entry {pitch.entry_s:.2f} s differs by "
-                                  f"{pitch.burst_semitones:.1f} semitones (a different tone or intonation)")
-        return True, score, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
-                             f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
-                             f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
-                             f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB{_limited_note(detail)}), "
-                             f"pitch {pitch_score:.3f}, "
-                             f"offset {verdict.offset_s:+.3f} s")
+            return False, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
+                           f"200 ms from query {pitch.query_s:.2f} s / entry {pitch.entry_s:.2f} s differs by "
+                           f"{pitch.burst_semitones:.1f} semitones (a different tone or intonation)")
+        return True, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
+                      f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
+                      f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
+                      f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB{_limited_note(detail)}), "
+                      f"pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
 
     def warm_up(self) -> None:
         """Compute the features of a second of noise once: the first call imports scipy.signal

@@ -208,18 +208,24 @@ class Scorer:
 
     def original(self, label: str, pcm: np.ndarray) -> None:
         """Fingerprint an original as the service stores it."""
-        features = self.matcher.features(pcm)
+        self.original_features(label, self.matcher.features(pcm), len(pcm) / SAMPLE_RATE)
+
+    def original_features(self, label: str, features: QueryFeatures, duration_s: float = 0.0) -> None:
+        """Store an original from features already computed (a benchmark's cache)."""
         entry = Entry(entry_id=label, profile_id="tune", pcm_digest=label, text="", normalized_text="", language="",
-                      duration_s=len(pcm) / SAMPLE_RATE, speech_s=features.speech_s, engine_seconds=0.0)
+                      duration_s=duration_s, speech_s=features.speech_s, engine_seconds=0.0)
         self._entries[label] = (self.matcher.attach(entry, features), features)
 
     def score(self, query_label: str, query_pcm: np.ndarray, original: str, kind: str, positive: bool) -> Pair:
         """Judge one query against one original."""
-        entry, original_features = self._entries[original]
-        features = self.matcher.features(query_pcm)
-        similarity = float(np.dot(features.embedding, original_features.embedding))
-        accepted, score, reason = self.matcher.judge(features, "tune", similarity, entry)
+        accepted, score, reason = self.judge(self.matcher.features(query_pcm), original)
         return Pair(query_label, original, kind, positive, score, accepted, reason)
+
+    def judge(self, features: QueryFeatures, original: str) -> tuple[bool, float, str]:
+        """The service's (accepted, score, reason) for a query's features against one original."""
+        entry, original_features = self._entries[original]
+        similarity = float(np.dot(features.embedding, original_features.embedding))
+        return self.matcher.judge(features, "tune", similarity, entry)
 
 
 def directory_pairs(directory: Path, scorer: Scorer, others_per_file: int = 8) -> Iterator[Pair]:
