@@ -39,9 +39,9 @@ from index.keys import Keys  # noqa: E402
 from index.store import Store  # noqa: E402
 from index.vectors import VectorIndex  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
-from service.profile import Profile  # noqa: E402
+from service.pipeline.profile import Profile  # noqa: E402
 
 PROFILE = Profile(engine="bench", model="corpus-text", revision="1", language="auto", use_itn=False)
 

@@ -35,11 +35,11 @@ from index.entry import Entry, make_entry_id  # noqa: E402
 from index.keys import Keys  # noqa: E402
 from index.store import Store  # noqa: E402
 from index.vectors import VectorIndex  # noqa: E402
-from service.audit import AuditOptions, collect_audit  # noqa: E402
-from service.audit_report import write_audit  # noqa: E402
+from service.ops.audit import AuditOptions, collect_audit  # noqa: E402
+from service.ops.audit_report import write_audit  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.events import EventLog, RecognitionEvent  # noqa: E402
-from service.fuzzy import FuzzyMatcher  # noqa: E402
+from service.pipeline.events import EventLog, RecognitionEvent  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 
 CORPUS = Path(__file__).parent / "data" / "corpus"

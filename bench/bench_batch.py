@@ -98,7 +98,7 @@ def run_earmark(files, engine, store_url: str, data_dir: Path) -> tuple[dict[Pat
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
     from service.config import Settings
 
     spent, tiers = {}, {}

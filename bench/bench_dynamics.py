@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_accuracy import cached_map  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
-from service.tune import Scorer  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.ops.tune import Scorer  # noqa: E402
 
 # ffmpeg arguments of each processor; the output is 16 kHz WAV (MP3 where the name says so).
 CHAINS = {

@@ -48,7 +48,7 @@ sys.path.insert(0, sys.argv[2])
 from fingerprint.canonical import PcmDigest
 from fingerprint.decode import open_audio
 from service.config import FuzzyThresholds
-from service.fuzzy import FuzzyMatcher
+from service.pipeline.fuzzy import FuzzyMatcher
 
 def vm(field):
     with open("/proc/self/status") as status:

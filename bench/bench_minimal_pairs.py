@@ -34,7 +34,7 @@ from fingerprint.matcher import verify  # noqa: E402
 from fingerprint.pitch import compare_pitch  # noqa: E402
 from index.entry import Entry  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.fuzzy import FuzzyMatcher, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
 
 PROFILE_ID = "bench-minimal-pairs"
 

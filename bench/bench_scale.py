@@ -80,9 +80,9 @@ from index.replica import IndexReplica  # noqa: E402
 from index.store import Store  # noqa: E402
 from index.vectors import AUTO_HNSW_FROM, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorIndex  # noqa: E402
 from service.config import FuzzyThresholds, Settings  # noqa: E402
-from service.fuzzy import FuzzyMatcher  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
-from service.profile import Profile  # noqa: E402
+from service.pipeline.profile import Profile  # noqa: E402
 
 PROFILE = Profile(engine="pocketsphinx", model="en-us", revision="bench", language="en", use_itn=False)
 PROFILE_ID = PROFILE.digest  # computed once: the property hashes the profile's JSON each time

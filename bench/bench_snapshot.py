@@ -60,7 +60,7 @@ from fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
 from index.embedded import EmbeddedServer  # noqa: E402
 from index.keys import Keys  # noqa: E402
 from index.vectors import VectorIndex  # noqa: E402
-from service.app import _snapshot_dir  # noqa: E402
+from service.api.app import _snapshot_dir  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.engines.base import RecognitionOptions  # noqa: E402
 

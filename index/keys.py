@@ -60,7 +60,7 @@ class Keys:
 
     def query_print(self, profile_id: str, bytes_digest: str) -> str:
         """A fuzzy hit's query fingerprint (never its audio), kept while its entry lives so an
-        audit can redraw the match stretch by stretch (service/events.py)."""
+        audit can redraw the match stretch by stretch (service/pipeline/events.py)."""
         return f"{self.prefix}qprint:{profile_id}:{bytes_digest}"
 
     def events(self) -> str:

@@ -155,7 +155,7 @@ class Store:
             raise StoreRefused(str(exc)) from exc
 
     async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a client operation of a module with keys of its own (service/events.py) behind
+        """Run a client operation of a module with keys of its own (service/pipeline/events.py) behind
         the breaker: `StoreUnavailable` during an outage, like every other store call."""
         return await self._call(operation)
 

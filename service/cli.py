@@ -68,7 +68,7 @@ def serve(config_file: str | None, **options) -> None:
     _configure_logging(settings.log_level)
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     engine = _check_startable(settings)
     settings, server = _with_store(settings)
@@ -138,7 +138,7 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
 def batch(source: Path, out: Path, url: str | None, concurrency: int, retry_failed: bool, language: str | None,
           api_key: str | None, config_file: str | None, **options) -> None:
     """Recognize every file of SOURCE (a directory, or a text file listing paths) into --out."""
-    from service.batch import list_inputs, run_batch
+    from service.ops.batch import list_inputs, run_batch
 
     paths = list_inputs(source)
     fields = {"language": language} if language else {}
@@ -181,8 +181,8 @@ def tune(source: Path, out: Path, target_far: float, margin: float, others: int,
     """Choose the fuzzy tier's thresholds on your own audio (a directory, or a CSV of
     query,original pairs) and write a report and a --config file."""
     from service.config import FuzzyThresholds
-    from service.tune import Scorer, TuneResult, choose_threshold, csv_pairs, directory_pairs, thresholds_toml
-    from service.tune_report import render_report
+    from service.ops.tune import Scorer, TuneResult, choose_threshold, csv_pairs, directory_pairs, thresholds_toml
+    from service.ops.tune_report import render_report
 
     scorer = Scorer(FuzzyThresholds())
     try:
@@ -226,8 +226,8 @@ def audit(out: Path, url: str | None, admin_token: str | None, config_file: str 
     """Write a dedup audit of a deployment: what was reused, how close fuzzy hits came to the
     threshold, and copies stored twice (report.html, audit.json, CSV files)."""
     from index.breaker import StoreUnavailable
-    from service.audit import AuditOptions, audit_settings_store
-    from service.audit_report import write_audit
+    from service.ops.audit import AuditOptions, audit_settings_store
+    from service.ops.audit_report import write_audit
 
     if url:
         if options.get("redis_url") or options.get("data_dir"):
@@ -307,7 +307,7 @@ def _recognition_client(url: str | None, headers: dict[str, str], config_file: s
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     settings, server = _with_store(_settings(config_file, options))
     try:
@@ -337,7 +337,7 @@ def _check_startable(settings: Settings):
     if settings.engine not in ENGINE_NAMES:
         _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
     if settings.api_keys_file:
-        from service.auth import ApiKeys
+        from service.api.auth import ApiKeys
 
         try:
             ApiKeys.from_file(settings.api_keys_file)
@@ -373,8 +373,8 @@ def _with_store(settings: Settings):
 
 
 def _reload_on_signal(_signum: int, _frame) -> None:
-    """SIGHUP: read the API keys file again at the next check (service/key_reload.py)."""
-    from service.key_reload import reload_requested
+    """SIGHUP: read the API keys file again at the next check (service/api/key_reload.py)."""
+    from service.api.key_reload import reload_requested
 
     reload_requested.set()
 

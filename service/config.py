@@ -72,9 +72,9 @@ class Settings:
     funasr_model: str = ""
     device: str = "cpu"
     admin_token: str = ""
-    # How long a web console sign-in lasts (service/console_session.py), in seconds.
+    # How long a web console sign-in lasts (service/console/session.py), in seconds.
     console_session_s: float = 12 * 3600.0
-    # A file of `<key> <namespace>` lines (service/auth.py); empty: no keys, one namespace ("").
+    # A file of `<key> <namespace>` lines (service/api/auth.py); empty: no keys, one namespace ("").
     api_keys_file: str = ""
     # Seconds between checks of the keys file: a changed file is read again, without a restart.
     api_keys_check_s: float = 2.0
@@ -82,7 +82,7 @@ class Settings:
     # default, since every namespace is a time series of its own.
     metrics_namespace_labels: bool = False
     # An upstream recognition server, for the engines `openai` and `funasr-http`
-    # (service/engines/upstream.py). The model name (sent to an openai upstream; a label for a
+    # (service/engines/upstream/base.py). The model name (sent to an openai upstream; a label for a
     # funasr-http one) and the revision label are part of the profile: change one when the
     # model behind the URL changes, or its transcripts would be served for the new model's.
     upstream_url: str = ""
@@ -117,7 +117,7 @@ class Settings:
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
     lock_ttl_ms: int = 30_000
     stream_maxlen: int = 1_000_000
-    # Recognition events kept for audits (service/events.py): about 0.3 KB each, trimmed
+    # Recognition events kept for audits (service/pipeline/events.py): about 0.3 KB each, trimmed
     # approximately (XADD MAXLEN ~) so the cap costs nothing per request.
     events_maxlen: int = 100_000
     # A fuzzy hit scoring under the threshold (min_window_score) plus this is "near the
@@ -125,7 +125,7 @@ class Settings:
     # there for human review.
     review_margin: float = 0.05
     # Seconds an audit report (GET /audit, the console's audit page) is reused before it is
-    # computed again: it reads every entry and event (service/audit_cache.py). 0: every time.
+    # computed again: it reads every entry and event (service/ops/audit_cache.py). 0: every time.
     audit_cache_s: float = 30.0
     index_type: str = "auto"
     log_level: str = "info"

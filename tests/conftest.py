@@ -19,7 +19,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from index.embedded import EmbeddedServer
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from service.engines.base import Engine, Transcript
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 WAIT_S = 60.0  # generous: a busy 2-core machine
 

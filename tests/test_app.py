@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from index.keys import Keys
-from service.app import create_app
+from service.api.app import create_app
 from service.engines.base import RecognitionOptions
 from tests.audio_tools import encode, read_pcm, silence_wav, wav_with_extra_chunk
 

@@ -10,8 +10,8 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from service.app import create_app
-from service.auth import ApiKeys
+from service.api.app import create_app
+from service.api.auth import ApiKeys
 from service.config import ConfigError
 from service.engines.base import RecognitionOptions
 from tests.waiting import wait_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from index.keys import Keys
-from service.cache_control import CacheControl, parse_cache_control
+from service.api.cache_control import CacheControl, parse_cache_control
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.test_app import keys_under
 

@@ -12,11 +12,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from index.embedded import EmbeddedServer
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
-PACKAGE = Path(__file__).resolve().parent.parent / "service"
+PACKAGE = Path(__file__).resolve().parent.parent / "service" / "console"
 
 
 def post(client, data: bytes, path: str = "/recognize"):
@@ -45,7 +45,7 @@ def test_upload_page_offers_the_engines_options_and_loads_only_local_assets(clie
     for url in assets:
         if url.startswith("/console/static/"):
             assert client.get(url).status_code == 200, url
-    for static in (PACKAGE / "console_static").iterdir():
+    for static in (PACKAGE / "static").iterdir():
         text = static.read_text()
         assert "fonts.googleapis" not in text and "cdn." not in text, static
 
@@ -250,7 +250,7 @@ def test_the_sign_in_cookie_is_a_signed_session_never_the_token(settings, engine
 def test_expired_tampered_foreign_and_malformed_cookies_get_the_sign_in_form(settings, engine, recorded):
     import time
 
-    from service.console_session import issue_session
+    from service.console.session import issue_session
 
     with _admin_client(settings, engine) as client:
         post(client, recorded)

@@ -8,10 +8,10 @@ import threading
 import numpy as np
 import pytest
 
-from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
+from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import Capabilities, Engine, EngineFailure, EngineUnavailable, Transcript
 from service.metrics import Metrics
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 
 class _StuckEngine(Engine):

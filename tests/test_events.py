@@ -13,7 +13,7 @@ from fingerprint.canonical import bytes_digest
 from index.connection import open_client
 from index.keys import Keys
 from index.store import Store
-from service.events import EventLog, RecognitionEvent
+from service.pipeline.events import EventLog, RecognitionEvent
 from service.metrics import Metrics
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.test_fuzzy import post, wait_for

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 from starlette.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from tests.waiting import wait_for
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 

@@ -11,7 +11,7 @@ import pytest
 from fingerprint.decode import decode_audio
 from index.entry import Entry
 from service.config import FuzzyThresholds
-from service.fuzzy import FuzzyMatcher
+from service.pipeline.fuzzy import FuzzyMatcher
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017",

@@ -1,4 +1,4 @@
-"""service/pipeline.py (`RecognitionCache`) on real stores with the real PocketSphinx engine:
+"""service/pipeline/recognition.py (`RecognitionCache`) on real stores with the real PocketSphinx engine:
 tiers are walked in order and an answer names only an entry that exists; `lookup` writes
 nothing on any tier; a store lost while the engine runs turns the answer (and its in-process
 followers') into `bypass` with no entry; followers share one engine run; a miss the store says
@@ -24,11 +24,11 @@ from index.entry import Entry, make_entry_id
 from index.keys import Keys
 from index.store import Store
 from service.config import Settings
-from service.engine_pool import EnginePool
+from service.engines.pool import EnginePool
 from service.engines.base import Engine, RecognitionOptions
 from service.metrics import Metrics
-from service.pipeline import RecognitionCache, _pcm_digest_of
-from service.uploads import Upload
+from service.pipeline.recognition import RecognitionCache, _pcm_digest_of
+from service.api.uploads import Upload
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.gated_engine import WAIT_S, GatedEngine
 

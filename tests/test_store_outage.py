@@ -11,7 +11,7 @@ import redis
 from starlette.testclient import TestClient
 
 from index.embedded import EmbeddedServer
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import fixture_bytes
 

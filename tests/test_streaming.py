@@ -13,7 +13,7 @@ from fingerprint.config import DEFAULT
 from fingerprint.decode import decode_audio, open_audio
 from fingerprint.framing import BLOCK_FRAMES, Framer
 from service.config import FuzzyThresholds
-from service.fuzzy import FuzzyMatcher
+from service.pipeline.fuzzy import FuzzyMatcher
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 

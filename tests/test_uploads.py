@@ -13,8 +13,8 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from service.errors import ApiError
-from service.uploads import UploadLimits, read_upload
+from service.api.errors import ApiError
+from service.api.uploads import UploadLimits, read_upload
 from tests.conftest import live_server
 from tests.test_app import keys_under, post
 
@@ -239,7 +239,7 @@ def test_the_exact_tier_uses_the_digest_taken_while_the_body_arrived(client, rec
 
 
 def test_the_decode_budget_makes_requests_wait_then_refuses_with_retry_after():
-    from service.decode_budget import DecodeBudget
+    from service.pipeline.decode_budget import DecodeBudget
 
     async def scenario():
         budget = DecodeBudget(5.0, wait_s=0.2)

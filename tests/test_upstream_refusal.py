@@ -1,4 +1,4 @@
-"""How an upstream's error answer is read (service/engines/upstream_refusal.py): the reason, the
+"""How an upstream's error answer is read (service/engines/upstream/refusal.py): the reason, the
 fields it names, and whose fault it is. The end-to-end cases, against real servers, are in
 tests/test_upstream.py and tests/test_funasr_http.py."""
 
@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from service.engines.upstream_refusal import operator_hint, read_error, refusal, without_secrets
+from service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
 
 OPENAI_FIELDS = ("language", "prompt")
 

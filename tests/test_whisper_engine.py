@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from fingerprint.decode import decode_audio
-from service.app import create_app
+from service.api.app import create_app
 from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
 from service.engines.whisper_engine import BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled
 from tests.audio_tools import encode, fixture_bytes, read_pcm

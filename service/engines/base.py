@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import quoted
-from service.profile import Profile
+from service.api.errors import quoted
+from service.pipeline.profile import Profile
 
 _LANGUAGE_ALIASES = {
     "en": "en", "en-us": "en", "en_us": "en", "en-gb": "en", "english": "en",
@@ -199,7 +199,7 @@ class Engine(ABC):
 class AsyncEngine(Engine):
     """An engine that waits rather than computes (a remote recognition server): it runs as a
     coroutine on the service's event loop, not on a worker thread or process, so a hundred
-    requests in flight cost a hundred sockets, not a hundred threads (service/engine_pool.py)."""
+    requests in flight cost a hundred sockets, not a hundred threads (service/engines/pool.py)."""
 
     @abstractmethod
     async def start(self, metrics) -> None:

@@ -33,7 +33,7 @@ import unicodedata
 
 import numpy as np
 
-from service.errors import quoted
+from service.api.errors import quoted
 from service.engines.base import (
     available_cores,
     installed_version,
@@ -55,7 +55,7 @@ from service.engines.funasr_models import (
     locate_model_dir,
     paraformer_language,
 )
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 log = logging.getLogger(__name__)
 

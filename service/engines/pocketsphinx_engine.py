@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from service.engines.base import Capabilities, Engine, EngineFailure, Segment, Transcript, Word, installed_version
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 
 class PocketSphinxEngine(Engine):

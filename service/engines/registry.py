@@ -7,7 +7,7 @@ from pathlib import Path
 from service.engines.base import Engine, EngineUnavailable
 
 ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr", "openai", "funasr-http")
-# Engines that forward a miss to a recognition server (service/engines/upstream.py).
+# Engines that forward a miss to a recognition server (service/engines/upstream/base.py).
 UPSTREAM_ENGINES = ("openai", "funasr-http")
 
 
@@ -43,10 +43,10 @@ def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whi
         if upstream is None or not upstream.url:
             raise EngineUnavailable(f"engine {name!r} needs --upstream-url, the recognition server to forward misses to")
         if name == "openai":
-            from service.engines.openai_upstream import OpenAIUpstreamEngine
+            from service.engines.upstream.openai import OpenAIUpstreamEngine
 
             return OpenAIUpstreamEngine(upstream)
-        from service.engines.funasr_http import FunASRHttpEngine
+        from service.engines.upstream.funasr_http import FunASRHttpEngine
 
         return FunASRHttpEngine(upstream)
     raise EngineUnavailable(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_NAMES)}")
@@ -66,7 +66,7 @@ def engine_for(settings) -> Engine:
 
 def upstream_config(settings):
     """The upstream engines' `UpstreamConfig` from `settings`."""
-    from service.engines.upstream import UpstreamConfig
+    from service.engines.upstream.base import UpstreamConfig
 
     return UpstreamConfig(
         url=settings.upstream_url, api_key=settings.upstream_api_key, model=settings.upstream_model,

@@ -44,7 +44,7 @@ from service.engines.base import (
 from fingerprint.decode import SAMPLE_RATE
 from fingerprint.speech import FRAME as LEVEL_FRAME
 from fingerprint.speech import frame_levels_db
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 log = logging.getLogger(__name__)
 

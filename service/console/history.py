@@ -1,5 +1,5 @@
 """What the console's history and entry pages show, read from the recognition event log
-(service/events.py) and the entries it names: nothing of its own is stored.
+(service/pipeline/events.py) and the entries it names: nothing of its own is stored.
 
 Every read is bounded (the event stream is capped, and a page or a search examines at most a
 fixed number of events), so a page costs the same however long the service has run. A text
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from index.entry import Entry
 from index.store import Store
-from service.events import HIT_TIERS, RECOGNITION_ENDPOINTS, EventLog, RecognitionEvent
+from service.pipeline.events import HIT_TIERS, RECOGNITION_ENDPOINTS, EventLog, RecognitionEvent
 
 READ_BATCH = 200  # events read per round trip while paging or searching
 SEARCH_SCAN_LIMIT = 2000  # events a text search examines, newest first

@@ -8,7 +8,7 @@ server without verbose_json: setting `upstream_response_format`), and the reques
 and `prompt` when given. The model name, the operator's revision label, the language and the
 prompt are all in the profile, so a transcript is only served for the options that made it.
 Hotwords have no OpenAI field and are refused (422). The shared machinery (pooled connections,
-retries, failure statuses, health) is service/engines/upstream.py.
+retries, failure statuses, health) is service/engines/upstream/base.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.engines.base import _LANGUAGE_ALIASES, Capabilities, Segment, Transcript, Word
-from service.errors import quoted
-from service.engines.upstream import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
-from service.profile import Profile
+from service.api.errors import quoted
+from service.engines.upstream.base import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
+from service.pipeline.profile import Profile
 
 TRANSCRIPTIONS = "/audio/transcriptions"
 # OpenAI's verbose_json names the language in full ("english"); the profile uses codes.

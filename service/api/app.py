@@ -35,22 +35,22 @@ from index.keys import Keys
 from index.replica import READ_BLOCK_MS, IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
-from service.auth import ApiKeys, AuthError
-from service.cache_control import CacheControl, parse_cache_control
+from service.api.auth import ApiKeys, AuthError
+from service.api.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
-from service.console import console_routes
-from service.engine_pool import EngineBusy, EnginePool, EngineTimeout
+from service.console.pages import console_routes
+from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
-from service.audit import collect_audit
-from service.audit_cache import AuditCache
-from service.audit_api import audit_options
-from service.errors import ApiError
-from service.events import EventLog
-from service.fuzzy import FuzzyMatcher
-from service.key_reload import KeysFile, watch_keys_file
+from service.ops.audit import collect_audit
+from service.ops.audit_cache import AuditCache
+from service.ops.audit_api import audit_options
+from service.api.errors import ApiError
+from service.pipeline.events import EventLog
+from service.pipeline.fuzzy import FuzzyMatcher
+from service.api.key_reload import KeysFile, watch_keys_file
 from service.metrics import Metrics
-from service.openai_compat import (
+from service.api.openai_compat import (
     check_response_format,
     check_stream,
     check_timestamp_granularities,
@@ -58,9 +58,9 @@ from service.openai_compat import (
     streamed_transcription,
     transcription_response,
 )
-from service.pipeline import Outcome, RecognitionCache
-from service.profile import Profile
-from service.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
+from service.pipeline.recognition import Outcome, RecognitionCache
+from service.pipeline.profile import Profile
+from service.api.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         Route("/audit", audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-        *console_routes(),  # the web console (service/console.py)
+        *console_routes(),  # the web console (service/console/pages.py)
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
     # `/entries/x/` is an unknown entry like any other, not a redirect to somewhere else.
@@ -203,7 +203,7 @@ async def _recognize(request: Request, services: Services) -> Response:
     namespace = _authenticate(request, services)
     control = _cache_control(request, services, "recognize")
     upload, form = await _receive(request, services)
-    # `earmark batch` says so, for the event log (service/events.py); any other value is ignored.
+    # `earmark batch` says so, for the event log (service/pipeline/events.py); any other value is ignored.
     endpoint = "batch" if request.headers.get("x-earmark-client", "").lower() == "batch" else "recognize"
     with contextlib.closing(upload):
         outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
@@ -312,7 +312,7 @@ async def _delete_entry(request: Request, services: Services) -> Response:
 
 
 async def audit(request: Request) -> Response:
-    """GET /audit: the dedup audit (service/audit.py) as JSON; admin token when configured."""
+    """GET /audit: the dedup audit (service/ops/audit.py) as JSON; admin token when configured."""
     return await _guarded(request, "audit", _audit)
 
 

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from fingerprint.canonical import BytesHasher, bytes_digest
 from service.engines.base import RecognitionOptions
-from service.errors import ApiError, quoted
+from service.api.errors import ApiError, quoted
 
 MULTIPART_SLACK = 64 * 1024  # boundary lines and small fields around the file part
 SPOOL_IN_MEMORY_BYTES = 2 * 1024 * 1024  # larger files go to a temporary file as they arrive
@@ -101,7 +101,7 @@ class Upload:
         self.digest = digest
         self.size = size
         self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
-        self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (service/pipeline.py)
+        self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (service/pipeline/recognition.py)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Upload:

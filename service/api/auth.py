@@ -7,7 +7,7 @@ keys, an old key during rotation). Keys are kept only as SHA-256 digests, and a 
 digest is compared with every stored one by `hmac.compare_digest`, never stopping early: how
 long a check takes says nothing about how close a guess came.
 
-A namespace is a hard partition of the cache: it is part of the profile (service/profile.py),
+A namespace is a hard partition of the cache: it is part of the profile (service/pipeline/profile.py),
 so of every alias key, entry id and vector-index partition.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from service.audit import AuditOptions
-from service.errors import ApiError
+from service.ops.audit import AuditOptions
+from service.api.errors import ApiError
 
 LIMITS = {"top": (1, 1000), "hits": (0, 100_000)}
 

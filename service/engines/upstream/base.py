@@ -1,10 +1,10 @@
 """Upstream engines: a miss is forwarded to a recognition server the operator already runs, and
-its answer is cached like any engine's (service/engines/openai_upstream.py,
-service/engines/funasr_http.py).
+its answer is cached like any engine's (service/engines/upstream/openai.py,
+service/engines/upstream/funasr_http.py).
 
 Where it runs. An upstream engine computes nothing: it sends a WAV and waits for a JSON answer.
 So it is an `AsyncEngine`, awaited on the service's own event loop through one pooled
-`httpx.AsyncClient` (service/engine_pool.py admits `upstream_max_connections` calls at once
+`httpx.AsyncClient` (service/engines/pool.py admits `upstream_max_connections` calls at once
 and queues `engine_queue` more, as for a local engine). A worker process would add a pickle of
 the audio and a second event loop for nothing; a worker thread per waiting request would add a
 thread per socket. Waiting costs the loop nothing, so cache hits are never held up by misses
@@ -31,7 +31,7 @@ Failures, none of them cached (the pipeline writes only a transcript the engine 
 out first, or the client went away: the request upstream is abandoned, its connection closed.
 (2) The client's to change, so not a 5xx; the upstream stays up and `last_error` is not set. A
 400/422 naming only a field earmark's configuration sets (`model`, `response_format`) is the
-operator's: 502, `error`. Why each status: service/engines/upstream_refusal.py.
+operator's: 502, `error`. Why each status: service/engines/upstream/refusal.py.
 
 Every reason shown (to the client, in /health's `last_error`, in the log) is bounded and has the
 configured key, the URL's password and anything token-like replaced by `***`.
@@ -61,7 +61,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-from service.engine_pool import EngineBusy, EngineTimeout
+from service.engines.pool import EngineBusy, EngineTimeout
 from service.engines.base import (
     _LANGUAGE_ALIASES,
     AsyncEngine,
@@ -70,9 +70,9 @@ from service.engines.base import (
     RecognitionOptions,
     Transcript,
 )
-from service.engines.upstream_refusal import operator_hint, read_error, refusal, without_secrets
-from service.errors import quoted
-from service.profile import Profile
+from service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
+from service.api.errors import quoted
+from service.pipeline.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class UpstreamEngine(AsyncEngine):
 
     async def _post(self, files: dict, data: dict, timeout_s: float, *, audio_s: float) -> httpx.Response:
         """POST, retrying only connect failures; map every failure to its exception (a refusal
-        of this request to `UpstreamRefused`, the client's 4xx: service/engines/upstream_refusal.py)."""
+        of this request to `UpstreamRefused`, the client's 4xx: service/engines/upstream/refusal.py)."""
         assert self._client is not None and self._metrics is not None, "start() was not called"
         timeout = httpx.Timeout(timeout_s, connect=self.config.connect_timeout_s)
         attempt = 0

@@ -5,7 +5,7 @@ traffic comes to the thresholds; neither needs the audio. So each answered reque
 miss, every endpoint) appends what it was answered with: its tier and entry, the fuzzy tier's
 verified score and its best candidate's score and rejection reason, a BLAKE3 digest of the
 uploaded bytes (never the audio), and the engine seconds it spent or saved. `earmark audit`
-and `GET /audit` read it back (service/audit.py).
+and `GET /audit` read it back (service/ops/audit.py).
 
 The stream is capped (`events_maxlen`, trimmed approximately so a cap costs nothing per
 request): it holds the most recent traffic, not all of history. Writing an event never fails
@@ -101,7 +101,7 @@ def _text(value: object) -> str:
 
 
 def event_for(outcome, *, endpoint: str, query_digest: str, profile, served: bool) -> RecognitionEvent:
-    """The event of one pipeline Outcome (service/pipeline.py). `served`: the answer went to a
+    """The event of one pipeline Outcome (service/pipeline/recognition.py). `served`: the answer went to a
     recognition request, so a hit saved the entry's engine time (a /lookup saves nothing)."""
     entry = outcome.entry
     best = max(outcome.candidates, key=lambda candidate: candidate.get("score") or 0.0, default=None)
@@ -142,7 +142,7 @@ class EventLog:
         self.key = store.keys.events()
 
     async def record_answer(self, outcome, *, endpoint: str, query_digest: str, profile, served: bool) -> None:
-        """Record a pipeline Outcome (service/pipeline.py): its event, and for a served fuzzy
+        """Record a pipeline Outcome (service/pipeline/recognition.py): its event, and for a served fuzzy
         hit near the threshold the query's fingerprint too. Never raises."""
         event = event_for(outcome, endpoint=endpoint, query_digest=query_digest, profile=profile, served=served)
         await self.record(event)

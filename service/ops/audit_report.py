@@ -1,6 +1,6 @@
 """The `earmark audit` report: report.html (one self-contained page, plots embedded as PNG data,
 no external resources), audit.json (what `GET /audit` serves) and one CSV file per table, all
-from the data of service/audit.py."""
+from the data of service/ops/audit.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.tune_report import new_figure, png_base64
+from service.ops.tune_report import new_figure, png_base64
 
 TIER_COLOURS = {"exact": "#1e8449", "canonical": "#2874a6", "fuzzy": "#d68910", "negative": "#7f8c8d",
                 "miss": "#c0392b", "bypass": "#6c3483"}

@@ -39,7 +39,7 @@ from index.store import Store
 from index.vectors import VectorIndex
 from service.config import FuzzyThresholds
 from service.metrics import Metrics
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The dedup audit's data: what was reused, whether it was safe, and what reuse was missed.
 
-Read from a deployment's store: its entries and the recognition event log (service/events.py).
+Read from a deployment's store: its entries and the recognition event log (service/pipeline/events.py).
 The tables: entries by profile; answers per tier over time with the engine seconds spent and
 saved; the most reused entries; every fuzzy hit near the threshold, each redrawn stretch by
 stretch from the stored fingerprints with the service's own matcher (fingerprint/matcher.py);
 near-duplicate entries stored separately (clusters of entries the service's own verification,
-service/fuzzy.py, accepts as copies of each other: reuse that was missed); and the live score
+service/pipeline/fuzzy.py, accepts as copies of each other: reuse that was missed); and the live score
 distribution (the best fuzzy candidate's score of each lookup, hits against misses).
 
-`earmark audit` writes it as report.html, audit.json and CSV files (service/audit_report.py);
+`earmark audit` writes it as report.html, audit.json and CSV files (service/ops/audit_report.py);
 `GET /audit` serves the same JSON. Everything here is a plain dict of JSON values.
 """
 
@@ -32,8 +32,8 @@ from index.entry import Entry
 from index.store import Store
 from index.vectors import VectorIndex
 from service.config import FuzzyThresholds
-from service.events import HIT_TIERS, RECOGNITION_ENDPOINTS, TIERS, EventLog, RecognitionEvent
-from service.fuzzy import FuzzyMatcher, QueryFeatures
+from service.pipeline.events import HIT_TIERS, RECOGNITION_ENDPOINTS, TIERS, EventLog, RecognitionEvent
+from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures
 from service.metrics import Metrics
 
 # (stage, done, total): where a long audit is, for a progress bar.

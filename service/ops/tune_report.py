@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from service.tune import Pair, TuneResult
+from service.ops.tune import Pair, TuneResult
 
 
 def render_report(result: TuneResult) -> str:
@@ -71,7 +71,7 @@ def _pair_table(pairs: list[Pair]) -> str:
 
 def new_figure(size: tuple[float, float] = (8, 3.6)):
     """(pyplot, (figure, axes)) for one plot of a report, drawn off-screen (Agg); the audit
-    report (service/audit_report.py) draws with it too."""
+    report (service/ops/audit_report.py) draws with it too."""
     import matplotlib
 
     matplotlib.use("Agg")

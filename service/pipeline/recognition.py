@@ -2,7 +2,7 @@
 
 `recognize` may run the engine and write the result; `lookup` answers what `recognize` would do
 now, with its evidence, and never runs the engine or writes. A request's cache control
-(service/cache_control.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
+(service/api/cache_control.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
 shorten the written entry's life (`max-age`). When the store is unreachable both
 carry on without it (tier `bypass`): the cache must never turn into an outage.
 
@@ -29,15 +29,15 @@ from fingerprint.speech import has_sound, speech_extent
 from index.breaker import StoreUnavailable
 from index.entry import Entry, make_entry_id
 from index.store import FuzzyVerdict, Store
-from service.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
+from service.api.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
 from service.config import Settings
-from service.decode_budget import DecodeBudget
-from service.engine_pool import EnginePool
+from service.pipeline.decode_budget import DecodeBudget
+from service.engines.pool import EnginePool
 from service.engines.base import EngineFailure
-from service.events import EventLog
+from service.pipeline.events import EventLog
 from service.metrics import Metrics
-from service.profile import Profile
-from service.uploads import Upload
+from service.pipeline.profile import Profile
+from service.api.uploads import Upload
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RecognitionCache:
     def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None,
                  events: EventLog | None = None) -> None:
         self.settings = settings
-        self.events = events  # one event per answer (service/events.py); None: none recorded
+        self.events = events  # one event per answer (service/pipeline/events.py); None: none recorded
         self.store = store
         self.pool = pool
         self.metrics = metrics
@@ -394,7 +394,7 @@ class RecognitionCache:
     @contextlib.asynccontextmanager
     async def _decoding(self, upload: Upload) -> AsyncIterator[None]:
         """Hold the upload's audio seconds (estimated by the first pass, which every later
-        one follows) in the shared decode budget (see service/decode_budget.py)."""
+        one follows) in the shared decode budget (see service/pipeline/decode_budget.py)."""
         seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
         async with self.budget.reserve(seconds):
             yield

@@ -33,7 +33,7 @@ from fingerprint.decode import SAMPLE_RATE, AudioError, decode_audio
 from fingerprint.speech import speech_extent
 from index.entry import Entry
 from service.config import FuzzyThresholds
-from service.fuzzy import SHORT_SCALE, FuzzyMatcher, QueryFeatures
+from service.pipeline.fuzzy import SHORT_SCALE, FuzzyMatcher, QueryFeatures
 
 NOISE_SEED = 20261129
 

@@ -13,7 +13,7 @@ The server takes no options per request: its models, hotwords (its --hotword_pat
 language are its own. So this engine refuses a language other than `auto`, hotwords and a
 prompt (422), and the profile names the upstream by `upstream_model` (a label, default
 `funasr-runtime`) and `upstream_revision`: set them to what the server runs, and change one when
-that changes. The shared machinery is service/engines/upstream.py.
+that changes. The shared machinery is service/engines/upstream/base.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.engines.base import Capabilities, Segment, Transcript
-from service.engines.upstream import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
-from service.errors import quoted
-from service.profile import Profile
+from service.engines.upstream.base import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
+from service.api.errors import quoted
+from service.pipeline.profile import Profile
 
 RECOGNITION = "/recognition"
 

@@ -1,14 +1,14 @@
 """The web console: upload audio and see how each file was answered, browse recent
 recognitions and their entries, and the audit charts, served by `earmark serve` itself.
 
-Server-rendered pages (Starlette's Jinja2 templates, `console_templates/`) with a little
-JavaScript (`console_static/`: a hand-written `console.js` and htmx, vendored). The upload page
+Server-rendered pages (Starlette's Jinja2 templates, `templates/`) with a little
+JavaScript (`static/`: a hand-written `console.js` and htmx, vendored). The upload page
 calls the JSON API the way any client does (/lookup for the evidence, then /recognize), so the
 console shows exactly what the API answers. History, entry and audit pages read the store.
 
 When an admin token is configured, the pages that show other callers' transcripts (history,
 entries, audit) and the Delete button ask for it once and then keep a signed session (never the
-token: service/console_session.py) in an HttpOnly, SameSite Strict cookie, Secure over https,
+token: service/console/session.py) in an HttpOnly, SameSite Strict cookie, Secure over https,
 that expires after `console_session_s`; "Sign out" (POST /console/logout) clears it. A Bearer
 header with the token itself works on these pages too; /entries/... keeps checking only that.
 """
@@ -28,14 +28,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
-from service.audit import AuditOptions, collect_audit
-from service.console_session import check_session, issue_session
-from service.events import TIERS
-from service.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
+from service.ops.audit import AuditOptions, collect_audit
+from service.console.session import check_session, issue_session
+from service.pipeline.events import TIERS
+from service.console.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
 
 HERE = Path(__file__).parent
-TEMPLATES = Jinja2Templates(directory=str(HERE / "console_templates"))
-STATIC_DIR = HERE / "console_static"
+TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
+STATIC_DIR = HERE / "static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
 ENTRY_ID = re.compile(r"[0-9a-f]{32}")
@@ -145,7 +145,7 @@ async def delete_entry(request: Request) -> Response:
 
 
 async def audit(request: Request) -> Response:
-    """GET /console/audit: the dedup audit of `earmark audit` and GET /audit (service/audit.py's
+    """GET /console/audit: the dedup audit of `earmark audit` and GET /audit (service/ops/audit.py's
     collect_audit, the same data) drawn as charts: answers per tier over time, engine time saved
     and spent, fuzzy hits near the threshold each with its stretch curve, near-duplicate entries."""
     if (refusal := _admin_refusal(request)) is not None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
 from service.metrics import Metrics
-from service.profile import Profile
+from service.pipeline.profile import Profile
 
 
 class EngineBusy(RuntimeError):

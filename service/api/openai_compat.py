@@ -11,7 +11,7 @@ import time
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from service.errors import ApiError, quoted
+from service.api.errors import ApiError, quoted
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 

@@ -14,7 +14,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 
-from service.errors import ApiError
+from service.api.errors import ApiError
 
 
 class DecodeBudget:

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 
-from service.auth import ApiKeys
+from service.api.auth import ApiKeys
 from service.config import ConfigError
 
 log = logging.getLogger(__name__)

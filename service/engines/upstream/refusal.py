@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import httpx
 
 from service.engines.base import EngineOptionError
-from service.errors import quoted
+from service.api.errors import quoted
 
 # Upstream status -> the client's status, for a refusal of the request itself.
 REFUSAL_STATUS = {400: 422, 413: 413, 415: 422, 422: 422}

@@ -1,0 +1,2 @@
+"""Upstream engines: recognition servers the operator already runs (OpenAI-compatible, FunASR
+runtime), reached over HTTP."""
