@@ -38,6 +38,7 @@ import scipy.fft
 
 from fingerprint.decode import SAMPLE_RATE
 from fingerprint.framing import Framer
+from fingerprint.mel import mel_filter_bank
 
 HOP = 160  # 10 ms: the grid fingerprint/pitch.py shares
 WINDOW = 400  # 25 ms, also the padding before frame 0
@@ -103,10 +104,7 @@ class DetailVerdict:
 
 @lru_cache(maxsize=1)
 def _mel_matrix() -> np.ndarray:
-    import librosa.filters  # imported on first use: it costs about a second
-
-    mel = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=BANDS, fmin=LOW_HZ, fmax=HIGH_HZ, htk=True)
-    return mel.T.astype(np.float32)
+    return mel_filter_bank(SAMPLE_RATE, N_FFT, BANDS, LOW_HZ, HIGH_HZ).T
 
 
 @lru_cache(maxsize=1)

@@ -267,8 +267,7 @@ class FuzzyMatcher:
 
     def warm_up(self) -> None:
         """Compute the features of a second of noise once: the first call imports scipy.signal
-        and librosa's filters (0.8 s on this kind of machine), which the first request after
-        start would otherwise pay."""
+        and builds the filter banks, which the first request after start would otherwise pay."""
         self.features(np.random.default_rng(0).normal(0.0, 0.1, 16000).astype(np.float32))
 
 
