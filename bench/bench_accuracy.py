@@ -39,7 +39,8 @@ from index.keys import Keys  # noqa: E402
 from index.store import Store  # noqa: E402
 from index.vectors import VectorIndex  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
+from service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.pipeline.profile import Profile  # noqa: E402
 
@@ -48,8 +49,7 @@ PROFILE = Profile(engine="bench", model="corpus-text", revision="1", language="a
 
 def _features(path: str) -> tuple[QueryFeatures, str, float]:
     decoded = decode_audio(Path(path).read_bytes(), 4 * 3600)
-    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
-    return matcher.features(decoded.pcm_16k), pcm_digest(decoded.pcm_16k), decoded.duration_s
+    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k), pcm_digest(decoded.pcm_16k), decoded.duration_s
 
 
 def fingerprint_code_digest() -> str:
@@ -106,14 +106,14 @@ async def run(corpus: Path, out: Path, jobs: int, thresholds: FuzzyThresholds, c
         try:
             store = Store(open_client(server.url), Keys("earmark-bench:"))
             index = VectorIndex(EMBEDDING_DIM, "flat")
-            matcher = FuzzyMatcher(thresholds, store, index, Metrics())
+            matcher = FuzzyMatcher(Verifier(thresholds), store, index, Metrics())
             entry_of: dict[str, str] = {}
             for item in originals:
                 feats, digest, duration = original_features[item["id"]]
                 entry = Entry(entry_id=make_entry_id(PROFILE.digest, digest), profile_id=PROFILE.digest, pcm_digest=digest,
                               text=item["text"], normalized_text=item["text"], language=item["lang"], duration_s=duration,
                               speech_s=feats.speech_s, engine_seconds=1.0)
-                stored = await store.put_entry(matcher.attach(entry, feats), digest, 3600, stream_maxlen=10_000)
+                stored = await store.put_entry(matcher.verifier.attach(entry, feats), digest, 3600, stream_maxlen=10_000)
                 index.add(PROFILE.digest, stored.entry_id, feats.embedding)
                 entry_of[item["id"]] = stored.entry_id
             queries = [dict(q, group=q["transform"], positive=True, source_id=q["id"]) for q in transforms] + [

@@ -1,7 +1,7 @@
 """How long `earmark audit` takes on a store of real speech entries and a full event log.
 
 Fills a fresh embedded store with entries of the benchmark corpus (bench/data/corpus: its
-originals and negatives, fingerprinted by the service's FuzzyMatcher; the transcript is a
+originals and negatives, fingerprinted by the service's Verifier; the transcript is a
 placeholder, no engine runs), stores `--copies` MP3 re-encodings of originals as entries of
 their own (near-duplicates the audit must find), appends `--events` recognition events, then
 times collect_audit and the report.
@@ -27,20 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fingerprint.canonical import PcmDigest  # noqa: E402
 from fingerprint.decode import SAMPLE_RATE, decode_audio  # noqa: E402
-from fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
 from fingerprint.speech import speech_extent  # noqa: E402
 from index.connection import open_client  # noqa: E402
 from index.embedded import EmbeddedServer  # noqa: E402
 from index.entry import Entry, make_entry_id  # noqa: E402
 from index.keys import Keys  # noqa: E402
 from index.store import Store  # noqa: E402
-from index.vectors import VectorIndex  # noqa: E402
 from service.ops.audit import AuditOptions, collect_audit  # noqa: E402
 from service.ops.audit_report import write_audit  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
 from service.pipeline.events import EventLog, RecognitionEvent  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
+from service.pipeline.verification import Verifier  # noqa: E402
 
 CORPUS = Path(__file__).parent / "data" / "corpus"
 PROFILE = "bench-audit-profile"
@@ -63,7 +60,7 @@ def mp3_of(pcm: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def entry_of(pcm: np.ndarray, matcher: FuzzyMatcher, name: str) -> Entry:
+def entry_of(pcm: np.ndarray, verifier: Verifier, name: str) -> Entry:
     digest = PcmDigest()
     digest.push(pcm)
     pcm_digest = digest.hexdigest()
@@ -71,19 +68,19 @@ def entry_of(pcm: np.ndarray, matcher: FuzzyMatcher, name: str) -> Entry:
     entry = Entry(entry_id=make_entry_id(PROFILE, pcm_digest), profile_id=PROFILE, pcm_digest=pcm_digest,
                   text=f"(placeholder transcript of {name})", normalized_text="", language="en", duration_s=duration,
                   speech_s=speech_extent(pcm).duration_s, engine_seconds=round(0.3 * duration, 3), engine="bench")
-    return matcher.attach(entry, matcher.features(pcm))
+    return verifier.attach(entry, verifier.features(pcm))
 
 
 async def fill(store: Store, args) -> tuple[int, int]:
-    matcher = FuzzyMatcher(FuzzyThresholds(), store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
+    verifier = Verifier(FuzzyThresholds())
     files = sorted((CORPUS / "originals").glob("*"))[: args.files // 2] + sorted((CORPUS / "negatives").glob("*"))[: args.files // 2]
     entries = []
     started = time.perf_counter()
     for number, path in enumerate(files):
         pcm = decode_audio(path.read_bytes(), 3600).pcm_16k
-        entries.append(entry_of(pcm, matcher, path.name))
+        entries.append(entry_of(pcm, verifier, path.name))
         if number < args.copies:
-            entries.append(entry_of(decode_audio(mp3_of(pcm), 3600).pcm_16k, matcher, path.name + " (mp3 copy)"))
+            entries.append(entry_of(decode_audio(mp3_of(pcm), 3600).pcm_16k, verifier, path.name + " (mp3 copy)"))
     for entry in entries:
         await store.put_entry(entry, entry.pcm_digest, 7 * 86400, stream_maxlen=1_000_000)
     print(f"stored {len(entries)} entries ({args.copies} MP3 copies stored apart) in {time.perf_counter() - started:.1f} s")

@@ -7,7 +7,7 @@ louder (espeak-ng's speech peaks within 1 dB of full scale), a fast 6:1 compress
 dynamic normaliser (`dynaudnorm`) and EBU R128 loudness normalisation (`loudnorm`). Each
 processed A is a copy of A and must be accepted; each processed B is a minimal pair of A and
 must be refused. Every file is judged against the untouched A as a cached entry with the
-service's `FuzzyMatcher.judge` (default thresholds).
+service's `Verifier.judge` (default thresholds).
 
     apt-get install ffmpeg
     .venv/bin/python bench/bench_dynamics.py [--corpus bench/data/minimal_pairs] [--work bench/data/dynamics]
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_accuracy import cached_map  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.pipeline.verification import Verifier, QueryFeatures  # noqa: E402
 from service.ops.tune import Scorer  # noqa: E402
 
 # ffmpeg arguments of each processor; the output is 16 kHz WAV (MP3 where the name says so).
@@ -61,7 +61,7 @@ def process_chain(job: tuple[str, str, str]) -> str:
 
 
 def _features(path: str) -> QueryFeatures:
-    return FuzzyMatcher(FuzzyThresholds(), None, None, None).features(decode_audio(Path(path).read_bytes(), 3600).pcm_16k)
+    return Verifier(FuzzyThresholds()).features(decode_audio(Path(path).read_bytes(), 3600).pcm_16k)
 
 
 def run(corpus: Path, work: Path, jobs: int) -> list[dict]:

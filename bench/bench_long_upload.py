@@ -48,15 +48,15 @@ sys.path.insert(0, sys.argv[2])
 from fingerprint.canonical import PcmDigest
 from fingerprint.decode import open_audio
 from service.config import FuzzyThresholds
-from service.pipeline.fuzzy import FuzzyMatcher
+from service.pipeline.verification import Verifier
 
 def vm(field):
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
 
-matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
+verifier = Verifier(FuzzyThresholds())
 with open(sys.argv[3], "rb") as warm:
-    matcher.features_of(open_audio(warm, 3600).chunks)  # imports, caches, FFT plans
+    verifier.features_of(open_audio(warm, 3600).chunks)  # imports, caches, FFT plans
 before = vm("VmRSS")
 with open(sys.argv[1], "rb") as source:
     started = time.perf_counter()
@@ -68,7 +68,7 @@ with open(sys.argv[1], "rb") as source:
     digest_s = time.perf_counter() - started
     source.seek(0)
     started = time.perf_counter()
-    matcher.features_of(open_audio(source, 4 * 3600).chunks)
+    verifier.features_of(open_audio(source, 4 * 3600).chunks)
     features_s = time.perf_counter() - started
 print(json.dumps({"peak_growth": vm("VmHWM") - before, "duration_s": samples / 16000,
                   "digest_s": digest_s, "features_s": features_s}))

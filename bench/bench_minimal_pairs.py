@@ -1,7 +1,7 @@
 """Minimal pairs against true copies: does verification refuse every one-word change?
 
 For every pair of the minimal-pair corpus (bench/make_minimal_pairs.py) the query B is judged
-against A as a cached entry, with the service's own `FuzzyMatcher.judge` (the code `/recognize`
+against A as a cached entry, with the service's own `Verifier.judge` (the code `/recognize`
 runs, default thresholds); every true copy of A is judged the same way. Printed: per kind, how
 many were accepted (pairs: must be 0; copies: recall), the highest pair score and the lowest
 copy score with the margin to the threshold, and the worst case of each kind, for each of the
@@ -30,18 +30,18 @@ from fingerprint.canonical import pcm_digest  # noqa: E402
 from fingerprint.config import DEFAULT  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from fingerprint.detail import compare_detail  # noqa: E402
-from fingerprint.matcher import verify  # noqa: E402
+from fingerprint.verifier import verify  # noqa: E402
 from fingerprint.pitch import compare_pitch  # noqa: E402
 from index.entry import Entry  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
+from service.pipeline.verification import Verifier, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
 
 PROFILE_ID = "bench-minimal-pairs"
 
 
 def _features(path: str) -> tuple[QueryFeatures, str]:
     decoded = decode_audio(Path(path).read_bytes(), 4 * 3600)
-    return FuzzyMatcher(FuzzyThresholds(), None, None, None).features(decoded.pcm_16k), pcm_digest(decoded.pcm_16k)
+    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k), pcm_digest(decoded.pcm_16k)
 
 
 def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path | None = None) -> list[dict]:
@@ -54,20 +54,20 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
     paths = [str(corpus / p["path_a"]) for p in pairs] + [str(corpus / p["path_b"]) for p in pairs]
     paths += [str(corpus / c["path"]) for c in copies] + [str(corpus / p["path_b"]) for p in limited]
     features = cached_map(_features, paths, jobs, cache)
-    matcher = FuzzyMatcher(thresholds, None, None, None)
+    verifier = Verifier(thresholds)
     entries = {}
     for pair, (feats, digest) in zip(pairs, features[: len(pairs)], strict=True):
         entry = Entry(entry_id=pair["id"], profile_id=PROFILE_ID, pcm_digest=digest, text=pair["text_a"],
                       normalized_text=pair["text_a"], language=pair["lang"], duration_s=0.0,
                       speech_s=feats.speech_s, engine_seconds=1.0)
-        entries[pair["id"]] = (matcher.attach(entry, feats), feats)
+        entries[pair["id"]] = (verifier.attach(entry, feats), feats)
     queries = [(p["id"], p["kind"], True, p) for p in pairs] + [(c["id"], c["transform"], False, c) for c in copies]
     queries += [(p["id"], p["kind"], True, p) for p in limited]
     rows = []
     for (pair_id, group, is_pair, item), (feats, _) in zip(queries, features[len(pairs):], strict=True):
         entry, source = entries[pair_id]
         similarity = float(feats.embedding @ source.embedding)
-        accepted, score, reason = matcher.judge(feats, PROFILE_ID, similarity, entry)
+        accepted, score, reason = verifier.judge(feats, PROFILE_ID, similarity, entry)
         verdict = verify(feats.hash, source.hash, DEFAULT)
         detail = compare_detail(feats.detail, source.detail, verdict.offset_s)
         pitch = compare_pitch(feats.pitch, source.pitch, detail.offset_frames)

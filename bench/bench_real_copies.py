@@ -6,7 +6,7 @@ recordings of Debian's pocketsphinx-testdata that bench_engines.py uses (five Li
 five spoken card names, two commands; 16 kHz, room tone in the pauses), each re-encoded with
 make_corpus's own commands (MP3, AAC, Opus, telephone codecs, the limiter, noise) and padded
 with digital silence. Every copy is judged against its original as a cached entry, with the
-service's own `FuzzyMatcher.judge` (default thresholds) through `earmark tune`'s Scorer.
+service's own `Verifier.judge` (default thresholds) through `earmark tune`'s Scorer.
 Cutting the first 0.2 s is judged too, apart: it reaches into the speech of most of these
 recordings, so refusing it is the minimal-pair rule, not a miss. So are copies through
 bench_dynamics.py's eight dynamics chains (limiters, clipping, a compressor, normalisers;

@@ -8,7 +8,7 @@
 
 What it measures (each a ratio of two things measured in this run, on this machine):
 
-1. fingerprint + embedding (`FuzzyMatcher.features`: band energies, robust hash, embedding,
+1. fingerprint + embedding (`Verifier.features`: band energies, robust hash, embedding,
    speech extent) from 16 kHz PCM, one thread, against the audio's duration, for ~10 s and
    ~60 s espeak-ng speech clips. Target: >= 300x faster than real time.
 2. a full fuzzy lookup through a running `earmark serve` (POST /lookup of an MP3 copy: exact
@@ -81,6 +81,7 @@ from index.store import Store  # noqa: E402
 from index.vectors import AUTO_HNSW_FROM, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorIndex  # noqa: E402
 from service.config import FuzzyThresholds, Settings  # noqa: E402
 from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
+from service.pipeline.verification import Verifier  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.pipeline.profile import Profile  # noqa: E402
 
@@ -159,17 +160,17 @@ def prepare_audio(work: Path, miss_clips: int) -> dict:
 # Part 1: features against real time
 
 
-def part_features(clips: dict, matcher: FuzzyMatcher, quick: bool) -> dict:
+def part_features(clips: dict, verifier: Verifier, quick: bool) -> dict:
     results = {}
     with threadpool_limits(1):
         for name, repeats in (("clip10", 10 if quick else 40), ("clip60", 4 if quick else 12)):
             pcm = decode_audio(clips[name]["wav"].read_bytes(), 1e9).pcm_16k
             duration = len(pcm) / FP_CONFIG.sample_rate
-            matcher.features(pcm)  # warm caches (band matrix, window, FFT plan)
+            verifier.features(pcm)  # warm caches (band matrix, window, FFT plan)
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                matcher.features(pcm)
+                verifier.features(pcm)
                 times.append(time.perf_counter() - started)
             mp3 = clips[name]["mp3"].read_bytes()
             decode_times = []
@@ -296,15 +297,15 @@ def hex_ids(rng: np.random.Generator, n: int) -> list[str]:
     return [blob[32 * i : 32 * i + 32] for i in range(n)]
 
 
-def real_entry(matcher: FuzzyMatcher, wav: Path, text: str) -> tuple[Entry, bytes, object]:
+def real_entry(verifier: Verifier, wav: Path, text: str) -> tuple[Entry, bytes, object]:
     data = wav.read_bytes()
     decoded = decode_audio(data, 1e9)
-    features = matcher.features(decoded.pcm_16k)
+    features = verifier.features(decoded.pcm_16k)
     digest = pcm_digest(decoded.pcm_16k)
     entry = Entry(entry_id=make_entry_id(PROFILE_ID, digest), profile_id=PROFILE_ID, pcm_digest=digest,
                   text=text, normalized_text=text, language="en", duration_s=decoded.duration_s,
                   speech_s=features.speech_s, engine_seconds=decoded.duration_s * 0.5, engine="pocketsphinx")
-    return matcher.attach(entry, features), data, features
+    return verifier.attach(entry, features), data, features
 
 
 def synthetic_entry_fields(entry_id: str, embedding: np.ndarray, rng: np.random.Generator, frames: int,
@@ -476,10 +477,10 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
     store = Store(open_client(server.url), keys)
     try:
         # --- real entries in the store -----------------------------------------------------
-        probe = FuzzyMatcher(FuzzyThresholds(), store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
+        probe = FuzzyMatcher(Verifier(FuzzyThresholds()), store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
         real: dict[str, tuple[Entry, object]] = {}
         for name in ("clip10", "clip60", "other10", *[n for n in clips if n.startswith("miss10_")]):
-            entry, data, features = real_entry(probe, clips[name]["wav"], f"transcript of {name}")
+            entry, data, features = real_entry(probe.verifier, clips[name]["wav"], f"transcript of {name}")
             await store.put_entry(entry, bytes_digest(data), 7 * 24 * 3600, stream_maxlen=Settings().stream_maxlen)
             real[name] = (entry, features)
         sample = real["clip10"][0]
@@ -487,7 +488,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         real_vectors = [(e.entry_id, np.frombuffer(e.embedding, dtype="<f4")) for e, _ in real.values()]
         real_ids = {e.entry_id for e, _ in real.values()}
         target_id = real["clip10"][0].entry_id
-        query = probe.features(decode_audio(clips["clip10"]["mp3"].read_bytes(), 1e9).pcm_16k)
+        query = probe.verifier.features(decode_audio(clips["clip10"]["mp3"].read_bytes(), 1e9).pcm_16k)
         decoy = real["other10"][1]
 
         # --- part 5 (Redis side): bytes per real entry ---------------------------------------
@@ -557,7 +558,7 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
             log(f"    {name}: real query {search_real[name]['median_ms']:.3f} ms, random {search_random[name]['median_ms']:.3f} ms")
 
         # (b) full match path, neighbours present in the store (stable: nothing gets pruned)
-        matchers = {name: FuzzyMatcher(FuzzyThresholds(), store, index, Metrics()) for name, index in indexes.items()}
+        matchers = {name: FuzzyMatcher(Verifier(FuzzyThresholds()), store, index, Metrics()) for name, index in indexes.items()}
         present = {name: write_neighbours(sync, keys, index, query, real_ids, decoy, rng) for name, index in indexes.items()}
         log(f"  (b) timing FuzzyMatcher.match with the nearest filler present in the store {present} ...")
         await time_matches(matchers, query, 10, target_id)  # warm-up
@@ -879,7 +880,7 @@ def main() -> None:
         clips = prepare_audio(work, miss_clips)
         out["clips"] = {n: round(c["duration_s"], 3) for n, c in clips.items()}
         log("part 1: features against real time (1 thread) ...")
-        out["features"] = part_features(clips, FuzzyMatcher(FuzzyThresholds(), None, None, None), args.quick)
+        out["features"] = part_features(clips, Verifier(FuzzyThresholds()), args.quick)
         log("part 2: /lookup of an MP3 copy against the miss, through earmark serve ...")
         out["service"] = part_service(work, clips, miss_clips, lookups)
         if args.service_only:

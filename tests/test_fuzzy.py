@@ -135,13 +135,13 @@ def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(
 def test_remembered_verdicts_are_not_reused_across_a_change_of_verification(monkeypatch):
     # Stored features outlive an upgrade that changes how they are compared; a verdict
     # remembered under the old comparison must be judged again, as under new thresholds.
-    from service import fuzzy
+    from service.pipeline import verification
     from service.config import FuzzyThresholds
 
-    before = fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by
-    assert fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by == before
-    monkeypatch.setattr(fuzzy, "VERIFICATION_REVISION", fuzzy.VERIFICATION_REVISION + 1)
-    assert fuzzy.FuzzyMatcher(FuzzyThresholds(), None, None, None).judged_by != before
+    before = verification.Verifier(FuzzyThresholds()).judged_by
+    assert verification.Verifier(FuzzyThresholds()).judged_by == before
+    monkeypatch.setattr(verification, "VERIFICATION_REVISION", verification.VERIFICATION_REVISION + 1)
+    assert verification.Verifier(FuzzyThresholds()).judged_by != before
 
 
 def test_a_copy_right_after_its_original_is_found_without_waiting_for_the_stream(client, recorded, mp3_copy):

@@ -11,7 +11,7 @@ import pytest
 from fingerprint.decode import decode_audio
 from index.entry import Entry
 from service.config import FuzzyThresholds
-from service.pipeline.fuzzy import FuzzyMatcher
+from service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017",
@@ -19,42 +19,42 @@ PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_
 PROFILE = "profile-minimal-pairs"
 
 
-def _features(matcher: FuzzyMatcher, data: bytes):
-    return matcher.features(decode_audio(data, 3600).pcm_16k)
+def _features(verifier: Verifier, data: bytes):
+    return verifier.features(decode_audio(data, 3600).pcm_16k)
 
 
-def _entry(matcher: FuzzyMatcher, features) -> Entry:
+def _entry(verifier: Verifier, features) -> Entry:
     entry = Entry(entry_id="a" * 32, profile_id=PROFILE, pcm_digest="pcm", text="cached", normalized_text="cached",
                   language="en", duration_s=0.0, speech_s=features.speech_s, engine_seconds=1.0, generation="g")
-    return matcher.attach(entry, features)
+    return verifier.attach(entry, features)
 
 
-def _judge(matcher: FuzzyMatcher, entry_features, query_features):
+def _judge(verifier: Verifier, entry_features, query_features):
     similarity = float(query_features.embedding @ entry_features.embedding)
-    return matcher.judge(query_features, PROFILE, similarity, _entry(matcher, entry_features))
+    return verifier.judge(query_features, PROFILE, similarity, _entry(verifier, entry_features))
 
 
 @pytest.fixture(scope="module")
-def matcher() -> FuzzyMatcher:
-    return FuzzyMatcher(FuzzyThresholds(), None, None, None)
+def verifier() -> Verifier:
+    return Verifier(FuzzyThresholds())
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-def test_a_minimal_pair_is_refused_with_a_margin(matcher, pair):
-    original = _features(matcher, fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
-    changed = _features(matcher, fixture_bytes(f"minimal_pairs/{pair}_b.flac"))
+def test_a_minimal_pair_is_refused_with_a_margin(verifier, pair):
+    original = _features(verifier, fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
+    changed = _features(verifier, fixture_bytes(f"minimal_pairs/{pair}_b.flac"))
     for query, entry in ((changed, original), (original, changed)):  # whichever was cached first
-        accepted, score, reason = _judge(matcher, entry, query)
+        accepted, score, reason = _judge(verifier, entry, query)
         assert not accepted, reason
         assert score <= FuzzyThresholds().min_window_score - 0.05, reason
         assert " s" in reason  # the refusal names where to listen
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-def test_real_copies_of_the_same_recordings_still_match(matcher, pair):
+def test_real_copies_of_the_same_recordings_still_match(verifier, pair):
     data = fixture_bytes(f"minimal_pairs/{pair}_a.flac")
     samples, rate = read_pcm(data)
-    original = _features(matcher, data)
+    original = _features(verifier, data)
     copies = {
         "mp3 32 kbps": encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=32_000),
         "opus 24 kbps": encode(_resample(samples, rate, 48_000), 48_000, fmt="ogg", codec="libopus", bitrate=24_000),
@@ -62,7 +62,7 @@ def test_real_copies_of_the_same_recordings_still_match(matcher, pair):
         "padded": encode(np.concatenate([np.zeros(rate // 2, np.int16), samples]), rate, fmt="wav", codec="pcm_s16le"),
     }
     for name, copy in copies.items():
-        accepted, score, reason = _judge(matcher, original, _features(matcher, copy))
+        accepted, score, reason = _judge(verifier, original, _features(verifier, copy))
         assert accepted, f"{name}: {reason}"
 
 
@@ -82,17 +82,17 @@ def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.round(soxr.resample(samples.astype(np.float32), rate, target)).astype(np.int16)
 
 
-def test_a_louder_clipped_copy_of_a_minimal_pair_is_still_refused(matcher):
+def test_a_louder_clipped_copy_of_a_minimal_pair_is_still_refused(verifier):
     """Loudness and clipping at the peaks must not hide the changed vowel (Don / Dan)."""
     original_data = fixture_bytes("minimal_pairs/name_changed_011_a.flac")
     changed, rate = read_pcm(fixture_bytes("minimal_pairs/name_changed_011_b.flac"))
     louder = np.clip(changed.astype(np.float64) * (32767 / np.abs(changed).max()) * 10 ** (3 / 20), -32768, 32767)
-    query = _features(matcher, encode(louder.astype(np.int16), rate, fmt="wav", codec="pcm_s16le"))
-    accepted, score, reason = _judge(matcher, _features(matcher, original_data), query)
+    query = _features(verifier, encode(louder.astype(np.int16), rate, fmt="wav", codec="pcm_s16le"))
+    accepted, score, reason = _judge(verifier, _features(verifier, original_data), query)
     assert not accepted and score < FuzzyThresholds().min_window_score, reason
 
 
-def test_room_tone_trimmed_off_a_real_recording_is_a_copy_but_a_cut_first_word_is_not(matcher):
+def test_room_tone_trimmed_off_a_real_recording_is_a_copy_but_a_cut_first_word_is_not(verifier):
     """A real recording (LibriVox, speech from 0.28 s) under a steady room tone (noise at
     -50 dBFS, as a quiet office's): an editor trimming 0.2 s of the lead-in leaves the same
     recording (room tone with no counterpart is not a missing word); cutting 0.4 s takes the
@@ -100,10 +100,10 @@ def test_room_tone_trimmed_off_a_real_recording_is_a_copy_but_a_cut_first_word_i
     samples, rate = read_pcm(fixture_bytes("librivox_0890.flac"))
     tone = np.random.default_rng(7).normal(0.0, 32768 * 10 ** (-50 / 20), samples.size)
     roomy = np.clip(np.round(samples + tone), -32768, 32767).astype(np.int16)
-    original = _features(matcher, encode(roomy, rate, fmt="wav", codec="pcm_s16le"))
+    original = _features(verifier, encode(roomy, rate, fmt="wav", codec="pcm_s16le"))
     for cut_s, same in ((0.2, True), (0.4, False)):
         copy = encode(roomy[int(cut_s * rate):], rate, fmt="wav", codec="pcm_s16le")
-        accepted, score, reason = _judge(matcher, original, _features(matcher, copy))
+        accepted, score, reason = _judge(verifier, original, _features(verifier, copy))
         assert accepted == same, f"cut {cut_s} s: {reason}"
 
 
@@ -118,20 +118,20 @@ def _through_a_limiter(samples: np.ndarray, gain_db: float = 6.0, knee: float = 
 
 
 @pytest.mark.parametrize("pair", ["name_changed_011"])
-def test_a_limiter_on_one_side_is_a_copy_but_does_not_hide_a_changed_word(matcher, pair):
+def test_a_limiter_on_one_side_is_a_copy_but_does_not_hide_a_changed_word(verifier, pair):
     """A prompt made louder through a limiter before it reaches the cache: the same prompt is
     a copy whichever side went through it, and a minimal pair stays refused (the limiter fills
     the valleys where Don and Dan differ, and raised the level of difference that excused them)."""
     a, rate = read_pcm(fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
     b, _ = read_pcm(fixture_bytes(f"minimal_pairs/{pair}_b.flac"))
-    plain_a, plain_b = (_features(matcher, encode(x, rate, fmt="wav", codec="pcm_s16le")) for x in (a, b))
-    limited_a, limited_b = (_features(matcher, encode(_through_a_limiter(x), rate, fmt="wav", codec="pcm_s16le"))
+    plain_a, plain_b = (_features(verifier, encode(x, rate, fmt="wav", codec="pcm_s16le")) for x in (a, b))
+    limited_a, limited_b = (_features(verifier, encode(_through_a_limiter(x), rate, fmt="wav", codec="pcm_s16le"))
                             for x in (a, b))
     for query, entry in ((limited_a, plain_a), (plain_a, limited_a)):
-        accepted, score, reason = _judge(matcher, entry, query)
+        accepted, score, reason = _judge(verifier, entry, query)
         assert accepted, reason
     for query, entry in ((limited_b, plain_a), (plain_a, limited_b), (plain_b, limited_a)):
-        accepted, score, reason = _judge(matcher, entry, query)
+        accepted, score, reason = _judge(verifier, entry, query)
         assert not accepted and score <= FuzzyThresholds().min_window_score - 0.05, reason
 
 
@@ -147,18 +147,18 @@ def test_a_limited_copy_is_served_and_counted_as_level_compressed(client):
     assert 'earmark_fuzzy_level_compressed_total{accepted="true"} 1.0' in client.get("/metrics").text
 
 
-def test_speech_durations_that_disagree_are_measured_again_over_a_common_floor(matcher):
+def test_speech_durations_that_disagree_are_measured_again_over_a_common_floor(verifier):
     """Each recording's speech duration is measured alone, over its own noise floor: a codec's
     noise in a real recording's quiet room tone moved one by 0.44 s (pocketsphinx's 0930 through
     GSM), past the 0.4 s tolerance. Before such a pair is refused both are measured again over
     the louder of their floors; a recording's first 60% is still refused."""
     data = fixture_bytes("librivox_0930.flac")
     samples, rate = read_pcm(data)
-    original = _features(matcher, data)
-    copy = _features(matcher, encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=32_000))
+    original = _features(verifier, data)
+    copy = _features(verifier, encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=32_000))
     measured_alone = replace(copy, speech_s=original.speech_s + 0.44)  # what the GSM copy measured
-    accepted, _, reason = _judge(matcher, original, measured_alone)
+    accepted, _, reason = _judge(verifier, original, measured_alone)
     assert accepted, reason
-    prefix = _features(matcher, encode(samples[: len(samples) * 6 // 10], rate, fmt="wav", codec="pcm_s16le"))
-    accepted, _, reason = _judge(matcher, original, prefix)
+    prefix = _features(verifier, encode(samples[: len(samples) * 6 // 10], rate, fmt="wav", codec="pcm_s16le"))
+    accepted, _, reason = _judge(verifier, original, prefix)
     assert not accepted and reason.startswith("duration_mismatch") and "common noise floor" in reason, reason

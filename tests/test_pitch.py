@@ -9,7 +9,7 @@ import pytest
 
 from fingerprint.pitch import compare_pitch, pitch_contour
 from service.config import FuzzyThresholds
-from service.pipeline.fuzzy import pitch_score_of
+from service.pipeline.verification import pitch_score_of
 
 STEPS = 4  # quarter-semitone codes, as stored
 THRESHOLD = FuzzyThresholds().min_pitch_score

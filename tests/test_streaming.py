@@ -13,7 +13,7 @@ from fingerprint.config import DEFAULT
 from fingerprint.decode import decode_audio, open_audio
 from fingerprint.framing import BLOCK_FRAMES, Framer
 from service.config import FuzzyThresholds
-from service.pipeline.fuzzy import FuzzyMatcher
+from service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 
@@ -40,11 +40,11 @@ def _same(a, b) -> None:
 
 
 def test_features_and_digest_do_not_depend_on_how_the_audio_is_cut(long_pcm):
-    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
-    whole = matcher.features(long_pcm)
+    verifier = Verifier(FuzzyThresholds())
+    whole = verifier.features(long_pcm)
     for seed in (1, 2):
         pieces = _pieces(long_pcm, seed)
-        _same(matcher.features_of(pieces), whole)
+        _same(verifier.features_of(pieces), whole)
         digest = PcmDigest()
         for piece in pieces:
             digest.push(piece)
@@ -79,8 +79,8 @@ def test_streamed_decoding_resamples_exactly_as_one_call():
 
 def test_features_of_a_decoder_stream_equal_those_of_the_decoded_array():
     data = fixture_bytes("weather.wav")
-    matcher = FuzzyMatcher(FuzzyThresholds(), None, None, None)
-    _same(matcher.features_of(open_audio(data, 3600).chunks), matcher.features(decode_audio(data, 3600).pcm_16k))
+    verifier = Verifier(FuzzyThresholds())
+    _same(verifier.features_of(open_audio(data, 3600).chunks), verifier.features(decode_audio(data, 3600).pcm_16k))
     assert DEFAULT.version == "ehash-v3"  # the features did not change: stored entries stay comparable
 
 

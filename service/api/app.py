@@ -48,6 +48,7 @@ from service.ops.audit_api import audit_options
 from service.api.errors import ApiError
 from service.pipeline.events import EventLog
 from service.pipeline.fuzzy import FuzzyMatcher
+from service.pipeline.verification import Verifier
 from service.api.key_reload import KeysFile, watch_keys_file
 from service.metrics import Metrics
 from service.api.openai_compat import (
@@ -129,7 +130,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         # The replica's blocking stream reads get their own connections, apart from requests'.
         replica_client = open_client(settings.redis_url, max_connections=4, blocking_s=READ_BLOCK_MS / 1000)
         replica = IndexReplica(replica_client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
-        fuzzy = FuzzyMatcher(settings.fuzzy, store, vectors, metrics)
+        fuzzy = FuzzyMatcher(Verifier(settings.fuzzy), store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)
         cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
@@ -144,7 +145,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if isinstance(chosen, AsyncEngine):
             await chosen.start(metrics)
         pool.warm_up()
-        await asyncio.to_thread(fuzzy.warm_up)  # before the port opens: no request waits for it
+        await asyncio.to_thread(fuzzy.verifier.warm_up)  # before the port opens: no request waits for it
         watchers = [asyncio.create_task(_watch_store(store))]
         if keys_file is not None:
             watchers.append(asyncio.create_task(watch_keys_file(

@@ -5,7 +5,7 @@ The tables: entries by profile; answers per tier over time with the engine secon
 saved; the most reused entries; every fuzzy hit near the threshold, each redrawn stretch by
 stretch from the stored fingerprints with the service's own matcher (fingerprint/matcher.py);
 near-duplicate entries stored separately (clusters of entries the service's own verification,
-service/pipeline/fuzzy.py, accepts as copies of each other: reuse that was missed); and the live score
+service/pipeline/verification.py, accepts as copies of each other: reuse that was missed); and the live score
 distribution (the best fuzzy candidate's score of each lookup, hits against misses).
 
 `earmark audit` writes it as report.html, audit.json and CSV files (service/ops/audit_report.py);
@@ -33,8 +33,7 @@ from index.store import Store
 from index.vectors import VectorIndex
 from service.config import FuzzyThresholds
 from service.pipeline.events import HIT_TIERS, RECOGNITION_ENDPOINTS, TIERS, EventLog, RecognitionEvent
-from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures
-from service.metrics import Metrics
+from service.pipeline.verification import QueryFeatures, Verifier
 
 # (stage, done, total): where a long audit is, for a progress bar.
 Progress = Callable[[str, int, int], None]
@@ -67,9 +66,8 @@ async def collect_audit(store: Store, events: EventLog, thresholds: FuzzyThresho
     log = [event for _, event in await events.between(0.0, time.time() + 60.0)]
     served = [event for event in log if event.endpoint in RECOGNITION_ENDPOINTS]
     accept = thresholds.min_window_score
-    matcher = FuzzyMatcher(thresholds, store, VectorIndex(EMBEDDING_DIM, "flat"), Metrics())
     near = await _near_threshold(served, store, events, accept + options.review_margin, progress)
-    clusters = await _near_duplicates(entries, store, matcher, progress)
+    clusters = await _near_duplicates(entries, store, Verifier(thresholds), progress)
     # The tables are plain Python over up to `events_maxlen` events: off the event loop too.
     return await asyncio.to_thread(_tables, entries, log, served, near, clusters, events.maxlen,
                                    {"accept": accept, "review_margin": options.review_margin, **asdict(thresholds)},
@@ -299,15 +297,15 @@ def _candidate_pairs(index, candidates: list[Entry], k: int, min_similarity: flo
             for entry in candidates]
 
 
-async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: FuzzyMatcher,
+async def _near_duplicates(entries: dict[str, Entry], store: Store, verifier: Verifier,
                            progress: Progress) -> list[dict]:
     """Clusters of entries of one profile that the service's verification accepts as copies of
     one another: candidates from a FAISS index of the stored embeddings, each pair verified
-    (FuzzyMatcher.judge) from the stored fingerprints, detail and pitch."""
-    limits = matcher.thresholds
-    index = matcher.index
+    (Verifier.judge) from the stored fingerprints, detail and pitch."""
+    limits = verifier.thresholds
+    index = VectorIndex(EMBEDDING_DIM, "flat")
     candidates = [entry for entry in entries.values()
-                  if entry.embedding and not entry.negative and entry.fingerprint_version == matcher.config.version]
+                  if entry.embedding and not entry.negative and entry.fingerprint_version == verifier.config.version]
     # Off the event loop: indexing and searching every stored entry is seconds on a big store,
     # and the service answers hits meanwhile.
     found_of = await asyncio.to_thread(_candidate_pairs, index, candidates, limits.top_k + 1,
@@ -325,7 +323,7 @@ async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: Fuz
             full = await store.get_entries([entry.entry_id, *(other for other, _ in found)])
             if full[0] is not None:
                 features = _features_of_entry(full[0])
-                judged = await asyncio.to_thread(_judge_all, matcher, features, entry.profile_id, found, full[1:])
+                judged = await asyncio.to_thread(_judge_all, verifier, features, entry.profile_id, found, full[1:])
                 for (other_id, _), (accepted, score, reason) in zip(found, judged, strict=True):
                     if accepted:
                         pairs.append({"a": entry.entry_id, "b": other_id, "score": round(score, 4), "reason": reason})
@@ -351,8 +349,8 @@ async def _near_duplicates(entries: dict[str, Entry], store: Store, matcher: Fuz
     return sorted(clusters, key=lambda cluster: -len(cluster["entries"]))
 
 
-def _judge_all(matcher: FuzzyMatcher, features: QueryFeatures, profile_id: str, found, others) -> list:
-    return [matcher.judge(features, profile_id, similarity, other)
+def _judge_all(verifier: Verifier, features: QueryFeatures, profile_id: str, found, others) -> list:
+    return [verifier.judge(features, profile_id, similarity, other)
             for (_, similarity), other in zip(found, others, strict=True)]
 
 

@@ -4,7 +4,7 @@ An operator must not have to label anything. From a directory of recordings this
 positives (real re-encodings of each file: the copies the cache should serve) and negatives
 (other recordings, and edits of the same recording that must never be served: a clip of it,
 it followed by other speech, a stretch of it replaced by other speech), scores every pair with
-the service's own verdict (`FuzzyMatcher.judge`, not a copy), and picks the lowest threshold
+the service's own verdict (`Verifier.judge`, not a copy), and picks the lowest threshold
 that keeps the false-accept rate at the target (0 by default) plus a safety margin: the
 highest recall that rule allows. It never goes under the built-in thresholds unless asked
 (`--allow-lower`): those were set on minimal pairs (a changed digit, name or tone), which an
@@ -33,7 +33,7 @@ from fingerprint.decode import SAMPLE_RATE, AudioError, decode_audio
 from fingerprint.speech import speech_extent
 from index.entry import Entry
 from service.config import FuzzyThresholds
-from service.pipeline.fuzzy import SHORT_SCALE, FuzzyMatcher, QueryFeatures
+from service.pipeline.verification import SHORT_SCALE, QueryFeatures, Verifier
 
 NOISE_SEED = 20261129
 
@@ -203,29 +203,29 @@ class Scorer:
     """The service's verdict on (query, original) pairs, originals fingerprinted once."""
 
     def __init__(self, thresholds: FuzzyThresholds) -> None:
-        self.matcher = FuzzyMatcher(thresholds, None, None, None)  # judge needs no store or index
+        self.verifier = Verifier(thresholds)
         self._entries: dict[str, tuple[Entry, QueryFeatures]] = {}
 
     def original(self, label: str, pcm: np.ndarray) -> None:
         """Fingerprint an original as the service stores it."""
-        self.original_features(label, self.matcher.features(pcm), len(pcm) / SAMPLE_RATE)
+        self.original_features(label, self.verifier.features(pcm), len(pcm) / SAMPLE_RATE)
 
     def original_features(self, label: str, features: QueryFeatures, duration_s: float = 0.0) -> None:
         """Store an original from features already computed (a benchmark's cache)."""
         entry = Entry(entry_id=label, profile_id="tune", pcm_digest=label, text="", normalized_text="", language="",
                       duration_s=duration_s, speech_s=features.speech_s, engine_seconds=0.0)
-        self._entries[label] = (self.matcher.attach(entry, features), features)
+        self._entries[label] = (self.verifier.attach(entry, features), features)
 
     def score(self, query_label: str, query_pcm: np.ndarray, original: str, kind: str, positive: bool) -> Pair:
         """Judge one query against one original."""
-        accepted, score, reason = self.judge(self.matcher.features(query_pcm), original)
+        accepted, score, reason = self.judge(self.verifier.features(query_pcm), original)
         return Pair(query_label, original, kind, positive, score, accepted, reason)
 
     def judge(self, features: QueryFeatures, original: str) -> tuple[bool, float, str]:
         """The service's (accepted, score, reason) for a query's features against one original."""
         entry, original_features = self._entries[original]
         similarity = float(np.dot(features.embedding, original_features.embedding))
-        return self.matcher.judge(features, "tune", similarity, entry)
+        return self.verifier.judge(features, "tune", similarity, entry)
 
 
 def directory_pairs(directory: Path, scorer: Scorer, others_per_file: int = 8) -> Iterator[Pair]:

@@ -142,7 +142,7 @@ class RecognitionCache:
             entry, verdict = found or (None, None)
             if entry is not None and verdict is None:
                 return self._hit("exact", entry, served=run)
-            if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.judged_by:
+            if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.verifier.judged_by:
                 # These bytes were matched before, under the thresholds in force now.
                 return self._hit("fuzzy", entry, served=run, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
@@ -179,7 +179,7 @@ class RecognitionCache:
             if match is not None:
                 candidates, fuzzy_note = match.candidates, match.note
                 if match.entry is not None:
-                    verdict = FuzzyVerdict(match.score, self.fuzzy.judged_by)
+                    verdict = FuzzyVerdict(match.score, self.fuzzy.verifier.judged_by)
                     outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
                                                         served=run, verdict=verdict)
                     if outcome is not None:
@@ -345,8 +345,8 @@ class RecognitionCache:
         if self.fuzzy is not None and not negative:
             if features is None:
                 with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self.fuzzy.features, pcm)
-            entry = self.fuzzy.attach(entry, features)
+                    features = await asyncio.to_thread(self.fuzzy.verifier.features, pcm)
+            entry = self.fuzzy.verifier.attach(entry, features)
         ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
         if ttl_cap_s is not None:
             ttl_s = min(ttl_s, ttl_cap_s)
@@ -425,8 +425,8 @@ class RecognitionCache:
         """The fuzzy tier's features, decoding the upload again as a stream."""
         assert self.fuzzy is not None
         if upload.pcm is not None:
-            return self.fuzzy.features(upload.pcm)
-        return self.fuzzy.features_of(open_audio(upload.open(), self.settings.max_duration_s).chunks)
+            return self.fuzzy.verifier.features(upload.pcm)
+        return self.fuzzy.verifier.features_of(open_audio(upload.open(), self.settings.max_duration_s).chunks)
 
     def _stage(self, stage: str):
         return self.metrics.lookup_seconds.labels(stage=stage).time()
