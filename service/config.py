@@ -102,6 +102,12 @@ class Settings:
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
+    # The longest transcript any engine may return: this many characters per second of audio,
+    # at least the floor (short clips). Speech is at most ~25 a second; more is a broken or
+    # hostile engine, refused (502) and never cached. An upstream's answer is read no further
+    # than this allows (service/engines/transcript_limit.py, service/engines/upstream/base.py).
+    max_transcript_chars_per_s: float = 100.0
+    max_transcript_chars_floor: int = 2000
     # A body must arrive within this, and (after its first 10 s) at this average rate at least:
     # a stalled or trickling upload is cut off with a 408 instead of holding a slot for ever.
     upload_timeout_s: float = 600.0
@@ -139,6 +145,8 @@ class Settings:
             (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
             (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (0 < self.max_transcript_chars_per_s < float("inf"), "max_transcript_chars_per_s must be a positive number"),
+            (self.max_transcript_chars_floor >= 1, "max_transcript_chars_floor must be at least 1"),
             (self.upload_timeout_s > 0, "upload_timeout_s must be positive"),
             (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
             (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
