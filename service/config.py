@@ -12,8 +12,14 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DAY_S = 24 * 3600
+# Both would be the one Authorization header (service/engines/upstream.py, "Credentials").
+AMBIGUOUS_UPSTREAM_CREDENTIALS = (
+    "upstream_url carries a user:password and upstream_api_key is set: both would be the upstream's one "
+    "Authorization header (HTTP Basic, a Bearer key), so one would be silently dropped; keep only the one the "
+    "upstream expects (upstream_api_key for an OpenAI-style key, the URL's user:password for HTTP Basic)")
 
 
 class ConfigError(ValueError):
@@ -86,6 +92,8 @@ class Settings:
     # funasr-http one) and the revision label are part of the profile: change one when the
     # model behind the URL changes, or its transcripts would be served for the new model's.
     upstream_url: str = ""
+    # Sent as `Authorization: Bearer <key>`. A user:password in upstream_url is sent as HTTP
+    # Basic instead; both at once are refused (AMBIGUOUS_UPSTREAM_CREDENTIALS).
     upstream_api_key: str = ""
     upstream_model: str = ""
     upstream_revision: str = ""
@@ -162,6 +170,7 @@ class Settings:
             (self.console_session_s > 0, "console_session_s must be positive"),
             (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
              f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
+            (not (self.upstream_api_key and has_credentials(self.upstream_url)), AMBIGUOUS_UPSTREAM_CREDENTIALS),
             (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),
             (self.upstream_max_connections >= 1, "upstream_max_connections must be at least 1"),
             (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
@@ -178,6 +187,11 @@ class Settings:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user (and maybe a password) before its host."""
+    return "@" in urlsplit(url).netloc
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

@@ -46,6 +46,14 @@ The JSON is parsed on a worker thread, not on the event loop that answers hits a
 the parsed transcript is held to the character limit too. Once, a 400 MB `{"text": "aaaa..."}`
 read whole took 7.2 GB, silenced /health for 10 s and filled the store.
 
+Credentials. `upstream_api_key` is sent as `Authorization: Bearer <key>` (OpenAI's scheme, and
+what the OpenAI-compatible servers check). A user:password in `upstream_url` is sent as HTTP
+Basic when no key is configured (what curl and browsers do with it: a server behind a proxy
+with basic auth). Both at once are refused at start: they would be the one Authorization
+header, and whichever earmark chose, the other credential the operator wrote would be dropped
+without a word, to show up only as 401s on misses. The user:password is taken out of the URL
+that requests are sent to, so httpx's request log never prints it.
+
 Only a failure to connect is retried: the request never left, so a retry cannot run the
 upstream twice. A request that was sent (and may be running upstream) is never repeated.
 
@@ -71,12 +79,14 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
+from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials
 from service.engines.pool import EngineBusy, EngineTimeout
 from service.engines.base import (
     _LANGUAGE_ALIASES,
     AsyncEngine,
     EngineFailure,
     EngineOptionError,
+    EngineUnavailable,
     RecognitionOptions,
     Transcript,
 )
@@ -138,8 +148,12 @@ class UpstreamEngine(AsyncEngine):
     client_fields: tuple[str, ...] = ()
 
     def __init__(self, config: UpstreamConfig) -> None:
+        if config.api_key and has_credentials(config.url):
+            raise EngineUnavailable(AMBIGUOUS_UPSTREAM_CREDENTIALS)
         self.config = config
-        self.endpoint = self.endpoint_url(config.url)
+        # Requests go to the URL without its user:password (sent as Basic auth instead), so that
+        # nothing that prints the request's URL (httpx's log) prints the password.
+        self.endpoint = self.endpoint_url(_redacted(config.url))
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
         # Without one, the server's address stands in: two deployments sharing a store but
@@ -205,7 +219,7 @@ class UpstreamEngine(AsyncEngine):
         # One connection more than the calls admitted at once: the health check's.
         pooled = self.config.max_connections + 1
         self._client = httpx.AsyncClient(
-            headers=headers,
+            headers=headers, auth=_basic_auth(self.config.url),
             limits=httpx.Limits(max_connections=pooled, max_keepalive_connections=pooled),
             timeout=httpx.Timeout(self.config.connect_timeout_s),
         )
@@ -345,7 +359,8 @@ class UpstreamEngine(AsyncEngine):
         self._set_state(up)
 
     def _secrets(self) -> tuple[str, ...]:
-        """What must never be shown: the key, and the URL's password as written and decoded."""
+        """What must never be shown: the key, and the URL's password as written and decoded
+        (and Basic credentials, token-like: service/engines/upstream_refusal.py)."""
         password = urlsplit(self.config.url).password or ""
         return self.config.api_key, password, unquote(password)
 
@@ -447,6 +462,14 @@ def _retry_after_s(value: str | None) -> int:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _basic_auth(url: str) -> httpx.BasicAuth | None:
+    """HTTP Basic auth from a URL's user:password (percent-decoded), None without one."""
+    if not has_credentials(url):
+        return None
+    parts = urlsplit(url)
+    return httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _redacted(url: str) -> str:
