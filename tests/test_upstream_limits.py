@@ -25,6 +25,7 @@ from tests.conftest import live_server
 from tests.funasr_protocol_server import _Running
 from tests.test_app import keys_under
 from tests.test_upstream import metric, transcribe
+from tests.waiting import wait_for
 
 HUGE_BYTES = 64 * 1024 * 1024  # far over any limit for a 4 s clip, small enough to be quick when fully read
 CHUNK = b"a" * 65536
@@ -94,6 +95,47 @@ def test_a_huge_upstream_answer_is_a_502_read_no_further_never_cached_and_health
     assert 'earmark_upstream_requests_total{outcome="too_large"} 1.0' in metrics
     assert 'earmark_upstream_requests_total{outcome="ok"}' not in metrics
     assert keys_under(redis_client, settings.key_prefix) == set()
+
+
+class _HugeModels:
+    """An OpenAI-shaped server whose `GET /v1/models` (the health check's call) answers 200 with
+    `size` bytes, generated as sent; `checks` holds (bytes sent, whether the client hung up) of
+    each answer that ended."""
+
+    def __init__(self, size: int) -> None:
+        self.checks: list[tuple[int, bool]] = []
+
+        async def body(request):
+            sent = 0
+            try:
+                yield b'{"data": ["'
+                while sent < size:
+                    yield CHUNK
+                    sent += len(CHUNK)
+                    if await request.is_disconnected():
+                        self.checks.append((sent, True))
+                        return
+                yield b'"]}'
+                self.checks.append((sent, False))
+            except BaseException:
+                self.checks.append((sent, True))
+                raise
+
+        async def models(request):
+            return StreamingResponse(body(request), media_type="application/json")
+
+        self.app = Starlette(routes=[Route("/v1/models", models)])
+
+
+def test_a_huge_health_check_answer_is_not_read(settings):
+    """The health check needs only the status: it reads none of the body."""
+    server = _HugeModels(HUGE_BYTES)
+    with _Running(server) as url:
+        with TestClient(create_app(replace(settings, engine="openai", upstream_url=url,
+                                           upstream_health_interval_s=0.2))) as client:
+            wait_for(lambda: len(server.checks) >= 3, timeout_s=60)
+            assert client.get("/health").json()["upstream"]["state"] == "up"
+    assert all(hung_up and sent < HUGE_BYTES // 2 for sent, hung_up in server.checks[:3]), server.checks
 
 
 class _FixedAnswer:

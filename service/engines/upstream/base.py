@@ -58,8 +58,8 @@ Only a failure to connect is retried: the request never left, so a retry cannot 
 upstream twice. A request that was sent (and may be running upstream) is never repeated.
 
 Health. The upstream is checked every `upstream_health_interval_s` (a GET that any running
-server answers, even with a 404 or 405) and by every request's outcome: any HTTP answer below 500
-means up, no answer or a 5xx means down. The state is in /health (`upstream`) and /metrics
+server answers, even with a 404 or 405; only its status is read, never its body) and by every
+request's outcome: any HTTP answer below 500 means up, no answer or a 5xx means down. The state is in /health (`upstream`) and /metrics
 (`earmark_upstream_up`); the engine still tries a down upstream, since it may be back.
 """
 
@@ -383,8 +383,10 @@ class UpstreamEngine(AsyncEngine):
         """One health check now: a GET on `health_url`; True when the upstream answers below 500."""
         assert self._client is not None and self._metrics is not None
         try:
-            response = await self._client.get(self.health_url())
-            up = response.status_code < 500
+            # Only the status counts: the body is never read (the connection is closed instead),
+            # so a server answering with gigabytes costs nothing.
+            async with self._client.stream("GET", self.health_url()) as response:
+                up = response.status_code < 500
             if not up:
                 self._last_error = f"health check: HTTP {response.status_code}"
         except httpx.HTTPError as exc:
