@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DAY_S = 24 * 3600
-# Both would be the one Authorization header (service/engines/upstream.py, "Credentials").
+# Both would be the one Authorization header (service/engines/upstream/base.py, "Credentials").
 AMBIGUOUS_UPSTREAM_CREDENTIALS = (
     "upstream_url carries a user:password and upstream_api_key is set: both would be the upstream's one "
     "Authorization header (HTTP Basic, a Bearer key), so one would be silently dropped; keep only the one the "

@@ -360,7 +360,7 @@ class UpstreamEngine(AsyncEngine):
 
     def _secrets(self) -> tuple[str, ...]:
         """What must never be shown: the key, and the URL's password as written and decoded
-        (and Basic credentials, token-like: service/engines/upstream_refusal.py)."""
+        (and Basic credentials, token-like: service/engines/upstream/refusal.py)."""
         password = urlsplit(self.config.url).password or ""
         return self.config.api_key, password, unquote(password)
 
