@@ -59,8 +59,9 @@ upstream twice. A request that was sent (and may be running upstream) is never r
 
 Health. The upstream is checked every `upstream_health_interval_s` (a GET that any running
 server answers, even with a 404 or 405; only its status is read, never its body) and by every
-request's outcome: any HTTP answer below 500 means up, no answer or a 5xx means down. The state is in /health (`upstream`) and /metrics
-(`earmark_upstream_up`); the engine still tries a down upstream, since it may be back.
+request's outcome: any HTTP answer below 500 means up, no answer or a 5xx means down. The
+state is in /health (`upstream`) and /metrics (`earmark_upstream_up`); the engine still tries a
+down upstream, since it may be back.
 """
 
 from __future__ import annotations
