@@ -12,8 +12,14 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DAY_S = 24 * 3600
+# Both would be the one Authorization header (service/engines/upstream/base.py, "Credentials").
+AMBIGUOUS_UPSTREAM_CREDENTIALS = (
+    "upstream_url carries a user:password and upstream_api_key is set: both would be the upstream's one "
+    "Authorization header (HTTP Basic, a Bearer key), so one would be silently dropped; keep only the one the "
+    "upstream expects (upstream_api_key for an OpenAI-style key, the URL's user:password for HTTP Basic)")
 
 
 class ConfigError(ValueError):
@@ -86,6 +92,8 @@ class Settings:
     # funasr-http one) and the revision label are part of the profile: change one when the
     # model behind the URL changes, or its transcripts would be served for the new model's.
     upstream_url: str = ""
+    # Sent as `Authorization: Bearer <key>`. A user:password in upstream_url is sent as HTTP
+    # Basic instead; both at once are refused (AMBIGUOUS_UPSTREAM_CREDENTIALS).
     upstream_api_key: str = ""
     upstream_model: str = ""
     upstream_revision: str = ""
@@ -102,6 +110,12 @@ class Settings:
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
+    # The longest transcript any engine may return: this many characters per second of audio,
+    # at least the floor (short clips). Speech is at most ~25 a second; more is a broken or
+    # hostile engine, refused (502) and never cached. An upstream's answer is read no further
+    # than this allows (service/engines/transcript_limit.py, service/engines/upstream/base.py).
+    max_transcript_chars_per_s: float = 100.0
+    max_transcript_chars_floor: int = 2000
     # A body must arrive within this, and (after its first 10 s) at this average rate at least:
     # a stalled or trickling upload is cut off with a 408 instead of holding a slot for ever.
     upload_timeout_s: float = 600.0
@@ -139,6 +153,8 @@ class Settings:
             (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
             (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
             (self.max_duration_s > 0, "max_duration_s must be positive"),
+            (0 < self.max_transcript_chars_per_s < float("inf"), "max_transcript_chars_per_s must be a positive number"),
+            (self.max_transcript_chars_floor >= 1, "max_transcript_chars_floor must be at least 1"),
             (self.upload_timeout_s > 0, "upload_timeout_s must be positive"),
             (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
             (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
@@ -154,6 +170,7 @@ class Settings:
             (self.console_session_s > 0, "console_session_s must be positive"),
             (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
              f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
+            (not (self.upstream_api_key and has_credentials(self.upstream_url)), AMBIGUOUS_UPSTREAM_CREDENTIALS),
             (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),
             (self.upstream_max_connections >= 1, "upstream_max_connections must be at least 1"),
             (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
@@ -170,6 +187,11 @@ class Settings:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user (and maybe a password) before its host."""
+    return "@" in urlsplit(url).netloc
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

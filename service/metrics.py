@@ -29,6 +29,11 @@ class Metrics:
             "earmark_engine_seconds_saved_total", "Engine seconds avoided by cache hits (the original run's time).", registry=r
         )
         self.engine_runs = Counter("earmark_engine_runs_total", "Engine runs (one per miss that reached the engine).", registry=r)
+        self.transcripts_too_long = Counter(
+            "earmark_engine_transcripts_too_long_total",
+            "Engine answers refused (502, not cached) as longer than the audio can hold (max_transcript_chars_per_s).",
+            registry=r,
+        )
         self.engine_queue = Gauge("earmark_engine_queue_depth", "Requests waiting for or running on the engine.", registry=r)
         self.lookup_seconds = Histogram(
             "earmark_lookup_seconds", "Time spent per lookup stage.", ["stage"], buckets=_LOOKUP_BUCKETS, registry=r
@@ -146,7 +151,8 @@ class UpstreamMetrics:
         self.up = Gauge("earmark_upstream_up", "1 while the upstream answers (health check or request), 0 while it does not.", registry=r)
         self.requests = Counter(
             "earmark_upstream_requests_total",
-            "Transcription requests sent upstream, by outcome: ok, refused, error, overloaded, timeout, unreachable, cancelled.",
+            "Transcription requests sent upstream, by outcome: ok, refused, error, too_large, overloaded, timeout, unreachable, "
+            "cancelled.",
             ["outcome"], registry=r,
         )
         self.retries = Counter("earmark_upstream_retries_total", "Upstream requests retried after a connect failure.", registry=r)

@@ -365,19 +365,28 @@ def test_a_400_about_what_earmarks_configuration_sends_is_the_operators_502(sett
     assert keys_under(redis_client, settings.key_prefix) == set()
 
 
-def test_credentials_an_upstream_echoes_are_never_shown(settings, recorded):
-    """A 401 quoting the key it was sent, and a URL with a password: neither reaches the client,
-    /health or /metrics."""
+@pytest.mark.parametrize("credential", ["key", "password"])
+def test_credentials_an_upstream_echoes_are_never_shown(settings, recorded, credential):
+    """A 401 quoting the key it was sent, or a URL with a password: neither reaches the client,
+    /health or /metrics. (Both at once are refused at start: tests/test_upstream_credentials.py.)"""
     from tests.funasr_protocol_server import _Running
 
     key = "sk-proj-" + "k3y" * 20
-    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}. Also tried Bearer abc.def.ghi",
-                                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}. Also tried Bearer abc.def.ghi "
+                                            "and a password pa55word-secret", "type": "invalid_request_error",
+                                 "param": None, "code": "invalid_api_key"}})
     with _Running(_FixedAnswer(echo, status=401)) as url:
-        with_password = url.replace("http://", "http://operator:pa55word-secret@")
-        keyed = replace(settings, engine="openai", upstream_url=with_password, upstream_api_key=key)
-        with TestClient(create_app(keyed)) as client:
+        if credential == "key":
+            configured = replace(settings, engine="openai", upstream_url=url, upstream_api_key=key)
+        else:
+            configured = replace(settings, engine="openai",
+                                 upstream_url=url.replace("http://", "http://operator:pa55word-secret@"))
+        with TestClient(create_app(configured)) as client:
             failed = transcribe(client, recorded)
             shown = failed.text + client.get("/health").text + client.get("/metrics").text
-    assert failed.status_code == 502 and "Incorrect API key provided: ***" in failed.json()["msg"]
-    assert key not in shown and key[:12] not in shown and "pa55word" not in shown and "abc.def" not in shown
+    assert failed.status_code == 502
+    # The configured key is replaced whole; an unconfigured one as anything reading as a key.
+    assert f"Incorrect API key provided: {'***' if credential == 'key' else 'sk-***'}" in failed.json()["msg"]
+    assert key not in shown and key[:12] not in shown and "abc.def" not in shown
+    if credential == "password":
+        assert "pa55word" not in shown and "a password ***" in failed.json()["msg"]

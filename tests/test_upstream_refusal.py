@@ -63,4 +63,6 @@ def test_reasons_are_bounded_and_carry_no_credentials():
     reason = read_error(echoed, ("my-own-secret", "")).reason
     assert "abcdef" not in reason and "tok.en" not in reason and "my-own-secret" not in reason
     assert "sk-***" in reason and "Bearer ***" in reason
+    basic = read_error(answer(401, "bad credentials: Basic b3BlcmF0b3I6cGE1NXdvcmQ= (operator)"), ()).reason
+    assert "b3Bl" not in basic and "Basic ***" in basic
     assert without_secrets("nothing here", ("", "")) == "nothing here"

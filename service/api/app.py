@@ -50,6 +50,7 @@ from service.pipeline.events import EventLog
 from service.pipeline.fuzzy import FuzzyMatcher
 from service.pipeline.verification import Verifier
 from service.api.key_reload import KeysFile, watch_keys_file
+from service.engines.transcript_limit import TranscriptLimit
 from service.metrics import Metrics
 from service.api.openai_compat import (
     check_response_format,
@@ -124,7 +125,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         if recommended is not None:
             workers = min(workers, recommended)
         pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue,
-                          timeout_s=settings.engine_timeout_s)
+                          timeout_s=settings.engine_timeout_s, transcript_limit=TranscriptLimit.from_settings(settings))
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
         # The replica's blocking stream reads get their own connections, apart from requests'.

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
+from service.engines.transcript_limit import TranscriptLimit, TranscriptTooLong
 from service.metrics import Metrics
 from service.pipeline.profile import Profile
 
@@ -46,8 +47,9 @@ class EnginePool:
     """A fixed number of engine worker threads and a cap on requests waiting for them."""
 
     def __init__(self, engine: Engine, metrics: Metrics, *, workers: int = 1, max_waiting: int = 16,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, transcript_limit: TranscriptLimit | None = None) -> None:
         self.timeout_s = timeout_s
+        self.transcript_limit = transcript_limit or TranscriptLimit()
         self.engine = engine
         self.metrics = metrics
         self.workers = workers
@@ -63,13 +65,26 @@ class EnginePool:
         return self._in_flight
 
     async def transcribe(self, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
-        """Transcribe on a worker; returns the transcript and the engine's seconds.
+        """Transcribe on a worker; returns the transcript and the engine's seconds. A transcript
+        longer than its audio can hold is refused (`TranscriptTooLong`: a 502, nothing cached),
+        whichever engine made it.
 
         A slot is held until the work really ends: a request that timed out or went away does
         not free it while its job still runs.
         """
-        if isinstance(self.engine, AsyncEngine):
-            return await self._transcribe_async(self.engine, pcm_16k, profile)
+        try:
+            if isinstance(self.engine, AsyncEngine):
+                transcript, seconds = await self._transcribe_async(self.engine, pcm_16k, profile)
+            else:
+                transcript, seconds = await self._transcribe_on_worker(pcm_16k, profile)
+            self.transcript_limit.check(transcript, len(pcm_16k) / 16000)
+        except TranscriptTooLong:
+            self.metrics.transcripts_too_long.inc()
+            raise
+        return transcript, seconds
+
+    async def _transcribe_on_worker(self, pcm_16k: np.ndarray, profile: Profile) -> tuple[Transcript, float]:
+        """Run a thread or process engine's job on the pool, within the allowance."""
         if self._in_flight >= self.workers + self.max_waiting:
             raise EngineBusy(retry_after_s=max(1, int(self._recent_seconds * self.max_waiting / self.workers)))
         self._in_flight += 1

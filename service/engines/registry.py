@@ -66,6 +66,7 @@ def engine_for(settings) -> Engine:
 
 def upstream_config(settings):
     """The upstream engines' `UpstreamConfig` from `settings`."""
+    from service.engines.transcript_limit import TranscriptLimit
     from service.engines.upstream.base import UpstreamConfig
 
     return UpstreamConfig(
@@ -74,4 +75,5 @@ def upstream_config(settings):
         max_connections=settings.upstream_max_connections,
         connect_timeout_s=settings.upstream_connect_timeout_s, retries=settings.upstream_retries,
         health_interval_s=settings.upstream_health_interval_s,
+        transcript_limit=TranscriptLimit.from_settings(settings),
     )

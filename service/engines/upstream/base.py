@@ -25,6 +25,7 @@ Failures, none of them cached (the pipeline writes only a transcript the engine 
 | audio)                                     | names (`language`, `prompt`)     |                |
 | any other non-2xx, a malformed answer, or  | 502, with the upstream's reason  | `error`        |
 | a FunASR answer with a non-zero `code`     |                                  |                |
+| an answer longer than the audio can hold   | 502, naming the limit's settings | `too_large`    |
 | no answer within the engine's allowance    | 504                              | `timeout` (1)  |
 
 (1) `cancelled` when the engine pool's own allowance (which also counts the wait for a slot) ran
@@ -36,13 +37,31 @@ operator's: 502, `error`. Why each status: service/engines/upstream/refusal.py.
 Every reason shown (to the client, in /health's `last_error`, in the log) is bounded and has the
 configured key, the URL's password and anything token-like replaced by `***`.
 
+Answers are bounded. A 2xx answer is streamed and read no further than `ANSWER_BYTES_PER_CHAR`
+bytes for each character the transcript may have (service/engines/transcript_limit.py: 100 a
+second of audio, at least 2000), plus `ANSWER_ENVELOPE_BYTES`: about 1.6 KB a second of audio,
+5 to 100 times what real answers take; a declared Content-Length over it is refused unread. An
+error answer is read to `ERROR_BODY_BYTES` at most (its reason is quoted to 200 characters).
+The JSON is parsed on a worker thread, not on the event loop that answers hits and /health, and
+the parsed transcript is held to the character limit too. Once, a 400 MB `{"text": "aaaa..."}`
+read whole took 7.2 GB, silenced /health for 10 s and filled the store.
+
+Credentials. `upstream_api_key` is sent as `Authorization: Bearer <key>` (OpenAI's scheme, and
+what the OpenAI-compatible servers check). A user:password in `upstream_url` is sent as HTTP
+Basic when no key is configured (what curl and browsers do with it: a server behind a proxy
+with basic auth). Both at once are refused at start: they would be the one Authorization
+header, and whichever earmark chose, the other credential the operator wrote would be dropped
+without a word, to show up only as 401s on misses. The user:password is taken out of the URL
+that requests are sent to, so httpx's request log never prints it.
+
 Only a failure to connect is retried: the request never left, so a retry cannot run the
 upstream twice. A request that was sent (and may be running upstream) is never repeated.
 
 Health. The upstream is checked every `upstream_health_interval_s` (a GET that any running
-server answers, even with a 404 or 405) and by every request's outcome: any HTTP answer below 500
-means up, no answer or a 5xx means down. The state is in /health (`upstream`) and /metrics
-(`earmark_upstream_up`); the engine still tries a down upstream, since it may be back.
+server answers, even with a 404 or 405; only its status is read, never its body) and by every
+request's outcome: any HTTP answer below 500 means up, no answer or a 5xx means down. The
+state is in /health (`upstream`) and /metrics (`earmark_upstream_up`); the engine still tries a
+down upstream, since it may be back.
 """
 
 from __future__ import annotations
@@ -61,15 +80,18 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
+from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials
 from service.engines.pool import EngineBusy, EngineTimeout
 from service.engines.base import (
     _LANGUAGE_ALIASES,
     AsyncEngine,
     EngineFailure,
     EngineOptionError,
+    EngineUnavailable,
     RecognitionOptions,
     Transcript,
 )
+from service.engines.transcript_limit import TranscriptLimit, TranscriptTooLong
 from service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
 from service.api.errors import quoted
 from service.pipeline.profile import Profile
@@ -81,6 +103,15 @@ MAX_RETRY_AFTER_S = 300
 FIRST_RETRY_DELAY_S = 0.2
 # A language code as OpenAI's `language` takes it (ISO 639-1, or a 3-letter 639-3 code).
 LANGUAGE_CODE = re.compile(r"[a-z]{2,3}")
+# An answer may have this many bytes for each character its transcript may have: verbose_json
+# repeats the text in its segments and adds times, statistics and tokens (about 3 bytes a
+# character of English), words when a server sends them unasked (about 12), and `\uXXXX`
+# escapes triple non-ASCII text; real answers stay 5 to 100 times under it, since speech is
+# far below the character limit.
+ANSWER_BYTES_PER_CHAR = 16
+ANSWER_ENVELOPE_BYTES = 64 * 1024  # the JSON around the transcript, language, duration, a short clip's segments
+# An error answer is read this far: its reason is quoted to 200 characters.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 class UpstreamError(EngineFailure):
@@ -101,6 +132,7 @@ class UpstreamConfig:
     connect_timeout_s: float = 5.0
     retries: int = 2
     health_interval_s: float = 10.0
+    transcript_limit: TranscriptLimit = TranscriptLimit()
 
 
 class UpstreamEngine(AsyncEngine):
@@ -117,8 +149,12 @@ class UpstreamEngine(AsyncEngine):
     client_fields: tuple[str, ...] = ()
 
     def __init__(self, config: UpstreamConfig) -> None:
+        if config.api_key and has_credentials(config.url):
+            raise EngineUnavailable(AMBIGUOUS_UPSTREAM_CREDENTIALS)
         self.config = config
-        self.endpoint = self.endpoint_url(config.url)
+        # Requests go to the URL without its user:password (sent as Basic auth instead), so that
+        # nothing that prints the request's URL (httpx's log) prints the password.
+        self.endpoint = self.endpoint_url(_redacted(config.url))
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
         # Without one, the server's address stands in: two deployments sharing a store but
@@ -151,8 +187,9 @@ class UpstreamEngine(AsyncEngine):
         """The multipart `files` and `data` of a transcription request."""
         raise NotImplementedError
 
-    def parse(self, response: httpx.Response, profile: Profile) -> Transcript:
-        """The transcript in a 2xx answer; raise `UpstreamError` when it holds none."""
+    def parse(self, answer: bytes, profile: Profile) -> Transcript:
+        """The transcript in a 2xx answer's body (JSON; parsed on a worker thread); raise
+        `UpstreamError` when it holds none."""
         raise NotImplementedError
 
     # --- options ------------------------------------------------------------------------
@@ -183,7 +220,7 @@ class UpstreamEngine(AsyncEngine):
         # One connection more than the calls admitted at once: the health check's.
         pooled = self.config.max_connections + 1
         self._client = httpx.AsyncClient(
-            headers=headers,
+            headers=headers, auth=_basic_auth(self.config.url),
             limits=httpx.Limits(max_connections=pooled, max_keepalive_connections=pooled),
             timeout=httpx.Timeout(self.config.connect_timeout_s),
         )
@@ -208,10 +245,14 @@ class UpstreamEngine(AsyncEngine):
         """Send the audio as a WAV; the transcript, or the failure mapped to its status."""
         # Off the loop: an hour of audio is a 115 MB WAV, and hits must not wait for it.
         files, data = self.request_fields(await asyncio.to_thread(wav_bytes, pcm_16k), profile)
-        response = await self._post(files, data, timeout_s, audio_s=len(pcm_16k) / 16000)
+        audio_s = len(pcm_16k) / 16000
+        answer = await self._post(files, data, timeout_s, audio_s=audio_s)
         try:
-            transcript = self.parse(response, profile)
-            _check_finite(transcript)
+            # Off the loop too: an answer may be megabytes of JSON.
+            transcript = await asyncio.to_thread(self._transcript, answer, profile, audio_s)
+        except TranscriptTooLong as exc:
+            self._refuse_too_large(str(exc))
+            raise
         except UpstreamError as exc:
             self._count("error", str(exc))
             raise
@@ -221,16 +262,44 @@ class UpstreamEngine(AsyncEngine):
         self._count("ok")
         return transcript
 
-    async def _post(self, files: dict, data: dict, timeout_s: float, *, audio_s: float) -> httpx.Response:
-        """POST, retrying only connect failures; map every failure to its exception (a refusal
-        of this request to `UpstreamRefused`, the client's 4xx: service/engines/upstream/refusal.py)."""
+    def _transcript(self, answer: bytes, profile: Profile, audio_s: float) -> Transcript:
+        """The checked transcript in an answer's body (run on a worker thread)."""
+        transcript = self.parse(answer, profile)
+        _check_finite(transcript)
+        self.config.transcript_limit.check(transcript, audio_s)
+        return transcript
+
+    def answer_limit(self, audio_s: float) -> int:
+        """The most bytes of a 2xx answer read for `audio_s` seconds of audio."""
+        return ANSWER_BYTES_PER_CHAR * self.config.transcript_limit.chars_for(audio_s) + ANSWER_ENVELOPE_BYTES
+
+    def _refuse_too_large(self, reason: str) -> None:
+        """Count and log an answer refused as longer than its audio can hold: the upstream
+        answered (it is up), but wrongly."""
+        self._count("too_large", reason)
+        log.warning("refused the upstream's answer: %s", self._safe(reason))
+
+    async def _post(self, files: dict, data: dict, timeout_s: float, *, audio_s: float) -> bytes:
+        """POST, retrying only connect failures, and return the 2xx answer's body; map every
+        failure to its exception (a refusal of this request to `UpstreamRefused`, the client's
+        4xx: service/engines/upstream/refusal.py; an answer over `answer_limit` to
+        `TranscriptTooLong`, unread beyond it)."""
         assert self._client is not None and self._metrics is not None, "start() was not called"
         timeout = httpx.Timeout(timeout_s, connect=self.config.connect_timeout_s)
+        limit = self.answer_limit(audio_s)
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                response = await self._client.post(self.endpoint, files=files, data=data, timeout=timeout)
+                request = self._client.build_request("POST", self.endpoint, files=files, data=data, timeout=timeout)
+                response = await self._client.send(request, stream=True)
+                try:
+                    if response.is_success and _declares_more(response, limit):
+                        body, whole = b"", False
+                    else:
+                        body, whole = await read_at_most(response, limit if response.is_success else ERROR_BODY_BYTES)
+                finally:
+                    await response.aclose()  # a connection left unread is closed, not pooled
             except asyncio.CancelledError:
                 self._observe(started)
                 self._metrics.requests.labels(outcome="cancelled").inc()
@@ -261,7 +330,7 @@ class UpstreamEngine(AsyncEngine):
             raise EngineBusy(retry_after_s=retry_after,
                              reason=f"the upstream is overloaded (HTTP {response.status_code})")
         if not response.is_success:
-            answer = read_error(response, self._secrets())
+            answer = read_error(_with_body(response, body), self._secrets())
             refused = refusal(answer, self.client_fields, audio_s)
             if refused is not None:  # this request's fault, not the upstream's: it is up, and healthy
                 self._count("refused")
@@ -269,7 +338,14 @@ class UpstreamEngine(AsyncEngine):
                 raise refused
             self._count("error", answer.described(), up=response.status_code < 500)
             raise UpstreamError(f"the upstream answered {answer.described()}{operator_hint(answer, self.client_fields)}")
-        return response
+        if not whole:
+            limits = self.config.transcript_limit
+            reason = (f"the upstream's answer is over earmark's limit of {limit} bytes for {audio_s:.1f} s of audio "
+                      f"({ANSWER_BYTES_PER_CHAR} bytes for each character its transcript may have: {limits.explained()}); "
+                      "it was not read further, nor cached")
+            self._refuse_too_large(reason)
+            raise TranscriptTooLong(reason)
+        return body
 
     def _observe(self, started: float) -> None:
         assert self._metrics is not None
@@ -284,7 +360,8 @@ class UpstreamEngine(AsyncEngine):
         self._set_state(up)
 
     def _secrets(self) -> tuple[str, ...]:
-        """What must never be shown: the key, and the URL's password as written and decoded."""
+        """What must never be shown: the key, and the URL's password as written and decoded
+        (and Basic credentials, token-like: service/engines/upstream/refusal.py)."""
         password = urlsplit(self.config.url).password or ""
         return self.config.api_key, password, unquote(password)
 
@@ -307,8 +384,10 @@ class UpstreamEngine(AsyncEngine):
         """One health check now: a GET on `health_url`; True when the upstream answers below 500."""
         assert self._client is not None and self._metrics is not None
         try:
-            response = await self._client.get(self.health_url())
-            up = response.status_code < 500
+            # Only the status counts: the body is never read (the connection is closed instead),
+            # so a server answering with gigabytes costs nothing.
+            async with self._client.stream("GET", self.health_url()) as response:
+                up = response.status_code < 500
             if not up:
                 self._last_error = f"health check: HTTP {response.status_code}"
         except httpx.HTTPError as exc:
@@ -339,6 +418,31 @@ def wav_bytes(pcm_16k: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """A streamed response's body, decoded (gzip counts at its decoded size), read no further
+    than `limit` bytes; and whether that is all of it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk[: limit - len(body) + 1]
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
+
+
+def _declares_more(response: httpx.Response, limit: int) -> bool:
+    """Whether a response's Content-Length says its body is over `limit` bytes (compressed
+    bodies are judged as they are read, decoded)."""
+    declared = response.headers.get("content-length", "")
+    return declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A response of `response`'s status and content type holding `body` (as read, decoded)."""
+    content_type = response.headers.get("content-type")
+    return httpx.Response(response.status_code, headers={"content-type": content_type} if content_type else {},
+                          content=body)
+
+
 def with_path(url: str, path: str) -> str:
     """`url` with its path replaced by `path` (query and fragment dropped)."""
     parts = urlsplit(url)
@@ -361,6 +465,14 @@ def _retry_after_s(value: str | None) -> int:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _basic_auth(url: str) -> httpx.BasicAuth | None:
+    """HTTP Basic auth from a URL's user:password (percent-decoded), None without one."""
+    if not has_credentials(url):
+        return None
+    parts = urlsplit(url)
+    return httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _redacted(url: str) -> str:

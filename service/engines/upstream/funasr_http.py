@@ -18,9 +18,8 @@ that changes. The shared machinery is service/engines/upstream/base.py.
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
-
-import httpx
 
 from service.engines.base import Capabilities, Segment, Transcript
 from service.engines.upstream.base import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
@@ -56,9 +55,9 @@ class FunASRHttpEngine(UpstreamEngine):
         """The one field the server reads."""
         return {"audio": ("audio.wav", wav, "application/octet-stream")}, {}
 
-    def parse(self, response: httpx.Response, profile: Profile) -> Transcript:
+    def parse(self, answer: bytes, profile: Profile) -> Transcript:
         """`code` 0: the text and its sentences (ms -> s); anything else is a failure."""
-        body = response.json()
+        body = json.loads(answer)
         if not isinstance(body, dict):
             raise UpstreamError("the FunASR server's answer is not a JSON object")
         code = body.get("code")

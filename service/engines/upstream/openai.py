@@ -13,9 +13,8 @@ retries, failure statuses, health) is service/engines/upstream/base.py.
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
-
-import httpx
 
 from service.engines.base import _LANGUAGE_ALIASES, Capabilities, Segment, Transcript, Word
 from service.api.errors import quoted
@@ -73,9 +72,9 @@ class OpenAIUpstreamEngine(UpstreamEngine):
             data["prompt"] = profile.prompt
         return {"file": ("audio.wav", wav, "audio/wav")}, data
 
-    def parse(self, response: httpx.Response, profile: Profile) -> Transcript:
+    def parse(self, answer: bytes, profile: Profile) -> Transcript:
         """verbose_json (or plain json: text only) into a transcript with its segments."""
-        body = response.json()
+        body = json.loads(answer)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise UpstreamError("the upstream's answer has no 'text'")
         if body.get("error"):  # some servers answer 200 with an error beside an empty text

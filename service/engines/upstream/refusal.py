@@ -24,7 +24,7 @@ fields with an underscore; not `model`, a word many messages use loosely).
 
 Reasons are quoted to the client, logged and shown in /health: each is cut to 200 characters and
 stripped of credentials first (the configured key, the URL's password, anything that reads as a
-bearer token or an `sk-` key), since an upstream may echo what it was sent.
+bearer token, HTTP Basic credentials or an `sk-` key), since an upstream may echo what it was sent.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ REASON_LIMIT = 200
 WAV_BYTES_PER_S = 32000  # 16 kHz, 16-bit, mono
 _HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.I | re.S)
 _HTML_TAG = re.compile(r"<[^>]*>")
-_TOKEN_LIKE = re.compile(r"(?i)(bearer\s+)\S+|\bsk-[\w*.-]{4,}")
+_TOKEN_LIKE = re.compile(r"(?i)((?:bearer|basic)\s+)\S+|\bsk-[\w*.-]{4,}")
 
 
 class UpstreamRefused(EngineOptionError):
