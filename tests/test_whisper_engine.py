@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -109,6 +110,18 @@ def test_the_same_audio_twice_gives_the_same_transcript(whisper_engine, long_rec
     pcm = decode_audio(long_recording, 600.0).pcm_16k
     profile = whisper_engine.resolve(RecognitionOptions())
     assert whisper_engine.transcribe(pcm, profile) == whisper_engine.transcribe(pcm, profile)  # segments and words too
+
+
+def test_transcriptions_at_once_each_align_on_their_own_windows(whisper_engine, long_recording):
+    """The words are aligned on the encoder output the model keeps per thread: two recordings
+    transcribed at the same time on the one shared model (the service's engine threads) get
+    what each gets alone, words and times included."""
+    profile = whisper_engine.resolve(RecognitionOptions())
+    pcms = [decode_audio(long_recording, 600.0).pcm_16k, pcm_of("fleurs_en_5to9.flac")]
+    alone = [whisper_engine.transcribe(pcm, profile) for pcm in pcms]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda pcm: whisper_engine.transcribe(pcm, profile), pcms))
+    assert together == alone
 
 
 def test_prompt_hotwords_model_and_decoding_are_part_of_the_profile(whisper_engine):
