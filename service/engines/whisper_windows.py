@@ -16,8 +16,8 @@ next window starts skip speech that no window ever hears:
   window starts after the whole window, even when that timestamp is 20 s before its end: tiny.en
   stopped after the first of five FLEURS readings in a window and lost the next two. Here the
   next window starts at that timestamp instead when more than `resume_after_s` of the window is
-  left, so what the decoder did not write is decoded again rather than skipped; over silence that
-  window finds nothing and the decoding moves on.
+  left, so what the decoder did not write is decoded again rather than skipped; over silence or
+  noise that window writes nothing it is sure of, which is dropped (`without_failed_resumes`).
 """
 
 from __future__ import annotations
