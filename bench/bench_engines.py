@@ -17,6 +17,13 @@ both sides (lower case, punctuation dropped, numbers written as words, "mr" as "
 that Whisper's written form ("10 meters") is not counted against it. RTF: engine seconds /
 audio seconds (wall time on this 2-core machine). Load: constructing the engine.
 
+`--long` (issue 21) compares Whisper's decoding before and after issue 21 on recordings longer
+than its 30 s window, in one run, side by side: the two committed fixtures of
+tests/fixtures/long_readings.json (50 s of LJ Speech, one reader; 50 s of five FLEURS readings),
+the five LibriVox readings joined in order (24.7 s) and joined twice (49.5 s), each with its
+reference. "before" is the decoding of d6ce98a (faster-whisper's word timestamps, no resume),
+"after" the default. Writes bench/out/engines-long.json.
+
 `--threads` also compares ways of spending the 2 cores on Whisper: one CTranslate2 worker with
 2 threads (calls queue), 2 workers with 1 thread each (two calls at once), and 1 x 1; a request
 alone, and 8 LibriVox clips submitted together (wall time for all, each request's latency).
@@ -197,10 +204,62 @@ def thread_layouts(pcms: list[np.ndarray]) -> dict:
     return results
 
 
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+
+def long_recordings(items: list[dict], pcms: dict[str, np.ndarray]) -> list[dict]:
+    """(name, pcm, reference) of recordings longer than ~20 s: the committed long fixtures and
+    the LibriVox readings joined in order, once and twice."""
+    found = []
+    for name, reading in json.loads((FIXTURES / "long_readings.json").read_text()).items():
+        found.append({"name": name.split(".")[0], "pcm": decode_audio((FIXTURES / name).read_bytes(), 3600.0).pcm_16k,
+                      "ref": reading["text"]})
+    librivox = [i for i in items if i["set"] == "librivox"]
+    joined = np.concatenate([pcms[i["name"]] for i in librivox])
+    text = " ".join(i["ref"] for i in librivox)
+    found.append({"name": "librivox_joined", "pcm": joined, "ref": text})
+    found.append({"name": "librivox_joined_twice", "pcm": np.concatenate([joined, joined]), "ref": f"{text} {text}"})
+    return found
+
+
+def compare_long(recordings: list[dict]) -> dict:
+    """WER and RTF of the decoding before issue 21 and the default, one recording at a time."""
+    from service.engines.whisper_engine import Decoding, WhisperEngine
+
+    engines = {"before": WhisperEngine(decoding=Decoding(word_timestamps=True, align_words=False,
+                                                         resume_after_early_end_s=0.0)),
+               "after": WhisperEngine()}
+    rows = []
+    for item in recordings:
+        for label, engine in engines.items():
+            profile = engine.resolve(RecognitionOptions())
+            started = time.perf_counter()
+            transcript = engine.transcribe(item["pcm"], profile)
+            seconds = time.perf_counter() - started
+            ref = normalise(item["ref"])
+            rows.append({"decoding": label, "clip": item["name"], "duration_s": round(len(item["pcm"]) / 16000, 1),
+                         "ref_words": len(ref), "errors": edit_distance(ref, normalise(transcript.text)),
+                         "engine_s": round(seconds, 2), "text": transcript.text})
+            print(f"  {label:6s} {item['name']:28s} {rows[-1]['errors']:3d}/{len(ref):3d} {seconds:5.2f} s", flush=True)
+    print("\n| recording | audio | words | WER before | WER after | RTF before | RTF after |")
+    print("|---|---|---|---|---|---|---|")
+    for item in recordings + [{"name": "all"}]:
+        chosen = {label: [r for r in rows if r["decoding"] == label and item["name"] in ("all", r["clip"])]
+                  for label in engines}
+        words = sum(r["ref_words"] for r in chosen["after"])
+        audio = sum(r["duration_s"] for r in chosen["after"])
+        wer = {k: sum(r["errors"] for r in v) / words for k, v in chosen.items()}
+        rtf = {k: sum(r["engine_s"] for r in v) / audio for k, v in chosen.items()}
+        print(f"| {item['name']} | {audio:.1f} s | {words} | {wer['before']:.1%} | {wer['after']:.1%} "
+              f"| {rtf['before']:.3f} | {rtf['after']:.3f} |")
+    return {"rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", action="store_true", help="also compare Whisper thread layouts")
     parser.add_argument("--threads-only", action="store_true", help="only compare Whisper thread layouts")
+    parser.add_argument("--long", action="store_true", help="only compare Whisper before/after issue 21 on long recordings")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no {DATA}: apt-get install pocketsphinx-testdata")
@@ -216,6 +275,12 @@ def main() -> None:
     from service.engines.whisper_engine import WhisperEngine
 
     out: dict = {"load_s": {}, "rows": [], "loadavg_start": os.getloadavg()}
+    if args.long:
+        out["long"] = compare_long(long_recordings(items, pcms))
+        out["loadavg_end"] = os.getloadavg()
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.with_name("engines-long.json").write_text(json.dumps(out, indent=1, default=str))
+        return
     if args.threads_only:
         librivox = [pcms[i["name"]] for i in items if i["set"] == "librivox"]
         out["threads"] = thread_layouts(librivox + librivox[:3])

@@ -4,8 +4,11 @@ model are part of the profile, that its weights are checked, and its segments ov
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +18,8 @@ from starlette.testclient import TestClient
 from fingerprint.decode import decode_audio
 from service.api.app import create_app
 from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
-from service.engines.whisper_engine import BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled
+from service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
+                                            engine_revision)
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 # Real human speech: LibriVox readings (public domain) with their transcripts, from Debian's
@@ -24,6 +28,24 @@ READINGS = {
     "librivox_0890.flac": "unless to be rather cold hearted and rather selfish is to be ill disposed",
     "librivox_0930.flac": "he might even have been made amiable himself",
 }
+
+
+# Recordings longer than Whisper's 30 s window, with their reference texts and the word error
+# rate allowed (issue 21: the decoding dropped words where it moved from one window to the next).
+# tiny.en's own mistakes ("42" for "forty-two", "free to tune" for "3:2") fit under the bound, a
+# lost sentence does not. bench/bench_engines.py --long reads the same file; provenance and
+# licences: tests/fixtures/README.md.
+LONG_READINGS = json.loads(fixture_bytes("long_readings.json"))
+
+
+def word_error_rate(reference: list[str], heard: list[str]) -> float:
+    """Word-level edit distance (substitutions, deletions, insertions) over the reference's length."""
+    row = list(range(len(heard) + 1))
+    for i, expected in enumerate(reference, 1):
+        diagonal, row[0] = row[0], i
+        for j, word in enumerate(heard, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (expected != word))
+    return row[-1] / len(reference)
 
 
 def words(text: str) -> list[str]:
@@ -64,6 +86,21 @@ def test_real_readings_come_back_word_for_word(whisper_engine, name):
     assert words(" ".join(w.word for s in transcript.segments for w in s.words)) == READINGS[name].split()
 
 
+@pytest.mark.parametrize("name", sorted(LONG_READINGS))
+def test_recordings_longer_than_a_window_keep_their_words(whisper_engine, name):
+    """Each window starts where the decoder's own timestamps say (not at a late aligned word's
+    end), a window the decoder ends early is resumed, and the words are still timed."""
+    reference, bound = LONG_READINGS[name]["text"], LONG_READINGS[name]["max_wer"]
+    pcm = pcm_of(name)
+    transcript = whisper_engine.transcribe(pcm, whisper_engine.resolve(RecognitionOptions()))
+    assert word_error_rate(words(reference), words(transcript.text)) <= bound, transcript.text
+    timed = [word for segment in transcript.segments for word in segment.words]
+    assert words(" ".join(word.word for word in timed)) == words(transcript.text)
+    starts = [word.start for word in timed]
+    assert starts == sorted(starts) and 0 <= starts[0] and timed[-1].end <= len(pcm) / 16000 + 0.05
+    assert all(s.words and s.start <= s.words[0].start and s.words[-1].end <= s.end for s in transcript.segments)
+
+
 def test_the_espeak_prompt_comes_back_word_for_word(whisper_engine):
     transcript = whisper_engine.transcribe(pcm_of("recorded.wav"), whisper_engine.resolve(RecognitionOptions()))
     assert words(transcript.text) == "your call is being recorded for quality and training purposes".split()
@@ -73,6 +110,18 @@ def test_the_same_audio_twice_gives_the_same_transcript(whisper_engine, long_rec
     pcm = decode_audio(long_recording, 600.0).pcm_16k
     profile = whisper_engine.resolve(RecognitionOptions())
     assert whisper_engine.transcribe(pcm, profile) == whisper_engine.transcribe(pcm, profile)  # segments and words too
+
+
+def test_transcriptions_at_once_each_align_on_their_own_windows(whisper_engine, long_recording):
+    """The words are aligned on the encoder output the model keeps per thread: two recordings
+    transcribed at the same time on the one shared model (the service's engine threads) get
+    what each gets alone, words and times included."""
+    profile = whisper_engine.resolve(RecognitionOptions())
+    pcms = [decode_audio(long_recording, 600.0).pcm_16k, pcm_of("fleurs_en_5to9.flac")]
+    alone = [whisper_engine.transcribe(pcm, profile) for pcm in pcms]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda pcm: whisper_engine.transcribe(pcm, profile), pcms))
+    assert together == alone
 
 
 def test_prompt_hotwords_model_and_decoding_are_part_of_the_profile(whisper_engine):
@@ -87,6 +136,40 @@ def test_prompt_hotwords_model_and_decoding_are_part_of_the_profile(whisper_engi
     wider = WhisperEngine(decoding=Decoding(beam_size=2))
     assert wider.resolve(RecognitionOptions()).digest != plain.digest
     assert wider.revision != whisper_engine.revision
+
+
+# The decoding of every release up to d6ce98a (faster-whisper's word timestamps, which dropped
+# words, issue 21), as `asdict(Decoding())` gave it: with the same libraries, device and model,
+# engine_revision of this is the revision those releases stored their entries under.
+AFFECTED_DECODING = {"beam_size": 5, "best_of": 1, "temperature": 0.0, "condition_on_previous_text": False,
+                     "word_timestamps": True, "compression_ratio_threshold": 2.4, "log_prob_threshold": -1.0,
+                     "no_speech_threshold": 0.6, "vad_filter": False}
+
+
+def affected_revision(engine: WhisperEngine) -> str:
+    return engine_revision(AFFECTED_DECODING, engine.libraries, engine.compute_type, engine.device_kind,
+                           engine.files.sha256)
+
+
+def test_the_decoding_that_dropped_words_is_a_revision_of_its_own(whisper_engine):
+    assert whisper_engine.decoding.align_words and not whisper_engine.decoding.word_timestamps
+    assert affected_revision(whisper_engine) != whisper_engine.revision
+    assert whisper_engine.resolve(RecognitionOptions()).revision == whisper_engine.revision
+
+
+def test_entries_cached_by_the_affected_revision_are_not_served(settings, whisper_engine):
+    """An entry stored by a service whose profile had the affected revision (the same model and
+    audio) is not an answer any more: the request is a miss and the engine decodes again."""
+    recording = fixture_bytes("recorded.wav")
+    affected = copy.copy(whisper_engine)  # the same model, reporting the affected revision
+    affected.revision = affected_revision(whisper_engine)
+    with TestClient(create_app(replace(settings, engine="whisper"), engine=affected)) as before:
+        stored = post(before, recording).json()
+        assert stored["cache"]["tier"] == "miss" and post(before, recording).json()["cache"]["tier"] == "exact"
+    with TestClient(create_app(replace(settings, engine="whisper"), engine=whisper_engine)) as after:
+        answer = post(after, recording).json()
+    assert answer["code"] == 0 and answer["cache"]["tier"] == "miss"
+    assert answer["cache"]["entry"] != stored["cache"]["entry"]
 
 
 def test_a_prompt_changes_what_is_heard(whisper_engine):

@@ -9,9 +9,11 @@ multilingual). Weights are never downloaded: the model loads from a directory wi
 
 A cache must get the same text for the same audio, so decoding is fixed (`Decoding`): beam
 search of 5, temperature 0 with no fallback (faster-whisper's default retries at higher
-temperatures sample at random), no conditioning on the previous window's text, word times on.
-Those settings, the library versions and the SHA-256 of every model file make up the
-profile's revision: another model or other settings never serve the old transcripts.
+temperatures sample at random), no conditioning on the previous window's text, and word times
+aligned after decoding (service.engines.whisper_windows: faster-whisper's own word timestamps
+move its window and dropped words, issue 21). Those settings, the library versions and the
+SHA-256 of every model file make up the profile's revision: another model or other settings
+never serve the old transcripts.
 
 CTranslate2 releases the GIL while it computes, so the engine runs in the service's threads
 and one loaded model serves them all (`num_workers` parallel calls, `cpu_threads` each).
@@ -83,7 +85,16 @@ class Decoding:
     # a repetition loop, and gives another text on every run.
     temperature: float = 0.0
     condition_on_previous_text: bool = False  # a bad window does not bias the next ones
-    word_timestamps: bool = True  # always: the cached entry serves every granularity
+    # faster-whisper's word timestamps: off, because with them on it starts each window at the
+    # last aligned word's end, often late, and skips the words there (issue 21: 13 of 119 words
+    # of a 44 s reading). Words are aligned after decoding instead (`align_words`), on the same
+    # encoder output, so every entry still has word times and serves every granularity.
+    word_timestamps: bool = False
+    align_words: bool = True
+    # When the decoder ends a window early (a lone final timestamp) with more than this left,
+    # the next window starts there instead of after the window (faster-whisper skips the rest:
+    # two of five readings lost in one window, issue 21). 1 s: less is a pause, not a reading.
+    resume_after_early_end_s: float = 1.0
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
@@ -93,7 +104,18 @@ class Decoding:
         """Keyword arguments for `WhisperModel.transcribe`."""
         settings = asdict(self)
         settings["temperature"] = [self.temperature]
+        for own in ("align_words", "resume_after_early_end_s"):  # earmark's, not faster-whisper's
+            del settings[own]
         return settings
+
+
+def engine_revision(decoding: dict, libraries: dict, compute_type: str, device: str, sha256: dict) -> str:
+    """The profile's revision: a digest of everything that shapes a transcript besides the
+    request's options. `decoding` is `asdict(Decoding)`: adding or changing a field (as issue 21
+    did, to stop serving the words its decoding dropped) gives a new revision."""
+    revision = {**libraries, "compute_type": compute_type, "device": device, "decoding": decoding,
+                "piece_s": PIECE_S, "sha256": sha256}
+    return hashlib.blake2b(json.dumps(revision, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def bundled_model_dir() -> Path:
@@ -170,7 +192,8 @@ class WhisperEngine(Engine):
         files = locate_model(model_dir, digest_cache)
         try:
             import ctranslate2
-            from faster_whisper import WhisperModel
+
+            from service.engines.whisper_windows import WindowKeepingModel
         except ImportError as exc:
             raise EngineUnavailable(f"the whisper engine needs faster-whisper: {INSTALL_HINT}") from exc
         if device != "cpu" and not device.startswith("cuda"):
@@ -182,23 +205,17 @@ class WhisperEngine(Engine):
         self.decoding = decoding = decoding or Decoding()
         self.compute_type = "int8"
         try:
-            self._model = WhisperModel(str(files.path), device=device_kind, device_index=int(index or 0),
-                                       compute_type=self.compute_type, cpu_threads=self.cpu_threads,
-                                       num_workers=self.num_workers, local_files_only=True)
+            self._model = WindowKeepingModel(str(files.path), device=device_kind, device_index=int(index or 0),
+                                             compute_type=self.compute_type, cpu_threads=self.cpu_threads,
+                                             num_workers=self.num_workers, local_files_only=True)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with its own words
             raise EngineUnavailable(f"could not load the whisper model in {files.path}: {type(exc).__name__}: {exc}") from exc
+        self._model.resume_after_s = decoding.resume_after_early_end_s
         self.files = files
         self.model_id = files.model_id
-        revision = {
-            "faster_whisper": installed_version("faster-whisper"),
-            "ctranslate2": ctranslate2.__version__,
-            "compute_type": self.compute_type,
-            "device": device_kind,
-            "decoding": asdict(decoding),
-            "piece_s": PIECE_S,
-            "sha256": files.sha256,
-        }
-        self.revision = hashlib.blake2b(json.dumps(revision, sort_keys=True).encode(), digest_size=8).hexdigest()
+        self.libraries = {"faster_whisper": installed_version("faster-whisper"), "ctranslate2": ctranslate2.__version__}
+        self.device_kind = device_kind
+        self.revision = engine_revision(asdict(decoding), self.libraries, self.compute_type, device_kind, files.sha256)
         multilingual = bool(self._model.model.is_multilingual)
         languages = tuple(self._model.supported_languages)
         self.capabilities = Capabilities(
@@ -253,6 +270,12 @@ class WhisperEngine(Engine):
                 pcm, language=language, task="transcribe", initial_prompt=profile.prompt or None,
                 hotwords=" ".join(profile.hotwords) or None, **self.decoding.kwargs(),
             )
+            # imported with faster-whisper when the model loaded
+            from service.engines.whisper_windows import with_words, without_failed_resumes
+
+            pieces = without_failed_resumes(self._model, pieces, info)
+            if self.decoding.align_words and not self.decoding.word_timestamps:
+                pieces = with_words(self._model, pieces, info, len(pcm), HOP)
             return [_segment(piece) for piece in pieces], info  # decoding happens while iterating
         except (RuntimeError, ValueError, IndexError) as exc:
             raise EngineFailure(f"whisper {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
