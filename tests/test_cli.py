@@ -73,9 +73,14 @@ def test_recognize_in_process_with_the_default_data_dir(tmp_path):
 
 
 def test_a_store_that_cannot_start_shows_its_own_words(tmp_path):
-    result = run("serve", "--maxmemory", "plenty", cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "exited at start" in result.stderr and "maxmemory" in result.stderr.split("exited at start", 1)[1]
+    """A store that refuses to start for a reason only it knows (here a file where its
+    append-only directory goes; a bad --maxmemory is refused earlier, by the settings' gate)."""
+    store = tmp_path / "d" / "store"
+    store.mkdir(parents=True)
+    (store / "appendonlydir").write_text("not a directory\n")
+    result = run("serve", "--data-dir", str(tmp_path / "d"), "--engine", "pocketsphinx", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "exited at start" in result.stderr and "appendonlydir" in result.stderr.split("exited at start", 1)[1]
 
 
 def test_killed_service_takes_its_embedded_store_with_it(tmp_path):
