@@ -43,7 +43,7 @@ def main() -> None:
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
 @_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
-@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
+@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries, GET /audit and the web console's history, entries and audit pages.")
 @_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
          help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
 @_option("--upstream-url", env="EARMARK_UPSTREAM_URL", default=None,
@@ -57,7 +57,7 @@ def main() -> None:
 @_option("--upstream-max-connections", env="EARMARK_UPSTREAM_MAX_CONNECTIONS", type=int, default=None,
          help="Requests sent upstream at once [8].")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
-@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; pocketsphinx, funasr: 1; openai, funasr-http: --upstream-max-connections) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
 @_option("--index-type", env="EARMARK_INDEX_TYPE", default=None,
          help="Vector index: flat (exact search), hnsw, or auto (exact while small) [auto].")

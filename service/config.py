@@ -127,7 +127,8 @@ class Settings:
     # Seconds of audio decoded (or held as PCM for the engine) at once, over all requests: a
     # lookup costs about 55 KB per second of audio, a miss 64 KB plus the engine's own.
     decode_budget_s: float = 4 * 3600.0
-    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1).
+    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1,
+    # the upstream engines: upstream_max_connections).
     engine_workers: int = 0
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration

@@ -208,6 +208,17 @@ def test_ambiguous_or_garbled_fields_are_422(client, recorded, extra, message):
     assert response.status_code == 422 and message in response.json()["msg"]
 
 
+@pytest.mark.parametrize("name", ["model", "temperature", "language", "response_format", "timestamp_granularities[]"])
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/recognize"])
+def test_a_text_field_sent_as_a_file_part_is_422_naming_it(client, recorded, redis_client, settings, name, path):
+    """The contract's text fields must be plain fields: one sent as a file part is a 422 that
+    names it, on every endpoint, whether or not that endpoint uses the field; nothing is written."""
+    response = post_raw(client, multipart(("file", recorded, "a.wav"), (name, b"whisper-1", "part.txt")), path)
+    assert response.status_code == 422, response.text
+    assert response.json()["msg"] == f"'{name}' must be a plain form field, not a file"
+    assert keys_under(redis_client, settings.key_prefix) == set()
+
+
 def test_repeatable_fields_may_repeat(client, recorded):
     body = multipart(("file", recorded, "a.wav"), ("timestamp_granularities[]", b"word", None),
                      ("timestamp_granularities[]", b"segment", None))
