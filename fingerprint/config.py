@@ -1,7 +1,16 @@
-"""Every tuned constant of the perceptual fingerprint, in one named, versioned object.
+"""The robust hash's and the embedding's tuned constants, in one named, versioned object; and
+the version of everything a stored fingerprint holds.
 
 A stored fingerprint records the version that made it; entries made by another version are
-never compared with this one (their bits would mean something else).
+never compared with this one (their bits would mean something else). The stored features also
+include the detail spectrum and the pitch contour, whose constants live beside the code that
+uses them: the grid, bands and uint8 quantisation in fingerprint/detail.py (HOP, WINDOW, N_FFT,
+BANDS, LOW_HZ, HIGH_HZ, _STEPS_PER_DB, _OFFSET_DB) and the tracker and its quantisation in
+fingerprint/pitch.py (RATE, FRAME, MIN_HZ, MAX_HZ, VOICED_PEAK, SUBHARMONIC_RATIO,
+_STEPS_PER_SEMITONE). Changing any of those changes stored bytes too, and needs a new `version`
+here. (They are not fields of this object: detail.py and pitch.py are not given a config, so a
+field here would suggest a choice that does not exist.) Their verification constants (floors,
+burst lengths, weights) read nothing new and need no version.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ from fingerprint.decode import SAMPLE_RATE
 from fingerprint.framing import Framer
 from fingerprint.mel import mel_filter_bank
 
+# These shape the stored bytes (with _STEPS_PER_DB and _OFFSET_DB below): changing one needs a new
+# FingerprintConfig.version (fingerprint/config.py). The constants after them only judge.
 HOP = 160  # 10 ms: the grid fingerprint/pitch.py shares
 WINDOW = 400  # 25 ms, also the padding before frame 0
 N_FFT = 512

@@ -27,6 +27,9 @@ from fingerprint import detail
 from fingerprint.decode import SAMPLE_RATE
 from fingerprint.framing import Framer
 
+# RATE, FRAME, MIN_HZ, MAX_HZ, VOICED_PEAK, SUBHARMONIC_RATIO and _STEPS_PER_SEMITONE shape the
+# stored contour (and detail.HOP and WINDOW its grid): changing one needs a new
+# FingerprintConfig.version (fingerprint/config.py). The constants after them only judge.
 RATE = 8000  # pitch lives well under 4 kHz: half the samples, a quarter of the work
 # The detail spectrum's grid and padding, at this rate: frame k covers the same time in both.
 HOP = detail.HOP * RATE // SAMPLE_RATE

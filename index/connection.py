@@ -40,6 +40,9 @@ def open_client(url: str, *, max_connections: int = 64, blocking_s: float = 0.0)
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=COMMAND_TIMEOUT_S + blocking_s,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        # Also named here: redis-py before 6 retries only the errors listed in retry_on_error,
+        # whatever the Retry says (from 6 on this only repeats the Retry's list).
+        retry_on_error=[RedisConnectionError],
     )
     if parts.scheme in ("redis", "rediss", "unix"):
         return aioredis.from_url(url, max_connections=max_connections, **options)

@@ -43,7 +43,7 @@ def main() -> None:
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
 @_option("--device", env="EARMARK_DEVICE", default=None, help="Device for funasr and whisper: cpu, cuda, cuda:0 [cpu].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None, help="TOML settings file (thresholds from `earmark tune`).")
-@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries.")
+@_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="Bearer token required by /entries, GET /audit and the web console's history, entries and audit pages.")
 @_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
          help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
 @_option("--upstream-url", env="EARMARK_UPSTREAM_URL", default=None,
@@ -57,11 +57,11 @@ def main() -> None:
 @_option("--upstream-max-connections", env="EARMARK_UPSTREAM_MAX_CONNECTIONS", type=int, default=None,
          help="Requests sent upstream at once [8].")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
-@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; others: 1) [0].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; pocketsphinx, funasr: 1; openai, funasr-http: --upstream-max-connections) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
-@_option("--index-type", env="EARMARK_INDEX_TYPE", type=click.Choice(["auto", "flat", "hnsw"]), default=None,
-         help="Vector index: exact search, HNSW, or auto (exact while small) [auto].")
-@_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning [info].")
+@_option("--index-type", env="EARMARK_INDEX_TYPE", default=None,
+         help="Vector index: flat (exact search), hnsw, or auto (exact while small) [auto].")
+@_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning, error, critical [info].")
 def serve(config_file: str | None, **options) -> None:
     """Start the HTTP service (with an embedded store unless --redis-url is given)."""
     settings = _settings(config_file, options)
@@ -319,35 +319,26 @@ def _recognition_client(url: str | None, headers: dict[str, str], config_file: s
 
 
 def _settings(config_file: str | None, options: dict) -> Settings:
+    """The settings from the config file, the environment and the flags, through the one gate
+    (service/config.py): a bad value ends the command with its one-line reason, exit status 2."""
     try:
         return load_settings(config_file, **{k: v for k, v in options.items() if v is not None})
     except ConfigError as exc:
-        _fail(str(exc))
+        for reason in str(exc).splitlines():  # several bad settings are reported at once, one a line
+            click.echo(f"earmark: {reason}", err=True)
+        sys.exit(2)
 
 
 def _check_startable(settings: Settings):
-    """Refuse, with a one-line reason, what would otherwise fail inside the server's start-up.
+    """Load the engine before the server starts, so that one that cannot load (a missing model,
+    a missing extra) stops the start with its one-line reason; the settings themselves were
+    checked by `_settings`.
 
     Returns the engine when loading it was the check (the service then uses it: the model is
     loaded once, before the port opens, so no request pays for it), else None."""
-    from index.connection import StoreURLError, open_client
     from service.engines.base import EngineUnavailable
-    from service.engines.registry import ENGINE_NAMES, engine_for
+    from service.engines.registry import engine_for
 
-    if settings.engine not in ENGINE_NAMES:
-        _fail(f"unknown engine {settings.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
-    if settings.api_keys_file:
-        from service.api.auth import ApiKeys
-
-        try:
-            ApiKeys.from_file(settings.api_keys_file)
-        except ConfigError as exc:
-            _fail(str(exc))
-    if settings.redis_url:
-        try:
-            open_client(settings.redis_url)
-        except (StoreURLError, ValueError) as exc:
-            _fail(f"bad --redis-url: {exc}")
     if settings.engine == "pocketsphinx":
         return None  # loads in its worker processes, which the pool starts at once
     try:

@@ -7,7 +7,9 @@ variables and command-line options (the CLI merges those two). Thresholds writte
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -125,7 +127,8 @@ class Settings:
     # Seconds of audio decoded (or held as PCM for the engine) at once, over all requests: a
     # lookup costs about 55 KB per second of audio, a miss 64 KB plus the engine's own.
     decode_budget_s: float = 4 * 3600.0
-    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1).
+    # Transcriptions at once; 0: the engine's choice (whisper: one per core, pocketsphinx and funasr: 1,
+    # the upstream engines: upstream_max_connections).
     engine_workers: int = 0
     engine_queue: int = 16
     engine_timeout_s: float = 120.0  # plus twice the audio's duration
@@ -146,47 +149,174 @@ class Settings:
     fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
 
     def validated(self) -> "Settings":
-        """Return self after range checks; raise `ConfigError` naming the bad setting."""
-        checks = [
-            (0 < self.port < 65536, "port must be between 1 and 65535"),
-            (self.ttl_s > 0, "ttl_s must be positive"),
-            (self.negative_ttl_s > 0, "negative_ttl_s must be positive"),
-            (self.max_upload_bytes > 0, "max_upload_bytes must be positive"),
-            (self.max_duration_s > 0, "max_duration_s must be positive"),
-            (0 < self.max_transcript_chars_per_s < float("inf"), "max_transcript_chars_per_s must be a positive number"),
-            (self.max_transcript_chars_floor >= 1, "max_transcript_chars_floor must be at least 1"),
-            (self.upload_timeout_s > 0, "upload_timeout_s must be positive"),
-            (self.upload_min_bytes_per_s > 0, "upload_min_bytes_per_s must be positive"),
-            (self.max_uploads_in_progress >= 1, "max_uploads_in_progress must be at least 1"),
-            (self.decode_budget_s > 0, "decode_budget_s must be positive"),
-            (self.engine_workers >= 0, "engine_workers must be 0 (the engine's choice) or more"),
-            (1 <= self.whisper_beam_size <= 16, "whisper_beam_size must be between 1 and 16"),
-            (self.engine_queue >= 0, "engine_queue must be 0 or more"),
-            (self.events_maxlen >= 0, "events_maxlen must be 0 (no events kept) or more"),
-            (0.0 <= self.review_margin <= 1.0, "review_margin must be in [0, 1]"),
-            (self.audit_cache_s >= 0, "audit_cache_s must be 0 (no reuse) or more"),
-            (self.key_prefix != "", "key_prefix must not be empty"),
-            (self.api_keys_check_s > 0, "api_keys_check_s must be positive"),
-            (self.console_session_s > 0, "console_session_s must be positive"),
-            (self.engine not in ("openai", "funasr-http") or self.upstream_url.startswith(("http://", "https://")),
-             f"engine {self.engine} needs upstream_url (--upstream-url), an http:// or https:// URL"),
-            (not (self.upstream_api_key and has_credentials(self.upstream_url)), AMBIGUOUS_UPSTREAM_CREDENTIALS),
-            (self.upstream_response_format in ("verbose_json", "json"), "upstream_response_format must be verbose_json or json"),
-            (self.upstream_max_connections >= 1, "upstream_max_connections must be at least 1"),
-            (self.upstream_connect_timeout_s > 0, "upstream_connect_timeout_s must be positive"),
-            (0 <= self.upstream_retries <= 10, "upstream_retries must be between 0 and 10"),
-            (self.upstream_health_interval_s > 0, "upstream_health_interval_s must be positive"),
-            (self.index_type in ("auto", "flat", "hnsw"), "index_type must be auto, flat or hnsw"),
-            (0.0 <= self.fuzzy.min_window_score <= 1.0, "thresholds.min_window_score must be in [0, 1]"),
-            (0.0 <= self.fuzzy.min_short_window_score <= 1.0, "thresholds.min_short_window_score must be in [0, 1]"),
-            (0.0 <= self.fuzzy.min_detail_score <= 1.0, "thresholds.min_detail_score must be in [0, 1]"),
-            (0.0 <= self.fuzzy.min_pitch_score <= 1.0, "thresholds.min_pitch_score must be in [0, 1]"),
-            (-1.0 <= self.fuzzy.min_embedding_similarity <= 1.0, "thresholds.min_embedding_similarity must be in [-1, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
+        """The one gate every setting passes at start: return the settings (the log level in
+        lower case) when each is of its type and within what is allowed, else raise
+        `ConfigError` with one line per bad setting naming it, its value and what is allowed."""
+        settings = replace(self, log_level=self.log_level.lower()) if isinstance(self.log_level, str) else self
+        reasons = _type_reasons(settings, "") + _type_reasons(settings.fuzzy, "thresholds.")
+        if not reasons:  # range rules assume the types are right
+            reasons = [_reason(name, value, allowed) for name, value, ok, allowed in _rules(settings) if not ok]
+        if not reasons and settings.upstream_api_key and has_credentials(settings.upstream_url):
+            reasons = [AMBIGUOUS_UPSTREAM_CREDENTIALS]  # two settings together, neither wrong alone
+        if not reasons:  # these read or parse what the values point at
+            reasons = _reference_reasons(settings)
+        if reasons:
+            raise ConfigError("\n".join(reasons))
+        return settings
+
+
+# The settings' allowed values, here so the gate below and the code using them share one list.
+ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr", "openai", "funasr-http")
+UPSTREAM_ENGINES = ("openai", "funasr-http")  # they forward a miss to a recognition server
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+INDEX_TYPES = ("auto", "flat", "hnsw")
+UPSTREAM_RESPONSE_FORMATS = ("verbose_json", "json")
+# Devices: CTranslate2 (whisper) takes cpu and cuda[:N]; torch (funasr) also mps, xpu and npu.
+WHISPER_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+TORCH_DEVICE = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
+# The store's own memory syntax (valkey/redis `maxmemory`): whole bytes, or k/kb/m/mb/g/gb, under
+# 2^64 bytes (valkey 9.1 refuses "1.5gb", "1tb" and 2^64 bytes at start); 0 is no bound.
+MAXMEMORY = re.compile(r"^(\d+)(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+# More fuzzy candidates than this per query would each be verified in full: a slow request,
+# not a better match (the default is 16).
+MAX_TOP_K = 1024
+# The lock on a miss in progress is renewed every third of its TTL; under a second the renewal
+# would race ordinary network delays and a slow engine run would be taken over while it runs.
+MIN_LOCK_TTL_MS = 1000
+
+# Settings any value of their type suits (names, paths, keys, switches; model directories are
+# checked as the engine loads them), and those naming something the gate parses or reads
+# (`_reference_reasons`): listed so that the gate's test can check that every setting is
+# either here or in `_rules`.
+FREE_SETTINGS = frozenset({
+    "data_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
+    "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision", "fuzzy",
+    "thresholds.enabled",
+})
+REFERENCE_SETTINGS = frozenset({"redis_url", "api_keys_file"})
+
+
+def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
+    """(setting, value, allowed?, what is allowed) for every setting with a range or a set of values."""
+    f = s.fuzzy
+    positive, non_negative = "a number above 0", "0 or more"
+    device = WHISPER_DEVICE if s.engine == "whisper" else TORCH_DEVICE
+    upstream = s.engine in UPSTREAM_ENGINES
+    return [
+        ("host", s.host, bool(s.host.strip()) and not any(c.isspace() for c in s.host), "a host name or address"),
+        ("port", s.port, 1 <= s.port <= 65535, "a whole number from 1 to 65535"),
+        ("key_prefix", s.key_prefix, s.key_prefix != "", "a non-empty prefix, e.g. 'earmark:'"),
+        ("maxmemory", s.maxmemory, _memory_bytes(s.maxmemory) is not None,
+         "bytes as the store writes them: a whole number, optionally followed by b, k, kb, m, mb, g or gb (0: no bound)"),
+        ("engine", s.engine, s.engine in ENGINE_NAMES, "one of " + ", ".join(ENGINE_NAMES)),
+        ("device", s.device, bool(device.match(s.device)),
+         "cpu, cuda or cuda:N" + ("" if s.engine == "whisper" else " (funasr also mps, xpu, npu, xpu:N, npu:N)")),
+        ("whisper_beam_size", s.whisper_beam_size, 1 <= s.whisper_beam_size <= 16, "a whole number from 1 to 16"),
+        ("console_session_s", s.console_session_s, s.console_session_s > 0, positive),
+        ("api_keys_check_s", s.api_keys_check_s, s.api_keys_check_s > 0, positive),
+        ("upstream_url", s.upstream_url,
+         _http_url(s.upstream_url) if upstream or s.upstream_url else True,
+         f"an http:// or https:// URL with a host{' (engine ' + s.engine + ' forwards misses there)' if upstream else ''}"),
+        ("upstream_response_format", s.upstream_response_format, s.upstream_response_format in UPSTREAM_RESPONSE_FORMATS,
+         " or ".join(UPSTREAM_RESPONSE_FORMATS)),
+        ("upstream_max_connections", s.upstream_max_connections, s.upstream_max_connections >= 1, "a whole number, 1 or more"),
+        ("upstream_connect_timeout_s", s.upstream_connect_timeout_s, s.upstream_connect_timeout_s > 0, positive),
+        ("upstream_retries", s.upstream_retries, 0 <= s.upstream_retries <= 10, "a whole number from 0 to 10"),
+        ("upstream_health_interval_s", s.upstream_health_interval_s, s.upstream_health_interval_s > 0, positive),
+        ("ttl_s", s.ttl_s, s.ttl_s >= 1, "a whole number of seconds, 1 or more"),
+        ("negative_ttl_s", s.negative_ttl_s, s.negative_ttl_s >= 1, "a whole number of seconds, 1 or more"),
+        ("max_upload_bytes", s.max_upload_bytes, s.max_upload_bytes >= 1, "a whole number of bytes, 1 or more"),
+        ("max_duration_s", s.max_duration_s, s.max_duration_s > 0, positive),
+        ("max_transcript_chars_per_s", s.max_transcript_chars_per_s, s.max_transcript_chars_per_s > 0, positive),
+        ("max_transcript_chars_floor", s.max_transcript_chars_floor, s.max_transcript_chars_floor >= 1,
+         "a whole number of characters, 1 or more"),
+        ("upload_timeout_s", s.upload_timeout_s, s.upload_timeout_s > 0, positive),
+        ("upload_min_bytes_per_s", s.upload_min_bytes_per_s, s.upload_min_bytes_per_s >= 1, "a whole number, 1 or more"),
+        ("max_uploads_in_progress", s.max_uploads_in_progress, s.max_uploads_in_progress >= 1, "a whole number, 1 or more"),
+        ("decode_budget_s", s.decode_budget_s, s.decode_budget_s > 0, positive),
+        ("engine_workers", s.engine_workers, s.engine_workers >= 0, "0 (the engine's choice) or more"),
+        ("engine_queue", s.engine_queue, s.engine_queue >= 0, non_negative),
+        ("engine_timeout_s", s.engine_timeout_s, s.engine_timeout_s > 0, positive),
+        ("lock_ttl_ms", s.lock_ttl_ms, s.lock_ttl_ms >= MIN_LOCK_TTL_MS, f"a whole number of milliseconds, {MIN_LOCK_TTL_MS} or more"),
+        ("stream_maxlen", s.stream_maxlen, s.stream_maxlen >= 1, "a whole number, 1 or more"),
+        ("events_maxlen", s.events_maxlen, s.events_maxlen >= 0, "0 (no events kept) or more"),
+        ("review_margin", s.review_margin, 0.0 <= s.review_margin <= 1.0, "a number from 0 to 1"),
+        ("audit_cache_s", s.audit_cache_s, s.audit_cache_s >= 0, "0 (no reuse) or more"),
+        ("index_type", s.index_type, s.index_type in INDEX_TYPES, "one of " + ", ".join(INDEX_TYPES)),
+        ("log_level", s.log_level, s.log_level in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+        ("thresholds.min_embedding_similarity", f.min_embedding_similarity, -1.0 <= f.min_embedding_similarity <= 1.0,
+         "a number from -1 to 1"),
+        *((f"thresholds.{name}", getattr(f, name), 0.0 <= getattr(f, name) <= 1.0, "a number from 0 to 1")
+          for name in ("min_window_score", "min_short_window_score", "min_detail_score", "min_pitch_score")),
+        ("thresholds.duration_tolerance_s", f.duration_tolerance_s, f.duration_tolerance_s >= 0, "0 seconds or more"),
+        ("thresholds.duration_tolerance_ratio", f.duration_tolerance_ratio, 0.0 <= f.duration_tolerance_ratio < 1.0,
+         "a fraction of the longer speech, from 0 up to (not including) 1"),
+        ("thresholds.min_speech_s", f.min_speech_s, f.min_speech_s >= 0, "0 seconds or more"),
+        ("thresholds.top_k", f.top_k, 1 <= f.top_k <= MAX_TOP_K, f"a whole number of candidates from 1 to {MAX_TOP_K}"),
+    ]
+
+
+def _type_reasons(values: Any, prefix: str) -> list[str]:
+    """Each field of the same kind as declared: whole numbers for int (not bool), finite numbers
+    for float, true/false for bool, text for str. (load_settings converts what it reads; this
+    also catches settings built in code.)"""
+    reasons = []
+    for item in fields(values):
+        value = getattr(values, item.name)
+        kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            reasons.append(_reason(prefix + item.name, value, "a whole number"))
+        elif kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            reasons.append(_reason(prefix + item.name, value, "a finite number"))
+        elif kind == "bool" and not isinstance(value, bool):
+            reasons.append(_reason(prefix + item.name, value, "true or false"))
+        elif kind == "str" and not isinstance(value, str):
+            reasons.append(_reason(prefix + item.name, value, "text"))
+    return reasons
+
+
+def _reference_reasons(s: Settings) -> list[str]:
+    """Settings whose value names something to parse or read: the store URL and the keys file."""
+    reasons = []
+    if s.redis_url:
+        from index.connection import StoreURLError, open_client
+
+        try:
+            open_client(s.redis_url)  # builds a client without connecting: only the URL's form is checked
+        except (StoreURLError, ValueError) as exc:
+            reasons.append(f"redis_url = {_redact(s.redis_url)!r} is not allowed: {exc}")
+    if s.api_keys_file:
+        from service.api.auth import ApiKeys
+
+        try:
+            ApiKeys.from_file(s.api_keys_file)
+        except ConfigError as exc:
+            reasons.append(f"api_keys_file = {s.api_keys_file!r} is not usable: {exc}")
+    return reasons
+
+
+# Settings whose value a message never repeats.
+SECRET_SETTINGS = frozenset({"admin_token", "upstream_api_key"})
+
+
+def _reason(name: str, value: Any, allowed: str) -> str:
+    if name in SECRET_SETTINGS:
+        shown = "(hidden)"
+    elif isinstance(value, str) and name.endswith("_url"):
+        shown = repr(_redact(value))  # a user:password is not repeated
+    else:
+        shown = repr(str(value)) if isinstance(value, Path) else repr(value)
+    return f"{name} = {shown[:80]} is not allowed: use {allowed}"
+
+
+def _memory_bytes(text: str) -> int | None:
+    """Bytes of a `maxmemory` value as the store reads it; None when the store would refuse it."""
+    match = MAXMEMORY.match(text)
+    if match is None:
+        return None
+    count = int(match.group(1)) * MEMORY_UNITS[(match.group(2) or "").lower()]
+    return count if count < 2**64 else None
 
 
 def has_credentials(url: str) -> bool:
@@ -194,8 +324,23 @@ def has_credentials(url: str) -> bool:
     return "@" in urlsplit(url).netloc
 
 
+def _http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
-    """Build settings from defaults, an optional TOML file, then explicit overrides."""
+    """Build settings from defaults, an optional TOML file, then explicit overrides (the CLI's
+    flags and environment), and pass them through the gate (`Settings.validated`). Every value
+    that does not convert is reported at once, one line each."""
     values: dict[str, Any] = {}
     thresholds: dict[str, Any] = {}
     if config_file:
@@ -206,31 +351,48 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        thresholds = dict(document.pop("thresholds", {}))
+        table = document.pop("thresholds", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: thresholds must be a table ([thresholds] with one setting a line)")
+        thresholds = dict(table)
         values.update(document.get("earmark", document))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "fuzzy" in values:
+        raise ConfigError("the fuzzy tier's settings go in a [thresholds] table of the config file, not 'fuzzy'")
     known = {f.name: f for f in fields(Settings)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    settings = Settings(**{k: _coerce(known[k].type, k, v) for k, v in values.items() if k != "fuzzy"})
-    if thresholds:
-        settings = replace(settings, fuzzy=_thresholds(thresholds))
+    converted, reasons = _converted(known, "", values)
+    known_thresholds = {f.name: f for f in fields(FuzzyThresholds)}
+    unknown = sorted(set(thresholds) - set(known_thresholds))
+    if unknown:
+        raise ConfigError(f"unknown threshold(s): {', '.join(unknown)}; known: {', '.join(sorted(known_thresholds))}")
+    converted_thresholds, threshold_reasons = _converted(known_thresholds, "thresholds.", thresholds)
+    if reasons or threshold_reasons:
+        raise ConfigError("\n".join(reasons + threshold_reasons))
+    settings = Settings(**converted, fuzzy=FuzzyThresholds(**converted_thresholds))
     # Resolved once, here: the embedded server changes into its data directory before opening
     # its log, and a relative path would then point nowhere.
     settings = replace(settings, data_dir=Path(settings.data_dir).expanduser().resolve())
     return settings.validated()
 
 
-def _thresholds(values: dict[str, Any]) -> FuzzyThresholds:
-    known = {f.name: f for f in fields(FuzzyThresholds)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown threshold(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return FuzzyThresholds(**{k: _coerce(known[k].type, f"thresholds.{k}", v) for k, v in values.items()})
+def _converted(known: dict, prefix: str, values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`values` converted to their fields' types, and a reason for each that did not convert."""
+    converted, reasons = {}, []
+    for name, value in values.items():
+        try:
+            converted[name] = _coerce(known[name].type, prefix + name, value)
+        except ConfigError as exc:
+            reasons.append(str(exc))
+    return converted, reasons
 
 
 def _coerce(type_name: Any, name: str, value: Any) -> Any:
+    """Convert a value read from TOML, the environment or a flag to the setting's type; a value
+    that does not convert (or would only by losing something: 2.5 for a whole number, true for
+    a number) is refused with the gate's kind of one-line reason."""
     kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
     try:
         if kind == "bool":
@@ -240,13 +402,22 @@ def _coerce(type_name: Any, name: str, value: Any) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
+            if not isinstance(value, (bool, int)):
+                raise ValueError(value)
             return bool(value)
+        if kind in ("int", "float") and isinstance(value, bool):
+            raise ValueError(value)
         if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if kind == "float":
             return float(value)
         if kind == "Path":
             return Path(value)
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
         return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name} has a bad value {value!r} (expected {kind})") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        allowed = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(kind, "text")
+        raise ConfigError(_reason(name, value, allowed)) from exc

@@ -31,13 +31,19 @@ def test_help_lists_commands(tmp_path):
     assert "EARMARK_PORT" in run("serve", "--help", cwd=tmp_path).stdout
 
 
-def test_recognize_in_process_persists_between_runs(tmp_path):
-    first = run("recognize", FIXTURE, "--json", "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+def test_recognize_in_process_persists_between_runs_in_the_default_data_dir(tmp_path):
+    """A first run with the default data directory (./.earmark), a second naming it with
+    --data-dir: the second is answered from what the first stored. (One test for both: each
+    run starts a store and loads the engine in a fresh process.)"""
+    first = run("recognize", FIXTURE, "--json", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     answer = json.loads(first.stdout)
     assert answer["cache"]["tier"] == "miss" and answer["result"]["text"]
-    second = run("recognize", FIXTURE, "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
-    assert second.returncode == 0 and "\texact\t" in second.stdout
+    assert (tmp_path / ".earmark" / "store" / "appendonlydir").is_dir()
+    elsewhere = tmp_path / "elsewhere"  # another working directory: the store is found by --data-dir alone
+    elsewhere.mkdir()
+    second = run("recognize", FIXTURE, "--data-dir", str(tmp_path / ".earmark"), cwd=elsewhere)
+    assert second.returncode == 0 and "\texact\t" in second.stdout, second.stderr
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
@@ -64,18 +70,15 @@ def test_serve_as_the_readme_says_from_a_working_directory(tmp_path):
     assert (tmp_path / ".earmark" / "store" / "valkey.log").exists()
 
 
-def test_recognize_in_process_with_the_default_data_dir(tmp_path):
-    first = run("recognize", FIXTURE, "--json", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["cache"]["tier"] == "miss"
-    assert "\texact\t" in run("recognize", FIXTURE, cwd=tmp_path).stdout
-    assert (tmp_path / ".earmark" / "store" / "appendonlydir").is_dir()
-
-
 def test_a_store_that_cannot_start_shows_its_own_words(tmp_path):
-    result = run("serve", "--maxmemory", "plenty", cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "exited at start" in result.stderr and "maxmemory" in result.stderr.split("exited at start", 1)[1]
+    """A store that refuses to start for a reason only it knows (here a file where its
+    append-only directory goes; a bad --maxmemory is refused earlier, by the settings' gate)."""
+    store = tmp_path / "d" / "store"
+    store.mkdir(parents=True)
+    (store / "appendonlydir").write_text("not a directory\n")
+    result = run("serve", "--data-dir", str(tmp_path / "d"), "--engine", "pocketsphinx", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "exited at start" in result.stderr and "appendonlydir" in result.stderr.split("exited at start", 1)[1]
 
 
 def test_killed_service_takes_its_embedded_store_with_it(tmp_path):

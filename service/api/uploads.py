@@ -37,6 +37,11 @@ FILE_FIELD = "file"
 # Fields a client may repeat (OpenAI's `timestamp_granularities[]`); any other repeated field
 # is ambiguous (language=en and language=zh: which profile?) and refused.
 _LIST_FIELD = re.compile(r".*\[\]$")
+# The contract's text fields (docs/api.md, "Text fields"): a file part under one of these names is
+# refused (422) as it arrives, on every endpoint, whether or not that endpoint reads the field;
+# `model` and `temperature` are read by none (they change nothing), so only this catches them.
+TEXT_FIELDS = frozenset({"language", "use_itn", "hotwords", "prompt", "response_format", "model", "temperature",
+                         "stream", "timestamp_granularities", "timestamp_granularities[]"})
 # The parser logs a warning for every malformed body: anyone could fill the log. The 400 says it.
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
@@ -286,6 +291,8 @@ class _FormReceiver:
             self._kind = "file"
             self._spool = Spool()
         elif b"filename" in options:
+            if self._name in TEXT_FIELDS:
+                raise ApiError(422, f"'{self._name}' must be a plain form field, not a file")
             self._kind = "ignored"
             self.form.file_names.add(self._name)
         else:
@@ -357,7 +364,7 @@ def _boolean(form: UploadForm, name: str) -> bool | None:
 
 
 def _too_large(max_bytes: int) -> str:
-    return f"the upload is over the {max_bytes // (1024 * 1024)} MB limit; send a smaller or shorter file"
+    return f"the upload is over the {max_bytes / (1024 * 1024):g} MiB limit; send a smaller or shorter file"
 
 
 def _short(exc: BaseException) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.config import ENGINE_NAMES, UPSTREAM_ENGINES
 from service.engines.base import Engine, EngineUnavailable
 
-ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr", "openai", "funasr-http")
-# Engines that forward a miss to a recognition server (service/engines/upstream/base.py).
-UPSTREAM_ENGINES = ("openai", "funasr-http")
+__all__ = ["ENGINE_NAMES", "UPSTREAM_ENGINES", "create_engine", "engine_for", "upstream_config"]
 
 
 def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whisper_model: str = "",
