@@ -67,3 +67,15 @@ def wav_with_extra_chunk(data: bytes) -> bytes:
 def silence_wav(seconds: float, rate: int = 16000) -> bytes:
     """Digital silence as a WAV file."""
     return encode(np.zeros(int(seconds * rate), dtype=np.int16), rate, fmt="wav", codec="pcm_s16le")
+
+
+def flac_without_length(data: bytes) -> bytes:
+    """The same FLAC with STREAMINFO's 36-bit total-samples field zeroed ("unknown", as a
+    streaming encoder writes it), so that the header declares no duration."""
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0, "STREAMINFO must be the first block"
+    # STREAMINFO starts at byte 8; its total samples are the low 4 bits of byte 8 + 13 and
+    # the 4 bytes after them (after block sizes, frame sizes, rate, channels and bit depth).
+    out = bytearray(data)
+    out[21] &= 0xF0
+    out[22:26] = bytes(4)
+    return bytes(out)

@@ -15,10 +15,11 @@ from fingerprint.decode import (
     NotAudioError,
     UndecodableAudioError,
     decode_audio,
+    open_audio,
 )
 from fingerprint.sniff import sniff_format
 from fingerprint.speech import has_sound, speech_extent
-from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav, wav_with_extra_chunk
+from tests.audio_tools import encode, fixture_bytes, flac_without_length, read_pcm, silence_wav, wav_with_extra_chunk
 
 HOUR = 3600.0
 
@@ -109,6 +110,41 @@ def test_absurd_sample_rates_are_refused(samples):
 def test_declared_duration_over_the_limit_is_refused_before_decoding(wav):
     with pytest.raises(AudioTooLongError, match="limit"):
         decode_audio(wav, max_duration_s=1.0)
+
+
+def looped(samples, seconds: float) -> tuple[np.ndarray, int]:
+    """The recording repeated to `seconds` (int16 samples, and their rate)."""
+    pcm, rate = samples
+    return np.tile(pcm, int(np.ceil(seconds * rate / len(pcm))))[:int(seconds * rate)], rate
+
+
+def _wav_with_data_size(data: bytes, size: int) -> bytes:
+    """The WAV with its data chunk's size replaced (0 or 0xFFFFFFFF: a streaming writer's)."""
+    at = data.index(b"data")
+    return data[:at + 4] + size.to_bytes(4, "little") + data[at + 8:]
+
+
+@pytest.mark.parametrize("kind", ["flac", "flac 48 kHz stereo", "wav size 0", "wav size 0xFFFFFFFF"])
+def test_audio_that_declares_no_length_is_held_to_the_limit_by_what_decodes(samples, kind):
+    pcm, rate = looped(samples, 40.0)
+    if kind.startswith("flac"):
+        if "stereo" in kind:
+            pcm, rate = soxr.resample(pcm, rate, 48000).astype(np.int16), 48000
+        data = flac_without_length(encode(pcm, rate, fmt="flac", codec="flac", channels=2 if "stereo" in kind else 1))
+    else:
+        wav = encode(pcm, rate, fmt="wav", codec="pcm_s16le")
+        data = _wav_with_data_size(wav, 0 if kind.endswith(" 0") else 0xFFFFFFFF)
+    decoded = 0
+    with pytest.raises(AudioTooLongError, match="limit") as refused:
+        audio = open_audio(data, 5.0)
+        if kind.startswith("flac"):
+            assert audio.declared_s is None  # the case at hand: nothing to refuse before decoding
+        for chunk in audio.chunks:
+            decoded += chunk.size
+    assert refused.value.status == 413
+    # Decoding stopped at the limit (and its second of slack, give or take a block), long
+    # before the 40 s the file holds.
+    assert decoded < 10 * SAMPLE_RATE
 
 
 def test_silence_has_no_sound_and_speech_does(wav):
