@@ -17,15 +17,17 @@ import av
 import numpy as np
 import soxr
 
-from fingerprint.sniff import sniff_format
+from fingerprint.sniff import SNIFF_BYTES, sniff_format
 
 SAMPLE_RATE = 16000
 MIN_SOURCE_RATE = 4000
 MAX_SOURCE_RATE = 384000
 LOWEST_BYTES_PER_S = 1000  # 8 kbps: below any speech codec's usual rate
-CHUNK_SAMPLES = 1 << 16
+CHUNK_SAMPLES = 1 << 16  # source samples handed on at a time: about 4 s at 16 kHz
 _SELF_DESCRIBING = ("wav", "flac", "aiff")
-_HEADER_ONLY_PROBE = {"probesize": "4096", "analyzeduration": "0"}  # source samples handed on at a time: about 4 s at 16 kHz
+_HEADER_ONLY_PROBE = {"probesize": "4096", "analyzeduration": "0"}
+NOT_AUDIO_HINT = ("send audio in a container that says what it is: WAV, FLAC, MP3, AAC/M4A, Ogg, WebM/Matroska, "
+                  "AIFF, or another listed in docs/api.md (raw headerless PCM is not accepted)")
 
 
 class AudioError(ValueError):
@@ -106,16 +108,13 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
-    head = source.read(64)
+    head = source.read(SNIFF_BYTES)
     source.seek(0)
     if not head:
         raise EmptyAudioError("the uploaded file is empty; send the audio bytes in the 'file' field")
     container_label = sniff_format(head)
     if container_label is None:
-        raise NotAudioError(
-            "the upload is not a recognised audio format; send WAV, FLAC, MP3, AAC/M4A, Ogg "
-            "(Vorbis/Opus), WebM/Matroska or AIFF audio"
-        )
+        raise NotAudioError(f"the upload is not a recognised audio format; {NOT_AUDIO_HINT}")
     try:
         # A header that says everything needs no probing of the data: FFmpeg's default probe
         # read and parsed about 3 ms of a WAV for nothing, on every decoding pass.
