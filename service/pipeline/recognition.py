@@ -31,6 +31,7 @@ from index.entry import Entry, make_entry_id
 from index.store import FuzzyVerdict, Store
 from service.api.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
 from service.config import Settings
+from service import memory
 from service.pipeline.decode_budget import DecodeBudget, Reservation
 from service.engines.pool import EnginePool
 from service.engines.base import EngineFailure
@@ -115,7 +116,13 @@ class RecognitionCache:
         started = time.perf_counter() if started is None else started
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
-        outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        try:
+            outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        finally:
+            if (upload.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
+                # Long audio's passes freed hundreds of MB into the allocator's arenas: give
+                # them back (service/memory.py), off the loop and without making anyone wait.
+                asyncio.get_running_loop().run_in_executor(None, self._give_back_memory)
         if not run and outcome.entry is not None and not outcome.candidates:
             outcome.candidates = await self._candidates_of(upload, profile)
         outcome.elapsed_ms = _ms_since(started)
@@ -432,6 +439,12 @@ class RecognitionCache:
             return self.fuzzy.verifier.features(upload.pcm)
         chunks = open_audio(upload.open(), self.settings.max_duration_s).chunks
         return self.fuzzy.verifier.features_of(_charged(chunks, cover))
+
+    def _give_back_memory(self) -> None:
+        released = memory.trim()
+        if released is not None:
+            self.metrics.memory_trims.inc()
+            self.metrics.memory_trimmed_bytes.inc(released)
 
     def _stage(self, stage: str):
         return self.metrics.lookup_seconds.labels(stage=stage).time()

@@ -1,0 +1,51 @@
+"""Memory a long request freed goes back to the OS (service/memory.py): the allocator's trim
+really releases fragmented free memory, and a request over a minute of audio runs it."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from service import memory
+from service.app import create_app
+from tests.audio_tools import encode, read_pcm
+from tests.test_app import post
+from tests.test_uploads import metric_of
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(not memory.available(), reason="malloc_trim is glibc's; this C library has none")
+
+MB = 1 << 20
+
+
+def test_trim_gives_back_what_a_thread_freed_around_what_it_kept():
+    """The service's case in small: a worker thread allocates in pieces (its own arena), frees
+    most of them but keeps a few scattered ones, so the arena cannot shrink from its end. The
+    resident set stays up until the trim releases the free pages between the kept pieces."""
+    kept: list[bytearray] = []
+
+    def allocate_then_free_most() -> None:
+        pieces = [bytearray(b"x" * (96 * 1024)) for _ in range(3000)]  # 288 MB, under the mmap threshold
+        kept.extend(pieces[::100])  # every 100th stays alive: the free space lies between them
+        pieces.clear()
+
+    worker = threading.Thread(target=allocate_then_free_most)
+    worker.start()
+    worker.join()
+    resident = memory.resident_bytes()
+    released = memory.trim()
+    assert released is not None and released >= 150 * MB, (resident / MB, (released or 0) / MB)
+    assert len(kept) == 30 and all(piece[:1] == b"x" for piece in kept)
+
+
+def test_a_request_over_a_minute_of_audio_trims_and_a_short_one_does_not(settings, engine, recorded):
+    pcm, rate = read_pcm(recorded)
+    long_wav = encode(np.tile(pcm, int(70 * rate) // len(pcm) + 1), rate, fmt="wav", codec="pcm_s16le")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        assert post(client, recorded).status_code == 200
+        assert metric_of(client, "earmark_memory_trims_total") == 0
+        assert post(client, long_wav, path="/lookup").status_code == 200
+        wait_for(lambda: metric_of(client, "earmark_memory_trims_total") == 1)
