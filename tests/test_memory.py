@@ -1,9 +1,14 @@
 """Memory a long request freed goes back to the OS (service/memory.py): the allocator's trim
-really releases fragmented free memory, and a request over a minute of audio runs it."""
+really releases fragmented free memory, a request over a minute of audio runs it, and the
+allocator's arenas are capped."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,3 +54,36 @@ def test_a_request_over_a_minute_of_audio_trims_and_a_short_one_does_not(setting
         assert metric_of(client, "earmark_memory_trims_total") == 0
         assert post(client, long_wav, path="/lookup").status_code == 200
         wait_for(lambda: metric_of(client, "earmark_memory_trims_total") == 1)
+
+
+_ARENAS = """
+import ctypes, sys, threading
+sys.path.insert(0, sys.argv[1])
+from service import memory
+if sys.argv[2] == "capped":
+    assert memory.limit_arenas(2) == 2
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()
+    blocks = [bytearray(4096) for _ in range(100)]  # each new thread's first malloc picks its arena
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+def test_the_server_caps_the_allocators_arenas(tmp_path):
+    """Eight threads allocating at once get an arena each from glibc (up to 8 per core), each
+    holding its own freed memory; capped, they share two."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+
+    def arenas(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _ARENAS, root, mode], capture_output=True, text=True, env=env,
+                              check=True)
+        return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+    assert arenas("capped") == 2
+    assert arenas("default") > 2
