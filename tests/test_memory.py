@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from service import memory
-from service.app import create_app
+from service.api.app import create_app
 from tests.audio_tools import encode, read_pcm
 from tests.test_app import post
 from tests.test_uploads import metric_of

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
+import threading
 import time
 from dataclasses import replace
-
-import shutil
-import threading
 
 import httpx
 import numpy as np
