@@ -16,7 +16,14 @@ its embedded store; the hour's WAV is a miss, the same bytes an exact hit, its F
 canonical hit, its 32 kbps MP3 a fuzzy hit. Each request's time, tier and the server's peak
 RSS growth (VmHWM) are printed.
 
+Part 3, resting memory (`--resting N`, issue 21 item 9): `earmark serve` takes N long uploads
+one after another (`--resting-minutes` of speech as 16 kHz WAV, with `Cache-Control: no-cache`
+so that each one decodes and runs the engine), and its resting RSS (VmRSS once idle) is read
+before, after each, and at the end. `--malloc-arena-max` runs it again with glibc's
+MALLOC_ARENA_MAX set, to tell the allocator's arenas from a leak.
+
     .venv/bin/python bench/bench_long_upload.py [--minutes 60] [--service] [--engine whisper]
+    .venv/bin/python bench/bench_long_upload.py --resting 10 [--resting-minutes 10] [--malloc-arena-max 2]
 
 The hour of speech is the corpus's originals (bench/make_corpus.py) joined end to end, or
 espeak-ng sentences when the corpus is absent. Files are cached in bench/data/long.
@@ -79,8 +86,8 @@ def ffmpeg(*args: str) -> None:
     run_quiet("ffmpeg", "-nostdin", "-v", "error", "-y", *args)
 
 
-def make_inputs(minutes: float) -> dict[str, Path]:
-    """The benchmark's files, made once and cached."""
+def make_speech(minutes: float) -> Path:
+    """`minutes` of speech as a 16 kHz mono WAV, made once and cached."""
     DATA.mkdir(parents=True, exist_ok=True)
     seconds = int(minutes * 60)
     speech = DATA / f"speech_{seconds}s_16k.wav"
@@ -97,6 +104,13 @@ def make_inputs(minutes: float) -> dict[str, Path]:
         # Loop the speech to the length wanted.
         ffmpeg("-stream_loop", "-1", "-i", str(joined), "-t", str(seconds), "-c:a", "pcm_s16le", str(speech))
         joined.unlink()
+    return speech
+
+
+def make_inputs(minutes: float) -> dict[str, Path]:
+    """The benchmark's files, made once and cached."""
+    speech = make_speech(minutes)
+    seconds = int(minutes * 60)
     files = {"16 kHz WAV": speech}
     for label, name, args in [
         ("16 kHz FLAC", "speech.flac", ["-c:a", "flac"]),
@@ -171,14 +185,74 @@ def end_to_end(files: dict[str, Path], engine: str | None) -> list[dict]:
     return rows
 
 
+def server_rss(pid: int) -> int:
+    """The server's resident set now, in bytes (its embedded store is another process)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def resting_rss(speech: Path, uploads: int, engine: str | None, env: dict[str, str], label: str) -> dict:
+    """Part 3: the server's resting RSS before, after each of `uploads` long uploads, and at the end."""
+    body = speech.read_bytes()
+    warm = (ROOT / "tests" / "fixtures" / "recorded.wav").read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ("--engine", engine) if engine else ()
+        server = Server(Path(tmp) / "data", Path(tmp) / "server.log", extra_args=extra, env=env)
+        try:
+            with httpx.Client(base_url=server.url, timeout=3600) as client:
+                server.wait_healthy(client)
+                # A short request first: the engine's and the decoder's one-off allocations
+                # (model weights, FFT plans, imports) are not what this measures.
+                client.post("/recognize", files={"file": ("warm.wav", warm)}).raise_for_status()
+                time.sleep(REST_S)
+                rested = [server_rss(server.process.pid)]
+                print(f"  [{label}] at rest after a short warm-up: {rested[0] / 2**20:.0f} MB", flush=True)
+                for number in range(1, uploads + 1):
+                    started = time.perf_counter()
+                    answer = client.post("/recognize", files={"file": (speech.name, body)},
+                                         headers={"Cache-Control": "no-cache"})
+                    elapsed = time.perf_counter() - started
+                    peak = server_peak_rss(server.process.pid)
+                    time.sleep(REST_S)
+                    rested.append(server_rss(server.process.pid))
+                    print(f"  [{label}] upload {number:2}: {answer.status_code} {elapsed:6.1f} s, peak {peak / 2**20:5.0f} MB, "
+                          f"at rest {rested[-1] / 2**20:5.0f} MB", flush=True)
+                    answer.raise_for_status()
+        finally:
+            server.stop()
+    return {"label": label, "env": env, "uploads": uploads, "upload_mb": round(len(body) / 2**20, 1),
+            "rest_mb": [round(value / 2**20) for value in rested], "peak_mb": round(peak / 2**20),
+            "growth_mb": round((rested[-1] - rested[0]) / 2**20)}
+
+
+REST_S = 2.0  # idle time before reading the resting RSS: the request's threads have finished
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the long recording [60]")
     parser.add_argument("--service", action="store_true", help="also run part 2, end to end over HTTP")
-    parser.add_argument("--engine", default=None, help="engine for part 2 [the service's default]")
+    parser.add_argument("--engine", default=None, help="engine for parts 2 and 3 [the service's default]")
+    parser.add_argument("--resting", type=int, default=0, metavar="N",
+                        help="part 3 only: resting RSS over N long uploads (no-cache: each runs the engine)")
+    parser.add_argument("--resting-minutes", type=float, default=10.0, help="length of part 3's uploads [10]")
+    parser.add_argument("--malloc-arena-max", default=None, help="part 3 again with MALLOC_ARENA_MAX set to this")
     args = parser.parse_args()
     require_tools(parser, "ffmpeg", "sox", "espeak-ng")
     interrupt_on_sigterm()
+    if args.resting:
+        speech = make_speech(args.resting_minutes)
+        print(f"Part 3: resting RSS over {args.resting} uploads of {args.resting_minutes:g} min (16 kHz WAV)")
+        runs = [resting_rss(speech, args.resting, args.engine, {}, "default")]
+        if args.malloc_arena_max:
+            runs.append(resting_rss(speech, args.resting, args.engine, {"MALLOC_ARENA_MAX": args.malloc_arena_max},
+                                    f"MALLOC_ARENA_MAX={args.malloc_arena_max}"))
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        out = OUT_DIR / "long_upload_resting.json"
+        out.write_text(json.dumps({"machine": machine_info(), "git": git_head(), "load": loadavg(), "runs": runs},
+                                  indent=2))
+        print(f"written to {out}")
+        return
     files = make_inputs(args.minutes)
     print(f"Part 1: lookup path, peak RSS growth against 16-bit PCM at 16 kHz (target <= {TARGET_RATIO:.0f}x)")
     print(f"  {'file':36} {'audio':>8} {'upload':>9} {'PCM':>8} {'peak +RSS':>10} {'ratio':>6} {'digest pass':>15} "

@@ -132,10 +132,12 @@ class Server:
     """`earmark serve` with its embedded store in `data_dir`, in its own session.
 
     Its own session keeps a terminal Ctrl-C from reaching it directly: the benchmark gets the
-    signal and stops the server cleanly. Output goes to `log_path`; `port` 0 picks a free one.
+    signal and stops the server cleanly. Output goes to `log_path`; `port` 0 picks a free one;
+    `env` adds to the environment it inherits.
     """
 
-    def __init__(self, data_dir: Path, log_path: Path, port: int = 0, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, port: int = 0, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -144,7 +146,7 @@ class Server:
             [str(EARMARK), "serve", "--port", str(self.port), "--data-dir", str(data_dir), "--log-level", "warning",
              *extra_args],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=_die_with_parent, env={**os.environ, **(env or {})},
         )
 
     def wait_healthy(self, client: httpx.Client, timeout_s: float = 60.0) -> dict:

@@ -17,15 +17,17 @@ import av
 import numpy as np
 import soxr
 
-from fingerprint.sniff import sniff_format
+from fingerprint.sniff import SNIFF_BYTES, sniff_format
 
 SAMPLE_RATE = 16000
 MIN_SOURCE_RATE = 4000
 MAX_SOURCE_RATE = 384000
 LOWEST_BYTES_PER_S = 1000  # 8 kbps: below any speech codec's usual rate
-CHUNK_SAMPLES = 1 << 16
+CHUNK_SAMPLES = 1 << 16  # source samples handed on at a time: about 4 s at 16 kHz
 _SELF_DESCRIBING = ("wav", "flac", "aiff")
-_HEADER_ONLY_PROBE = {"probesize": "4096", "analyzeduration": "0"}  # source samples handed on at a time: about 4 s at 16 kHz
+_HEADER_ONLY_PROBE = {"probesize": "4096", "analyzeduration": "0"}
+NOT_AUDIO_HINT = ("send audio in a container that says what it is: WAV, FLAC, MP3, AAC/M4A, Ogg, WebM/Matroska, "
+                  "AIFF, or another listed in docs/api.md (raw headerless PCM is not accepted)")
 
 
 class AudioError(ValueError):
@@ -106,16 +108,13 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
-    head = source.read(64)
+    head = source.read(SNIFF_BYTES)
     source.seek(0)
     if not head:
         raise EmptyAudioError("the uploaded file is empty; send the audio bytes in the 'file' field")
     container_label = sniff_format(head)
     if container_label is None:
-        raise NotAudioError(
-            "the upload is not a recognised audio format; send WAV, FLAC, MP3, AAC/M4A, Ogg "
-            "(Vorbis/Opus), WebM/Matroska or AIFF audio"
-        )
+        raise NotAudioError(f"the upload is not a recognised audio format; {NOT_AUDIO_HINT}")
     try:
         # A header that says everything needs no probing of the data: FFmpeg's default probe
         # read and parsed about 3 ms of a WAV for nothing, on every decoding pass.
@@ -236,35 +235,20 @@ def _coalesced(pieces: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> Iterator[np.ndarray]:
     """Decode the stream at its own rate, downmixed to mono float32, enforcing the limit."""
-    # Same rate in and out: the resampler only converts to planar float, sample by sample, so
-    # the output does not depend on how the container chunks its packets. The channels are
-    # then averaged here: FFmpeg's own downmix adds identical channels at +3 dB (its pan law),
-    # which clipped the loud peaks of every stereo copy of a mono recording.
-    to_float = av.AudioResampler(format="fltp", rate=source_rate)
+    # One second of slack over the limit: a file of exactly the limit's length, cut into
+    # frames that straddle it, is not refused.
     max_samples = int(max_duration_s * source_rate) + source_rate
     total = 0
     try:
-        for frame in container.decode(stream):
-            if frame.format.name in ("s16", "s16p"):
-                # 16-bit PCM (WAV, FLAC): scaled here, exactly as FFmpeg's converter scales it
-                # (x / 32768, exact in float32), without its per-frame cost.
-                samples = _mono_s16(frame)
-                total += samples.size
-                yield samples
-                continue
-            if frame.format.name == "fltp" or (frame.format.name == "flt" and len(frame.layout.channels) == 1):
-                # Already planar float (MP3, AAC, Opus decoders give it): converting is a no-op.
-                converted_frames = [frame]
-            else:
-                converted_frames = to_float.resample(frame)
-            for converted in converted_frames:
-                samples = _mono(converted)
-                total += samples.size
-                yield samples
+        for samples in _mono_pieces(container, stream, source_rate):
+            # Every piece counts against the limit before it is handed on, whatever its sample
+            # format: a header that declares no length (FLAC's STREAMINFO zeroed) or too short
+            # a one is held to the limit by what actually decodes, and decoding stops at the
+            # first frame past it.
+            total += samples.size
             if total > max_samples:
-                raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s))
-        for converted in to_float.resample(None):
-            yield _mono(converted)
+                raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s, at_least=True))
+            yield samples
     except AudioError:
         raise  # over the limit: a 413, not a damaged tail to keep
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
@@ -273,6 +257,28 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
                 f"the audio could not be decoded ({_short(exc)}); check that the file is complete"
             ) from exc
         # A damaged tail after good audio: keep what decoded, as players do.
+
+
+def _mono_pieces(container, stream, source_rate: int) -> Iterator[np.ndarray]:
+    """The stream's frames as mono float32 at the source rate, one piece per frame."""
+    # Same rate in and out: the resampler only converts to planar float, sample by sample, so
+    # the output does not depend on how the container chunks its packets. The channels are
+    # then averaged here: FFmpeg's own downmix adds identical channels at +3 dB (its pan law),
+    # which clipped the loud peaks of every stereo copy of a mono recording.
+    to_float = av.AudioResampler(format="fltp", rate=source_rate)
+    for frame in container.decode(stream):
+        if frame.format.name in ("s16", "s16p"):
+            # 16-bit PCM (WAV, FLAC): scaled here, exactly as FFmpeg's converter scales it
+            # (x / 32768, exact in float32), without its per-frame cost.
+            yield _mono_s16(frame)
+        elif frame.format.name == "fltp" or (frame.format.name == "flt" and len(frame.layout.channels) == 1):
+            # Already planar float (MP3, AAC, Opus decoders give it): converting is a no-op.
+            yield _mono(frame)
+        else:
+            for converted in to_float.resample(frame):
+                yield _mono(converted)
+    for converted in to_float.resample(None):
+        yield _mono(converted)
 
 
 def _mono_s16(frame) -> np.ndarray:
@@ -297,11 +303,13 @@ def _mono(frame) -> np.ndarray:
     return samples.reshape(-1)
 
 
-def _too_long_message(duration_s: float, max_duration_s: float) -> str:
-    return (
-        f"the audio lasts {duration_s:.0f} s, over the {max_duration_s:.0f} s limit; "
-        "split it into shorter files"
-    )
+def _too_long_message(duration_s: float, max_duration_s: float, *, at_least: bool = False) -> str:
+    """The 413's reason; `at_least` when decoding stopped at the limit, so the whole length is
+    not known."""
+    if at_least:
+        return (f"the audio lasts longer than the {max_duration_s:.0f} s limit (found while decoding it); "
+                "split it into shorter files")
+    return f"the audio lasts {duration_s:.0f} s, over the {max_duration_s:.0f} s limit; split it into shorter files"
 
 
 def _short(exc: BaseException) -> str:

@@ -64,6 +64,9 @@ def main() -> None:
 @_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning, error, critical [info].")
 def serve(config_file: str | None, **options) -> None:
     """Start the HTTP service (with an embedded store unless --redis-url is given)."""
+    from service import memory
+
+    memory.limit_arenas()  # first, before the engine's and the decoder's threads (service/memory.py)
     settings = _settings(config_file, options)
     _configure_logging(settings.log_level)
     import uvicorn

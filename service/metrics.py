@@ -72,6 +72,19 @@ class Metrics:
         self.decode_budget_refused = Counter(
             "earmark_decode_budget_refused_total", "Requests answered 503 because the decode budget stayed full.", registry=r
         )
+        self.memory_trims = Counter(
+            "earmark_memory_trims_total",
+            "Times a request over a minute of audio gave the allocator's free memory back to the OS (glibc only).",
+            registry=r,
+        )
+        self.memory_trimmed_bytes = Counter(
+            "earmark_memory_trimmed_bytes_total", "Bytes the resident set shrank by in those trims.", registry=r
+        )
+        self.decode_budget_grown = Counter(
+            "earmark_decode_budget_grown_seconds_total",
+            "Seconds of audio added to decode reservations while decoding, beyond the estimate made before it "
+            "(a header that said no length, or too short a one).", registry=r,
+        )
         self.cache_control = Counter(
             "earmark_cache_control_total",
             "Recognition requests by Cache-Control directive honoured (none, no-cache, no-store, max-age); "

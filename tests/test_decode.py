@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+
+import av
 import numpy as np
 import pytest
 import soxr
@@ -15,10 +19,20 @@ from fingerprint.decode import (
     NotAudioError,
     UndecodableAudioError,
     decode_audio,
+    open_audio,
 )
 from fingerprint.sniff import sniff_format
 from fingerprint.speech import has_sound, speech_extent
-from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav, wav_with_extra_chunk
+from tests.audio_tools import (
+    EXTRA_CONTAINERS,
+    encode,
+    fixture_bytes,
+    flac_without_length,
+    in_container,
+    read_pcm,
+    silence_wav,
+    wav_with_extra_chunk,
+)
 
 HOUR = 3600.0
 
@@ -54,6 +68,80 @@ def test_sniffs_and_decodes_real_encodings(samples, fmt, codec, label):
     assert sniff_format(data) == label
     decoded = decode_audio(data, HOUR)
     assert decoded.duration_s == pytest.approx(len(pcm) / rate, abs=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_CONTAINERS))
+def test_sniffs_and_decodes_the_further_containers_speech_comes_in(samples, name):
+    if name == "nist sphere" and not shutil.which("sox"):
+        pytest.skip("NIST SPHERE is written by Debian's sox, not installed")
+    pcm, rate = samples
+    data = in_container(name, pcm, rate)
+    assert sniff_format(data) == EXTRA_CONTAINERS[name][0]
+    decoded = decode_audio(data, HOUR)
+    assert decoded.duration_s == pytest.approx(len(pcm) / rate, abs=0.1)
+    assert has_sound(decoded.pcm_16k)
+
+
+def _avi_without_audio() -> bytes:
+    """An AVI holding one video stream and no audio (a real muxer and encoder)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
+        for number in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), number * 60, np.uint8), format="rgb24")
+            for packet in stream.encode(frame.reformat(format="yuvj420p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+NOT_AUDIO = {
+    "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200),
+    "pdf": b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n" * 20,
+    "zip": b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(300),
+    "jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(300),
+    "gif": b"GIF89a" + bytes(300),
+    "elf": b"\x7fELF\x02\x01\x01" + bytes(300),
+    "html": b"<!doctype html><html><body>" + b"G" * 2000 + b"</body></html>",
+    "json": b'{"text": "' + b"a" * 5000 + b'"}',
+    "text starting with G": b"Good morning, this is a transcript and not audio.\n" * 100,
+    "riff that is not wave": b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(300),
+    "riff that is not wave (W64 GUID, other form)": b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00" + bytes(300),
+    "mpeg start code that is not a pack": b"\x00\x00\x01\xba\x00" + bytes(300),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_AUDIO))
+def test_bytes_that_are_not_audio_are_still_refused(name):
+    assert sniff_format(NOT_AUDIO[name]) is None
+    with pytest.raises(NotAudioError) as refused:
+        decode_audio(NOT_AUDIO[name], HOUR)
+    assert refused.value.status == 415
+
+
+def test_a_video_container_without_an_audio_stream_is_refused():
+    data = _avi_without_audio()
+    assert sniff_format(data) == "avi"
+    with pytest.raises(NotAudioError, match="no audio stream") as refused:
+        decode_audio(data, HOUR)
+    assert refused.value.status == 415
+
+
+def test_the_ac3_sync_word_alone_is_not_taken_for_audio(samples):
+    """0x0B77 turns up once in 65,536 byte pairs: a plausible header must also lead to a
+    second frame's sync word. Random blobs that start with it, and a real first frame
+    followed by anything else, are refused."""
+    rng = np.random.default_rng(21)
+    blobs = [b"\x0b\x77" + rng.integers(0, 256, 6000, dtype=np.uint8).tobytes() for _ in range(3000)]
+    assert [blob[:8] for blob in blobs if sniff_format(blob) is not None] == []
+    pcm, rate = samples
+    ac3 = in_container("ac3 48 kHz", pcm, rate)
+    frame = 2 * 2 * 96  # 96 kbps at 48 kHz: 192 words
+    assert sniff_format(ac3) == "ac3" and ac3[frame:frame + 2] == b"\x0b\x77"
+    assert sniff_format(ac3[:frame] + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()) is None
+    assert sniff_format(ac3[:frame]) == "ac3"  # a whole one-frame file
 
 
 def test_same_pcm_in_other_containers_has_the_same_canonical_digest(wav, samples):
@@ -109,6 +197,41 @@ def test_absurd_sample_rates_are_refused(samples):
 def test_declared_duration_over_the_limit_is_refused_before_decoding(wav):
     with pytest.raises(AudioTooLongError, match="limit"):
         decode_audio(wav, max_duration_s=1.0)
+
+
+def looped(samples, seconds: float) -> tuple[np.ndarray, int]:
+    """The recording repeated to `seconds` (int16 samples, and their rate)."""
+    pcm, rate = samples
+    return np.tile(pcm, int(np.ceil(seconds * rate / len(pcm))))[:int(seconds * rate)], rate
+
+
+def _wav_with_data_size(data: bytes, size: int) -> bytes:
+    """The WAV with its data chunk's size replaced (0 or 0xFFFFFFFF: a streaming writer's)."""
+    at = data.index(b"data")
+    return data[:at + 4] + size.to_bytes(4, "little") + data[at + 8:]
+
+
+@pytest.mark.parametrize("kind", ["flac", "flac 48 kHz stereo", "wav size 0", "wav size 0xFFFFFFFF"])
+def test_audio_that_declares_no_length_is_held_to_the_limit_by_what_decodes(samples, kind):
+    pcm, rate = looped(samples, 40.0)
+    if kind.startswith("flac"):
+        if "stereo" in kind:
+            pcm, rate = soxr.resample(pcm, rate, 48000).astype(np.int16), 48000
+        data = flac_without_length(encode(pcm, rate, fmt="flac", codec="flac", channels=2 if "stereo" in kind else 1))
+    else:
+        wav = encode(pcm, rate, fmt="wav", codec="pcm_s16le")
+        data = _wav_with_data_size(wav, 0 if kind.endswith(" 0") else 0xFFFFFFFF)
+    decoded = 0
+    with pytest.raises(AudioTooLongError, match="limit") as refused:
+        audio = open_audio(data, 5.0)
+        if kind.startswith("flac"):
+            assert audio.declared_s is None  # the case at hand: nothing to refuse before decoding
+        for chunk in audio.chunks:
+            decoded += chunk.size
+    assert refused.value.status == 413
+    # Decoding stopped at the limit (and its second of slack, give or take a block), long
+    # before the 40 s the file holds.
+    assert decoded < 10 * SAMPLE_RATE
 
 
 def test_silence_has_no_sound_and_speech_does(wav):

@@ -6,6 +6,7 @@ service stays up."""
 
 from __future__ import annotations
 
+import shutil
 import struct
 
 import numpy as np
@@ -14,7 +15,7 @@ import soxr
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
 from fingerprint.decode import AudioError, decode_audio
-from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.audio_tools import EXTRA_CONTAINERS, encode, fixture_bytes, in_container, read_pcm
 from tests.test_app import keys_under
 
 FUZZ = hypothesis_settings(max_examples=60, deadline=None, derandomize=True,
@@ -60,7 +61,13 @@ def hostile_audio(draw) -> bytes:
         return header + draw(st.binary(max_size=2048))
     if kind == "noise":
         return draw(st.sampled_from([b"RIFF", b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b""])) + draw(st.binary(max_size=4096))
-    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+    return draw(mutated(SEEDS))
+
+
+@st.composite
+def mutated(draw, seeds: dict[str, bytes]) -> bytes:
+    """One of `seeds` truncated, with bytes flipped, or with garbage appended."""
+    data = bytearray(seeds[draw(st.sampled_from(sorted(seeds)))])
     for _ in range(draw(st.sampled_from([0, 0, 1, 2, 8]))):
         position = draw(st.integers(0, len(data) - 1))
         data[position] = draw(st.integers(0, 255))
@@ -68,9 +75,36 @@ def hostile_audio(draw) -> bytes:
     return bytes(data) + (draw(st.binary(max_size=64)) if not draw(st.integers(0, 3)) else b"")
 
 
+def _further_seeds() -> dict[str, bytes]:
+    """A second of the recording in each container accepted since issue 21 (FLV, AC-3, TTA,
+    Wave64, VOC, MPEG-TS...), for the decoders that reach now."""
+    pcm, rate = read_pcm(fixture_bytes("recorded.wav"))
+    return {name: in_container(name, pcm[:rate], rate) for name in EXTRA_CONTAINERS
+            if name != "nist sphere" or shutil.which("sox")}
+
+
+FURTHER_SEEDS = _further_seeds()
+
+
+def _noise_after_a_magic_number(draw) -> bytes:
+    """Random bytes behind the first bytes of a further container: the sniffer lets them in."""
+    seed = FURTHER_SEEDS[draw(st.sampled_from(sorted(FURTHER_SEEDS)))]
+    return seed[:draw(st.sampled_from([4, 16, 64, 1024]))] + draw(st.binary(max_size=4096))
+
+
+@FUZZ
+@given(data=st.one_of(mutated(FURTHER_SEEDS), st.composite(_noise_after_a_magic_number)()))
+def test_the_further_containers_damaged_give_audio_or_a_clear_audio_error(data):
+    _audio_or_a_clear_audio_error(data)
+
+
 @FUZZ
 @given(data=hostile_audio())
 def test_the_decoder_gives_audio_or_a_clear_audio_error(data):
+    _audio_or_a_clear_audio_error(data)
+
+
+def _audio_or_a_clear_audio_error(data: bytes) -> None:
     try:
         decoded = decode_audio(data, max_duration_s=600)
     except AudioError as exc:

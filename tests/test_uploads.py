@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
+import threading
 import time
 from dataclasses import replace
 
 import httpx
+import numpy as np
 import pytest
 from starlette.requests import Request
+from starlette.testclient import TestClient
 
+from service.api.app import create_app
 from service.api.errors import ApiError
 from service.api.uploads import UploadLimits, read_upload
+from tests.audio_tools import EXTRA_CONTAINERS, encode, flac_without_length, in_container, read_pcm
 from tests.conftest import live_server
 from tests.test_app import keys_under, post
+from tests.waiting import wait_for
 
 BOUNDARY = "earmarkTestBoundary"
 
@@ -282,3 +289,89 @@ def test_a_recording_longer_than_the_decode_budget_still_runs_alone(settings, en
         answer = httpx.post(f"{base_url}/recognize", files={"file": ("a.wav", recorded)}, timeout=60)
         assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "miss"
         assert metric(base_url, "earmark_decode_budget_seconds_in_use") == 0
+
+
+def _looped_flac_without_length(recorded: bytes, seconds: float, *, silent: bool = False) -> bytes:
+    """`recorded` looped to `seconds` (or that much silence), as a FLAC whose STREAMINFO
+    declares no length."""
+    pcm, rate = read_pcm(recorded)
+    if silent:  # at 16 kHz: no resampling to pay for in the test
+        pcm, rate = np.zeros(int(seconds * 16000), np.int16), 16000
+    else:
+        pcm = np.tile(pcm, int(seconds * rate) // len(pcm) + 1)
+    return flac_without_length(encode(pcm[:int(seconds * rate)], rate, fmt="flac", codec="flac"))
+
+
+def test_a_flac_that_declares_no_length_gets_the_413_once_it_decodes_past_the_limit(settings, engine, recorded,
+                                                                                   redis_client):
+    flac = _looped_flac_without_length(recorded, 60.0)
+    with TestClient(create_app(replace(settings, max_duration_s=10.0), engine=engine)) as client:
+        for path in ("/recognize", "/lookup", "/v1/audio/transcriptions"):
+            answer = post(client, flac, path)
+            assert answer.status_code == 413, (path, answer.text)
+            assert "10 s limit" in answer.text
+        assert keys_under(redis_client, settings.key_prefix) == set()
+        # The decoding passes let go of their reservations.
+        assert client.app.state.services.cache.budget.in_use == 0
+
+
+def test_the_decode_budget_is_charged_for_what_decodes_and_refuses_growth_it_has_no_room_for(settings, engine,
+                                                                                           recorded, redis_client):
+    """Five minutes of silence in a FLAC that declares no length is a few KB: the estimate from
+    its size is seconds, the decoding is five minutes."""
+    flac = _looped_flac_without_length(recorded, 300.0, silent=True)
+    estimate = len(flac) / 1000  # the 8 kbps bound from the size (fingerprint/decode.py)
+    assert estimate < 90  # fits in the 100 s left below
+    with TestClient(create_app(replace(settings, decode_budget_s=400.0), engine=engine)) as client:
+        budget = client.app.state.services.cache.budget
+        # Another request holds 300 s of the 400: the estimate fits in what is left, the five
+        # minutes do not. The upload waits, then gets the budget's 503, and keeps nothing.
+        budget.wait_s = 0.3
+        held, release = threading.Event(), threading.Event()
+
+        async def hold() -> None:
+            async with budget.reserve(300.0):
+                held.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+
+        client.portal.start_task_soon(hold)
+        try:
+            assert held.wait(10)
+            refused = post(client, flac)
+        finally:
+            release.set()
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1", refused.text
+        assert "being decoded" in refused.json()["msg"]
+        assert metric_of(client, "earmark_decode_budget_refused_total") == 1
+        assert keys_under(redis_client, settings.key_prefix) == set()
+        wait_for(lambda: budget.in_use == 0)
+
+        # With the budget free, the same upload runs, charged for the five minutes it decodes to.
+        answer = post(client, flac)
+        assert answer.status_code == 200 and answer.json()["cache"]["tier"] in ("negative", "miss"), answer.text
+        assert metric_of(client, "earmark_decode_budget_grown_seconds_total") >= 300 - estimate
+        assert budget.in_use == 0
+
+
+def metric_of(client, name: str) -> float:
+    """An unlabelled metric's value, read from /metrics through a TestClient."""
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(name + " "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_the_further_containers_speech_comes_in_are_recognised_over_http(client, recorded, redis_client, settings):
+    """Flash video, raw AC-3, TTA, Wave64, Creative VOC and the rest (tests/audio_tools.py):
+    each is sniffed, decoded and answered 200 by /recognize; bytes that are not audio still
+    get the 415, and nothing is cached for them."""
+    pcm, rate = read_pcm(recorded)
+    for name in sorted(EXTRA_CONTAINERS):
+        if name == "nist sphere" and not shutil.which("sox"):
+            continue  # written by Debian's sox; tests/test_decode.py reports the skip
+        answer = post(client, in_container(name, pcm, rate))
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.json()["cache"]["tier"] in ("miss", "canonical", "fuzzy"), name
+    entries = keys_under(redis_client, settings.key_prefix)
+    refused = post(client, b"\x0b\x77" + bytes(range(256)) * 8)
+    assert refused.status_code == 415 and "not a recognised audio format" in refused.json()["msg"]
+    assert keys_under(redis_client, settings.key_prefix) == entries

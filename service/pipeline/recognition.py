@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -31,7 +31,8 @@ from index.entry import Entry, make_entry_id
 from index.store import FuzzyVerdict, Store
 from service.api.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
 from service.config import Settings
-from service.pipeline.decode_budget import DecodeBudget
+from service import memory
+from service.pipeline.decode_budget import DecodeBudget, Reservation
 from service.engines.pool import EnginePool
 from service.engines.base import EngineFailure
 from service.pipeline.events import EventLog
@@ -87,7 +88,8 @@ class RecognitionCache:
         self.metrics = metrics
         self.fuzzy = fuzzy
         self.budget = DecodeBudget(
-            settings.decode_budget_s, on_change=metrics.decode_budget_in_use.set, on_refused=metrics.decode_budget_refused.inc
+            settings.decode_budget_s, on_change=metrics.decode_budget_in_use.set, on_refused=metrics.decode_budget_refused.inc,
+            on_grown=metrics.decode_budget_grown.inc,
         )
         # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
@@ -114,7 +116,13 @@ class RecognitionCache:
         started = time.perf_counter() if started is None else started
         if isinstance(upload, bytes):
             upload = Upload.from_bytes(upload)
-        outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        try:
+            outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        finally:
+            if (upload.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
+                # Long audio's passes freed hundreds of MB into the allocator's arenas: give
+                # them back (service/memory.py), off the loop and without making anyone wait.
+                asyncio.get_running_loop().run_in_executor(None, self._give_back_memory)
         if not run and outcome.entry is not None and not outcome.candidates:
             outcome.candidates = await self._candidates_of(upload, profile)
         outcome.elapsed_ms = _ms_since(started)
@@ -153,8 +161,9 @@ class RecognitionCache:
             audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
             upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
             try:
-                async with self._decoding(upload):
-                    audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s, audio)
+                async with self._decoding(upload) as reservation:
+                    audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s, audio,
+                                                           reservation.cover)
             finally:
                 audio.close()
 
@@ -171,9 +180,9 @@ class RecognitionCache:
                     return outcome
         features = None
         if store_ok and look and self.fuzzy is not None:
-            async with self._decoding(upload):
+            async with self._decoding(upload) as reservation:
                 with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self._features_of, upload)
+                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
             with self._stage("fuzzy"):
                 match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
@@ -392,12 +401,13 @@ class RecognitionCache:
             return None, False
 
     @contextlib.asynccontextmanager
-    async def _decoding(self, upload: Upload) -> AsyncIterator[None]:
-        """Hold the upload's audio seconds (estimated by the first pass, which every later
-        one follows) in the shared decode budget (see service/pipeline/decode_budget.py)."""
+    async def _decoding(self, upload: Upload) -> AsyncIterator[Reservation]:
+        """Hold the upload's audio seconds in the shared decode budget (see
+        service/pipeline/decode_budget.py): estimated before the first pass, which measures them for
+        every later one. A pass decoding past the reservation `cover`s what it decodes."""
         seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
-        async with self.budget.reserve(seconds):
-            yield
+        async with self.budget.reserve(seconds) as reservation:
+            yield reservation
 
     async def _candidates_of(self, upload: Upload, profile: Profile) -> list[dict]:
         """The fuzzy tier's evidence for a /lookup answered by an earlier tier (bytes or audio
@@ -412,29 +422,40 @@ class RecognitionCache:
                     upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
                 finally:
                     audio.close()
-            async with self._decoding(upload):
+            async with self._decoding(upload) as reservation:
                 with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self._features_of, upload)
+                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
         except AudioError:
             return []
         with self._stage("fuzzy"):
             match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
         return match.candidates if match is not None else []
 
-    def _features_of(self, upload: Upload):
-        """The fuzzy tier's features, decoding the upload again as a stream."""
+    def _features_of(self, upload: Upload, cover: Callable[[float], None]):
+        """The fuzzy tier's features, decoding the upload again as a stream (`cover`ing in the
+        decode budget what it decodes)."""
         assert self.fuzzy is not None
         if upload.pcm is not None:
             return self.fuzzy.verifier.features(upload.pcm)
-        return self.fuzzy.verifier.features_of(open_audio(upload.open(), self.settings.max_duration_s).chunks)
+        chunks = open_audio(upload.open(), self.settings.max_duration_s).chunks
+        return self.fuzzy.verifier.features_of(_charged(chunks, cover))
+
+    def _give_back_memory(self) -> None:
+        released = memory.trim()
+        if released is not None:
+            self.metrics.memory_trims.inc()
+            self.metrics.memory_trimmed_bytes.inc(released)
 
     def _stage(self, stage: str):
         return self.metrics.lookup_seconds.labels(stage=stage).time()
 
 
-def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | None = None) -> str:
+def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | None = None,
+                   cover: Callable[[float], None] | None = None) -> str:
     """The canonical digest, decoding as a stream (`audio`, if the upload is already open);
-    the audio is refused here if it is bad.
+    the audio is refused here if it is bad. `cover` is told the seconds decoded so far (the
+    decode budget's reservation); the whole length is then the upload's `audio_seconds`, which
+    later passes reserve.
 
     Short audio (up to `KEEP_PCM_S`) is kept on the upload as it goes by, so the fingerprint
     and the engine need no second decoding; longer audio is decoded again when needed, and
@@ -443,7 +464,8 @@ def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | N
     kept: list[np.ndarray] | None = []
     samples = 0
     audio = audio or open_audio(upload.open(), max_duration_s)
-    for chunk in audio.chunks:
+    chunks = audio.chunks if cover is None else _charged(audio.chunks, cover)
+    for chunk in chunks:
         digest.push(chunk)
         samples += chunk.size
         if kept is not None:
@@ -451,7 +473,17 @@ def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | N
             if samples > KEEP_PCM_S * SAMPLE_RATE:
                 kept = None
     upload.pcm = np.concatenate(kept) if kept else None
+    upload.audio_seconds = samples / SAMPLE_RATE
     return digest.hexdigest()
+
+
+def _charged(chunks: Iterator[np.ndarray], cover: Callable[[float], None]) -> Iterator[np.ndarray]:
+    """`chunks` (16 kHz), telling `cover` the seconds decoded so far before handing each on."""
+    decoded = 0
+    for chunk in chunks:
+        decoded += chunk.size
+        cover(decoded / SAMPLE_RATE)
+        yield chunk
 
 
 def _ms_since(started: float) -> float:
