@@ -7,6 +7,10 @@ the circuit breaker, and requests go on without the cache rather than waiting. A
 fails on a dead pooled connection (the store restarted since it was opened) is retried once on
 a fresh connection before anyone calls it an outage; a timeout is not retried (the store is slow
 or gone, and a retry would only double the wait).
+
+A Cluster client learns the cluster's layout (which master serves which slot) from the nodes it
+can reach and relearns it after a connection error, so it follows a failover by itself; the one
+gap is handled by `relearn_topology` (see there).
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
 
 CONNECT_TIMEOUT_S = 0.5
 COMMAND_TIMEOUT_S = 2.0
@@ -65,6 +69,21 @@ def open_client(url: str, *, max_connections: int = 64, blocking_s: float = 0.0)
         f"unsupported store URL scheme {parts.scheme!r}; use redis://, rediss://, unix://, "
         "redis+sentinel://host:port/<service> or redis+cluster://host:port[,host:port]"
     )
+
+
+async def relearn_topology(client: Any) -> None:
+    """After a lost store, make a Cluster client read the cluster's layout afresh on its next
+    command (a no-op for the other clients: their pools reconnect by themselves).
+
+    redis-py routes a command whose keys it cannot find by position (XREAD: its keys follow
+    STREAMS) by asking COMMAND GETKEYS of the first node it learned, and a connection error
+    there never asks for a new layout (redis-py 7.0 to 8.2). A client that sends nothing else,
+    as the index replica's, would keep asking a dead first seed for ever after a failover.
+    Closing the client drops its layout; the next command learns it again from the seeds and
+    every node discovered since, dead ones skipped. Only for a client this caller owns alone:
+    commands of other tasks on it fail."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
