@@ -10,7 +10,8 @@ or gone, and a retry would only double the wait).
 
 A Cluster client learns the cluster's layout (which master serves which slot) from the nodes it
 can reach and relearns it after a connection error, so it follows a failover by itself; the one
-gap is handled by `relearn_topology` (see there).
+gap is handled by `relearn_topology` (see there). A replica is refused as the store at start
+(`replica_refusal`): it takes no writes, so nothing could ever be cached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -84,6 +86,33 @@ async def relearn_topology(client: Any) -> None:
     commands of other tasks on it fail."""
     if isinstance(client, RedisCluster):
         await client.aclose()
+
+
+def replica_refusal(url: str) -> str | None:
+    """Why `url` cannot be the store when it names a single server that is a replica, else None.
+
+    A replica takes no writes (or keeps them only until its next sync), so every miss would
+    fail and the index replica could never start. Checked once, before the service starts; a
+    store that cannot be reached, or that does not let us ask its role, is not refused here:
+    the service then starts without the cache and uses it once it answers."""
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        return None  # Sentinel and Cluster clients find the primaries themselves
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S)
+    try:
+        role = client.execute_command("ROLE")
+    except redis.exceptions.RedisError:
+        return None
+    finally:
+        client.close()
+    if not role or _text(role[0]) not in ("slave", "replica"):
+        return None
+    primary = f"{_text(role[1])}:{role[2]}" if len(role) > 2 else "its primary"
+    return (f"the store at --redis-url is a replica of {primary}, which takes no writes: nothing could be cached; "
+            "point --redis-url at the primary, or use redis+sentinel:// to follow failovers")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
