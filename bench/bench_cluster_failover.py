@@ -16,6 +16,7 @@ a `copy_hit` of None means none within `--give-up-s`. To measure another revisio
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def run(victim_kind: str, give_up_s: float, earmark: str) -> dict:
         for service in services:
             service.wait(30)
         servers.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
