@@ -7,6 +7,11 @@ the circuit breaker, and requests go on without the cache rather than waiting. A
 fails on a dead pooled connection (the store restarted since it was opened) is retried once on
 a fresh connection before anyone calls it an outage; a timeout is not retried (the store is slow
 or gone, and a retry would only double the wait).
+
+A Cluster client learns the cluster's layout (which master serves which slot) from the nodes it
+can reach and relearns it after a connection error, so it follows a failover by itself; the one
+gap is handled by `relearn_topology` (see there). A replica is refused as the store at start
+(`replica_refusal`): it takes no writes, so nothing could ever be cached.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
 
 CONNECT_TIMEOUT_S = 0.5
 COMMAND_TIMEOUT_S = 2.0
@@ -65,6 +71,48 @@ def open_client(url: str, *, max_connections: int = 64, blocking_s: float = 0.0)
         f"unsupported store URL scheme {parts.scheme!r}; use redis://, rediss://, unix://, "
         "redis+sentinel://host:port/<service> or redis+cluster://host:port[,host:port]"
     )
+
+
+async def relearn_topology(client: Any) -> None:
+    """After a lost store, make a Cluster client read the cluster's layout afresh on its next
+    command (a no-op for the other clients: their pools reconnect by themselves).
+
+    redis-py routes a command whose keys it cannot find by position (XREAD: its keys follow
+    STREAMS) by asking COMMAND GETKEYS of the first node it learned, and a connection error
+    there never asks for a new layout (redis-py 7.0 to 8.2). A client that sends nothing else,
+    as the index replica's, would keep asking a dead first seed for ever after a failover.
+    Closing the client drops its layout; the next command learns it again from the seeds and
+    every node discovered since, dead ones skipped. Only for a client this caller owns alone:
+    commands of other tasks on it fail."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+
+
+def replica_refusal(url: str) -> str | None:
+    """Why `url` cannot be the store when it names a single server that is a replica, else None.
+
+    A replica takes no writes (or keeps them only until its next sync), so every miss would
+    fail and the index replica could never start. Checked once, before the service starts; a
+    store that cannot be reached, or that does not let us ask its role, is not refused here:
+    the service then starts without the cache and uses it once it answers."""
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        return None  # Sentinel and Cluster clients find the primaries themselves
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S)
+    try:
+        role = client.execute_command("ROLE")
+    except redis.exceptions.RedisError:
+        return None
+    finally:
+        client.close()
+    if not role or _text(role[0]) not in ("slave", "replica"):
+        return None
+    primary = f"{_text(role[1])}:{role[2]}" if len(role) > 2 else "its primary"
+    return (f"the store at --redis-url is a replica of {primary}, which takes no writes: nothing could be cached; "
+            "point --redis-url at the primary, or use redis+sentinel:// to follow failovers")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import redis.exceptions
 
+from index.connection import relearn_topology
 from index.keys import Keys
 from index.vectors import VectorIndex
 
@@ -56,6 +57,7 @@ class IndexReplica:
         self._pending: dict[str, float] = {}  # entry id -> until when its add event is retried
         self._task: asyncio.Task | None = None
         self._rebuild: asyncio.Task | None = None
+        self._lost_since: float | None = None  # when the store was lost, while it is
 
     def start(self) -> None:
         """Begin loading and tailing in the background; `ready` is set once caught up."""
@@ -84,12 +86,28 @@ class IndexReplica:
                 await self._tail()
             except asyncio.CancelledError:
                 raise
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.warning("index replica lost the store (%s); retrying", exc)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+                self._lost(exc)
+                # A Cluster master may have failed over: the next read must go to the new
+                # master of the stream's slot, not to the address that failed.
+                await relearn_topology(self.client)
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
             except Exception:  # a bug must not stop the replica for good: log it and go on
                 log.exception("index replica failed; retrying")
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
+
+    def _lost(self, error: BaseException) -> None:
+        """One warning per outage (the retries meanwhile at debug level), like the store's breaker."""
+        if self._lost_since is None:
+            self._lost_since = time.monotonic()
+            log.warning("index replica lost the store (%s); retrying every %.0f s", error, RETRY_AFTER_ERROR_S)
+        else:
+            log.debug("index replica still without the store (%s)", error)
+
+    def _found(self) -> None:
+        if self._lost_since is not None:
+            log.warning("index replica reached the store again after %.1f s", time.monotonic() - self._lost_since)
+            self._lost_since = None
 
     async def _catch_up(self) -> None:
         if not self.ready.is_set():
@@ -170,6 +188,7 @@ class IndexReplica:
         last_snapshot = last_sweep = time.monotonic()
         while True:
             response = await self.client.xread({self.keys.index_stream(): self.offset}, count=READ_COUNT, block=READ_BLOCK_MS)
+            self._found()
             for _, events in response or []:
                 await self.apply(events)
             if self._pending:

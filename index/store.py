@@ -41,6 +41,10 @@ _OUTAGE_ERRORS = (
     redis.exceptions.MasterDownError,
     MasterNotFoundError,
     redis.exceptions.ReadOnlyError,  # a demoted primary during failover
+    # A Cluster client that cannot learn a layout serving every slot (the cluster still
+    # forming, a shard down, no node reachable) raises this rather than a RedisError: the
+    # store is down until the probe's PING, which needs that layout too, gets through.
+    redis.exceptions.RedisClusterException,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,

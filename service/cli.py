@@ -334,14 +334,20 @@ def _settings(config_file: str | None, options: dict) -> Settings:
 
 def _check_startable(settings: Settings):
     """Load the engine before the server starts, so that one that cannot load (a missing model,
-    a missing extra) stops the start with its one-line reason; the settings themselves were
-    checked by `_settings`.
+    a missing extra) stops the start with its one-line reason, and refuse a store that is a
+    replica (index/connection.replica_refusal); the settings themselves were checked by
+    `_settings`.
 
     Returns the engine when loading it was the check (the service then uses it: the model is
     loaded once, before the port opens, so no request pays for it), else None."""
+    from index.connection import replica_refusal
     from service.engines.base import EngineUnavailable
     from service.engines.registry import engine_for
 
+    if settings.redis_url:  # its form was checked with the settings; a replica only shows when asked
+        refusal = replica_refusal(settings.redis_url)
+        if refusal is not None:
+            _fail(refusal)
     if settings.engine == "pocketsphinx":
         return None  # loads in its worker processes, which the pool starts at once
     try:

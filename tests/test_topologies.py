@@ -8,9 +8,6 @@ round, and must reach both replicas' vector indexes.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from dataclasses import replace
@@ -24,105 +21,26 @@ from starlette.testclient import TestClient
 from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
+from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers
+from tests.redis_servers import free_ports as _free_ports
+from tests.redis_servers import wait_until as _wait
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("redis-server") and shutil.which("redis-cli")),
+    not HAVE_REDIS_SERVER,
     reason="needs Debian's redis-server and redis-cli (installed by .ci/run)",
 )
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _free_cluster_ports(count: int) -> list[int]:
-    """Ports whose cluster-bus port (port + 10000) is free and valid too."""
-    import random
-
-    chosen: list[int] = []
-    candidates = random.Random().sample(range(20000, 45000), 2000)
-    for port in candidates:
-        if len(chosen) == count:
-            break
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        chosen.append(port)
-    return chosen
-
-
-def _wait(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        assert time.monotonic() < deadline, f"{what} not met within {timeout_s} s"
-        time.sleep(0.1)
-
-
-class _Servers:
-    """redis-server processes in a temporary directory, all stopped at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.processes: dict[int, subprocess.Popen] = {}
-
-    def start(self, port: int, *args: str, sentinel: bool = False) -> None:
-        directory = self.root / str(port)
-        directory.mkdir(parents=True, exist_ok=True)
-        command = ["redis-server"]
-        if sentinel:
-            config = directory / "sentinel.conf"
-            config.write_text("\n".join(args) + "\n")
-            command += [str(config), "--sentinel"]
-            args = ()
-        command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-                    "--appendonly", "no", *args]
-        self.processes[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: redis.Redis(port=port, socket_timeout=0.5).ping(), what=f"redis on {port}")
-
-    def kill(self, port: int) -> None:
-        process = self.processes.pop(port)
-        process.kill()
-        process.wait(10)
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            process.kill()
-            process.wait(10)
-        self.processes.clear()
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    started = _Servers(tmp_path_factory.mktemp("topologies"))
+    started = RedisServers(tmp_path_factory.mktemp("topologies"))
     yield started
     started.stop_all()
 
 
 @pytest.fixture(scope="module")
 def cluster_url(servers) -> str:
-    ports = _free_cluster_ports(3)
-    for port in ports:
-        servers.start(port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                      "--cluster-node-timeout", "2000")
-    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    _wait(lambda: redis.Redis(port=ports[0], decode_responses=True).cluster("info")["cluster_state"] == "ok",
-          what="cluster state ok")
+    ports = servers.start_cluster(masters=3, replicas_each=0, node_timeout_ms=2000)
     return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])
 
 
