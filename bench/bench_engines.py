@@ -17,12 +17,18 @@ both sides (lower case, punctuation dropped, numbers written as words, "mr" as "
 that Whisper's written form ("10 meters") is not counted against it. RTF: engine seconds /
 audio seconds (wall time on this 2-core machine). Load: constructing the engine.
 
-`--long` (issue 21) compares Whisper's decoding before and after issue 21 on recordings longer
-than its 30 s window, in one run, side by side: the two committed fixtures of
-tests/fixtures/long_readings.json (50 s of LJ Speech, one reader; 50 s of five FLEURS readings),
-the five LibriVox readings joined in order (24.7 s) and joined twice (49.5 s), each with its
+`--long` (issue 21) compares Whisper's decodings on recordings longer than its 30 s window, in
+one run, side by side: the two committed fixtures of tests/fixtures/long_readings.json (50 s of
+LJ Speech, one reader; 50 s of five FLEURS readings), the five LibriVox readings joined in order
+(24.7 s) and joined twice (49.5 s), and with `--fleurs DIR` the ten FLEURS readings en0..en9
+joined (91 s; not committed: sebastian-software/cuttledoc's packages/cuttledoc/fixtures/
+fleurs-en-000.ogg to -009.ogg and their .txt, renamed en0.ogg ... en9.txt), each with its
 reference. "before" is the decoding of d6ce98a (faster-whisper's word timestamps, no resume),
-"after" the default. Writes bench/out/engines-long.json.
+"after" the default (f885d7c: words aligned after decoding, a window ended early resumed),
+"vad" speech clips cut at pauses by Silero VAD, each decoded on its own
+(service/engines/whisper_vad.py). It also checks that each gives the same transcript twice and
+what each writes for 10 s of silence, faint noise and loud noise. Writes
+bench/out/engines-long.json. The normal mode runs the VAD decoding too, as `whisper-vad`.
 
 `--threads` also compares ways of spending the 2 cores on Whisper: one CTranslate2 worker with
 2 threads (calls queue), 2 workers with 1 thread each (two calls at once), and 1 x 1; a request
@@ -222,13 +228,42 @@ def long_recordings(items: list[dict], pcms: dict[str, np.ndarray]) -> list[dict
     return found
 
 
+def fleurs_joined(directory: Path) -> dict:
+    """The ten FLEURS readings en0..en9 (`.ogg` with a `.txt` transcript each, as
+    sebastian-software/cuttledoc ships them in packages/cuttledoc/fixtures/) joined in order."""
+    pcms = [decode_audio((directory / f"en{i}.ogg").read_bytes(), 3600.0).pcm_16k for i in range(10)]
+    text = " ".join((directory / f"en{i}.txt").read_text().strip() for i in range(10))
+    return {"name": "fleurs_en_0to9", "pcm": np.concatenate(pcms), "ref": text}
+
+
+def vad_engine():
+    """The default engine, decoding speech clips cut at pauses by Silero VAD, each on its own
+    (service.engines.whisper_vad), instead of faster-whisper's 30 s windows."""
+    from service.engines import whisper_vad
+    from service.engines.whisper_engine import WhisperEngine
+
+    class VadEngine(WhisperEngine):
+        def _transcribe_piece(self, pcm, language, profile):
+            from service.engines.whisper_engine import _segment
+
+            clips = whisper_vad.speech_clips(pcm, whisper_vad.VadSettings())
+            pieces, info = whisper_vad.decode_clips(
+                self._model, pcm, clips, language=language, prompt=profile.prompt or None,
+                hotwords=" ".join(profile.hotwords) or None, beam_size=5, temperature=0.0, batch_size=8,
+                condition_on_previous_text=False, no_speech_threshold=0.6, log_prob_threshold=-1.0)
+            return [_segment(piece) for piece in pieces], info or type("Info", (), {"language": language})
+
+    whisper_vad.load_vad()
+    return VadEngine()
+
+
 def compare_long(recordings: list[dict]) -> dict:
-    """WER and RTF of the decoding before issue 21 and the default, one recording at a time."""
+    """WER and RTF of the decoding before issue 21, the default, and VAD clips, one recording at a time."""
     from service.engines.whisper_engine import Decoding, WhisperEngine
 
     engines = {"before": WhisperEngine(decoding=Decoding(word_timestamps=True, align_words=False,
                                                          resume_after_early_end_s=0.0)),
-               "after": WhisperEngine()}
+               "after": WhisperEngine(), "vad": vad_engine()}
     rows = []
     for item in recordings:
         for label, engine in engines.items():
@@ -241,8 +276,8 @@ def compare_long(recordings: list[dict]) -> dict:
                          "ref_words": len(ref), "errors": edit_distance(ref, normalise(transcript.text)),
                          "engine_s": round(seconds, 2), "text": transcript.text})
             print(f"  {label:6s} {item['name']:28s} {rows[-1]['errors']:3d}/{len(ref):3d} {seconds:5.2f} s", flush=True)
-    print("\n| recording | audio | words | WER before | WER after | RTF before | RTF after |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| recording | audio | words | WER before | WER after | WER vad | RTF before | RTF after | RTF vad |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for item in recordings + [{"name": "all"}]:
         chosen = {label: [r for r in rows if r["decoding"] == label and item["name"] in ("all", r["clip"])]
                   for label in engines}
@@ -251,8 +286,27 @@ def compare_long(recordings: list[dict]) -> dict:
         wer = {k: sum(r["errors"] for r in v) / words for k, v in chosen.items()}
         rtf = {k: sum(r["engine_s"] for r in v) / audio for k, v in chosen.items()}
         print(f"| {item['name']} | {audio:.1f} s | {words} | {wer['before']:.1%} | {wer['after']:.1%} "
-              f"| {rtf['before']:.3f} | {rtf['after']:.3f} |")
-    return {"rows": rows}
+              f"| {wer['vad']:.1%} | {rtf['before']:.3f} | {rtf['after']:.3f} | {rtf['vad']:.3f} |")
+    return {"rows": rows, "checks": stability_checks(engines, recordings)}
+
+
+def stability_checks(engines: dict, recordings: list[dict]) -> dict:
+    """Each decoding on the longest recording again (the same text, segments and word times?),
+    and on audio with no speech: digital silence, faint noise, and loud noise (the engine must
+    answer no text: the cache stores that as a "no speech" entry)."""
+    rng = np.random.default_rng(21)
+    quiet = {"silence_10s": np.zeros(160000, dtype=np.float32),
+             "faint_noise_10s": rng.normal(0, 0.01, 160000).astype(np.float32),
+             "loud_noise_10s": rng.normal(0, 0.2, 160000).astype(np.float32)}
+    longest = max(recordings, key=lambda item: len(item["pcm"]))
+    checks: dict = {}
+    for label, engine in engines.items():
+        profile = engine.resolve(RecognitionOptions())
+        again = engine.transcribe(longest["pcm"], profile) == engine.transcribe(longest["pcm"], profile)
+        checks[label] = {f"same_twice_{longest['name']}": again,
+                         **{name: engine.transcribe(pcm, profile).text for name, pcm in quiet.items()}}
+        print(f"  {label}: {checks[label]}", flush=True)
+    return checks
 
 
 def main() -> None:
@@ -260,6 +314,7 @@ def main() -> None:
     parser.add_argument("--threads", action="store_true", help="also compare Whisper thread layouts")
     parser.add_argument("--threads-only", action="store_true", help="only compare Whisper thread layouts")
     parser.add_argument("--long", action="store_true", help="only compare Whisper before/after issue 21 on long recordings")
+    parser.add_argument("--fleurs", type=Path, help="with --long: a directory of FLEURS en0..en9 .ogg/.txt, joined")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no {DATA}: apt-get install pocketsphinx-testdata")
@@ -276,7 +331,8 @@ def main() -> None:
 
     out: dict = {"load_s": {}, "rows": [], "loadavg_start": os.getloadavg()}
     if args.long:
-        out["long"] = compare_long(long_recordings(items, pcms))
+        extra = [fleurs_joined(args.fleurs)] if args.fleurs else []
+        out["long"] = compare_long(long_recordings(items, pcms) + extra)
         out["loadavg_end"] = os.getloadavg()
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.with_name("engines-long.json").write_text(json.dumps(out, indent=1, default=str))
@@ -288,7 +344,7 @@ def main() -> None:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.with_name("engines-threads.json").write_text(json.dumps(out, indent=1, default=str))
         return
-    for name, factory in (("pocketsphinx", PocketSphinxEngine), ("whisper", WhisperEngine)):
+    for name, factory in (("pocketsphinx", PocketSphinxEngine), ("whisper", WhisperEngine), ("whisper-vad", vad_engine)):
         started = time.perf_counter()
         engine = factory()
         out["load_s"][name] = round(time.perf_counter() - started, 2)
@@ -297,7 +353,7 @@ def main() -> None:
     out["summary"] = {
         f"{engine}/{condition}/{subset}": summarise(out["rows"], engine=engine, condition=condition,
                                                     **({} if subset == "all" else {"set": subset}))
-        for engine in ("pocketsphinx", "whisper") for condition in ("16k", "tel8k")
+        for engine in ("pocketsphinx", "whisper", "whisper-vad") for condition in ("16k", "tel8k")
         for subset in ("all", "librivox", "cards", "commands")
     }
     if args.threads:
@@ -307,7 +363,7 @@ def main() -> None:
 
     print("\n| engine | audio | clips | words | WER | RTF | load |")
     print("|---|---|---|---|---|---|---|")
-    for engine in ("pocketsphinx", "whisper"):
+    for engine in ("pocketsphinx", "whisper", "whisper-vad"):
         for condition in ("16k", "tel8k"):
             for subset in ("all", "librivox", "cards", "commands"):
                 s = out["summary"][f"{engine}/{condition}/{subset}"]
