@@ -23,12 +23,12 @@ LJ Speech, one reader; 50 s of five FLEURS readings), the five LibriVox readings
 (24.7 s) and joined twice (49.5 s), and with `--fleurs DIR` the ten FLEURS readings en0..en9
 joined (91 s; not committed: sebastian-software/cuttledoc's packages/cuttledoc/fixtures/
 fleurs-en-000.ogg to -009.ogg and their .txt, renamed en0.ogg ... en9.txt), each with its
-reference. "before" is the decoding of d6ce98a (faster-whisper's word timestamps, no resume),
-"after" the default (f885d7c: words aligned after decoding, a window ended early resumed),
-"vad" speech clips cut at pauses by Silero VAD, each decoded on its own
-(service/engines/whisper_vad.py). It also checks that each gives the same transcript twice and
-what each writes for 10 s of silence, faint noise and loud noise. Writes
-bench/out/engines-long.json. The normal mode runs the VAD decoding too, as `whisper-vad`.
+reference. "before" is the decoding of d6ce98a (faster-whisper's own 30 s windows with its word
+timestamps), "after" the default (speech clips cut at pauses by Silero VAD, each decoded on its
+own: service/engines/whisper_vad.py). f885d7c's decoding (windows without word timestamps, a
+window ended early resumed) was a third column until the default replaced it (figures in
+bench/README.md). It also checks that each gives the same transcript twice and what each writes
+for 10 s of silence, faint noise and loud noise. Writes bench/out/engines-long.json.
 
 `--threads` also compares ways of spending the 2 cores on Whisper: one CTranslate2 worker with
 2 threads (calls queue), 2 workers with 1 thread each (two calls at once), and 1 x 1; a request
@@ -236,34 +236,29 @@ def fleurs_joined(directory: Path) -> dict:
     return {"name": "fleurs_en_0to9", "pcm": np.concatenate(pcms), "ref": text}
 
 
-def vad_engine():
-    """The default engine, decoding speech clips cut at pauses by Silero VAD, each on its own
-    (service.engines.whisper_vad), instead of faster-whisper's 30 s windows."""
-    from service.engines import whisper_vad
-    from service.engines.whisper_engine import WhisperEngine
+def windows_engine():
+    """The engine with the decoding of d6ce98a: faster-whisper's own `WhisperModel.transcribe`
+    over 30 s windows, with its word timestamps (and its no-speech rule), the same fixed beam
+    and temperature."""
+    from service.engines.whisper_engine import WhisperEngine, _segment
 
-    class VadEngine(WhisperEngine):
+    class WindowsEngine(WhisperEngine):
         def _transcribe_piece(self, pcm, language, profile):
-            from service.engines.whisper_engine import _segment
+            pieces, info = self._model.transcribe(
+                pcm, language=language, initial_prompt=profile.prompt or None,
+                hotwords=" ".join(profile.hotwords) or None, beam_size=5, best_of=1, temperature=[0.0],
+                condition_on_previous_text=False, word_timestamps=True, compression_ratio_threshold=2.4,
+                log_prob_threshold=-1.0, no_speech_threshold=0.6, vad_filter=False)
+            return [_segment(piece) for piece in pieces], info.language
 
-            clips = whisper_vad.speech_clips(pcm, whisper_vad.VadSettings())
-            pieces, info = whisper_vad.decode_clips(
-                self._model, pcm, clips, language=language, prompt=profile.prompt or None,
-                hotwords=" ".join(profile.hotwords) or None, beam_size=5, temperature=0.0, batch_size=8,
-                condition_on_previous_text=False, no_speech_threshold=0.6, log_prob_threshold=-1.0)
-            return [_segment(piece) for piece in pieces], info or type("Info", (), {"language": language})
-
-    whisper_vad.load_vad()
-    return VadEngine()
+    return WindowsEngine()
 
 
 def compare_long(recordings: list[dict]) -> dict:
-    """WER and RTF of the decoding before issue 21, the default, and VAD clips, one recording at a time."""
-    from service.engines.whisper_engine import Decoding, WhisperEngine
+    """WER and RTF of the decoding before issue 21 and the default, one recording at a time."""
+    from service.engines.whisper_engine import WhisperEngine
 
-    engines = {"before": WhisperEngine(decoding=Decoding(word_timestamps=True, align_words=False,
-                                                         resume_after_early_end_s=0.0)),
-               "after": WhisperEngine(), "vad": vad_engine()}
+    engines = {"before": windows_engine(), "after": WhisperEngine()}
     rows = []
     for item in recordings:
         for label, engine in engines.items():
@@ -276,8 +271,8 @@ def compare_long(recordings: list[dict]) -> dict:
                          "ref_words": len(ref), "errors": edit_distance(ref, normalise(transcript.text)),
                          "engine_s": round(seconds, 2), "text": transcript.text})
             print(f"  {label:6s} {item['name']:28s} {rows[-1]['errors']:3d}/{len(ref):3d} {seconds:5.2f} s", flush=True)
-    print("\n| recording | audio | words | WER before | WER after | WER vad | RTF before | RTF after | RTF vad |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| recording | audio | words | WER before | WER after | RTF before | RTF after |")
+    print("|---|---|---|---|---|---|---|")
     for item in recordings + [{"name": "all"}]:
         chosen = {label: [r for r in rows if r["decoding"] == label and item["name"] in ("all", r["clip"])]
                   for label in engines}
@@ -286,7 +281,7 @@ def compare_long(recordings: list[dict]) -> dict:
         wer = {k: sum(r["errors"] for r in v) / words for k, v in chosen.items()}
         rtf = {k: sum(r["engine_s"] for r in v) / audio for k, v in chosen.items()}
         print(f"| {item['name']} | {audio:.1f} s | {words} | {wer['before']:.1%} | {wer['after']:.1%} "
-              f"| {wer['vad']:.1%} | {rtf['before']:.3f} | {rtf['after']:.3f} | {rtf['vad']:.3f} |")
+              f"| {rtf['before']:.3f} | {rtf['after']:.3f} |")
     return {"rows": rows, "checks": stability_checks(engines, recordings)}
 
 
@@ -344,7 +339,7 @@ def main() -> None:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.with_name("engines-threads.json").write_text(json.dumps(out, indent=1, default=str))
         return
-    for name, factory in (("pocketsphinx", PocketSphinxEngine), ("whisper", WhisperEngine), ("whisper-vad", vad_engine)):
+    for name, factory in (("pocketsphinx", PocketSphinxEngine), ("whisper", WhisperEngine)):
         started = time.perf_counter()
         engine = factory()
         out["load_s"][name] = round(time.perf_counter() - started, 2)
@@ -353,7 +348,7 @@ def main() -> None:
     out["summary"] = {
         f"{engine}/{condition}/{subset}": summarise(out["rows"], engine=engine, condition=condition,
                                                     **({} if subset == "all" else {"set": subset}))
-        for engine in ("pocketsphinx", "whisper", "whisper-vad") for condition in ("16k", "tel8k")
+        for engine in ("pocketsphinx", "whisper") for condition in ("16k", "tel8k")
         for subset in ("all", "librivox", "cards", "commands")
     }
     if args.threads:
@@ -363,7 +358,7 @@ def main() -> None:
 
     print("\n| engine | audio | clips | words | WER | RTF | load |")
     print("|---|---|---|---|---|---|---|")
-    for engine in ("pocketsphinx", "whisper", "whisper-vad"):
+    for engine in ("pocketsphinx", "whisper"):
         for condition in ("16k", "tel8k"):
             for subset in ("all", "librivox", "cards", "commands"):
                 s = out["summary"][f"{engine}/{condition}/{subset}"]
