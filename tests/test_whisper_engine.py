@@ -127,6 +127,19 @@ def test_speech_after_a_long_pause_is_heard_at_its_time(whisper_engine):
     assert all(pause_end - 0.5 <= word.start <= len(pcm) / 16000 for word in timed[count:])
 
 
+def test_conditioning_on_previous_text_decodes_clip_after_clip(whisper_engine):
+    """`whisper_condition_on_previous_text = true`: each clip is prompted with the text before
+    it; every reading is still heard, the same way every time, under a revision of its own."""
+    conditioned = WhisperEngine(decoding=Decoding(condition_on_previous_text=True))
+    first, second = pcm_of("librivox_0890.flac"), pcm_of("librivox_0930.flac")
+    pcm = np.concatenate([first, np.zeros(16000, dtype=np.float32), second])
+    profile = conditioned.resolve(RecognitionOptions())
+    transcript = conditioned.transcribe(pcm, profile)
+    assert len(transcript.segments) == 2 and transcript == conditioned.transcribe(pcm, profile)
+    assert words(transcript.text) == (READINGS["librivox_0890.flac"] + " " + READINGS["librivox_0930.flac"]).split()
+    assert conditioned.revision != whisper_engine.revision
+
+
 @pytest.mark.parametrize("kind", ["silence", "faint noise", "loud noise"])
 def test_audio_without_speech_gives_no_text(whisper_engine, kind):
     """No speech, no text (the cache stores that as a "no speech" entry): the VAD finds no

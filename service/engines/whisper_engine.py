@@ -64,8 +64,9 @@ BUNDLED_SHA256 = {
     "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
 }
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
-# Longer audio is transcribed in pieces of at most this (memory: faster-whisper's spectrogram of
-# a piece, ~280 MB for 5 min), each cut in the quietest 20 ms of its last CUT_SEARCH_S.
+# Longer audio is transcribed in pieces of at most this (memory: faster-whisper holds the
+# spectrograms of every clip of a piece at once), each cut in the quietest 20 ms of its last
+# CUT_SEARCH_S.
 PIECE_S = 300.0
 CUT_SEARCH_S = 30.0
 HOP = 160  # samples per Whisper spectrogram frame: the unit of a segment's `seek`
@@ -248,9 +249,8 @@ class WhisperEngine(Engine):
         initial prompt and its hotwords faster-whisper's `hotwords`.
 
         Audio longer than `PIECE_S` is transcribed piece by piece, cut in the quietest moment
-        near each boundary: faster-whisper computes the log-mel spectrogram of all it is given
-        at once, 3.3 GB for an hour. The cuts depend only on the audio, so the same audio
-        always gets the same text."""
+        near each boundary: faster-whisper computes the spectrograms of all it is given at
+        once. The cuts depend only on the audio, so the same audio always gets the same text."""
         pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
         language = None if profile.language == "auto" else profile.language
         segments: list[Segment] = []
