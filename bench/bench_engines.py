@@ -17,12 +17,18 @@ both sides (lower case, punctuation dropped, numbers written as words, "mr" as "
 that Whisper's written form ("10 meters") is not counted against it. RTF: engine seconds /
 audio seconds (wall time on this 2-core machine). Load: constructing the engine.
 
-`--long` (issue 21) compares Whisper's decoding before and after issue 21 on recordings longer
-than its 30 s window, in one run, side by side: the two committed fixtures of
-tests/fixtures/long_readings.json (50 s of LJ Speech, one reader; 50 s of five FLEURS readings),
-the five LibriVox readings joined in order (24.7 s) and joined twice (49.5 s), each with its
-reference. "before" is the decoding of d6ce98a (faster-whisper's word timestamps, no resume),
-"after" the default. Writes bench/out/engines-long.json.
+`--long` (issue 21) compares Whisper's decodings on recordings longer than its 30 s window, in
+one run, side by side: the two committed fixtures of tests/fixtures/long_readings.json (50 s of
+LJ Speech, one reader; 50 s of five FLEURS readings), the five LibriVox readings joined in order
+(24.7 s) and joined twice (49.5 s), and with `--fleurs DIR` the ten FLEURS readings en0..en9
+joined (91 s; not committed: sebastian-software/cuttledoc's packages/cuttledoc/fixtures/
+fleurs-en-000.ogg to -009.ogg and their .txt, renamed en0.ogg ... en9.txt), each with its
+reference. "before" is the decoding of d6ce98a (faster-whisper's own 30 s windows with its word
+timestamps), "after" the default (speech clips cut at pauses by Silero VAD, each decoded on its
+own: service/engines/whisper_vad.py). f885d7c's decoding (windows without word timestamps, a
+window ended early resumed) was a third column until the default replaced it (figures in
+bench/README.md). It also checks that each gives the same transcript twice and what each writes
+for 10 s of silence, faint noise and loud noise. Writes bench/out/engines-long.json.
 
 `--threads` also compares ways of spending the 2 cores on Whisper: one CTranslate2 worker with
 2 threads (calls queue), 2 workers with 1 thread each (two calls at once), and 1 x 1; a request
@@ -222,13 +228,37 @@ def long_recordings(items: list[dict], pcms: dict[str, np.ndarray]) -> list[dict
     return found
 
 
+def fleurs_joined(directory: Path) -> dict:
+    """The ten FLEURS readings en0..en9 (`.ogg` with a `.txt` transcript each, as
+    sebastian-software/cuttledoc ships them in packages/cuttledoc/fixtures/) joined in order."""
+    pcms = [decode_audio((directory / f"en{i}.ogg").read_bytes(), 3600.0).pcm_16k for i in range(10)]
+    text = " ".join((directory / f"en{i}.txt").read_text().strip() for i in range(10))
+    return {"name": "fleurs_en_0to9", "pcm": np.concatenate(pcms), "ref": text}
+
+
+def windows_engine():
+    """The engine with the decoding of d6ce98a: faster-whisper's own `WhisperModel.transcribe`
+    over 30 s windows, with its word timestamps (and its no-speech rule), the same fixed beam
+    and temperature."""
+    from service.engines.whisper_engine import WhisperEngine, _segment
+
+    class WindowsEngine(WhisperEngine):
+        def _transcribe_piece(self, pcm, language, profile):
+            pieces, info = self._model.transcribe(
+                pcm, language=language, initial_prompt=profile.prompt or None,
+                hotwords=" ".join(profile.hotwords) or None, beam_size=5, best_of=1, temperature=[0.0],
+                condition_on_previous_text=False, word_timestamps=True, compression_ratio_threshold=2.4,
+                log_prob_threshold=-1.0, no_speech_threshold=0.6, vad_filter=False)
+            return [_segment(piece) for piece in pieces], info.language
+
+    return WindowsEngine()
+
+
 def compare_long(recordings: list[dict]) -> dict:
     """WER and RTF of the decoding before issue 21 and the default, one recording at a time."""
-    from service.engines.whisper_engine import Decoding, WhisperEngine
+    from service.engines.whisper_engine import WhisperEngine
 
-    engines = {"before": WhisperEngine(decoding=Decoding(word_timestamps=True, align_words=False,
-                                                         resume_after_early_end_s=0.0)),
-               "after": WhisperEngine()}
+    engines = {"before": windows_engine(), "after": WhisperEngine()}
     rows = []
     for item in recordings:
         for label, engine in engines.items():
@@ -252,7 +282,26 @@ def compare_long(recordings: list[dict]) -> dict:
         rtf = {k: sum(r["engine_s"] for r in v) / audio for k, v in chosen.items()}
         print(f"| {item['name']} | {audio:.1f} s | {words} | {wer['before']:.1%} | {wer['after']:.1%} "
               f"| {rtf['before']:.3f} | {rtf['after']:.3f} |")
-    return {"rows": rows}
+    return {"rows": rows, "checks": stability_checks(engines, recordings)}
+
+
+def stability_checks(engines: dict, recordings: list[dict]) -> dict:
+    """Each decoding on the longest recording again (the same text, segments and word times?),
+    and on audio with no speech: digital silence, faint noise, and loud noise (the engine must
+    answer no text: the cache stores that as a "no speech" entry)."""
+    rng = np.random.default_rng(21)
+    quiet = {"silence_10s": np.zeros(160000, dtype=np.float32),
+             "faint_noise_10s": rng.normal(0, 0.01, 160000).astype(np.float32),
+             "loud_noise_10s": rng.normal(0, 0.2, 160000).astype(np.float32)}
+    longest = max(recordings, key=lambda item: len(item["pcm"]))
+    checks: dict = {}
+    for label, engine in engines.items():
+        profile = engine.resolve(RecognitionOptions())
+        again = engine.transcribe(longest["pcm"], profile) == engine.transcribe(longest["pcm"], profile)
+        checks[label] = {f"same_twice_{longest['name']}": again,
+                         **{name: engine.transcribe(pcm, profile).text for name, pcm in quiet.items()}}
+        print(f"  {label}: {checks[label]}", flush=True)
+    return checks
 
 
 def main() -> None:
@@ -260,6 +309,7 @@ def main() -> None:
     parser.add_argument("--threads", action="store_true", help="also compare Whisper thread layouts")
     parser.add_argument("--threads-only", action="store_true", help="only compare Whisper thread layouts")
     parser.add_argument("--long", action="store_true", help="only compare Whisper before/after issue 21 on long recordings")
+    parser.add_argument("--fleurs", type=Path, help="with --long: a directory of FLEURS en0..en9 .ogg/.txt, joined")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"no {DATA}: apt-get install pocketsphinx-testdata")
@@ -276,7 +326,8 @@ def main() -> None:
 
     out: dict = {"load_s": {}, "rows": [], "loadavg_start": os.getloadavg()}
     if args.long:
-        out["long"] = compare_long(long_recordings(items, pcms))
+        extra = [fleurs_joined(args.fleurs)] if args.fleurs else []
+        out["long"] = compare_long(long_recordings(items, pcms) + extra)
         out["loadavg_end"] = os.getloadavg()
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.with_name("engines-long.json").write_text(json.dumps(out, indent=1, default=str))

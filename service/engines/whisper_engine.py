@@ -9,11 +9,12 @@ multilingual). Weights are never downloaded: the model loads from a directory wi
 
 A cache must get the same text for the same audio, so decoding is fixed (`Decoding`): beam
 search of 5, temperature 0 with no fallback (faster-whisper's default retries at higher
-temperatures sample at random), no conditioning on the previous window's text, and word times
-aligned after decoding (service.engines.whisper_windows: faster-whisper's own word timestamps
-move its window and dropped words, issue 21). Those settings, the library versions and the
-SHA-256 of every model file make up the profile's revision: another model or other settings
-never serve the old transcripts.
+temperatures sample at random), and no conditioning on the text before. Whisper hears speech
+clips cut at pauses by Silero VAD, each decoded on its own with its word times
+(service.engines.whisper_vad): faster-whisper's 30 s windows, each started where the last one
+ended, dropped words (issue 21). Those settings, the library versions and the SHA-256 of every
+model file and of the VAD model make up the profile's revision: another model or other
+settings never serve the old transcripts.
 
 CTranslate2 releases the GIL while it computes, so the engine runs in the service's threads
 and one loaded model serves them all (`num_workers` parallel calls, `cpu_threads` each).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.engines.whisper_vad import VadSettings, decode_clips, load_vad, speech_clips
 from service.engines.base import (
     available_cores,
     installed_version,
@@ -62,8 +64,9 @@ BUNDLED_SHA256 = {
     "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
 }
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
-# Longer audio is transcribed in pieces of at most this (memory: faster-whisper's spectrogram of
-# a piece, ~280 MB for 5 min), each cut in the quietest 20 ms of its last CUT_SEARCH_S.
+# Longer audio is transcribed in pieces of at most this (memory: faster-whisper holds the
+# spectrograms of every clip of a piece at once), each cut in the quietest 20 ms of its last
+# CUT_SEARCH_S.
 PIECE_S = 300.0
 CUT_SEARCH_S = 30.0
 HOP = 160  # samples per Whisper spectrogram frame: the unit of a segment's `seek`
@@ -75,44 +78,36 @@ MAX_PROMPT_TOKENS = 223
 
 @dataclass(frozen=True)
 class Decoding:
-    """faster-whisper `transcribe()` settings fixed for a cache: deterministic, and all part
-    of the profile's revision. The thresholds are faster-whisper's defaults, written out so
-    that a library upgrade that changes them cannot change transcripts unnoticed."""
+    """Decoding settings fixed for a cache: deterministic, and all part of the profile's
+    revision. The thresholds are faster-whisper's defaults, written out so that a library
+    upgrade that changes them cannot change transcripts unnoticed."""
 
     beam_size: int = 5
-    best_of: int = 1  # only used when sampling, which temperature 0 never does
     # One temperature and no fallback: the fallback samples at random when a window looks like
     # a repetition loop, and gives another text on every run.
     temperature: float = 0.0
-    condition_on_previous_text: bool = False  # a bad window does not bias the next ones
-    # faster-whisper's word timestamps: off, because with them on it starts each window at the
-    # last aligned word's end, often late, and skips the words there (issue 21: 13 of 119 words
-    # of a 44 s reading). Words are aligned after decoding instead (`align_words`), on the same
-    # encoder output, so every entry still has word times and serves every granularity.
-    word_timestamps: bool = False
-    align_words: bool = True
-    # When the decoder ends a window early (a lone final timestamp) with more than this left,
-    # the next window starts there instead of after the window (faster-whisper skips the rest:
-    # two of five readings lost in one window, issue 21). 1 s: less is a pause, not a reading.
-    resume_after_early_end_s: float = 1.0
-    compression_ratio_threshold: float = 2.4
+    # True: each clip is prompted with the text of the clips before it (decoded one at a time);
+    # False: a misheard clip does not bias the next ones.
+    condition_on_previous_text: bool = False
+    # Where Whisper listens (issue 21): speech clips cut at pauses by Silero VAD, each decoded
+    # on its own, never a window continued from where the last one ended.
+    chunking: str = "vad"
+    vad: VadSettings = VadSettings()
+    # Clips encoded and decoded together. A batch gives each clip the same result as alone in
+    # principle; it is in the revision in case int8 kernels round differently by batch size.
+    batch_size: int = 8
+    # A clip with a no-speech probability over 0.6 and an average log probability under -1 is
+    # not speech (faster-whisper's rule, applied by service.engines.whisper_vad).
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
-    vad_filter: bool = False  # silence is found before the engine runs (fingerprint.speech)
-
-    def kwargs(self) -> dict:
-        """Keyword arguments for `WhisperModel.transcribe`."""
-        settings = asdict(self)
-        settings["temperature"] = [self.temperature]
-        for own in ("align_words", "resume_after_early_end_s"):  # earmark's, not faster-whisper's
-            del settings[own]
-        return settings
 
 
 def engine_revision(decoding: dict, libraries: dict, compute_type: str, device: str, sha256: dict) -> str:
     """The profile's revision: a digest of everything that shapes a transcript besides the
     request's options. `decoding` is `asdict(Decoding)`: adding or changing a field (as issue 21
-    did, to stop serving the words its decoding dropped) gives a new revision."""
+    did twice, to stop serving the words its decodings dropped) gives a new revision;
+    `libraries` holds the versions of faster-whisper, ctranslate2 and onnxruntime and the
+    VAD model's SHA-256."""
     revision = {**libraries, "compute_type": compute_type, "device": device, "decoding": decoding,
                 "piece_s": PIECE_S, "sha256": sha256}
     return hashlib.blake2b(json.dumps(revision, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -192,8 +187,7 @@ class WhisperEngine(Engine):
         files = locate_model(model_dir, digest_cache)
         try:
             import ctranslate2
-
-            from service.engines.whisper_windows import WindowKeepingModel
+            from faster_whisper import WhisperModel
         except ImportError as exc:
             raise EngineUnavailable(f"the whisper engine needs faster-whisper: {INSTALL_HINT}") from exc
         if device != "cpu" and not device.startswith("cuda"):
@@ -205,15 +199,22 @@ class WhisperEngine(Engine):
         self.decoding = decoding = decoding or Decoding()
         self.compute_type = "int8"
         try:
-            self._model = WindowKeepingModel(str(files.path), device=device_kind, device_index=int(index or 0),
-                                             compute_type=self.compute_type, cpu_threads=self.cpu_threads,
-                                             num_workers=self.num_workers, local_files_only=True)
+            self._model = WhisperModel(str(files.path), device=device_kind, device_index=int(index or 0),
+                                       compute_type=self.compute_type, cpu_threads=self.cpu_threads,
+                                       num_workers=self.num_workers, local_files_only=True)
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with its own words
             raise EngineUnavailable(f"could not load the whisper model in {files.path}: {type(exc).__name__}: {exc}") from exc
-        self._model.resume_after_s = decoding.resume_after_early_end_s
+        if decoding.chunking != "vad":
+            raise EngineUnavailable(f"whisper decoding chunking {decoding.chunking!r} is not known; use 'vad'")
+        try:
+            vad_sha256 = load_vad()  # from faster-whisper's wheel: nothing is downloaded
+        except Exception as exc:  # onnxruntime missing, or the file: ImportError, RuntimeError, OSError...
+            raise EngineUnavailable(f"could not load Silero VAD from faster-whisper's package: {type(exc).__name__}: "
+                                    f"{exc}; reinstall it: {INSTALL_HINT}") from exc
         self.files = files
         self.model_id = files.model_id
-        self.libraries = {"faster_whisper": installed_version("faster-whisper"), "ctranslate2": ctranslate2.__version__}
+        self.libraries = {"faster_whisper": installed_version("faster-whisper"), "ctranslate2": ctranslate2.__version__,
+                          "onnxruntime": installed_version("onnxruntime"), "silero_vad_sha256": vad_sha256}
         self.device_kind = device_kind
         self.revision = engine_revision(asdict(decoding), self.libraries, self.compute_type, device_kind, files.sha256)
         multilingual = bool(self._model.model.is_multilingual)
@@ -248,45 +249,46 @@ class WhisperEngine(Engine):
         initial prompt and its hotwords faster-whisper's `hotwords`.
 
         Audio longer than `PIECE_S` is transcribed piece by piece, cut in the quietest moment
-        near each boundary: faster-whisper computes the log-mel spectrogram of all it is given
-        at once, 3.3 GB for an hour. The cuts depend only on the audio, so the same audio
-        always gets the same text."""
+        near each boundary: faster-whisper computes the spectrograms of all it is given at
+        once. The cuts depend only on the audio, so the same audio always gets the same text."""
         pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
         language = None if profile.language == "auto" else profile.language
         segments: list[Segment] = []
         detected = None
         for start, stop in piece_bounds(pcm):
-            piece_segments, info = self._transcribe_piece(pcm[start:stop], language or detected, profile)
-            detected = detected or info.language
+            piece_segments, piece_language = self._transcribe_piece(pcm[start:stop], language or detected, profile)
+            detected = detected or piece_language or None
             offset = start / SAMPLE_RATE
             segments += [_shifted(segment, offset, start // HOP) if start else segment for segment in piece_segments]
         kept = tuple(segment for segment in segments if segment.text)
         text = "".join(piece_text(segment, index) for index, segment in enumerate(kept))
         return Transcript(text=text, normalized_text=text, language=language or detected or "", segments=kept)
 
-    def _transcribe_piece(self, pcm: np.ndarray, language: str | None, profile: Profile):
+    def _transcribe_piece(self, pcm: np.ndarray, language: str | None, profile: Profile) -> tuple[list[Segment], str]:
+        """The piece's segments (times from the piece's start) and its language, detected on
+        its first clip when `language` is None (and "" when it has no speech)."""
+        decoding = self.decoding
         try:
-            pieces, info = self._model.transcribe(
-                pcm, language=language, task="transcribe", initial_prompt=profile.prompt or None,
-                hotwords=" ".join(profile.hotwords) or None, **self.decoding.kwargs(),
-            )
-            # imported with faster-whisper when the model loaded
-            from service.engines.whisper_windows import with_words, without_failed_resumes
-
-            pieces = without_failed_resumes(self._model, pieces, info)
-            if self.decoding.align_words and not self.decoding.word_timestamps:
-                pieces = with_words(self._model, pieces, info, len(pcm), HOP)
-            return [_segment(piece) for piece in pieces], info  # decoding happens while iterating
+            clips = speech_clips(pcm, decoding.vad)
+            pieces, info = decode_clips(
+                self._model, pcm, clips, language=language, prompt=profile.prompt or None,
+                hotwords=" ".join(profile.hotwords) or None, beam_size=decoding.beam_size,
+                temperature=decoding.temperature, batch_size=decoding.batch_size,
+                condition_on_previous_text=decoding.condition_on_previous_text,
+                no_speech_threshold=decoding.no_speech_threshold, log_prob_threshold=decoding.log_prob_threshold)
+            return [_segment(piece) for piece in pieces], (info.language if info else language or "")
         except (RuntimeError, ValueError, IndexError) as exc:
             raise EngineFailure(f"whisper {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
 
     def warm_up(self) -> None:
-        """Decode a second of faint noise once (CTranslate2 sets up each worker's buffers on
-        its first call)."""
-        noise = np.random.default_rng(0).normal(0.0, 0.01, 16000).astype(np.float32)
-        pieces, _ = self._model.transcribe(noise, language="en" if "en" in self.capabilities.languages else None,
-                                           **self.decoding.kwargs())
-        list(pieces)  # the decoder runs while the segments are read
+        """Decode two seconds of a tone once (CTranslate2 sets up each worker's buffers on its
+        first call; a tone, so that the VAD lets it through to the decoder)."""
+        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / SAMPLE_RATE)).astype(np.float32)
+        language = "en" if "en" in self.capabilities.languages else None
+        decode_clips(self._model, tone, [{"start": 0.0, "end": 2.0}], language=language, prompt=None, hotwords=None,
+                     beam_size=self.decoding.beam_size, temperature=self.decoding.temperature, batch_size=1,
+                     condition_on_previous_text=False, no_speech_threshold=self.decoding.no_speech_threshold,
+                     log_prob_threshold=self.decoding.log_prob_threshold)
 
 
 def piece_bounds(pcm: np.ndarray) -> list[tuple[int, int]]:
