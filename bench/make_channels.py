@@ -315,6 +315,22 @@ def recipe_hash(job: dict, digests: dict[str, str]) -> str:
     return hashlib.blake2b(json.dumps(key).encode(), digest_size=10).hexdigest()
 
 
+def prune(out: Path, families: list[str], planned: set[str]) -> None:
+    """Delete the files of `families` no longer planned (a smaller sample, a removed setting) and
+    their specs; other families' files are left alone."""
+    stale = [p for family in families for p in (out / "copies" / family).rglob("*")
+             if p.is_file() and str(p) not in planned]
+    for path in stale:
+        path.unlink()
+    specs_path = out / ".specs.json"
+    if stale and specs_path.exists():
+        gone = {os.path.relpath(p, out) for p in stale}
+        specs = json.loads(specs_path.read_text())
+        specs_path.write_text(json.dumps({k: v for k, v in sorted(specs.items()) if k not in gone}, indent=0))
+    if stale:
+        print(f"[channels] removed {len(stale)} files no longer planned", flush=True)
+
+
 # ------------------------------------------------------------------------------------------
 # Sources
 
@@ -351,11 +367,12 @@ def synthetic_originals(out: Path, corpus: Path, count: int, babble: int, seed: 
 
 
 def minimal_pairs(out: Path, corpus: Path, count: int, seed: int) -> list[dict]:
-    """Every 400/count-th pair of make_minimal_pairs's default 400 (all kinds), A and B taken from
-    `corpus` when there, else built with its recipes into out/pairs."""
+    """The first pairs of every kind of make_minimal_pairs's default 400, in its proportions
+    (`allot(count)`, every kind at least once), A and B taken from `corpus` when there, else
+    built with its recipes into out/pairs."""
     planned = mmp.plan_pairs(mmp.DEFAULT_PAIRS, seed)
-    step = max(1, len(planned) // count)
-    pairs = planned[::step][:count]
+    quota = {kind: max(1, n) for kind, n in mmp.allot(count).items()}
+    pairs = [p for p in planned if int(p["id"].rsplit("_", 1)[1]) < quota[p["kind"]]]
     a_items, b_synth, b_cut, _, _ = mmp.plan_items(pairs)
     pair_dir = out / "pairs"
     built = []
@@ -496,6 +513,7 @@ def main() -> int:
                                "source": item["source"], "kind": "copy" if positive else item["kind"],
                                "path": str(dst)})
     failed = run_jobs(jobs, out, args.jobs, "channels")
+    prune(out, families, {j["dst"] for j in jobs})
     copies = [c for c in copies if c["path"] not in failed]
 
     def rel(path: str) -> str:
