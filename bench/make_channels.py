@@ -413,7 +413,8 @@ def human_originals(out: Path) -> list[dict]:
 
 
 def word_times(originals: list[dict]) -> dict[str, list[list]]:
-    """Whisper's (default engine's) word times for each human recording, computed once and cached."""
+    """Whisper's (default engine's) word times for each human recording (`id`, `path`), computed
+    once and cached; also used to transcribe the edits."""
     cache = json.loads(WORDS_CACHE.read_text()) if WORDS_CACHE.exists() else {}
     missing = [o for o in originals if o["id"] not in cache]
     if missing:
@@ -463,7 +464,16 @@ def word_edits(out: Path, originals: list[dict], seed: int) -> list[dict]:
             path.parent.mkdir(parents=True, exist_ok=True)
             _write(path, y, rate)
             negatives.append({"id": f"{o['id']}_{kind}", "original": o["id"], "kind": kind, "source": "human",
-                              "path": str(path)})
+                              "path": str(path), "removed_s": round((len(x) - len(y)) / rate, 3)})
+    # Whisper's word times are approximate (tiny.en's run up to ~0.25 s early at a phrase's end),
+    # so an edit may take part of a word rather than the word: each edit is transcribed, and
+    # `text_changed` says whether the engine hears a different text from the original's.
+    heard = word_times(negatives)
+    for n in negatives:
+        def text(key: str) -> str:
+            return " ".join(w[0].lower().strip(".,!?") for w in heard[key])
+        n["edit_text"] = text(n["id"])
+        n["text_changed"] = n["edit_text"] != text(n["original"])
     return negatives
 
 
