@@ -148,7 +148,9 @@ def _reasons(rows: list[dict]) -> dict[str, int]:
 
 def figures(rows: list[dict]) -> dict:
     """Recall of copies (synthetic: corpus and pair A sides; human apart), false accepts, the
-    highest negative score, refusal reasons of copies."""
+    highest negative score (of all negatives, of the pairs' B sides, and of the negatives whose
+    text differs: pairs and the human edits the engine hears as another text), refusal reasons
+    of copies."""
     copies = [r for r in rows if r["positive"]]
     negatives = [r for r in rows if not r["positive"]]
     out: dict = {}
@@ -163,9 +165,12 @@ def figures(rows: list[dict]) -> dict:
         out[f"false_accepts_{name}"] = sum(r["accepted"] for r in group)
     out["false_accepts_human_edits_text_changed"] = sum(r["accepted"] and r.get("text_changed") is True
                                                        for r in negatives if r["source"] == "human")
-    worst = max(negatives, key=lambda r: r["score"], default=None)
-    out["highest_negative_score"] = worst["score"] if worst else None
-    out["highest_negative"] = f"{worst['setting']}/{worst['id']}" if worst else None
+    other_text = [r for r in negatives if r["source"] == "pair" or r.get("text_changed") is True]
+    for name, group in (("negative", negatives), ("pair", [r for r in negatives if r["source"] == "pair"]),
+                        ("other_text", other_text)):
+        worst = max(group, key=lambda r: r["score"], default=None)
+        out[f"highest_{name}_score"] = worst["score"] if worst else None
+        out[f"highest_{name}"] = f"{worst['setting']}/{worst['id']}" if worst else None
     out["copy_refusals"] = _reasons(copies)
     return out
 
