@@ -1,7 +1,7 @@
 """Copies and negatives through channel families (make_channels.py), judged as the service judges.
 
 Every channel file of make_channels.py's manifest is judged against its original as the cached
-entry with the service's own verdict (`service.ops.tune.Scorer`: `FuzzyMatcher.judge`, which
+entry with the service's own verdict (`service.ops.tune.Scorer`: `Verifier.judge`, which
 the tier runs on every candidate), and so is every negative untouched (the `clean` family).
 Features are computed once per file and cached under `--features` (one pickle a file, keyed by
 the fingerprint code, its configuration and the file's size and mtime), so a rerun, or a new
@@ -40,7 +40,7 @@ from fingerprint.config import DEFAULT  # noqa: E402
 from fingerprint.decode import decode_audio  # noqa: E402
 from service.config import FuzzyThresholds  # noqa: E402
 from service.ops.tune import Scorer  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher, QueryFeatures  # noqa: E402
+from service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
 
 CLEAN = "clean"  # the family of negatives judged untouched
 
@@ -62,7 +62,7 @@ def _cache_path(cache: Path, path: Path) -> Path:
 def _compute(job: tuple[str, str]) -> None:
     path, target = job
     decoded = decode_audio(Path(path).read_bytes(), 3600)
-    features = FuzzyMatcher(FuzzyThresholds(), None, None, None).features(decoded.pcm_16k)
+    features = Verifier(FuzzyThresholds()).features(decoded.pcm_16k)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{target}.part")
     tmp.write_bytes(pickle.dumps((features, decoded.duration_s)))
