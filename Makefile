@@ -21,7 +21,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check fingerprint index service tests bench
-	$(BIN)/mypy fingerprint index
+	$(BIN)/mypy fingerprint index service
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)

@@ -34,7 +34,7 @@ class BytesHasher:
     def __init__(self) -> None:
         self._hasher = blake3.blake3()
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         """Add the next bytes."""
         self._hasher.update(data)
 

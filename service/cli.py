@@ -15,11 +15,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
 
 from service.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 
 def _option(*names: str, env: str | list[str], **kwargs):
@@ -118,7 +122,7 @@ def recognize(files: tuple[str, ...], url: str | None, as_json: bool, language: 
             failed |= response.status_code != 200
             if as_json:
                 click.echo(json.dumps({"file": name, "status": response.status_code, **(body or {})}, ensure_ascii=False))
-            elif response.status_code == 200:
+            elif response.status_code == 200 and body is not None:
                 cache, result = body["cache"], body["result"] or {}
                 click.echo(f"{name}\t{cache['tier']}\t{result.get('text', '')}")
             else:
@@ -235,7 +239,9 @@ def audit(out: Path, url: str | None, admin_token: str | None, config_file: str 
     if url:
         if options.get("redis_url") or options.get("data_dir"):
             _fail("give one of --url, --redis-url or --data-dir")
-        params: dict[str, str | int | float] = {"top": top} | ({} if review_margin is None else {"review_margin": review_margin})
+        params: dict[str, str | int | float] = {"top": top}
+        if review_margin is not None:
+            params["review_margin"] = review_margin
         click.echo(f"building the audit on {url} ...", err=True)
         try:
             response = httpx.get(f"{url.rstrip('/')}/audit", params=params, headers=_auth_headers(admin_token), timeout=None)
@@ -279,14 +285,15 @@ class _StageBars:
 
     def __init__(self) -> None:
         self.stage: str | None = None
-        self.bar = None
+        self.bar: ProgressBar[int] | None = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage != self.stage:
+        bar = self.bar
+        if stage != self.stage or bar is None:
             self.close()
-            self.stage, self.bar = stage, click.progressbar(length=total, label=stage, show_pos=True)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
+            self.stage, self.bar = stage, (bar := click.progressbar(length=total, label=stage, show_pos=True))
+            bar.__enter__()
+        bar.update(done - bar.pos)
 
     def close(self) -> None:
         if self.bar is not None:

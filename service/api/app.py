@@ -326,10 +326,11 @@ async def _audit(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
     options = audit_options(request.query_params, services.settings.review_margin)
     services.metrics.audits.inc()
-    assert services.events is not None
+    events = services.events
+    assert events is not None
     source = f"GET /audit on {request.url.netloc}"
     report = await _store_call(services.audits.get(
-        (source, options), lambda: collect_audit(services.store, services.events, services.settings.fuzzy, options,
+        (source, options), lambda: collect_audit(services.store, events, services.settings.fuzzy, options,
                                                  source=source)))
     return JSONResponse({"code": 0, "msg": "success", **report})
 

@@ -359,6 +359,6 @@ def _script_language(text: str) -> str:
             counts["en"] += 1
     if counts["ja"]:
         return "ja"
-    best = max(counts, key=counts.get)
+    best = max(counts, key=counts.__getitem__)
     return best if counts[best] else "auto"
 

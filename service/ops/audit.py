@@ -19,6 +19,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 from datetime import datetime, timezone
 
 import numpy as np
@@ -169,7 +170,7 @@ def _over_time(served: list[RecognitionEvent]) -> dict:
     bucket_s = next((size for size in BUCKETS_S if (last - first) / size < MAX_BUCKETS), BUCKETS_S[-1])
     tiers = sorted({event.tier for event in served}, key=_tier_order)
     # Every bucket from the first to the last, quiet ones too: the time axis stays true.
-    rows = {start: {"start": _iso(start), **{tier: 0 for tier in tiers}, "engine_s_saved": 0.0, "engine_s_spent": 0.0}
+    rows: dict[int, dict[str, Any]] = {start: {"start": _iso(start), **{tier: 0 for tier in tiers}, "engine_s_saved": 0.0, "engine_s_spent": 0.0}
             for start in range(int(first // bucket_s * bucket_s), int(last) + 1, bucket_s)}
     for event in served:
         row = rows[int(event.time // bucket_s * bucket_s)]
@@ -217,9 +218,10 @@ def _most_reused(hits: list[RecognitionEvent], entries: dict[str, Entry], top: i
 def _score_distribution(log: list[RecognitionEvent]) -> dict:
     """The best fuzzy candidate's score of every answer the fuzzy tier decided (a fuzzy hit,
     or a miss with candidates), lookups included: how close misses came, how close hits were."""
-    judged = [event for event in log if event.best_score is not None and event.tier in ("fuzzy", "miss", "bypass")]
-    hit_scores = [event.best_score for event in judged if event.tier == "fuzzy"]
-    miss_scores = [event.best_score for event in judged if event.tier != "fuzzy"]
+    judged = [(event.tier, event.best_score) for event in log
+              if event.best_score is not None and event.tier in ("fuzzy", "miss", "bypass")]
+    hit_scores = [score for tier, score in judged if tier == "fuzzy"]
+    miss_scores = [score for tier, score in judged if tier != "fuzzy"]
     edges = np.round(np.arange(0.0, 1.0 + SCORE_BIN / 2, SCORE_BIN), 4)
     hit_counts = np.histogram(hit_scores, bins=edges)[0] if hit_scores else np.zeros(len(edges) - 1, dtype=int)
     miss_counts = np.histogram(miss_scores, bins=edges)[0] if miss_scores else np.zeros(len(edges) - 1, dtype=int)
@@ -260,8 +262,8 @@ async def _near_threshold(served: list[RecognitionEvent], store: Store, events: 
             groups[(event.profile_id, event.query_digest, event.entry_id)].append(event)
     rows = []
     for number, ((profile_id, query_digest, entry_id), hits) in enumerate(sorted(groups.items(),
-                                                                                 key=lambda item: item[1][0].score)):
-        row = {"entry": entry_id, "query_digest": query_digest, "profile": profile_id, "score": hits[0].score,
+                                                                                 key=lambda item: item[1][0].score or 0.0)):
+        row: dict[str, Any] = {"entry": entry_id, "query_digest": query_digest, "profile": profile_id, "score": hits[0].score,
                "hits": len(hits), "first_hit": _iso(hits[0].time), "last_hit": _iso(hits[-1].time),
                "curve": [], "worst_at_s": None, "worst_stretch_score": None, "note": ""}
         kept = await events.query_print(profile_id, query_digest)

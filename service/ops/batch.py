@@ -16,8 +16,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 HIT_TIERS = ("exact", "canonical", "fuzzy", "negative")
 
@@ -126,6 +130,7 @@ def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: in
     tally.skipped = len(done & {str(path) for path in paths})
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
+    bar: ProgressBar[int]
     with out.open("a", encoding="utf-8") as sink, \
             click.progressbar(length=len(todo), label="recognizing", show_pos=True,
                               item_show_func=lambda _: tally.progress()) as bar, \
@@ -137,7 +142,8 @@ def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: in
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 sink.flush()
                 tally.add(record)
-            bar.update(1, record)
+            # the current item is only for item_show_func, which shows the tally, not the record
+            bar.update(1)
     return tally
 
 

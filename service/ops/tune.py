@@ -179,6 +179,7 @@ def _encode(pcm: np.ndarray, rate: int, fmt: str, codec: str, bitrate: int | Non
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.audio.stream.AudioStream)
         stream.layout = "mono"
         if bitrate:
             stream.bit_rate = bitrate

@@ -15,6 +15,7 @@ a request: during a store outage it is counted as dropped and the answer goes ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time as clock
 from collections.abc import Mapping
@@ -212,8 +213,8 @@ class EventLog:
         events: list[tuple[str, RecognitionEvent]] = []
         low, high = str(max(0, int(start_s * 1000))), str(max(0, int(end_s * 1000)))
         while True:
-            rows = await self.store.call(lambda low=low: self.store.client.xrange(self.key, min=low, max=high,
-                                                                                  count=PAGE))
+            rows = await self.store.call(functools.partial(self.store.client.xrange, self.key, min=low, max=high,
+                                                           count=PAGE))
             events.extend(_parsed(rows))
             if len(rows) < PAGE:
                 return events

@@ -68,7 +68,7 @@ class FuzzyMatcher:
                 self.metrics.fuzzy_level_compressed.labels(accepted=str(accepted).lower()).inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
-            if accepted:
+            if accepted and entry is not None:  # a gone entry is never accepted
                 self.metrics.fuzzy_accepted.inc()
                 if best is None or score > best[0]:
                     best = (score, entry)

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 
 import numpy as np
@@ -41,6 +42,7 @@ from service.pipeline.profile import Profile
 from service.api.uploads import Upload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOCK_POLL_S = 0.05
 # Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
@@ -63,7 +65,7 @@ class Outcome:
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
-        info = {
+        info: dict[str, object] = {
             "tier": self.tier,
             "entry": self.entry.entry_id if self.entry is not None else None,
             "score": None if self.score is None else round(self.score, 4),
@@ -150,7 +152,7 @@ class RecognitionCache:
             entry, verdict = found or (None, None)
             if entry is not None and verdict is None:
                 return self._hit("exact", entry, served=run)
-            if entry is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.verifier.judged_by:
+            if entry is not None and verdict is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.verifier.judged_by:
                 # These bytes were matched before, under the thresholds in force now.
                 return self._hit("fuzzy", entry, served=run, verdict=verdict)
             # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
@@ -221,14 +223,15 @@ class RecognitionCache:
             leader_digest, leader = flight
             self.metrics.single_flight_waits.labels(scope="process").inc()
             shared: Outcome = await asyncio.shield(leader)
-            if shared.entry is None:
+            leader_entry = shared.entry
+            if leader_entry is None:
                 return Outcome(tier=shared.tier, result=shared.result)
             tier = "exact" if leader_digest == upload_digest else "canonical"
             # The entry may have been deleted while we waited: serve it only as it is now.
-            current, store_ok = await self._try_store(lambda: self.store.get_entry(shared.entry.entry_id))
+            current, store_ok = await self._try_store(lambda: self.store.get_entry(leader_entry.entry_id))
             if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
                 return Outcome(tier="bypass", result=shared.result)
-            if current is not None and current.generation == shared.entry.generation:
+            if current is not None and current.generation == leader_entry.generation:
                 outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
                 if outcome is not None:
                     return outcome
@@ -279,9 +282,10 @@ class RecognitionCache:
                         return outcome
             return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         finally:
-            if renewer is not None:
+            if renewer is not None and token is not None:
                 renewer.cancel()
-                await self._try_store(lambda: self.store.release_lock(lock_key, token))
+                held_token = token
+                await self._try_store(lambda: self.store.release_lock(lock_key, held_token))
 
     async def _wait_for_holder(self, lock_key: str, canonical_key: str) -> tuple[Entry | None, bool]:
         """Poll until the lock holder's entry appears, or the lock vanishes without one."""
@@ -362,7 +366,7 @@ class RecognitionCache:
         stored, store_ok = await self._try_store(
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
         )
-        if not store_ok:
+        if not store_ok or stored is None:
             return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
         if self.fuzzy is not None and features is not None and not negative:
             await self.fuzzy.index_now(stored, features)
@@ -393,7 +397,7 @@ class RecognitionCache:
                 tier = "exact"
         return self._hit(tier, entry, served=served, verdict=verdict)
 
-    async def _try_store(self, call: Callable[[], Awaitable]) -> tuple[object, bool]:
+    async def _try_store(self, call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
         """Run a store call; on an outage return (None, False) instead of raising."""
         try:
             return await call(), True

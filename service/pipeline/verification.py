@@ -138,13 +138,14 @@ class Verifier:
         if entry.speech_s < limits.min_speech_s:
             return Judgement(False, 0.0, f"too_short: entry has {entry.speech_s:.2f} s of speech")
         entry_detail = detail_from_bytes(entry.detail)
-        usable_detail = entry_detail is not None and len(entry_detail) > 0
+        if entry_detail is not None and len(entry_detail) == 0:
+            entry_detail = None  # nothing to compare: as unusable as a damaged value
         longer = max(entry.speech_s, features.speech_s)
         tolerance = max(limits.duration_tolerance_s, limits.duration_tolerance_ratio * longer)
         if abs(entry.speech_s - features.speech_s) > tolerance:
             # Measured apart, each over its own noise floor; measured again over the louder of
             # the two floors before the pair is refused.
-            remeasured = speech_durations_s(features.detail, entry_detail) if usable_detail else None
+            remeasured = speech_durations_s(features.detail, entry_detail) if entry_detail is not None else None
             if remeasured is None or abs(remeasured[0] - remeasured[1]) > tolerance:
                 again = "" if remeasured is None else (f"; over their common noise floor {remeasured[0]:.2f} s "
                                                        f"vs {remeasured[1]:.2f} s")
@@ -156,10 +157,9 @@ class Verifier:
         verdict = verify(features.hash, reference, self.config)
         if verdict.windows == 0:
             return Judgement(False, 0.0, "no_comparable_stretch", verdict.stretches)
-        if not usable_detail or not entry.pitch:
+        if entry_detail is None or not entry.pitch:
             return Judgement(False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour",
                              verdict.stretches)
-        assert entry_detail is not None
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
         detail_score = detail_score_of(detail.excess_db)
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
