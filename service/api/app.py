@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import logging
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from index.keys import Keys
 from index.replica import READ_BLOCK_MS, IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
-from service.api.auth import ApiKeys, AuthError
+from service.api.auth import ApiKeys, AuthError, is_admin_bearer, keys_without_admin
 from service.api.cache_control import CacheControl, parse_cache_control
 from service.config import Settings
 from service.console.pages import console_routes
@@ -99,7 +98,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     # Its stat is taken first: a change made while it is read is read again at the first check.
     keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file else None
     api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
-    if api_keys is not None and not settings.admin_token:
+    if keys_without_admin(api_keys, settings.admin_token):
         # Entry ids derive from the profile (namespace included) and the audio: anyone who has
         # the audio and knows a namespace's name could compute an id and read it there.
         log.warning("API keys are configured but no admin token: /entries/... is open to every caller; "
@@ -319,7 +318,7 @@ async def audit(request: Request) -> Response:
 
 
 async def _audit(request: Request, services: Services) -> Response:
-    if services.api_keys is not None and not services.settings.admin_token:
+    if keys_without_admin(services.api_keys, services.settings.admin_token):
         # It covers every namespace (transcripts included): never open to every key holder.
         raise ApiError(403, "GET /audit covers every namespace: with API keys configured it needs an admin token "
                             "(--admin-token)")
@@ -453,11 +452,7 @@ def _entry_id(request: Request) -> str:
 
 
 def _require_admin(request: Request, settings: Settings) -> None:
-    if not settings.admin_token:
-        return
-    supplied = request.headers.get("authorization", "")
-    expected = f"Bearer {settings.admin_token}"
-    if not secrets.compare_digest(supplied.encode(), expected.encode()):
+    if settings.admin_token and not is_admin_bearer(request.headers.get("authorization"), settings.admin_token):
         raise ApiError(401, "this endpoint needs the admin token: send 'Authorization: Bearer <token>'")
 
 

@@ -16,7 +16,6 @@ header with the token itself works on these pages too; /entries/... keeps checki
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
+from service.api.auth import is_admin_bearer, is_admin_token, keys_without_admin
 from service.ops.audit import AuditOptions, collect_audit
 from service.console.session import check_session, issue_session
 from service.pipeline.events import TIERS
@@ -235,7 +235,7 @@ def _admin_refusal(request: Request) -> Response | None:
     instead: the admin-token form, or, with API keys configured but no admin token (namespaces
     are a hard partition, and no one could sign in), a refusal that says how to open them."""
     services = request.app.state.services
-    if services.api_keys is not None and not services.settings.admin_token:
+    if keys_without_admin(services.api_keys, services.settings.admin_token):
         return _render(request, "message.html", status_code=403, heading="An admin token is needed",
                        message="This service keeps each API key's namespace apart, and history, entries and the audit "
                                "would show every namespace's transcripts. Start it with --admin-token to use these pages.")
@@ -256,7 +256,7 @@ def is_admin(request: Request) -> bool:
         return True
     header = request.headers.get("authorization", "")
     if header.startswith("Bearer "):
-        return secrets.compare_digest(header.removeprefix("Bearer ").encode(), token.encode())
+        return is_admin_bearer(header, token)
     return _session_state(request) == "ok"
 
 
@@ -292,7 +292,7 @@ async def login(request: Request) -> Response:
     token = str(form.get("token", ""))
     next_url = _local_path(str(form.get("next", "/console/history")))
     expected = services.settings.admin_token
-    if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
+    if not is_admin_token(token, expected):
         services.metrics.console_logins.labels(outcome="wrong_token").inc()
         return _render(request, "login.html", status_code=401, message="That is not the admin token.", next_url=next_url)
     services.metrics.console_logins.labels(outcome="ok").inc()
