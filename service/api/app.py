@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
 from fingerprint.decode import AudioError
 from fingerprint.embedding import EMBEDDING_DIM
 from index.breaker import StoreUnavailable
+from index.entry import ENTRY_ID
 from index.connection import open_client
 from index.keys import Keys
 from index.replica import READ_BLOCK_MS, IndexReplica
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 STORE_WATCH_INTERVAL_S = 2.0
 SHUTDOWN_STEP_TIMEOUT_S = 5.0
-ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 OPENAI_ENDPOINTS = ("transcriptions", "models")
 
 

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
+from index.entry import ENTRY_ID
 from service.api.auth import is_admin_bearer, is_admin_token, keys_without_admin
 from service.ops.audit import AuditOptions, collect_audit
 from service.console.session import check_session, issue_session
@@ -38,7 +39,6 @@ TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 STATIC_DIR = HERE / "static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
-ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3",
                 "miss": "#d98a00", "bypass": "#c0392b"}
 
