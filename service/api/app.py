@@ -42,7 +42,7 @@ from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
 from service.ops.audit import collect_audit
-from service.ops.audit_cache import AuditCache
+from service.ops.audit_cache import AuditCache, delete_and_forget
 from service.ops.audit_api import audit_options
 from service.api.errors import ApiError
 from service.pipeline.events import EventLog
@@ -303,11 +303,10 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
     entry_id = _entry_id(request)
     deleted = await _store_call(
-        services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+        delete_and_forget(services.store, services.audits, entry_id, stream_maxlen=services.settings.stream_maxlen)
     )
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
-    services.audits.forget()
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
 
 

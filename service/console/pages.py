@@ -30,6 +30,7 @@ from index.breaker import StoreUnavailable
 from index.entry import ENTRY_ID
 from service.api.auth import is_admin_bearer, is_admin_token, keys_without_admin
 from service.ops.audit import AuditOptions, collect_audit
+from service.ops.audit_cache import delete_and_forget
 from service.console.session import check_session, issue_session
 from service.pipeline.events import TIERS
 from service.console.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
@@ -134,12 +135,12 @@ async def delete_entry(request: Request) -> Response:
     if not ENTRY_ID.fullmatch(entry_id):
         return _not_found(request, entry_id[:40])
     try:
-        deleted = await services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+        deleted = await delete_and_forget(services.store, services.audits, entry_id,
+                                          stream_maxlen=services.settings.stream_maxlen)
     except StoreUnavailable:
         return _store_down(request, "delete")
     if not deleted:
         return _not_found(request, entry_id)
-    services.audits.forget()
     services.metrics.console_pages.labels(page="delete").inc()
     return RedirectResponse(f"/console/history?deleted={entry_id}", status_code=303)
 
