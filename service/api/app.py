@@ -36,7 +36,7 @@ from index.store import Store
 from index.vectors import VectorIndex
 from service.api.auth import ApiKeys, AuthError, is_admin_bearer, keys_without_admin
 from service.api.cache_control import CacheControl, parse_cache_control
-from service.config import Settings
+from service.config import Settings, redact_url
 from service.console.pages import console_routes
 from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
@@ -139,7 +139,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
                                       AuditCache(settings.audit_cache_s, metrics.audit_reports), api_keys, events)
         if not await store.ping():
-            log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
+            log.warning("store at %s is unreachable at start-up: serving without the cache", redact_url(settings.redis_url))
         replica.start()
         if isinstance(chosen, AsyncEngine):
             await chosen.start(metrics)
@@ -473,10 +473,3 @@ def _snapshot_dir(settings: Settings) -> Path:
     store identity, so another store's snapshot is never loaded)."""
     prefix_id = hashlib.blake2b(settings.key_prefix.encode(), digest_size=8).hexdigest()
     return Path(settings.data_dir) / "index" / prefix_id
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
