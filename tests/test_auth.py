@@ -16,6 +16,7 @@ from service.config import ConfigError
 from service.engines.base import RecognitionOptions
 from tests.waiting import wait_for
 from tests.audio_tools import encode, read_pcm, silence_wav
+from tests import http_helpers
 from tests.conftest import live_server
 from tests.test_app import keys_under
 
@@ -29,8 +30,8 @@ KEYS_FILE = f"""# earmark API keys: <key> <namespace>
 
 
 def post(client, data: bytes, path: str = "/recognize", key: str | None = None, **fields):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields, headers=headers)
+    """http_helpers.post with `key` sent as `Authorization: Bearer <key>`."""
+    return http_helpers.post(client, data, path, {"Authorization": f"Bearer {key}"} if key else None, **fields)
 
 
 @pytest.fixture
