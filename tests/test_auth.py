@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.api.app import create_app
-from service.api.auth import ApiKeys
+from service.api.auth import ApiKeys, is_admin_bearer, is_admin_token, keys_without_admin
 from service.config import ConfigError
 from service.engines.base import RecognitionOptions
 from tests.waiting import wait_for
@@ -193,3 +193,13 @@ def test_identical_requests_of_two_namespaces_at_once_never_share_a_run(client, 
     assert first.entry.entry_id != second.entry.entry_id
     assert first.entry.profile_id == alpha.digest and second.entry.profile_id == beta.digest
     assert client.app.state.services.metrics.engine_runs._value.get() == 2
+
+
+def test_the_admin_token_checks_shared_by_the_api_and_the_console():
+    keys = ApiKeys.from_text(f"{KEY_A} team-a\n")
+    assert is_admin_token("s3cret", "s3cret") and not is_admin_token("s3cre", "s3cret")
+    assert not is_admin_token("", "")  # no admin token configured: nothing is the admin token
+    assert is_admin_bearer("Bearer s3cret", "s3cret")
+    assert not is_admin_bearer("bearer s3cret", "s3cret") and not is_admin_bearer("s3cret", "s3cret")
+    assert not is_admin_bearer(None, "s3cret") and not is_admin_bearer("Bearer ", "")
+    assert keys_without_admin(keys, "") and not keys_without_admin(keys, "s3cret") and not keys_without_admin(None, "")
