@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+
+# What make_entry_id returns (16 bytes of blake2b, in hex): anything else names no entry.
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def make_entry_id(profile_id: str, pcm_digest: str) -> str:

@@ -285,7 +285,7 @@ def _reference_reasons(s: Settings) -> list[str]:
         try:
             open_client(s.redis_url)  # builds a client without connecting: only the URL's form is checked
         except (StoreURLError, ValueError) as exc:
-            reasons.append(f"redis_url = {_redact(s.redis_url)!r} is not allowed: {exc}")
+            reasons.append(f"redis_url = {redact_url(s.redis_url)!r} is not allowed: {exc}")
     if s.api_keys_file:
         from service.api.auth import ApiKeys
 
@@ -304,7 +304,7 @@ def _reason(name: str, value: Any, allowed: str) -> str:
     if name in SECRET_SETTINGS:
         shown = "(hidden)"
     elif isinstance(value, str) and name.endswith("_url"):
-        shown = repr(_redact(value))  # a user:password is not repeated
+        shown = repr(redact_url(value))  # a user:password is not repeated
     else:
         shown = repr(str(value)) if isinstance(value, Path) else repr(value)
     return f"{name} = {shown[:80]} is not allowed: use {allowed}"
@@ -329,12 +329,15 @@ def _http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
+def redact_url(url: str, mask: str = "***") -> str:
+    """`url` with its user:password replaced by `mask` (for messages and logs), or taken out
+    entirely when `mask` is "" (the upstream engines send it as Basic auth instead). The one
+    place that hides a URL's password: config errors, the API's start-up log, the upstreams."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url
-    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{mask}@{host}" if mask else host).geturl()
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

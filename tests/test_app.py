@@ -11,12 +11,9 @@ from index.keys import Keys
 from service.api.app import create_app
 from service.engines.base import RecognitionOptions
 from tests.audio_tools import encode, read_pcm, silence_wav, wav_with_extra_chunk
+from tests.http_helpers import post
 
 DAY_S = 24 * 3600
-
-
-def post(client, data: bytes, path: str = "/recognize", **fields):
-    return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields)
 
 
 def keys_under(redis_client, prefix: str) -> set[bytes]:

@@ -21,15 +21,10 @@ from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_cli import run
 from tests.waiting import wait_for
+from tests.http_helpers import recognize
 
 ADMIN = "s3cret-admin"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def post(client, data: bytes, path: str = "/recognize", headers: dict | None = None) -> dict:
-    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, headers=headers or {})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["cache"]
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +48,18 @@ def traffic(settings, engine, audio, tmp_path):
     "near the threshold"), after traffic of every tier; yields (settings, what happened)."""
     settings = replace(settings, admin_token=ADMIN, review_margin=0.3)
     with TestClient(create_app(settings, engine=engine)) as client:
-        happened = {"original": post(client, audio["recorded"])}
+        happened = {"original": recognize(client, audio["recorded"])["cache"]}
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
-        happened["weather_lookup"] = post(client, audio["weather"], "/lookup")  # a fuzzy miss: candidates refused
-        happened["exact"] = post(client, audio["recorded"])
-        happened["canonical"] = post(client, audio["flac"])
-        happened["fuzzy"] = post(client, audio["mp3"])
-        happened["fuzzy_again"] = post(client, audio["mp3"])  # remembered verdict: fuzzy again
-        happened["weather"] = post(client, audio["weather"])
+        happened["weather_lookup"] = recognize(client, audio["weather"], "/lookup")["cache"]  # a fuzzy miss: candidates refused
+        happened["exact"] = recognize(client, audio["recorded"])["cache"]
+        happened["canonical"] = recognize(client, audio["flac"])["cache"]
+        happened["fuzzy"] = recognize(client, audio["mp3"])["cache"]
+        happened["fuzzy_again"] = recognize(client, audio["mp3"])["cache"]  # remembered verdict: fuzzy again
+        happened["weather"] = recognize(client, audio["weather"])["cache"]
         # a copy stored separately: no-cache makes the engine run and store the MP3 as its own entry
-        happened["weather_copy"] = post(client, audio["weather_mp3"], headers={"Cache-Control": "no-cache"})
-        happened["silence"] = post(client, audio["silence"])
-        happened["negative"] = post(client, audio["silence"])
+        happened["weather_copy"] = recognize(client, audio["weather_mp3"], headers={"Cache-Control": "no-cache"})["cache"]
+        happened["silence"] = recognize(client, audio["silence"])["cache"]
+        happened["negative"] = recognize(client, audio["silence"])["cache"]
         wait_for(lambda: client.get("/health").json()["index_size"] >= 3)
         yield settings, client, happened
 

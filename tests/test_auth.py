@@ -11,11 +11,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.api.app import create_app
-from service.api.auth import ApiKeys
+from service.api.auth import ApiKeys, is_admin_bearer, is_admin_token, keys_without_admin
 from service.config import ConfigError
 from service.engines.base import RecognitionOptions
 from tests.waiting import wait_for
 from tests.audio_tools import encode, read_pcm, silence_wav
+from tests import http_helpers
 from tests.conftest import live_server
 from tests.test_app import keys_under
 
@@ -29,8 +30,8 @@ KEYS_FILE = f"""# earmark API keys: <key> <namespace>
 
 
 def post(client, data: bytes, path: str = "/recognize", key: str | None = None, **fields):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields, headers=headers)
+    """http_helpers.post with `key` sent as `Authorization: Bearer <key>`."""
+    return http_helpers.post(client, data, path, {"Authorization": f"Bearer {key}"} if key else None, **fields)
 
 
 @pytest.fixture
@@ -192,3 +193,13 @@ def test_identical_requests_of_two_namespaces_at_once_never_share_a_run(client, 
     assert first.entry.entry_id != second.entry.entry_id
     assert first.entry.profile_id == alpha.digest and second.entry.profile_id == beta.digest
     assert client.app.state.services.metrics.engine_runs._value.get() == 2
+
+
+def test_the_admin_token_checks_shared_by_the_api_and_the_console():
+    keys = ApiKeys.from_text(f"{KEY_A} team-a\n")
+    assert is_admin_token("s3cret", "s3cret") and not is_admin_token("s3cre", "s3cret")
+    assert not is_admin_token("", "")  # no admin token configured: nothing is the admin token
+    assert is_admin_bearer("Bearer s3cret", "s3cret")
+    assert not is_admin_bearer("bearer s3cret", "s3cret") and not is_admin_bearer("s3cret", "s3cret")
+    assert not is_admin_bearer(None, "s3cret") and not is_admin_bearer("Bearer ", "")
+    assert keys_without_admin(keys, "") and not keys_without_admin(keys, "s3cret") and not keys_without_admin(None, "")

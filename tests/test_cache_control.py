@@ -8,16 +8,15 @@ import pytest
 from index.keys import Keys
 from service.api.cache_control import CacheControl, parse_cache_control
 from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.http_helpers import recognize
 from tests.test_app import keys_under
 
 DAY_S = 24 * 3600
 
 
 def post(client, data: bytes, cache_control: str | None = None, path: str = "/recognize"):
-    headers = {"Cache-Control": cache_control} if cache_control else {}
-    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, headers=headers)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    """http_helpers.recognize with `cache_control` sent as the Cache-Control header."""
+    return recognize(client, data, path, {"Cache-Control": cache_control} if cache_control else None)
 
 
 def engine_runs(client) -> float:

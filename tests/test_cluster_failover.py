@@ -27,6 +27,7 @@ from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers, create_cluster, slot_master, wait_until
+from tests.http_helpers import recognize
 
 pytestmark = pytest.mark.skipif(not HAVE_REDIS_SERVER, reason="needs Debian's redis-server and redis-cli")
 
@@ -56,12 +57,6 @@ def _services(url: str, tmp_path: Path, engine) -> tuple[TestClient, TestClient]
             TestClient(create_app(replace(settings, data_dir=tmp_path / "b"), engine=engine)))
 
 
-def _post(client: TestClient, data: bytes, path: str = "/recognize") -> dict:
-    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")})
-    assert answer.status_code == 200, answer.text  # answered through the failover, never a 5xx
-    return answer.json()["cache"]
-
-
 class _Silences:
     """New recordings that cost no engine run: silences of lengths never sent before (each is
     cached as a negative entry, through the same writes as any entry)."""
@@ -80,7 +75,7 @@ def _wait_for_caching(client: TestClient, deadline: float, what: str) -> list[st
     silences, tiers, in_a_row = _Silences(), [], 0
     while in_a_row < CACHED_IN_A_ROW:
         assert time.monotonic() < deadline, f"{what}: caching had not resumed by the deadline; tiers {tiers}"
-        cache = _post(client, silences.next())
+        cache = recognize(client, silences.next())["cache"]
         tiers.append(cache["tier"])
         assert cache["tier"] in ("miss", "bypass"), cache
         in_a_row = in_a_row + 1 if cache["tier"] == "miss" and cache["entry"] else 0
@@ -110,11 +105,11 @@ def _failover(servers: RedisServers, tmp_path: Path, engine, victim_of) -> None:
         tiers = _wait_for_caching(first, killed + CACHING_RESUMED_S, "service A")
         resumed = time.monotonic() - killed
         recording, copy = _speech()
-        while (written := _post(first, recording))["tier"] != "miss":  # a bypass caches nothing: send it again
+        while (written := recognize(first, recording)["cache"])["tier"] != "miss":  # a bypass caches nothing: send it again
             assert written["tier"] == "bypass", written
             assert time.monotonic() < killed + COPY_HITS_S, "service A stopped caching again"
         deadline = killed + COPY_HITS_S
-        while (found := _post(second, copy, "/lookup"))["entry"] != written["entry"]:
+        while (found := recognize(second, copy, "/lookup")["cache"])["entry"] != written["entry"]:
             assert time.monotonic() < deadline, f"service B found no copy of {written['entry']} in {COPY_HITS_S} s: {found}"
             time.sleep(0.2)
         assert found["tier"] == "fuzzy"
@@ -144,7 +139,7 @@ def test_a_cluster_not_whole_at_start_is_served_without_the_cache_until_it_is(se
     first, _ = _services(_url(ports), tmp_path, engine)
     with first:
         assert first.get("/health").json()["store"] == "down"
-        assert _post(first, silence_wav(0.6))["tier"] == "bypass"
+        assert recognize(first, silence_wav(0.6))["cache"]["tier"] == "bypass"
         assert not first.get("/health").json()["index_ready"]
         create_cluster(ports, replicas_each=0)
         whole = time.monotonic()

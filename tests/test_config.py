@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from service.config import FREE_SETTINGS, REFERENCE_SETTINGS, ConfigError, FuzzyThresholds, Settings, _rules, load_settings
+from service.config import (
+    FREE_SETTINGS,
+    REFERENCE_SETTINGS,
+    ConfigError,
+    FuzzyThresholds,
+    Settings,
+    _rules,
+    load_settings,
+    redact_url,
+)
 
 # A value the gate must refuse for every setting it checks: the test below fails when a setting
 # gains a rule without an entry here, or an entry here is accepted.
@@ -162,3 +171,10 @@ def test_the_command_line_refuses_bad_flags_environment_and_config_files_alike(t
     _refused(_earmark("serve", "--index-type", "ivf", cwd=tmp_path),
              "index_type = 'ivf' is not allowed: use one of auto, flat, hnsw")
     assert not (tmp_path / ".earmark").exists()  # refused before the embedded store was started
+
+
+def test_redact_url_hides_the_user_and_password_and_keeps_the_rest():
+    assert redact_url("redis://user:s3cret@store:6379/0") == "redis://***@store:6379/0"
+    assert redact_url("unix://:s3cret@/run/redis.sock?db=1") == "unix://***@/run/redis.sock?db=1"
+    assert redact_url("https://u:p%40ss@asr.internal:8000/v1?x=1", mask="") == "https://asr.internal:8000/v1?x=1"
+    assert redact_url("redis://store:6379/0") == "redis://store:6379/0"

@@ -15,14 +15,9 @@ from index.embedded import EmbeddedServer
 from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.http_helpers import recognize
 
 PACKAGE = Path(__file__).resolve().parent.parent / "service" / "console"
-
-
-def post(client, data: bytes, path: str = "/recognize"):
-    answer = client.post(path, files={"file": ("a.bin", data, "application/octet-stream")})
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +46,10 @@ def test_upload_page_offers_the_engines_options_and_loads_only_local_assets(clie
 
 
 def test_history_lists_recognitions_newest_first_linking_their_entries(client, recorded, weather):
-    first = post(client, recorded)["cache"]
-    post(client, recorded)
-    post(client, weather, "/lookup")  # a lookup is not a recognition: not listed
-    second = post(client, weather)["cache"]
+    first = recognize(client, recorded)["cache"]
+    recognize(client, recorded)
+    recognize(client, weather, "/lookup")  # a lookup is not a recognition: not listed
+    second = recognize(client, weather)["cache"]
     html = client.get("/console/history").text
     rows = re.findall(r'<tr class="history-row" data-tier="(\w+)" data-entry="(\w*)"', html)
     assert rows == [("miss", second["entry"]), ("exact", first["entry"]), ("miss", first["entry"])]
@@ -63,8 +58,8 @@ def test_history_lists_recognitions_newest_first_linking_their_entries(client, r
 
 
 def test_history_search_finds_transcripts_and_says_what_it_searched(client, recorded, weather):
-    post(client, recorded)
-    post(client, weather)
+    recognize(client, recorded)
+    recognize(client, weather)
     found = client.get("/console/history", params={"q": "TRAINING"}).text
     rows = re.findall(r'<tr class="history-row" data-tier="(\w+)"', found)
     assert len(rows) == 1 and "quality and training" in found
@@ -78,7 +73,7 @@ def test_history_search_finds_transcripts_and_says_what_it_searched(client, reco
 
 def test_history_pages_back_through_older_recognitions(client, recorded):
     for _ in range(27):  # a miss, then exact hits: 27 recognitions, more than a page (25)
-        post(client, recorded)
+        recognize(client, recorded)
     first = client.get("/console/history").text
     assert len(re.findall('class="history-row"', first)) == 25
     older = re.search(r'href="/console/history\?before=([0-9-]+)"', first)
@@ -89,10 +84,10 @@ def test_history_pages_back_through_older_recognitions(client, recorded):
 
 
 def test_entry_page_shows_transcript_facts_and_hits(client, recorded):
-    entry = post(client, recorded)["cache"]["entry"]
+    entry = recognize(client, recorded)["cache"]["entry"]
     mp3 = encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
-    post(client, recorded)
-    assert post(client, mp3)["cache"]["tier"] == "fuzzy"
+    recognize(client, recorded)
+    assert recognize(client, mp3)["cache"]["tier"] == "fuzzy"
     page = client.get(f"/console/entry/{entry}")
     assert page.status_code == 200
     html = page.text
@@ -105,22 +100,22 @@ def test_entry_page_shows_transcript_facts_and_hits(client, recorded):
 
 
 def test_delete_from_the_console_makes_the_next_upload_miss(client, recorded):
-    entry = post(client, recorded)["cache"]["entry"]
+    entry = recognize(client, recorded)["cache"]["entry"]
     refused = client.post(f"/console/entry/{entry}/delete", headers={"Origin": "http://evil.example"})
     assert refused.status_code == 403
-    assert post(client, recorded)["cache"]["tier"] == "exact"
+    assert recognize(client, recorded)["cache"]["tier"] == "exact"
     deleted = client.post(f"/console/entry/{entry}/delete", headers={"Origin": "http://testserver"}, follow_redirects=False)
     assert deleted.status_code == 303 and deleted.headers["location"] == f"/console/history?deleted={entry}"
     assert "was deleted" in client.get(deleted.headers["location"]).text
-    assert post(client, recorded)["cache"]["tier"] == "miss"
+    assert recognize(client, recorded)["cache"]["tier"] == "miss"
     assert client.post(f"/console/entry/{'0' * 32}/delete").status_code == 404
 
 
 def test_audit_page_draws_the_audits_data(client, recorded):
-    post(client, recorded)
-    post(client, recorded)
+    recognize(client, recorded)
+    recognize(client, recorded)
     quiet = encode((read_pcm(recorded)[0] * 0.5).astype("int16"), read_pcm(recorded)[1], fmt="wav", codec="pcm_s16le")
-    post(client, quiet)  # quieter copy: a fuzzy hit
+    recognize(client, quiet)  # quieter copy: a fuzzy hit
     html = client.get("/console/audit").text
     report = client.get("/audit").json()  # the same data, as GET /audit serves it
     assert f'<div class="value" id="stat-recognitions">{report["summary"]["answers"]}</div>' in html
@@ -135,7 +130,7 @@ def test_admin_token_guards_history_entries_audit_and_delete(settings, engine, r
     from dataclasses import replace
 
     with TestClient(create_app(replace(settings, admin_token="s3cret"), engine=engine)) as client:
-        entry = post(client, recorded)["cache"]["entry"]
+        entry = recognize(client, recorded)["cache"]["entry"]
         assert client.get("/").status_code == 200  # recognizing needs no admin token
         for path in ("/console/history", f"/console/entry/{entry}", "/console/audit"):
             page = client.get(path)
@@ -149,7 +144,7 @@ def test_admin_token_guards_history_entries_audit_and_delete(settings, engine, r
         assert "httponly" in right.headers["set-cookie"].lower() and "samesite=strict" in right.headers["set-cookie"].lower()
         assert "quality and training" in client.get(f"/console/entry/{entry}").text  # the cookie is kept
         assert client.post(f"/console/entry/{entry}/delete", follow_redirects=False).status_code == 303
-        assert post(client, recorded)["cache"]["tier"] == "miss"
+        assert recognize(client, recorded)["cache"]["tier"] == "miss"
 
 
 def test_history_survives_a_restart_of_service_and_store(tmp_path, engine, recorded):
@@ -158,7 +153,7 @@ def test_history_survives_a_restart_of_service_and_store(tmp_path, engine, recor
     settings = Settings(redis_url=server.url, key_prefix=f"earmark-console-{uuid.uuid4().hex[:6]}:", data_dir=tmp_path / "data")
     try:
         with TestClient(create_app(settings, engine=engine)) as client:
-            entry = post(client, recorded)["cache"]["entry"]
+            entry = recognize(client, recorded)["cache"]["entry"]
         server.stop()
         server.start()
         with TestClient(create_app(Settings(redis_url=server.url, key_prefix=settings.key_prefix,
@@ -187,9 +182,9 @@ def test_audit_page_redraws_near_threshold_hits_stretch_by_stretch(settings, eng
 
     # A review margin this wide puts every fuzzy hit "near the threshold": its curve is drawn.
     with TestClient(create_app(replace(settings, review_margin=0.3), engine=engine)) as client:
-        entry = post(client, recorded)["cache"]["entry"]
+        entry = recognize(client, recorded)["cache"]["entry"]
         mp3 = encode(*read_pcm(recorded), fmt="mp3", codec="libmp3lame", bitrate=48000)
-        assert post(client, mp3)["cache"]["tier"] == "fuzzy"
+        assert recognize(client, mp3)["cache"]["tier"] == "fuzzy"
         html = client.get("/console/audit").text
     near = html.split('id="near-heading"')[1].split('id="dup-heading"')[0]
     assert f'href="/console/entry/{entry}"' in near
@@ -230,7 +225,7 @@ def _asks_to_sign_in(page) -> bool:
 
 def test_the_sign_in_cookie_is_a_signed_session_never_the_token(settings, engine, recorded):
     with _admin_client(settings, engine, token="the-admin-token-7f3a") as client:
-        post(client, recorded)
+        recognize(client, recorded)
         assert client.post("/console/login", data={"token": "guess"}).status_code == 401
         answer = _sign_in(client, "the-admin-token-7f3a")
         cookie = answer.cookies["earmark_admin"]
@@ -253,7 +248,7 @@ def test_expired_tampered_foreign_and_malformed_cookies_get_the_sign_in_form(set
     from service.console.session import issue_session
 
     with _admin_client(settings, engine) as client:
-        post(client, recorded)
+        recognize(client, recorded)
         valid = issue_session("s3cret", 60)
         expired = issue_session("s3cret", 60, now=time.time() - 3600)
         expiry, session_id, signature = expired.split(".")
@@ -280,7 +275,7 @@ def test_expired_tampered_foreign_and_malformed_cookies_get_the_sign_in_form(set
 
 def test_sign_out_clears_the_cookie_and_the_next_page_asks_again(settings, engine, recorded):
     with _admin_client(settings, engine) as client:
-        post(client, recorded)
+        recognize(client, recorded)
         _sign_in(client)
         assert "quality and training" in client.get("/console/history").text
         refused = client.post("/console/logout", headers={"Origin": "http://evil.example"}, follow_redirects=False)
@@ -299,7 +294,7 @@ def test_sign_out_clears_the_cookie_and_the_next_page_asks_again(settings, engin
 
 def test_a_changed_admin_token_signs_every_session_out(settings, engine, recorded):
     with _admin_client(settings, engine, token="first-token") as client:
-        post(client, recorded)
+        recognize(client, recorded)
         cookie = _sign_in(client, "first-token").cookies["earmark_admin"]
     sent = {"Cookie": f"earmark_admin={cookie}"}
     with _admin_client(settings, engine, token="first-token") as client:  # a restart, same token: still signed in
@@ -333,17 +328,17 @@ def test_earmark_serve_behind_a_local_tls_proxy_sets_a_secure_cookie(tmp_path):
 
 
 def test_forms_posted_through_a_proxy_that_rewrites_host_pass_and_other_origins_do_not(client, recorded):
-    entry = post(client, recorded)["cache"]["entry"]
+    entry = recognize(client, recorded)["cache"]["entry"]
     proxy = {"Host": "127.0.0.1:8000", "X-Forwarded-Host": "console.example, other.example"}
     for origin in ("http://evil.example", "https://other.example", "null", "http://127.0.0.1:8001"):
         refused = client.post(f"/console/entry/{entry}/delete", headers={**proxy, "Origin": origin})
         assert refused.status_code == 403, origin
     assert client.post(f"/console/entry/{entry}/delete", headers={"Origin": "https://console.example"}).status_code == 403
-    assert post(client, recorded)["cache"]["tier"] == "exact"  # nothing was deleted
+    assert recognize(client, recorded)["cache"]["tier"] == "exact"  # nothing was deleted
     referred = {**proxy, "Referer": f"https://console.example/console/entry/{entry}"}
     deleted = client.post(f"/console/entry/{entry}/delete", headers=referred, follow_redirects=False)
     assert deleted.status_code == 303
-    assert post(client, recorded)["cache"]["tier"] == "miss"
+    assert recognize(client, recorded)["cache"]["tier"] == "miss"
     signed_out = client.post("/console/logout", headers={**proxy, "Origin": "https://console.example"}, follow_redirects=False)
     assert signed_out.status_code == 303
 

@@ -16,7 +16,8 @@ from index.store import Store
 from service.pipeline.events import EventLog, RecognitionEvent
 from service.metrics import Metrics
 from tests.audio_tools import encode, fixture_bytes, read_pcm
-from tests.test_fuzzy import post, wait_for
+from tests.http_helpers import recognize
+from tests.waiting import wait_for
 
 
 def an_event(number: int, **changes) -> RecognitionEvent:
@@ -90,12 +91,12 @@ def test_each_answered_request_is_recorded_with_its_evidence(client, settings):
     mp3 = encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=48000)
     weather = fixture_bytes("weather.wav")
 
-    miss = post(client, recorded)["cache"]
+    miss = recognize(client, recorded)["cache"]
     wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
-    exact = post(client, recorded)["cache"]
-    canonical = post(client, flac)["cache"]
-    fuzzy = post(client, mp3)["cache"]
-    looked = post(client, weather, "/lookup")["cache"]
+    exact = recognize(client, recorded)["cache"]
+    canonical = recognize(client, flac)["cache"]
+    fuzzy = recognize(client, mp3)["cache"]
+    looked = recognize(client, weather, "/lookup")["cache"]
     assert [miss["tier"], exact["tier"], canonical["tier"], fuzzy["tier"], looked["tier"]] == [
         "miss", "exact", "canonical", "fuzzy", "miss"]
 
@@ -145,9 +146,9 @@ def test_batch_requests_are_recorded_as_batch(client):
 
 def test_a_fuzzy_lookup_without_candidates_records_why(client):
     short = encode(read_pcm(fixture_bytes("recorded.wav"))[0][:8000], 22050, fmt="wav", codec="pcm_s16le")
-    assert post(client, short, "/lookup")["cache"]["candidates"] == []
+    assert recognize(client, short, "/lookup")["cache"]["candidates"] == []
     _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
     assert event.best_score is None and event.rejection.startswith("query_too_short: ")
-    post(client, fixture_bytes("weather.wav"), "/lookup")  # nothing stored yet in this profile
+    recognize(client, fixture_bytes("weather.wav"), "/lookup")  # nothing stored yet in this profile
     _, event = client.portal.call(client.app.state.services.events.recent, 1)[0]
     assert event.best_score is None and event.rejection.startswith("no_candidates: ")

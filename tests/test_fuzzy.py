@@ -12,20 +12,15 @@ from starlette.testclient import TestClient
 from service.api.app import create_app
 from tests.waiting import wait_for
 from tests.audio_tools import encode, fixture_bytes, read_pcm
-
-
-def post(client, data: bytes, path: str = "/recognize"):
-    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")})
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+from tests.http_helpers import recognize
 
 
 def test_reencoded_copy_hits_fuzzy_with_the_same_entry(client, recorded, mp3_copy):
-    first = post(client, recorded)
+    first = recognize(client, recorded)
     entry = first["cache"]["entry"]
     wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
 
-    evidence = post(client, mp3_copy, "/lookup")["cache"]
+    evidence = recognize(client, mp3_copy, "/lookup")["cache"]
     assert (evidence["tier"], evidence["entry"]) == ("fuzzy", entry)
     assert evidence["candidates"][0]["accepted"] and 0 < evidence["score"] <= 1
     # The per-stretch curve: its minimum is the worst stretch the reason names, and it spans the recording.
@@ -35,33 +30,33 @@ def test_reencoded_copy_hits_fuzzy_with_the_same_entry(client, recorded, mp3_cop
     times = [s["at_s"] for s in stretches]
     assert times == sorted(times) and times[-1] > 1.0
 
-    hit = post(client, mp3_copy)
+    hit = recognize(client, mp3_copy)
     assert (hit["cache"]["tier"], hit["cache"]["entry"]) == ("fuzzy", entry)
     assert hit["result"]["text"] == first["result"]["text"]
-    remembered = post(client, mp3_copy)["cache"]  # the copy's bytes are remembered, as a fuzzy verdict
+    remembered = recognize(client, mp3_copy)["cache"]  # the copy's bytes are remembered, as a fuzzy verdict
     assert (remembered["tier"], remembered["entry"], remembered["score"]) == ("fuzzy", entry, hit["cache"]["score"])
 
     samples, rate = read_pcm(recorded)
     louder = encode((samples.astype(np.float32) * 0.5).astype(np.int16), rate, fmt="wav", codec="pcm_s16le")
-    assert post(client, louder)["cache"]["tier"] == "fuzzy"
+    assert recognize(client, louder)["cache"]["tier"] == "fuzzy"
     metrics = client.get("/metrics").text
     assert "earmark_fuzzy_accepted_total" in metrics and 'tier="fuzzy"' in metrics
 
 
 def test_different_sentence_and_prefix_miss_with_reasons(client, recorded):
-    post(client, recorded)
+    recognize(client, recorded)
     wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
-    other = post(client, fixture_bytes("weather.wav"), "/lookup")["cache"]
+    other = recognize(client, fixture_bytes("weather.wav"), "/lookup")["cache"]
     assert other["tier"] == "miss"
     assert all(not c["accepted"] for c in other["candidates"])
 
     samples, rate = read_pcm(recorded)
     prefix = encode(samples[: int(len(samples) * 0.3)], rate, fmt="wav", codec="pcm_s16le")
-    cut = post(client, prefix, "/lookup")["cache"]
+    cut = recognize(client, prefix, "/lookup")["cache"]
     assert cut["tier"] == "miss" and all(not c["accepted"] for c in cut["candidates"])
 
     with_more = encode(np.concatenate([samples, read_pcm(fixture_bytes("weather.wav"))[0]]), rate, fmt="wav", codec="pcm_s16le")
-    longer = post(client, with_more, "/lookup")["cache"]
+    longer = recognize(client, with_more, "/lookup")["cache"]
     assert longer["tier"] == "miss"
     assert any(c["reason"].startswith("duration_mismatch") for c in longer["candidates"])
 
@@ -69,67 +64,67 @@ def test_different_sentence_and_prefix_miss_with_reasons(client, recorded):
 def test_very_short_clips_and_silence_are_never_fuzzy_matched(client, recorded):
     samples, rate = read_pcm(recorded)
     clip = samples[int(0.8 * rate): int(1.4 * rate)]
-    post(client, encode(clip, rate, fmt="wav", codec="pcm_s16le"))
+    recognize(client, encode(clip, rate, fmt="wav", codec="pcm_s16le"))
     copy = encode(clip, rate, fmt="mp3", codec="libmp3lame", bitrate=64000)
-    assert post(client, copy, "/lookup")["cache"]["tier"] == "miss"
+    assert recognize(client, copy, "/lookup")["cache"]["tier"] == "miss"
 
 
 def test_a_second_replica_sees_new_entries_and_deletes_through_the_stream(settings, engine, recorded, mp3_copy):
     with TestClient(create_app(settings, engine=engine)) as first, \
          TestClient(create_app(replace(settings, data_dir=settings.data_dir / "second"), engine=engine)) as second:
         wait_for(lambda: second.get("/health").json()["index_ready"])
-        entry = post(first, recorded)["cache"]["entry"]
+        entry = recognize(first, recorded)["cache"]["entry"]
         wait_for(lambda: second.get("/health").json()["index_size"] == 1)
-        assert post(second, mp3_copy, "/lookup")["cache"]["entry"] == entry
+        assert recognize(second, mp3_copy, "/lookup")["cache"]["entry"] == entry
 
         assert first.delete(f"/entries/{entry}").status_code == 200
         wait_for(lambda: second.get("/health").json()["index_size"] == 0)
         for replica in (first, second):
-            assert post(replica, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
-            assert post(replica, recorded, "/lookup")["cache"]["tier"] == "miss"
+            assert recognize(replica, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
+            assert recognize(replica, recorded, "/lookup")["cache"]["tier"] == "miss"
 
 
 def test_an_expired_entry_is_never_served(settings, engine, recorded, mp3_copy):
     with TestClient(create_app(replace(settings, ttl_s=1), engine=engine)) as client:
-        entry = post(client, recorded)["cache"]["entry"]
+        entry = recognize(client, recorded)["cache"]["entry"]
         wait_for(lambda: client.get("/health").json()["index_size"] == 1)
         time.sleep(1.5)
-        evidence = post(client, mp3_copy, "/lookup")["cache"]
+        evidence = recognize(client, mp3_copy, "/lookup")["cache"]
         assert evidence["tier"] == "miss"
         assert [c["reason"].split(":")[0] for c in evidence["candidates"]] in ([], ["gone"])
-        assert post(client, recorded, "/lookup")["cache"]["tier"] == "miss"
+        assert recognize(client, recorded, "/lookup")["cache"]["tier"] == "miss"
         assert client.get("/health").json()["index_size"] == 0  # pruned when found dead
         assert entry
 
 
 def test_the_index_is_rebuilt_or_reloaded_after_a_restart(settings, engine, recorded, mp3_copy):
     with TestClient(create_app(settings, engine=engine)) as client:
-        entry = post(client, recorded)["cache"]["entry"]
+        entry = recognize(client, recorded)["cache"]["entry"]
         wait_for(lambda: client.get("/health").json()["index_size"] == 1)
     # Same data directory: the snapshot written at shutdown is loaded.
     with TestClient(create_app(settings, engine=engine)) as client:
         wait_for(lambda: client.get("/health").json()["index_ready"])
         assert client.get("/health").json()["index_size"] == 1
-        assert post(client, mp3_copy, "/lookup")["cache"]["entry"] == entry
+        assert recognize(client, mp3_copy, "/lookup")["cache"]["entry"] == entry
     # A fresh replica with no snapshot rebuilds from the store.
     with TestClient(create_app(replace(settings, data_dir=settings.data_dir / "fresh"), engine=engine)) as client:
         wait_for(lambda: client.get("/health").json()["index_size"] == 1)
-        assert post(client, mp3_copy, "/lookup")["cache"]["entry"] == entry
+        assert recognize(client, mp3_copy, "/lookup")["cache"]["entry"] == entry
 
 
 def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(settings, engine, recorded, mp3_copy):
     with TestClient(create_app(settings, engine=engine)) as client:
-        entry = post(client, recorded)["cache"]["entry"]
+        entry = recognize(client, recorded)["cache"]["entry"]
         wait_for(lambda: client.get("/health").json()["index_size"] == 1)
-        first = post(client, mp3_copy)["cache"]
-        again = post(client, mp3_copy)["cache"]
+        first = recognize(client, mp3_copy)["cache"]
+        again = recognize(client, mp3_copy)["cache"]
         assert (first["tier"], again["tier"]) == ("fuzzy", "fuzzy")  # a judgement, never passed off as exact
         assert again["entry"] == entry and again["score"] == first["score"]
     stricter = replace(settings, fuzzy=replace(settings.fuzzy, min_window_score=0.999))
     with TestClient(create_app(stricter, engine=engine)) as client:
         wait_for(lambda: client.get("/health").json()["index_ready"])
-        assert post(client, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
-        assert post(client, recorded, "/lookup")["cache"]["tier"] == "exact"
+        assert recognize(client, mp3_copy, "/lookup")["cache"]["tier"] == "miss"
+        assert recognize(client, recorded, "/lookup")["cache"]["tier"] == "exact"
 
 
 def test_remembered_verdicts_are_not_reused_across_a_change_of_verification(monkeypatch):
@@ -149,6 +144,6 @@ def test_a_copy_right_after_its_original_is_found_without_waiting_for_the_stream
     # the new entry findable by this process.
     services = client.app.state.services
     client.portal.call(services.replica.stop)
-    entry = post(client, recorded)["cache"]["entry"]
-    hit = post(client, mp3_copy)["cache"]
+    entry = recognize(client, recorded)["cache"]["entry"]
+    hit = recognize(client, mp3_copy)["cache"]
     assert (hit["tier"], hit["entry"]) == ("fuzzy", entry)

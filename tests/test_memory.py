@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from service import memory
 from service.api.app import create_app
 from tests.audio_tools import encode, read_pcm
-from tests.test_app import post
+from tests.http_helpers import post
 from tests.test_uploads import metric_of
 from tests.waiting import wait_for
 

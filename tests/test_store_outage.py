@@ -14,10 +14,7 @@ from index.embedded import EmbeddedServer
 from service.api.app import create_app
 from service.config import Settings
 from tests.audio_tools import fixture_bytes
-
-
-def post(client, data: bytes):
-    return client.post("/recognize", files={"file": ("a.wav", data, "application/octet-stream")})
+from tests.http_helpers import post
 
 
 def test_store_outage_is_bypassed_and_caching_resumes(tmp_path, engine, caplog):

@@ -24,6 +24,7 @@ from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers
 from tests.redis_servers import free_ports as _free_ports
 from tests.redis_servers import wait_until as _wait
+from tests.http_helpers import recognize
 
 pytestmark = pytest.mark.skipif(
     not HAVE_REDIS_SERVER,
@@ -71,30 +72,24 @@ def audio():
     }
 
 
-def _post(client, data: bytes, path: str = "/recognize") -> dict:
-    answer = client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["cache"]
-
-
 def _tier_walk(first: TestClient, second: TestClient, audio) -> None:
     """miss, exact, canonical, fuzzy (on the other replica), negative, DELETE seen by both."""
     _wait(lambda: second.get("/health").json()["index_ready"], what="second replica's index ready")
-    miss = _post(first, audio["wav"])
+    miss = recognize(first, audio["wav"])["cache"]
     assert miss["tier"] == "miss"
     entry = miss["entry"]
-    assert _post(first, audio["wav"])["tier"] == "exact"
-    canonical = _post(second, audio["flac"])
+    assert recognize(first, audio["wav"])["cache"]["tier"] == "exact"
+    canonical = recognize(second, audio["flac"])["cache"]
     assert (canonical["tier"], canonical["entry"]) == ("canonical", entry)
     _wait(lambda: second.get("/health").json()["index_size"] >= 1, what="entry reached the second replica")
-    fuzzy = _post(second, audio["mp3"])
+    fuzzy = recognize(second, audio["mp3"])["cache"]
     assert (fuzzy["tier"], fuzzy["entry"]) == ("fuzzy", entry)
-    assert _post(first, audio["silence"])["tier"] == "miss"
-    assert _post(second, audio["silence"])["tier"] == "negative"
+    assert recognize(first, audio["silence"])["cache"]["tier"] == "miss"
+    assert recognize(second, audio["silence"])["cache"]["tier"] == "negative"
     assert first.delete(f"/entries/{entry}").status_code == 200
     for replica in (first, second):
         for data in (audio["wav"], audio["flac"], audio["mp3"]):
-            assert _post(replica, data, "/lookup")["tier"] == "miss"
+            assert recognize(replica, data, "/lookup")["cache"]["tier"] == "miss"
 
 
 def _replicas(url: str, tmp_path: Path, engine):
@@ -114,7 +109,7 @@ def test_every_tier_on_sentinel_and_a_primary_killed_mid_run(sentinel_setup, ser
     first, second = _replicas(url, tmp_path, engine)
     with first, second:
         _tier_walk(first, second, audio)
-        before = _post(first, audio["weather"])
+        before = recognize(first, audio["weather"])["cache"]
         assert before["tier"] == "miss"
         servers.kill(primary)
         answers = []

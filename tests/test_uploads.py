@@ -22,7 +22,8 @@ from service.api.errors import ApiError
 from service.api.uploads import UploadLimits, read_upload
 from tests.audio_tools import EXTRA_CONTAINERS, encode, flac_without_length, in_container, read_pcm
 from tests.conftest import live_server
-from tests.test_app import keys_under, post
+from tests.http_helpers import post
+from tests.test_app import keys_under
 from tests.waiting import wait_for
 
 BOUNDARY = "earmarkTestBoundary"

@@ -21,6 +21,7 @@ from service.engines.base import EngineOptionError, EngineUnavailable, Recogniti
 from service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
                                             engine_revision)
 from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.http_helpers import post
 
 # Real human speech: LibriVox readings (public domain) with their transcripts, from Debian's
 # pocketsphinx-testdata (see tests/fixtures/README.md).
@@ -56,10 +57,6 @@ def words(text: str) -> list[str]:
 
 def pcm_of(name: str) -> np.ndarray:
     return decode_audio(fixture_bytes(name), 600.0).pcm_16k
-
-
-def post(client, data: bytes, path: str = "/recognize", **fields):
-    return client.post(path, files={"file": ("upload.bin", data, "application/octet-stream")}, data=fields)
 
 
 @pytest.fixture

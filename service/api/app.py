@@ -13,8 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +28,21 @@ from fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
 from fingerprint.decode import AudioError
 from fingerprint.embedding import EMBEDDING_DIM
 from index.breaker import StoreUnavailable
+from index.entry import ENTRY_ID
 from index.connection import open_client
 from index.keys import Keys
 from index.replica import READ_BLOCK_MS, IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
-from service.api.auth import ApiKeys, AuthError
+from service.api.auth import ApiKeys, AuthError, is_admin_bearer, keys_without_admin
 from service.api.cache_control import CacheControl, parse_cache_control
-from service.config import Settings
+from service.config import Settings, redact_url
 from service.console.pages import console_routes
 from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
 from service.engines.registry import engine_for
 from service.ops.audit import collect_audit
-from service.ops.audit_cache import AuditCache
+from service.ops.audit_cache import AuditCache, delete_and_forget
 from service.ops.audit_api import audit_options
 from service.api.errors import ApiError
 from service.pipeline.events import EventLog
@@ -68,7 +67,6 @@ log = logging.getLogger(__name__)
 
 STORE_WATCH_INTERVAL_S = 2.0
 SHUTDOWN_STEP_TIMEOUT_S = 5.0
-ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 OPENAI_ENDPOINTS = ("transcriptions", "models")
 
 
@@ -99,7 +97,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
     # Its stat is taken first: a change made while it is read is read again at the first check.
     keys_file = KeysFile(settings.api_keys_file) if settings.api_keys_file else None
     api_keys = ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else None
-    if api_keys is not None and not settings.admin_token:
+    if keys_without_admin(api_keys, settings.admin_token):
         # Entry ids derive from the profile (namespace included) and the audio: anyone who has
         # the audio and knows a namespace's name could compute an id and read it there.
         log.warning("API keys are configured but no admin token: /entries/... is open to every caller; "
@@ -141,7 +139,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
                                       AuditCache(settings.audit_cache_s, metrics.audit_reports), api_keys, events)
         if not await store.ping():
-            log.warning("store at %s is unreachable at start-up: serving without the cache", _redact(settings.redis_url))
+            log.warning("store at %s is unreachable at start-up: serving without the cache", redact_url(settings.redis_url))
         replica.start()
         if isinstance(chosen, AsyncEngine):
             await chosen.start(metrics)
@@ -305,11 +303,10 @@ async def _delete_entry(request: Request, services: Services) -> Response:
     _require_admin(request, services.settings)
     entry_id = _entry_id(request)
     deleted = await _store_call(
-        services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+        delete_and_forget(services.store, services.audits, entry_id, stream_maxlen=services.settings.stream_maxlen)
     )
     if not deleted:
         raise ApiError(404, f"no entry {entry_id!r}: it never existed, expired or was already deleted")
-    services.audits.forget()
     return JSONResponse({"code": 0, "msg": "deleted", "entry": entry_id})
 
 
@@ -319,7 +316,7 @@ async def audit(request: Request) -> Response:
 
 
 async def _audit(request: Request, services: Services) -> Response:
-    if services.api_keys is not None and not services.settings.admin_token:
+    if keys_without_admin(services.api_keys, services.settings.admin_token):
         # It covers every namespace (transcripts included): never open to every key holder.
         raise ApiError(403, "GET /audit covers every namespace: with API keys configured it needs an admin token "
                             "(--admin-token)")
@@ -453,11 +450,7 @@ def _entry_id(request: Request) -> str:
 
 
 def _require_admin(request: Request, settings: Settings) -> None:
-    if not settings.admin_token:
-        return
-    supplied = request.headers.get("authorization", "")
-    expected = f"Bearer {settings.admin_token}"
-    if not secrets.compare_digest(supplied.encode(), expected.encode()):
+    if settings.admin_token and not is_admin_bearer(request.headers.get("authorization"), settings.admin_token):
         raise ApiError(401, "this endpoint needs the admin token: send 'Authorization: Bearer <token>'")
 
 
@@ -480,10 +473,3 @@ def _snapshot_dir(settings: Settings) -> Path:
     store identity, so another store's snapshot is never loaded)."""
     prefix_id = hashlib.blake2b(settings.key_prefix.encode(), digest_size=8).hexdigest()
     return Path(settings.data_dir) / "index" / prefix_id
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

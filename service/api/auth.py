@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +108,21 @@ class ApiKeys:
         if namespace is None:
             raise AuthError("the API key is not valid; check the key sent in 'Authorization: Bearer <key>'")
         return namespace
+
+
+def is_admin_token(supplied: str, admin_token: str) -> bool:
+    """Whether `supplied` is the admin token, compared in constant time (`secrets.compare_digest`);
+    False when no admin token is configured."""
+    return bool(admin_token) and secrets.compare_digest(supplied.encode(), admin_token.encode())
+
+
+def is_admin_bearer(authorization: str | None, admin_token: str) -> bool:
+    """Whether an `Authorization` header is exactly `Bearer <admin token>`."""
+    header = authorization or ""
+    return header.startswith("Bearer ") and is_admin_token(header.removeprefix("Bearer "), admin_token)
+
+
+def keys_without_admin(api_keys: ApiKeys | None, admin_token: str) -> bool:
+    """API keys configured (namespaces are a hard partition) but no admin token: nothing that
+    shows every namespace (entries, the audit, the console's history) can be opened safely."""
+    return api_keys is not None and not admin_token

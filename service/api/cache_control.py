@@ -18,9 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The values of the cache-control metric's `directive` label: a fixed, small set.
-DIRECTIVES = ("none", "no-cache", "no-store", "max-age")
-
 
 @dataclass(frozen=True)
 class CacheControl:

@@ -119,10 +119,6 @@ class Upload:
         """The bytes as a file, from the start (one reader at a time)."""
         return self._spool.open()
 
-    def read(self) -> bytes:
-        """All the bytes at once; prefer `open` for large uploads."""
-        return self.open().read()
-
     def close(self) -> None:
         """Drop the bytes (a temporary file is deleted)."""
         self._spool.close()
@@ -143,10 +139,6 @@ class UploadForm:
         if len(values) > 1:
             raise ApiError(422, f"'{name}' was sent {len(values)} times; send it once")
         return values[0] if values else ""
-
-    def get(self, name: str) -> str | None:
-        """Like `text`, but None when the field is absent."""
-        return self.text(name) if name in self.fields or name in self.file_names else None
 
     def getlist(self, name: str) -> list[str]:
         """Every value of a repeatable text field."""

@@ -16,7 +16,6 @@ header with the token itself works on these pages too; /entries/... keeps checki
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,7 +27,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from index.breaker import StoreUnavailable
+from index.entry import ENTRY_ID
+from service.api.auth import is_admin_bearer, is_admin_token, keys_without_admin
 from service.ops.audit import AuditOptions, collect_audit
+from service.ops.audit_cache import delete_and_forget
 from service.console.session import check_session, issue_session
 from service.pipeline.events import TIERS
 from service.console.history import HITS_SCAN_LIMIT, SEARCH_SCAN_LIMIT, entry_hits, history_page
@@ -38,7 +40,6 @@ TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 STATIC_DIR = HERE / "static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
-ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3",
                 "miss": "#d98a00", "bypass": "#c0392b"}
 
@@ -134,12 +135,12 @@ async def delete_entry(request: Request) -> Response:
     if not ENTRY_ID.fullmatch(entry_id):
         return _not_found(request, entry_id[:40])
     try:
-        deleted = await services.store.delete_entry(entry_id, stream_maxlen=services.settings.stream_maxlen)
+        deleted = await delete_and_forget(services.store, services.audits, entry_id,
+                                          stream_maxlen=services.settings.stream_maxlen)
     except StoreUnavailable:
         return _store_down(request, "delete")
     if not deleted:
         return _not_found(request, entry_id)
-    services.audits.forget()
     services.metrics.console_pages.labels(page="delete").inc()
     return RedirectResponse(f"/console/history?deleted={entry_id}", status_code=303)
 
@@ -235,7 +236,7 @@ def _admin_refusal(request: Request) -> Response | None:
     instead: the admin-token form, or, with API keys configured but no admin token (namespaces
     are a hard partition, and no one could sign in), a refusal that says how to open them."""
     services = request.app.state.services
-    if services.api_keys is not None and not services.settings.admin_token:
+    if keys_without_admin(services.api_keys, services.settings.admin_token):
         return _render(request, "message.html", status_code=403, heading="An admin token is needed",
                        message="This service keeps each API key's namespace apart, and history, entries and the audit "
                                "would show every namespace's transcripts. Start it with --admin-token to use these pages.")
@@ -256,7 +257,7 @@ def is_admin(request: Request) -> bool:
         return True
     header = request.headers.get("authorization", "")
     if header.startswith("Bearer "):
-        return secrets.compare_digest(header.removeprefix("Bearer ").encode(), token.encode())
+        return is_admin_bearer(header, token)
     return _session_state(request) == "ok"
 
 
@@ -292,7 +293,7 @@ async def login(request: Request) -> Response:
     token = str(form.get("token", ""))
     next_url = _local_path(str(form.get("next", "/console/history")))
     expected = services.settings.admin_token
-    if not expected or not secrets.compare_digest(token.encode(), expected.encode()):
+    if not is_admin_token(token, expected):
         services.metrics.console_logins.labels(outcome="wrong_token").inc()
         return _render(request, "login.html", status_code=401, message="That is not the admin token.", next_url=next_url)
     services.metrics.console_logins.labels(outcome="ok").inc()

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Hashable
 
 from prometheus_client import Counter
 
+from index.store import Store
+
 
 class AuditCache:
     """Audit reports by key (the options and who asked), each kept `ttl_s` seconds; 0 keeps none."""
@@ -73,3 +75,13 @@ class AuditCache:
 def _served(report: dict, age_s: float) -> dict:
     """A caller's own copy of a report (the console draws into it), with its age."""
     return {**copy.deepcopy(report), "age_s": round(age_s, 1)}
+
+
+async def delete_and_forget(store: Store, audits: AuditCache, entry_id: str, *, stream_maxlen: int) -> bool:
+    """Delete an entry everywhere (Store.delete_entry) and, when it existed, drop the kept audit
+    reports that counted it; True when it was deleted. Raises StoreUnavailable as the store does.
+    One function for DELETE /entries/{id} and the console's Delete button, so neither forgets."""
+    deleted = await store.delete_entry(entry_id, stream_maxlen=stream_maxlen)
+    if deleted:
+        audits.forget()
+    return deleted

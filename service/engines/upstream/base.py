@@ -80,7 +80,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials
+from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials, redact_url
 from service.engines.pool import EngineBusy, EngineTimeout
 from service.engines.base import (
     _LANGUAGE_ALIASES,
@@ -154,7 +154,7 @@ class UpstreamEngine(AsyncEngine):
         self.config = config
         # Requests go to the URL without its user:password (sent as Basic auth instead), so that
         # nothing that prints the request's URL (httpx's log) prints the password.
-        self.endpoint = self.endpoint_url(_redacted(config.url))
+        self.endpoint = self.endpoint_url(redact_url(config.url, mask=""))
         self.model_id = config.model or self.default_model
         # Only the operator knows when the upstream's model changes; `revision` is their label.
         # Without one, the server's address stands in: two deployments sharing a store but
@@ -236,7 +236,7 @@ class UpstreamEngine(AsyncEngine):
 
     def status(self) -> dict:
         """/health's `upstream` object."""
-        return {"url": _redacted(self.config.url), "endpoint": _redacted(self.endpoint), "model": self.model_id,
+        return {"url": redact_url(self.config.url, mask=""), "endpoint": self.endpoint, "model": self.model_id,
                 "state": self._state, "checked_at": self._checked_at, "last_error": self._last_error}
 
     # --- a transcription ----------------------------------------------------------------
@@ -312,7 +312,7 @@ class UpstreamEngine(AsyncEngine):
                     continue
                 self._observe(started)
                 self._count("unreachable", f"cannot connect: {_reason(exc)}", up=False)
-                raise UpstreamError(f"cannot connect to the upstream {_redacted(self.endpoint)} "
+                raise UpstreamError(f"cannot connect to the upstream {self.endpoint} "
                                     f"({attempt + 1} attempts): {self._safe(_reason(exc))}") from exc
             except httpx.TimeoutException as exc:
                 self._observe(started)
@@ -372,7 +372,7 @@ class UpstreamEngine(AsyncEngine):
     def _set_state(self, up: bool) -> None:
         assert self._metrics is not None
         if self._state != ("up" if up else "down"):
-            log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s%s", _redacted(self.endpoint),
+            log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s%s", self.endpoint,
                     "up" if up else "down", "" if up else f": {self._last_error}")
         self._state = "up" if up else "down"
         self._checked_at = time.time()
@@ -473,13 +473,6 @@ def _basic_auth(url: str) -> httpx.BasicAuth | None:
         return None
     parts = urlsplit(url)
     return httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
-
-
-def _redacted(url: str) -> str:
-    """A URL without any user:password part."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 def _server_of(url: str) -> str:
