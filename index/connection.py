@@ -57,7 +57,7 @@ def open_client(url: str, *, max_connections: int = 64, blocking_s: float = 0.0)
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise StoreURLError(
-                f"{url!r} names no service; use redis+sentinel://host:port[,host:port]/<service>[/db]"
+                f"{redact_url(url)!r} names no service; use redis+sentinel://host:port[,host:port]/<service>[/db]"
             )
         db = int(path[1]) if len(path) > 1 else 0
         sentinel = Sentinel(hosts, sentinel_kwargs=options, password=_password(parts), **options)
@@ -113,6 +113,18 @@ def replica_refusal(url: str) -> str | None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def redact_url(url: str, mask: str = "***") -> str:
+    """`url` with its user:password replaced by `mask` (for messages and logs), or taken out
+    entirely when `mask` is "" (the upstream engines send it as Basic auth instead). The one
+    place that hides a URL's password: the store's URL errors here, config errors, the API's
+    start-up log, the upstream engines."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{mask}@{host}" if mask else host).geturl()
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from index.connection import redact_url
+
 DAY_S = 24 * 3600
 # Both would be the one Authorization header (service/engines/upstream/base.py, "Credentials").
 AMBIGUOUS_UPSTREAM_CREDENTIALS = (
@@ -327,17 +329,6 @@ def has_credentials(url: str) -> bool:
 def _http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def redact_url(url: str, mask: str = "***") -> str:
-    """`url` with its user:password replaced by `mask` (for messages and logs), or taken out
-    entirely when `mask` is "" (the upstream engines send it as Basic auth instead). The one
-    place that hides a URL's password: config errors, the API's start-up log, the upstreams."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{mask}@{host}" if mask else host).geturl()
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

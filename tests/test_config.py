@@ -22,8 +22,8 @@ from service.config import (
     Settings,
     _rules,
     load_settings,
-    redact_url,
 )
+from index.connection import redact_url
 
 # A value the gate must refuse for every setting it checks: the test below fails when a setting
 # gains a rule without an entry here, or an entry here is accepted.

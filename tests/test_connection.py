@@ -167,6 +167,14 @@ def test_url_forms_name_what_is_wrong():
             open_client(url)
 
 
+def test_a_refused_url_never_repeats_its_password():
+    for url in ("redis+sentinel://:s3cret@127.0.0.1:26379", "redis+sentinel://user:s3cret@127.0.0.1:26379",
+                "redis+cluster://:s3cret@127.0.0.1:notaport"):
+        with pytest.raises(StoreURLError) as refused:
+            open_client(url)
+        assert "s3cret" not in str(refused.value)
+
+
 def test_a_password_in_the_url_is_used(tmp_path):
     """A store that requires a password is reached with the one in the URL, and refused without."""
     if not shutil.which("redis-server"):

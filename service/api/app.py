@@ -29,14 +29,14 @@ from fingerprint.decode import AudioError
 from fingerprint.embedding import EMBEDDING_DIM
 from index.breaker import StoreUnavailable
 from index.entry import ENTRY_ID
-from index.connection import open_client
+from index.connection import open_client, redact_url
 from index.keys import Keys
 from index.replica import READ_BLOCK_MS, IndexReplica
 from index.store import Store
 from index.vectors import VectorIndex
 from service.api.auth import ApiKeys, AuthError, is_admin_bearer, keys_without_admin
 from service.api.cache_control import CacheControl, parse_cache_control
-from service.config import Settings, redact_url
+from service.config import Settings
 from service.console.pages import console_routes
 from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
 from service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable

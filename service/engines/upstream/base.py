@@ -80,7 +80,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials, redact_url
+from index.connection import redact_url
+from service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials
 from service.engines.pool import EngineBusy, EngineTimeout
 from service.engines.base import (
     _LANGUAGE_ALIASES,
