@@ -20,8 +20,8 @@ serve: $(STAMP)
 	$(BIN)/earmark serve
 
 test: $(STAMP)
-	$(BIN)/ruff check fingerprint index service tests bench
-	$(BIN)/mypy fingerprint index service
+	$(BIN)/ruff check earmark tests bench
+	$(BIN)/mypy earmark
 	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)

@@ -27,22 +27,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fingerprint.canonical import pcm_digest  # noqa: E402
-from fingerprint.config import DEFAULT  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
-from fingerprint.matcher import verify  # noqa: E402
-from index.connection import open_client  # noqa: E402
-from index.embedded import EmbeddedServer  # noqa: E402
-from index.entry import Entry, make_entry_id  # noqa: E402
-from index.keys import Keys  # noqa: E402
-from index.store import Store  # noqa: E402
-from index.vectors import VectorIndex  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
-from service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.pipeline.profile import Profile  # noqa: E402
+from earmark.fingerprint.canonical import pcm_digest  # noqa: E402
+from earmark.fingerprint.config import DEFAULT  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
+from earmark.fingerprint.matcher import verify  # noqa: E402
+from earmark.index.connection import open_client  # noqa: E402
+from earmark.index.embedded import EmbeddedServer  # noqa: E402
+from earmark.index.entry import Entry, make_entry_id  # noqa: E402
+from earmark.index.keys import Keys  # noqa: E402
+from earmark.index.store import Store  # noqa: E402
+from earmark.index.vectors import VectorIndex  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
+from earmark.service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
+from earmark.service.metrics import Metrics  # noqa: E402
+from earmark.service.pipeline.profile import Profile  # noqa: E402
 
 PROFILE = Profile(engine="bench", model="corpus-text", revision="1", language="auto", use_itn=False)
 
@@ -62,7 +62,7 @@ def fingerprint_code_digest() -> str:
 
 def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> list[tuple[QueryFeatures, str, float]]:
     """Decode and fingerprint every file (in parallel worker processes), cached (`cached_map`)."""
-    from fingerprint import speech
+    from earmark.fingerprint import speech
 
     constants = (speech.ABSOLUTE_FLOOR_DB, speech.RELATIVE_FLOOR_DB, speech.NOISE_FLOOR_PERCENTILE,
                  speech.ABOVE_NOISE_DB, speech.MAX_RELATIVE_DB)

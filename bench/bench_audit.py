@@ -25,19 +25,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fingerprint.canonical import PcmDigest  # noqa: E402
-from fingerprint.decode import SAMPLE_RATE, decode_audio  # noqa: E402
-from fingerprint.speech import speech_extent  # noqa: E402
-from index.connection import open_client  # noqa: E402
-from index.embedded import EmbeddedServer  # noqa: E402
-from index.entry import Entry, make_entry_id  # noqa: E402
-from index.keys import Keys  # noqa: E402
-from index.store import Store  # noqa: E402
-from service.ops.audit import AuditOptions, collect_audit  # noqa: E402
-from service.ops.audit_report import write_audit  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.events import EventLog, RecognitionEvent  # noqa: E402
-from service.pipeline.verification import Verifier  # noqa: E402
+from earmark.fingerprint.canonical import PcmDigest  # noqa: E402
+from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio  # noqa: E402
+from earmark.fingerprint.speech import speech_extent  # noqa: E402
+from earmark.index.connection import open_client  # noqa: E402
+from earmark.index.embedded import EmbeddedServer  # noqa: E402
+from earmark.index.entry import Entry, make_entry_id  # noqa: E402
+from earmark.index.keys import Keys  # noqa: E402
+from earmark.index.store import Store  # noqa: E402
+from earmark.service.ops.audit import AuditOptions, collect_audit  # noqa: E402
+from earmark.service.ops.audit_report import write_audit  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.pipeline.events import EventLog, RecognitionEvent  # noqa: E402
+from earmark.service.pipeline.verification import Verifier  # noqa: E402
 
 CORPUS = Path(__file__).parent / "data" / "corpus"
 PROFILE = "bench-audit-profile"

@@ -61,7 +61,7 @@ def build_batch(originals: int, repeats: int, seed: int) -> tuple[list[Path], se
 
 
 def run_no_cache(files, engine, profile) -> dict[Path, float]:
-    from fingerprint.decode import decode_audio
+    from earmark.fingerprint.decode import decode_audio
 
     spent = {}
     for path in files:
@@ -73,7 +73,7 @@ def run_no_cache(files, engine, profile) -> dict[Path, float]:
 
 
 def run_md5(files, engine, profile, store_url: str) -> dict[Path, float]:
-    from fingerprint.decode import decode_audio
+    from earmark.fingerprint.decode import decode_audio
 
     client = redis.Redis.from_url(store_url)
     spent = {}
@@ -98,8 +98,8 @@ def run_earmark(files, engine, store_url: str, data_dir: Path) -> tuple[dict[Pat
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-    from service.api.app import create_app
-    from service.config import Settings
+    from earmark.service.api.app import create_app
+    from earmark.service.config import Settings
 
     spent, tiers = {}, {}
     settings = Settings(redis_url=store_url, data_dir=data_dir, key_prefix="bench-batch:")
@@ -121,10 +121,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (CORPUS / "manifest.json").exists():
         parser.error("no corpus: run bench/make_corpus.py first (see bench/CORPUS.md)")
-    from index.embedded import EmbeddedServer
-    from service.config import Settings
-    from service.engines.base import RecognitionOptions
-    from service.engines.registry import create_engine
+    from earmark.index.embedded import EmbeddedServer
+    from earmark.service.config import Settings
+    from earmark.service.engines.base import RecognitionOptions
+    from earmark.service.engines.registry import create_engine
 
     files, repeats = build_batch(args.originals, args.repeats, args.seed)
     engine = create_engine(args.engine or Settings().engine)

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_accuracy import fingerprint_code_digest  # noqa: E402
-from fingerprint.config import DEFAULT  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.ops.tune import Scorer  # noqa: E402
-from service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
+from earmark.fingerprint.config import DEFAULT  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.ops.tune import Scorer  # noqa: E402
+from earmark.service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
 
 CLEAN = "clean"  # the family of negatives judged untouched
 

@@ -29,7 +29,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from index.keys import Keys  # noqa: E402
+from earmark.index.keys import Keys  # noqa: E402
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav  # noqa: E402
 from tests.redis_servers import RedisServers, free_ports, slot_master  # noqa: E402
 

@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_accuracy import cached_map  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.verification import Verifier, QueryFeatures  # noqa: E402
-from service.ops.tune import Scorer  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.pipeline.verification import Verifier, QueryFeatures  # noqa: E402
+from earmark.service.ops.tune import Scorer  # noqa: E402
 
 # ffmpeg arguments of each processor; the output is 16 kHz WAV (MP3 where the name says so).
 CHAINS = {

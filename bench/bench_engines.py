@@ -52,8 +52,8 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fingerprint.decode import decode_audio  # noqa: E402
-from service.engines.base import RecognitionOptions  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.service.engines.base import RecognitionOptions  # noqa: E402
 
 DATA = Path("/usr/share/pocketsphinx/test/data")
 OUT = Path(__file__).resolve().parent / "out" / "engines.json"
@@ -181,7 +181,7 @@ def _timed(engine, profile, pcm: np.ndarray, started: float, latencies: list[flo
 def thread_layouts(pcms: list[np.ndarray]) -> dict:
     """Whisper on 2 cores: 1 worker x 2 threads, 2 workers x 1 thread, and 1 x 1 (which leaves a
     core to the rest of the service): one request alone, and all clips submitted at once."""
-    from service.engines.whisper_engine import WhisperEngine
+    from earmark.service.engines.whisper_engine import WhisperEngine
 
     results = {}
     for workers, threads in ((1, 2), (2, 1), (1, 1)):
@@ -240,7 +240,7 @@ def windows_engine():
     """The engine with the decoding of d6ce98a: faster-whisper's own `WhisperModel.transcribe`
     over 30 s windows, with its word timestamps (and its no-speech rule), the same fixed beam
     and temperature."""
-    from service.engines.whisper_engine import WhisperEngine, _segment
+    from earmark.service.engines.whisper_engine import WhisperEngine, _segment
 
     class WindowsEngine(WhisperEngine):
         def _transcribe_piece(self, pcm, language, profile):
@@ -256,7 +256,7 @@ def windows_engine():
 
 def compare_long(recordings: list[dict]) -> dict:
     """WER and RTF of the decoding before issue 21 and the default, one recording at a time."""
-    from service.engines.whisper_engine import WhisperEngine
+    from earmark.service.engines.whisper_engine import WhisperEngine
 
     engines = {"before": windows_engine(), "after": WhisperEngine()}
     rows = []
@@ -321,8 +321,8 @@ def main() -> None:
     print(f"{len(items)} recordings, {sum(len(pcms[i['name']]) for i in items) / 16000:.1f} s, "
           f"{sum(len(normalise(i['ref'])) for i in items)} reference words; load average {os.getloadavg()[0]:.2f}")
 
-    from service.engines.pocketsphinx_engine import PocketSphinxEngine
-    from service.engines.whisper_engine import WhisperEngine
+    from earmark.service.engines.pocketsphinx_engine import PocketSphinxEngine
+    from earmark.service.engines.whisper_engine import WhisperEngine
 
     out: dict = {"load_s": {}, "rows": [], "loadavg_start": os.getloadavg()}
     if args.long:

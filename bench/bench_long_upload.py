@@ -52,10 +52,10 @@ TARGET_RATIO = 2.0
 _PROBE = r"""
 import sys, time, json
 sys.path.insert(0, sys.argv[2])
-from fingerprint.canonical import PcmDigest
-from fingerprint.decode import open_audio
-from service.config import FuzzyThresholds
-from service.pipeline.verification import Verifier
+from earmark.fingerprint.canonical import PcmDigest
+from earmark.fingerprint.decode import open_audio
+from earmark.service.config import FuzzyThresholds
+from earmark.service.pipeline.verification import Verifier
 
 def vm(field):
     with open("/proc/self/status") as status:

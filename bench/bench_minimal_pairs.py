@@ -26,15 +26,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_accuracy import cached_map  # noqa: E402
-from fingerprint.canonical import pcm_digest  # noqa: E402
-from fingerprint.config import DEFAULT  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from fingerprint.detail import compare_detail  # noqa: E402
-from fingerprint.verifier import verify  # noqa: E402
-from fingerprint.pitch import compare_pitch  # noqa: E402
-from index.entry import Entry  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.pipeline.verification import Verifier, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
+from earmark.fingerprint.canonical import pcm_digest  # noqa: E402
+from earmark.fingerprint.config import DEFAULT  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.fingerprint.detail import compare_detail  # noqa: E402
+from earmark.fingerprint.verifier import verify  # noqa: E402
+from earmark.fingerprint.pitch import compare_pitch  # noqa: E402
+from earmark.index.entry import Entry  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.pipeline.verification import Verifier, QueryFeatures, detail_score_of, pitch_score_of  # noqa: E402
 
 PROFILE_ID = "bench-minimal-pairs"
 

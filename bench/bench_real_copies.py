@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_corpus as mc  # noqa: E402
 from bench_dynamics import CHAINS, output_name, process_chain  # noqa: E402
 from bench_engines import load_pcm, recordings  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from service.config import FuzzyThresholds  # noqa: E402
-from service.ops.tune import Scorer  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.service.config import FuzzyThresholds  # noqa: E402
+from earmark.service.ops.tune import Scorer  # noqa: E402
 
 # make_corpus's transforms, by name: the same encoders and settings as the synthetic corpus.
 CORPUS_TRANSFORMS = ("mp3_32k", "aac_64k", "opus_24k", "wav_8k", "gain_minus6", "gain_plus6", "noise_30db",

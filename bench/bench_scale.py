@@ -68,22 +68,22 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from fingerprint.canonical import bytes_digest, pcm_digest  # noqa: E402
-from fingerprint.config import DEFAULT as FP_CONFIG  # noqa: E402
-from fingerprint.decode import decode_audio  # noqa: E402
-from fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
-from index.connection import open_client  # noqa: E402
-from index.embedded import EmbeddedServer  # noqa: E402
-from index.entry import Entry, make_entry_id  # noqa: E402
-from index.keys import Keys  # noqa: E402
-from index.replica import IndexReplica  # noqa: E402
-from index.store import Store  # noqa: E402
-from index.vectors import AUTO_HNSW_FROM, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorIndex  # noqa: E402
-from service.config import FuzzyThresholds, Settings  # noqa: E402
-from service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
-from service.pipeline.verification import Verifier  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.pipeline.profile import Profile  # noqa: E402
+from earmark.fingerprint.canonical import bytes_digest, pcm_digest  # noqa: E402
+from earmark.fingerprint.config import DEFAULT as FP_CONFIG  # noqa: E402
+from earmark.fingerprint.decode import decode_audio  # noqa: E402
+from earmark.fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
+from earmark.index.connection import open_client  # noqa: E402
+from earmark.index.embedded import EmbeddedServer  # noqa: E402
+from earmark.index.entry import Entry, make_entry_id  # noqa: E402
+from earmark.index.keys import Keys  # noqa: E402
+from earmark.index.replica import IndexReplica  # noqa: E402
+from earmark.index.store import Store  # noqa: E402
+from earmark.index.vectors import AUTO_HNSW_FROM, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorIndex  # noqa: E402
+from earmark.service.config import FuzzyThresholds, Settings  # noqa: E402
+from earmark.service.pipeline.fuzzy import FuzzyMatcher  # noqa: E402
+from earmark.service.pipeline.verification import Verifier  # noqa: E402
+from earmark.service.metrics import Metrics  # noqa: E402
+from earmark.service.pipeline.profile import Profile  # noqa: E402
 
 PROFILE = Profile(engine="pocketsphinx", model="en-us", revision="bench", language="en", use_itn=False)
 PROFILE_ID = PROFILE.digest  # computed once: the property hashes the profile's JSON each time
@@ -369,7 +369,7 @@ def write_neighbours(sync: redis.Redis, keys: Keys, index: VectorIndex, query, r
 
 
 def index_vector(index: VectorIndex, entry_id: str) -> np.ndarray:
-    from index.vectors import vector_id
+    from earmark.index.vectors import vector_id
 
     with index._lock:  # bench-only peek at the stored vector
         for part in index._profiles.values():

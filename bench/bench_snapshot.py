@@ -54,15 +54,15 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-import index.vectors as vectors_module  # noqa: E402
-from fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT  # noqa: E402
-from fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
-from index.embedded import EmbeddedServer  # noqa: E402
-from index.keys import Keys  # noqa: E402
-from index.vectors import VectorIndex  # noqa: E402
-from service.api.app import _snapshot_dir  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.engines.base import RecognitionOptions  # noqa: E402
+import earmark.index.vectors as vectors_module  # noqa: E402
+from earmark.fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT  # noqa: E402
+from earmark.fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
+from earmark.index.embedded import EmbeddedServer  # noqa: E402
+from earmark.index.keys import Keys  # noqa: E402
+from earmark.index.vectors import VectorIndex  # noqa: E402
+from earmark.service.api.app import _snapshot_dir  # noqa: E402
+from earmark.service.config import Settings  # noqa: E402
+from earmark.service.engines.base import RecognitionOptions  # noqa: E402
 
 STORE_ID = "bench-snapshot-store"
 FILLER_EF_CONSTRUCTION = 16
@@ -76,7 +76,7 @@ def log(message: str) -> None:
 
 def service_profile_id() -> str:
     """The profile the service files recorded.wav under (default options, PocketSphinx)."""
-    from service.engines.pocketsphinx_engine import PocketSphinxEngine
+    from earmark.service.engines.pocketsphinx_engine import PocketSphinxEngine
 
     return PocketSphinxEngine().resolve(RecognitionOptions()).digest
 
@@ -109,8 +109,8 @@ def filler_snapshot(entries: int, profile_id: str) -> Path:
 
 def serve_hooked(times_file: str, snapshot_every_s: float, argv: list[str]) -> None:
     """Run `earmark serve` in this process with the two bench-only hooks (see the docstring)."""
-    import index.replica as replica_module
-    from service.cli import main as earmark_main
+    import earmark.index.replica as replica_module
+    from earmark.service.cli import main as earmark_main
 
     replica_module.SNAPSHOT_EVERY_S = snapshot_every_s
     original_save = VectorIndex.save

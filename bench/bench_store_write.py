@@ -46,10 +46,10 @@ import redis.asyncio as aioredis
 from redis_om import HashModel, get_redis_connection
 
 from harness import OUT_DIR, git_head, loadavg, machine_info, print_final_load, summary
-from index.embedded import EmbeddedServer
-from index.entry import Entry, make_entry_id
-from index.keys import Keys
-from index.store import Store
+from earmark.index.embedded import EmbeddedServer
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.keys import Keys
+from earmark.index.store import Store
 
 TTL_S = 7 * 24 * 3600
 STREAM_MAXLEN = 1_000_000

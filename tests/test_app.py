@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from starlette.testclient import TestClient
 
-from index.keys import Keys
-from service.api.app import create_app
-from service.engines.base import RecognitionOptions
+from earmark.index.keys import Keys
+from earmark.service.api.app import create_app
+from earmark.service.engines.base import RecognitionOptions
 from tests.audio_tools import encode, read_pcm, silence_wav, wav_with_extra_chunk
 from tests.http_helpers import post
 

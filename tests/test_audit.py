@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from fingerprint.canonical import bytes_digest
-from service.api.app import create_app
+from earmark.fingerprint.canonical import bytes_digest
+from earmark.service.api.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_cli import run
@@ -246,8 +246,8 @@ def test_get_audit_is_open_without_an_admin_token_but_never_to_every_key_holder(
 
 def test_answers_over_time_take_events_out_of_clock_order():
     # Two processes' clocks, or two requests whose XADDs crossed: the stream is not in time order.
-    from service.ops.audit import _over_time
-    from service.pipeline.events import RecognitionEvent
+    from earmark.service.ops.audit import _over_time
+    from earmark.service.pipeline.events import RecognitionEvent
 
     def event(at: float, tier: str) -> RecognitionEvent:
         return RecognitionEvent(time=at, endpoint="recognize", tier=tier, entry_id="e" * 32, score=None,
@@ -285,7 +285,7 @@ def test_viewers_asking_at_once_share_one_audit_and_a_failure_is_not_kept():
 
     from prometheus_client import CollectorRegistry, Counter
 
-    from service.ops.audit_cache import AuditCache
+    from earmark.service.ops.audit_cache import AuditCache
 
     results = Counter("reports", "", ["result"], registry=CollectorRegistry())
     cache, runs = AuditCache(30.0, results), []

@@ -10,10 +10,10 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.api.auth import ApiKeys, is_admin_bearer, is_admin_token, keys_without_admin
-from service.config import ConfigError
-from service.engines.base import RecognitionOptions
+from earmark.service.api.app import create_app
+from earmark.service.api.auth import ApiKeys, is_admin_bearer, is_admin_token, keys_without_admin
+from earmark.service.config import ConfigError
+from earmark.service.engines.base import RecognitionOptions
 from tests.waiting import wait_for
 from tests.audio_tools import encode, read_pcm, silence_wav
 from tests import http_helpers

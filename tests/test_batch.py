@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
+from earmark.service.cli import main
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.conftest import live_server
 

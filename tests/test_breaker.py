@@ -16,12 +16,12 @@ import uuid
 import pytest
 import redis
 
-from index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
-from index.connection import open_client
-from index.embedded import EmbeddedServer
-from index.entry import Entry, make_entry_id
-from index.keys import Keys
-from index.store import PROBE_INTERVAL_S, FuzzyVerdict, Store
+from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
+from earmark.index.connection import open_client
+from earmark.index.embedded import EmbeddedServer
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.keys import Keys
+from earmark.index.store import PROBE_INTERVAL_S, FuzzyVerdict, Store
 from tests.conftest import RedisServerProcess
 
 TTL_S = 3600
@@ -61,7 +61,7 @@ async def _wait_until_up(store: Store) -> None:
 def test_one_warning_per_outage_and_one_when_it_ends(caplog):
     """Logs say when an outage starts and ends, not once per failed request."""
     breaker = CircuitBreaker("store")
-    with caplog.at_level(logging.WARNING, logger="index.breaker"):
+    with caplog.at_level(logging.WARNING, logger="earmark.index.breaker"):
         breaker.allow()
         breaker.record_success()  # closed already: nothing to say
         for _ in range(5):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from index.keys import Keys
-from service.api.cache_control import CacheControl, parse_cache_control
+from earmark.index.keys import Keys
+from earmark.service.api.cache_control import CacheControl, parse_cache_control
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 from tests.test_app import keys_under

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 FIXTURE = str(Path(__file__).parent / "fixtures" / "recorded.wav")
-EARMARK = [sys.executable, "-m", "service"]
+EARMARK = [sys.executable, "-m", "earmark"]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -111,7 +111,7 @@ def test_store_stops_with_the_service_even_when_its_last_save_fails(tmp_path):
 
 
 def test_an_orphaned_store_on_the_data_dir_is_stopped_not_doubled(tmp_path):
-    from index.embedded import _binary_path
+    from earmark.index.embedded import _binary_path
 
     store = tmp_path / "d" / "store"
     store.mkdir(parents=True)

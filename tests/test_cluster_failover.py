@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from index.keys import Keys
-from service.api.app import create_app
-from service.config import Settings
+from earmark.index.keys import Keys
+from earmark.service.api.app import create_app
+from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers, create_cluster, slot_master, wait_until
 from tests.http_helpers import recognize

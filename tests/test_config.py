@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import (
+from earmark.service.config import (
     FREE_SETTINGS,
     REFERENCE_SETTINGS,
     ConfigError,
@@ -23,7 +23,7 @@ from service.config import (
     _rules,
     load_settings,
 )
-from index.connection import redact_url
+from earmark.index.connection import redact_url
 
 # A value the gate must refuse for every setting it checks: the test below fails when a setting
 # gains a rule without an entry here, or an entry here is accepted.
@@ -141,7 +141,7 @@ def test_what_the_values_name_is_checked_and_the_level_is_taken_in_any_case(tmp_
 def _earmark(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("EARMARK_") and k != "REDIS_URL"}
     environment.update(PYTHONPATH=str(Path(__file__).parent.parent), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "service", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "earmark", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=environment)
 
 

@@ -18,8 +18,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from index.connection import StoreURLError, open_client
-from index.embedded import EmbeddedServer
+from earmark.index.connection import StoreURLError, open_client
+from earmark.index.embedded import EmbeddedServer
 from tests.conftest import RedisServerProcess
 from tests.store_proxy import StoreRelay
 

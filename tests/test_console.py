@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from index.embedded import EmbeddedServer
-from service.api.app import create_app
-from service.config import Settings
+from earmark.index.embedded import EmbeddedServer
+from earmark.service.api.app import create_app
+from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 
-PACKAGE = Path(__file__).resolve().parent.parent / "service" / "console"
+PACKAGE = Path(__file__).resolve().parent.parent / "earmark" / "service" / "console"
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_the_sign_in_cookie_is_a_signed_session_never_the_token(settings, engine
 def test_expired_tampered_foreign_and_malformed_cookies_get_the_sign_in_form(settings, engine, recorded):
     import time
 
-    from service.console.session import issue_session
+    from earmark.service.console.session import issue_session
 
     with _admin_client(settings, engine) as client:
         recognize(client, recorded)
@@ -347,7 +347,7 @@ def test_console_session_s_sets_how_long_a_sign_in_lasts(settings, engine, tmp_p
     import time
     from dataclasses import replace
 
-    from service.config import ConfigError, load_settings
+    from earmark.service.config import ConfigError, load_settings
 
     config = tmp_path / "earmark.toml"
     config.write_text("console_session_s = 600\n")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from index.embedded import EmbeddedServer
-from service.config import Settings
+from earmark.index.embedded import EmbeddedServer
+from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.conftest import live_server
 from tests.gated_engine import GatedEngine

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint.canonical import bytes_digest, pcm_digest
-from fingerprint.decode import (
+from earmark.fingerprint.canonical import bytes_digest, pcm_digest
+from earmark.fingerprint.decode import (
     SAMPLE_RATE,
     AudioError,
     AudioTooLongError,
@@ -21,8 +21,8 @@ from fingerprint.decode import (
     decode_audio,
     open_audio,
 )
-from fingerprint.sniff import sniff_format
-from fingerprint.speech import has_sound, speech_extent
+from earmark.fingerprint.sniff import sniff_format
+from earmark.fingerprint.speech import has_sound, speech_extent
 from tests.audio_tools import (
     EXTRA_CONTAINERS,
     encode,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint.detail import (
+from earmark.fingerprint.detail import (
     BANDS,
     COMPRESSION_DB,
     DetailSpectrum,

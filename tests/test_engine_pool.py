@@ -8,10 +8,10 @@ import threading
 import numpy as np
 import pytest
 
-from service.engines.pool import EngineBusy, EnginePool, EngineTimeout
-from service.engines.base import Capabilities, Engine, EngineFailure, EngineUnavailable, Transcript
-from service.metrics import Metrics
-from service.pipeline.profile import Profile
+from earmark.service.engines.pool import EngineBusy, EnginePool, EngineTimeout
+from earmark.service.engines.base import Capabilities, Engine, EngineFailure, EngineUnavailable, Transcript
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.profile import Profile
 
 
 class _StuckEngine(Engine):

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from fingerprint.canonical import bytes_digest
-from index.connection import open_client
-from index.keys import Keys
-from index.store import Store
-from service.pipeline.events import EventLog, RecognitionEvent
-from service.metrics import Metrics
+from earmark.fingerprint.canonical import bytes_digest
+from earmark.index.connection import open_client
+from earmark.index.keys import Keys
+from earmark.index.store import Store
+from earmark.service.pipeline.events import EventLog, RecognitionEvent
+from earmark.service.metrics import Metrics
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 from tests.waiting import wait_for

@@ -18,15 +18,15 @@ import pytest
 pytest.importorskip("funasr")
 pytest.importorskip("torch")
 
-from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions, Transcript  # noqa: E402
-from service.engines.funasr_engine import (  # noqa: E402
+from earmark.service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions, Transcript  # noqa: E402
+from earmark.service.engines.funasr_engine import (  # noqa: E402
     FunASREngine,
     clean_text,
     join_texts,
     normalize_text,
     split_for_decoding,
 )
-from service.engines.funasr_models import locate_model_dir  # noqa: E402
+from earmark.service.engines.funasr_models import locate_model_dir  # noqa: E402
 try:  # tests/ is on sys.path under pytest's default import mode; a package if it gains __init__
     from funasr_tiny_model import build_tiny_paraformer, build_tiny_sensevoice, build_tiny_vad, parameter_count
 except ImportError:  # pragma: no cover

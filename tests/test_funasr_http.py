@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
+from earmark.service.api.app import create_app
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.funasr_protocol_server import FunASRProtocolServer
 from tests.test_app import keys_under

@@ -14,7 +14,7 @@ import pytest
 import soxr
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
-from fingerprint.decode import AudioError, decode_audio
+from earmark.fingerprint.decode import AudioError, decode_audio
 from tests.audio_tools import EXTRA_CONTAINERS, encode, fixture_bytes, in_container, read_pcm
 from tests.test_app import keys_under
 

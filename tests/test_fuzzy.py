@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
+from earmark.service.api.app import create_app
 from tests.waiting import wait_for
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
@@ -130,8 +130,8 @@ def test_copy_bytes_seen_again_stay_fuzzy_and_are_rejudged_under_new_thresholds(
 def test_remembered_verdicts_are_not_reused_across_a_change_of_verification(monkeypatch):
     # Stored features outlive an upgrade that changes how they are compared; a verdict
     # remembered under the old comparison must be judged again, as under new thresholds.
-    from service.pipeline import verification
-    from service.config import FuzzyThresholds
+    from earmark.service.pipeline import verification
+    from earmark.service.config import FuzzyThresholds
 
     before = verification.Verifier(FuzzyThresholds()).judged_by
     assert verification.Verifier(FuzzyThresholds()).judged_by == before

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.api.key_reload import KeysFile, reload_requested
+from earmark.service.api.app import create_app
+from earmark.service.api.key_reload import KeysFile, reload_requested
 from tests import waiting
 from tests.test_auth import KEY_A, KEY_B, post
 from tests.test_cli import serving

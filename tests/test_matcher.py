@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint.config import DEFAULT
-from fingerprint.decode import SAMPLE_RATE, decode_audio
-from fingerprint.embedding import EMBEDDING_DIM, embedding_from_energies
-from fingerprint.matcher import stretch_scores, verify
-from fingerprint.robust_hash import RobustHash, robust_hash
-from fingerprint.spectrum import band_energies
-from service.config import FuzzyThresholds
+from earmark.fingerprint.config import DEFAULT
+from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
+from earmark.fingerprint.embedding import EMBEDDING_DIM, embedding_from_energies
+from earmark.fingerprint.matcher import stretch_scores, verify
+from earmark.fingerprint.robust_hash import RobustHash, robust_hash
+from earmark.fingerprint.spectrum import band_energies
+from earmark.service.config import FuzzyThresholds
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 THRESHOLD = FuzzyThresholds().min_window_score

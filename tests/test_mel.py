@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fingerprint import detail
-from fingerprint.mel import hz_to_mel, mel_filter_bank, mel_to_hz
+from earmark.fingerprint import detail
+from earmark.fingerprint.mel import hz_to_mel, mel_filter_bank, mel_to_hz
 
 
 @pytest.mark.parametrize("shape", [(16000, 512, 16, 250.0, 3800.0), (16000, 400, 40, 0.0, 8000.0), (22050, 2048, 64, 50.0, 8000.0)])

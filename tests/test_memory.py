@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from service import memory
-from service.api.app import create_app
+from earmark.service import memory
+from earmark.service.api.app import create_app
 from tests.audio_tools import encode, read_pcm
 from tests.http_helpers import post
 from tests.test_uploads import metric_of
@@ -59,7 +59,7 @@ def test_a_request_over_a_minute_of_audio_trims_and_a_short_one_does_not(setting
 _ARENAS = """
 import ctypes, sys, threading
 sys.path.insert(0, sys.argv[1])
-from service import memory
+from earmark.service import memory
 if sys.argv[2] == "capped":
     assert memory.limit_arenas(2) == 2
 barrier = threading.Barrier(8)

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fingerprint.decode import decode_audio
-from index.entry import Entry
-from service.config import FuzzyThresholds
-from service.pipeline.verification import Verifier
+from earmark.fingerprint.decode import decode_audio
+from earmark.index.entry import Entry
+from earmark.service.config import FuzzyThresholds
+from earmark.service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017",

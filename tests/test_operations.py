@@ -49,7 +49,7 @@ def scraped(tmp_path_factory, store_url, engine) -> str:
     """/metrics of a live service after a miss, an exact hit, a fuzzy hit, a fuzzy rejection and a lookup."""
     import uuid
 
-    from service.config import Settings
+    from earmark.service.config import Settings
 
     settings = Settings(redis_url=store_url, key_prefix=f"earmark-ops-{uuid.uuid4().hex[:8]}:",
                         data_dir=tmp_path_factory.mktemp("ops"))

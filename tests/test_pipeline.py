@@ -18,17 +18,17 @@ from dataclasses import replace
 import pytest
 import redis
 
-from index.connection import open_client
-from index.embedded import EmbeddedServer
-from index.entry import Entry, make_entry_id
-from index.keys import Keys
-from index.store import Store
-from service.config import Settings
-from service.engines.pool import EnginePool
-from service.engines.base import Engine, RecognitionOptions
-from service.metrics import Metrics
-from service.pipeline.recognition import RecognitionCache, _pcm_digest_of
-from service.api.uploads import Upload
+from earmark.index.connection import open_client
+from earmark.index.embedded import EmbeddedServer
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.keys import Keys
+from earmark.index.store import Store
+from earmark.service.config import Settings
+from earmark.service.engines.pool import EnginePool
+from earmark.service.engines.base import Engine, RecognitionOptions
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.recognition import RecognitionCache, _pcm_digest_of
+from earmark.service.api.uploads import Upload
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.gated_engine import WAIT_S, GatedEngine
 

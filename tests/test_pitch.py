@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fingerprint.pitch import compare_pitch, pitch_contour
-from service.config import FuzzyThresholds
-from service.pipeline.verification import pitch_score_of
+from earmark.fingerprint.pitch import compare_pitch, pitch_contour
+from earmark.service.config import FuzzyThresholds
+from earmark.service.pipeline.verification import pitch_score_of
 
 STEPS = 4  # quarter-semitone codes, as stored
 THRESHOLD = FuzzyThresholds().min_pitch_score

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from index.connection import replica_refusal
+from earmark.index.connection import replica_refusal
 from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers, free_ports, wait_until
 
 pytestmark = pytest.mark.skipif(not HAVE_REDIS_SERVER, reason="needs Debian's redis-server")

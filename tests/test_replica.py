@@ -9,12 +9,12 @@ import uuid
 
 import numpy as np
 
-from fingerprint.config import DEFAULT
-from fingerprint.embedding import EMBEDDING_DIM
-from index.connection import open_client
-from index.keys import Keys
-from index.replica import IndexReplica
-from index.vectors import VectorIndex
+from earmark.fingerprint.config import DEFAULT
+from earmark.fingerprint.embedding import EMBEDDING_DIM
+from earmark.index.connection import open_client
+from earmark.index.keys import Keys
+from earmark.index.replica import IndexReplica
+from earmark.index.vectors import VectorIndex
 
 
 def test_an_add_event_ahead_of_its_entry_is_retried_until_the_entry_appears(store_url, redis_client, tmp_path):

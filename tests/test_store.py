@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import redis
 
-from index.breaker import StoreRefused
-from index.connection import open_client
-from index.embedded import EmbeddedServer
-from index.entry import Entry, make_entry_id
-from index.keys import Keys
-from index.store import FuzzyVerdict, Store
+from earmark.index.breaker import StoreRefused
+from earmark.index.connection import open_client
+from earmark.index.embedded import EmbeddedServer
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.keys import Keys
+from earmark.index.store import FuzzyVerdict, Store
 from tests.conftest import RedisServerProcess
 
 TTL_S = 3600

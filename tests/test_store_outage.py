@@ -10,9 +10,9 @@ import redis
 
 from starlette.testclient import TestClient
 
-from index.embedded import EmbeddedServer
-from service.api.app import create_app
-from service.config import Settings
+from earmark.index.embedded import EmbeddedServer
+from earmark.service.api.app import create_app
+from earmark.service.config import Settings
 from tests.audio_tools import fixture_bytes
 from tests.http_helpers import post
 

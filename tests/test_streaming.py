@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soxr
 
-from fingerprint.canonical import PcmDigest, pcm_digest
-from fingerprint.config import DEFAULT
-from fingerprint.decode import decode_audio, open_audio
-from fingerprint.framing import BLOCK_FRAMES, Framer
-from service.config import FuzzyThresholds
-from service.pipeline.verification import Verifier
+from earmark.fingerprint.canonical import PcmDigest, pcm_digest
+from earmark.fingerprint.config import DEFAULT
+from earmark.fingerprint.decode import decode_audio, open_audio
+from earmark.fingerprint.framing import BLOCK_FRAMES, Framer
+from earmark.service.config import FuzzyThresholds
+from earmark.service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 
@@ -90,7 +90,7 @@ def test_16_bit_frames_are_scaled_and_averaged_exactly_as_ffmpeg_converts_them(c
 
     import av
 
-    from fingerprint.decode import _mono, _mono_s16
+    from earmark.fingerprint.decode import _mono, _mono_s16
 
     rng = np.random.default_rng(5)
     left, right = (rng.integers(-32768, 32767, 48000, dtype=np.int16) for _ in range(2))

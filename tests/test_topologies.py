@@ -18,8 +18,8 @@ import pytest
 import redis
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.config import Settings
+from earmark.service.api.app import create_app
+from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.redis_servers import HAVE_REDIS_SERVER, RedisServers
 from tests.redis_servers import free_ports as _free_ports

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
-from service.config import FuzzyThresholds, load_settings
-from service.ops.tune import choose_threshold, thresholds_for
+from earmark.service.cli import main
+from earmark.service.config import FuzzyThresholds, load_settings
+from earmark.service.ops.tune import choose_threshold, thresholds_for
 from tests.audio_tools import FIXTURES, encode, fixture_bytes, read_pcm
 
 RECORDINGS = ("recorded.wav", "weather.wav", "librivox_0890.flac", "librivox_0930.flac")
@@ -94,7 +94,7 @@ def test_health_reports_the_thresholds_in_force(tuned, settings, engine):
 
     from starlette.testclient import TestClient
 
-    from service.api.app import create_app
+    from earmark.service.api.app import create_app
 
     out, _ = tuned
     tuned_settings = replace(settings, fuzzy=load_settings(out / "thresholds.toml").fuzzy)
@@ -106,9 +106,9 @@ def test_health_reports_the_thresholds_in_force(tuned, settings, engine):
 def test_the_clip_negative_cuts_into_the_speech_even_with_silence_at_the_end():
     # 70% of a file whose last second is silence would hold all of its speech: a copy, not a
     # negative (on the benchmark corpus one such clip scored 1.0 and drove the threshold to 1).
-    from fingerprint.decode import decode_audio
-    from fingerprint.speech import speech_extent
-    from service.ops.tune import negatives_of
+    from earmark.fingerprint.decode import decode_audio
+    from earmark.fingerprint.speech import speech_extent
+    from earmark.service.ops.tune import negatives_of
 
     speech = decode_audio(fixture_bytes("recorded.wav"), 3600).pcm_16k
     padded = np.concatenate([speech, np.zeros(3 * 16000, np.float32)])

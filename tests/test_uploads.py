@@ -17,9 +17,9 @@ import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.api.errors import ApiError
-from service.api.uploads import UploadLimits, read_upload
+from earmark.service.api.app import create_app
+from earmark.service.api.errors import ApiError
+from earmark.service.api.uploads import UploadLimits, read_upload
 from tests.audio_tools import EXTRA_CONTAINERS, encode, flac_without_length, in_container, read_pcm
 from tests.conftest import live_server
 from tests.http_helpers import post
@@ -259,7 +259,7 @@ def test_the_exact_tier_uses_the_digest_taken_while_the_body_arrived(client, rec
 
 
 def test_the_decode_budget_makes_requests_wait_then_refuses_with_retry_after():
-    from service.pipeline.decode_budget import DecodeBudget
+    from earmark.service.pipeline.decode_budget import DecodeBudget
 
     async def scenario():
         budget = DecodeBudget(5.0, wait_s=0.2)

@@ -1,5 +1,5 @@
 """The `openai` upstream engine against a real OpenAI-compatible server: a second earmark
-process (`python -m service serve --engine pocketsphinx`, its own data dir, store and API key).
+process (`python -m earmark serve --engine pocketsphinx`, its own data dir, store and API key).
 
 A miss is forwarded; a re-encoded copy is answered from the first earmark's cache and never
 reaches the upstream (counted by the upstream's own /metrics); the upstream's refusal of a
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
+from earmark.service.api.app import create_app
 from tests.audio_tools import encode, read_pcm
 from tests.conftest import _free_port
 from tests.test_app import keys_under
@@ -240,8 +240,8 @@ def test_serve_refuses_an_upstream_engine_without_a_url(tmp_path):
      "https://asr/openai/v1/models"),
 ])
 def test_the_upstream_url_may_be_the_server_the_base_url_or_the_endpoint(configured, endpoint, health):
-    from service.engines.upstream.openai import OpenAIUpstreamEngine
-    from service.engines.upstream.base import UpstreamConfig
+    from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
+    from earmark.service.engines.upstream.base import UpstreamConfig
 
     engine = OpenAIUpstreamEngine(UpstreamConfig(url=configured))
     assert (engine.endpoint, engine.health_url()) == (endpoint, health)
@@ -250,7 +250,7 @@ def test_the_upstream_url_may_be_the_server_the_base_url_or_the_endpoint(configu
 def test_retry_after_is_read_as_seconds_or_a_date_and_kept_in_bounds():
     from email.utils import formatdate
 
-    from service.engines.upstream.base import _retry_after_s
+    from earmark.service.engines.upstream.base import _retry_after_s
 
     assert _retry_after_s("7") == 7 and _retry_after_s(None) == 5 and _retry_after_s("soon") == 5
     assert _retry_after_s("0") == 1 and _retry_after_s("86400") == 300
@@ -311,8 +311,8 @@ def test_an_answer_with_a_non_finite_time_or_an_error_is_a_502_never_cached(sett
 
 
 def test_without_a_revision_label_the_upstreams_address_is_in_the_profile():
-    from service.engines.upstream.openai import OpenAIUpstreamEngine
-    from service.engines.upstream.base import UpstreamConfig
+    from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
+    from earmark.service.engines.upstream.base import UpstreamConfig
 
     small = OpenAIUpstreamEngine(UpstreamConfig(url="http://small:8000"))
     large = OpenAIUpstreamEngine(UpstreamConfig(url="http://user:secret@large:8000/v1"))

@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.config import ConfigError, load_settings
-from service.engines.base import EngineUnavailable
+from earmark.service.api.app import create_app
+from earmark.service.config import ConfigError, load_settings
+from earmark.service.engines.base import EngineUnavailable
 from tests.funasr_protocol_server import _Running
 from tests.test_cli import _SERVICES, EARMARK, serving
 from tests.test_upstream import transcribe
@@ -94,8 +94,8 @@ def test_a_key_and_url_credentials_together_are_refused_at_start(tmp_path):
     with pytest.raises(ConfigError, match="upstream_api_key") as refused:
         load_settings(engine="openai", upstream_url=url, upstream_api_key=KEY)
     assert "user:password" in str(refused.value) and PASSWORD not in str(refused.value)
-    from service.engines.upstream.openai import OpenAIUpstreamEngine
-    from service.engines.upstream.base import UpstreamConfig
+    from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
+    from earmark.service.engines.upstream.base import UpstreamConfig
 
     with pytest.raises(EngineUnavailable, match="upstream_api_key"):
         OpenAIUpstreamEngine(UpstreamConfig(url=url, api_key=KEY))

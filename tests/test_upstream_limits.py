@@ -19,8 +19,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from service.api.app import create_app
-from service.config import ConfigError, load_settings
+from earmark.service.api.app import create_app
+from earmark.service.config import ConfigError, load_settings
 from tests.conftest import live_server
 from tests.funasr_protocol_server import _Running
 from tests.test_app import keys_under

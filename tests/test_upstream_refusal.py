@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
+from earmark.service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
 
 OPENAI_FIELDS = ("language", "prompt")
 

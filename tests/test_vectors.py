@@ -7,7 +7,7 @@ import secrets
 import numpy as np
 import pytest
 
-from index.vectors import VectorIndex
+from earmark.index.vectors import VectorIndex
 
 
 def unit_vectors(count: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_search_remove_snapshot_and_rebuild(kind, tmp_path):
 
 
 def test_auto_switches_to_hnsw_when_large(monkeypatch):
-    import index.vectors as vectors_module
+    import earmark.index.vectors as vectors_module
 
     monkeypatch.setattr(vectors_module, "AUTO_HNSW_FROM", 100)
     index = VectorIndex(64, "auto")
@@ -59,7 +59,7 @@ def test_auto_switches_to_hnsw_when_large(monkeypatch):
 def test_searches_go_on_while_a_snapshot_is_serialised(tmp_path, monkeypatch):
     import threading
 
-    import index.vectors as vectors_module
+    import earmark.index.vectors as vectors_module
 
     index = VectorIndex(8, "flat")
     index.add("p", "a" * 32, np.eye(8, dtype=np.float32)[0])
@@ -91,7 +91,7 @@ def test_a_snapshot_is_the_index_as_the_save_began(tmp_path, monkeypatch):
     index at the stream offset it is saved with, and later events are replayed on top of it."""
     import threading
 
-    import index.vectors as vectors_module
+    import earmark.index.vectors as vectors_module
 
     index = VectorIndex(64, "flat")
     vectors = unit_vectors(20, seed=3)
@@ -168,7 +168,7 @@ def test_a_version_1_snapshot_still_loads_and_the_next_save_replaces_it(tmp_path
 
     import faiss
 
-    from index.vectors import vector_id
+    from earmark.index.vectors import vector_id
 
     vectors = unit_vectors(10, seed=5)
     ids = [secrets.token_hex(16) for _ in range(10)]

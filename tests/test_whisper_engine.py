@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from fingerprint.decode import decode_audio
-from service.api.app import create_app
-from service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
-from service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
+from earmark.fingerprint.decode import decode_audio
+from earmark.service.api.app import create_app
+from earmark.service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
+from earmark.service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
                                             engine_revision)
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import post
@@ -330,7 +330,7 @@ def test_cached_entries_keep_their_segments(whisper_client, long_recording):
 def test_long_audio_is_transcribed_in_pieces_cut_in_its_pauses(whisper_engine, monkeypatch):
     """Pieces of at most PIECE_S, cut in a pause (here 8 s pieces, searched over their last 4 s,
     instead of 5 minutes): every reading is heard, and the times run on across the cuts."""
-    import service.engines.whisper_engine as module
+    import earmark.service.engines.whisper_engine as module
 
     first, second = pcm_of("librivox_0890.flac"), pcm_of("librivox_0930.flac")
     pause = np.zeros(int(0.8 * 16000), dtype=np.float32)

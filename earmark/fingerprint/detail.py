@@ -1,0 +1,321 @@
+"""Syllable-scale spectral detail, to tell a copy from a minimal pair.
+
+The robust hash is built to survive codecs, so it is nearly blind to what separates "Ben" from
+"Ken" or "eighteen" from "eighty": a 30 to 150 ms change in one word of an otherwise identical
+utterance (same voice, same timing). Those are the pairs a cache must never confuse. This
+module keeps, beside the hash, a fine log-mel spectrum (16 bands over the telephone band,
+25 ms frames every 10 ms) and compares two aligned recordings frame by frame:
+
+- both spectra are clamped at a common per-band floor (the louder of the two recordings' noise
+  floors), so a noisy copy is compared only where its original rises above that noise;
+- the per-frame distance is the mean absolute dB difference over the bands;
+- a copy spreads its codec's distortion over the whole recording, so its distance varies around
+  its own median; a changed syllable, a dropped word or a cut end concentrates a burst of
+  distance in under a tenth of a second. The verdict is the worst ~80 ms stretch's distance
+  above the recording's median (`burst_db`), less what the codec's own level of distortion
+  explains (`excess_db`); each band's steady offset (the line's frequency response) is
+  equalised away first.
+
+A limiter or compressor (a "louder" copy held under full scale) is the exception: it fills the
+spectrum's valleys in the loud syllables, which both bursts a copy's loudest syllable and
+raises the median that excuses a pair's changed one. It also compresses the level: quiet frames
+come up against the loud ones, which no codec does. When the two recordings' levels disagree
+that way, only the top 30 dB under each frame's peak are compared (where the fill does not
+reach), each frame's own gain is taken out (a compressor's gain moves within a syllable, and
+lifts quiet sounds out of the noise floor), and the burst is held to a stricter limit.
+
+Measured on the minimal-pair corpus (bench/README.md): re-encoded copies, telephone codecs
+included, stay under about 6 dB of excess, pairs differing in one vowel start at 7 dB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft
+
+from earmark.fingerprint.decode import SAMPLE_RATE
+from earmark.fingerprint.framing import Framer
+from earmark.fingerprint.mel import mel_filter_bank
+
+# These shape the stored bytes (with _STEPS_PER_DB and _OFFSET_DB below): changing one needs a new
+# FingerprintConfig.version (fingerprint/config.py). The constants after them only judge.
+HOP = 160  # 10 ms: the grid fingerprint/pitch.py shares
+WINDOW = 400  # 25 ms, also the padding before frame 0
+N_FFT = 512
+BANDS = 16
+LOW_HZ, HIGH_HZ = 250.0, 3800.0  # what an 8 kHz telephone copy keeps
+# Stored as uint8 in half-dB steps, relative to the recording's loud frames (0 dB); anything
+# more than 120 dB down is digital silence.
+_STEPS_PER_DB = 2.0
+_OFFSET_DB = 120.0
+# A band is compared only above the louder of the two recordings' floors (its 10th percentile
+# over time) plus this margin, and never below this level under the loud frames.
+FLOOR_MARGIN_DB = 3.0
+LOWEST_FLOOR_DB = -60.0
+# Frames of one recording with no counterpart in the other count as this distance: about what
+# a syllable scores against silence.
+UNMATCHED_DB = 20.0
+# ...when it rises this far above the common floor in some band: speech, not room tone (real
+# recordings, bench/README.md: 10 dB let a cut through that took 60 ms of a weak /f/).
+UNMATCHED_ABOVE_FLOOR_DB = 8.0
+BURST_FRAMES = 8  # ~80 ms: the core of a syllable
+# How much of a burst the recording's median difference explains (bench/README.md: 1.5 kept
+# every G.726 and 16 kbps MP3 copy but 11 of 5,200 under the threshold, and every pair above).
+MEDIAN_WEIGHT = 1.5
+REFINE_FRAMES = 4  # +-40 ms around the hash's alignment
+# Level compression: how much more the frames 12 to 30 dB under the loud ones gained than the
+# loud ones did, either way round (bench/README.md: sox's limiter 1.4 to 2.9 dB; G.726 up to
+# 0.9 and 16 kbps MP3 up to 0.7, whose distortion the stricter judgement would not forgive;
+# Opus 8k and G.723.1 up to 1.5 and 2.4, which pass it).
+COMPRESSION_DB = 0.8
+_QUIET_DB, _MIDDLE_DB, _LOUD_DB = -30.0, -12.0, -3.0
+# A level-compressed pair of recordings is compared only this far under each frame's peak...
+LIMITED_RANGE_DB = 30.0
+# ...with the codec allowance of a clean line and the excess counted this many times: limited
+# copies stay under 2.4 dB there, limited minimal pairs start at 4.4 (threshold 3.4 dB).
+LIMITED_MEDIAN_WEIGHT = 1.0
+LIMITED_EXCESS_WEIGHT = 1.7
+# A compressor moves a frame's level by up to about its compression, plus this.
+GAIN_SLACK_DB = 6.0
+
+
+@dataclass(frozen=True)
+class DetailVerdict:
+    """The worst syllable-sized stretch: how far its distance rises above the recording's own."""
+
+    burst_db: float  # the worst ~80 ms stretch's distance above the median
+    median_db: float  # the recording's own level of difference: its codec's
+    query_s: float  # where that stretch starts in the query
+    entry_s: float  # ...and in the entry
+    offset_frames: int = 0  # the refined alignment: query frame k ~ entry frame k + offset_frames
+    compression_db: float = 0.0  # how much more the query's quiet frames gained than its loud ones
+    limited: bool = False  # judged as a level-compressed pair: the top LIMITED_RANGE_DB of each frame
+
+    @property
+    def excess_db(self) -> float:
+        """The burst beyond what the codec's own distortion explains: a coarse codec (G.726,
+        16 kbps MP3) also distorts more at onsets, in proportion to its median. A limited
+        comparison has no coarse codec to excuse and counts its excess more."""
+        if self.limited:
+            return LIMITED_EXCESS_WEIGHT * max(0.0, self.burst_db - LIMITED_MEDIAN_WEIGHT * self.median_db)
+        return max(0.0, self.burst_db - MEDIAN_WEIGHT * self.median_db)
+
+
+@lru_cache(maxsize=1)
+def _mel_matrix() -> np.ndarray:
+    return mel_filter_bank(SAMPLE_RATE, N_FFT, BANDS, LOW_HZ, HIGH_HZ).T
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    return np.hanning(WINDOW).astype(np.float32)
+
+
+class DetailSpectrum:
+    """`detail_spectrum` of a signal pushed in pieces."""
+
+    def __init__(self) -> None:
+        self._framer = Framer(WINDOW, HOP, WINDOW, WINDOW)
+        self._levels: list[np.ndarray] = []
+
+    def push(self, pcm_16k: np.ndarray) -> None:
+        """Add the next samples (16 kHz mono float)."""
+        self._levels.extend(self._block_levels(block) for block in self._framer.push(pcm_16k))
+
+    def finish(self) -> np.ndarray:
+        """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
+        self._levels.extend(self._block_levels(block) for block in self._framer.finish())
+        reference = float(np.percentile(np.concatenate([block.max(axis=1) for block in self._levels]), 99))
+        codes = [np.clip(np.round((block - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
+                 for block in self._levels]
+        return np.concatenate(codes)
+
+    @staticmethod
+    def _block_levels(frames: np.ndarray) -> np.ndarray:
+        spectrum = scipy.fft.rfft(frames * _window(), n=N_FFT, axis=1, workers=1)
+        power = (spectrum.real**2 + spectrum.imag**2) @ _mel_matrix()
+        return 10.0 * np.log10(power + 1e-12)
+
+
+def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
+    """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
+    stream = DetailSpectrum()
+    stream.push(pcm_16k)
+    return stream.finish()
+
+
+def detail_from_bytes(raw: bytes) -> np.ndarray | None:
+    """Inverse of `ndarray.tobytes()` on a `detail_spectrum` result; None for a damaged value."""
+    if len(raw) % BANDS:
+        return None
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, BANDS)
+
+
+def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:
+    """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s)."""
+    q, r = _decibels(query), _decibels(entry)
+    if len(q) == 0 or len(r) == 0:
+        return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
+    verdict = _worst_stretch(q, r, offset_s)
+    compression = _compression_db(q, r, verdict.offset_frames)
+    if abs(compression) < COMPRESSION_DB:
+        return replace(verdict, compression_db=round(compression, 2))
+    # Each query frame brought to its counterpart's level before the floors are applied, and
+    # the floor raised by the compression: what the compressor lifted out of the noise stays
+    # under it on both sides.
+    levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
+    limited = _worst_stretch(levelled, _top_range(r), offset_s, compression_db=abs(compression))
+    return replace(limited, compression_db=round(compression, 2), limited=True)
+
+
+def _decibels(codes: np.ndarray) -> np.ndarray:
+    """A stored detail spectrum's levels in dB relative to its loud frames."""
+    return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
+
+
+def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db: float = 0.0) -> DetailVerdict:
+    """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
+    `offset_s`) that makes their median distance smallest. For a level-compressed pair
+    (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
+    taken out (`_aligned_distances`)."""
+    floor = _common_floor(q, r) + compression_db
+    q, r = np.maximum(q, floor), np.maximum(r, floor)
+    q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
+    # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
+    q_speech, r_speech = _speech_frames(q, floor), _speech_frames(r, floor)
+    frame_gain = compression_db > 0
+    center = int(round(offset_s * SAMPLE_RATE / HOP))
+    best: tuple[float, np.ndarray, np.ndarray, int] | None = None
+    for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
+        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech), (r_sound, r_speech), offset, frame_gain)
+        if distances.size == 0:
+            continue
+        median = float(np.median(distances))
+        if best is None or median < best[0]:
+            best = (median, distances, q_index, offset)
+    if best is None:
+        return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
+    median, distances, q_index, offset = best
+    if distances.size <= BURST_FRAMES:
+        start, worst = 0, float(distances.mean())
+    else:
+        sums = np.convolve(distances, np.ones(BURST_FRAMES) / BURST_FRAMES, mode="valid")
+        start, worst = int(np.argmax(sums)), float(sums.max())
+    seconds = (int(q_index[start]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
+    return DetailVerdict(
+        burst_db=max(0.0, worst - median),
+        median_db=median,
+        query_s=round(seconds, 3),
+        entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
+        offset_frames=offset,
+    )
+
+
+def _common_floor(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Per band, the louder of the two recordings' noise floors (10th percentile over time, never
+    under LOWEST_FLOOR_DB), plus FLOOR_MARGIN_DB: only what rises above it is compared."""
+    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
+    return floor + FLOOR_MARGIN_DB
+
+
+def _speech_frames(spectrum: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Frames with a band UNMATCHED_ABOVE_FLOOR_DB over `floor`: speech, not room tone."""
+    return np.asarray((spectrum > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1))
+
+
+def _overlap(q: np.ndarray, r: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """The query frames that have a counterpart at `offset` (query k ~ entry k + offset), and
+    those counterparts' indices."""
+    q_index = np.arange(max(0, -offset), max(0, min(len(q), len(r) - offset)))
+    return q_index, q_index + offset
+
+
+def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
+    """How much more the query's quiet speech frames (12 to 30 dB under the loud ones) gained
+    against the entry than its loud frames did: positive when the query went through a limiter
+    or compressor, negative when the entry did, near 0 for any codec."""
+    q_index, r_index = _overlap(q, r, offset)
+    q_level, r_level = _frame_levels(q[q_index]), _frame_levels(r[r_index])
+    mean = (q_level + r_level) / 2
+    relative = mean - np.percentile(mean, 98) if mean.size else mean
+    loud = relative > _LOUD_DB
+    quiet = (relative > _QUIET_DB) & (relative < _MIDDLE_DB)
+    if loud.sum() < 3 or quiet.sum() < 5:
+        return 0.0
+    gain = q_level - r_level
+    return float(np.median(gain[quiet]) - np.median(gain[loud]))
+
+
+def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.ndarray:
+    """Per query frame, its level over its counterpart's (the median over the bands), within
+    +-limit: the gain a compressor applied there. 0 where either frame is under LOWEST_FLOOR_DB
+    (a missing word is not levelled onto the speech it lacks) or has no counterpart."""
+    gains = np.zeros(len(q), dtype=np.float32)
+    q_index, r_index = _overlap(q, r, offset)
+    qs, rs = q[q_index], r[r_index]
+    audible = (qs.max(axis=1) > LOWEST_FLOOR_DB) & (rs.max(axis=1) > LOWEST_FLOOR_DB)
+    gains[q_index[audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
+    return gains
+
+
+def _frame_levels(spectrum: np.ndarray) -> np.ndarray:
+    """Each frame's total power over the bands, in dB."""
+    return 10.0 * np.log10(np.power(10.0, spectrum / 10.0).sum(axis=1))
+
+
+def _top_range(spectrum: np.ndarray) -> np.ndarray:
+    """Each frame raised to at least LIMITED_RANGE_DB under its own peak: the valleys a limiter
+    fills are out of the comparison."""
+    return np.maximum(spectrum, spectrum.max(axis=1, keepdims=True) - LIMITED_RANGE_DB)
+
+
+def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame distance over the frames where either side has sound, with their query index;
+    a frame with no counterpart on the other side counts (as UNMATCHED_DB) only when it holds
+    speech. `q_masks` and `r_masks` are each (sound, speech) per frame.
+
+    The channel is equalised first: each band's median difference over those frames (a
+    codec's or a line's frequency response, a gain) is taken out, so only what changes from
+    frame to frame remains. With `frame_gain` (a limiter or compressor on one side), so is each
+    frame's own level difference where both sides have sound and one holds speech: its gain
+    follows the signal, while a missing word (speech against the floor) still counts in full.
+    """
+    q_index = np.arange(min(0, -offset), max(len(q), len(r) - offset))
+    r_index = q_index + offset
+    q_ok = (q_index >= 0) & (q_index < len(q))
+    r_ok = (r_index >= 0) & (r_index < len(r))
+    both = q_ok & r_ok
+    (q_sound, q_speech), (r_sound, r_speech) = q_masks, r_masks
+    sound = np.zeros(q_index.size, dtype=bool)
+    sound[both] = q_sound[q_index[both]] | r_sound[r_index[both]]
+    q_only, r_only = q_ok & ~r_ok, r_ok & ~q_ok
+    sound[q_only] = q_speech[q_index[q_only]]
+    sound[r_only] = r_speech[r_index[r_only]]
+    difference = q[q_index[both]] - r[r_index[both]]
+    if sound[both].any():
+        difference = difference - np.median(difference[sound[both]], axis=0)
+    if frame_gain:
+        speech = (q_speech[q_index[both]] | r_speech[r_index[both]]) & q_sound[q_index[both]] & r_sound[r_index[both]]
+        difference[speech] -= np.median(difference[speech], axis=1, keepdims=True)
+    distances = np.full(q_index.size, UNMATCHED_DB, dtype=np.float32)
+    distances[both] = np.abs(difference).mean(axis=1)
+    return distances[sound], q_index[sound]
+
+
+def speech_durations_s(query: np.ndarray, entry: np.ndarray) -> tuple[float, float]:
+    """Each recording's speech duration, first to last frame with a band UNMATCHED_ABOVE_FLOOR_DB
+    over the pair's common floor: measured alike on both, where each recording's own speech
+    extent (fingerprint/speech.py) follows its own noise floor, which a codec's noise in a
+    quiet room tone can move by half a second."""
+    q, r = _decibels(query), _decibels(entry)
+    if len(q) == 0 or len(r) == 0:
+        return 0.0, 0.0
+    floor = _common_floor(q, r)
+    durations = []
+    for spectrum in (q, r):
+        speech = np.flatnonzero(_speech_frames(spectrum, floor))
+        durations.append(0.0 if speech.size == 0 else float(speech[-1] - speech[0] + 1) * HOP / SAMPLE_RATE)
+    return durations[0], durations[1]

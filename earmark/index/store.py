@@ -1,0 +1,388 @@
+"""The entry store: cached results and their aliases in Redis, behind a circuit breaker.
+
+Redis is the source of truth. An alias (byte digest or PCM digest) only points at an entry id;
+a lookup then reads the entry itself, so a deleted, expired or evicted entry is never served
+even if an alias to it survives. Every call goes through the breaker: while the store is down
+they fail at once with `StoreUnavailable` and the service answers without the cache.
+
+Entries are written with plain redis-py pipelines rather than redis-om models: entries carry
+binary fingerprints and vectors (redis-om's models need `decode_responses=True` and text
+fields), the same code must run against a single server, Sentinel and Cluster clients chosen at
+run time (redis-om binds a connection per model class), and one pipelined round trip per write
+is what the hot path needs; see bench/README.md for the measured difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+import redis.exceptions
+from redis.sentinel import MasterNotFoundError
+
+from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
+from earmark.index.entry import Entry
+from earmark.index.keys import Keys
+
+log = logging.getLogger(__name__)
+
+# A lost or failing connection: the store is down for everyone, the breaker opens.
+_OUTAGE_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MasterDownError,
+    MasterNotFoundError,
+    redis.exceptions.ReadOnlyError,  # a demoted primary during failover
+    # A Cluster client that cannot learn a layout serving every slot (the cluster still
+    # forming, a shard down, no node reachable) raises this rather than a RedisError: the
+    # store is down until the probe's PING, which needs that layout too, gets through.
+    redis.exceptions.RedisClusterException,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# The store answered and refused one command (OOM under maxmemory, WRONGTYPE from a foreign key
+# in our namespace, a cross-slot or aborted transaction): that request goes on without the
+# cache (never a 500), the breaker stays closed for every other request.
+_REFUSED_ERRORS = (redis.exceptions.ResponseError,)
+
+# Compare-and-delete / compare-and-extend: only the holder may release or extend its lock.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_EXTEND = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+PROBE_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class FuzzyVerdict:
+    """What a fuzzy match decided: its score, and which thresholds and fingerprint judged it."""
+
+    score: float
+    judged_by: str  # digest of the thresholds and fingerprint version
+
+    def render(self) -> str:
+        """Compact form stored in the alias value."""
+        return f"fuzzy:{self.score:.4f}:{self.judged_by}"
+
+    @classmethod
+    def parse(cls, text: str) -> "FuzzyVerdict | None":
+        """Inverse of `render`; None for anything else."""
+        kind, _, rest = text.partition(":")
+        score, _, judged_by = rest.partition(":")
+        try:
+            return cls(float(score), judged_by) if kind == "fuzzy" and judged_by else None
+        except ValueError:
+            return None
+
+
+def _refusal_reason(error: Exception) -> str:
+    """The server's error code (OOM, WRONGTYPE, EXECABORT, ...) for the refused-command metric."""
+    if isinstance(error, redis.exceptions.OutOfMemoryError):
+        return "OOM"
+    code = str(error).split(" ", 1)[0]
+    return code if code.isupper() and code.isalpha() else "ERR"
+
+
+@dataclass(frozen=True)
+class _Alias:
+    """An alias value: the entry id, the generation of the entry it was made for, and the
+    fuzzy verdict when a fuzzy match made it (`<id>|<generation>[|fuzzy:<score>:<judge>]`)."""
+
+    entry_id: str
+    generation: str
+    verdict: FuzzyVerdict | None = None
+
+    def render(self) -> str:
+        """The stored form."""
+        value = f"{self.entry_id}|{self.generation}"
+        return value if self.verdict is None else f"{value}|{self.verdict.render()}"
+
+    @classmethod
+    def parse(cls, text: str) -> "_Alias":
+        """Inverse of `render`; an old-format value parses with no generation (never followed)."""
+        entry_id, _, rest = text.partition("|")
+        generation, _, verdict = rest.partition("|")
+        if generation.startswith("fuzzy:"):
+            generation, verdict = "", generation
+        return cls(entry_id, generation, FuzzyVerdict.parse(verdict) if verdict else None)
+
+
+class Store:
+    """Cached entries and aliases under `keys.prefix`, plus the single-flight locks."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys | None = None,
+        *,
+        on_error: Callable[[], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.breaker = CircuitBreaker()
+        self._on_error = on_error or (lambda: None)
+        self._on_state = on_state or (lambda up: None)
+        self._on_refused = on_refused or (lambda reason: None)
+        self._probe_task: asyncio.Task | None = None
+
+    @property
+    def up(self) -> bool:
+        """False during an outage (the breaker is open)."""
+        return not self.breaker.is_open
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        self.breaker.allow()
+        try:
+            return await operation()
+        except _OUTAGE_ERRORS as exc:
+            self._on_error()
+            self.breaker.record_failure(exc)
+            self._on_state(False)
+            self._ensure_probe()
+            raise StoreUnavailable(str(exc)) from exc
+        except _REFUSED_ERRORS as exc:
+            self._on_refused(_refusal_reason(exc))
+            log.warning("the store refused a command (%s): this request goes on without the cache", exc)
+            raise StoreRefused(str(exc)) from exc
+
+    async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a client operation of a module with keys of its own (service/pipeline/events.py) behind
+        the breaker: `StoreUnavailable` during an outage, like every other store call."""
+        return await self._call(operation)
+
+    def _ensure_probe(self) -> None:
+        if self._probe_task is None or self._probe_task.done():
+            try:
+                self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
+            except RuntimeError:
+                pass
+
+    async def _probe_until_up(self) -> None:
+        while self.breaker.is_open:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            try:
+                await self.client.ping()
+            except Exception:  # any failure means "still down"; keep probing
+                continue
+            self.breaker.record_success()
+            self._on_state(True)
+
+    async def ping(self) -> bool:
+        """True when the store answers now (used at start-up and by /health)."""
+        try:
+            await self._call(self.client.ping)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def info(self) -> dict:
+        """The server's memory and keyspace statistics (merged INFO sections; per node on a cluster)."""
+
+        async def read() -> dict:
+            merged: dict = {}
+            for section in ("memory", "stats"):
+                result = await self.client.info(section)
+                if result and all(isinstance(v, dict) for v in result.values()):  # cluster: per node
+                    for node in result.values():
+                        for key, value in node.items():
+                            if isinstance(value, (int, float)):
+                                merged[key] = merged.get(key, 0) + value
+                else:
+                    merged.update(result)
+            return merged
+
+        return await self._call(read)
+
+    async def entry_by_alias(self, alias_key: str) -> Entry | None:
+        """Follow an alias to its entry; None when either is missing."""
+        entry, _ = await self.entry_and_verdict(alias_key)
+        return entry
+
+    async def entry_and_verdict(self, alias_key: str) -> tuple[Entry | None, FuzzyVerdict | None]:
+        """Follow an alias to its entry, with the fuzzy verdict that made the alias, if one did.
+
+        An alias made by a fuzzy hit records that it was a judgement (score and thresholds),
+        so the same bytes later are served as `fuzzy`, never passed off as `exact`. An alias is
+        followed only to the generation of the entry it was made for: one that outlived a
+        DELETE is dead even after the same audio is cached again (and is removed here)."""
+
+        async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
+            value = await self.client.get(alias_key)
+            if value is None:
+                return None, None
+            alias = _Alias.parse(value.decode())
+            entry = await self._read_entry(alias.entry_id)
+            if entry is None or not alias.generation or entry.generation != alias.generation:
+                if entry is not None:  # a stale alias to a re-created entry: drop it, unless rewritten
+                    await self.client.eval(_RELEASE, 1, alias_key, value)
+                return None, None
+            return entry, alias.verdict
+
+        return await self._call(follow)
+
+    async def get_entry(self, entry_id: str) -> Entry | None:
+        """Read one entry by id; None when it does not exist (deleted, expired, evicted)."""
+        return await self._call(lambda: self._read_entry(entry_id))
+
+    async def get_entries(self, entry_ids: list[str]) -> list[Entry | None]:
+        """Read several entries in one round trip, in order."""
+
+        async def read_all() -> list[Entry | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in entry_ids:
+                pipe.hgetall(self.keys.entry(entry_id))
+            rows = await pipe.execute()
+            return [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows, strict=True)]
+
+        return await self._call(read_all)
+
+    async def _read_entry(self, entry_id: str) -> Entry | None:
+        fields = await self.client.hgetall(self.keys.entry(entry_id))
+        return Entry.from_fields(entry_id, fields) if fields else None
+
+    async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
+        """Write an entry with its byte and PCM aliases, all expiring together.
+
+        The entry, its expiry and its alias set are one transaction (one hash slot on a
+        Cluster): under OOM or a lost connection either all of it is written or none, and an
+        existing entry is never left destroyed or without a TTL. The aliases and the index
+        change stream's `add` event follow; an alias without its entry, or of an older
+        generation, is never followed.
+        """
+        expires_at_ms = int((time.time() + ttl_s) * 1000)
+        stored = replace(entry, expires_at_ms=expires_at_ms, generation=secrets.token_hex(8))
+        entry_key, aliases_key = self.keys.entry(entry.entry_id), self.keys.entry_aliases(entry.entry_id)
+        aliases = [
+            self.keys.exact(entry.profile_id, bytes_digest),
+            self.keys.canonical(entry.profile_id, entry.pcm_digest),
+        ]
+        alias_value = _Alias(entry.entry_id, stored.generation).render()
+
+        async def write() -> None:
+            transaction = self.client.pipeline(transaction=True)
+            transaction.delete(entry_key)
+            transaction.hset(entry_key, mapping=stored.to_fields())
+            transaction.pexpireat(entry_key, expires_at_ms)
+            transaction.sadd(aliases_key, *aliases)
+            transaction.pexpireat(aliases_key, expires_at_ms)
+            await transaction.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for alias in aliases:
+                pipe.set(alias, alias_value, pxat=expires_at_ms)
+            if stored.embedding:
+                pipe.xadd(
+                    self.keys.index_stream(),
+                    {"op": "add", "entry": entry.entry_id, "profile": entry.profile_id},
+                    maxlen=stream_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+
+        await self._call(write)
+        return stored
+
+    async def add_alias(self, entry: Entry, bytes_digest: str, verdict: FuzzyVerdict | None = None) -> str:
+        """Point these bytes at an existing entry, so the next identical upload skips decoding
+        (`exact`, or `fuzzy` again with the recorded `verdict` when a fuzzy match made it).
+
+        Returns "seen" when the alias already said exactly this (a concurrent identical
+        upload got there first), "added" otherwise, and "gone" when the entry was deleted or
+        expired since it was read: the alias is then removed again and the caller must not
+        serve the entry. The alias is registered before the entry's existence is checked, so a
+        concurrent DELETE either sees it or is seen; and it names the entry's generation, so
+        one that escapes a DELETE anyway is dead.
+        """
+        if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
+            return "gone"
+        if not entry.generation:
+            return "added"  # an entry written before generations: its aliases are never followed
+        alias = self.keys.exact(entry.profile_id, bytes_digest)
+        aliases = self.keys.entry_aliases(entry.entry_id)
+        value = _Alias(entry.entry_id, entry.generation, verdict).render()
+
+        async def write() -> str:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(alias, value, pxat=entry.expires_at_ms or None, get=True)
+            pipe.sadd(aliases, alias)
+            if entry.expires_at_ms:
+                pipe.pexpireat(aliases, entry.expires_at_ms)
+            pipe.hget(self.keys.entry(entry.entry_id), "gen")
+            results = await pipe.execute()
+            previous, generation = results[0], results[-1]
+            if generation is None or generation.decode() != entry.generation:
+                cleanup = self.client.pipeline(transaction=False)
+                cleanup.eval(_RELEASE, 1, alias, value)
+                cleanup.srem(aliases, alias)
+                await cleanup.execute()
+                return "gone"
+            return "seen" if previous is not None and previous.decode() == value else "added"
+
+        return await self._call(write)
+
+    async def delete_entry(self, entry_id: str, *, stream_maxlen: int) -> bool:
+        """Remove an entry and its aliases and tell the replicas; False when it did not exist
+        (and then no event is written)."""
+
+        async def remove() -> bool:
+            aliases_key = self.keys.entry_aliases(entry_id)
+            aliases = await self.client.smembers(aliases_key)
+            transaction = self.client.pipeline(transaction=True)
+            transaction.delete(self.keys.entry(entry_id))
+            transaction.delete(aliases_key)
+            existed = bool((await transaction.execute())[0])
+            pipe = self.client.pipeline(transaction=False)
+            for alias in aliases:
+                pipe.delete(alias)
+            if existed:
+                pipe.xadd(
+                    self.keys.index_stream(),
+                    {"op": "del", "entry": entry_id},
+                    maxlen=stream_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+            return existed
+
+        return await self._call(remove)
+
+    async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
+        """Take a lock that expires by itself; returns the holder's token, or None if taken."""
+        token = secrets.token_hex(8)
+        # GET makes a retried SET (a connection lost after the server applied it) recognise
+        # its own token instead of waiting on itself until the lock expires.
+        holder = await self._call(lambda: self.client.set(key, token, nx=True, px=ttl_ms, get=True))
+        return token if holder is None or holder.decode() == token else None
+
+    async def extend_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Push a held lock's expiry out; False when it was lost."""
+        return bool(await self._call(lambda: self.client.eval(_EXTEND, 1, key, token, ttl_ms)))
+
+    async def release_lock(self, key: str, token: str) -> None:
+        """Release a lock if we still hold it."""
+        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))
+
+    async def lock_held(self, key: str) -> bool:
+        """True while someone holds the lock."""
+        return bool(await self._call(lambda: self.client.exists(key)))
+
+    async def close(self) -> None:
+        """Stop probing and close connections."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        try:
+            await self.client.aclose()
+        except Exception:  # closing a dead connection pool may fail; nothing to do about it
+            log.debug("closing the store client failed", exc_info=True)

@@ -1,0 +1,496 @@
+"""The lookup pipeline: exact bytes, canonical PCM, then perceptual match; else the engine.
+
+`recognize` may run the engine and write the result; `lookup` answers what `recognize` would do
+now, with its evidence, and never runs the engine or writes. A request's cache control
+(service/api/cache_control.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
+shorten the written entry's life (`max-age`). When the store is unreachable both
+carry on without it (tier `bypass`): the cache must never turn into an outage.
+
+A miss is run once however many requests ask for the same new audio at the same moment: requests
+in this process share one future, and processes sharing the store take a lock with an expiry
+(renewed while the engine runs) and the others wait for the entry to appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from earmark.fingerprint.canonical import PcmDigest
+from earmark.fingerprint.decode import SAMPLE_RATE, AudioError, AudioStream, budget_seconds, decode_audio, open_audio
+from earmark.fingerprint.speech import has_sound, speech_extent
+from earmark.index.breaker import StoreUnavailable
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.store import FuzzyVerdict, Store
+from earmark.service.api.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
+from earmark.service.config import Settings
+from earmark.service import memory
+from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
+from earmark.service.engines.pool import EnginePool
+from earmark.service.engines.base import EngineFailure
+from earmark.service.pipeline.events import EventLog
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.profile import Profile
+from earmark.service.api.uploads import Upload
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOCK_POLL_S = 0.05
+# Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
+KEEP_PCM_S = 120.0
+
+
+@dataclass
+class Outcome:
+    """How a request was (or would be) answered, and with what."""
+
+    tier: str
+    entry: Entry | None = None
+    result: dict | None = None
+    score: float | None = None
+    candidates: list[dict] = field(default_factory=list)
+    elapsed_ms: float = 0.0
+    engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
+    query_hash: object = None  # a fuzzy match's query fingerprint (a RobustHash), for the audit
+    fuzzy_note: str | None = None  # why the fuzzy tier examined no candidate, when it ran (for the audit)
+
+    def cache_info(self, *, with_candidates: bool = False) -> dict:
+        """The contract's `cache` object."""
+        info: dict[str, object] = {
+            "tier": self.tier,
+            "entry": self.entry.entry_id if self.entry is not None else None,
+            "score": None if self.score is None else round(self.score, 4),
+            "elapsed_ms": round(self.elapsed_ms, 2),
+            # The entry's engine time: spent on a miss, saved on a hit (what `earmark batch` sums).
+            "engine_seconds": round(self.entry.engine_seconds, 3) if self.entry is not None else None,
+        }
+        if with_candidates:
+            info["candidates"] = self.candidates
+        return info
+
+
+class RecognitionCache:
+    """Answers recognition requests from the store when it can, from the engine when not."""
+
+    def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None,
+                 events: EventLog | None = None) -> None:
+        self.settings = settings
+        self.events = events  # one event per answer (service/pipeline/events.py); None: none recorded
+        self.store = store
+        self.pool = pool
+        self.metrics = metrics
+        self.fuzzy = fuzzy
+        self.budget = DecodeBudget(
+            settings.decode_budget_s, on_change=metrics.decode_budget_in_use.set, on_refused=metrics.decode_budget_refused.inc,
+            on_grown=metrics.decode_budget_grown.inc,
+        )
+        # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
+        self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
+
+    async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None,
+                        control: CacheControl = DEFAULT_CONTROL, endpoint: str = "recognize") -> Outcome:
+        """Answer from cache or run the engine, writing a new entry on a miss.
+
+        `started` (a `time.perf_counter()` reading) is when the request arrived, so that the
+        reported `elapsed_ms` includes receiving the upload. `control` is the request's cache
+        control: `no-cache` runs the engine whatever is cached (and stores the result),
+        `no-store` writes nothing (a miss is then answered as `bypass`), `max-age` shortens the
+        TTL of an entry this request writes. `endpoint` names the caller in the event log.
+        """
+        return await self._answer(upload, profile, run=True, control=control, started=started, endpoint=endpoint)
+
+    async def lookup(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
+        """What `recognize` would answer now, without running the engine or writing."""
+        return await self._answer(upload, profile, run=False, control=DEFAULT_CONTROL, started=started,
+                                  endpoint="lookup")
+
+    async def _answer(self, upload: Upload | bytes, profile: Profile, *, run: bool, control: CacheControl,
+                      started: float | None, endpoint: str) -> Outcome:
+        started = time.perf_counter() if started is None else started
+        if isinstance(upload, bytes):
+            upload = Upload.from_bytes(upload)
+        try:
+            outcome = await self._find_or_run(upload, profile, run=run, control=control)
+        finally:
+            if (upload.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
+                # Long audio's passes freed hundreds of MB into the allocator's arenas: give
+                # them back (service/memory.py), off the loop and without making anyone wait.
+                asyncio.get_running_loop().run_in_executor(None, self._give_back_memory)
+        if not run and outcome.entry is not None and not outcome.candidates:
+            outcome.candidates = await self._candidates_of(upload, profile)
+        outcome.elapsed_ms = _ms_since(started)
+        if self.events is not None:
+            await self.events.record_answer(outcome, endpoint=endpoint, query_digest=upload.digest, profile=profile,
+                                            served=run)
+        return outcome
+
+    async def _find_or_run(self, upload: Upload, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
+        """Walk the tiers in order; the first that answers wins.
+
+        `run`: the engine may run and a hit is served (recognize), or neither (lookup).
+        `write`, below: the store may be written (recognize without `no-store`)."""
+        write = run and control.writes
+        upload_digest = upload.digest
+        keys = self.store.keys
+        store_ok = self.store.up
+        look = not control.no_cache
+
+        if store_ok and look:
+            with self._stage("exact"):
+                found, store_ok = await self._try_store(
+                    lambda: self.store.entry_and_verdict(keys.exact(profile.digest, upload_digest))
+                )
+            entry, verdict = found or (None, None)
+            if entry is not None and verdict is None:
+                return self._hit("exact", entry, served=run)
+            if entry is not None and verdict is not None and self.fuzzy is not None and verdict.judged_by == self.fuzzy.verifier.judged_by:
+                # These bytes were matched before, under the thresholds in force now.
+                return self._hit("fuzzy", entry, served=run, verdict=verdict)
+            # A verdict by other thresholds (or a fuzzy tier now off) is judged afresh below.
+
+        # A first pass keeps nothing but the digest: an hour of audio is never held here. The
+        # container is opened once, for the decode budget's estimate and for the pass itself.
+        with self._stage("decode"):
+            audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+            upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+            try:
+                async with self._decoding(upload) as reservation:
+                    audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s, audio,
+                                                           reservation.cover)
+            finally:
+                audio.close()
+
+        candidates: list[dict] = []
+        fuzzy_note = None
+        if store_ok and look:
+            with self._stage("canonical"):
+                entry, store_ok = await self._try_store(
+                    lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
+                )
+            if entry is not None:
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=write, served=run)
+                if outcome is not None:
+                    return outcome
+        features = None
+        if store_ok and look and self.fuzzy is not None:
+            async with self._decoding(upload) as reservation:
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
+            with self._stage("fuzzy"):
+                match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
+            if match is not None:
+                candidates, fuzzy_note = match.candidates, match.note
+                if match.entry is not None:
+                    verdict = FuzzyVerdict(match.score, self.fuzzy.verifier.judged_by)
+                    outcome = await self._hit_and_alias("fuzzy", match.entry, upload_digest, write=write,
+                                                        served=run, verdict=verdict)
+                    if outcome is not None:
+                        outcome.candidates, outcome.query_hash = candidates, features.hash
+                        return outcome
+
+        if not run:
+            tier = "miss" if store_ok else "bypass"
+            return Outcome(tier=tier, candidates=candidates, fuzzy_note=fuzzy_note)
+        ttl_cap_s = control.max_age_s
+        if not write or control.no_cache:
+            # The client asked for an engine run (no-cache), or for nothing to be kept
+            # (no-store): neither shares another request's run, nor waits for one.
+            outcome = await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok and write,
+                                                features, ttl_cap_s)
+        else:
+            outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features,
+                                                ttl_cap_s)
+        outcome.candidates, outcome.fuzzy_note = candidates, fuzzy_note
+        return outcome
+
+    async def _single_flight(
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
+    ) -> Outcome:
+        """Run the miss once per (profile, audio) in this process; later callers share it."""
+        flight_key = (profile.digest, audio_digest)
+        flight = self._flights.get(flight_key)
+        if flight is not None:
+            leader_digest, leader = flight
+            self.metrics.single_flight_waits.labels(scope="process").inc()
+            shared: Outcome = await asyncio.shield(leader)
+            leader_entry = shared.entry
+            if leader_entry is None:
+                return Outcome(tier=shared.tier, result=shared.result)
+            tier = "exact" if leader_digest == upload_digest else "canonical"
+            # The entry may have been deleted while we waited: serve it only as it is now.
+            current, store_ok = await self._try_store(lambda: self.store.get_entry(leader_entry.entry_id))
+            if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
+                return Outcome(tier="bypass", result=shared.result)
+            if current is not None and current.generation == leader_entry.generation:
+                outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
+                if outcome is not None:
+                    return outcome
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._flights[flight_key] = (upload_digest, future)
+        try:
+            outcome = await self._miss(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+        except asyncio.CancelledError:
+            # The leader's client went away; its followers still deserve an answer.
+            future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            self._flights.pop(flight_key, None)
+        future.set_result(outcome)
+        return outcome
+
+    async def _miss(
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
+    ) -> Outcome:
+        """Take the cross-process lock (or wait for its holder's entry), then run and store."""
+        lock_key = self.store.keys.lock(profile.digest, audio_digest)
+        canonical_key = self.store.keys.canonical(profile.digest, audio_digest)
+        token = None
+        while store_ok:
+            token, store_ok = await self._try_store(lambda: self.store.acquire_lock(lock_key, self.settings.lock_ttl_ms))
+            if token is not None or not store_ok:
+                break
+            self.metrics.single_flight_waits.labels(scope="store").inc()
+            entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
+            if entry is not None:
+                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
+                if outcome is not None:
+                    return outcome
+        renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
+        try:
+            if token is not None:
+                # The previous holder may have finished between our lookup and our lock.
+                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+                if entry is not None:
+                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
+                    if outcome is not None:
+                        return outcome
+            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+        finally:
+            if renewer is not None and token is not None:
+                renewer.cancel()
+                held_token = token
+                await self._try_store(lambda: self.store.release_lock(lock_key, held_token))
+
+    async def _wait_for_holder(self, lock_key: str, canonical_key: str) -> tuple[Entry | None, bool]:
+        """Poll until the lock holder's entry appears, or the lock vanishes without one."""
+        while True:
+            await asyncio.sleep(LOCK_POLL_S)
+            entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+            if entry is not None or not store_ok:
+                return entry, store_ok
+            held, store_ok = await self._try_store(lambda: self.store.lock_held(lock_key))
+            if not held or not store_ok:
+                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
+                return entry, store_ok
+
+    async def _renew_lock(self, lock_key: str, token: str) -> None:
+        interval = self.settings.lock_ttl_ms / 3000.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.extend_lock(lock_key, token, self.settings.lock_ttl_ms)
+            except StoreUnavailable:
+                return
+
+    async def _run_and_store(
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
+    ) -> Outcome:
+        """Run the engine (unless there is nothing to hear) and write the new entry, unless
+        `store_ok` is False (an outage, or `no-store`: then tier `bypass`); the audio's
+        seconds stay reserved in the decode budget for as long as its PCM is held.
+
+        Writing replaces an entry of the same profile and audio (a `no-cache` request's run): it
+        gets a new generation, so aliases made for the old one are never followed again."""
+        async with self._decoding(upload):
+            return await self._transcribe_and_store(upload, audio_digest, upload_digest, profile, store_ok, features,
+                                                    ttl_cap_s)
+
+    async def _transcribe_and_store(
+        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        ttl_cap_s: int | None,
+    ) -> Outcome:
+        if upload.pcm is not None:
+            pcm = upload.pcm
+        else:
+            with self._stage("decode"):
+                pcm = (await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)).pcm_16k
+        if has_sound(pcm):
+            with self._stage("engine"):
+                transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
+            text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
+            segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
+        else:
+            text, normalized, language, engine_seconds, segments = "", "", profile.language, 0.0, ()
+        negative = not text.strip()
+        entry = Entry(
+            entry_id=make_entry_id(profile.digest, audio_digest),
+            profile_id=profile.digest,
+            pcm_digest=audio_digest,
+            text=text,
+            normalized_text=normalized,
+            language=language,
+            duration_s=len(pcm) / SAMPLE_RATE,
+            speech_s=speech_extent(pcm).duration_s,
+            engine_seconds=engine_seconds,
+            negative=negative,
+            engine=profile.engine,
+            segments=() if negative else segments,
+        )
+        if not store_ok:
+            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+        if self.fuzzy is not None and not negative:
+            if features is None:
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self.fuzzy.verifier.features, pcm)
+            entry = self.fuzzy.verifier.attach(entry, features)
+        ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
+        if ttl_cap_s is not None:
+            ttl_s = min(ttl_s, ttl_cap_s)
+        stored, store_ok = await self._try_store(
+            lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
+        )
+        if not store_ok or stored is None:
+            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+        if self.fuzzy is not None and features is not None and not negative:
+            await self.fuzzy.index_now(stored, features)
+        return Outcome(tier="miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds)
+
+    def _hit(self, tier: str, entry: Entry, *, served: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
+        """An answer from `entry`; only a fuzzy hit carries a score (the contract). `served`: the
+        answer goes to a recognition request (engine time saved), not to /lookup."""
+        if entry.negative:
+            tier = "negative"
+        if served:
+            self.metrics.engine_seconds_saved.inc(entry.engine_seconds)
+        score = verdict.score if verdict is not None and tier == "fuzzy" else None
+        return Outcome(tier=tier, entry=entry, result=entry.result(), score=score)
+
+    async def _hit_and_alias(self, tier: str, entry: Entry, upload_digest: str, *, write: bool, served: bool,
+                             verdict: FuzzyVerdict | None = None) -> Outcome | None:
+        """A hit by audio rather than bytes: remember these bytes (when `write`) so the next
+        upload of them needs no decoding (`exact`, or `fuzzy` with the recorded verdict).
+
+        None when the entry vanished (deleted, expired) between reading it and now: it must
+        not be served."""
+        if write and tier != "exact":
+            state, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest, verdict))
+            if state == "gone":
+                return None
+            if state == "seen" and verdict is None:
+                tier = "exact"
+        return self._hit(tier, entry, served=served, verdict=verdict)
+
+    async def _try_store(self, call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
+        """Run a store call; on an outage return (None, False) instead of raising."""
+        try:
+            return await call(), True
+        except StoreUnavailable:
+            return None, False
+
+    @contextlib.asynccontextmanager
+    async def _decoding(self, upload: Upload) -> AsyncIterator[Reservation]:
+        """Hold the upload's audio seconds in the shared decode budget (see
+        service/pipeline/decode_budget.py): estimated before the first pass, which measures them for
+        every later one. A pass decoding past the reservation `cover`s what it decodes."""
+        seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
+        async with self.budget.reserve(seconds) as reservation:
+            yield reservation
+
+    async def _candidates_of(self, upload: Upload, profile: Profile) -> list[dict]:
+        """The fuzzy tier's evidence for a /lookup answered by an earlier tier (bytes or audio
+        seen before), so that tuning and audits see every query's scores: [] when the fuzzy
+        tier is off, the audio unreadable now or the store unreachable."""
+        if self.fuzzy is None:
+            return []
+        try:
+            if upload.audio_seconds is None:  # answered by its bytes: never decoded so far
+                audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+                try:
+                    upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+                finally:
+                    audio.close()
+            async with self._decoding(upload) as reservation:
+                with self._stage("fingerprint"):
+                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
+        except AudioError:
+            return []
+        with self._stage("fuzzy"):
+            match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
+        return match.candidates if match is not None else []
+
+    def _features_of(self, upload: Upload, cover: Callable[[float], None]):
+        """The fuzzy tier's features, decoding the upload again as a stream (`cover`ing in the
+        decode budget what it decodes)."""
+        assert self.fuzzy is not None
+        if upload.pcm is not None:
+            return self.fuzzy.verifier.features(upload.pcm)
+        chunks = open_audio(upload.open(), self.settings.max_duration_s).chunks
+        return self.fuzzy.verifier.features_of(_charged(chunks, cover))
+
+    def _give_back_memory(self) -> None:
+        released = memory.trim()
+        if released is not None:
+            self.metrics.memory_trims.inc()
+            self.metrics.memory_trimmed_bytes.inc(released)
+
+    def _stage(self, stage: str):
+        return self.metrics.lookup_seconds.labels(stage=stage).time()
+
+
+def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | None = None,
+                   cover: Callable[[float], None] | None = None) -> str:
+    """The canonical digest, decoding as a stream (`audio`, if the upload is already open);
+    the audio is refused here if it is bad. `cover` is told the seconds decoded so far (the
+    decode budget's reservation); the whole length is then the upload's `audio_seconds`, which
+    later passes reserve.
+
+    Short audio (up to `KEEP_PCM_S`) is kept on the upload as it goes by, so the fingerprint
+    and the engine need no second decoding; longer audio is decoded again when needed, and
+    never held whole by a lookup."""
+    digest = PcmDigest()
+    kept: list[np.ndarray] | None = []
+    samples = 0
+    audio = audio or open_audio(upload.open(), max_duration_s)
+    chunks = audio.chunks if cover is None else _charged(audio.chunks, cover)
+    for chunk in chunks:
+        digest.push(chunk)
+        samples += chunk.size
+        if kept is not None:
+            kept.append(chunk)
+            if samples > KEEP_PCM_S * SAMPLE_RATE:
+                kept = None
+    upload.pcm = np.concatenate(kept) if kept else None
+    upload.audio_seconds = samples / SAMPLE_RATE
+    return digest.hexdigest()
+
+
+def _charged(chunks: Iterator[np.ndarray], cover: Callable[[float], None]) -> Iterator[np.ndarray]:
+    """`chunks` (16 kHz), telling `cover` the seconds decoded so far before handing each on."""
+    decoded = 0
+    for chunk in chunks:
+        decoded += chunk.size
+        cover(decoded / SAMPLE_RATE)
+        yield chunk
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+

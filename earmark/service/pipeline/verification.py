@@ -1,0 +1,245 @@
+"""The fuzzy tier's verification: is this candidate the same recording as the query?
+
+Pure policy over features (no store, no index, no I/O), so `earmark tune`, the audit, the
+benchmarks and the tests judge exactly as the service does. A candidate is accepted only when
+all of these hold, each a named reason in /lookup's evidence when it does not: it was made by
+this fingerprint version, it is not a "no speech" entry, both recordings have enough speech to
+judge, their speech durations agree within the contract's tolerance in both directions, every
+stretch of the aligned recordings matches (the worst decides), no syllable-sized stretch
+differs more than the recording's own codec noise explains (a changed word, a dropped word or a
+cut end is a different recording: fingerprint/detail.py), and no 200 ms of pitch shifts as a
+changed tone does (fingerprint/pitch.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from earmark.fingerprint.config import DEFAULT, FingerprintConfig
+from earmark.fingerprint.detail import (
+    LIMITED_RANGE_DB,
+    DetailSpectrum,
+    DetailVerdict,
+    compare_detail,
+    detail_from_bytes,
+    speech_durations_s,
+)
+from earmark.fingerprint.embedding import embedding_from_energies
+from earmark.fingerprint.matcher import verify
+from earmark.fingerprint.pitch import PitchContour, compare_pitch
+from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
+from earmark.fingerprint.spectrum import BandEnergies
+from earmark.fingerprint.speech import FrameLevels, extent_from_levels
+from earmark.index.entry import Entry
+from earmark.service.config import FuzzyThresholds
+
+
+@dataclass(frozen=True)
+class QueryFeatures:
+    """What the fuzzy tier knows of one recording."""
+
+    hash: RobustHash
+    embedding: np.ndarray
+    speech_s: float
+    detail: np.ndarray  # (frames, bands) uint8: fingerprint/detail.py
+    pitch: np.ndarray  # uint8 per 10 ms frame: fingerprint/pitch.py
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One candidate's verdict, and what /lookup's evidence and the metrics add to it."""
+
+    accepted: bool
+    score: float
+    reason: str
+    # (query time, score) of every ~1 s stretch; empty when rejected before the hashes were compared
+    stretches: tuple[tuple[float, float], ...] = ()
+    level_compressed: bool = False  # the detail check judged a limiter or compressor on one side
+
+
+# Changed whenever the verification changes while the stored features do not (the comparisons
+# in fingerprint/matcher.py, detail.py and pitch.py, the score scales below), so that verdicts
+# remembered for bytes seen before are judged afresh. 2: the pitch check's signed 200 ms shift,
+# its ceiling, and room tone no longer counted as a missing word. 3: a level-compressed pair
+# (a limiter on one side) compared within 30 dB of each frame's peak; speech durations that
+# disagree measured again over the pair's common noise floor.
+VERIFICATION_REVISION = 3
+
+
+class Verifier:
+    """Features of a recording, and the verdict on a query against one candidate entry."""
+
+    def __init__(self, thresholds: FuzzyThresholds, config: FingerprintConfig = DEFAULT) -> None:
+        self.thresholds = thresholds
+        self.config = config
+        # Who judged a match: verdicts recorded under other thresholds, another fingerprint
+        # version or another verification are not reused (bytes once matched are judged again
+        # after `earmark tune`, or after an upgrade that changed how copies are told apart).
+        self.judged_by = hashlib.blake2b(f"{config.version}|{VERIFICATION_REVISION}|{thresholds!r}".encode(),
+                                         digest_size=6).hexdigest()
+
+    def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
+        """Hash, embedding and speech duration of a recording (CPU work: call off the loop)."""
+        return self.features_of([pcm_16k])
+
+    def features_of(self, chunks: Iterable[np.ndarray]) -> QueryFeatures:
+        """`features` of a recording that arrives in pieces (a decoder's), holding only the
+        features: the same result however it is cut."""
+        energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(), PitchContour()
+        for chunk in chunks:
+            for stream in (energies, levels, detail, pitch):
+                stream.push(chunk)
+        band = energies.finish()
+        return QueryFeatures(
+            hash=robust_hash_from_energies(band),
+            embedding=embedding_from_energies(band, self.config),
+            speech_s=extent_from_levels(levels.finish()).duration_s,
+            detail=detail.finish(),
+            pitch=pitch.finish(),
+        )
+
+    def attach(self, entry: Entry, features: QueryFeatures) -> Entry:
+        """The entry with its perceptual evidence, ready to store."""
+        bits, levels = features.hash.to_bytes()
+        return replace(
+            entry,
+            fingerprint=bits,
+            fingerprint_levels=levels,
+            embedding=features.embedding.astype("<f4").tobytes(),
+            fingerprint_version=self.config.version,
+            detail=features.detail.tobytes(),
+            pitch=features.pitch.tobytes(),
+        )
+
+    def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
+        """(accepted, score, reason) for one candidate, the service's verdict (`earmark tune` and
+        the benchmarks call this too): the score is the worst of the ~1 s window, the rescaled
+        ~0.25 s window, the detail and the pitch scores, and the reason names the check, and
+        the stretch, that decided."""
+        judgement = self.evaluate(features, profile_id, similarity, entry)
+        return judgement.accepted, judgement.score, judgement.reason
+
+    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> Judgement:
+        """`judge`'s verdict with what /lookup's evidence and the metrics add to it: the checks in
+        order."""
+        limits = self.thresholds
+        if entry is None:
+            return Judgement(False, 0.0, "gone: the entry expired, was evicted or deleted")
+        if entry.fingerprint_version != self.config.version or not entry.fingerprint:
+            return Judgement(False, 0.0, f"fingerprint_version: entry has {entry.fingerprint_version or 'none'}")
+        if entry.profile_id != profile_id:
+            return Judgement(False, 0.0, "profile_mismatch: the entry belongs to another profile")
+        if entry.negative:
+            return Judgement(False, 0.0, "negative_entry: no-speech entries are never fuzzy-matched")
+        if entry.speech_s < limits.min_speech_s:
+            return Judgement(False, 0.0, f"too_short: entry has {entry.speech_s:.2f} s of speech")
+        entry_detail = detail_from_bytes(entry.detail)
+        if entry_detail is not None and len(entry_detail) == 0:
+            entry_detail = None  # nothing to compare: as unusable as a damaged value
+        longer = max(entry.speech_s, features.speech_s)
+        tolerance = max(limits.duration_tolerance_s, limits.duration_tolerance_ratio * longer)
+        if abs(entry.speech_s - features.speech_s) > tolerance:
+            # Measured apart, each over its own noise floor; measured again over the louder of
+            # the two floors before the pair is refused.
+            remeasured = speech_durations_s(features.detail, entry_detail) if entry_detail is not None else None
+            if remeasured is None or abs(remeasured[0] - remeasured[1]) > tolerance:
+                again = "" if remeasured is None else (f"; over their common noise floor {remeasured[0]:.2f} s "
+                                                       f"vs {remeasured[1]:.2f} s")
+                return Judgement(False, 0.0, f"duration_mismatch: speech {features.speech_s:.2f} s vs entry "
+                                             f"{entry.speech_s:.2f} s (tolerance {tolerance:.2f} s{again})")
+        if similarity < limits.min_embedding_similarity:
+            return Judgement(False, 0.0, f"embedding_below_threshold: {similarity:.3f} < {limits.min_embedding_similarity}")
+        reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
+        verdict = verify(features.hash, reference, self.config)
+        if verdict.windows == 0:
+            return Judgement(False, 0.0, "no_comparable_stretch", verdict.stretches)
+        if entry_detail is None or not entry.pitch:
+            return Judgement(False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour",
+                             verdict.stretches)
+        detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
+        detail_score = detail_score_of(detail.excess_db)
+        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
+        pitch_score = pitch_score_of(pitch.burst_semitones)
+        # The reported score is the worst evidence; each check keeps its own threshold.
+        score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
+        accepted, reason = self._verdict(verdict, detail, detail_score, pitch, pitch_score)
+        return Judgement(accepted, score, reason, verdict.stretches, detail.limited)
+
+    def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, pitch, pitch_score: float) -> tuple[bool, str]:
+        """(accepted, reason) from the compared hashes, detail and pitch, each against its threshold."""
+        limits = self.thresholds
+        if verdict.worst_score < limits.min_window_score:
+            return False, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
+                           f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
+                           f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
+        if verdict.worst_short_score < limits.min_short_window_score:
+            return False, (f"short_window_below_threshold: worst 0.25 s stretch "
+                           f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
+                           f"at query {verdict.worst_short_at_s:.2f} s / entry "
+                           f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
+        if detail_score < limits.min_detail_score:
+            return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
+                           f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
+                           f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)"
+                           f"{_limited_note(detail)}")
+        if pitch_score < limits.min_pitch_score:
+            return False, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
+                           f"200 ms from query {pitch.query_s:.2f} s / entry {pitch.entry_s:.2f} s differs by "
+                           f"{pitch.burst_semitones:.1f} semitones (a different tone or intonation)")
+        return True, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
+                      f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
+                      f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
+                      f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB{_limited_note(detail)}), "
+                      f"pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
+
+    def warm_up(self) -> None:
+        """Compute the features of a second of noise once: the first call imports scipy.signal
+        and builds the filter banks, which the first request after start would otherwise pay."""
+        self.features(np.random.default_rng(0).normal(0.0, 0.1, 16000).astype(np.float32))
+
+
+def _limited_note(detail: DetailVerdict) -> str:
+    """The evidence's word on a level-compressed pair (a limiter on one side), judged differently."""
+    if not detail.limited:
+        return ""
+    return (f"; levels compressed by {abs(detail.compression_db):.1f} dB on the "
+            f"{'query' if detail.compression_db > 0 else 'entry'}'s side (a limiter or compressor): "
+            f"compared within {LIMITED_RANGE_DB:.0f} dB of each frame's peak")
+
+
+# The ~0.25 s stretch score enters the reported score rescaled so that its default threshold
+# (0.65) sits where the others' do (0.74): with default thresholds, a candidate is accepted
+# exactly when its reported score reaches 0.74.
+SHORT_SCALE = (1.0 - 0.74) / (1.0 - 0.65)
+
+
+def short_score_of(worst_short_score: float) -> float:
+    """The ~0.25 s stretch check on the reported score's scale."""
+    return max(0.0, 1.0 - (1.0 - worst_short_score) * SHORT_SCALE)
+
+
+# A stretch's detail excess (dB above what the recording's own distortion explains) that
+# scores 0: about what a syllable against silence measures. It puts the detail score on the
+# scale of the window score (0.74 = 5.7 dB), so that one reported score (the worst evidence)
+# is compared with thresholds of one kind.
+DETAIL_ZERO_DB = 22.0
+
+
+def detail_score_of(excess_db: float) -> float:
+    """The detail check's score in [0, 1]: 1 - excess / DETAIL_ZERO_DB."""
+    return max(0.0, 1.0 - excess_db / DETAIL_ZERO_DB)
+
+
+# A consistent pitch shift over ~200 ms of 1.2 semitones scores 0.74, where the window and detail
+# thresholds sit: between the copies' highest (1.0, a copy through a limiter, whose distortion
+# biases the tracker) and the tone pairs' lowest (1.5) on the minimal-pair benchmark.
+PITCH_ZERO_SEMITONES = 1.2 / (1.0 - 0.74)
+
+
+def pitch_score_of(burst_semitones: float) -> float:
+    """The pitch check's score in [0, 1]: 1 - burst / PITCH_ZERO_SEMITONES."""
+    return max(0.0, 1.0 - burst_semitones / PITCH_ZERO_SEMITONES)
