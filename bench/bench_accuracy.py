@@ -56,7 +56,7 @@ def fingerprint_code_digest() -> str:
     """A digest of the fingerprint code itself: cached features are stale once it changes."""
     import hashlib
 
-    root = Path(__file__).resolve().parent.parent / "fingerprint"
+    root = Path(__file__).resolve().parent.parent / "earmark" / "fingerprint"
     return hashlib.blake2b(b"".join(p.read_bytes() for p in sorted(root.glob("*.py"))), digest_size=8).hexdigest()
 
 
