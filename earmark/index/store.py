@@ -159,8 +159,10 @@ class Store:
             raise StoreRefused(str(exc)) from exc
 
     async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a client operation of a module with keys of its own (service/pipeline/events.py) behind
-        the breaker: `StoreUnavailable` during an outage, like every other store call."""
+        """Run a client operation of another module of index/ with keys of its own
+        (index/event_stream.py, index/query_prints.py, index/operator_reads.py) behind the
+        breaker: `StoreUnavailable` during an outage, like every other store call. Nothing
+        outside index/ reaches the client (tests/test_layering.py)."""
         return await self._call(operation)
 
     def _ensure_probe(self) -> None:
