@@ -27,7 +27,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from earmark.fingerprint.canonical import BytesHasher, bytes_digest
 from earmark.service.engines.base import RecognitionOptions
-from earmark.service.api.errors import ApiError, quoted
+from earmark.errors import quoted
+from earmark.service.api.errors import ApiError
 
 MULTIPART_SLACK = 64 * 1024  # boundary lines and small fields around the file part
 SPOOL_IN_MEMORY_BYTES = 2 * 1024 * 1024  # larger files go to a temporary file as they arrive

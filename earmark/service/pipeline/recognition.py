@@ -34,7 +34,7 @@ from earmark.service.config import Settings
 from earmark.service import memory
 from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
 from earmark.service.engines.pool import EnginePool
-from earmark.service.engines.base import EngineFailure
+from earmark.service.engines.errors import EngineFailure
 from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
