@@ -20,7 +20,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect, Request
@@ -106,8 +105,6 @@ class Upload:
         self._spool = spool
         self.digest = digest
         self.size = size
-        self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
-        self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (service/pipeline/recognition.py)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Upload:
