@@ -27,6 +27,7 @@ import redis.exceptions
 from redis.sentinel import MasterNotFoundError
 
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
+from earmark.index.connection import open_client
 from earmark.index.entry import Entry
 from earmark.index.keys import Keys
 
@@ -137,6 +138,13 @@ class Store:
         self._on_state = on_state or (lambda up: None)
         self._on_refused = on_refused or (lambda reason: None)
         self._probe_task: asyncio.Task | None = None
+
+    @classmethod
+    def open(cls, url: str, keys: Keys | None = None, *, on_error: Callable[[], None] | None = None,
+             on_state: Callable[[bool], None] | None = None, on_refused: Callable[[str], None] | None = None) -> Store:
+        """The store at `url` (index/connection.py) on a client of its own, which connects on
+        first use, not now."""
+        return cls(open_client(url), keys, on_error=on_error, on_state=on_state, on_refused=on_refused)
 
     @property
     def up(self) -> bool:

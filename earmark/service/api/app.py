@@ -30,9 +30,9 @@ from earmark.errors import EarmarkError
 from earmark.fingerprint.embedding import EMBEDDING_DIM
 from earmark.index.breaker import StoreUnavailable
 from earmark.index.entry import ENTRY_ID
-from earmark.index.connection import open_client, redact_url
+from earmark.index.connection import redact_url
 from earmark.index.keys import Keys
-from earmark.index.replica import READ_BLOCK_MS, IndexReplica
+from earmark.index.replica import IndexReplica
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 from earmark.service.api.auth import ApiKeys, is_admin_bearer, keys_without_admin
@@ -109,8 +109,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         metrics = Metrics()
         if settings.metrics_namespace_labels:
             metrics.enable_namespace_labels()
-        store = Store(
-            open_client(settings.redis_url),
+        store = Store.open(
+            settings.redis_url,
             Keys(settings.key_prefix),
             on_error=metrics.store_errors.inc,
             on_state=metrics.observe_store_state,
@@ -127,9 +127,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
                           timeout_s=settings.engine_timeout_s, transcript_limit=TranscriptLimit.from_settings(settings))
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
-        # The replica's blocking stream reads get their own connections, apart from requests'.
-        replica_client = open_client(settings.redis_url, max_connections=4, blocking_s=READ_BLOCK_MS / 1000)
-        replica = IndexReplica(replica_client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
+        replica = IndexReplica.open(settings.redis_url, store.keys, vectors, _snapshot_dir(settings),
+                                    DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(Verifier(settings.fuzzy), store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)

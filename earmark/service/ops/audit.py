@@ -380,10 +380,9 @@ def _iso(epoch_s: float) -> str:
 async def audit_settings_store(settings, options: AuditOptions, *, source: str, progress: Progress | None = None) -> dict:
     """The audit of the store `settings.redis_url` names (`earmark audit --redis-url/--data-dir`),
     with the thresholds and event-log cap those settings carry."""
-    from earmark.index.connection import open_client
     from earmark.index.keys import Keys
 
-    store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
+    store = Store.open(settings.redis_url, Keys(settings.key_prefix))
     try:
         return await collect_audit(store, EventLog(store, settings.events_maxlen), settings.fuzzy, options,
                                    source=source, progress=progress)
