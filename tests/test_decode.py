@@ -22,6 +22,7 @@ from earmark.fingerprint.decode import (
     open_audio,
 )
 from earmark.fingerprint.sniff import sniff_format
+from earmark.service.api.errors import http_status
 from earmark.fingerprint.speech import has_sound, speech_extent
 from tests.audio_tools import (
     EXTRA_CONTAINERS,
@@ -118,7 +119,7 @@ def test_bytes_that_are_not_audio_are_still_refused(name):
     assert sniff_format(NOT_AUDIO[name]) is None
     with pytest.raises(NotAudioError) as refused:
         decode_audio(NOT_AUDIO[name], HOUR)
-    assert refused.value.status == 415
+    assert http_status(refused.value) == 415
 
 
 def test_a_video_container_without_an_audio_stream_is_refused():
@@ -126,7 +127,7 @@ def test_a_video_container_without_an_audio_stream_is_refused():
     assert sniff_format(data) == "avi"
     with pytest.raises(NotAudioError, match="no audio stream") as refused:
         decode_audio(data, HOUR)
-    assert refused.value.status == 415
+    assert http_status(refused.value) == 415
 
 
 def test_the_ac3_sync_word_alone_is_not_taken_for_audio(samples):
@@ -228,7 +229,7 @@ def test_audio_that_declares_no_length_is_held_to_the_limit_by_what_decodes(samp
             assert audio.declared_s is None  # the case at hand: nothing to refuse before decoding
         for chunk in audio.chunks:
             decoded += chunk.size
-    assert refused.value.status == 413
+    assert http_status(refused.value) == 413
     # Decoding stopped at the limit (and its second of slack, give or take a block), long
     # before the 40 s the file holds.
     assert decoded < 10 * SAMPLE_RATE
@@ -292,7 +293,7 @@ def test_corrupted_files_only_ever_raise_audio_errors(samples):
         try:
             decoded = decode_audio(bytes(data), HOUR)
         except AudioError as exc:
-            assert 400 <= exc.status < 500
+            assert 400 <= http_status(exc) < 500
         else:
             assert np.isfinite(decoded.pcm_16k).all()
 

@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from earmark.service.engines.pool import EngineBusy, EnginePool, EngineTimeout
-from earmark.service.engines.base import Capabilities, Engine, EngineFailure, EngineUnavailable, Transcript
+from earmark.service.engines.pool import EnginePool
+from earmark.service.engines.base import Capabilities, Engine, Transcript
+from earmark.service.engines.errors import EngineBusy, EngineFailure, EngineTimeout, EngineUnavailable
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 

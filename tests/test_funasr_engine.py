@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("funasr")
 pytest.importorskip("torch")
 
-from earmark.service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions, Transcript  # noqa: E402
+from earmark.service.engines.base import RecognitionOptions, Transcript  # noqa: E402
+from earmark.service.engines.errors import EngineOptionError, EngineUnavailable  # noqa: E402
 from earmark.service.engines.funasr_engine import (  # noqa: E402
     FunASREngine,
     clean_text,

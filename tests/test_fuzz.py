@@ -15,6 +15,7 @@ import soxr
 from hypothesis import HealthCheck, event, given, settings as hypothesis_settings, strategies as st
 
 from earmark.fingerprint.decode import AudioError, decode_audio
+from earmark.service.api.errors import http_status
 from tests.audio_tools import EXTRA_CONTAINERS, encode, fixture_bytes, in_container, read_pcm
 from tests.test_app import keys_under
 
@@ -108,7 +109,7 @@ def _audio_or_a_clear_audio_error(data: bytes) -> None:
     try:
         decoded = decode_audio(data, max_duration_s=600)
     except AudioError as exc:
-        assert 400 <= exc.status < 500 and str(exc)
+        assert 400 <= http_status(exc) < 500 and str(exc)
         return
     assert decoded.pcm_16k.dtype == np.float32 and np.isfinite(decoded.pcm_16k).all()
     assert decoded.duration_s <= 601

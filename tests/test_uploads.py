@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from earmark.service.api.app import create_app
-from earmark.service.api.errors import ApiError
+from earmark.service.api.errors import ApiError, error_answer
 from earmark.service.api.uploads import UploadLimits, read_upload
 from tests.audio_tools import EXTRA_CONTAINERS, encode, flac_without_length, in_container, read_pcm
 from tests.conftest import live_server
@@ -259,16 +259,17 @@ def test_the_exact_tier_uses_the_digest_taken_while_the_body_arrived(client, rec
 
 
 def test_the_decode_budget_makes_requests_wait_then_refuses_with_retry_after():
-    from earmark.service.pipeline.decode_budget import DecodeBudget
+    from earmark.service.pipeline.decode_budget import DecodeBudget, DecodeBudgetFull
 
     async def scenario():
         budget = DecodeBudget(5.0, wait_s=0.2)
         order = []
         async with budget.reserve(3.0):
-            with pytest.raises(ApiError) as refused:
+            with pytest.raises(DecodeBudgetFull) as refused:
                 async with budget.reserve(3.0):
                     pass
-            assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+            answer = error_answer(refused.value)
+            assert answer.status == 503 and answer.headers["Retry-After"] == "1"
 
             async def later():
                 async with budget.reserve(3.0):

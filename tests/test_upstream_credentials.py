@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 
 from earmark.service.api.app import create_app
 from earmark.service.config import ConfigError, load_settings
-from earmark.service.engines.base import EngineUnavailable
+from earmark.service.engines.errors import EngineUnavailable
 from tests.funasr_protocol_server import _Running
 from tests.test_cli import _SERVICES, EARMARK, serving
 from tests.test_upstream import transcribe

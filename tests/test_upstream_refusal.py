@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from earmark.service.api.errors import http_status
 from earmark.service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
 
 OPENAI_FIELDS = ("language", "prompt")
@@ -29,7 +30,7 @@ def answer(status: int, body) -> httpx.Response:
 ])
 def test_a_refusal_of_the_request_is_the_clients_4xx_naming_what_to_change(status, body, client_status, named):
     refused = refusal(read_error(answer(status, body), ()), OPENAI_FIELDS, 10.0)
-    assert refused is not None and refused.status == client_status
+    assert refused is not None and http_status(refused) == client_status
     assert str(refused).startswith(f"the upstream ASR server refused this request (HTTP {status}: ")
     assert named in str(refused)
 

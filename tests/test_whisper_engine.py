@@ -17,7 +17,8 @@ from starlette.testclient import TestClient
 
 from earmark.fingerprint.decode import decode_audio
 from earmark.service.api.app import create_app
-from earmark.service.engines.base import EngineOptionError, EngineUnavailable, RecognitionOptions
+from earmark.service.engines.base import RecognitionOptions
+from earmark.service.engines.errors import EngineOptionError, EngineUnavailable
 from earmark.service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
                                             engine_revision)
 from tests.audio_tools import encode, fixture_bytes, read_pcm

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import soxr
 
+from earmark.errors import EarmarkError, Kind
 from earmark.fingerprint.sniff import SNIFF_BYTES, sniff_format
 
 SAMPLE_RATE = 16000
@@ -30,34 +31,35 @@ NOT_AUDIO_HINT = ("send audio in a container that says what it is: WAV, FLAC, MP
                   "AIFF, or another listed in docs/api.md (raw headerless PCM is not accepted)")
 
 
-class AudioError(ValueError):
-    """An upload that cannot be turned into audio; `status` is the HTTP answer it deserves."""
+class AudioError(EarmarkError, ValueError):
+    """An upload that cannot be turned into audio; its `kind` says why (the API answers each
+    kind with its status: service/api/errors.py)."""
 
-    status = 400
+    kind = Kind.INVALID
 
 
 class NotAudioError(AudioError):
     """The bytes are not a recognised audio container (or hold no audio stream)."""
 
-    status = 415
+    kind = Kind.NOT_AUDIO
 
 
 class UndecodableAudioError(AudioError):
     """The bytes look like audio but the decoder could not read them."""
 
-    status = 400
+    kind = Kind.INVALID
 
 
 class EmptyAudioError(AudioError):
     """The upload is empty or decodes to no samples."""
 
-    status = 400
+    kind = Kind.INVALID
 
 
 class AudioTooLongError(AudioError):
     """The audio is longer than the configured duration limit."""
 
-    status = 413
+    kind = Kind.TOO_LARGE
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
                 raise AudioTooLongError(_too_long_message(total / source_rate, max_duration_s, at_least=True))
             yield samples
     except AudioError:
-        raise  # over the limit: a 413, not a damaged tail to keep
+        raise  # over the limit: refused as too long, not a damaged tail to keep
     except (av.FFmpegError, ValueError, RuntimeError) as exc:
         if total == 0:
             raise UndecodableAudioError(
@@ -304,7 +306,7 @@ def _mono(frame) -> np.ndarray:
 
 
 def _too_long_message(duration_s: float, max_duration_s: float, *, at_least: bool = False) -> str:
-    """The 413's reason; `at_least` when decoding stopped at the limit, so the whole length is
+    """Why audio is refused as too long; `at_least` when decoding stopped at the limit, so the whole length is
     not known."""
     if at_least:
         return (f"the audio lasts longer than the {max_duration_s:.0f} s limit (found while decoding it); "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import redis.exceptions
 
-from earmark.index.connection import relearn_topology
+from earmark.index.connection import open_client, relearn_topology
 from earmark.index.keys import Keys
 from earmark.index.vectors import VectorIndex
 
@@ -58,6 +58,14 @@ class IndexReplica:
         self._task: asyncio.Task | None = None
         self._rebuild: asyncio.Task | None = None
         self._lost_since: float | None = None  # when the store was lost, while it is
+
+    @classmethod
+    def open(cls, url: str, keys: Keys, index: VectorIndex, snapshot_root: Path | None,
+             fingerprint_version: str) -> IndexReplica:
+        """A replica of the store at `url` on connections of its own, apart from requests': its
+        stream reads block by design (`READ_BLOCK_MS`), and must not hold a request's up."""
+        client = open_client(url, max_connections=4, blocking_s=READ_BLOCK_MS / 1000)
+        return cls(client, keys, index, snapshot_root, fingerprint_version)
 
     def start(self) -> None:
         """Begin loading and tailing in the background; `ready` is set once caught up."""

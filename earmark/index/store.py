@@ -27,6 +27,7 @@ import redis.exceptions
 from redis.sentinel import MasterNotFoundError
 
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
+from earmark.index.connection import open_client
 from earmark.index.entry import Entry
 from earmark.index.keys import Keys
 
@@ -138,6 +139,13 @@ class Store:
         self._on_refused = on_refused or (lambda reason: None)
         self._probe_task: asyncio.Task | None = None
 
+    @classmethod
+    def open(cls, url: str, keys: Keys | None = None, *, on_error: Callable[[], None] | None = None,
+             on_state: Callable[[bool], None] | None = None, on_refused: Callable[[str], None] | None = None) -> Store:
+        """The store at `url` (index/connection.py) on a client of its own, which connects on
+        first use, not now."""
+        return cls(open_client(url), keys, on_error=on_error, on_state=on_state, on_refused=on_refused)
+
     @property
     def up(self) -> bool:
         """False during an outage (the breaker is open)."""
@@ -159,8 +167,10 @@ class Store:
             raise StoreRefused(str(exc)) from exc
 
     async def call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a client operation of a module with keys of its own (service/pipeline/events.py) behind
-        the breaker: `StoreUnavailable` during an outage, like every other store call."""
+        """Run a client operation of another module of index/ with keys of its own
+        (index/event_stream.py, index/query_prints.py, index/operator_reads.py) behind the
+        breaker: `StoreUnavailable` during an outage, like every other store call. Nothing
+        outside index/ reaches the client (tests/test_layering.py)."""
         return await self._call(operation)
 
     def _ensure_probe(self) -> None:

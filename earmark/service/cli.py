@@ -348,7 +348,7 @@ def _check_startable(settings: Settings):
     Returns the engine when loading it was the check (the service then uses it: the model is
     loaded once, before the port opens, so no request pays for it), else None."""
     from earmark.index.connection import replica_refusal
-    from earmark.service.engines.base import EngineUnavailable
+    from earmark.service.engines.errors import EngineUnavailable
     from earmark.service.engines.registry import engine_for
 
     if settings.redis_url:  # its form was checked with the settings; a replica only shows when asked

@@ -2,8 +2,9 @@
 
 Routes read top to bottom; each handler checks the caller's API key (when keys are
 configured: the key names the caller's namespace), parses input, calls the lookup pipeline and
-shapes the answer. Every refusal is an `ApiError` turned into `{"code", "msg"}` with a 4xx (or the 5xx the
-contract allows); any other exception is a bug and answers 500 without leaking internals.
+shapes the answer. Every refusal is an `EarmarkError` (an `ApiError`, or an error of a layer below
+naming its kind) turned into `{"code", "msg"}` with a 4xx (or the 5xx the contract allows) by
+service/api/errors.py; any other exception is a bug and answers 500 without leaking internals.
 """
 
 from __future__ import annotations
@@ -25,26 +26,26 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from earmark.fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
-from earmark.fingerprint.decode import AudioError
+from earmark.errors import EarmarkError
 from earmark.fingerprint.embedding import EMBEDDING_DIM
 from earmark.index.breaker import StoreUnavailable
 from earmark.index.entry import ENTRY_ID
-from earmark.index.connection import open_client, redact_url
+from earmark.index.connection import redact_url
 from earmark.index.keys import Keys
-from earmark.index.replica import READ_BLOCK_MS, IndexReplica
+from earmark.index.replica import IndexReplica
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
-from earmark.service.api.auth import ApiKeys, AuthError, is_admin_bearer, keys_without_admin
+from earmark.service.api.auth import ApiKeys, is_admin_bearer, keys_without_admin
 from earmark.service.api.cache_control import CacheControl, parse_cache_control
 from earmark.service.config import Settings
 from earmark.service.console.pages import console_routes
-from earmark.service.engines.pool import EngineBusy, EnginePool, EngineTimeout
-from earmark.service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable
+from earmark.service.engines.pool import EnginePool
+from earmark.service.engines.base import AsyncEngine, Engine
 from earmark.service.engines.registry import engine_for
 from earmark.service.ops.audit import collect_audit
 from earmark.service.ops.audit_cache import AuditCache, delete_and_forget
-from earmark.service.ops.audit_api import audit_options
-from earmark.service.api.errors import ApiError
+from earmark.service.api.audit_params import audit_options
+from earmark.service.api.errors import ApiError, error_answer
 from earmark.service.pipeline.events import EventLog
 from earmark.service.pipeline.fuzzy import FuzzyMatcher
 from earmark.service.pipeline.verification import Verifier
@@ -108,8 +109,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         metrics = Metrics()
         if settings.metrics_namespace_labels:
             metrics.enable_namespace_labels()
-        store = Store(
-            open_client(settings.redis_url),
+        store = Store.open(
+            settings.redis_url,
             Keys(settings.key_prefix),
             on_error=metrics.store_errors.inc,
             on_state=metrics.observe_store_state,
@@ -126,9 +127,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
                           timeout_s=settings.engine_timeout_s, transcript_limit=TranscriptLimit.from_settings(settings))
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
-        # The replica's blocking stream reads get their own connections, apart from requests'.
-        replica_client = open_client(settings.redis_url, max_connections=4, blocking_s=READ_BLOCK_MS / 1000)
-        replica = IndexReplica(replica_client, store.keys, vectors, _snapshot_dir(settings), DEFAULT_FINGERPRINT.version)
+        replica = IndexReplica.open(settings.redis_url, store.keys, vectors, _snapshot_dir(settings),
+                                    DEFAULT_FINGERPRINT.version)
         fuzzy = FuzzyMatcher(Verifier(settings.fuzzy), store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)
@@ -365,25 +365,9 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         # The client hung up mid-upload: nobody is there to answer, and it is not our error.
         services.metrics.uploads_aborted.labels(endpoint=endpoint).inc()
         return Response(status_code=400)
-    except ApiError as exc:
-        return _error(services, endpoint, exc.status, exc.msg, exc.headers)
-    except AuthError as exc:
-        return _error(services, endpoint, 401, str(exc), {"WWW-Authenticate": "Bearer"})
-    except AudioError as exc:
-        return _error(services, endpoint, exc.status, str(exc))
-    except EngineOptionError as exc:
-        return _error(services, endpoint, exc.status, str(exc))
-    except EngineBusy as exc:
-        return _error(
-            services, endpoint, 503, f"{exc}; retry after {exc.retry_after_s} s",
-            {"Retry-After": str(exc.retry_after_s)},
-        )
-    except EngineUnavailable as exc:
-        return _error(services, endpoint, 503, f"the engine is unavailable: {exc}", {"Retry-After": "30"})
-    except EngineFailure as exc:
-        return _error(services, endpoint, 502, f"the engine failed on this audio: {exc}")
-    except EngineTimeout as exc:
-        return _error(services, endpoint, 504, f"{exc}; retry later or send shorter audio")
+    except EarmarkError as exc:  # a refusal: the API's own, or a kind of error from below
+        answer = error_answer(exc)
+        return _error(services, endpoint, answer.status, answer.msg, answer.headers)
     except Exception:
         log.exception("unhandled error on %s", endpoint)
         return _error(services, endpoint, 500, "internal error; this is a bug, please report it")

@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from earmark.service.api.errors import ApiError
 from earmark.service.config import ConfigError
 
 # A namespace goes into the profile, logs and docs; a short plain name keeps it readable there.
@@ -28,8 +29,12 @@ NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MIN_KEY_CHARS = 16
 
 
-class AuthError(Exception):
-    """The request carries no usable API key; the message says what to send."""
+class AuthError(ApiError):
+    """The request carries no usable API key (a 401 asking for a bearer token); the message
+    says what to send."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(401, msg, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _digest(key: str) -> bytes:

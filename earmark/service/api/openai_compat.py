@@ -11,7 +11,8 @@ import time
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from earmark.service.api.errors import ApiError, quoted
+from earmark.errors import quoted
+from earmark.service.api.errors import ApiError
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 

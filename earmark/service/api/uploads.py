@@ -20,14 +20,14 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect, Request
 
 from earmark.fingerprint.canonical import BytesHasher, bytes_digest
 from earmark.service.engines.base import RecognitionOptions
-from earmark.service.api.errors import ApiError, quoted
+from earmark.errors import quoted
+from earmark.service.api.errors import ApiError
 
 MULTIPART_SLACK = 64 * 1024  # boundary lines and small fields around the file part
 SPOOL_IN_MEMORY_BYTES = 2 * 1024 * 1024  # larger files go to a temporary file as they arrive
@@ -105,8 +105,6 @@ class Upload:
         self._spool = spool
         self.digest = digest
         self.size = size
-        self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
-        self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (service/pipeline/recognition.py)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Upload:

@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from earmark.index.breaker import StoreUnavailable
 from earmark.index.entry import ENTRY_ID
+from earmark.index.operator_reads import entry_size_bytes
 from earmark.service.api.auth import is_admin_bearer, is_admin_token, keys_without_admin
 from earmark.service.ops.audit import AuditOptions, collect_audit
 from earmark.service.ops.audit_cache import delete_and_forget
@@ -114,7 +115,7 @@ async def entry_page(request: Request) -> Response:
         if entry is None:
             return _not_found(request, entry_id)
         hits = await entry_hits(services.events, entry_id)
-        size = await services.store.call(lambda: services.store.client.memory_usage(services.store.keys.entry(entry_id)))
+        size = await entry_size_bytes(services.store, entry_id)
     except StoreUnavailable:
         return _store_down(request, "entry")
     latest = hits.events[0][1] if hits.events else None

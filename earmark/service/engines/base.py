@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from earmark.service.api.errors import quoted
+from earmark.errors import quoted
+from earmark.service.engines.errors import EngineFailure, EngineOptionError
 from earmark.service.pipeline.profile import Profile
 
 _LANGUAGE_ALIASES = {
@@ -40,21 +41,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-class EngineOptionError(ValueError):
-    """A request option the engine cannot honour; the message says what it supports.
-    `status` is the HTTP answer: 422, or 413 when the audio is too large for the engine."""
-
-    status: int = 422
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot run at all (missing model, failed to load)."""
-
-
-class EngineFailure(RuntimeError):
-    """The engine failed on this request."""
 
 
 @dataclass(frozen=True)

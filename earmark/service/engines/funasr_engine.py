@@ -33,18 +33,16 @@ import unicodedata
 
 import numpy as np
 
-from earmark.service.api.errors import quoted
+from earmark.errors import quoted
 from earmark.service.engines.base import (
     available_cores,
     installed_version,
     Capabilities,
     Engine,
-    EngineFailure,
-    EngineOptionError,
-    EngineUnavailable,
     RecognitionOptions,
     Transcript,
 )
+from earmark.service.engines.errors import EngineFailure, EngineOptionError, EngineUnavailable
 from earmark.service.engines.funasr_models import (
     ASR_OPTION,
     FAMILIES,

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from earmark.service.engines.base import EngineUnavailable
+from earmark.service.engines.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import threading
 
 import numpy as np
 
-from earmark.service.engines.base import Capabilities, Engine, EngineFailure, Segment, Transcript, Word, installed_version
+from earmark.service.engines.base import Capabilities, Engine, Segment, Transcript, Word, installed_version
+from earmark.service.engines.errors import EngineFailure
 from earmark.service.pipeline.profile import Profile
 
 

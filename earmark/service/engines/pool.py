@@ -25,22 +25,11 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from earmark.service.engines.base import AsyncEngine, Engine, EngineFailure, EngineOptionError, EngineUnavailable, Transcript
+from earmark.service.engines.base import AsyncEngine, Engine, Transcript
+from earmark.service.engines.errors import EngineBusy, EngineFailure, EngineOptionError, EngineTimeout, EngineUnavailable
 from earmark.service.engines.transcript_limit import TranscriptLimit, TranscriptTooLong
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
-
-
-class EngineBusy(RuntimeError):
-    """The engine's queue is full; try again after `retry_after_s`."""
-
-    def __init__(self, retry_after_s: int, reason: str = "the engine is busy") -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
-
-
-class EngineTimeout(RuntimeError):
-    """The engine did not finish in time (HTTP 504)."""
 
 
 class EnginePool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from earmark.service.config import ENGINE_NAMES, UPSTREAM_ENGINES
-from earmark.service.engines.base import Engine, EngineUnavailable
+from earmark.service.engines.base import Engine
+from earmark.service.engines.errors import EngineUnavailable
 
 __all__ = ["ENGINE_NAMES", "UPSTREAM_ENGINES", "create_engine", "engine_for", "upstream_config"]
 

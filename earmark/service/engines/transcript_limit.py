@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from earmark.service.engines.base import EngineFailure, Transcript
+from earmark.service.engines.base import Transcript
+from earmark.service.engines.errors import EngineFailure
 
 
 class TranscriptTooLong(EngineFailure):
-    """An engine's answer is longer than its audio can hold (HTTP 502, nothing cached)."""
+    """An engine's answer is longer than its audio can hold (an engine failure: nothing cached)."""
 
 
 @dataclass(frozen=True)

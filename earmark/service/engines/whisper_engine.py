@@ -37,14 +37,12 @@ from earmark.service.engines.base import (
     installed_version,
     Capabilities,
     Engine,
-    EngineFailure,
-    EngineOptionError,
-    EngineUnavailable,
     RecognitionOptions,
     Segment,
     Transcript,
     Word,
 )
+from earmark.service.engines.errors import EngineFailure, EngineOptionError, EngineUnavailable
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.speech import FRAME as LEVEL_FRAME
 from earmark.fingerprint.speech import frame_levels_db

@@ -30,6 +30,7 @@ from earmark.fingerprint.embedding import EMBEDDING_DIM
 from earmark.fingerprint.matcher import stretch_scores
 from earmark.fingerprint.robust_hash import RobustHash
 from earmark.index.entry import Entry
+from earmark.index.operator_reads import all_entry_ids
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 from earmark.service.config import FuzzyThresholds
@@ -119,12 +120,7 @@ def _tables(entries: dict[str, Entry], log: list[RecognitionEvent], served: list
 async def _read_entries(store: Store, progress: Progress) -> dict[str, Entry]:
     """Every entry, without its fingerprint, detail and pitch (re-read when a pair is verified):
     an audit of a big store holds ids, figures and embeddings only."""
-    keys = store.keys
-
-    async def scan() -> list[str]:
-        return [keys.entry_id_of(key) async for key in store.client.scan_iter(match=keys.entry_pattern(), count=1000)]
-
-    entry_ids = await store.call(scan)
+    entry_ids = await all_entry_ids(store)
     entries: dict[str, Entry] = {}
     for start in range(0, len(entry_ids), READ_BATCH):
         batch = entry_ids[start:start + READ_BATCH]
@@ -384,10 +380,9 @@ def _iso(epoch_s: float) -> str:
 async def audit_settings_store(settings, options: AuditOptions, *, source: str, progress: Progress | None = None) -> dict:
     """The audit of the store `settings.redis_url` names (`earmark audit --redis-url/--data-dir`),
     with the thresholds and event-log cap those settings carry."""
-    from earmark.index.connection import open_client
     from earmark.index.keys import Keys
 
-    store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
+    store = Store.open(settings.redis_url, Keys(settings.key_prefix))
     try:
         return await collect_audit(store, EventLog(store, settings.events_maxlen), settings.fuzzy, options,
                                    source=source, progress=progress)

@@ -4,12 +4,13 @@ Memory grows with the audio being decoded, not with the bytes uploaded (an 18 KB
 an hour of silence), so a limit on uploads alone cannot keep a burst of long recordings from
 exhausting memory. Each decode reserves its audio's duration (the header's, or a bound worked
 out from the upload's size when the header says nothing) before it starts; beyond the budget a
-request waits a little, then gets a 503 with Retry-After instead of pushing the process into OOM.
+request waits a little, then is refused as busy (`DecodeBudgetFull`: the API's 503 with
+Retry-After) instead of pushing the process into OOM.
 
 The estimate is only where a reservation starts: a header may lie or say nothing, and silence
 in FLAC packs hours into a few megabytes, past any bound from the size. So the decoding thread
 `cover`s what it has actually decoded as it goes, and the reservation grows to match, with the
-same wait and the same 503 when the budget has no room for the growth.
+same wait and the same refusal when the budget has no room for the growth.
 """
 
 from __future__ import annotations
@@ -20,12 +21,23 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 
-from earmark.service.api.errors import ApiError
+from earmark.errors import EarmarkError, Kind
 
 # A growing reservation takes this many seconds of audio beyond what has been decoded, so that a
 # long recording crosses from its decoding thread to the event loop every minute of audio rather
 # than every block (a minute at 16 kHz float32 is 3.8 MB: the most it is over-charged by).
 GROWTH_STEP_S = 60.0
+
+
+class DecodeBudgetFull(EarmarkError):
+    """The decode budget stayed full (or stopped answering) while a request waited for room;
+    retry after `retry_after_s` when given."""
+
+    kind = Kind.BUSY
+
+    def __init__(self, msg: str, retry_after_s: int | None = None) -> None:
+        super().__init__(msg)
+        self.retry_after_s = retry_after_s
 
 
 class DecodeBudget:
@@ -75,12 +87,12 @@ class DecodeBudget:
             except asyncio.TimeoutError:
                 self._on_refused()
                 retry = max(1, math.ceil(self.wait_s))
-                raise ApiError(
-                    503, f"{self.in_use:.0f} s of audio are being decoded, the most this server takes at once; "
-                    f"retry after {retry} s", headers={"Retry-After": str(retry)},
+                raise DecodeBudgetFull(
+                    f"{self.in_use:.0f} s of audio are being decoded, the most this server takes at once; "
+                    f"retry after {retry} s", retry_after_s=retry,
                 ) from None
             if reservation.closed:  # its request ended while this waited: nothing to hold for
-                raise ApiError(503, "the request ended while its decoding waited for the decode budget")
+                raise DecodeBudgetFull("the request ended while its decoding waited for the decode budget")
             if reservation.held:
                 self._on_grown(extra)
             reservation.held += extra
@@ -103,7 +115,7 @@ class Reservation:
     def cover(self, seconds: float) -> None:
         """From a decoding thread: `seconds` of audio have been decoded; grow the reservation
         (by `GROWTH_STEP_S` beyond them) when they pass it. Blocks while the budget has no room
-        and raises the budget's 503 when it stays full, which stops the decoding."""
+        and raises `DecodeBudgetFull` when it stays full, which stops the decoding."""
         if seconds <= self.held or self.held >= self._budget.seconds:
             return
         growing = asyncio.run_coroutine_threadsafe(self.grow(seconds + GROWTH_STEP_S), self._loop)
@@ -113,4 +125,4 @@ class Reservation:
             growing.result(timeout=self._budget.wait_s + 30.0)
         except concurrent.futures.TimeoutError:
             growing.cancel()
-            raise ApiError(503, "the decode budget did not answer; retry later", headers={"Retry-After": "10"}) from None
+            raise DecodeBudgetFull("the decode budget did not answer; retry later", retry_after_s=10) from None

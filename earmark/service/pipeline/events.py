@@ -8,30 +8,25 @@ uploaded bytes (never the audio), and the engine seconds it spent or saved. `ear
 and `GET /audit` read it back (service/ops/audit.py).
 
 The stream is capped (`events_maxlen`, trimmed approximately so a cap costs nothing per
-request): it holds the most recent traffic, not all of history. Writing an event never fails
+request; its storage is index/event_stream.py): it holds the most recent traffic, not all of history. Writing an event never fails
 a request: during a store outage it is counted as dropped and the answer goes out anyway.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time as clock
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-import redis.exceptions
-
 from earmark.fingerprint.robust_hash import RobustHash
-from earmark.index.breaker import StoreUnavailable
+from earmark.index.event_stream import EventStream, Record
+from earmark.index.query_prints import keep_query_print, read_query_print
 from earmark.index.store import Store
 from earmark.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Events read per round trip when a time range is read whole.
-PAGE = 1000
 HIT_TIERS = ("exact", "canonical", "fuzzy", "negative")
 TIERS = (*HIT_TIERS, "miss", "bypass")  # every tier an answer can have, in the order reports show them
 # The endpoints whose answers are recognitions (history, audit); /lookup only asks.
@@ -140,7 +135,7 @@ class EventLog:
         self.metrics = metrics
         # Fuzzy hits scoring under this keep their query fingerprint for the audit to redraw.
         self.review_below = review_below
-        self.key = store.keys.events()
+        self.stream = EventStream(store)
 
     async def record_answer(self, outcome, *, endpoint: str, query_digest: str, profile, served: bool) -> None:
         """Record a pipeline Outcome (service/pipeline/recognition.py): its event, and for a served fuzzy
@@ -155,30 +150,17 @@ class EventLog:
         """Keep a fuzzy hit's query fingerprint as long as its entry lives (no audio), listed
         among the entry's aliases so that deleting the entry deletes it too."""
         bits, levels = query_hash.to_bytes()
-        key = self.store.keys.query_print(profile_id, query_digest)
-        aliases = self.store.keys.entry_aliases(entry.entry_id)
-        try:
-            self.store.breaker.allow()
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.hset(key, mapping={"fp": bits, "fpl": levels, "entry": entry.entry_id})
-            pipe.sadd(aliases, key)
-            if entry.expires_at_ms:
-                pipe.pexpireat(key, entry.expires_at_ms)
-                pipe.pexpireat(aliases, entry.expires_at_ms)
-            else:
-                pipe.expire(key, 7 * 24 * 3600)
-            await pipe.execute()
-        except (StoreUnavailable, redis.exceptions.RedisError, OSError, asyncio.TimeoutError):
+        if not await keep_query_print(self.store, profile_id, query_digest, entry, bits, levels):
             self._dropped()
 
     async def query_print(self, profile_id: str, query_digest: str) -> tuple[str, RobustHash] | None:
         """(entry id, query fingerprint) kept for a near-threshold fuzzy hit; None when none was
         kept or it expired. Raises `StoreUnavailable` during an outage."""
-        key = self.store.keys.query_print(profile_id, query_digest)
-        fields_ = await self.store.call(lambda: self.store.client.hgetall(key))
-        if not fields_ or not fields_.get(b"fp"):
+        kept = await read_query_print(self.store, profile_id, query_digest)
+        if kept is None:
             return None
-        return fields_[b"entry"].decode(), RobustHash.from_bytes(fields_[b"fp"], fields_.get(b"fpl", b""))
+        entry_id, bits, levels = kept
+        return entry_id, RobustHash.from_bytes(bits, levels)
 
     async def record(self, event: RecognitionEvent) -> None:
         """Append one event; never raises (a store outage or refusal is counted and swallowed).
@@ -186,15 +168,11 @@ class EventLog:
         if self.maxlen <= 0:
             return
         try:
-            # Past the breaker but not through it: a lost event is counted here, never as a
-            # refused cache write nor as an outage (the request's own store calls report those).
-            self.store.breaker.allow()
-            await self.store.client.xadd(self.key, event.to_fields(), maxlen=self.maxlen, approximate=True)
-        except (StoreUnavailable, redis.exceptions.RedisError, OSError, asyncio.TimeoutError):
-            self._dropped()
-            return
+            written = await self.stream.append(event.to_fields(), self.maxlen)
         except Exception:  # never fail a request over its audit trail; log the bug instead
             log.warning("writing a recognition event failed", exc_info=True)
+            written = False
+        if not written:
             self._dropped()
             return
         if self.metrics is not None:
@@ -203,32 +181,21 @@ class EventLog:
     async def recent(self, count: int, before: str | None = None) -> list[tuple[str, RecognitionEvent]]:
         """Up to `count` events, newest first; `before` (a stream id from an earlier page) pages
         back from there, exclusive. Raises `StoreUnavailable` during an outage."""
-        newest = f"({before}" if before else "+"
-        rows = await self.store.call(lambda: self.store.client.xrevrange(self.key, max=newest, min="-", count=count))
-        return _parsed(rows)
+        return _parsed(await self.stream.newest(count, before))
 
     async def between(self, start_s: float, end_s: float) -> list[tuple[str, RecognitionEvent]]:
         """Every event recorded from `start_s` to `end_s` (epoch seconds, inclusive), oldest
         first, read a page at a time. Raises `StoreUnavailable` during an outage."""
-        events: list[tuple[str, RecognitionEvent]] = []
-        low, high = str(max(0, int(start_s * 1000))), str(max(0, int(end_s * 1000)))
-        while True:
-            rows = await self.store.call(functools.partial(self.store.client.xrange, self.key, min=low, max=high,
-                                                           count=PAGE))
-            events.extend(_parsed(rows))
-            if len(rows) < PAGE:
-                return events
-            low = "(" + events[-1][0]
+        return _parsed(await self.stream.between(start_s, end_s))
 
     async def length(self) -> int:
         """Events the stream holds now."""
-        return int(await self.store.call(lambda: self.store.client.xlen(self.key)))
+        return await self.stream.length()
 
     def _dropped(self) -> None:
         if self.metrics is not None:
             self.metrics.events_dropped.inc()
 
 
-def _parsed(rows) -> list[tuple[str, RecognitionEvent]]:
-    return [(stream_id.decode() if isinstance(stream_id, bytes) else stream_id, RecognitionEvent.from_fields(raw))
-            for stream_id, raw in rows]
+def _parsed(records: list[Record]) -> list[tuple[str, RecognitionEvent]]:
+    return [(stream_id, RecognitionEvent.from_fields(raw)) for stream_id, raw in records]

@@ -34,10 +34,11 @@ from earmark.service.config import Settings
 from earmark.service import memory
 from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
 from earmark.service.engines.pool import EnginePool
-from earmark.service.engines.base import EngineFailure
+from earmark.service.engines.errors import EngineFailure
 from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
+from earmark.service.pipeline.query import QueryAudio
 from earmark.service.api.uploads import Upload
 
 log = logging.getLogger(__name__)
@@ -115,30 +116,29 @@ class RecognitionCache:
     async def _answer(self, upload: Upload | bytes, profile: Profile, *, run: bool, control: CacheControl,
                       started: float | None, endpoint: str) -> Outcome:
         started = time.perf_counter() if started is None else started
-        if isinstance(upload, bytes):
-            upload = Upload.from_bytes(upload)
+        query = QueryAudio(Upload.from_bytes(upload) if isinstance(upload, bytes) else upload)
         try:
-            outcome = await self._find_or_run(upload, profile, run=run, control=control)
+            outcome = await self._find_or_run(query, profile, run=run, control=control)
         finally:
-            if (upload.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
+            if (query.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
                 # Long audio's passes freed hundreds of MB into the allocator's arenas: give
                 # them back (service/memory.py), off the loop and without making anyone wait.
                 asyncio.get_running_loop().run_in_executor(None, self._give_back_memory)
         if not run and outcome.entry is not None and not outcome.candidates:
-            outcome.candidates = await self._candidates_of(upload, profile)
+            outcome.candidates = await self._candidates_of(query, profile)
         outcome.elapsed_ms = _ms_since(started)
         if self.events is not None:
-            await self.events.record_answer(outcome, endpoint=endpoint, query_digest=upload.digest, profile=profile,
+            await self.events.record_answer(outcome, endpoint=endpoint, query_digest=query.digest, profile=profile,
                                             served=run)
         return outcome
 
-    async def _find_or_run(self, upload: Upload, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
+    async def _find_or_run(self, query: QueryAudio, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
         """Walk the tiers in order; the first that answers wins.
 
         `run`: the engine may run and a hit is served (recognize), or neither (lookup).
         `write`, below: the store may be written (recognize without `no-store`)."""
         write = run and control.writes
-        upload_digest = upload.digest
+        upload_digest = query.digest
         keys = self.store.keys
         store_ok = self.store.up
         look = not control.no_cache
@@ -159,11 +159,11 @@ class RecognitionCache:
         # A first pass keeps nothing but the digest: an hour of audio is never held here. The
         # container is opened once, for the decode budget's estimate and for the pass itself.
         with self._stage("decode"):
-            audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
-            upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+            audio = await asyncio.to_thread(open_audio, query.open(), self.settings.max_duration_s)
+            query.audio_seconds = budget_seconds(audio, query.size, self.settings.max_duration_s)
             try:
-                async with self._decoding(upload) as reservation:
-                    audio_digest = await asyncio.to_thread(_pcm_digest_of, upload, self.settings.max_duration_s, audio,
+                async with self._decoding(query) as reservation:
+                    audio_digest = await asyncio.to_thread(_pcm_digest_of, query, self.settings.max_duration_s, audio,
                                                            reservation.cover)
             finally:
                 audio.close()
@@ -181,9 +181,9 @@ class RecognitionCache:
                     return outcome
         features = None
         if store_ok and look and self.fuzzy is not None:
-            async with self._decoding(upload) as reservation:
+            async with self._decoding(query) as reservation:
                 with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
+                    features = await asyncio.to_thread(self._features_of, query, reservation.cover)
             with self._stage("fuzzy"):
                 match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
@@ -203,16 +203,16 @@ class RecognitionCache:
         if not write or control.no_cache:
             # The client asked for an engine run (no-cache), or for nothing to be kept
             # (no-store): neither shares another request's run, nor waits for one.
-            outcome = await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok and write,
+            outcome = await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok and write,
                                                 features, ttl_cap_s)
         else:
-            outcome = await self._single_flight(upload, audio_digest, upload_digest, profile, store_ok, features,
+            outcome = await self._single_flight(query, audio_digest, upload_digest, profile, store_ok, features,
                                                 ttl_cap_s)
         outcome.candidates, outcome.fuzzy_note = candidates, fuzzy_note
         return outcome
 
     async def _single_flight(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
         ttl_cap_s: int | None,
     ) -> Outcome:
         """Run the miss once per (profile, audio) in this process; later callers share it."""
@@ -234,12 +234,12 @@ class RecognitionCache:
                 outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
                 if outcome is not None:
                     return outcome
-            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+            return await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._flights[flight_key] = (upload_digest, future)
         try:
-            outcome = await self._miss(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+            outcome = await self._miss(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         except asyncio.CancelledError:
             # The leader's client went away; its followers still deserve an answer.
             future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
@@ -253,7 +253,7 @@ class RecognitionCache:
         return outcome
 
     async def _miss(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
         ttl_cap_s: int | None,
     ) -> Outcome:
         """Take the cross-process lock (or wait for its holder's entry), then run and store."""
@@ -279,7 +279,7 @@ class RecognitionCache:
                     outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
                     if outcome is not None:
                         return outcome
-            return await self._run_and_store(upload, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+            return await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
         finally:
             if renewer is not None and token is not None:
                 renewer.cancel()
@@ -308,7 +308,7 @@ class RecognitionCache:
                 return
 
     async def _run_and_store(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
         ttl_cap_s: int | None,
     ) -> Outcome:
         """Run the engine (unless there is nothing to hear) and write the new entry, unless
@@ -317,19 +317,19 @@ class RecognitionCache:
 
         Writing replaces an entry of the same profile and audio (a `no-cache` request's run): it
         gets a new generation, so aliases made for the old one are never followed again."""
-        async with self._decoding(upload):
-            return await self._transcribe_and_store(upload, audio_digest, upload_digest, profile, store_ok, features,
+        async with self._decoding(query):
+            return await self._transcribe_and_store(query, audio_digest, upload_digest, profile, store_ok, features,
                                                     ttl_cap_s)
 
     async def _transcribe_and_store(
-        self, upload: Upload, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
+        self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
         ttl_cap_s: int | None,
     ) -> Outcome:
-        if upload.pcm is not None:
-            pcm = upload.pcm
+        if query.pcm is not None:
+            pcm = query.pcm
         else:
             with self._stage("decode"):
-                pcm = (await asyncio.to_thread(decode_audio, upload.open(), self.settings.max_duration_s)).pcm_16k
+                pcm = (await asyncio.to_thread(decode_audio, query.open(), self.settings.max_duration_s)).pcm_16k
         if has_sound(pcm):
             with self._stage("engine"):
                 transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
@@ -404,43 +404,43 @@ class RecognitionCache:
             return None, False
 
     @contextlib.asynccontextmanager
-    async def _decoding(self, upload: Upload) -> AsyncIterator[Reservation]:
+    async def _decoding(self, query: QueryAudio) -> AsyncIterator[Reservation]:
         """Hold the upload's audio seconds in the shared decode budget (see
         service/pipeline/decode_budget.py): estimated before the first pass, which measures them for
         every later one. A pass decoding past the reservation `cover`s what it decodes."""
-        seconds = self.settings.max_duration_s if upload.audio_seconds is None else upload.audio_seconds
+        seconds = self.settings.max_duration_s if query.audio_seconds is None else query.audio_seconds
         async with self.budget.reserve(seconds) as reservation:
             yield reservation
 
-    async def _candidates_of(self, upload: Upload, profile: Profile) -> list[dict]:
+    async def _candidates_of(self, query: QueryAudio, profile: Profile) -> list[dict]:
         """The fuzzy tier's evidence for a /lookup answered by an earlier tier (bytes or audio
         seen before), so that tuning and audits see every query's scores: [] when the fuzzy
         tier is off, the audio unreadable now or the store unreachable."""
         if self.fuzzy is None:
             return []
         try:
-            if upload.audio_seconds is None:  # answered by its bytes: never decoded so far
-                audio = await asyncio.to_thread(open_audio, upload.open(), self.settings.max_duration_s)
+            if query.audio_seconds is None:  # answered by its bytes: never decoded so far
+                audio = await asyncio.to_thread(open_audio, query.open(), self.settings.max_duration_s)
                 try:
-                    upload.audio_seconds = budget_seconds(audio, upload.size, self.settings.max_duration_s)
+                    query.audio_seconds = budget_seconds(audio, query.size, self.settings.max_duration_s)
                 finally:
                     audio.close()
-            async with self._decoding(upload) as reservation:
+            async with self._decoding(query) as reservation:
                 with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self._features_of, upload, reservation.cover)
+                    features = await asyncio.to_thread(self._features_of, query, reservation.cover)
         except AudioError:
             return []
         with self._stage("fuzzy"):
             match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
         return match.candidates if match is not None else []
 
-    def _features_of(self, upload: Upload, cover: Callable[[float], None]):
+    def _features_of(self, query: QueryAudio, cover: Callable[[float], None]):
         """The fuzzy tier's features, decoding the upload again as a stream (`cover`ing in the
         decode budget what it decodes)."""
         assert self.fuzzy is not None
-        if upload.pcm is not None:
-            return self.fuzzy.verifier.features(upload.pcm)
-        chunks = open_audio(upload.open(), self.settings.max_duration_s).chunks
+        if query.pcm is not None:
+            return self.fuzzy.verifier.features(query.pcm)
+        chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
         return self.fuzzy.verifier.features_of(_charged(chunks, cover))
 
     def _give_back_memory(self) -> None:
@@ -453,20 +453,20 @@ class RecognitionCache:
         return self.metrics.lookup_seconds.labels(stage=stage).time()
 
 
-def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | None = None,
+def _pcm_digest_of(query: QueryAudio, max_duration_s: float, audio: AudioStream | None = None,
                    cover: Callable[[float], None] | None = None) -> str:
     """The canonical digest, decoding as a stream (`audio`, if the upload is already open);
     the audio is refused here if it is bad. `cover` is told the seconds decoded so far (the
-    decode budget's reservation); the whole length is then the upload's `audio_seconds`, which
+    decode budget's reservation); the whole length is then the query's `audio_seconds`, which
     later passes reserve.
 
-    Short audio (up to `KEEP_PCM_S`) is kept on the upload as it goes by, so the fingerprint
+    Short audio (up to `KEEP_PCM_S`) is kept on the query as it goes by, so the fingerprint
     and the engine need no second decoding; longer audio is decoded again when needed, and
     never held whole by a lookup."""
     digest = PcmDigest()
     kept: list[np.ndarray] | None = []
     samples = 0
-    audio = audio or open_audio(upload.open(), max_duration_s)
+    audio = audio or open_audio(query.open(), max_duration_s)
     chunks = audio.chunks if cover is None else _charged(audio.chunks, cover)
     for chunk in chunks:
         digest.push(chunk)
@@ -475,8 +475,8 @@ def _pcm_digest_of(upload: Upload, max_duration_s: float, audio: AudioStream | N
             kept.append(chunk)
             if samples > KEEP_PCM_S * SAMPLE_RATE:
                 kept = None
-    upload.pcm = np.concatenate(kept) if kept else None
-    upload.audio_seconds = samples / SAMPLE_RATE
+    query.pcm = np.concatenate(kept) if kept else None
+    query.audio_seconds = samples / SAMPLE_RATE
     return digest.hexdigest()
 
 

@@ -80,21 +80,18 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 
+from earmark.errors import quoted
 from earmark.index.connection import redact_url
 from earmark.service.config import AMBIGUOUS_UPSTREAM_CREDENTIALS, has_credentials
-from earmark.service.engines.pool import EngineBusy, EngineTimeout
 from earmark.service.engines.base import (
     _LANGUAGE_ALIASES,
     AsyncEngine,
-    EngineFailure,
-    EngineOptionError,
-    EngineUnavailable,
     RecognitionOptions,
     Transcript,
 )
+from earmark.service.engines.errors import EngineBusy, EngineFailure, EngineOptionError, EngineTimeout, EngineUnavailable
 from earmark.service.engines.transcript_limit import TranscriptLimit, TranscriptTooLong
 from earmark.service.engines.upstream.refusal import operator_hint, read_error, refusal, without_secrets
-from earmark.service.api.errors import quoted
 from earmark.service.pipeline.profile import Profile
 
 log = logging.getLogger(__name__)

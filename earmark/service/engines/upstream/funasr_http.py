@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from earmark.service.engines.base import Capabilities, Segment, Transcript
 from earmark.service.engines.upstream.base import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
-from earmark.service.api.errors import quoted
+from earmark.errors import quoted
 from earmark.service.pipeline.profile import Profile
 
 RECOGNITION = "/recognition"

@@ -17,7 +17,7 @@ import json
 from urllib.parse import urlsplit
 
 from earmark.service.engines.base import _LANGUAGE_ALIASES, Capabilities, Segment, Transcript, Word
-from earmark.service.api.errors import quoted
+from earmark.errors import quoted
 from earmark.service.engines.upstream.base import UpstreamConfig, UpstreamEngine, UpstreamError, with_path
 from earmark.service.pipeline.profile import Profile
 

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from earmark.service.engines.base import EngineOptionError
-from earmark.service.api.errors import quoted
+from earmark.errors import Kind, quoted
+from earmark.service.engines.errors import EngineOptionError
 
-# Upstream status -> the client's status, for a refusal of the request itself.
-REFUSAL_STATUS = {400: 422, 413: 413, 415: 422, 422: 422}
+# Upstream status -> the kind of the client's refusal (422 and 413 in the table above, through
+# service/api/errors.py), for a refusal of the request itself.
+REFUSAL_KIND = {400: Kind.NOT_SUPPORTED, 413: Kind.TOO_LARGE, 415: Kind.NOT_SUPPORTED, 422: Kind.NOT_SUPPORTED}
 # Fields earmark's configuration sets, and the setting that sets each.
 OPERATOR_FIELDS = {"model": "upstream_model", "response_format": "upstream_response_format",
                    "timestamp_granularities": "upstream_response_format", "temperature": "none: earmark sends 0"}
@@ -52,11 +53,12 @@ _TOKEN_LIKE = re.compile(r"(?i)((?:bearer|basic)\s+)\S+|\bsk-[\w*.-]{4,}")
 
 
 class UpstreamRefused(EngineOptionError):
-    """The upstream refused this request for something in it: 422, or 413 for its size limit."""
+    """The upstream refused this request for something in it: `NOT_SUPPORTED` (a 422), or
+    `TOO_LARGE` (a 413) for its size limit."""
 
-    def __init__(self, msg: str, status: int) -> None:
+    def __init__(self, msg: str, kind: Kind) -> None:
         super().__init__(msg)
-        self.status = status
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,8 @@ def read_error(response: httpx.Response, secrets: tuple[str, ...]) -> ErrorAnswe
 def refusal(answer: ErrorAnswer, client_fields: tuple[str, ...], audio_s: float) -> UpstreamRefused | None:
     """The client's 4xx when the upstream refused something in this request; None when the
     failure is the upstream's or its operator's (a 502)."""
-    status = REFUSAL_STATUS.get(answer.status)
-    if status is None or operator_fields(answer, client_fields):
+    kind = REFUSAL_KIND.get(answer.status)
+    if kind is None or operator_fields(answer, client_fields):
         return None
     refused = f"the upstream ASR server refused this request ({answer.described()})"
     sent = f"a {audio_s * WAV_BYTES_PER_S / 1e6:.1f} MB 16 kHz mono WAV of {audio_s:.0f} s"
@@ -125,7 +127,7 @@ def refusal(answer: ErrorAnswer, client_fields: tuple[str, ...], audio_s: float)
     else:
         options = f"this request's options ({', '.join(client_fields)}) or its audio" if client_fields else "this audio"
         advice = f"it did not take {options}; change what its reason names"
-    return UpstreamRefused(f"{refused}: {advice}", status)
+    return UpstreamRefused(f"{refused}: {advice}", kind)
 
 
 def operator_fields(answer: ErrorAnswer, client_fields: tuple[str, ...]) -> tuple[str, ...]:
