@@ -143,3 +143,30 @@ def test_a_changed_syllable_behind_a_compressor_is_still_a_burst():
     original, pair = utterance(SENTENCE) * levels, compressed(utterance(changed) * levels)
     verdict = compare_detail(detail_spectrum(pair), detail_spectrum(original), 0.0)
     assert verdict.limited and verdict.excess_db > 8.0, verdict
+
+
+@pytest.mark.parametrize("snr_db", [20, 10])
+def test_a_word_cut_off_the_end_of_a_noisy_copy_is_still_missing(snr_db):
+    """A real reading (LibriVox 0930) with white noise added: the whole copy has no burst, but
+    the copy with its last 0.4 s cut off (the end of the last word) lacks speech the entry has,
+    however loud the noise. The entry's frames past the copy's end are judged over the entry's
+    own floor: over the pair's common floor, the noise hid them (excess 3.6 dB at 20 dB SNR and
+    0 at 10 dB before)."""
+    from earmark.fingerprint.decode import decode_audio
+    from tests.audio_tools import encode, fixture_bytes, read_pcm
+
+    samples, rate = read_pcm(fixture_bytes("librivox_0930.flac"))
+
+    def spectrum(pcm: np.ndarray) -> np.ndarray:
+        return detail_spectrum(decode_audio(encode(pcm, rate, fmt="wav", codec="pcm_s16le"), 60).pcm_16k)
+
+    def noisy(pcm: np.ndarray) -> np.ndarray:
+        speech = samples.astype(np.float64)[np.abs(samples) > 300]
+        noise = np.random.default_rng(1).normal(0.0, np.sqrt(np.mean(speech**2)) * 10 ** (-snr_db / 20), pcm.size)
+        return np.clip(np.round(pcm + noise), -32768, 32767).astype(np.int16)
+
+    entry = spectrum(samples)
+    whole = compare_detail(spectrum(noisy(samples.astype(np.float64))), entry, 0.0)
+    cut = compare_detail(spectrum(noisy(samples[: samples.size - int(0.4 * rate)].astype(np.float64))), entry, 0.0)
+    assert whole.excess_db < 5.0
+    assert cut.excess_db > 15.0

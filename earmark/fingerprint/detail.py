@@ -182,15 +182,20 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
     floor = _common_floor(q, r) + compression_db
+    # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
+    # Where one recording has no frames at all, the other's noise hides nothing, so its frames
+    # there are judged against its own floor: a word cut off the end of a noisy copy is still
+    # speech missing from it, however loud the copy's noise.
+    q_alone, r_alone = (_speech_frames(x, _common_floor(x, x) + compression_db) for x in (q, r))
     q, r = np.maximum(q, floor), np.maximum(r, floor)
     q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
-    # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
     q_speech, r_speech = _speech_frames(q, floor), _speech_frames(r, floor)
     frame_gain = compression_db > 0
     center = int(round(offset_s * SAMPLE_RATE / HOP))
     best: tuple[float, np.ndarray, np.ndarray, int] | None = None
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
-        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech), (r_sound, r_speech), offset, frame_gain)
+        distances, q_index = _aligned_distances(q, r, (q_sound, q_speech, q_alone), (r_sound, r_speech, r_alone),
+                                                offset, frame_gain)
         if distances.size == 0:
             continue
         median = float(np.median(distances))
@@ -275,7 +280,8 @@ def _top_range(spectrum: np.ndarray) -> np.ndarray:
 def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame distance over the frames where either side has sound, with their query index;
     a frame with no counterpart on the other side counts (as UNMATCHED_DB) only when it holds
-    speech. `q_masks` and `r_masks` are each (sound, speech) per frame.
+    speech. `q_masks` and `r_masks` are each (sound, speech, speech over the recording's own
+    floor) per frame: the last judges the frames with no counterpart.
 
     The channel is equalised first: each band's median difference over those frames (a
     codec's or a line's frequency response, a gain) is taken out, so only what changes from
@@ -288,12 +294,12 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = F
     q_ok = (q_index >= 0) & (q_index < len(q))
     r_ok = (r_index >= 0) & (r_index < len(r))
     both = q_ok & r_ok
-    (q_sound, q_speech), (r_sound, r_speech) = q_masks, r_masks
+    (q_sound, q_speech, q_alone), (r_sound, r_speech, r_alone) = q_masks, r_masks
     sound = np.zeros(q_index.size, dtype=bool)
     sound[both] = q_sound[q_index[both]] | r_sound[r_index[both]]
     q_only, r_only = q_ok & ~r_ok, r_ok & ~q_ok
-    sound[q_only] = q_speech[q_index[q_only]]
-    sound[r_only] = r_speech[r_index[r_only]]
+    sound[q_only] = q_alone[q_index[q_only]]
+    sound[r_only] = r_alone[r_index[r_only]]
     difference = q[q_index[both]] - r[r_index[both]]
     if sound[both].any():
         difference = difference - np.median(difference[sound[both]], axis=0)

@@ -33,7 +33,7 @@ from earmark.fingerprint.decode import SAMPLE_RATE, AudioError, decode_audio
 from earmark.fingerprint.speech import speech_extent
 from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
-from earmark.service.pipeline.verification import SHORT_SCALE, QueryFeatures, Verifier
+from earmark.service.pipeline.verification import SHORT_SCALE, Evidence, Judgement, QueryFeatures, Verifier
 
 NOISE_SEED = 20261129
 
@@ -227,6 +227,13 @@ class Scorer:
         entry, original_features = self._entries[original]
         similarity = float(np.dot(features.embedding, original_features.embedding))
         return self.verifier.judge(features, "tune", similarity, entry)
+
+    def evidence(self, features: QueryFeatures, original: str) -> Evidence | Judgement:
+        """What the comparisons found of a query against one original, before any threshold
+        (or the refusal that stopped them): what a calibration is fitted on."""
+        entry, original_features = self._entries[original]
+        similarity = float(np.dot(features.embedding, original_features.embedding))
+        return self.verifier.evidence(features, "tune", similarity, entry)
 
 
 def directory_pairs(directory: Path, scorer: Scorer, others_per_file: int = 8) -> Iterator[Pair]:
