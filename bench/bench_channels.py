@@ -45,11 +45,11 @@ from earmark.service.config import FuzzyThresholds  # noqa: E402
 from earmark.service.ops.tune import Scorer  # noqa: E402
 from earmark.service.pipeline.verification import (  # noqa: E402
     DETAIL_ZERO_DB,
-    EXCUSED_MEDIAN_DB,
     SHORT_SCALE,
     Judgement,
     QueryFeatures,
     Verifier,
+    detail_score_of,
     pitch_score_of,
 )
 
@@ -177,9 +177,8 @@ def fitted_thresholds(evidence: dict[str, np.ndarray], defaults: FuzzyThresholds
         e = {k: v[rows] for k, v in evidence.items() if k != "items"}
         families = sorted(set(e["family"]) - {CLEAN})
         best: tuple[float, FuzzyThresholds] = (-1.0, defaults)
+        detail_score = np.array([detail_score_of(x, m) for x, m in zip(e["excess"], e["median"], strict=True)])
         for window, short, detail in itertools.product(GRID_WINDOW, GRID_SHORT, GRID_DETAIL):
-            detail_score = np.minimum(1.0 - e["excess"] / DETAIL_ZERO_DB,
-                                      1.0 - e["median"] * (1.0 - 0.74) / EXCUSED_MEDIAN_DB)
             # Each check's score less its threshold, on the reported score's scale: the worst decides.
             slack = np.minimum.reduce([e["worst"] - window, (e["short"] - short) * SHORT_SCALE,
                                        detail_score - detail, e["pitch"] - defaults.min_pitch_score])
