@@ -28,7 +28,7 @@ from earmark.service.engines.pool import EnginePool
 from earmark.service.engines.base import Engine, RecognitionOptions
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.recognition import RecognitionCache, _pcm_digest_of
-from earmark.service.api.uploads import Upload
+from earmark.service.pipeline.upload import Upload
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.gated_engine import WAIT_S, GatedEngine
 
