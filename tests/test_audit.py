@@ -17,6 +17,9 @@ from starlette.testclient import TestClient
 
 from earmark.fingerprint.canonical import bytes_digest
 from earmark.service.api.app import create_app
+from earmark.service.api.audit_params import audit_options
+from earmark.service.api.errors import ApiError
+from earmark.service.ops.audit import AuditOptions
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.conftest import live_server
 from tests.test_cli import run
@@ -322,3 +325,19 @@ def test_deleting_an_entry_deletes_the_query_prints_kept_for_its_hits(traffic):
     deleted = client.delete(f"/entries/{happened['original']['entry']}", headers={"Authorization": f"Bearer {ADMIN}"})
     assert deleted.status_code == 200
     assert client.portal.call(store.client.keys, pattern) == []
+
+
+def test_audit_query_parameters_default_and_are_refused_with_a_clear_400():
+    """api/audit_params.py: each parameter optional (the service's review margin by default), and
+    an unknown, malformed or out-of-range one is a 400 saying what is allowed."""
+    assert audit_options({}, 0.07) == AuditOptions(review_margin=0.07)
+    assert audit_options({"top": "1000", "hits": "0", "review_margin": "1"}, 0.07) == AuditOptions(1.0, 1000, 0)
+    for params, says in [({"tops": "5"}, "unknown parameter(s) tops; known: review_margin, top, hits"),
+                         ({"top": "0"}, "top must be between 1 and 1000"),
+                         ({"hits": "100001"}, "hits must be between 0 and 100000"),
+                         ({"hits": "many"}, "hits must be a whole number, not 'many'"),
+                         ({"review_margin": "1.5"}, "review_margin must be between 0 and 1"),
+                         ({"review_margin": "wide"}, "review_margin must be a number, not 'wide'")]:
+        with pytest.raises(ApiError) as refused:
+            audit_options(params, 0.05)
+        assert (refused.value.status, refused.value.msg) == (400, says)

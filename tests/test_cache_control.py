@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from earmark.index.keys import Keys
-from earmark.service.api.cache_control import CacheControl, parse_cache_control
+from earmark.service.api.cache_control import parse_cache_control
+from earmark.service.pipeline.cache_directives import CacheControl
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 from tests.test_app import keys_under

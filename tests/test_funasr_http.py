@@ -16,6 +16,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from earmark.service.api.app import create_app
+from earmark.service.engines.base import RecognitionOptions, Segment
+from earmark.service.engines.upstream.base import UpstreamConfig, UpstreamError
+from earmark.service.engines.upstream.funasr_http import FunASRHttpEngine
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.funasr_protocol_server import FunASRProtocolServer
 from tests.test_app import keys_under
@@ -216,3 +219,19 @@ def test_misses_go_upstream_at_most_max_connections_at_once_and_hits_do_not_wait
     refused = next(answer for answer in answers if answer.status_code == 503)
     assert int(refused.headers["retry-after"]) >= 1 and "busy" in refused.json()["msg"]
     assert funasr.max_in_progress == 2
+
+
+def test_the_protocol_reads_code_0_and_refuses_anything_else():
+    """engines/upstream/funasr_http.py on the server's own answers: sentence times in ms become
+    seconds (empty sentences dropped); any `code` but 0 is a failure, even under HTTP 200."""
+    engine = FunASRHttpEngine(UpstreamConfig(url="http://127.0.0.1:9/asr/"))
+    assert engine.endpoint == "http://127.0.0.1:9/asr/recognition"
+    assert FunASRHttpEngine(UpstreamConfig(url="http://127.0.0.1:9/recognition")).endpoint == "http://127.0.0.1:9/recognition"
+    profile = engine.resolve(RecognitionOptions())
+    heard = engine.parse(b'{"text": " hello world ", "code": 0, "sentences": [{"text": "hello", "start": 120, "end": 980},'
+                         b' {"text": " ", "start": 980, "end": 1000}, {"text": "world", "start": 1000, "end": 1850}]}', profile)
+    assert heard.text == "hello world" and heard.segments == (Segment(0.12, 0.98, "hello"), Segment(1.0, 1.85, "world"))
+    for answer, says in [(b'{"msg": "bad audio", "code": 1}', "code 1"), (b'{"text": "x"}', "code None"),
+                         (b'[]', "not a JSON object"), (b'{"code": 0}', "no 'text'")]:
+        with pytest.raises(UpstreamError, match=says):
+            engine.parse(answer, profile)

@@ -4,12 +4,25 @@ deleted or expired entries are never served by any replica."""
 from __future__ import annotations
 
 import time
+import asyncio
 from dataclasses import replace
 
 import numpy as np
 from starlette.testclient import TestClient
 
 from earmark.service.api.app import create_app
+from earmark.fingerprint.decode import decode_audio
+from earmark.fingerprint.embedding import EMBEDDING_DIM
+from earmark.index.connection import open_client
+from earmark.index.entry import Entry, make_entry_id
+from earmark.index.keys import Keys
+from earmark.index.store import Store
+from earmark.index.vectors import VectorIndex
+from earmark.service.config import FuzzyThresholds
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.fuzzy import FuzzyMatcher
+from earmark.service.pipeline.profile import Profile
+from earmark.service.pipeline.verification import Verifier
 from tests.waiting import wait_for
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
@@ -147,3 +160,40 @@ def test_a_copy_right_after_its_original_is_found_without_waiting_for_the_stream
     entry = recognize(client, recorded)["cache"]["entry"]
     hit = recognize(client, mp3_copy)["cache"]
     assert (hit["tier"], hit["entry"]) == ("fuzzy", entry)
+
+
+def test_the_matcher_says_why_it_examined_nothing_and_prunes_entries_gone_from_the_store(settings, recorded):
+    """pipeline/fuzzy.py on a real store and index: off, too little speech and an empty index
+    are each a note; an entry indexed here at once is found and accepted, and one the index
+    still holds but the store no longer does is never accepted and leaves the index."""
+    verifier = Verifier(FuzzyThresholds())
+    features = verifier.features(decode_audio(recorded, 60.0).pcm_16k)
+    profile = Profile("pocketsphinx", "cmusphinx-en-us-5.2", "test", "en", False)
+    kept = verifier.attach(Entry(entry_id=make_entry_id(profile.digest, "kept"), profile_id=profile.digest,
+                                 pcm_digest="kept", text="kept", normalized_text="kept", language="en",
+                                 duration_s=features.speech_s, speech_s=features.speech_s, engine_seconds=0.1), features)
+    gone = replace(kept, entry_id=make_entry_id(profile.digest, "gone"), pcm_digest="gone")
+
+    async def run() -> None:
+        store, index, metrics = Store(open_client(settings.redis_url), Keys(settings.key_prefix)), VectorIndex(EMBEDDING_DIM, "flat"), Metrics()
+        matcher = FuzzyMatcher(verifier, store, index, metrics)
+        try:
+            off = FuzzyMatcher(Verifier(FuzzyThresholds(enabled=False)), store, index, metrics)
+            assert (await off.match(features, profile)).note == "disabled: the fuzzy tier is off"
+            short = await matcher.match(replace(features, speech_s=0.5), profile)
+            assert short.note == "query_too_short: 0.50 s of speech < 0.6 s" and short.entry is None
+            assert metrics.fuzzy_rejected.labels(reason="query_too_short")._value.get() == 1
+            assert (await matcher.match(features, profile)).note.startswith("no_candidates")
+
+            await store.put_entry(kept, "kept-bytes", 60, stream_maxlen=100)
+            await matcher.index_now(kept, features)
+            await matcher.index_now(gone, features)  # indexed, never stored: as if expired since
+            found = await matcher.match(features, profile)
+            assert found.entry is not None and found.entry.entry_id == kept.entry_id and found.score > 0.9
+            verdicts = {candidate["entry"]: candidate["accepted"] for candidate in found.candidates}
+            assert verdicts == {kept.entry_id: True, gone.entry_id: False}
+            assert len(index) == 1 and index.search(profile.digest, features.embedding, 5)[0][0] == kept.entry_id
+        finally:
+            await store.close()
+
+    asyncio.run(run())

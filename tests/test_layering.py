@@ -2,6 +2,7 @@
 `import redis`, no reaching through a store's raw client elsewhere), and only the API layer
 (`earmark/service/api/`) turns errors into HTTP statuses: the layers below raise errors that
 name their kind (earmark/errors.py), mapped to statuses in one place (service/api/errors.py).
+Nothing below the API (the pipeline, the engines, `fingerprint/`, `index/`) imports it.
 
 Reading another server's status (the upstream engines', `earmark batch` reading earmark's own
 answers) is not answering with one, and is not looked for."""
@@ -18,12 +19,38 @@ from earmark.service.api.errors import STATUS
 PACKAGE = Path(earmark.__file__).parent
 INDEX = PACKAGE / "index"
 API = PACKAGE / "service" / "api"
+# The layers a request reaches after the API: none of them may import it.
+BELOW_API = (PACKAGE / "service" / "pipeline", PACKAGE / "service" / "engines", PACKAGE / "fingerprint", INDEX)
 # Modules that hold HTTP statuses or the exceptions that carry them.
 STATUS_MODULES = ("earmark.service.api.errors", "http", "starlette.status", "starlette.exceptions")
 
 
 def _modules() -> list[tuple[Path, ast.Module]]:
     return [(path, ast.parse(path.read_text(encoding="utf-8"), str(path))) for path in sorted(PACKAGE.rglob("*.py"))]
+
+
+def module_name(path: Path) -> str:
+    """The dotted name a source file imports as (`earmark/index/store.py` -> `earmark.index.store`)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(tree: ast.Module, package: str = "") -> list[tuple[int, str]]:
+    """Every module a source may import, with its line: `import a.b` gives `a.b`; `from a import b`
+    gives both `a` and `a.b` (b may be a module); relative imports are resolved against
+    `package`, the dotted name of the package the source is in."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if alias.name != "*"]
+    return found
 
 
 def _name(node: ast.AST) -> str:
@@ -104,6 +131,27 @@ def test_only_the_index_package_talks_to_redis():
 def test_only_the_api_layer_answers_with_http_statuses():
     offenders = {str(path.relative_to(PACKAGE.parent)): found for path, tree in _modules()
                  if not path.is_relative_to(API) and (found := status_uses(tree))}
+    assert offenders == {}
+
+
+def test_imported_names_resolves_what_a_source_can_import():
+    source = "import earmark.service.api.app\nfrom earmark.service import api\nfrom ..api.uploads import Upload\n"
+    names = [name for _, name in imported_names(ast.parse(source), "earmark.service.pipeline")]
+    assert names == ["earmark.service.api.app", "earmark.service", "earmark.service.api",
+                     "earmark.service.api.uploads", "earmark.service.api.uploads.Upload"]
+    assert module_name(API / "uploads.py") == "earmark.service.api.uploads"
+    assert module_name(API / "__init__.py") == "earmark.service.api"
+
+
+def test_nothing_below_the_api_imports_it():
+    """The pipeline, the engines, `fingerprint/` and `index/` serve the API and never reach back up
+    into it: what they share with it (the upload's bytes, the cache directives) lives with them."""
+    api = module_name(API / "__init__.py")
+    offenders = {str(path.relative_to(PACKAGE.parent)): found for path, tree in _modules()
+                 if any(path.is_relative_to(layer) for layer in BELOW_API)
+                 and (found := [f"line {line}: {name}" for line, name in
+                                imported_names(tree, module_name(path.parent / "__init__.py"))
+                                if name == api or name.startswith(api + ".")])}
     assert offenders == {}
 
 

@@ -8,6 +8,10 @@ import asyncio
 import openai
 import pytest
 
+from earmark.service.api.errors import ApiError
+from earmark.service.api.openai_compat import (check_response_format, check_stream, check_timestamp_granularities,
+                                              transcription_response)
+from earmark.service.pipeline.recognition import Outcome
 from tests.conftest import live_server
 
 
@@ -63,3 +67,30 @@ def test_errors_show_the_reason_and_models_are_listed(base_url, recorded):
         client.audio.transcriptions.create(model="whisper-1", file=("a.wav", recorded[:44]))
     assert bad.value.status_code == 400 and "send" in str(bad.value)
     assert "whisper-1" in [model.id for model in client.models.list()]
+
+
+def test_the_formats_and_options_are_checked_before_any_work():
+    """api/openai_compat.py refuses what it cannot render with a 422, before the audio is read."""
+    assert check_response_format(None) == check_response_format("") == "json"
+    assert check_timestamp_granularities(["word", "segment", "word"], "verbose_json") == {"word", "segment"}
+    assert check_stream("", "srt") is False and check_stream("True", "text") is True
+    for refused_call in (lambda: check_response_format("xml"), lambda: check_timestamp_granularities(["char"], "json"),
+                         lambda: check_stream("maybe", "json"), lambda: check_stream("true", "verbose_json")):
+        with pytest.raises(ApiError) as refused:
+            refused_call()
+        assert refused.value.status == 422
+
+
+def test_srt_and_vtt_cues_stay_in_order_inside_the_audio():
+    """One cue per non-empty segment; a segment that starts before the last or ends past the
+    audio (the decoder's rounding) is kept inside [previous start, duration]."""
+    outcome = Outcome(tier="exact", result={"text": "hello there world", "duration_s": 2.5, "segments": [
+        {"start": 0.3, "end": 1.24, "text": " hello there"}, {"start": 1.5, "end": 1.6, "text": "  "},
+        {"start": 0.1, "end": 2.91, "text": "world"}]})
+    srt = transcription_response(outcome, "srt").body.decode()
+    assert srt == "1\n00:00:00,300 --> 00:00:01,240\nhello there\n\n2\n00:00:00,300 --> 00:00:02,500\nworld\n"
+    vtt = transcription_response(outcome, "vtt")
+    assert vtt.media_type == "text/vtt" and vtt.body.decode().splitlines()[:4] == [
+        "WEBVTT", "", "00:00:00.300 --> 00:00:01.240", "hello there"]
+    no_segments = Outcome(tier="miss", result={"text": "hello", "duration_s": 61.0})
+    assert transcription_response(no_segments, "srt").body.decode() == "1\n00:00:00,000 --> 00:01:01,000\nhello\n"

@@ -18,6 +18,7 @@ from dataclasses import replace
 import pytest
 import redis
 
+from earmark.fingerprint.canonical import bytes_digest
 from earmark.index.connection import open_client
 from earmark.index.embedded import EmbeddedServer
 from earmark.index.entry import Entry, make_entry_id
@@ -28,7 +29,8 @@ from earmark.service.engines.pool import EnginePool
 from earmark.service.engines.base import Engine, RecognitionOptions
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.recognition import RecognitionCache, _pcm_digest_of
-from earmark.service.api.uploads import Upload
+from earmark.service.pipeline.query import QueryAudio
+from earmark.service.pipeline.upload import Upload
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.gated_engine import WAIT_S, GatedEngine
 
@@ -226,3 +228,17 @@ def test_a_miss_another_process_is_running_is_waited_for(settings, engine, audio
 def _keyspace(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
     """Every key under the prefix with its serialised value (DUMP): any write shows."""
     return {key: client.dump(key) for key in client.scan_iter(match=f"{prefix}*", count=1000)}
+
+
+def test_a_query_carries_the_uploads_bytes_and_digest_and_learns_nothing_until_decoded(audio):
+    """pipeline/query.py and pipeline/upload.py: the query's digest is the bytes' own (the exact
+    tier's key), its file is the bytes from the start on every open, whether kept in memory or
+    spooled to a temporary file (past 2 MiB); nothing is known of the audio before the tier walk
+    decodes it."""
+    large = audio["wav"] * 13  # past the in-memory spool
+    for data in (audio["flac"], large):
+        query = QueryAudio(Upload.from_bytes(data))
+        assert (query.digest, query.size) == (bytes_digest(data), len(data))
+        assert query.open().read() == data and query.open().read() == data
+        assert (query.audio_seconds, query.pcm) == (None, None)
+        query.upload.close()

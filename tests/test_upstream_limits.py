@@ -21,6 +21,8 @@ from starlette.testclient import TestClient
 
 from earmark.service.api.app import create_app
 from earmark.service.config import ConfigError, load_settings
+from earmark.service.engines.base import Segment, Transcript, Word
+from earmark.service.engines.transcript_limit import TranscriptLimit, TranscriptTooLong
 from tests.conftest import live_server
 from tests.funasr_protocol_server import _Running
 from tests.test_app import keys_under
@@ -200,3 +202,24 @@ def test_a_local_engines_transcript_over_the_limit_is_a_502_never_cached(setting
 def test_the_transcript_limit_must_be_positive(setting, value):
     with pytest.raises(ConfigError, match=setting):
         load_settings(**{setting: value})
+
+
+def test_the_transcript_limit_grows_with_the_audio_and_applies_to_each_part():
+    """engines/transcript_limit.py: `chars_per_s` a second, at least `floor_chars`; each part of a
+    transcript (text, segments' text, words, tokens) is measured on its own."""
+    limit = TranscriptLimit(chars_per_s=10.0, floor_chars=30)
+    assert (limit.chars_for(1.0), limit.chars_for(4.01)) == (30, 41)
+    limit.check(Transcript(text="a" * 30, normalized_text="", language="en"), 1.0)  # at the limit: kept
+    parts = {
+        "its text": Transcript(text="a" * 31, normalized_text="", language="en"),
+        "its segments' text": Transcript(text="", normalized_text="", language="en",
+                                         segments=(Segment(0.0, 1.0, "b" * 20), Segment(1.0, 2.0, "c" * 11))),
+        "its words": Transcript(text="", normalized_text="", language="en",
+                                segments=(Segment(0.0, 1.0, "", words=tuple(Word("", 0.0, 0.1) for _ in range(31))),)),
+        "its tokens": Transcript(text="", normalized_text="", language="en",
+                                 segments=(Segment(0.0, 1.0, "", tokens=tuple(range(31))),)),
+    }
+    for part, transcript in parts.items():
+        with pytest.raises(TranscriptTooLong) as refused:
+            limit.check(transcript, 1.0)
+        assert f"over earmark's limit of 30 characters for 1.0 s of audio ({part}: 31;" in str(refused.value)

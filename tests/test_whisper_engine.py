@@ -5,6 +5,7 @@ model are part of the profile, that its weights are checked, and its segments ov
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from earmark.service.engines.base import RecognitionOptions
 from earmark.service.engines.errors import EngineOptionError, EngineUnavailable
 from earmark.service.engines.whisper_engine import (BUNDLED_SHA256, Decoding, WhisperEngine, bundled_model_dir, check_bundled,
                                             engine_revision)
+from earmark.service.engines.whisper_vad import VadSettings, load_vad, speech_clips, vad_model_file
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import post
 
@@ -350,3 +352,20 @@ def test_long_audio_is_transcribed_in_pieces_cut_in_its_pauses(whisper_engine, m
     assert starts == sorted(starts) and transcript.segments[-1].end <= len(pcm) / 16000 + 0.5
     assert transcript.segments[-1].start > 8.0  # the last piece's times are offset, not from 0
     assert transcript == whisper_engine.transcribe(pcm, profile)  # the same cuts every time
+
+
+def test_speech_is_cut_into_clips_at_pauses_and_never_past_the_longest_clip():
+    """engines/whisper_vad.py with the real Silero model: two readings 2 s apart are two clips with
+    the pause between them in neither, silence is none, and no clip is longer than `max_clip_s`;
+    the model's digest (part of the profile's revision) is its file's."""
+    first, second = pcm_of("librivox_0930.flac"), pcm_of("librivox_0890.flac")
+    pcm = np.concatenate([first, np.zeros(2 * 16000, dtype=np.float32), second])
+    pause_s = (len(first) / 16000, len(first) / 16000 + 2.0)
+    assert load_vad() == hashlib.sha256(vad_model_file().read_bytes()).hexdigest()
+    clips = speech_clips(pcm, VadSettings())
+    assert len(clips) == 2 and clips[0]["end"] < sum(pause_s) / 2 < clips[1]["start"]
+    assert clips[0]["start"] < 0.5 and clips[1]["end"] > len(pcm) / 16000 - 0.5
+    short = speech_clips(pcm, VadSettings(max_clip_s=2.0))
+    assert len(short) > 2 and all(clip["end"] - clip["start"] <= 2.0 for clip in short)
+    assert speech_clips(np.zeros(2 * 16000, dtype=np.float32), VadSettings()) == []
+    assert speech_clips(np.zeros(0, dtype=np.float32), VadSettings()) == []

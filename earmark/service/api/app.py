@@ -36,7 +36,7 @@ from earmark.index.replica import IndexReplica
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 from earmark.service.api.auth import ApiKeys, is_admin_bearer, keys_without_admin
-from earmark.service.api.cache_control import CacheControl, parse_cache_control
+from earmark.service.api.cache_control import parse_cache_control
 from earmark.service.config import Settings
 from earmark.service.console.pages import console_routes
 from earmark.service.engines.pool import EnginePool
@@ -62,7 +62,9 @@ from earmark.service.api.openai_compat import (
 )
 from earmark.service.pipeline.recognition import Outcome, RecognitionCache
 from earmark.service.pipeline.profile import Profile
-from earmark.service.api.uploads import Upload, UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
+from earmark.service.pipeline.cache_directives import CacheControl
+from earmark.service.pipeline.upload import Upload
+from earmark.service.api.uploads import UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
 
 log = logging.getLogger(__name__)
 

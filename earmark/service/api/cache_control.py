@@ -1,50 +1,14 @@
-"""Per-request cache control, read from the request's `Cache-Control` header.
+"""A request's cache control, read from its `Cache-Control` header.
 
-Caching proxies let a client say, per request, "do not answer from the cache", "do not keep
-this" or "keep it only so long"; earmark honours the same three directives on `/recognize` and
-`/v1/audio/transcriptions` (docs/api.md, "Cache control"):
-
-- `no-cache`: skip every lookup tier, run the engine, then store (replacing the entry for the
-  same audio);
-- `no-store`: answer from the cache when possible, but write nothing for this request;
-- `max-age=N`: an entry this request writes lives at most N seconds (never longer than the
-  configured TTL); `max-age=0` writes nothing.
-
+The three directives earmark honours (`no-cache`, `no-store`, `max-age=N`) and what each does
+are the pipeline's (service/pipeline/cache_directives.py); this reads them off the header.
 Anything else in the header (unknown directives, a malformed `max-age`) is ignored, as a cache
 ignores what it does not understand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class CacheControl:
-    """What one request asked of the cache; the default asks nothing special."""
-
-    no_cache: bool = False
-    no_store: bool = False
-    max_age_s: int | None = None
-
-    @property
-    def directives(self) -> list[str]:
-        """The directives honoured for this request (for the metric), or ["none"]."""
-        named = [name for name, on in (("no-cache", self.no_cache), ("no-store", self.no_store),
-                                        ("max-age", self.max_age_s is not None)) if on]
-        return named or ["none"]
-
-    @property
-    def writes(self) -> bool:
-        """False when nothing may be written for this request (`no-store`, or `max-age=0`)."""
-        return not self.no_store and self.max_age_s != 0
-
-    def ttl_s(self, configured_s: int) -> int:
-        """The TTL of an entry this request writes: the configured one, or `max-age` if shorter."""
-        return configured_s if self.max_age_s is None else min(configured_s, self.max_age_s)
-
-
-DEFAULT = CacheControl()
+from earmark.service.pipeline.cache_directives import DEFAULT, CacheControl
 
 
 def parse_cache_control(header: str | None) -> CacheControl:

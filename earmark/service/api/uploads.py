@@ -5,32 +5,30 @@ that trickles in a byte at a time, a client that hangs up halfway, a form with t
 body is therefore parsed as it arrives (python-multipart's streaming parser), and a request is
 refused the moment it breaks a limit, having kept nothing. The `file` part is hashed as it
 arrives, so the exact tier needs no second pass over it, and spooled: in memory while small,
-in a temporary file beyond that, removed when the request ends.
+in a temporary file beyond that, removed when the request ends (the `Spool` and the `Upload` it
+becomes are the pipeline's: service/pipeline/upload.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect, Request
 
-from earmark.fingerprint.canonical import BytesHasher, bytes_digest
+from earmark.fingerprint.canonical import BytesHasher
 from earmark.service.engines.base import RecognitionOptions
 from earmark.errors import quoted
 from earmark.service.api.errors import ApiError
+from earmark.service.pipeline.upload import Spool, Upload
 
 MULTIPART_SLACK = 64 * 1024  # boundary lines and small fields around the file part
-SPOOL_IN_MEMORY_BYTES = 2 * 1024 * 1024  # larger files go to a temporary file as they arrive
 MAX_PARTS = 36  # the documented 4 files and 32 fields
 MAX_FIELD_BYTES = 64 * 1024
 FILE_FIELD = "file"
@@ -60,66 +58,6 @@ class UploadLimits:
     # off: a connection trickling a byte now and then holds nothing for long.
     min_bytes_per_s: float = 16 * 1024
     grace_s: float = 10.0
-
-
-class Spool:
-    """Bytes as they arrive: the pieces themselves while small (an exact hit never needs them
-    joined), a temporary file once over `SPOOL_IN_MEMORY_BYTES`."""
-
-    def __init__(self) -> None:
-        self._pieces: list[bytes | memoryview] = []
-        self._size = 0
-        self._file: BinaryIO | None = None
-
-    def write(self, piece: bytes | memoryview) -> None:
-        """Add the next bytes (kept by reference while in memory: do not modify them)."""
-        self._size += len(piece)
-        if self._file is None and self._size > SPOOL_IN_MEMORY_BYTES:
-            self._file = tempfile.TemporaryFile()
-            self._file.writelines(self._pieces)
-            self._pieces = []
-        if self._file is not None:
-            self._file.write(piece)
-        else:
-            self._pieces.append(piece)
-
-    def open(self) -> BinaryIO:
-        """The bytes as a file, from the start (one reader at a time)."""
-        if self._file is None:
-            self._file = io.BytesIO(b"".join(self._pieces))
-            self._pieces = []
-        self._file.seek(0)
-        return self._file
-
-    def close(self) -> None:
-        """Drop the bytes (a temporary file is deleted)."""
-        self._pieces = []
-        if self._file is not None:
-            self._file.close()
-
-
-class Upload:
-    """The audio file of a request: its digest, taken as the bytes arrived, and the bytes."""
-
-    def __init__(self, spool: Spool, digest: str, size: int) -> None:
-        self._spool = spool
-        self.digest = digest
-        self.size = size
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Upload:
-        """An upload that is already in memory (the CLI, tests)."""
-        spool = Spool()
-        spool.write(data)
-        return cls(spool, bytes_digest(data), len(data))
-
-    def open(self) -> BinaryIO:
-        """The bytes as a file, from the start (one reader at a time)."""
-        return self._spool.open()
-
-    def close(self) -> None:
-        """Drop the bytes (a temporary file is deleted)."""
-        self._spool.close()
 
 
 @dataclass

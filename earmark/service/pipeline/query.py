@@ -1,7 +1,7 @@
 """One request's audio as the pipeline sees it: the upload's bytes and digest, and what the
 pipeline learns of them as it walks the tiers (service/pipeline/recognition.py).
 
-The HTTP upload (service/api/uploads.py) only carries what arrived; the audio's length, worked
+The upload (service/pipeline/upload.py) only carries what arrived; the audio's length, worked
 out for the decode budget, and its PCM, kept when short, are the pipeline's and live here.
 """
 
@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from earmark.service.api.uploads import Upload
+from earmark.service.pipeline.upload import Upload
 
 
 class QueryAudio:

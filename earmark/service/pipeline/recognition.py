@@ -2,7 +2,7 @@
 
 `recognize` may run the engine and write the result; `lookup` answers what `recognize` would do
 now, with its evidence, and never runs the engine or writes. A request's cache control
-(service/api/cache_control.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
+(service/pipeline/cache_directives.py) may skip the lookup (`no-cache`), forbid writing (`no-store`) or
 shorten the written entry's life (`max-age`). When the store is unreachable both
 carry on without it (tier `bypass`): the cache must never turn into an outage.
 
@@ -29,9 +29,9 @@ from earmark.fingerprint.speech import has_sound, speech_extent
 from earmark.index.breaker import StoreUnavailable
 from earmark.index.entry import Entry, make_entry_id
 from earmark.index.store import FuzzyVerdict, Store
-from earmark.service.api.cache_control import DEFAULT as DEFAULT_CONTROL, CacheControl
 from earmark.service.config import Settings
 from earmark.service import memory
+from earmark.service.pipeline.cache_directives import DEFAULT as DEFAULT_CONTROL, CacheControl
 from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
 from earmark.service.engines.pool import EnginePool
 from earmark.service.engines.errors import EngineFailure
@@ -39,7 +39,7 @@ from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
-from earmark.service.api.uploads import Upload
+from earmark.service.pipeline.upload import Upload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
