@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StoreUnavailable(RuntimeError):
@@ -20,6 +23,15 @@ class StoreUnavailable(RuntimeError):
 class StoreRefused(StoreUnavailable):
     """The store answered but refused this command (OOM under maxmemory, WRONGTYPE on a foreign
     key): this request goes on without the cache, while the store stays up for every other."""
+
+
+async def try_store(call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
+    """Run a store call; on an outage return (None, False) instead of raising, so that a request
+    carries on without the cache (tier `bypass`) rather than failing."""
+    try:
+        return await call(), True
+    except StoreUnavailable:
+        return None, False
 
 
 class CircuitBreaker:

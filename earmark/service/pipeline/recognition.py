@@ -6,9 +6,10 @@ now, with its evidence, and never runs the engine or writes. A request's cache c
 shorten the written entry's life (`max-age`). When the store is unreachable both
 carry on without it (tier `bypass`): the cache must never turn into an outage.
 
-A miss is run once however many requests ask for the same new audio at the same moment: requests
-in this process share one future, and processes sharing the store take a lock with an expiry
-(renewed while the engine runs) and the others wait for the entry to appear.
+A miss is run once however many requests ask for the same new audio at the same moment
+(service/pipeline/single_flight.py): requests in this process share one future, and processes
+sharing the store take a lock with an expiry (renewed while the engine runs) and the others wait
+for the entry to appear.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
 from earmark.fingerprint.canonical import PcmDigest
 from earmark.fingerprint.decode import SAMPLE_RATE, AudioError, AudioStream, budget_seconds, decode_audio, open_audio
 from earmark.fingerprint.speech import has_sound, speech_extent
-from earmark.index.breaker import StoreUnavailable
+from earmark.index.breaker import try_store
 from earmark.index.entry import Entry, make_entry_id
 from earmark.index.store import FuzzyVerdict, Store
 from earmark.service.config import Settings
@@ -34,17 +34,15 @@ from earmark.service import memory
 from earmark.service.pipeline.cache_directives import DEFAULT as DEFAULT_CONTROL, CacheControl
 from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
 from earmark.service.engines.pool import EnginePool
-from earmark.service.engines.errors import EngineFailure
 from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
+from earmark.service.pipeline.single_flight import MissesInFlight
 from earmark.service.pipeline.upload import Upload
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-LOCK_POLL_S = 0.05
 # Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
 KEEP_PCM_S = 120.0
 
@@ -93,8 +91,7 @@ class RecognitionCache:
             settings.decode_budget_s, on_change=metrics.decode_budget_in_use.set, on_refused=metrics.decode_budget_refused.inc,
             on_grown=metrics.decode_budget_grown.inc,
         )
-        # (profile digest, PCM digest) -> (the leader's upload digest, its outcome to come)
-        self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
+        self.in_flight = MissesInFlight(store, metrics, settings.lock_ttl_ms)
 
     async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None,
                         control: CacheControl = DEFAULT_CONTROL, endpoint: str = "recognize") -> Outcome:
@@ -145,7 +142,7 @@ class RecognitionCache:
 
         if store_ok and look:
             with self._stage("exact"):
-                found, store_ok = await self._try_store(
+                found, store_ok = await try_store(
                     lambda: self.store.entry_and_verdict(keys.exact(profile.digest, upload_digest))
                 )
             entry, verdict = found or (None, None)
@@ -172,7 +169,7 @@ class RecognitionCache:
         fuzzy_note = None
         if store_ok and look:
             with self._stage("canonical"):
-                entry, store_ok = await self._try_store(
+                entry, store_ok = await try_store(
                     lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
                 )
             if entry is not None:
@@ -185,7 +182,7 @@ class RecognitionCache:
                 with self._stage("fingerprint"):
                     features = await asyncio.to_thread(self._features_of, query, reservation.cover)
             with self._stage("fuzzy"):
-                match, store_ok = await self._try_store(lambda: self.fuzzy.match(features, profile))
+                match, store_ok = await try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
                 candidates, fuzzy_note = match.candidates, match.note
                 if match.entry is not None:
@@ -215,97 +212,38 @@ class RecognitionCache:
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
         ttl_cap_s: int | None,
     ) -> Outcome:
-        """Run the miss once per (profile, audio) in this process; later callers share it."""
-        flight_key = (profile.digest, audio_digest)
-        flight = self._flights.get(flight_key)
-        if flight is not None:
-            leader_digest, leader = flight
-            self.metrics.single_flight_waits.labels(scope="process").inc()
-            shared: Outcome = await asyncio.shield(leader)
-            leader_entry = shared.entry
-            if leader_entry is None:
-                return Outcome(tier=shared.tier, result=shared.result)
-            tier = "exact" if leader_digest == upload_digest else "canonical"
-            # The entry may have been deleted while we waited: serve it only as it is now.
-            current, store_ok = await self._try_store(lambda: self.store.get_entry(leader_entry.entry_id))
-            if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
-                return Outcome(tier="bypass", result=shared.result)
-            if current is not None and current.generation == leader_entry.generation:
-                outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
-                if outcome is not None:
-                    return outcome
-            return await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
-        future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._flights[flight_key] = (upload_digest, future)
-        try:
-            outcome = await self._miss(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
-        except asyncio.CancelledError:
-            # The leader's client went away; its followers still deserve an answer.
-            future.set_exception(EngineFailure("the request running the engine for this audio was cancelled; retry"))
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            self._flights.pop(flight_key, None)
-        future.set_result(outcome)
-        return outcome
+        """Run the miss once (service/pipeline/single_flight.py): in this process later callers
+        share its answer; across processes sharing the store, the others serve the entry it writes."""
+        def run(store_ok: bool) -> Awaitable[Outcome]:
+            return self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
 
-    async def _miss(
-        self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None,
-    ) -> Outcome:
-        """Take the cross-process lock (or wait for its holder's entry), then run and store."""
-        lock_key = self.store.keys.lock(profile.digest, audio_digest)
-        canonical_key = self.store.keys.canonical(profile.digest, audio_digest)
-        token = None
-        while store_ok:
-            token, store_ok = await self._try_store(lambda: self.store.acquire_lock(lock_key, self.settings.lock_ttl_ms))
-            if token is not None or not store_ok:
-                break
-            self.metrics.single_flight_waits.labels(scope="store").inc()
-            entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
-            if entry is not None:
-                outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
-                if outcome is not None:
-                    return outcome
-        renewer = asyncio.create_task(self._renew_lock(lock_key, token)) if token else None
-        try:
-            if token is not None:
-                # The previous holder may have finished between our lookup and our lock.
-                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
-                if entry is not None:
-                    outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
-                    if outcome is not None:
-                        return outcome
-            return await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
-        finally:
-            if renewer is not None and token is not None:
-                renewer.cancel()
-                held_token = token
-                await self._try_store(lambda: self.store.release_lock(lock_key, held_token))
+        def serve(entry: Entry) -> Awaitable[Outcome | None]:
+            return self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
 
-    async def _wait_for_holder(self, lock_key: str, canonical_key: str) -> tuple[Entry | None, bool]:
-        """Poll until the lock holder's entry appears, or the lock vanishes without one."""
-        while True:
-            await asyncio.sleep(LOCK_POLL_S)
-            entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
-            if entry is not None or not store_ok:
-                return entry, store_ok
-            held, store_ok = await self._try_store(lambda: self.store.lock_held(lock_key))
-            if not held or not store_ok:
-                entry, store_ok = await self._try_store(lambda: self.store.entry_by_alias(canonical_key))
-                return entry, store_ok
+        def lead() -> Awaitable[Outcome]:
+            return self.in_flight.under_lock(profile.digest, audio_digest, store_ok, serve=serve, run=run)
 
-    async def _renew_lock(self, lock_key: str, token: str) -> None:
-        interval = self.settings.lock_ttl_ms / 3000.0
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.store.extend_lock(lock_key, token, self.settings.lock_ttl_ms)
-            except StoreUnavailable:
-                return
+        def follow(leader_digest: str, shared: Outcome) -> Awaitable[Outcome]:
+            return self._share(shared, leader_digest, upload_digest, run)
+
+        return await self.in_flight.once_in_process(profile.digest, audio_digest, upload_digest, lead=lead, follow=follow)
+
+    async def _share(self, shared: Outcome, leader_digest: str, upload_digest: str,
+                     run: Callable[[bool], Awaitable[Outcome]]) -> Outcome:
+        """A follower's answer from its leader's (`shared`): the leader's entry as it is now."""
+        leader_entry = shared.entry
+        if leader_entry is None:
+            return Outcome(tier=shared.tier, result=shared.result)
+        tier = "exact" if leader_digest == upload_digest else "canonical"
+        # The entry may have been deleted while we waited: serve it only as it is now.
+        current, store_ok = await try_store(lambda: self.store.get_entry(leader_entry.entry_id))
+        if not store_ok:  # cannot check now: the leader's answer, uncached, rather than N engine runs
+            return Outcome(tier="bypass", result=shared.result)
+        if current is not None and current.generation == leader_entry.generation:
+            outcome = await self._hit_and_alias(tier, current, upload_digest, write=True, served=True)
+            if outcome is not None:
+                return outcome
+        return await run(store_ok)
 
     async def _run_and_store(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
@@ -362,7 +300,7 @@ class RecognitionCache:
         ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
         if ttl_cap_s is not None:
             ttl_s = min(ttl_s, ttl_cap_s)
-        stored, store_ok = await self._try_store(
+        stored, store_ok = await try_store(
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
         )
         if not store_ok or stored is None:
@@ -389,19 +327,12 @@ class RecognitionCache:
         None when the entry vanished (deleted, expired) between reading it and now: it must
         not be served."""
         if write and tier != "exact":
-            state, _ = await self._try_store(lambda: self.store.add_alias(entry, upload_digest, verdict))
+            state, _ = await try_store(lambda: self.store.add_alias(entry, upload_digest, verdict))
             if state == "gone":
                 return None
             if state == "seen" and verdict is None:
                 tier = "exact"
         return self._hit(tier, entry, served=served, verdict=verdict)
-
-    async def _try_store(self, call: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
-        """Run a store call; on an outage return (None, False) instead of raising."""
-        try:
-            return await call(), True
-        except StoreUnavailable:
-            return None, False
 
     @contextlib.asynccontextmanager
     async def _decoding(self, query: QueryAudio) -> AsyncIterator[Reservation]:
@@ -431,7 +362,7 @@ class RecognitionCache:
         except AudioError:
             return []
         with self._stage("fuzzy"):
-            match, _ = await self._try_store(lambda: self.fuzzy.match(features, profile))
+            match, _ = await try_store(lambda: self.fuzzy.match(features, profile))
         return match.candidates if match is not None else []
 
     def _features_of(self, query: QueryAudio, cover: Callable[[float], None]):
