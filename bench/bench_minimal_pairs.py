@@ -30,7 +30,7 @@ from earmark.fingerprint.canonical import pcm_digest  # noqa: E402
 from earmark.fingerprint.config import DEFAULT  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
 from earmark.fingerprint.detail import compare_detail  # noqa: E402
-from earmark.fingerprint.verifier import verify  # noqa: E402
+from earmark.fingerprint.matcher import verify  # noqa: E402
 from earmark.fingerprint.pitch import compare_pitch  # noqa: E402
 from earmark.index.entry import Entry  # noqa: E402
 from earmark.service.config import FuzzyThresholds  # noqa: E402
