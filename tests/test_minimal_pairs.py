@@ -175,7 +175,7 @@ def test_a_changed_name_through_a_coarse_telephone_codec_is_refused(verifier):
     for name in ("name_changed_002_b_g726_16k.wav", "name_changed_002_a_g726_16k.wav"):
         accepted, score, reason = _judge(verifier, original, _features(verifier, fixture_bytes(f"minimal_pairs/{name}")))
         assert not accepted and score < FuzzyThresholds().min_window_score, f"{name}: {reason}"
-        assert "could hide a changed syllable" in reason
+        assert reason.startswith("line_too_coarse") and "could hide a changed syllable" in reason
     samples, rate = read_pcm(original_data)
     narrowband = encode(_resample(samples, rate, 8_000), 8_000, fmt="wav", codec="pcm_s16le")
     accepted, score, reason = _judge(verifier, original, _features(verifier, narrowband))

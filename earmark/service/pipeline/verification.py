@@ -7,8 +7,9 @@ this fingerprint version, it is not a "no speech" entry, both recordings have en
 judge, their speech durations agree within the contract's tolerance in both directions, every
 stretch of the aligned recordings matches (the worst decides), no syllable-sized stretch
 differs more than the recording's own codec noise explains (a changed word, a dropped word or a
-cut end is a different recording: fingerprint/detail.py), and no 200 ms of pitch shifts as a
-changed tone does (fingerprint/pitch.py).
+cut end is a different recording: fingerprint/detail.py), the line is not so coarse that its own
+distortion could hide a changed syllable, and no 200 ms of pitch shifts as a changed tone does
+(fingerprint/pitch.py).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class Verifier:
                            f"at query {verdict.worst_short_at_s:.2f} s / entry "
                            f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
         if detail_score < limits.min_detail_score and detail.median_db > EXCUSED_MEDIAN_DB:
-            return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: every 80 ms "
+            return False, (f"line_too_coarse: {detail_score:.3f} < {limits.min_detail_score}: every 80 ms "
                            f"differs by {detail.median_db:.1f} dB (a line this coarse, over {EXCUSED_MEDIAN_DB} dB, "
                            f"could hide a changed syllable in its own distortion: a codec under about 24 kbit/s)")
         if detail_score < limits.min_detail_score:
