@@ -165,16 +165,16 @@ def evidence_table(items: list[dict], scorer: Scorer, features: dict) -> dict[st
     return {k: np.array(v) for k, v in columns.items()}
 
 
-def fitted_thresholds(evidence: dict[str, np.ndarray], defaults: FuzzyThresholds) -> ThresholdRule:
+def fitted_thresholds(items: list[dict], evidence: dict[str, np.ndarray], defaults: FuzzyThresholds) -> ThresholdRule:
     """A rule that fits the window, short-window and detail thresholds jointly on the training
     families: the most recall (the mean over families) such that every strict negative stays
-    MARGIN under some threshold. Evaluated on evidence columns (fast), applied by the service's
-    own judge on the family left out."""
-    index = {id(item): n for n, item in enumerate(evidence["items"])}
+    MARGIN under some threshold. Evaluated on evidence columns (`evidence_table(items, ...)`,
+    fast), applied by the service's own judge on the family left out."""
+    row_of = {id(item): n for n, item in enumerate(items)}
 
     def rule(train: list[dict], judge_items: Judge) -> FuzzyThresholds:
-        rows = np.array([index[id(item)] for item in train])
-        e = {k: v[rows] for k, v in evidence.items() if k != "items"}
+        rows = np.array([row_of[id(item)] for item in train])
+        e = {k: v[rows] for k, v in evidence.items()}
         families = sorted(set(e["family"]) - {CLEAN})
         best: tuple[float, FuzzyThresholds] = (-1.0, defaults)
         detail_score = np.array([detail_score_of(x, m) for x, m in zip(e["excess"], e["median"], strict=True)])
@@ -295,8 +295,7 @@ def main() -> None:
     scorer = Scorer(defaults)
     for label, (feats, duration) in originals.items():
         scorer.original_features(label, feats, duration)
-    evidence = evidence_table(items, scorer, features) | {"items": items}
-    fitted = leave_one_family_out(items, judge_items, fitted_thresholds(evidence, defaults))
+    fitted = leave_one_family_out(items, judge_items, fitted_thresholds(items, evidence_table(items, scorer, features), defaults))
 
     outside = set(manifest.get("outside_targets", []))
     print("\n".join(table(family_figures, threshold, "family")))

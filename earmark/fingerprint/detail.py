@@ -181,12 +181,13 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     `offset_s`) that makes their median distance smallest. For a level-compressed pair
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
-    floor = _common_floor(q, r) + compression_db
+    q_floor, r_floor = _noise_floor(q) + compression_db, _noise_floor(r) + compression_db
+    floor = np.maximum(q_floor, r_floor)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
     # Where one recording has no frames at all, the other's noise hides nothing, so its frames
     # there are judged against its own floor: a word cut off the end of a noisy copy is still
     # speech missing from it, however loud the copy's noise.
-    q_alone, r_alone = (_speech_frames(x, _common_floor(x, x) + compression_db) for x in (q, r))
+    q_alone, r_alone = _speech_frames(q, q_floor), _speech_frames(r, r_floor)
     q, r = np.maximum(q, floor), np.maximum(r, floor)
     q_sound, r_sound = (q > floor).any(axis=1), (r > floor).any(axis=1)
     q_speech, r_speech = _speech_frames(q, floor), _speech_frames(r, floor)
@@ -219,11 +220,16 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     )
 
 
+def _noise_floor(spectrum: np.ndarray) -> np.ndarray:
+    """Per band, a recording's noise floor (10th percentile over time, never under
+    LOWEST_FLOOR_DB), plus FLOOR_MARGIN_DB."""
+    return np.maximum(np.percentile(spectrum, 10, axis=0), LOWEST_FLOOR_DB) + FLOOR_MARGIN_DB
+
+
 def _common_floor(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per band, the louder of the two recordings' noise floors (10th percentile over time, never
-    under LOWEST_FLOOR_DB), plus FLOOR_MARGIN_DB: only what rises above it is compared."""
-    floor = np.maximum(np.maximum(np.percentile(q, 10, axis=0), np.percentile(r, 10, axis=0)), LOWEST_FLOOR_DB)
-    return floor + FLOOR_MARGIN_DB
+    """Per band, the louder of the two recordings' noise floors (`_noise_floor`): only what
+    rises above it is compared."""
+    return np.maximum(_noise_floor(q), _noise_floor(r))
 
 
 def _speech_frames(spectrum: np.ndarray, floor: np.ndarray) -> np.ndarray:

@@ -224,16 +224,17 @@ class Scorer:
 
     def judge(self, features: QueryFeatures, original: str) -> tuple[bool, float, str]:
         """The service's (accepted, score, reason) for a query's features against one original."""
-        entry, original_features = self._entries[original]
-        similarity = float(np.dot(features.embedding, original_features.embedding))
-        return self.verifier.judge(features, "tune", similarity, entry)
+        return self.verifier.judge(features, "tune", *self._candidate(features, original))
 
     def evidence(self, features: QueryFeatures, original: str) -> Evidence | Judgement:
         """What the comparisons found of a query against one original, before any threshold
         (or the refusal that stopped them): what a calibration is fitted on."""
+        return self.verifier.evidence(features, "tune", *self._candidate(features, original))
+
+    def _candidate(self, features: QueryFeatures, original: str) -> tuple[float, Entry]:
+        """The original as the service's candidate: its embedding similarity and its entry."""
         entry, original_features = self._entries[original]
-        similarity = float(np.dot(features.embedding, original_features.embedding))
-        return self.verifier.evidence(features, "tune", similarity, entry)
+        return float(np.dot(features.embedding, original_features.embedding)), entry
 
 
 def directory_pairs(directory: Path, scorer: Scorer, others_per_file: int = 8) -> Iterator[Pair]:
