@@ -132,3 +132,49 @@ def test_one_substituted_word_fails_on_the_short_stretches(original):
     assert verify(robust_hash(copy, DEFAULT), robust_hash(original, DEFAULT), DEFAULT).worst_short_score >= (
         FuzzyThresholds().min_short_window_score
     )
+
+
+def _with_noise(pcm: np.ndarray, snr_db: float, kind: str) -> np.ndarray:
+    """`pcm` with white or pink noise at `snr_db` under its speech (seeded)."""
+    noise = np.random.default_rng(7).standard_normal(pcm.size)
+    if kind == "pink":
+        spectrum = np.fft.rfft(noise)
+        spectrum[1:] /= np.sqrt(np.arange(1, spectrum.size))
+        noise = np.fft.irfft(spectrum, pcm.size)
+    speech = pcm[np.abs(pcm) > 0.01 * np.abs(pcm).max()]
+    noise *= np.sqrt(np.mean(speech**2) / 10 ** (snr_db / 10) / np.mean(noise**2))
+    return (pcm + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["white", "pink"])
+def test_a_copy_under_steady_noise_is_the_same_recording_and_a_word_cut_from_it_is_not(kind):
+    """A real reading (LibriVox 0890) under 20 dB of steady noise: its pauses are noise, not
+    silence, and its quiet bands are random. With the noise floor taken out before hashing, the
+    service's verdict takes the copy for the same recording (before: refused, its worst 0.25 s
+    stretch about 0.5); the same copy with a third of a second cut out of its middle is still
+    refused."""
+    from earmark.service.ops.tune import Scorer
+
+    scorer = Scorer(FuzzyThresholds())
+    reading = pcm_of(fixture_bytes("librivox_0890.flac"))
+    scorer.original_features("reading", scorer.verifier.features(reading), reading.size / SAMPLE_RATE)
+    accepted, score, reason = scorer.judge(scorer.verifier.features(_with_noise(reading, 20.0, kind)), "reading")
+    assert accepted, reason
+    middle, cut = reading.size // 2, int(0.33 * SAMPLE_RATE)
+    edited = np.concatenate([reading[:middle], reading[middle + cut:]])
+    accepted, score, reason = scorer.judge(scorer.verifier.features(_with_noise(edited, 20.0, kind)), "reading")
+    assert not accepted and score < THRESHOLD - 0.05, reason
+
+
+def test_a_recording_with_silent_pauses_hashes_as_it_did_before_the_noise_floor_was_taken_out():
+    """Steady-noise removal subtracts each band's floor: where the pauses are digital silence
+    (a synthetic prompt with silence around it) the floor is zero and the hash is exactly the one
+    the energies give as they are; a noisy recording's is not."""
+    from earmark.fingerprint.robust_hash import robust_hash_from_energies
+
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    prompt = np.concatenate([silence, pcm_of(fixture_bytes("weather.wav")), silence])
+    energies = band_energies(prompt, DEFAULT)
+    assert robust_hash(prompt, DEFAULT).bits.tolist() == robust_hash_from_energies(energies).bits.tolist()
+    noisy = _with_noise(prompt, 20.0, "white")
+    assert robust_hash(noisy, DEFAULT).bits.tolist() != robust_hash_from_energies(band_energies(noisy, DEFAULT)).bits.tolist()

@@ -25,8 +25,10 @@ class FingerprintConfig:
     """Parameters of one fingerprint version."""
 
     # v3: frames padded at both ends, and the syllable-scale detail spectrum stored beside the
-    # hash (fingerprint/detail.py). Verification changes that read nothing new need no version.
-    version: str = "ehash-v3"
+    # hash (fingerprint/detail.py). v4: each band's steady noise floor is taken out before the
+    # hash and the embedding are made (fingerprint/spectrum.py's without_steady_noise), so the
+    # hashes of noisy recordings changed. Verification changes that read nothing new need no version.
+    version: str = "ehash-v4"
     sample_rate: int = SAMPLE_RATE
     # 128 ms analysis frames every 16 ms: long frames with heavy overlap make the energy
     # differences insensitive to the small time offsets a trimmed or re-encoded copy has

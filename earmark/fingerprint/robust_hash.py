@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from earmark.fingerprint.config import FingerprintConfig
-from earmark.fingerprint.spectrum import band_energies
+from earmark.fingerprint.spectrum import band_energies, without_steady_noise
 
 _ROWS = 8192  # frames hashed at a time
 
@@ -77,5 +77,5 @@ def _pack(flags: np.ndarray) -> np.ndarray:
 
 
 def robust_hash(pcm_16k: np.ndarray, config: FingerprintConfig) -> RobustHash:
-    """Hash 16 kHz mono PCM."""
-    return robust_hash_from_energies(band_energies(pcm_16k, config))
+    """Hash 16 kHz mono PCM (as the fuzzy tier hashes it: steady noise taken out first)."""
+    return robust_hash_from_energies(without_steady_noise(band_energies(pcm_16k, config)))

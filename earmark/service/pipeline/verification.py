@@ -33,7 +33,7 @@ from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
 from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
-from earmark.fingerprint.spectrum import BandEnergies
+from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
 from earmark.fingerprint.speech import FrameLevels, extent_from_levels
 from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
@@ -107,7 +107,7 @@ class Verifier:
         for chunk in chunks:
             for stream in (energies, levels, detail, pitch):
                 stream.push(chunk)
-        band = energies.finish()
+        band = without_steady_noise(energies.finish())
         return QueryFeatures(
             hash=robust_hash_from_energies(band),
             embedding=embedding_from_energies(band, self.config),
