@@ -267,6 +267,9 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("bench/out/channels_features"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/channels.json"))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-leave-out", action="store_true",
+                        help="judge once and print the tables, without the leave-one-family-out passes (each judges "
+                             "every family again: most of the run)")
     args = parser.parse_args()
     if not (args.data / "manifest.json").exists():
         sys.exit(f"no channel set at {args.data}: run python bench/make_channels.py --out {args.data} first")
@@ -291,40 +294,45 @@ def main() -> None:
         by_setting[f"{row['family']}/{row['setting']}"].append(row)
     family_figures = {f: figures(r) for f, r in by_family.items()}
     setting_figures = {s: figures(r) for s, r in by_setting.items()}
-    lofo = leave_one_family_out(items, judge_items, fixed_thresholds)
-    scorer = Scorer(defaults)
-    for label, (feats, duration) in originals.items():
-        scorer.original_features(label, feats, duration)
-    fitted = leave_one_family_out(items, judge_items, fitted_thresholds(items, evidence_table(items, scorer, features), defaults))
+    lofo: dict[str, dict] = {}
+    fitted: dict[str, dict] = {}
+    if not args.no_leave_out:
+        lofo = leave_one_family_out(items, judge_items, fixed_thresholds)
+        scorer = Scorer(defaults)
+        for label, (feats, duration) in originals.items():
+            scorer.original_features(label, feats, duration)
+        fitted = leave_one_family_out(items, judge_items,
+                                      fitted_thresholds(items, evidence_table(items, scorer, features), defaults))
 
     outside = set(manifest.get("outside_targets", []))
     print("\n".join(table(family_figures, threshold, "family")))
     print()
     print("\n".join(table(setting_figures, threshold, "family/setting")))
-    print("\nLeave one family out (rule: fixed_thresholds, the defaults; in-sample | left out):")
-    print("| family | copies accepted, in-sample | left out | negatives accepted, in-sample | left out |")
-    print("|---|---|---|---|---|")
-    for family, held in lofo.items():
-        f = family_figures[family]
-        n = f["copies_synthetic"] + f["copies_human"]
-        negs = f["negatives_pairs"] + f["negatives_human_edits"]
-        mark = " (outside targets)" if family in outside else ""
-        print(f"| {family}{mark} | {_pct(f['accepted_synthetic'] + f['accepted_human'], n)} | "
-              f"{_pct(held['accepted_synthetic'] + held['accepted_human'], held['copies_synthetic'] + held['copies_human'])} | "
-              f"{f['false_accepts_pairs'] + f['false_accepts_human_edits']}/{negs} | "
-              f"{held['false_accepts_pairs'] + held['false_accepts_human_edits']}/"
-              f"{held['negatives_pairs'] + held['negatives_human_edits']} |")
-    print("\nLeave one family out (rule: fitted_thresholds: window, 0.25 s window and detail thresholds chosen "
-          "on the other families, every strict negative 0.05 under; left out):")
-    print("| family | window / short / detail thresholds | copies accepted | strict negatives accepted | highest other-text negative |")
-    print("|---|---|---|---|---|")
-    for family, held in fitted.items():
-        t = held["thresholds"]
-        n = held["copies_synthetic"] + held["copies_human"]
-        strict = held["false_accepts_pairs"] + held["false_accepts_human_edits_text_changed"]
-        print(f"| {family} | {t['min_window_score']} / {t['min_short_window_score']} / {t['min_detail_score']} | "
-              f"{_pct(held['accepted_synthetic'] + held['accepted_human'], n)} | {strict} | "
-              f"{held['highest_other_text_score']} ({held['highest_other_text']}) |")
+    if lofo:
+        print("\nLeave one family out (rule: fixed_thresholds, the defaults; in-sample | left out):")
+        print("| family | copies accepted, in-sample | left out | negatives accepted, in-sample | left out |")
+        print("|---|---|---|---|---|")
+        for family, held in lofo.items():
+            f = family_figures[family]
+            n = f["copies_synthetic"] + f["copies_human"]
+            negs = f["negatives_pairs"] + f["negatives_human_edits"]
+            mark = " (outside targets)" if family in outside else ""
+            print(f"| {family}{mark} | {_pct(f['accepted_synthetic'] + f['accepted_human'], n)} | "
+                  f"{_pct(held['accepted_synthetic'] + held['accepted_human'], held['copies_synthetic'] + held['copies_human'])} | "
+                  f"{f['false_accepts_pairs'] + f['false_accepts_human_edits']}/{negs} | "
+                  f"{held['false_accepts_pairs'] + held['false_accepts_human_edits']}/"
+                  f"{held['negatives_pairs'] + held['negatives_human_edits']} |")
+        print("\nLeave one family out (rule: fitted_thresholds: window, 0.25 s window and detail thresholds chosen "
+              "on the other families, every strict negative 0.05 under; left out):")
+        print("| family | window / short / detail thresholds | copies accepted | strict negatives accepted | highest other-text negative |")
+        print("|---|---|---|---|---|")
+        for family, held in fitted.items():
+            t = held["thresholds"]
+            n = held["copies_synthetic"] + held["copies_human"]
+            strict = held["false_accepts_pairs"] + held["false_accepts_human_edits_text_changed"]
+            print(f"| {family} | {t['min_window_score']} / {t['min_short_window_score']} / {t['min_detail_score']} | "
+                  f"{_pct(held['accepted_synthetic'] + held['accepted_human'], n)} | {strict} | "
+                  f"{held['highest_other_text_score']} ({held['highest_other_text']}) |")
     accepted_negatives = [r for r in rows if r["accepted"] and not r["positive"]]
     for row in accepted_negatives:
         heard = {None: "", True: ", engine hears another text", False: ", engine hears the same text"}
