@@ -41,7 +41,7 @@ def main() -> None:
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="Embedded store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None,
          help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
-@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, pocketsphinx, funasr, or an upstream server: openai, funasr-http [whisper].")
+@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, whisper-base (multilingual), pocketsphinx, funasr, or an upstream server: openai, funasr-http [whisper].")
 @_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
          help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
@@ -65,6 +65,13 @@ def main() -> None:
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
 @_option("--index-type", env="EARMARK_INDEX_TYPE", default=None,
          help="Vector index: flat (exact search), hnsw, or auto (exact while small) [auto].")
+@_option("--language-id/--no-language-id", env="EARMARK_LANGUAGE_ID", default=None,
+         help="Identify the spoken language of each miss (Whisper base) and refuse (422, nothing cached) or route "
+              "speech the engine does not serve [on].")
+@_option("--language-routes", env="EARMARK_LANGUAGE_ROUTES", default=None,
+         help="One engine per language, e.g. 'zh=whisper-base,*=whisper-base' (*: any language the engine does not serve).")
+@_option("--model-cache-dir", env="EARMARK_MODEL_CACHE_DIR", default=None,
+         help="Where the multilingual Whisper base is assembled from its wheels [$XDG_CACHE_HOME/earmark or ~/.cache/earmark].")
 @_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning, error, critical [info].")
 def serve(config_file: str | None, **options) -> None:
     """Start the HTTP service (with an embedded store unless --redis-url is given)."""
@@ -77,7 +84,7 @@ def serve(config_file: str | None, **options) -> None:
 
     from earmark.service.api.app import create_app
 
-    engine = _check_startable(settings)
+    engine, route_engines = _check_startable(settings)
     settings, server = _with_store(settings)
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down; as an exception (not the default
     # handler, which ends the process on the spot) it lets the store below be stopped properly.
@@ -85,7 +92,7 @@ def serve(config_file: str | None, **options) -> None:
         signal.signal(signum, _exit_on_signal)
     signal.signal(signal.SIGHUP, _reload_on_signal)
     try:
-        app = create_app(settings, engine=engine)
+        app = create_app(settings, engine=engine, route_engines=route_engines)
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     finally:
         if server is not None:
@@ -346,7 +353,8 @@ def _check_startable(settings: Settings):
     `_settings`.
 
     Returns the engine when loading it was the check (the service then uses it: the model is
-    loaded once, before the port opens, so no request pays for it), else None."""
+    loaded once, before the port opens, so no request pays for it), else None, and the language
+    routes' engines by language."""
     from earmark.index.connection import replica_refusal
     from earmark.service.engines.errors import EngineUnavailable
     from earmark.service.engines.registry import engine_for
@@ -355,12 +363,30 @@ def _check_startable(settings: Settings):
         refusal = replica_refusal(settings.redis_url)
         if refusal is not None:
             _fail(refusal)
-    if settings.engine == "pocketsphinx":
-        return None  # loads in its worker processes, which the pool starts at once
     try:
-        return engine_for(settings)
+        # pocketsphinx loads in its worker processes, which the pool starts at once
+        engine = None if settings.engine == "pocketsphinx" else engine_for(settings)
+        return engine, _check_language_id(settings, engine)
     except EngineUnavailable as exc:
         _fail(str(exc))
+
+
+def _check_language_id(settings: Settings, engine) -> dict:
+    """Load the language identifier (shared with the service in this process) when a miss will
+    use it, and each language route's engine, so that missing wheels or a route's engine that
+    cannot load stop the start with their reason (`EngineUnavailable`). Returns the routes'
+    engines by language, for the service to use."""
+    from earmark.service.config import parse_routes
+    from earmark.service.engines.language_id import shared_identifier
+    from earmark.service.engines.registry import engine_for
+    from earmark.service.pipeline.routing import needs_identification
+
+    routes = parse_routes(settings.language_routes)
+    loaded = {name: engine_for(settings, name) for name in sorted(set(routes.values()) - {settings.engine, "pocketsphinx"})}
+    if settings.language_id and (engine is None or needs_identification(engine, bool(routes))):
+        shared_identifier(Path(settings.model_cache_dir) if settings.model_cache_dir else None,
+                          window_s=settings.language_id_window_s)
+    return {code: loaded[name] for code, name in routes.items() if name in loaded}
 
 
 def _with_store(settings: Settings):

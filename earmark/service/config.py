@@ -81,6 +81,22 @@ class Settings:
     whisper_condition_on_previous_text: bool = False
     funasr_model: str = ""
     device: str = "cpu"
+    # Spoken-language identification on a miss, before the engine runs (service/pipeline/routing.py,
+    # issue 26): speech in a language no configured engine serves is refused (422) and nothing is
+    # cached. It runs only when its answer matters (an engine that serves every language, with no
+    # routes, is never made to wait for it). Off: every miss goes to the engine unheard.
+    language_id: bool = True
+    # Seconds of speech (from its start) the identifier hears: 2 s named Mandarin Finnish once; 3 s
+    # was right on every real recording tried (bench/README.md, "Language identification").
+    language_id_window_s: float = 3.0
+    # An identification less sure than this goes to the configured engine, as if none had run.
+    language_id_min_probability: float = 0.5
+    # One engine per language, e.g. "zh=whisper-base, *=whisper-base" (`*`: every language with no
+    # route of its own that the configured engine does not serve). Engines: ROUTE_ENGINES.
+    language_routes: str = ""
+    # Where models shipped in pieces are assembled once (the multilingual Whisper base); empty:
+    # $XDG_CACHE_HOME/earmark, else ~/.cache/earmark.
+    model_cache_dir: str = ""
     admin_token: str = ""
     # How long a web console sign-in lasts (service/console/session.py), in seconds.
     console_session_s: float = 12 * 3600.0
@@ -168,7 +184,7 @@ class Settings:
 
 
 # The settings' allowed values, here so the gate below and the code using them share one list.
-ENGINE_NAMES = ("whisper", "pocketsphinx", "funasr", "openai", "funasr-http")
+ENGINE_NAMES = ("whisper", "whisper-base", "pocketsphinx", "funasr", "openai", "funasr-http")
 UPSTREAM_ENGINES = ("openai", "funasr-http")  # they forward a miss to a recognition server
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 INDEX_TYPES = ("auto", "flat", "hnsw")
@@ -194,7 +210,7 @@ MIN_LOCK_TTL_MS = 1000
 FREE_SETTINGS = frozenset({
     "data_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
     "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision", "fuzzy",
-    "thresholds.enabled",
+    "thresholds.enabled", "language_id", "model_cache_dir",
 })
 REFERENCE_SETTINGS = frozenset({"redis_url", "api_keys_file"})
 
@@ -203,7 +219,7 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
     """(setting, value, allowed?, what is allowed) for every setting with a range or a set of values."""
     f = s.fuzzy
     positive, non_negative = "a number above 0", "0 or more"
-    device = WHISPER_DEVICE if s.engine == "whisper" else TORCH_DEVICE
+    device = WHISPER_DEVICE if s.engine in ("whisper", "whisper-base") else TORCH_DEVICE
     upstream = s.engine in UPSTREAM_ENGINES
     return [
         ("host", s.host, bool(s.host.strip()) and not any(c.isspace() for c in s.host), "a host name or address"),
@@ -213,7 +229,14 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
          "bytes as the store writes them: a whole number, optionally followed by b, k, kb, m, mb, g or gb (0: no bound)"),
         ("engine", s.engine, s.engine in ENGINE_NAMES, "one of " + ", ".join(ENGINE_NAMES)),
         ("device", s.device, bool(device.match(s.device)),
-         "cpu, cuda or cuda:N" + ("" if s.engine == "whisper" else " (funasr also mps, xpu, npu, xpu:N, npu:N)")),
+         "cpu, cuda or cuda:N" + ("" if s.engine in ("whisper", "whisper-base") else " (funasr also mps, xpu, npu, xpu:N, npu:N)")),
+        ("language_id_window_s", s.language_id_window_s, 0.5 <= s.language_id_window_s <= 30.0,
+         "seconds of speech from 0.5 to 30 (Whisper's window)"),
+        ("language_id_min_probability", s.language_id_min_probability, 0.0 <= s.language_id_min_probability <= 1.0,
+         "a number from 0 to 1"),
+        ("language_routes", s.language_routes, _routes_reason(s.language_routes) is None,
+         f"LANGUAGE=ENGINE pairs separated by commas, e.g. 'zh=whisper-base, *=whisper-base' "
+         f"({_routes_reason(s.language_routes) or 'ok'}); engines: {', '.join(ENGINE_NAMES)}"),
         ("whisper_beam_size", s.whisper_beam_size, 1 <= s.whisper_beam_size <= 16, "a whole number from 1 to 16"),
         ("console_session_s", s.console_session_s, s.console_session_s > 0, positive),
         ("api_keys_check_s", s.api_keys_check_s, s.api_keys_check_s > 0, positive),
@@ -257,6 +280,37 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
         ("thresholds.min_speech_s", f.min_speech_s, f.min_speech_s >= 0, "0 seconds or more"),
         ("thresholds.top_k", f.top_k, 1 <= f.top_k <= MAX_TOP_K, f"a whole number of candidates from 1 to {MAX_TOP_K}"),
     ]
+
+
+def parse_routes(text: str) -> dict[str, str]:
+    """`language_routes` ("zh=whisper-base, *=whisper-base") as {language code: engine name};
+    raises ValueError naming what is wrong."""
+    from earmark.service.engines.base import _LANGUAGE_ALIASES
+
+    routes: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        language, sep, engine = (piece.strip() for piece in item.partition("="))
+        if not sep or not language or not engine:
+            raise ValueError(f"{item!r} is not LANGUAGE=ENGINE")
+        language = _LANGUAGE_ALIASES.get(language.lower(), language.lower())
+        if not (language == "*" or re.fullmatch(r"[a-z]{2,3}", language)):
+            raise ValueError(f"{language!r} is not a language code (en, zh, ...) or *")
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"{engine!r} is not an engine")
+        if language in routes:
+            raise ValueError(f"language {language!r} is routed twice")
+        routes[language] = engine
+    return routes
+
+
+def _routes_reason(text: str) -> str | None:
+    try:
+        parse_routes(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _type_reasons(values: Any, prefix: str) -> list[str]:

@@ -38,6 +38,18 @@ class Metrics:
         self.lookup_seconds = Histogram(
             "earmark_lookup_seconds", "Time spent per lookup stage.", ["stage"], buckets=_LOOKUP_BUCKETS, registry=r
         )
+        # Language identification on misses (service/pipeline/routing.py; issue 26). Outcomes: served (by the
+        # configured engine), routed (to another), refused (422, nothing cached), uncertain (under the minimum
+        # probability: the configured engine), no_speech (the VAD heard none: the configured engine).
+        self.language_identifications = Counter(
+            "earmark_language_identifications_total",
+            "Spoken-language identifications run on misses, by detected language and outcome.", ["language", "outcome"],
+            registry=r,
+        )
+        self.language_id_seconds = Histogram(
+            "earmark_language_id_seconds", "Time spent identifying the spoken language of a miss (VAD, features, encoder).",
+            buckets=_LOOKUP_BUCKETS, registry=r,
+        )
         self.index_entries = Gauge("earmark_index_entries", "Entries in this replica's vector index.", registry=r)
         self.store_errors = Counter("earmark_store_errors_total", "Store calls that failed (connection, timeout).", registry=r)
         self.store_refused = Counter(

@@ -37,7 +37,7 @@ from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 from earmark.service.api.auth import ApiKeys, is_admin_bearer, keys_without_admin
 from earmark.service.api.cache_control import parse_cache_control
-from earmark.service.config import Settings
+from earmark.service.config import Settings, parse_routes
 from earmark.service.console.pages import console_routes
 from earmark.service.engines.pool import EnginePool
 from earmark.service.engines.base import AsyncEngine, Engine
@@ -62,6 +62,8 @@ from earmark.service.api.openai_compat import (
 )
 from earmark.service.pipeline.recognition import Outcome, RecognitionCache
 from earmark.service.pipeline.profile import Profile
+from earmark.service.pipeline.routing import EngineRoute, Identify, LanguageRouter, needs_identification
+from earmark.service.engines.language_id import shared_identifier
 from earmark.service.pipeline.cache_directives import CacheControl
 from earmark.service.pipeline.upload import Upload
 from earmark.service.api.uploads import UploadAborted, UploadForm, UploadGate, UploadLimits, read_upload, recognition_options
@@ -90,10 +92,14 @@ class Services:
     audits: AuditCache
     api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
     events: EventLog | None = None
+    router: LanguageRouter | None = None
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette:
-    """Build the application; `settings.redis_url` must name a reachable-or-not store."""
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               route_engines: dict[str, Engine] | None = None) -> Starlette:
+    """Build the application; `settings.redis_url` must name a reachable-or-not store. `engine`
+    and `route_engines` (by language route, see `settings.language_routes`) are engines already
+    loaded (the CLI's start-up check, tests); any not given is built from the settings."""
     if not settings.redis_url:
         raise ValueError("settings.redis_url is empty: start the embedded store first (see service.cli)")
     # Read now, not in the lifespan: a bad keys file stops the start with its ConfigError.
@@ -119,14 +125,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
         )
         chosen = engine or engine_for(settings)
-        # An engine that serialises its own calls (one model behind a lock) gains nothing
-        # from more workers than it recommends; 0 workers configured means its recommendation.
-        recommended = getattr(chosen, "recommended_workers", None)
-        workers = settings.engine_workers or recommended or 1
-        if recommended is not None:
-            workers = min(workers, recommended)
-        pool = EnginePool(chosen, metrics, workers=workers, max_waiting=settings.engine_queue,
-                          timeout_s=settings.engine_timeout_s, transcript_limit=TranscriptLimit.from_settings(settings))
+        pool = _pool_for(chosen, settings, metrics)
+        router = _router(settings, chosen, pool, metrics, route_engines or {})
         vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
         metrics.index_entries.set_function(lambda: len(vectors))
         replica = IndexReplica.open(settings.redis_url, store.keys, vectors, _snapshot_dir(settings),
@@ -134,18 +134,23 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         fuzzy = FuzzyMatcher(Verifier(settings.fuzzy), store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)
-        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events)
+        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events, router)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)
         app.state.services = Services(settings, metrics, store, chosen, pool, cache, vectors, replica, limits, gate,
-                                      AuditCache(settings.audit_cache_s, metrics.audit_reports), api_keys, events)
+                                      AuditCache(settings.audit_cache_s, metrics.audit_reports), api_keys, events, router)
+        routed = _routed_only(router)
         if not await store.ping():
             log.warning("store at %s is unreachable at start-up: serving without the cache", redact_url(settings.redis_url))
         replica.start()
-        if isinstance(chosen, AsyncEngine):
-            await chosen.start(metrics)
-        pool.warm_up()
+        for started in (chosen, *(route.engine for route in routed)):
+            if isinstance(started, AsyncEngine):
+                await started.start(metrics)
+        for warmed in (pool, *(route.pool for route in routed)):
+            warmed.warm_up()
+        if router.identifier is not None and router.identifies:
+            await asyncio.to_thread(router.identifier.warm_up)
         await asyncio.to_thread(fuzzy.verifier.warm_up)  # before the port opens: no request waits for it
         watchers = [asyncio.create_task(_watch_store(store))]
         if keys_file is not None:
@@ -158,9 +163,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Starlette
         finally:
             for watcher in watchers:
                 watcher.cancel()
-            pool.close()
-            if isinstance(chosen, AsyncEngine):
-                await chosen.aclose()
+            for closed in (pool, *(route.pool for route in routed)):
+                closed.close()
+            for stopped in (chosen, *(route.engine for route in routed)):
+                if isinstance(stopped, AsyncEngine):
+                    await stopped.aclose()
             # Bounded: a stuck connection must never keep the service from exiting.
             for step in (replica.stop(), store.close()):
                 try:
@@ -208,8 +215,9 @@ async def _recognize(request: Request, services: Services) -> Response:
     # `earmark batch` says so, for the event log (service/pipeline/events.py); any other value is ignored.
     endpoint = "batch" if request.headers.get("x-earmark-client", "").lower() == "batch" else "recognize"
     with contextlib.closing(upload):
-        outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control, endpoint=endpoint)
+        profile, identify = _plan(services, form, namespace)
+        outcome = await services.cache.recognize(upload, profile, started=started, control=control, endpoint=endpoint,
+                                                 identify=identify)
     response = JSONResponse({"code": 0, "msg": "success", "result": outcome.result, "cache": outcome.cache_info()})
     return _with_cache_headers(response, outcome)
 
@@ -224,7 +232,7 @@ async def _lookup(request: Request, services: Services) -> Response:
     namespace = _authenticate(request, services)
     upload, form = await _receive(request, services)
     with contextlib.closing(upload):
-        outcome = await services.cache.lookup(upload, _profile(services, form, namespace), started=started)
+        outcome = await services.cache.lookup(upload, _plan(services, form, namespace)[0], started=started)
     response = JSONResponse(
         {"code": 0, "msg": "success", "cache": outcome.cache_info(with_candidates=True), "result": outcome.result}
     )
@@ -246,8 +254,9 @@ async def _openai_transcriptions(request: Request, services: Services) -> Respon
         granularities = check_timestamp_granularities(
             form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities"), response_format)
         stream = check_stream(form.text("stream"), response_format)
-        outcome = await services.cache.recognize(upload, _profile(services, form, namespace), started=started,
-                                                 control=control, endpoint="openai")
+        profile, identify = _plan(services, form, namespace)
+        outcome = await services.cache.recognize(upload, profile, started=started, control=control, endpoint="openai",
+                                                 identify=identify)
     if stream:
         return _with_cache_headers(streamed_transcription(outcome), outcome)
     return _with_cache_headers(transcription_response(outcome, response_format, granularities), outcome)
@@ -406,8 +415,54 @@ async def _receive(request: Request, services: Services) -> tuple[Upload, Upload
     return await read_upload(request, services.upload_limits, services.upload_gate)
 
 
-def _profile(services: Services, form: UploadForm, namespace: str) -> Profile:
-    return services.engine.resolve(recognition_options(form), namespace)
+def _plan(services: Services, form: UploadForm, namespace: str) -> tuple[Profile, Identify | None]:
+    """The request's cache profile, and whether a miss identifies its language first
+    (service/pipeline/routing.py)."""
+    if services.router is None:
+        return services.engine.resolve(recognition_options(form), namespace), None
+    return services.router.plan(recognition_options(form), namespace)
+
+
+def _pool_for(engine: Engine, settings: Settings, metrics: Metrics) -> EnginePool:
+    """A pool for `engine`: an engine that serialises its own calls (one model behind a lock)
+    gains nothing from more workers than it recommends; 0 workers configured means its
+    recommendation."""
+    recommended = getattr(engine, "recommended_workers", None)
+    workers = settings.engine_workers or recommended or 1
+    if recommended is not None:
+        workers = min(workers, recommended)
+    return EnginePool(engine, metrics, workers=workers, max_waiting=settings.engine_queue,
+                      timeout_s=settings.engine_timeout_s, transcript_limit=TranscriptLimit.from_settings(settings))
+
+
+def _router(settings: Settings, main: Engine, pool: EnginePool, metrics: Metrics,
+            given: dict[str, Engine]) -> LanguageRouter:
+    """The language router of `settings` (its routes' engines built once per name, the
+    configured engine reused when a route names it; the identifier loaded only when needed)."""
+    built: dict[str, EngineRoute] = {settings.engine: EngineRoute(main, pool)}
+    routes: dict[str, EngineRoute] = {}
+    for code, name in parse_routes(settings.language_routes).items():
+        if code in given:
+            routes[code] = EngineRoute(given[code], _pool_for(given[code], settings, metrics))
+            continue
+        if name not in built:
+            engine = engine_for(settings, name)
+            built[name] = EngineRoute(engine, _pool_for(engine, settings, metrics))
+        routes[code] = built[name]
+    identifier = None
+    if settings.language_id and needs_identification(main, bool(routes)):
+        cache_dir = Path(settings.model_cache_dir) if settings.model_cache_dir else None
+        identifier = shared_identifier(cache_dir, window_s=settings.language_id_window_s)
+    return LanguageRouter(EngineRoute(main, pool), routes, identifier, settings.language_id_min_probability, metrics)
+
+
+def _routed_only(router: LanguageRouter) -> list[EngineRoute]:
+    """The routes' own engines and pools (each once), not the configured engine's."""
+    seen: dict[int, EngineRoute] = {}
+    for route in router.routes.values():
+        if route.pool is not router.main.pool:
+            seen.setdefault(id(route.pool), route)
+    return list(seen.values())
 
 
 def _authenticate(request: Request, services: Services) -> str:

@@ -38,6 +38,7 @@ from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
+from earmark.service.pipeline.routing import Identify, LanguageRouter
 from earmark.service.pipeline.single_flight import MissesInFlight
 from earmark.service.pipeline.upload import Upload
 
@@ -80,8 +81,10 @@ class RecognitionCache:
     """Answers recognition requests from the store when it can, from the engine when not."""
 
     def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None, router: LanguageRouter | None = None) -> None:
         self.settings = settings
+        # Picks a miss's engine by its spoken language (service/pipeline/routing.py); None: `pool`'s engine.
+        self.router = router
         self.events = events  # one event per answer (service/pipeline/events.py); None: none recorded
         self.store = store
         self.pool = pool
@@ -94,7 +97,8 @@ class RecognitionCache:
         self.in_flight = MissesInFlight(store, metrics, settings.lock_ttl_ms)
 
     async def recognize(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None,
-                        control: CacheControl = DEFAULT_CONTROL, endpoint: str = "recognize") -> Outcome:
+                        control: CacheControl = DEFAULT_CONTROL, endpoint: str = "recognize",
+                        identify: Identify | None = None) -> Outcome:
         """Answer from cache or run the engine, writing a new entry on a miss.
 
         `started` (a `time.perf_counter()` reading) is when the request arrived, so that the
@@ -102,8 +106,12 @@ class RecognitionCache:
         control: `no-cache` runs the engine whatever is cached (and stores the result),
         `no-store` writes nothing (a miss is then answered as `bypass`), `max-age` shortens the
         TTL of an entry this request writes. `endpoint` names the caller in the event log.
+        `identify` (from `LanguageRouter.plan`): a miss identifies its spoken language first and
+        is refused (`LanguageNotServed`, nothing cached) or routed by it; None: the profile's
+        engine hears it.
         """
-        return await self._answer(upload, profile, run=True, control=control, started=started, endpoint=endpoint)
+        return await self._answer(upload, profile, run=True, control=control, started=started, endpoint=endpoint,
+                                  identify=identify)
 
     async def lookup(self, upload: Upload | bytes, profile: Profile, *, started: float | None = None) -> Outcome:
         """What `recognize` would answer now, without running the engine or writing."""
@@ -111,11 +119,11 @@ class RecognitionCache:
                                   endpoint="lookup")
 
     async def _answer(self, upload: Upload | bytes, profile: Profile, *, run: bool, control: CacheControl,
-                      started: float | None, endpoint: str) -> Outcome:
+                      started: float | None, endpoint: str, identify: Identify | None = None) -> Outcome:
         started = time.perf_counter() if started is None else started
         query = QueryAudio(Upload.from_bytes(upload) if isinstance(upload, bytes) else upload)
         try:
-            outcome = await self._find_or_run(query, profile, run=run, control=control)
+            outcome = await self._find_or_run(query, profile, run=run, control=control, identify=identify)
         finally:
             if (query.audio_seconds or 0.0) >= memory.TRIM_AFTER_AUDIO_S:
                 # Long audio's passes freed hundreds of MB into the allocator's arenas: give
@@ -129,7 +137,8 @@ class RecognitionCache:
                                             served=run)
         return outcome
 
-    async def _find_or_run(self, query: QueryAudio, profile: Profile, *, run: bool, control: CacheControl) -> Outcome:
+    async def _find_or_run(self, query: QueryAudio, profile: Profile, *, run: bool, control: CacheControl,
+                           identify: Identify | None = None) -> Outcome:
         """Walk the tiers in order; the first that answers wins.
 
         `run`: the engine may run and a hit is served (recognize), or neither (lookup).
@@ -201,21 +210,22 @@ class RecognitionCache:
             # The client asked for an engine run (no-cache), or for nothing to be kept
             # (no-store): neither shares another request's run, nor waits for one.
             outcome = await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok and write,
-                                                features, ttl_cap_s)
+                                                features, ttl_cap_s, identify)
         else:
             outcome = await self._single_flight(query, audio_digest, upload_digest, profile, store_ok, features,
-                                                ttl_cap_s)
+                                                ttl_cap_s, identify)
         outcome.candidates, outcome.fuzzy_note = candidates, fuzzy_note
         return outcome
 
     async def _single_flight(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None,
+        ttl_cap_s: int | None, identify: Identify | None,
     ) -> Outcome:
         """Run the miss once (service/pipeline/single_flight.py): in this process later callers
         share its answer; across processes sharing the store, the others serve the entry it writes."""
         def run(store_ok: bool) -> Awaitable[Outcome]:
-            return self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s)
+            return self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s,
+                                       identify)
 
         def serve(entry: Entry) -> Awaitable[Outcome | None]:
             return self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
@@ -247,7 +257,7 @@ class RecognitionCache:
 
     async def _run_and_store(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None,
+        ttl_cap_s: int | None, identify: Identify | None = None,
     ) -> Outcome:
         """Run the engine (unless there is nothing to hear) and write the new entry, unless
         `store_ok` is False (an outage, or `no-store`: then tier `bypass`); the audio's
@@ -257,20 +267,30 @@ class RecognitionCache:
         gets a new generation, so aliases made for the old one are never followed again."""
         async with self._decoding(query):
             return await self._transcribe_and_store(query, audio_digest, upload_digest, profile, store_ok, features,
-                                                    ttl_cap_s)
+                                                    ttl_cap_s, identify)
 
     async def _transcribe_and_store(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None,
+        ttl_cap_s: int | None, identify: Identify | None,
     ) -> Outcome:
         if query.pcm is not None:
             pcm = query.pcm
         else:
             with self._stage("decode"):
                 pcm = (await asyncio.to_thread(decode_audio, query.open(), self.settings.max_duration_s)).pcm_16k
+        engine_name = profile.engine
         if has_sound(pcm):
+            pool, engine_profile = self.pool, profile
+            if self.router is not None and identify is not None:
+                # Before the engine and before anything is written: speech no engine serves is
+                # refused here (LanguageNotServed, a 422), with nothing cached.
+                route, engine_profile = await self.router.choose(pcm, identify)
+                pool = route.pool
+            elif self.router is not None:
+                pool = self.router.pool_for(profile)
             with self._stage("engine"):
-                transcript, engine_seconds = await self.pool.transcribe(pcm, profile)
+                transcript, engine_seconds = await pool.transcribe(pcm, engine_profile)
+            engine_name = engine_profile.engine
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
             segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
         else:
@@ -287,7 +307,7 @@ class RecognitionCache:
             speech_s=speech_extent(pcm).duration_s,
             engine_seconds=engine_seconds,
             negative=negative,
-            engine=profile.engine,
+            engine=engine_name,
             segments=() if negative else segments,
         )
         if not store_ok:

@@ -1,0 +1,186 @@
+"""Which engine hears a miss: the spoken language, identified first, picks it or refuses (issue 26).
+
+A request that names its `language` is resolved as before (by the engine routed that language, or
+the configured engine) and never identified. One that does not is, on a miss only (a hit never
+pays for it): Whisper base listens to its first seconds of speech
+(service/engines/language_id.py), then
+
+- a language with its own route (`language_routes`, e.g. `zh=whisper-base`) goes to that engine;
+- a language the configured engine serves goes to it;
+- any other goes to the `*` route when there is one, else it is refused: HTTP 422 naming the
+  language, its probability and what to configure, and nothing is cached (no entry, no alias,
+  no negative entry);
+- an identification under `min_probability` (too little or too unclear speech) goes to the
+  configured engine, as before identification existed.
+
+The cache's profile: with no routes it is the configured engine's own, unchanged (identification
+only refuses; what it lets through is transcribed as before). With routes, a request without a
+language is cached under a routed profile whose revision digests every route's engine, model and
+revision and the identifier's settings: the engine an entry came from follows from its audio and
+that profile, so entries of other engines or other routes never mix with it. Each entry names the
+engine that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from earmark.errors import EarmarkError, Kind
+from earmark.service.engines.base import Engine, RecognitionOptions
+from earmark.service.engines.language_id import Identification, LanguageIdentifier
+from earmark.service.engines.pool import EnginePool
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.profile import Profile
+
+ROUTED_ENGINE = "routed"
+# Names of the languages a refusal most often names; others are named by their code alone.
+LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese (Mandarin)", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean",
+    "de": "German", "fr": "French", "es": "Spanish", "ru": "Russian", "it": "Italian", "pt": "Portuguese",
+    "ar": "Arabic", "hi": "Hindi", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian", "nl": "Dutch",
+    "fi": "Finnish", "sv": "Swedish", "pl": "Polish", "tr": "Turkish", "uk": "Ukrainian",
+}
+
+
+class LanguageNotServed(EarmarkError, ValueError):
+    """Speech in a language no configured engine transcribes (HTTP 422); nothing is cached."""
+
+    kind = Kind.NOT_SUPPORTED
+
+    def __init__(self, identification: Identification, engine: Engine) -> None:
+        language = identification.language
+        name = LANGUAGE_NAMES.get(language, language)
+        served = ", ".join(engine.capabilities.languages)
+        hint = (f"to serve it, configure an engine for it: language_routes = \"{language}=whisper-base\" "
+                f"(--language-routes {language}=whisper-base: the multilingual Whisper base installed with earmark)")
+        if language == "zh":
+            hint += ", or zh=funasr-http with --upstream-url (a FunASR server)"
+        super().__init__(
+            f"the audio is speech in {name} ('{language}', probability {identification.probability:.2f}, from its first "
+            f"{identification.speech_s:.1f} s of speech), which engine {engine.name!r} ({engine.model_id}) does not "
+            f"transcribe (it serves: {served}); nothing was cached. {hint.capitalize()}; or, if the audio is in one of "
+            f"{served}, send that as 'language' to skip identification")
+        self.identification = identification
+
+
+@dataclass(frozen=True)
+class EngineRoute:
+    """An engine and the pool its transcriptions run on."""
+
+    engine: Engine
+    pool: EnginePool
+
+
+@dataclass(frozen=True)
+class Identify:
+    """A request to identify on a miss: the options and namespace each routed engine resolves."""
+
+    options: RecognitionOptions
+    namespace: str
+
+
+class LanguageRouter:
+    """Plans each request's profile and, on a miss, picks its engine by the spoken language."""
+
+    def __init__(self, main: EngineRoute, routes: dict[str, EngineRoute], identifier: LanguageIdentifier | None,
+                 min_probability: float, metrics: Metrics) -> None:
+        """`main`: the configured engine; `routes`: engines by language code (`*`: any other);
+        `identifier`: None when identification is off (requests then go to `main` unheard)."""
+        self.main = main
+        self.routes = routes
+        self.identifier = identifier
+        self.min_probability = min_probability
+        self.metrics = metrics
+        self.revision = self._revision() if routes else ""
+
+    @property
+    def identifies(self) -> bool:
+        """Whether a miss without a language is identified."""
+        return self.identifier is not None and needs_identification(self.main.engine, bool(self.routes))
+
+    def plan(self, options: RecognitionOptions, namespace: str) -> tuple[Profile, Identify | None]:
+        """The request's cache profile, and what a miss identifies (None: the profile's engine
+        runs unheard). Raises `EngineOptionError` (422) for options the engine cannot honour."""
+        language = (options.language or "").strip().lower()
+        if language not in ("", "auto") or not self.identifies:
+            route = self.routes.get(_code(language), self.main) if language not in ("", "auto") else self.main
+            return route.engine.resolve(options, namespace), None
+        profile = self.main.engine.resolve(options, namespace)
+        if self.routes:
+            profile = replace(profile, engine=ROUTED_ENGINE, model="by-language", revision=self.revision, language="auto")
+        return profile, Identify(options, namespace)
+
+    def pool_for(self, profile: Profile) -> EnginePool:
+        """The pool of a profile resolved without identification (`plan`'s None)."""
+        for route in self.routes.values():
+            if route.engine.name == profile.engine and route.engine.model_id == profile.model:
+                return route.pool
+        return self.main.pool
+
+    async def choose(self, pcm_16k: np.ndarray, request: Identify) -> tuple[EngineRoute, Profile]:
+        """The route and engine profile for this audio; raises `LanguageNotServed` (nothing is
+        cached) for speech no engine serves."""
+        assert self.identifier is not None
+        identification = await asyncio.to_thread(self.identifier.identify, pcm_16k)
+        if identification is None:
+            return self._counted(self.main, request, None, "no_speech")
+        self.metrics.language_id_seconds.observe(identification.seconds)
+        language = identification.language
+        if identification.probability < self.min_probability:
+            return self._counted(self.main, request, identification, "uncertain")
+        if language in self.routes:
+            return self._counted(self.routes[language], request, identification, "routed")
+        if serves(self.main.engine, language):
+            return self._counted(self.main, request, identification, "served")
+        if "*" in self.routes:
+            return self._counted(self.routes["*"], request, identification, "routed")
+        self._count(identification.language, "refused")
+        raise LanguageNotServed(identification, self.main.engine)
+
+    def _counted(self, route: EngineRoute, request: Identify, identification: Identification | None,
+                 outcome: str) -> tuple[EngineRoute, Profile]:
+        language = identification.language if identification is not None else ""
+        self._count(language or "none", outcome)
+        told = language if outcome in ("served", "routed") and language in route.engine.capabilities.languages else None
+        return route, route.engine.resolve(replace(request.options, language=told), request.namespace)
+
+    def _count(self, language: str, outcome: str) -> None:
+        # Whisper knows 100 codes: a bounded label.
+        self.metrics.language_identifications.labels(language=language, outcome=outcome).inc()
+
+    def _revision(self) -> str:
+        """Everything that decides which engine hears an audio and how: each route's engine,
+        the configured one's, and the identifier's settings."""
+        described = {code: [route.engine.name, route.engine.model_id, route.engine.revision]
+                     for code, route in sorted(self.routes.items())}
+        described["(configured)"] = [self.main.engine.name, self.main.engine.model_id, self.main.engine.revision]
+        identifier = self.identifier.revision if self.identifier is not None else "off"
+        document = {"routes": described, "identifier": identifier, "min_probability": self.min_probability}
+        return hashlib.blake2b(json.dumps(document, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def needs_identification(engine: Engine, routed: bool) -> bool:
+    """Whether identifying the language can change how a miss is heard: with routes, or when
+    the configured engine does not serve every language Whisper names (a multilingual engine
+    with no routes serves whatever is said, and is never made to wait)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return routed or not all(serves(engine, code) for code in _LANGUAGE_CODES)
+
+
+def serves(engine: Engine, language: str) -> bool:
+    """Whether `engine` transcribes `language` (an engine taking only "auto", an upstream
+    server, is trusted with any)."""
+    languages = engine.capabilities.languages
+    return language in languages or "auto" in languages
+
+
+def _code(language: str) -> str:
+    from earmark.service.engines.base import _LANGUAGE_ALIASES
+
+    return _LANGUAGE_ALIASES.get(language, language)

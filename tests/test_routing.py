@@ -1,0 +1,88 @@
+"""Misses hear their spoken language first (service/pipeline/routing.py, issue 26): real Mandarin
+sent to the English default engine is refused with a 422 naming it, and nothing is cached;
+English is transcribed as before; a language the client gives skips identification; and a
+language route sends Mandarin to the multilingual Whisper base, whose transcript is cached."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from starlette.testclient import TestClient
+
+from earmark.service.api.app import create_app
+from earmark.service.config import ConfigError, load_settings
+from earmark.service.pipeline.routing import ROUTED_ENGINE
+from tests.audio_tools import fixture_bytes
+from tests.http_helpers import post
+
+MANDARIN = "zh_asr_example.wav"  # 欢迎大家来体验达摩院推出的语音识别模型 (FunASR's example, tests/fixtures/README.md)
+
+
+def _identifications(client) -> dict[tuple[str, str], float]:
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("earmark_language_identifications_total{"):
+            labels, value = line[len("earmark_language_identifications_total{"):].split("} ")
+            pairs = dict(part.split("=") for part in labels.split(","))
+            counts[(pairs["language"].strip('"'), pairs["outcome"].strip('"'))] = float(value)
+    return counts
+
+
+@pytest.fixture
+def whisper_client(settings, whisper_engine):
+    with TestClient(create_app(settings, engine=whisper_engine)) as client:
+        yield client
+
+
+def test_mandarin_is_refused_naming_its_language_and_nothing_is_cached(whisper_client, settings, redis_client):
+    before = set(redis_client.keys(settings.key_prefix + "*"))
+    for _ in range(2):  # the second is refused again: no negative entry, no alias answered it
+        answer = post(whisper_client, fixture_bytes(MANDARIN))
+        assert answer.status_code == 422
+        msg = answer.json()["msg"]
+        assert "Chinese (Mandarin) ('zh', probability 0." in msg and "zh=whisper-base" in msg and "nothing was cached" in msg
+    assert set(redis_client.keys(settings.key_prefix + "*")) == before
+    assert post(whisper_client, fixture_bytes(MANDARIN), path="/lookup").json()["cache"]["tier"] == "miss"
+    assert _identifications(whisper_client) == {("zh", "refused"): 2.0}
+
+
+def test_english_is_transcribed_after_identification(whisper_client):
+    answer = post(whisper_client, fixture_bytes("librivox_0930.flac")).json()
+    assert answer["cache"]["tier"] == "miss" and "amiable" in answer["result"]["text"]
+    assert post(whisper_client, fixture_bytes("librivox_0930.flac")).json()["cache"]["tier"] == "exact"  # hits never identify
+    assert _identifications(whisper_client) == {("en", "served"): 1.0}
+
+
+def test_a_language_given_by_the_client_skips_identification(whisper_client):
+    answer = post(whisper_client, fixture_bytes(MANDARIN), language="en")
+    assert answer.status_code == 200 and answer.json()["cache"]["tier"] == "miss"  # the client's word, not checked
+    assert _identifications(whisper_client) == {}
+
+
+def test_a_language_route_sends_mandarin_to_whisper_base(settings, whisper_engine):
+    routed = replace(settings, language_routes="zh=whisper-base")
+    with TestClient(create_app(routed, engine=whisper_engine)) as client:
+        answer = post(client, fixture_bytes(MANDARIN)).json()
+        assert answer["cache"]["tier"] == "miss"
+        assert answer["result"]["text"] == "欢迎大家来体验达摩院推出的语音识别模型" and answer["result"]["language"] == "zh"
+        entry = client.get(f"/entries/{answer['cache']['entry']}").json()["entry"]
+        assert entry["engine"] == "whisper-base"
+        assert post(client, fixture_bytes(MANDARIN)).json()["cache"]["tier"] == "exact"
+        # English goes to the configured engine, under the same routed profile (not tiny.en's own)
+        english = post(client, fixture_bytes("librivox_0930.flac")).json()
+        assert "amiable" in english["result"]["text"]
+        english_entry = client.get(f"/entries/{english['cache']['entry']}").json()["entry"]
+        assert english_entry["engine"] == "whisper" and english_entry["profile"] == entry["profile"]
+        assert _identifications(client) == {("zh", "routed"): 1.0, ("en", "served"): 1.0}
+        # language=zh names the route's engine directly: its own profile, no identification
+        given = post(client, fixture_bytes(MANDARIN), language="zh").json()
+        assert given["cache"]["tier"] == "miss" and given["result"]["text"] == answer["result"]["text"]
+        assert client.get(f"/entries/{given['cache']['entry']}").json()["entry"]["profile"] != entry["profile"]
+    assert ROUTED_ENGINE == "routed"
+
+
+@pytest.mark.parametrize("routes", ["zh", "zh=nonesuch", "zh=whisper-base,zh=whisper", "chinese!=whisper-base"])
+def test_bad_language_routes_are_refused_at_start(routes):
+    with pytest.raises(ConfigError, match="language_routes"):
+        load_settings(language_routes=routes)
