@@ -281,15 +281,27 @@ class RecognitionCache:
         engine_name = profile.engine
         if has_sound(pcm):
             pool, engine_profile = self.pool, profile
-            if self.router is not None and identify is not None:
-                # Before the engine and before anything is written: speech no engine serves is
-                # refused here (LanguageNotServed, a 422), with nothing cached.
+            if self.router is not None and identify is not None and self.router.routes:
+                # The language picks the engine: identified first. Speech no engine serves is
+                # refused here (LanguageNotServed, a 422), before anything is written.
                 route, engine_profile = await self.router.choose(pcm, identify)
                 pool = route.pool
-            elif self.router is not None:
+            elif self.router is not None and identify is None:
                 pool = self.router.pool_for(profile)
             with self._stage("engine"):
-                transcript, engine_seconds = await pool.transcribe(pcm, engine_profile)
+                if self.router is not None and identify is not None and not self.router.routes:
+                    # Identification can only refuse: it runs beside the engine (on another core,
+                    # so an English miss waits for it no longer than for the engine), and a
+                    # refusal drops the transcript before anything is written.
+                    transcribed, chosen = await asyncio.gather(pool.transcribe(pcm, profile),
+                                                               self.router.choose(pcm, identify), return_exceptions=True)
+                    for outcome in (chosen, transcribed):
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                    assert not isinstance(transcribed, BaseException)
+                    transcript, engine_seconds = transcribed
+                else:
+                    transcript, engine_seconds = await pool.transcribe(pcm, engine_profile)
             engine_name = engine_profile.engine
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
             segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
