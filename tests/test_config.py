@@ -29,7 +29,9 @@ from earmark.index.connection import redact_url
 # gains a rule without an entry here, or an entry here is accepted.
 BAD = {
     "host": "", "port": 0, "key_prefix": "", "maxmemory": "1.5gb", "engine": "whisper-large", "device": "tpu",
-    "whisper_beam_size": 0, "console_session_s": 0.0, "api_keys_check_s": -1.0, "upstream_url": "ftp://asr.internal",
+    "whisper_beam_size": 0, "language_id_window_s": 31.0, "language_id_min_probability": 1.5,
+    "language_id_min_speech_s": 4.0,
+    "language_routes": "zh=whisper-large", "console_session_s": 0.0, "api_keys_check_s": -1.0, "upstream_url": "ftp://asr.internal",
     "upstream_response_format": "text", "upstream_max_connections": 0, "upstream_connect_timeout_s": 0.0,
     "upstream_retries": 11, "upstream_health_interval_s": -5.0, "ttl_s": 0, "negative_ttl_s": -1,
     "max_upload_bytes": 0, "max_duration_s": -60.0, "max_transcript_chars_per_s": 0.0, "max_transcript_chars_floor": 0, "upload_timeout_s": 0.0, "upload_min_bytes_per_s": 0,

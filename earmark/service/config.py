@@ -91,6 +91,9 @@ class Settings:
     language_id_window_s: float = 3.0
     # An identification less sure than this goes to the configured engine, as if none had run.
     language_id_min_probability: float = 0.5
+    # So does one from less speech than this: 0.6 s of English was named Hebrew, Arabic or
+    # Mandarin (0.96), 1.4 s of a spoken card name Greek (0.55).
+    language_id_min_speech_s: float = 1.5
     # One engine per language, e.g. "zh=whisper-base, *=whisper-base" (`*`: every language with no
     # route of its own that the configured engine does not serve). Engines: ROUTE_ENGINES.
     language_routes: str = ""
@@ -232,6 +235,8 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
          "cpu, cuda or cuda:N" + ("" if s.engine in ("whisper", "whisper-base") else " (funasr also mps, xpu, npu, xpu:N, npu:N)")),
         ("language_id_window_s", s.language_id_window_s, 0.5 <= s.language_id_window_s <= 30.0,
          "seconds of speech from 0.5 to 30 (Whisper's window)"),
+        ("language_id_min_speech_s", s.language_id_min_speech_s, 0.0 <= s.language_id_min_speech_s <= s.language_id_window_s,
+         "seconds of speech from 0 to language_id_window_s"),
         ("language_id_min_probability", s.language_id_min_probability, 0.0 <= s.language_id_min_probability <= 1.0,
          "a number from 0 to 1"),
         ("language_routes", s.language_routes, _routes_reason(s.language_routes) is None,

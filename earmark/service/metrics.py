@@ -39,8 +39,9 @@ class Metrics:
             "earmark_lookup_seconds", "Time spent per lookup stage.", ["stage"], buckets=_LOOKUP_BUCKETS, registry=r
         )
         # Language identification on misses (service/pipeline/routing.py; issue 26). Outcomes: served (by the
-        # configured engine), routed (to another), refused (422, nothing cached), uncertain (under the minimum
-        # probability: the configured engine), no_speech (the VAD heard none: the configured engine).
+        # configured engine), routed (to another), refused (422, nothing cached); and to the configured engine:
+        # uncertain (under the minimum probability), too_short (under the minimum speech), kept (its own
+        # languages still plausible), no_speech (the VAD heard none).
         self.language_identifications = Counter(
             "earmark_language_identifications_total",
             "Spoken-language identifications run on misses, by detected language and outcome.", ["language", "outcome"],

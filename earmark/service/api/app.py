@@ -378,7 +378,7 @@ async def _guarded(request: Request, endpoint: str, handler) -> Response:
         return Response(status_code=400)
     except EarmarkError as exc:  # a refusal: the API's own, or a kind of error from below
         answer = error_answer(exc)
-        return _error(services, endpoint, answer.status, answer.msg, answer.headers)
+        return _error(services, endpoint, answer.status, answer.msg, answer.headers, getattr(exc, "body_fields", None))
     except Exception:
         log.exception("unhandled error on %s", endpoint)
         return _error(services, endpoint, 500, "internal error; this is a bug, please report it")
@@ -399,9 +399,12 @@ def _with_cache_headers(response: Response, outcome: Outcome) -> Response:
     return response
 
 
-def _error(services: Services, endpoint: str, status: int, msg: str, headers: dict | None = None) -> Response:
+def _error(services: Services, endpoint: str, status: int, msg: str, headers: dict | None = None,
+           fields: dict | None = None) -> Response:
+    """The contract's error body, with an error's own `fields` beside `code` and `msg` (a
+    refused language's `detected_language`)."""
     services.metrics.errors.labels(endpoint=endpoint, status=str(status)).inc()
-    body: dict = {"code": status, "msg": msg}
+    body: dict = {"code": status, "msg": msg, **(fields or {})}
     if endpoint in OPENAI_ENDPOINTS:
         # OpenAI's clients show `error.message`; earmark's own fields stay beside it.
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -453,7 +456,8 @@ def _router(settings: Settings, main: Engine, pool: EnginePool, metrics: Metrics
     if settings.language_id and needs_identification(main, bool(routes)):
         cache_dir = Path(settings.model_cache_dir) if settings.model_cache_dir else None
         identifier = shared_identifier(cache_dir, window_s=settings.language_id_window_s)
-    return LanguageRouter(EngineRoute(main, pool), routes, identifier, settings.language_id_min_probability, metrics)
+    return LanguageRouter(EngineRoute(main, pool), routes, identifier, settings.language_id_min_probability, metrics,
+                          settings.language_id_min_speech_s)
 
 
 def _routed_only(router: LanguageRouter) -> list[EngineRoute]:

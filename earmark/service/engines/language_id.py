@@ -26,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +59,18 @@ SEARCH_STEP_S = 8.0
 @dataclass(frozen=True)
 class Identification:
     """What the identifier heard: the most likely language (Whisper's code, e.g. "zh"), its
-    probability, the seconds of speech it listened to and the seconds it took."""
+    probability, the seconds of speech it listened to, the seconds it took, and every
+    language's probability."""
 
     language: str
     probability: float
     speech_s: float
     seconds: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+    def probability_of(self, languages) -> float:
+        """The probability that the speech is in one of `languages` (codes)."""
+        return sum(self.probabilities.get(code, 0.0) for code in languages)
 
 
 def default_cache_dir() -> Path:
@@ -183,9 +189,9 @@ class LanguageIdentifier:
         features = self._features(speech)
         frames = features.shape[-1] - features.shape[-1] % 2  # the encoder's convolution halves it
         encoded = self._model.encode(self._storage.from_array(np.ascontiguousarray(features[None, :, :frames])))
-        token, probability = self._model.detect_language(encoded)[0][0]
-        return Identification(language=token.strip("<|>"), probability=float(probability),
-                              speech_s=speech.size / SAMPLE_RATE, seconds=time.perf_counter() - started)
+        ranked = [(token.strip("<|>"), float(probability)) for token, probability in self._model.detect_language(encoded)[0]]
+        return Identification(language=ranked[0][0], probability=ranked[0][1], speech_s=speech.size / SAMPLE_RATE,
+                              seconds=time.perf_counter() - started, probabilities=dict(ranked))
 
     def warm_up(self) -> None:
         """Encode a second of a tone once (CTranslate2 sets up its buffers on the first call)."""

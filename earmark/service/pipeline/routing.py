@@ -10,8 +10,13 @@ pays for it): Whisper base listens to its first seconds of speech
 - any other goes to the `*` route when there is one, else it is refused: HTTP 422 naming the
   language, its probability and what to configure, and nothing is cached (no entry, no alias,
   no negative entry);
-- an identification under `min_probability` (too little or too unclear speech) goes to the
-  configured engine, as before identification existed.
+- an identification from under `min_speech_s` of speech, or whose language has a probability
+  under `min_probability`, goes to the configured engine, as before identification existed: 0.6 s
+  of English was named Hebrew, Arabic, Japanese and even Mandarin (0.96), and 1.4 s of a spoken
+  card name Greek (0.55);
+- so does speech the configured engine's languages still have `KEEP_PROBABILITY` of, together:
+  synthetic English voices were named French (0.59, English 0.29), while real Mandarin left
+  English at most 0.02.
 
 The cache's profile: with no routes it is the configured engine's own, unchanged (identification
 only refuses; what it lets through is transcribed as before). With routes, a request without a
@@ -38,6 +43,10 @@ from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 
 ROUTED_ENGINE = "routed"
+# The configured engine keeps speech its own languages have at least this probability of
+# (bench/README.md, "Language identification": real Mandarin gave English <= 0.02, English
+# voices named another language kept English >= 0.17, except one synthetic Caribbean voice).
+KEEP_PROBABILITY = 0.1
 # Names of the languages a refusal most often names; others are named by their code alone.
 LANGUAGE_NAMES = {
     "en": "English", "zh": "Chinese (Mandarin)", "yue": "Cantonese", "ja": "Japanese", "ko": "Korean",
@@ -63,9 +72,12 @@ class LanguageNotServed(EarmarkError, ValueError):
         super().__init__(
             f"the audio is speech in {name} ('{language}', probability {identification.probability:.2f}, from its first "
             f"{identification.speech_s:.1f} s of speech), which engine {engine.name!r} ({engine.model_id}) does not "
-            f"transcribe (it serves: {served}); nothing was cached. {hint.capitalize()}; or, if the audio is in one of "
+            f"transcribe (it serves: {served}); nothing was cached. {hint[0].upper() + hint[1:]}; or, if the audio is in one of "
             f"{served}, send that as 'language' to skip identification")
         self.identification = identification
+        # Beside `code` and `msg` in the error body (docs/api.md): what a client can act on.
+        self.body_fields = {"detected_language": {"language": language, "probability": round(identification.probability, 3),
+                                                  "speech_s": round(identification.speech_s, 2)}}
 
 
 @dataclass(frozen=True)
@@ -88,13 +100,14 @@ class LanguageRouter:
     """Plans each request's profile and, on a miss, picks its engine by the spoken language."""
 
     def __init__(self, main: EngineRoute, routes: dict[str, EngineRoute], identifier: LanguageIdentifier | None,
-                 min_probability: float, metrics: Metrics) -> None:
+                 min_probability: float, metrics: Metrics, min_speech_s: float = 1.5) -> None:
         """`main`: the configured engine; `routes`: engines by language code (`*`: any other);
         `identifier`: None when identification is off (requests then go to `main` unheard)."""
         self.main = main
         self.routes = routes
         self.identifier = identifier
         self.min_probability = min_probability
+        self.min_speech_s = min_speech_s
         self.metrics = metrics
         self.revision = self._revision() if routes else ""
 
@@ -131,12 +144,16 @@ class LanguageRouter:
             return self._counted(self.main, request, None, "no_speech")
         self.metrics.language_id_seconds.observe(identification.seconds)
         language = identification.language
+        if identification.speech_s < self.min_speech_s:
+            return self._counted(self.main, request, identification, "too_short")
         if identification.probability < self.min_probability:
             return self._counted(self.main, request, identification, "uncertain")
         if language in self.routes:
             return self._counted(self.routes[language], request, identification, "routed")
         if serves(self.main.engine, language):
             return self._counted(self.main, request, identification, "served")
+        if identification.probability_of(self.main.engine.capabilities.languages) >= KEEP_PROBABILITY:
+            return self._counted(self.main, request, identification, "kept")
         if "*" in self.routes:
             return self._counted(self.routes["*"], request, identification, "routed")
         self._count(identification.language, "refused")
@@ -160,7 +177,8 @@ class LanguageRouter:
                      for code, route in sorted(self.routes.items())}
         described["(configured)"] = [self.main.engine.name, self.main.engine.model_id, self.main.engine.revision]
         identifier = self.identifier.revision if self.identifier is not None else "off"
-        document = {"routes": described, "identifier": identifier, "min_probability": self.min_probability}
+        document = {"routes": described, "identifier": identifier, "min_probability": self.min_probability,
+                    "min_speech_s": self.min_speech_s, "keep_probability": KEEP_PROBABILITY}
         return hashlib.blake2b(json.dumps(document, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
