@@ -120,13 +120,23 @@ class LanguageRouter:
         """The request's cache profile, and what a miss identifies (None: the profile's engine
         runs unheard). Raises `EngineOptionError` (422) for options the engine cannot honour."""
         language = (options.language or "").strip().lower()
-        if language not in ("", "auto") or not self.identifies:
-            route = self.routes.get(_code(language), self.main) if language not in ("", "auto") else self.main
-            return route.engine.resolve(options, namespace), None
+        if language not in ("", "auto"):
+            return self._given(_code(language)).engine.resolve(options, namespace), None
+        if not self.identifies:
+            return self.main.engine.resolve(options, namespace), None
         profile = self.main.engine.resolve(options, namespace)
         if self.routes:
             profile = replace(profile, engine=ROUTED_ENGINE, model="by-language", revision=self.revision, language="auto")
         return profile, Identify(options, namespace)
+
+    def _given(self, language: str) -> EngineRoute:
+        """The engine of a language the client named: its route, else the configured engine
+        when it serves it, else the `*` route (the configured engine refuses it when none)."""
+        if language in self.routes:
+            return self.routes[language]
+        if "*" in self.routes and not serves(self.main.engine, language):
+            return self.routes["*"]
+        return self.main
 
     def pool_for(self, profile: Profile) -> EnginePool:
         """The pool of a profile resolved without identification (`plan`'s None)."""
