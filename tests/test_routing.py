@@ -77,7 +77,7 @@ def test_a_language_given_by_the_client_skips_identification(whisper_client):
 
 @ONE_STORE
 def test_a_language_route_sends_mandarin_to_whisper_base(settings, whisper_engine):
-    routed = replace(settings, language_routes="zh=whisper-base")
+    routed = replace(settings, language_routes="zh=whisper-base, *=whisper-base")
     with TestClient(create_app(routed, engine=whisper_engine)) as client:
         answer = post(client, fixture_bytes(MANDARIN)).json()
         assert answer["cache"]["tier"] == "miss"
@@ -95,6 +95,8 @@ def test_a_language_route_sends_mandarin_to_whisper_base(settings, whisper_engin
         given = post(client, fixture_bytes(MANDARIN), language="zh").json()
         assert given["cache"]["tier"] == "miss" and given["result"]["text"] == answer["result"]["text"]
         assert client.get(f"/entries/{given['cache']['entry']}").json()["entry"]["profile"] != entry["profile"]
+        # a language tiny.en does not serve, named by the client: the `*` route's engine takes it
+        assert post(client, fixture_bytes(MANDARIN), path="/lookup", language="fr").status_code == 200
     assert ROUTED_ENGINE == "routed"
 
 
