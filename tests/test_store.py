@@ -214,11 +214,10 @@ def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, k
     async def body(store: Store):
         written = await store.put_entry(replace(_entry(), segments=segments), "bytes-1", TTL_S, stream_maxlen=MAXLEN)
         assert (await store.get_entry(written.entry_id)).result()["segments"] == list(segments)
-        for raw in (None, b"[{not json"):
-            if raw is None:
-                redis_client.hdel(keys.entry(written.entry_id), "seg")
-            else:
-                redis_client.hset(keys.entry(written.entry_id), "seg", raw)
+        for field, raw in (("segz", b"\x28\xb5\x2f\xfd damaged"), ("seg", None), ("seg", b"[{not json")):
+            redis_client.hdel(keys.entry(written.entry_id), "seg", "segz")
+            if raw is not None:
+                redis_client.hset(keys.entry(written.entry_id), field, raw)
             old = await store.get_entry(written.entry_id)
             assert old.result()["segments"] == [{"id": 0, "start": 0.0, "end": 2.0, "text": "hello there"}]
 

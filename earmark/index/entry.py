@@ -9,6 +9,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import zstandard
+
+from earmark.index.evidence import StoredEvidence, pack, unpack
+
 log = logging.getLogger(__name__)
 
 # What make_entry_id returns (16 bytes of blake2b, in hex): anything else names no entry.
@@ -73,13 +77,20 @@ class Entry:
             return []
         return [{"id": 0, "start": 0.0, "end": round(self.duration_s, 3), "text": self.text}]
 
+    @property
+    def evidence(self) -> StoredEvidence:
+        """The verification bytes, as index/evidence.py packs them."""
+        return StoredEvidence(self.fingerprint, self.fingerprint_levels, self.detail, self.pitch)
+
     def to_fields(self) -> dict[str, bytes | str]:
-        """Hash fields for HSET."""
-        return {
+        """Hash fields for HSET. Each thing is stored once and compactly (issue 25): the
+        normalised text only when it differs from the text, the segments compressed, the
+        verification bytes packed into one compressed value (`ev`, index/evidence.py). All of
+        it reads back to exactly what was written."""
+        fields: dict[str, bytes | str] = {
             "profile": self.profile_id,
             "pcm": self.pcm_digest,
             "text": self.text,
-            "normalized_text": self.normalized_text,
             "language": self.language,
             "duration_s": repr(self.duration_s),
             "speech_s": repr(self.speech_s),
@@ -88,15 +99,18 @@ class Entry:
             "created_at": repr(self.created_at),
             "expires_at_ms": str(self.expires_at_ms),
             "engine": self.engine,
-            "seg": _pack_segments(self.segments),
-            "fp": self.fingerprint,
-            "fpl": self.fingerprint_levels,
             "emb": self.embedding,
             "fp_version": self.fingerprint_version,
-            "fd": self.detail,
-            "f0": self.pitch,
             "gen": self.generation,
         }
+        if self.normalized_text != self.text:
+            fields["normalized_text"] = self.normalized_text
+        segments = _pack_segments(self.segments)
+        if segments:
+            fields["segz"] = zstandard.ZstdCompressor(level=_SEGMENTS_LEVEL).compress(segments.encode())
+        if self.fingerprint or self.fingerprint_levels or self.detail or self.pitch:
+            fields["ev"] = pack(self.evidence)
+        return fields
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[bytes, bytes]) -> "Entry":
@@ -109,12 +123,14 @@ class Entry:
             raw = fields.get(name.encode())
             return float(raw) if raw else 0.0
 
+        evidence = _read_evidence(fields, entry_id)
         return cls(
             entry_id=entry_id,
             profile_id=text("profile"),
             pcm_digest=text("pcm"),
             text=text("text"),
-            normalized_text=text("normalized_text"),
+            # Absent: the same as the text (entries written before issue 25 always have it).
+            normalized_text=text("normalized_text") if b"normalized_text" in fields else text("text"),
             language=text("language"),
             duration_s=number("duration_s"),
             speech_s=number("speech_s"),
@@ -123,15 +139,46 @@ class Entry:
             created_at=number("created_at"),
             expires_at_ms=int(number("expires_at_ms")),
             engine=text("engine"),
-            segments=_unpack_segments(fields.get(b"seg", b""), entry_id),
-            fingerprint=fields.get(b"fp", b""),
-            fingerprint_levels=fields.get(b"fpl", b""),
+            segments=_unpack_segments(_segments_json(fields, entry_id), entry_id),
+            fingerprint=evidence.fingerprint,
+            fingerprint_levels=evidence.fingerprint_levels,
             embedding=fields.get(b"emb", b""),
             fingerprint_version=text("fp_version"),
-            detail=fields.get(b"fd", b""),
-            pitch=fields.get(b"f0", b""),
+            detail=evidence.detail,
+            pitch=evidence.pitch,
             generation=text("gen"),
         )
+
+
+# Segments are a few hundred bytes of JSON per second of speech; zstd's level 3 takes about
+# half off at a few microseconds per entry.
+_SEGMENTS_LEVEL = 3
+_MAX_SEGMENTS_BYTES = 64 * 1024 * 1024
+_NO_EVIDENCE = StoredEvidence(b"", b"", b"", b"")
+
+
+def _read_evidence(fields: dict[bytes, bytes], entry_id: str) -> StoredEvidence:
+    """The verification bytes: packed in `ev` (since issue 25), or in the four fields entries
+    written before it have. A damaged value reads as none: such an entry is never fuzzy-matched."""
+    if b"ev" not in fields:
+        return StoredEvidence(fields.get(b"fp", b""), fields.get(b"fpl", b""), fields.get(b"fd", b""),
+                              fields.get(b"f0", b""))
+    evidence = unpack(fields[b"ev"])
+    if evidence is None:
+        log.warning("entry %s has unreadable verification bytes; it will not be fuzzy-matched", entry_id)
+        return _NO_EVIDENCE
+    return evidence
+
+
+def _segments_json(fields: dict[bytes, bytes], entry_id: str) -> bytes:
+    """The segments' JSON: compressed in `segz` (since issue 25), or plain in `seg` before it."""
+    if b"segz" not in fields:
+        return fields.get(b"seg", b"")
+    try:
+        return zstandard.ZstdDecompressor().decompress(fields[b"segz"], max_output_size=_MAX_SEGMENTS_BYTES)
+    except zstandard.ZstdError:
+        log.warning("entry %s has unreadable segments; answering with one segment for the whole audio", entry_id)
+        return b""
 
 
 def _pack_segments(segments: tuple[dict, ...]) -> str:
