@@ -55,6 +55,9 @@ class Entry:
     # followed only while the two agree, so an alias that outlived a DELETE (its alias set
     # evicted, or a write racing the delete) never revives when the same audio is cached again.
     generation: str = ""
+    # With a bulk store (index/bulk.py) the verification bytes are kept there, and the entry
+    # holds their digest; empty when they are in the entry itself (or it has none).
+    evidence_digest: str = ""
 
     def result(self) -> dict:
         """The contract's `result` object for this entry."""
@@ -108,9 +111,16 @@ class Entry:
         segments = _pack_segments(self.segments)
         if segments:
             fields["segz"] = zstandard.ZstdCompressor(level=_SEGMENTS_LEVEL).compress(segments.encode())
-        if self.fingerprint or self.fingerprint_levels or self.detail or self.pitch:
+        if self.has_evidence:
             fields["ev"] = pack(self.evidence)
+        elif self.evidence_digest:
+            fields["evb"] = self.evidence_digest
         return fields
+
+    @property
+    def has_evidence(self) -> bool:
+        """True when the entry holds verification bytes (read, or about to be written)."""
+        return bool(self.fingerprint or self.fingerprint_levels or self.detail or self.pitch)
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[bytes, bytes]) -> "Entry":
@@ -147,6 +157,7 @@ class Entry:
             detail=evidence.detail,
             pitch=evidence.pitch,
             generation=text("gen"),
+            evidence_digest=text("evb"),
         )
 
 

