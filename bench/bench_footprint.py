@@ -10,6 +10,7 @@ seconds of audio cached (the entries' `duration_s`). With --bulk-dir, the bytes 
 kept in its bulk store (index/bulk.py) are reported apart: they are on disk, not in memory.
 
     .venv/bin/python bench/bench_footprint.py [--engine whisper] [--limit 0] [--bulk-dir DIR]
+    .venv/bin/python bench/bench_footprint.py --long 300 --count 6 [--bulk-dir DIR]   # 5-minute calls
 
 Writes bench/out/footprint.json.
 """
@@ -26,12 +27,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
+import numpy as np
 import redis
 
-from harness import OUT_DIR, ROOT, Server, git_head, machine_info, multipart_body, multipart_headers
+from harness import OUT_DIR, ROOT, Server, git_head, machine_info, multipart_body, multipart_headers, wav_duration_s
 from earmark.index.embedded import EmbeddedServer
+from earmark.index.entry import Entry
+from earmark.index.keys import Keys
 
 PREFIX = "earmark:"
+KEYS = Keys(PREFIX)
 TESTDATA = Path("/usr/share/pocketsphinx/test/data")
 
 
@@ -53,6 +58,32 @@ def as_upload(path: Path, work: Path) -> bytes:
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", str(path),
                     str(out)], check=True)
     return out.read_bytes()
+
+
+def long_uploads(paths: list[Path], work: Path, target_s: float, count: int) -> list[tuple[str, bytes]]:
+    """`count` recordings of about `target_s` each, made by joining the recordings end to end,
+    each starting at another one (a call centre's long calls, where the per-entry keys weigh
+    little against the seconds)."""
+    parts = []
+    for k, path in enumerate(paths):
+        out = work / f"part{k}.wav"
+        source = work / f"part{k}.src"
+        source.write_bytes(as_upload(path, work))
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-ar", "16000", "-ac", "1", str(out)],
+                       check=True)
+        parts.append((out, wav_duration_s(out)))
+    uploads = []
+    for k in range(count):
+        chosen, total, at = [], 0.0, k * 3
+        while total < target_s:
+            part, seconds = parts[at % len(parts)]
+            chosen.append(str(part))
+            total += seconds
+            at += 1
+        out = work / f"long{k}.wav"
+        subprocess.run(["sox", *chosen, str(out)], check=True)
+        uploads.append((f"long{k}", out.read_bytes()))
+    return uploads
 
 
 def mp3_copy(data: bytes, work: Path, name: str) -> bytes:
@@ -83,11 +114,30 @@ def measure(client: redis.Redis) -> dict:
         if kind == "entry":
             row = client.hgetall(key)
             entries += 1
-            if row.get(b"negative") != b"1":
-                seconds += float(row.get(b"duration_s", b"0"))
+            entry = Entry.from_fields(key.decode()[len(PREFIX) + len("entry:{"):-1], row)
+            if not entry.negative:
+                seconds += entry.duration_s
             for name, value in row.items():
                 fields[name.decode()] += len(value)
     total = sum(usage for _, usage in by_kind.values())
+    # Each entry's own keys (its hash, its alias set and every key the set lists) against its
+    # duration: bytes = fixed + per_second * seconds, fitted by least squares.
+    own: list[tuple[float, int]] = []
+    for key in client.scan_iter(match=f"{PREFIX}entry:*", count=1000):
+        entry = Entry.from_fields(key.decode()[len(PREFIX) + len("entry:{"):-1], client.hgetall(key))
+        if entry.negative:
+            continue
+        aliases = KEYS.entry_aliases(entry.entry_id)
+        usage = (client.memory_usage(key, samples=0) or 0) + (client.memory_usage(aliases, samples=0) or 0)
+        usage += sum(client.memory_usage(KEYS.alias_key_of(member), samples=0) or 0
+                     for member in client.smembers(aliases))
+        own.append((entry.duration_s, usage))
+    fit = None
+    if len(own) >= 2:
+        per_second, fixed = np.polyfit([s for s, _ in own], [b for _, b in own], 1)
+        fit = {"entries": len(own), "fixed_bytes_per_entry": round(float(fixed)),
+               "bytes_per_audio_second": round(float(per_second), 1),
+               "shared_streams_bytes": sum(by_kind.get(kind, [0, 0])[1] for kind in ("events", "index"))}
     return {
         "audio_s": round(seconds, 2),
         "entries": entries,
@@ -95,6 +145,7 @@ def measure(client: redis.Redis) -> dict:
         "bytes_per_s": round(total / seconds, 1) if seconds else None,
         "by_kind": {kind: {"keys": n, "bytes": b, "bytes_per_s": round(b / seconds, 1) if seconds else None}
                     for kind, (n, b) in sorted(by_kind.items(), key=lambda item: -item[1][1])},
+        "per_entry_fit": fit,
         "entry_fields_bytes_per_s": {name: round(size / seconds, 1) if seconds else None
                                      for name, size in sorted(fields.items(), key=lambda item: -item[1])},
     }
@@ -112,6 +163,9 @@ def main() -> None:
     parser.add_argument("--engine", default="whisper")
     parser.add_argument("--limit", type=int, default=0, help="recordings to cache (0: all found)")
     parser.add_argument("--no-copies", action="store_true", help="cache the originals only")
+    parser.add_argument("--long", type=float, default=0.0,
+                        help="instead, cache --count recordings of about this many seconds, joined from the recordings")
+    parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--bulk-dir", default=None, help="the service's bulk store directory (--bulk-dir)")
     parser.add_argument("--extra", nargs="*", default=[], help="more arguments for earmark serve")
     parser.add_argument("--out", default=str(OUT_DIR / "footprint.json"))
@@ -132,12 +186,13 @@ def main() -> None:
             server.wait_healthy(http, timeout_s=120.0)
             tiers: dict[str, int] = defaultdict(int)
             paths = recordings(args.limit)
-            for k, path in enumerate(paths):
-                data = as_upload(path, work)
+            named = long_uploads(paths, work, args.long, args.count) if args.long else \
+                [(path.stem, as_upload(path, work)) for path in paths]
+            for k, (stem, data) in enumerate(named):
                 uploads = [("original", data)] + ([] if args.no_copies else [("mp3", mp3_copy(data, work, str(k)))])
                 for label, body in uploads:
                     boundary = f"footprint{k}{label}"
-                    response = http.post("/recognize", content=multipart_body(body, f"{path.stem}.{label}", boundary),
+                    response = http.post("/recognize", content=multipart_body(body, f"{stem}.{label}", boundary),
                                          headers=multipart_headers(boundary))
                     tier = response.json().get("cache", {}).get("tier", str(response.status_code)) \
                         if response.status_code == 200 else str(response.status_code)

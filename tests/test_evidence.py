@@ -5,14 +5,16 @@ written in the old form keep working."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from earmark.fingerprint.decode import decode_audio
 from earmark.index.connection import open_client
-from earmark.index.entry import Entry, _pack_segments
+from earmark.index.entry import DamagedEntry, Entry, _pack_segments
 from earmark.index.evidence import StoredEvidence, pack, unpack
 from earmark.index.keys import Keys
 from earmark.index.store import Store
@@ -90,13 +92,24 @@ def test_an_entry_stored_and_read_back_judges_every_query_exactly_as_before(stor
 
 
 def test_each_thing_is_stored_once_and_compactly(verifier, features):
+    """The result and its metadata in one compressed record, the verification bytes in one
+    compressed value; only what is read on its own stays apart."""
     entry = _entry(verifier, features["original"], normalized_text="Don will call you back.")
     fields = entry.to_fields()
-    assert "normalized_text" not in fields and {"fp", "fpl", "fd", "f0", "seg"}.isdisjoint(fields)
-    assert len(fields["segz"]) < len(_pack_segments(SEGMENTS))
+    assert set(fields) == {"profile", "rec", "emb", "fp_version", "gen", "ev"}
+    assert len(fields["rec"]) < len(json.dumps(entry.result()))
     assert Entry.from_fields(entry.entry_id, _as_stored(fields)) == entry
-    different = _entry(verifier, features["original"])
-    assert Entry.from_fields(different.entry_id, _as_stored(different.to_fields())) == different
+    for different in (_entry(verifier, features["original"]), replace(entry, negative=True, text="", segments=())):
+        assert Entry.from_fields(different.entry_id, _as_stored(different.to_fields())) == different
+
+
+def test_alias_sets_list_their_aliases_compactly():
+    keys = Keys("earmark:")
+    exact, canonical = keys.exact("ab" * 12, "cd" * 32), keys.canonical("ab" * 12, "ef" * 32)
+    for key in (exact, canonical, keys.query_print("ab" * 12, "01" * 32)):
+        assert len(keys.alias_member(key)) <= 64 and keys.alias_key_of(keys.alias_member(key)) == key
+    for other in ("earmark:exact3:profile-1:bytes-1", "earmark:exact3:AB:cd", "elsewhere:canon:ab:cd"):
+        assert keys.alias_member(other) == other.encode() and keys.alias_key_of(other.encode()) == other
 
 
 def test_entries_written_in_the_old_form_read_and_judge_as_before(verifier, features, store_url, redis_client):
@@ -132,6 +145,9 @@ def test_damaged_evidence_is_never_fuzzy_matched(verifier, features):
     fields[b"ev"] = fields[b"ev"][:-5]
     damaged = Entry.from_fields(entry.entry_id, fields)
     assert damaged.text == entry.text and not damaged.fingerprint
+    fields[b"rec"] = fields[b"rec"][:-2]
+    with pytest.raises(DamagedEntry):
+        Entry.from_fields(entry.entry_id, fields)
     query = features["original"]
     accepted, _, reason = verifier.judge(query, PROFILE, float(np.dot(query.embedding, query.embedding)), damaged)
     assert not accepted and reason.startswith("fingerprint_version")

@@ -78,7 +78,7 @@ def test_a_query_print_lives_in_its_entry_alias_set_and_expires_with_it(store_ur
         assert await read_query_print(store, entry.profile_id, "c" * 64) == (entry.entry_id, b"\x01\x02", b"\x03")
         assert await read_query_print(store, entry.profile_id, "e" * 64) is None
         key = keys.query_print(entry.profile_id, "c" * 64)
-        assert key.encode() in redis_client.smembers(keys.entry_aliases(entry.entry_id))
+        assert keys.alias_member(key) in redis_client.smembers(keys.entry_aliases(entry.entry_id))
         assert redis_client.pexpiretime(key) == entry.expires_at_ms
         assert await store.delete_entry(entry.entry_id, stream_maxlen=100)
         assert await read_query_print(store, entry.profile_id, "c" * 64) is None

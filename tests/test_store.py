@@ -84,7 +84,7 @@ def test_an_alias_written_while_a_delete_runs_is_dead(store_url, keys, redis_cli
         copy_alias = keys.exact(first.profile_id, "copy-bytes")
         again = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         assert await store.add_alias(again, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "added"
-        redis_client.srem(keys.entry_aliases(again.entry_id), copy_alias)
+        redis_client.srem(keys.entry_aliases(again.entry_id), keys.alias_member(copy_alias))
         assert await store.delete_entry(again.entry_id, stream_maxlen=MAXLEN)
         await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         assert await store.entry_and_verdict(copy_alias) == (None, None)
@@ -206,7 +206,8 @@ def _has_redis_server() -> bool:
 
 def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, keys, redis_client):
     """An entry keeps its timed segments and words; one written before segments were kept
-    (no `seg` field) or with a damaged one reads as one segment over the whole audio."""
+    (no `seg` field) or with a damaged one reads as one segment over the whole audio; one whose
+    record is damaged reads as no entry."""
     words = [{"word": "hello", "start": 0.1, "end": 0.5, "probability": 0.9}, {"word": "there", "start": 0.6, "end": 1.2}]
     segments = ({"id": 0, "start": 0.1, "end": 1.2, "text": "hello there", "words": words, "tokens": [1, 2], "seek": 0,
                  "avg_logprob": -0.2},)
@@ -214,11 +215,18 @@ def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, k
     async def body(store: Store):
         written = await store.put_entry(replace(_entry(), segments=segments), "bytes-1", TTL_S, stream_maxlen=MAXLEN)
         assert (await store.get_entry(written.entry_id)).result()["segments"] == list(segments)
-        for field, raw in (("segz", b"\x28\xb5\x2f\xfd damaged"), ("seg", None), ("seg", b"[{not json")):
-            redis_client.hdel(keys.entry(written.entry_id), "seg", "segz")
+        # An entry written before records (one field each) with no segments, or damaged ones.
+        key = keys.entry(written.entry_id)
+        redis_client.hdel(key, "rec")
+        redis_client.hset(key, mapping={"text": "hello there", "normalized_text": "hello there", "duration_s": "2.0"})
+        for raw in (None, b"[{not json"):
             if raw is not None:
-                redis_client.hset(keys.entry(written.entry_id), field, raw)
+                redis_client.hset(key, "seg", raw)
             old = await store.get_entry(written.entry_id)
             assert old.result()["segments"] == [{"id": 0, "start": 0.0, "end": 2.0, "text": "hello there"}]
+        # A damaged record is no entry: nothing of it is served.
+        redis_client.hset(key, "rec", b"\x28\xb5\x2f\xfd damaged")
+        assert await store.get_entry(written.entry_id) is None
+        assert await store.get_entries([written.entry_id]) == [None]
 
     _run(_with_store(store_url, keys, body))

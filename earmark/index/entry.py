@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard
 
@@ -86,31 +87,30 @@ class Entry:
         return StoredEvidence(self.fingerprint, self.fingerprint_levels, self.detail, self.pitch)
 
     def to_fields(self) -> dict[str, bytes | str]:
-        """Hash fields for HSET. Each thing is stored once and compactly (issue 25): the
-        normalised text only when it differs from the text, the segments compressed, the
-        verification bytes packed into one compressed value (`ev`, index/evidence.py). All of
-        it reads back to exactly what was written."""
+        """Hash fields for HSET. Each thing is stored once and compactly (issue 25): the result
+        and its metadata in one compressed record (`rec`: the segments repeat the text, which
+        compresses away, and each field of a hash costs its own overhead), the normalised text
+        only when it differs from the text, the verification bytes packed into one compressed
+        value (`ev`, index/evidence.py). The fields read on their own stay apart: the profile,
+        embedding and fingerprint version (the index replicas'), the generation (aliases'). All
+        of it reads back to exactly what was written."""
+        record: dict = {"pcm": self.pcm_digest, "text": self.text, "lang": self.language, "dur": self.duration_s,
+                        "speech": self.speech_s, "eng_s": self.engine_seconds, "at": self.created_at,
+                        "exp": self.expires_at_ms, "engine": self.engine}
+        if self.normalized_text != self.text:
+            record["nt"] = self.normalized_text
+        if self.negative:
+            record["neg"] = 1
+        if self.segments:
+            record["seg"] = _segments_record(self.segments)
+        raw = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
         fields: dict[str, bytes | str] = {
             "profile": self.profile_id,
-            "pcm": self.pcm_digest,
-            "text": self.text,
-            "language": self.language,
-            "duration_s": repr(self.duration_s),
-            "speech_s": repr(self.speech_s),
-            "engine_seconds": repr(self.engine_seconds),
-            "negative": "1" if self.negative else "0",
-            "created_at": repr(self.created_at),
-            "expires_at_ms": str(self.expires_at_ms),
-            "engine": self.engine,
+            "rec": zstandard.ZstdCompressor(level=_RECORD_LEVEL).compress(raw),
             "emb": self.embedding,
             "fp_version": self.fingerprint_version,
             "gen": self.generation,
         }
-        if self.normalized_text != self.text:
-            fields["normalized_text"] = self.normalized_text
-        segments = _pack_segments(self.segments)
-        if segments:
-            fields["segz"] = zstandard.ZstdCompressor(level=_SEGMENTS_LEVEL).compress(segments.encode())
         if self.has_evidence:
             fields["ev"] = pack(self.evidence)
         elif self.evidence_digest:
@@ -129,42 +129,53 @@ class Entry:
         def text(name: str) -> str:
             return fields.get(name.encode(), b"").decode()
 
-        def number(name: str) -> float:
-            raw = fields.get(name.encode())
-            return float(raw) if raw else 0.0
-
         evidence = _read_evidence(fields, entry_id)
-        return cls(
-            entry_id=entry_id,
-            profile_id=text("profile"),
-            pcm_digest=text("pcm"),
-            text=text("text"),
-            # Absent: the same as the text (entries written before issue 25 always have it).
-            normalized_text=text("normalized_text") if b"normalized_text" in fields else text("text"),
-            language=text("language"),
-            duration_s=number("duration_s"),
-            speech_s=number("speech_s"),
-            engine_seconds=number("engine_seconds"),
-            negative=fields.get(b"negative") == b"1",
-            created_at=number("created_at"),
-            expires_at_ms=int(number("expires_at_ms")),
-            engine=text("engine"),
-            segments=_unpack_segments(_segments_json(fields, entry_id), entry_id),
-            fingerprint=evidence.fingerprint,
-            fingerprint_levels=evidence.fingerprint_levels,
-            embedding=fields.get(b"emb", b""),
-            fingerprint_version=text("fp_version"),
-            detail=evidence.detail,
-            pitch=evidence.pitch,
-            generation=text("gen"),
-            evidence_digest=text("evb"),
-        )
+        common: dict[str, Any] = {"entry_id": entry_id, "profile_id": text("profile"), "embedding": fields.get(b"emb", b""),
+                  "fingerprint_version": text("fp_version"), "generation": text("gen"), "evidence_digest": text("evb"),
+                  "fingerprint": evidence.fingerprint, "fingerprint_levels": evidence.fingerprint_levels,
+                  "detail": evidence.detail, "pitch": evidence.pitch}
+        if b"rec" not in fields:
+            return cls(**common, **_fields_before_records(fields, entry_id))
+        try:
+            record = json.loads(zstandard.ZstdDecompressor().decompress(fields[b"rec"], max_output_size=_MAX_RECORD))
+            return cls(**common, pcm_digest=record["pcm"], text=record["text"],
+                       normalized_text=record.get("nt", record["text"]), language=record["lang"],
+                       duration_s=float(record["dur"]), speech_s=float(record["speech"]),
+                       engine_seconds=float(record["eng_s"]), negative=bool(record.get("neg")),
+                       created_at=float(record["at"]), expires_at_ms=int(record["exp"]), engine=record["engine"],
+                       segments=_segments_of_record(record.get("seg", []), entry_id))
+        except (zstandard.ZstdError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DamagedEntry(f"entry {entry_id} has an unreadable record") from exc
 
 
-# Segments are a few hundred bytes of JSON per second of speech; zstd's level 3 takes about
-# half off at a few microseconds per entry.
-_SEGMENTS_LEVEL = 3
-_MAX_SEGMENTS_BYTES = 64 * 1024 * 1024
+class DamagedEntry(ValueError):
+    """An entry hash whose record cannot be read: the store reads it as no entry at all."""
+
+
+def _fields_before_records(fields: dict[bytes, bytes], entry_id: str) -> dict[str, Any]:
+    """The result and metadata of an entry written before records (issue 25): one hash field
+    each, the segments as JSON."""
+
+    def text(name: str) -> str:
+        return fields.get(name.encode(), b"").decode()
+
+    def number(name: str) -> float:
+        raw = fields.get(name.encode())
+        return float(raw) if raw else 0.0
+
+    return {"pcm_digest": text("pcm"), "text": text("text"),
+            "normalized_text": text("normalized_text") if b"normalized_text" in fields else text("text"),
+            "language": text("language"), "duration_s": number("duration_s"), "speech_s": number("speech_s"),
+            "engine_seconds": number("engine_seconds"), "negative": fields.get(b"negative") == b"1",
+            "created_at": number("created_at"), "expires_at_ms": int(number("expires_at_ms")), "engine": text("engine"),
+            "segments": _unpack_segments(fields.get(b"seg", b""), entry_id)}
+
+
+# A record is the result's JSON: zstd's level 3 takes about half off at a few microseconds.
+_RECORD_LEVEL = 3
+_MAX_RECORD = 64 * 1024 * 1024
+
+
 _NO_EVIDENCE = StoredEvidence(b"", b"", b"", b"")
 
 
@@ -181,29 +192,26 @@ def _read_evidence(fields: dict[bytes, bytes], entry_id: str) -> StoredEvidence:
     return evidence
 
 
-def _segments_json(fields: dict[bytes, bytes], entry_id: str) -> bytes:
-    """The segments' JSON: compressed in `segz` (since issue 25), or plain in `seg` before it."""
-    if b"segz" not in fields:
-        return fields.get(b"seg", b"")
-    try:
-        return zstandard.ZstdDecompressor().decompress(fields[b"segz"], max_output_size=_MAX_SEGMENTS_BYTES)
-    except zstandard.ZstdError:
-        log.warning("entry %s has unreadable segments; answering with one segment for the whole audio", entry_id)
-        return b""
-
-
-def _pack_segments(segments: tuple[dict, ...]) -> str:
-    """Segments as compact JSON; words as [word, start, end, probability] lists, since they
-    are most of the bytes (about half the size of one object per word)."""
-    if not segments:
-        return ""
+def _segments_record(segments: tuple[dict, ...]) -> list:
+    """Segments with words as [word, start, end, probability] lists (about half the size of one
+    object per word)."""
     packed = []
     for segment in segments:
         item = {k: v for k, v in segment.items() if k != "words"}
         if "words" in segment:
             item["w"] = [[w["word"], w["start"], w["end"], w.get("probability")] for w in segment["words"]]
         packed.append(item)
-    return json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
+    return packed
+
+
+def _segments_of_record(packed: list, entry_id: str) -> tuple[dict, ...]:
+    """Inverse of `_segments_record`; a damaged list reads as none (the whole-audio segment)."""
+    return _unpack_segments(json.dumps(packed).encode(), entry_id) if packed else ()
+
+
+def _pack_segments(segments: tuple[dict, ...]) -> str:
+    """Segments as compact JSON (`_segments_record`), as entries before records held them."""
+    return json.dumps(_segments_record(segments), ensure_ascii=False, separators=(",", ":")) if segments else ""
 
 
 def _unpack_segments(raw: bytes, entry_id: str) -> tuple[dict, ...]:

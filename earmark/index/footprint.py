@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from earmark.index.entry import DamagedEntry, Entry
 from earmark.index.store import Store
 
 SAMPLE_ENTRIES = 200
+# What the sample reads of each entry: its duration and kind (in its record, or in fields of
+# their own before records), generation and bulk digest; never its verification bytes.
+_SAMPLED_FIELDS = ("rec", "duration_s", "negative", "gen", "evb")
 
 
 @dataclass(frozen=True)
@@ -48,26 +52,32 @@ async def sample_footprint(store: Store, entry_count: int, limit: int = SAMPLE_E
         for key in entry_keys:
             entry_id = keys.entry_id_of(key)
             pipe.memory_usage(key, samples=0)
-            pipe.hmget(key, "duration_s", "negative", "gen", "evb")
+            pipe.hmget(key, *_SAMPLED_FIELDS)
             pipe.memory_usage(keys.entry_aliases(entry_id), samples=0)
             pipe.smembers(keys.entry_aliases(entry_id))
         rows = await pipe.execute()
         memory, seconds, with_audio, bulk_named = 0, 0.0, 0, []
         members: list = []
         for index, key in enumerate(entry_keys):
-            usage, (duration, negative, generation, digest), set_usage, aliases = rows[4 * index:4 * index + 4]
+            usage, values, set_usage, aliases = rows[4 * index:4 * index + 4]
             if usage is None:
                 continue  # expired between the scan and the read
             memory += int(usage) + int(set_usage or 0)
             members.extend(aliases or ())
-            if negative != b"1" and duration:
-                seconds += float(duration)
+            try:
+                entry = Entry.from_fields(keys.entry_id_of(key), {name.encode(): value for name, value
+                                                                  in zip(_SAMPLED_FIELDS, values, strict=True)
+                                                                  if value is not None})
+            except DamagedEntry:
+                continue
+            if not entry.negative and entry.duration_s:
+                seconds += entry.duration_s
                 with_audio += 1
-            if digest and generation:
-                bulk_named.append((keys.entry_id_of(key), generation.decode()))
+            if entry.evidence_digest and entry.generation:
+                bulk_named.append((entry.entry_id, entry.generation))
         pipe = client.pipeline(transaction=False)
         for member in members:
-            pipe.memory_usage(member, samples=0)
+            pipe.memory_usage(keys.alias_key_of(member), samples=0)
         for stream in (keys.index_stream(), keys.events()):
             pipe.memory_usage(stream)
         usages = await pipe.execute()

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# An alias set lists its aliases compactly (`Keys.alias_member`): a kind byte (never the first
+# byte of a key prefix), the profile digest's length and bytes, then the audio digest's bytes.
+_MEMBER_KINDS = {"exact3": b"\x01", "canon": b"\x02", "qprint": b"\x03"}
+_MEMBER_KIND_NAMES = {code[0]: name for name, code in _MEMBER_KINDS.items()}
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -34,6 +39,28 @@ class Keys:
     def entry_aliases(self, entry_id: str) -> str:
         """Set of alias keys pointing at an entry, so a delete can remove them all (same slot)."""
         return f"{self.prefix}aliases:{{{entry_id}}}"
+
+    def alias_member(self, alias_key: str) -> bytes:
+        """How `alias_key` is listed in its entry's alias set (`entry_aliases`): its digests as
+        raw bytes (46 bytes for an exact or canonical alias, against about 110 for its name),
+        which keeps the set in the store's compact encoding (sets of members up to 64 bytes:
+        160 bytes a set against about 500). A key of another form is listed by its name."""
+        rest = alias_key[len(self.prefix):] if alias_key.startswith(self.prefix) else ""
+        kind, _, tail = rest.partition(":")
+        profile, _, digest = tail.partition(":")
+        if kind in _MEMBER_KINDS and _is_hex(profile) and _is_hex(digest) and len(profile) < 512:
+            raw_profile = bytes.fromhex(profile)
+            return _MEMBER_KINDS[kind] + bytes([len(raw_profile)]) + raw_profile + bytes.fromhex(digest)
+        return alias_key.encode()
+
+    def alias_key_of(self, member: bytes) -> str:
+        """The key an alias set's member lists (inverse of `alias_member`; a set written before
+        issue 25 lists key names, read as they are)."""
+        kind = _MEMBER_KIND_NAMES.get(member[0]) if member else None
+        if kind is None or len(member) < 2:
+            return member.decode()
+        length = member[1]
+        return f"{self.prefix}{kind}:{member[2:2 + length].hex()}:{member[2 + length:].hex()}"
 
     def exact(self, profile_id: str, bytes_digest: str) -> str:
         """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""
@@ -66,3 +93,11 @@ class Keys:
     def events(self) -> str:
         """Capped stream of recognition events (one per answered request) that audits read."""
         return f"{self.prefix}events"
+
+
+def _is_hex(text: str) -> bool:
+    """Lower-case hex of whole bytes: what `bytes.fromhex(text).hex()` gives back unchanged."""
+    try:
+        return bool(text) and bytes.fromhex(text).hex() == text
+    except ValueError:
+        return False

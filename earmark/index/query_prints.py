@@ -31,7 +31,7 @@ async def keep_query_print(store: Store, profile_id: str, query_digest: str, ent
         store.breaker.allow()
         pipe = store.client.pipeline(transaction=False)
         pipe.hset(key, mapping={"fp": fingerprint, "fpl": levels, "entry": entry.entry_id})
-        pipe.sadd(aliases, key)
+        pipe.sadd(aliases, store.keys.alias_member(key))
         if entry.expires_at_ms:
             pipe.pexpireat(key, entry.expires_at_ms)
             pipe.pexpireat(aliases, entry.expires_at_ms)

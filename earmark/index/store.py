@@ -29,7 +29,7 @@ from redis.sentinel import MasterNotFoundError
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
 from earmark.index.bulk import BulkStore, value_digest
 from earmark.index.connection import open_client
-from earmark.index.entry import Entry
+from earmark.index.entry import DamagedEntry, Entry
 from earmark.index.evidence import pack, unpack
 from earmark.index.keys import Keys
 
@@ -87,6 +87,17 @@ class FuzzyVerdict:
             return cls(float(score), judged_by) if kind == "fuzzy" and judged_by else None
         except ValueError:
             return None
+
+
+def _entry_or_none(entry_id: str, fields: dict[bytes, bytes]) -> Entry | None:
+    """The entry an HGETALL read; None when there is none, or its record is damaged (never served)."""
+    if not fields:
+        return None
+    try:
+        return Entry.from_fields(entry_id, fields)
+    except DamagedEntry:
+        log.warning("entry %s has an unreadable record: read as no entry", entry_id)
+        return None
 
 
 def _unlink_all(paths: list) -> None:
@@ -273,16 +284,14 @@ class Store:
             for entry_id in entry_ids:
                 pipe.hgetall(self.keys.entry(entry_id))
             rows = await pipe.execute()
-            entries = [Entry.from_fields(i, row) if row else None for i, row in zip(entry_ids, rows, strict=True)]
+            entries = [_entry_or_none(i, row) for i, row in zip(entry_ids, rows, strict=True)]
             return [await self._with_evidence(entry) for entry in entries]
 
         return await self._call(read_all)
 
     async def _read_entry(self, entry_id: str, *, evidence: bool = True) -> Entry | None:
         fields = await self.client.hgetall(self.keys.entry(entry_id))
-        if not fields:
-            return None
-        entry = Entry.from_fields(entry_id, fields)
+        entry = _entry_or_none(entry_id, fields)
         return await self._with_evidence(entry) if evidence else entry
 
     async def _with_evidence(self, entry: Entry | None) -> Entry | None:
@@ -343,7 +352,7 @@ class Store:
             transaction.delete(entry_key)
             transaction.hset(entry_key, mapping=fields)
             transaction.pexpireat(entry_key, expires_at_ms)
-            transaction.sadd(aliases_key, *aliases)
+            transaction.sadd(aliases_key, *(self.keys.alias_member(alias) for alias in aliases))
             transaction.pexpireat(aliases_key, expires_at_ms)
             await transaction.execute()
             pipe = self.client.pipeline(transaction=False)
@@ -417,7 +426,7 @@ class Store:
         async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(alias, value, pxat=entry.expires_at_ms or None, get=True)
-            pipe.sadd(aliases, alias)
+            pipe.sadd(aliases, self.keys.alias_member(alias))
             if entry.expires_at_ms:
                 pipe.pexpireat(aliases, entry.expires_at_ms)
             pipe.hget(self.keys.entry(entry.entry_id), "gen")
@@ -426,7 +435,7 @@ class Store:
             if generation is None or generation.decode() != entry.generation:
                 cleanup = self.client.pipeline(transaction=False)
                 cleanup.eval(_RELEASE, 1, alias, value)
-                cleanup.srem(aliases, alias)
+                cleanup.srem(aliases, self.keys.alias_member(alias))
                 await cleanup.execute()
                 return "gone"
             return "seen" if previous is not None and previous.decode() == value else "added"
@@ -445,8 +454,8 @@ class Store:
             transaction.delete(aliases_key)
             existed = bool((await transaction.execute())[0])
             pipe = self.client.pipeline(transaction=False)
-            for alias in aliases:
-                pipe.delete(alias)
+            for member in aliases:
+                pipe.delete(self.keys.alias_key_of(member))
             if existed:
                 pipe.xadd(
                     self.keys.index_stream(),
