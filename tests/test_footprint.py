@@ -51,3 +51,30 @@ def test_a_sample_of_every_entry_measures_every_key(store_url, redis_client, tmp
     assert footprint.memory_bytes_per_s == pytest.approx(every_key / 16.0, rel=0.1)
     files = sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file())
     assert footprint.bulk_bytes_per_s == pytest.approx(files / 16.0) and (files > 0) == with_bulk
+
+
+def test_the_embedded_store_keeps_entry_hashes_compact(tmp_path):
+    """The embedded store keeps an entry hash (a record and an embedding, its verification bytes
+    in a bulk directory) in its compact encoding: a listpack, not a hash table."""
+    import redis
+
+    from earmark.index.embedded import EmbeddedServer
+
+    server = EmbeddedServer(tmp_path / "store")
+    server.start()
+    try:
+        keys = Keys("earmark:")
+
+        async def body():
+            store = Store(open_client(server.url), keys, bulk=BulkStore(tmp_path / "bulk", keys.prefix))
+            try:
+                return await store.put_entry(_entry("pcm-1", 30.0), "bytes-1", 3600, stream_maxlen=100)
+            finally:
+                await store.close()
+
+        entry = asyncio.run(body())
+        client = redis.Redis.from_url(server.url)
+        assert client.object("encoding", keys.entry(entry.entry_id)) == b"listpack"
+        client.close()
+    finally:
+        server.stop()

@@ -106,8 +106,30 @@ def test_an_entry_and_its_aliases_always_carry_a_ttl(store_url, keys, redis_clie
     async def body(store: Store):
         entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         for key in (keys.entry(entry.entry_id), keys.entry_aliases(entry.entry_id),
-                    keys.exact(entry.profile_id, "original-bytes"), keys.canonical(entry.profile_id, entry.pcm_digest)):
+                    keys.exact(entry.profile_id, "original-bytes")):
             assert 0 < redis_client.ttl(key) <= TTL_S, key
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_the_canonical_tier_reads_the_entry_by_its_id_without_an_alias(store_url, keys, redis_client):
+    """The entry id is made from the profile and the decoded audio's digest: no canonical alias
+    is written (one key less per entry), and one written before issue 25 is still deleted with
+    its entry."""
+
+    async def body(store: Store):
+        entry = await store.put_entry(_entry(pcm="ab" * 32), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert not redis_client.exists(keys.canonical(entry.profile_id, entry.pcm_digest))
+        found = await store.entry_by_canonical(entry.profile_id, entry.pcm_digest)
+        assert found is not None and found.generation == entry.generation and not found.has_evidence
+        assert await store.entry_by_canonical("profile-2", entry.pcm_digest) is None
+        assert await store.entry_by_canonical(entry.profile_id, "cd" * 32) is None
+        legacy = keys.canonical(entry.profile_id, entry.pcm_digest)  # as entries before issue 25 had
+        redis_client.set(legacy, f"{entry.entry_id}|{entry.generation}")
+        redis_client.sadd(keys.entry_aliases(entry.entry_id), legacy)
+        assert await store.delete_entry(entry.entry_id, stream_maxlen=MAXLEN)
+        assert not redis_client.exists(legacy)
+        assert await store.entry_by_canonical(entry.profile_id, entry.pcm_digest) is None
 
     _run(_with_store(store_url, keys, body))
 

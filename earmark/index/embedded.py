@@ -92,6 +92,10 @@ class EmbeddedServer:
             "--save", "3600 1 300 100 60 10000",
             "--maxmemory", self.maxmemory,
             "--maxmemory-policy", "volatile-lru",
+            # An entry hash (index/entry.py) holds a record of a few hundred bytes and a 256-byte
+            # embedding: under this limit it stays a listpack, about 220 bytes an entry smaller
+            # than a hash table (issue 25; HGET scans its handful of fields).
+            "--hash-max-listpack-value", "1024",
             # A SIGTERM (ours, or the death-of-parent signal) always ends the server, even when
             # its final save fails (data directory removed, disk full): it must never outlive us.
             "--shutdown-on-sigterm", "force",

@@ -69,7 +69,9 @@ class Keys:
         return f"{self.prefix}exact3:{profile_id}:{bytes_digest}"
 
     def canonical(self, profile_id: str, pcm_digest: str) -> str:
-        """Alias from the decoded PCM's digest to an entry id (tier `canonical`)."""
+        """Alias from the decoded PCM's digest to an entry id, which entries written before issue
+        25 have (tier `canonical` now reads the entry by its id: index/store.py,
+        `entry_by_canonical`); listed in their alias sets, deleted with them."""
         return f"{self.prefix}canon:{profile_id}:{pcm_digest}"
 
     def lock(self, profile_id: str, pcm_digest: str) -> str:

@@ -1,8 +1,10 @@
 """The entry store: cached results and their aliases in Redis, behind a circuit breaker.
 
-Redis is the source of truth. An alias (byte digest or PCM digest) only points at an entry id;
+Redis is the source of truth. An alias (the uploaded bytes' digest) only points at an entry id;
 a lookup then reads the entry itself, so a deleted, expired or evicted entry is never served
-even if an alias to it survives. Every call goes through the breaker: while the store is down
+even if an alias to it survives. The decoded audio's digest needs no alias: with the profile it
+makes the entry id. An entry's verification bytes may live in a bulk directory beside the
+store (index/bulk.py), named by its id and generation and checked against its digest. Every call goes through the breaker: while the store is down
 they fail at once with `StoreUnavailable` and the service answers without the cache.
 
 Entries are written with plain redis-py pipelines rather than redis-om models: entries carry
@@ -29,7 +31,7 @@ from redis.sentinel import MasterNotFoundError
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
 from earmark.index.bulk import BulkStore, value_digest
 from earmark.index.connection import open_client
-from earmark.index.entry import DamagedEntry, Entry
+from earmark.index.entry import DamagedEntry, Entry, make_entry_id
 from earmark.index.evidence import pack, unpack
 from earmark.index.keys import Keys
 
@@ -272,6 +274,19 @@ class Store:
 
         return await self._call(follow)
 
+    async def entry_by_canonical(self, profile_id: str, pcm_digest: str) -> Entry | None:
+        """The entry of this decoded audio under this profile (tier `canonical`), read by its id,
+        which is made from the two (index/entry.py, `make_entry_id`): no alias key is needed for
+        it, nor kept (issue 25: one key less per entry). Like an alias, it reads no bulk bytes."""
+
+        async def read() -> Entry | None:
+            entry = await self._read_entry(make_entry_id(profile_id, pcm_digest), evidence=False)
+            if entry is None or entry.profile_id != profile_id or entry.pcm_digest != pcm_digest:
+                return None
+            return entry
+
+        return await self._call(read)
+
     async def get_entry(self, entry_id: str) -> Entry | None:
         """Read one entry by id; None when it does not exist (deleted, expired, evicted)."""
         return await self._call(lambda: self._read_entry(entry_id))
@@ -316,7 +331,7 @@ class Store:
                        detail=evidence.detail, pitch=evidence.pitch)
 
     async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
-        """Write an entry with its byte and PCM aliases, all expiring together.
+        """Write an entry with its byte alias, all expiring together.
 
         The entry, its expiry and its alias set are one transaction (one hash slot on a
         Cluster): under OOM or a lost connection either all of it is written or none, and an
@@ -327,10 +342,10 @@ class Store:
         expires_at_ms = int((time.time() + ttl_s) * 1000)
         stored = replace(entry, expires_at_ms=expires_at_ms, generation=secrets.token_hex(8))
         entry_key, aliases_key = self.keys.entry(entry.entry_id), self.keys.entry_aliases(entry.entry_id)
-        aliases = [
-            self.keys.exact(entry.profile_id, bytes_digest),
-            self.keys.canonical(entry.profile_id, entry.pcm_digest),
-        ]
+        # The canonical tier reads the entry by its id (`entry_by_canonical`): its only alias is
+        # the exact one. (Entries written before issue 25 also have a `canonical` alias, listed
+        # in their alias set and deleted with them.)
+        aliases = [self.keys.exact(entry.profile_id, bytes_digest)]
         alias_value = _Alias(entry.entry_id, stored.generation).render()
         fields = stored.to_fields()
         if self.bulk is not None and stored.has_evidence:

@@ -179,7 +179,7 @@ class RecognitionCache:
         if store_ok and look:
             with self._stage("canonical"):
                 entry, store_ok = await try_store(
-                    lambda: self.store.entry_by_alias(keys.canonical(profile.digest, audio_digest))
+                    lambda: self.store.entry_by_canonical(profile.digest, audio_digest)
                 )
             if entry is not None:
                 outcome = await self._hit_and_alias("canonical", entry, upload_digest, write=write, served=run)

@@ -74,14 +74,17 @@ class MissesInFlight:
         the lock is served rather than run again. Without the store (`store_ok` False, or an
         outage on the way) it runs without a lock: `run(False)`."""
         lock_key = self.store.keys.lock(profile_digest, audio_digest)
-        canonical_key = self.store.keys.canonical(profile_digest, audio_digest)
+
+        def holders_entry() -> Awaitable[Entry | None]:
+            return self.store.entry_by_canonical(profile_digest, audio_digest)
+
         token = None
         while store_ok:
             token, store_ok = await try_store(lambda: self.store.acquire_lock(lock_key, self.lock_ttl_ms))
             if token is not None or not store_ok:
                 break
             self.metrics.single_flight_waits.labels(scope="store").inc()
-            entry, store_ok = await self._wait_for_holder(lock_key, canonical_key)
+            entry, store_ok = await self._wait_for_holder(lock_key, holders_entry)
             if entry is not None:
                 answer = await serve(entry)
                 if answer is not None:
@@ -90,7 +93,7 @@ class MissesInFlight:
         try:
             if token is not None:
                 # The previous holder may have finished between our lookup and our lock.
-                entry, store_ok = await try_store(lambda: self.store.entry_by_alias(canonical_key))
+                entry, store_ok = await try_store(holders_entry)
                 if entry is not None:
                     answer = await serve(entry)
                     if answer is not None:
@@ -102,16 +105,17 @@ class MissesInFlight:
                 held_token = token
                 await try_store(lambda: self.store.release_lock(lock_key, held_token))
 
-    async def _wait_for_holder(self, lock_key: str, canonical_key: str) -> tuple[Entry | None, bool]:
+    async def _wait_for_holder(self, lock_key: str, holders_entry: Callable[[], Awaitable[Entry | None]]
+                               ) -> tuple[Entry | None, bool]:
         """Poll until the lock holder's entry appears, or the lock vanishes without one."""
         while True:
             await asyncio.sleep(LOCK_POLL_S)
-            entry, store_ok = await try_store(lambda: self.store.entry_by_alias(canonical_key))
+            entry, store_ok = await try_store(holders_entry)
             if entry is not None or not store_ok:
                 return entry, store_ok
             held, store_ok = await try_store(lambda: self.store.lock_held(lock_key))
             if not held or not store_ok:
-                entry, store_ok = await try_store(lambda: self.store.entry_by_alias(canonical_key))
+                entry, store_ok = await try_store(holders_entry)
                 return entry, store_ok
 
     async def _renew_lock(self, lock_key: str, token: str) -> None:
