@@ -252,3 +252,25 @@ def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, k
         assert await store.get_entries([written.entry_id]) == [None]
 
     _run(_with_store(store_url, keys, body))
+
+
+def test_an_older_earmark_never_reaches_an_entry_of_the_record_layout_by_its_exact_alias(store_url, keys, redis_client):
+    """An earmark from before the record layout (issue 25) reads such an entry as an empty
+    transcript. It looks exact aliases up under "exact3"; this version writes them under
+    "exact4", so during a rolling upgrade the older process misses and runs its engine instead
+    of serving an empty answer. This version still follows the "exact3" aliases an older one
+    wrote, to the entries it wrote."""
+    async def body(store: Store):
+        entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert not redis_client.exists(keys.exact_before_records(entry.profile_id, "original-bytes"))
+        assert redis_client.exists(keys.exact(entry.profile_id, "original-bytes"))
+        found, _ = await store.entry_and_verdict_of_bytes(entry.profile_id, "original-bytes")
+        assert found is not None and found.text == entry.text
+        # An alias an older process wrote (same value format, "exact3") is still followed.
+        older = keys.exact_before_records(entry.profile_id, "older-bytes")
+        redis_client.set(older, redis_client.get(keys.exact(entry.profile_id, "original-bytes")))
+        found, _ = await store.entry_and_verdict_of_bytes(entry.profile_id, "older-bytes")
+        assert found is not None and found.entry_id == entry.entry_id
+        assert await store.entry_and_verdict_of_bytes(entry.profile_id, "unknown-bytes") == (None, None)
+
+    _run(_with_store(store_url, keys, body))

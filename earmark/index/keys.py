@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # An alias set lists its aliases compactly (`Keys.alias_member`): a kind byte (never the first
 # byte of a key prefix), the profile digest's length and bytes, then the audio digest's bytes.
-_MEMBER_KINDS = {"exact3": b"\x01", "canon": b"\x02", "qprint": b"\x03"}
+_MEMBER_KINDS = {"exact3": b"\x01", "canon": b"\x02", "qprint": b"\x03", "exact4": b"\x04"}
 _MEMBER_KIND_NAMES = {code[0]: name for name, code in _MEMBER_KINDS.items()}
 
 
@@ -63,9 +63,18 @@ class Keys:
         return f"{self.prefix}{kind}:{member[2:2 + length].hex()}:{member[2 + length:].hex()}"
 
     def exact(self, profile_id: str, bytes_digest: str) -> str:
-        """Alias from the uploaded bytes' digest to an entry id (tier `exact`)."""
-        # "exact3": BLAKE3 digests since issue 8; the BLAKE2b aliases before it ("exact:") are
-        # never looked up again and expire with their entries.
+        """Alias from the uploaded bytes' digest to an entry id (tier `exact`).
+
+        "exact4": aliases to entries in the record layout of issue 25. An earmark from before
+        it reads such an entry as an empty transcript, and looks its aliases up under "exact3"
+        only, so while both run on one store (a rolling upgrade) it never reaches one by an
+        alias: it misses, runs its engine and writes its own entry, which this version reads."""
+        return f"{self.prefix}exact4:{profile_id}:{bytes_digest}"
+
+    def exact_before_records(self, profile_id: str, bytes_digest: str) -> str:
+        """The exact alias an earmark from before issue 25 writes (BLAKE3 digests since issue 8),
+        still followed to the entries it names. (The BLAKE2b aliases before issue 8, "exact:",
+        are never looked up again and expire with their entries.)"""
         return f"{self.prefix}exact3:{profile_id}:{bytes_digest}"
 
     def canonical(self, profile_id: str, pcm_digest: str) -> str:

@@ -274,6 +274,16 @@ class Store:
 
         return await self._call(follow)
 
+    async def entry_and_verdict_of_bytes(self, profile_id: str, bytes_digest: str
+                                         ) -> tuple[Entry | None, FuzzyVerdict | None]:
+        """`entry_and_verdict` by the uploaded bytes' exact alias (tier `exact`): this version's
+        (`Keys.exact`), else the one an earmark from before issue 25 wrote for its own entries
+        (`Keys.exact_before_records`), so entries written before an upgrade keep their exact hits."""
+        found = await self.entry_and_verdict(self.keys.exact(profile_id, bytes_digest))
+        if found[0] is not None:
+            return found
+        return await self.entry_and_verdict(self.keys.exact_before_records(profile_id, bytes_digest))
+
     async def entry_by_canonical(self, profile_id: str, pcm_digest: str) -> Entry | None:
         """The entry of this decoded audio under this profile (tier `canonical`), read by its id,
         which is made from the two (index/entry.py, `make_entry_id`): no alias key is needed for

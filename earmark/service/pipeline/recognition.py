@@ -145,14 +145,13 @@ class RecognitionCache:
         `write`, below: the store may be written (recognize without `no-store`)."""
         write = run and control.writes
         upload_digest = query.digest
-        keys = self.store.keys
         store_ok = self.store.up
         look = not control.no_cache
 
         if store_ok and look:
             with self._stage("exact"):
                 found, store_ok = await try_store(
-                    lambda: self.store.entry_and_verdict(keys.exact(profile.digest, upload_digest))
+                    lambda: self.store.entry_and_verdict_of_bytes(profile.digest, upload_digest)
                 )
             entry, verdict = found or (None, None)
             if entry is not None and verdict is None:
