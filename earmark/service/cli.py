@@ -44,7 +44,7 @@ def main() -> None:
 @_option("--bulk-dir", env="EARMARK_BULK_DIR", default=None,
          help="Directory for entries' verification bytes, outside the store's memory; shared by every instance "
               "[DATA_DIR/bulk with the embedded store; in the store with --redis-url].")
-@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, whisper-base (multilingual), pocketsphinx, funasr, or an upstream server: openai, funasr-http [whisper].")
+@_option("--engine", env="EARMARK_ENGINE", default=None, help="Recognition engine: whisper, whisper-base (multilingual), pocketsphinx, funasr, or an upstream server: openai, funasr-http, funasr-ws [whisper].")
 @_option("--whisper-model", env="EARMARK_WHISPER_MODEL", default=None,
          help="CTranslate2 Whisper model directory (engine whisper) [the bundled tiny.en].")
 @_option("--funasr-model", env="EARMARK_FUNASR_MODEL", default=None, help="Local FunASR model directory (engine funasr).")
@@ -54,17 +54,22 @@ def main() -> None:
 @_option("--api-keys", "api_keys_file", env="EARMARK_API_KEYS", default=None,
          help="File of '<key> <namespace>' lines; when given, /recognize, /lookup and /v1/... need 'Authorization: Bearer <key>'.")
 @_option("--upstream-url", env="EARMARK_UPSTREAM_URL", default=None,
-         help="Engines openai and funasr-http: the recognition server misses are forwarded to (http://host:port).")
+         help="Engines openai and funasr-http: the recognition server misses are forwarded to (http://host:port); "
+              "funasr-ws: the FunASR runtime's WebSocket server (ws://host:10095 or wss://host:10095).")
+@_option("--upstream-ca-file", env="EARMARK_UPSTREAM_CA_FILE", default=None,
+         help="funasr-ws over wss://: a PEM file of the certificates the server's is checked against (its self-signed one).")
+@_option("--upstream-tls-verify/--no-upstream-tls-verify", env="EARMARK_UPSTREAM_TLS_VERIFY", default=None,
+         help="funasr-ws over wss://: check the server's certificate [on]; off as FunASR's own client does.")
 @_option("--upstream-api-key", env="EARMARK_UPSTREAM_API_KEY", default=None,
          help="Bearer key sent upstream; prefer the environment variable (the command line is visible to others).")
 @_option("--upstream-model", env="EARMARK_UPSTREAM_MODEL", default=None,
-         help="Model name sent to an openai upstream [whisper-1], a label for funasr-http [funasr-runtime]; part of the profile.")
+         help="Model name sent to an openai upstream [whisper-1], a label for funasr-http and funasr-ws [funasr-runtime]; part of the profile.")
 @_option("--upstream-revision", env="EARMARK_UPSTREAM_REVISION", default=None,
          help="Label of the upstream model's version, part of the profile: change it when the upstream's model changes.")
 @_option("--upstream-max-connections", env="EARMARK_UPSTREAM_MAX_CONNECTIONS", type=int, default=None,
          help="Requests sent upstream at once [8].")
 @_option("--maxmemory", env="EARMARK_MAXMEMORY", default=None, help="Embedded store memory bound [1gb].")
-@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; pocketsphinx, funasr: 1; openai, funasr-http: --upstream-max-connections) [0].")
+@_option("--engine-workers", env="EARMARK_ENGINE_WORKERS", type=int, default=None, help="Transcriptions at once; 0: the engine's choice (whisper: one per core; pocketsphinx, funasr: 1; openai, funasr-http, funasr-ws: --upstream-max-connections) [0].")
 @_option("--engine-queue", env="EARMARK_ENGINE_QUEUE", type=int, default=None, help="Requests that may wait for the engine [16].")
 @_option("--index-type", env="EARMARK_INDEX_TYPE", default=None,
          help="Vector index: flat (exact search), hnsw, or auto (exact while small) [auto].")

@@ -114,8 +114,8 @@ class Settings:
     # Count answered requests by namespace too (earmark_namespace_requests_total): off by
     # default, since every namespace is a time series of its own.
     metrics_namespace_labels: bool = False
-    # An upstream recognition server, for the engines `openai` and `funasr-http`
-    # (service/engines/upstream/base.py). The model name (sent to an openai upstream; a label for a
+    # An upstream recognition server, for the engines `openai`, `funasr-http` (http:// or
+    # https://) and `funasr-ws` (ws:// or wss://) (service/engines/upstream/base.py). The model name (sent to an openai upstream; a label for a
     # funasr-http one) and the revision label are part of the profile: change one when the
     # model behind the URL changes, or its transcripts would be served for the new model's.
     upstream_url: str = ""
@@ -133,6 +133,12 @@ class Settings:
     # Extra attempts after a failure to connect (the request was never sent, so a retry is safe).
     upstream_retries: int = 2
     upstream_health_interval_s: float = 10.0
+    # How a funasr-ws upstream's wss:// certificate is checked: against the system's CAs, or the
+    # PEM file upstream_ca_file (the FunASR runtime's own self-signed certificate, say); or not at
+    # all with upstream_tls_verify = false, as FunASR's own client does (the traffic is still
+    # encrypted, but anyone in the path could pose as the server).
+    upstream_tls_verify: bool = True
+    upstream_ca_file: str = ""
     ttl_s: int = 7 * DAY_S
     negative_ttl_s: int = 3600
     max_upload_bytes: int = 200 * 1024 * 1024
@@ -191,10 +197,12 @@ class Settings:
 
 
 # The settings' allowed values, here so the gate below and the code using them share one list.
-ENGINE_NAMES = ("whisper", "whisper-base", "pocketsphinx", "funasr", "openai", "funasr-http")
-UPSTREAM_ENGINES = ("openai", "funasr-http")  # they forward a miss to a recognition server
+ENGINE_NAMES = ("whisper", "whisper-base", "pocketsphinx", "funasr", "openai", "funasr-http", "funasr-ws")
+UPSTREAM_ENGINES = ("openai", "funasr-http", "funasr-ws")  # they forward a miss to a recognition server
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 INDEX_TYPES = ("auto", "flat", "hnsw")
+HTTP_SCHEMES = ("http", "https")
+WEBSOCKET_SCHEMES = ("ws", "wss")  # funasr-ws: the FunASR runtime's WebSocket servers
 UPSTREAM_RESPONSE_FORMATS = ("verbose_json", "json")
 # Devices: CTranslate2 (whisper) takes cpu and cuda[:N]; torch (funasr) also mps, xpu and npu.
 WHISPER_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -228,6 +236,7 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
     positive, non_negative = "a number above 0", "0 or more"
     device = WHISPER_DEVICE if s.engine in ("whisper", "whisper-base") else TORCH_DEVICE
     upstream = s.engine in UPSTREAM_ENGINES
+    schemes = WEBSOCKET_SCHEMES if s.engine == "funasr-ws" else HTTP_SCHEMES
     return [
         ("host", s.host, bool(s.host.strip()) and not any(c.isspace() for c in s.host), "a host name or address"),
         ("port", s.port, 1 <= s.port <= 65535, "a whole number from 1 to 65535"),
@@ -250,8 +259,11 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
         ("console_session_s", s.console_session_s, s.console_session_s > 0, positive),
         ("api_keys_check_s", s.api_keys_check_s, s.api_keys_check_s > 0, positive),
         ("upstream_url", s.upstream_url,
-         _http_url(s.upstream_url) if upstream or s.upstream_url else True,
-         f"an http:// or https:// URL with a host{' (engine ' + s.engine + ' forwards misses there)' if upstream else ''}"),
+         _upstream_url(s.upstream_url, schemes) if upstream or s.upstream_url else True,
+         f"{'an' if schemes == HTTP_SCHEMES else 'a'} {' or '.join(scheme + '://' for scheme in schemes)} URL with a host"
+         f"{' (engine ' + s.engine + ' forwards misses there)' if upstream else ''}"),
+        ("upstream_ca_file", s.upstream_ca_file, not s.upstream_ca_file or Path(s.upstream_ca_file).is_file(),
+         "empty, or a PEM file of the certificates a wss:// upstream's certificate is checked against"),
         ("upstream_response_format", s.upstream_response_format, s.upstream_response_format in UPSTREAM_RESPONSE_FORMATS,
          " or ".join(UPSTREAM_RESPONSE_FORMATS)),
         ("upstream_max_connections", s.upstream_max_connections, s.upstream_max_connections >= 1, "a whole number, 1 or more"),
@@ -389,9 +401,9 @@ def has_credentials(url: str) -> bool:
     return "@" in urlsplit(url).netloc
 
 
-def _http_url(url: str) -> bool:
+def _upstream_url(url: str, schemes: tuple[str, ...]) -> bool:
     parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return parts.scheme in schemes and bool(parts.hostname)
 
 
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

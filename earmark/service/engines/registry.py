@@ -53,6 +53,10 @@ def create_engine(name: str, *, funasr_model: str = "", device: str = "cpu", whi
             from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
 
             return OpenAIUpstreamEngine(upstream)
+        if name == "funasr-ws":
+            from earmark.service.engines.upstream.funasr_ws import FunASRWebSocketEngine
+
+            return FunASRWebSocketEngine(upstream)
         from earmark.service.engines.upstream.funasr_http import FunASRHttpEngine
 
         return FunASRHttpEngine(upstream)
@@ -84,4 +88,5 @@ def upstream_config(settings):
         connect_timeout_s=settings.upstream_connect_timeout_s, retries=settings.upstream_retries,
         health_interval_s=settings.upstream_health_interval_s,
         transcript_limit=TranscriptLimit.from_settings(settings),
+        tls_verify=settings.upstream_tls_verify, ca_file=settings.upstream_ca_file,
     )

@@ -1,6 +1,7 @@
 """Upstream engines: a miss is forwarded to a recognition server the operator already runs, and
 its answer is cached like any engine's (service/engines/upstream/openai.py,
-service/engines/upstream/funasr_http.py).
+service/engines/upstream/funasr_http.py; over WebSocket, service/engines/upstream/funasr_ws.py,
+which shares the configuration, metrics, failure statuses and health state below).
 
 Where it runs. An upstream engine computes nothing: it sends a WAV and waits for a JSON answer.
 So it is an `AsyncEngine`, awaited on the service's own event loop through one pooled
@@ -131,6 +132,8 @@ class UpstreamConfig:
     retries: int = 2
     health_interval_s: float = 10.0
     transcript_limit: TranscriptLimit = TranscriptLimit()
+    tls_verify: bool = True  # funasr-ws over wss://: check the server's certificate
+    ca_file: str = ""  # ... against these certificates (PEM) rather than the system's
 
 
 class UpstreamEngine(AsyncEngine):
@@ -476,7 +479,7 @@ def _basic_auth(url: str) -> httpx.BasicAuth | None:
 def _server_of(url: str) -> str:
     """host:port/path of a URL, without credentials or query: what names the server."""
     parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}{parts.path}"
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme in ('https', 'wss') else 80)}{parts.path}"
 
 
 def _check_finite(transcript: Transcript) -> None:
