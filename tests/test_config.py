@@ -33,7 +33,7 @@ BAD = {
     "language_id_min_speech_s": 4.0,
     "language_routes": "zh=whisper-large", "console_session_s": 0.0, "api_keys_check_s": -1.0, "upstream_url": "ftp://asr.internal",
     "upstream_response_format": "text", "upstream_max_connections": 0, "upstream_connect_timeout_s": 0.0,
-    "upstream_retries": 11, "upstream_health_interval_s": -5.0, "ttl_s": 0, "negative_ttl_s": -1,
+    "upstream_retries": 11, "upstream_health_interval_s": -5.0, "upstream_ca_file": "/nonexistent/ca.pem", "ttl_s": 0, "negative_ttl_s": -1,
     "max_upload_bytes": 0, "max_duration_s": -60.0, "max_transcript_chars_per_s": 0.0, "max_transcript_chars_floor": 0, "upload_timeout_s": 0.0, "upload_min_bytes_per_s": 0,
     "max_uploads_in_progress": 0, "decode_budget_s": 0.0, "engine_workers": -1, "engine_queue": -1,
     "engine_timeout_s": 0.0, "lock_ttl_ms": 10, "stream_maxlen": 0, "events_maxlen": -1, "review_margin": 1.5,

@@ -3,6 +3,7 @@ upstream engine without a server to forward to, is refused with what to do, befo
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from earmark.service.engines.errors import EngineUnavailable
 from earmark.service.engines.pocketsphinx_engine import PocketSphinxEngine
 from earmark.service.engines.registry import ENGINE_NAMES, create_engine, engine_for, upstream_config
 from earmark.service.engines.upstream.funasr_http import FunASRHttpEngine
+from earmark.service.engines.upstream.funasr_ws import FunASRWebSocketEngine
 from earmark.service.engines.upstream.openai import OpenAIUpstreamEngine
 
 
@@ -22,7 +24,7 @@ def test_an_unknown_engine_is_refused_naming_the_known_ones():
     assert all(name in str(refused.value) for name in ENGINE_NAMES)
 
 
-@pytest.mark.parametrize("name", ["openai", "funasr-http"])
+@pytest.mark.parametrize("name", ["openai", "funasr-http", "funasr-ws"])
 def test_an_upstream_engine_needs_an_upstream_url(name):
     with pytest.raises(EngineUnavailable, match="needs --upstream-url"):
         engine_for(Settings(engine=name))
@@ -39,6 +41,10 @@ def test_each_upstream_engine_is_built_from_the_settings(tmp_path):
     assert isinstance(openai, OpenAIUpstreamEngine) and openai.model_id == "whisper-large"
     funasr = engine_for(replace(settings, engine="funasr-http", upstream_url="http://127.0.0.1:9"))
     assert isinstance(funasr, FunASRHttpEngine) and funasr.endpoint == "http://127.0.0.1:9/recognition"
+    websocket = engine_for(replace(settings, engine="funasr-ws", upstream_url="wss://127.0.0.1:10095",
+                                   upstream_tls_verify=False))
+    assert isinstance(websocket, FunASRWebSocketEngine) and websocket.endpoint == "wss://127.0.0.1:10095/"
+    assert websocket._tls is not None and websocket._tls.verify_mode == ssl.CERT_NONE
 
 
 def test_pocketsphinx_is_built_by_name(tmp_path):
