@@ -161,6 +161,7 @@ def test_a_server_closing_before_its_answer_is_a_502(server, pcm_16k):
     failed, metrics = transcribe(server.url, pcm_16k)
     assert isinstance(failed, UpstreamError) and "closed the connection before its answer was complete" in str(failed)
     assert outcomes(metrics) == {"error": 1.0} and metrics.upstream.up._value.get() == 0
+    assert metrics.registry.get_sample_value("earmark_upstream_seconds_count") == 1, "every outcome is timed"
 
 
 def test_a_server_that_does_not_answer_in_time_is_a_timeout(server, pcm_16k):

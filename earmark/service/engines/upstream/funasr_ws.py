@@ -168,18 +168,16 @@ class FunASRWebSocketEngine(UpstreamEngine):
             async with asyncio.timeout(timeout_s):
                 results, whole_answer = await self._exchange(pcm, profile, audio_s)
         except asyncio.CancelledError:
-            self._observe(started)
             self._metrics.requests.labels(outcome="cancelled").inc()
             raise
         except TimeoutError as exc:
-            self._observe(started)
             self._count("timeout", "no answer in time")
             raise EngineTimeout(f"the upstream did not answer within {timeout_s:.0f} s") from exc
         except TranscriptTooLong as exc:
-            self._observe(started)
             self._refuse_too_large(str(exc))
             raise
-        self._observe(started)
+        finally:
+            self._observe(started)
         try:
             transcript = await asyncio.to_thread(self._checked, results, whole_answer, audio_s)
         except TranscriptTooLong as exc:
@@ -201,17 +199,16 @@ class FunASRWebSocketEngine(UpstreamEngine):
         return transcript
 
     async def _exchange(self, pcm: bytes, profile: Profile, audio_s: float) -> tuple[list[dict], bool]:
-        """Connect, send, and read the answer's messages (see the module's docstring)."""
+        """Connect, send, and read the answer's messages (see the module's docstring). They are
+        read while the audio is sent: the Python server answers each stretch as its VAD cuts it,
+        and unread answers would stop it reading the audio."""
         limit = self.answer_limit(audio_s)
         connection = await self._open(limit)
+        sending = asyncio.create_task(_send(connection, pcm, profile))
         try:
             try:
-                await connection.send(json.dumps(first_message(profile), ensure_ascii=False))
-                for offset in range(0, len(pcm), STRIDE_BYTES):
-                    await connection.send(pcm[offset: offset + STRIDE_BYTES])
-                await connection.send(json.dumps({"is_speaking": False, "is_end": True}))
                 return await self._answer(connection, limit, audio_s)
-            except ConnectionClosed as exc:
+            except ConnectionClosed as exc:  # the sender sees the same close: the answer tells why
                 raise self._closed_early(exc, limit, audio_s) from exc
             except UpstreamError as exc:
                 self._count("error", str(exc))
@@ -220,6 +217,8 @@ class FunASRWebSocketEngine(UpstreamEngine):
                 self._count("error", f"malformed answer: {exc}")
                 raise UpstreamError(f"the FunASR server's message is not JSON: {exc}") from exc
         finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
             await connection.close()
 
     async def _answer(self, connection: ClientConnection, limit: int, audio_s: float) -> tuple[list[dict], bool]:
@@ -310,6 +309,14 @@ class FunASRWebSocketEngine(UpstreamEngine):
     def _too_long(self, limit: int, audio_s: float) -> str:
         return (f"the upstream's answer is over earmark's limit of {limit} bytes for {audio_s:.1f} s of audio "
                 f"({self.config.transcript_limit.explained()}); it was not read further, nor cached")
+
+
+async def _send(connection: ClientConnection, pcm: bytes, profile: Profile) -> None:
+    """The opening message, the PCM in FunASR's client's strides, and the end of input."""
+    await connection.send(json.dumps(first_message(profile), ensure_ascii=False))
+    for offset in range(0, len(pcm), STRIDE_BYTES):
+        await connection.send(pcm[offset: offset + STRIDE_BYTES])
+    await connection.send(json.dumps({"is_speaking": False, "is_end": True}))
 
 
 def first_message(profile: Profile) -> dict:
