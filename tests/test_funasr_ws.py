@@ -274,6 +274,8 @@ def test_funasr_ws_needs_a_websocket_url(settings):
         load_settings(None, engine="funasr-ws", upstream_url="wss://127.0.0.1:10095", upstream_ca_file="/nonexistent.pem")
     assert load_settings(None, engine="funasr-ws", upstream_url="wss://127.0.0.1:10095",
                          upstream_tls_verify="false").upstream_tls_verify is False
+    routed = load_settings(None, engine="pocketsphinx", language_routes="zh=funasr-ws", upstream_url="ws://127.0.0.1:10095")
+    assert routed.upstream_url == "ws://127.0.0.1:10095", "a language routed to funasr-ws takes its ws:// URL"
 
 
 def test_the_cpp_servers_chinese_sentences_are_joined_back():

@@ -237,7 +237,8 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
     positive, non_negative = "a number above 0", "0 or more"
     device = WHISPER_DEVICE if s.engine in ("whisper", "whisper-base") else TORCH_DEVICE
     upstream = s.engine in UPSTREAM_ENGINES
-    schemes = WEBSOCKET_SCHEMES if s.engine == "funasr-ws" else HTTP_SCHEMES
+    # funasr-ws (the configured engine or a language's) takes the one upstream_url as ws:// or wss://
+    schemes = WEBSOCKET_SCHEMES if "funasr-ws" in _engines_in_use(s) else HTTP_SCHEMES
     return [
         ("host", s.host, bool(s.host.strip()) and not any(c.isspace() for c in s.host), "a host name or address"),
         ("port", s.port, 1 <= s.port <= 65535, "a whole number from 1 to 65535"),
@@ -400,6 +401,14 @@ def _memory_bytes(text: str) -> int | None:
 def has_credentials(url: str) -> bool:
     """Whether a URL carries a user (and maybe a password) before its host."""
     return "@" in urlsplit(url).netloc
+
+
+def _engines_in_use(s: Settings) -> set[str]:
+    """The configured engine and the engines of its language routes (none when they do not parse)."""
+    try:
+        return {s.engine, *parse_routes(s.language_routes).values()}
+    except ValueError:
+        return {s.engine}
 
 
 def _upstream_url(url: str, schemes: tuple[str, ...]) -> bool:
