@@ -20,6 +20,12 @@ over ws:// or (given an SSL context) wss://. Three flavours, one per real server
   `{"mode": "offline", "text", "is_final": false, "timestamp": "[[ms,ms],...]", "stamp_sents":
   [{"text_seg": "w1 w2", "punc", "start", "end", "ts_list"}], "wav_name"}` (`{"text": "", ...}`
   without the times for silence), over the whole recording; the connection stays open.
+- `cpp-2pass`: runtime/websocket/bin/websocket-server-2pass.cpp (funasr-wss-server-2pass) asked
+  for offline mode: a message per stretch, `{"text", "mode": "2pass-offline", "start_time",
+  "end_time", "slice_type": 2, "index", "timestamp", "stamp_sents", "wav_name", "is_final":
+  false}`, the one answering the end of input `is_final: true`; when that one has no text, it is
+  `{"text": "", "timestamp": <the connection's start, ms since the epoch>, "wav_name",
+  "is_final": true}`, without a mode.
 
 Backing: the real servers run Paraformer (with FSMN VAD and CT-Transformer punctuation); torch
 and funasr are not installed here, so a real engine of this project transcribes instead,
@@ -30,7 +36,7 @@ whole input is one stretch unless `mode` is `split`.
 
 What a test may switch (`FunASRWebSocketServer.mode`):
 - `ok`: the protocol above;
-- `split` (python flavours): a stretch is answered once 2 s of audio have arrived, as the VAD
+- `split` (python and 2pass flavours): a stretch is answered once 2 s of audio have arrived, as the VAD
   does at a pause, and the rest at the end of input;
 - `error` (python): the model raises; the acknowledgement says `is_final: false` with the
   server's own `error` ("offline inference failed: ...");
@@ -58,7 +64,7 @@ from websockets.typing import Subprotocol
 from earmark.service.engines.base import RecognitionOptions
 from tests.funasr_protocol_server import NGINX_PAGE
 
-FLAVOURS = ("python", "python-2024", "cpp")
+FLAVOURS = ("python", "python-2024", "cpp", "cpp-2pass")
 SPLIT_BYTES = 2 * 16000 * 2  # `split`: 2 s of 16 kHz 16-bit audio
 
 
@@ -114,7 +120,7 @@ class FunASRWebSocketServer:
                         state["chunk_size"] = body["chunk_size"]
                     if "audio_fs" in body:
                         state["audio_fs"] = int(body["audio_fs"])
-                    if "mode" in body and self.flavour != "cpp":
+                    if "mode" in body and self.flavour in ("python", "python-2024"):
                         if body["mode"] not in ("online", "offline", "2pass"):
                             state["errors"].append(f"unsupported mode: {body['mode']!r}")
                         state["mode"] = body["mode"]
@@ -123,12 +129,15 @@ class FunASRWebSocketServer:
                         await self._finish(ws, state, ack=bool(body.get("is_end")))
                     continue
                 self.frame_sizes.append(len(message))
-                if self.flavour != "cpp" and state["chunk_size"] is None:
+                if self.flavour in ("python", "python-2024") and state["chunk_size"] is None:
                     state["errors"].append("audio frame discarded: chunk_size is not configured")
                     continue
                 state["frames"].append(message)
                 if self.mode == "split" and self.flavour != "cpp" and sum(map(len, state["frames"])) >= SPLIT_BYTES:
-                    await self._result(ws, state, b"".join(state["frames"]), is_final=True)
+                    if self.flavour == "cpp-2pass":
+                        await self._two_pass_result(ws, state, b"".join(state["frames"]), is_final=False)
+                    else:
+                        await self._result(ws, state, b"".join(state["frames"]), is_final=True)
                     state["frames"] = []
         except ConnectionClosed:
             pass
@@ -143,6 +152,9 @@ class FunASRWebSocketServer:
             await asyncio.to_thread(self.release.wait, 60)
         if self.flavour == "cpp":
             await self._cpp_result(ws, state, audio)
+            return
+        if self.flavour == "cpp-2pass":
+            await self._two_pass_result(ws, state, audio, is_final=True)
             return
         if self.mode == "error":
             state["errors"].append("offline inference failed: CUDA out of memory")
@@ -188,6 +200,22 @@ class FunASRWebSocketServer:
                 message["stamp_sents"] = [{"text_seg": " ".join(w.word for w in words), "punc": "",
                                            "start": stamps[0][0], "end": stamps[-1][1], "ts_list": stamps}]
         await self._send(ws, message)
+
+    async def _two_pass_result(self, ws: ServerConnection, state: dict, audio: bytes, *, is_final: bool) -> None:
+        """`handle_result`'s message for a stretch; at the end, with no text, the bare final one."""
+        text, words = await self._recognise(audio) if audio else ("", [])
+        if not text:
+            if is_final:
+                await self._send(ws, {"text": "", "timestamp": 1_765_000_000_000, "wav_name": state["wav_name"], "is_final": True})
+            return
+        stamps = [[_ms(w.start), _ms(w.end)] for w in words]
+        state["index"] = state.get("index", 0) + 1
+        await self._send(ws, {"text": text, "mode": "2pass-offline", "start_time": stamps[0][0] if stamps else 0,
+                              "end_time": stamps[-1][1] if stamps else 0, "slice_type": 2, "index": state["index"] - 1,
+                              "timestamp": json.dumps(stamps, separators=(",", ":")),
+                              "stamp_sents": [{"text_seg": " ".join(w.word for w in words), "punc": "", "start": stamps[0][0],
+                                               "end": stamps[-1][1], "ts_list": stamps}] if stamps else "",
+                              "wav_name": state["wav_name"], "is_final": is_final})
 
     async def _send(self, ws: ServerConnection, message: dict) -> None:
         if self.mode == "huge":

@@ -45,7 +45,7 @@ def servers(engine):
     """One running server per flavour."""
     running = {}
     contexts = []
-    for flavour in ("python", "python-2024", "cpp"):
+    for flavour in ("python", "python-2024", "cpp", "cpp-2pass"):
         server = FunASRWebSocketServer(engine, flavour)
         context = server.serve()
         server.url = context.__enter__()
@@ -126,13 +126,22 @@ def test_the_python_server_before_its_acknowledgement_ends_with_is_final_false(s
     assert "recorded" in heard.text and server.sent[-1]["is_final"] is False
 
 
-@pytest.mark.parametrize("server", ["python", "python-2024"], indirect=True)
+@pytest.mark.parametrize("server", ["python", "python-2024", "cpp-2pass"], indirect=True)
 def test_the_stretches_the_vad_cut_are_joined(server, pcm_16k):
     server.mode = "split"
     heard, _ = transcribe(server.url, pcm_16k)
     assert not isinstance(heard, Exception), heard
     texts = [message["text"].strip() for message in server.sent if message["text"].strip()]
     assert len(server.sent) == 2 and heard.text == " ".join(texts) and heard.segments == ()
+
+
+@pytest.mark.parametrize("server", ["cpp-2pass"], indirect=True)
+def test_the_2pass_server_in_offline_mode_ends_with_is_final_true(server, pcm_16k):
+    heard, _ = transcribe(server.url, pcm_16k)
+    assert not isinstance(heard, Exception), heard
+    assert "recorded" in heard.text and server.sent[-1]["mode"] == "2pass-offline" and server.sent[-1]["is_final"] is True
+    silence, _ = transcribe(server.url, np.zeros(16000, dtype=np.float32))
+    assert not isinstance(silence, Exception) and silence.text == "" and "mode" not in server.sent[-1]
 
 
 def test_options_go_in_the_opening_message_and_what_it_cannot_carry_is_refused(server, pcm_16k):

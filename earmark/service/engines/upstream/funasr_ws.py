@@ -16,6 +16,9 @@ What comes back, and when it is complete:
   "[[100,200],...]", "stamp_sents": [{"text_seg": "正 是 因 为", "punc": ",", "start", "end",
   "ts_list"}], "wav_name"}` (times in ms over the whole recording; `is_final` is false there),
   and the connection stays open for the client to close;
+- the C++ 2pass server (funasr-wss-server-2pass, the real-time images'), asked for offline mode:
+  a message per stretch its VAD cut, `{"mode": "2pass-offline", "text", "is_final": false, ...}`,
+  the last with `is_final: true` (and no `mode` when it holds no text);
 - the Python server: a message per stretch of speech its VAD cut (`is_final` true), then, for a
   client that sent `is_end`, an acknowledgement `{"is_end": true, "is_final": true}`, or
   `"is_final": false` with an `error` when its inference failed. Before 2026-07 it sent no
@@ -25,7 +28,8 @@ What comes back, and when it is complete:
 Times: the C++ server's `stamp_sents` become segments (a sentence each, text and punctuation
 joined back) with a word per character (Chinese) or word (English) from its `ts_list`; its
 `timestamp` alone becomes one segment. The Python server's times count from the start of the
-stretch its VAD cut, which the protocol does not say, so its answers are kept as text only.
+stretch its VAD cut, which the protocol does not say, so its answers are kept as text only, as
+are the 2pass server's.
 
 Failures, mapped as service/engines/upstream/base.py maps the HTTP upstreams' (nothing cached):
 no connection (after `upstream_retries`) 502 `unreachable`; a handshake refused with 429/503
@@ -241,12 +245,19 @@ class FunASRWebSocketEngine(UpstreamEngine):
                 raise UpstreamError(f"the FunASR server reported a failure: {quoted(self._safe(str(reason)), 200)}")
             if body.get("is_end"):
                 return results, False
-            if body.get("mode") != "offline":
-                raise UpstreamError(f"the FunASR server answered in mode {quoted(str(body.get('mode')), 40)}, "
-                                    "not 'offline' (is it a 2pass/online-only server?)")
-            results.append(body)
-            if body.get("is_final") is False:
-                return results, len(results) == 1
+            mode = body.get("mode")
+            if mode == "offline":
+                results.append(body)
+                if body.get("is_final") is False:
+                    return results, len(results) == 1
+            elif mode == "2pass-offline" or (mode is None and body.get("is_final") is True):
+                # The 2pass server: a stretch each, the last `is_final` (without a mode when empty)
+                if mode is not None:
+                    results.append(body)
+                if body.get("is_final") is True:
+                    return results, False
+            elif mode not in ("2pass-online", "online"):  # a 2pass server's interim guesses are passed over
+                raise UpstreamError(f"the FunASR server answered in mode {quoted(str(mode), 40)}, not 'offline'")
 
     async def _open(self, limit: int) -> ClientConnection:
         """The connection, retrying only failures to connect (nothing was sent)."""
