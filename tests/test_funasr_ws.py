@@ -2,7 +2,7 @@
 offline mode (tests/funasr_ws_protocol_server.py: real WebSocket servers in the three flavours
 of FunASR's own, backed by PocketSphinx here since torch and funasr are not installed).
 
-The opening message, the 600 ms PCM frames and the end of input are FunASR's client's; the C++
+The opening message, the 60 ms PCM frames and the end of input are FunASR's client's; the C++
 server's one answer gives segments and word times, the Python server's stretches are joined as
 text and its acknowledgement ends the answer (before 2026-07, its `is_final: false`); each
 failure is the status the HTTP upstreams give it, counted by outcome, and nothing is cached."""
@@ -100,7 +100,7 @@ def test_the_python_server_is_sent_funasrs_offline_request_and_its_text_is_the_t
     assert opening == {"mode": "offline", "chunk_size": [5, 10, 5], "chunk_interval": 10, "encoder_chunk_look_back": 4,
                        "decoder_chunk_look_back": 0, "audio_fs": 16000, "wav_name": "earmark", "wav_format": "pcm",
                        "is_speaking": True, "hotwords": "", "itn": True}
-    assert sum(server.frame_sizes) == 2 * len(pcm_16k) and set(server.frame_sizes[:-1]) == {STRIDE_BYTES}
+    assert sum(server.frame_sizes) == 2 * len(pcm_16k) and set(server.frame_sizes[:-1]) == {STRIDE_BYTES} == {1920}
     assert server.sent[-1]["is_final"] is True and "timestamp" in server.sent[-1]
     assert outcomes(metrics) == {"ok": 1.0}
 

@@ -8,7 +8,8 @@ One recording, one connection (subprotocol `binary`, no pings, as FunASR's own c
    "is_speaking": true, "itn", "hotwords", "chunk_size": [5, 10, 5], "chunk_interval": 10, ...}`
    (the Python server drops every audio frame of a connection that set no `chunk_size`, even
    offline, so it is sent as FunASR's client sends it);
-2. the 16 kHz mono 16-bit PCM the cache keyed, in binary messages of 600 ms (the client's stride);
+2. the 16 kHz mono 16-bit PCM the cache keyed, in binary messages of 60 ms (the client's stride, and the
+   Python server's VAD step);
 3. `{"is_speaking": false, "is_end": true}`.
 
 What comes back, and when it is complete:
@@ -84,7 +85,8 @@ from earmark.service.pipeline.profile import Profile
 
 SUBPROTOCOL = Subprotocol("binary")
 SAMPLE_RATE = 16000
-# FunASR's client sends 60 * chunk_size[1] / chunk_interval ms a message: 600 ms, 19,200 bytes.
+# FunASR's client sends 60 * chunk_size[1] / chunk_interval ms a message: 60 ms, 1,920 bytes (the Python
+# server's VAD takes its audio in steps of that length).
 STRIDE_BYTES = 60 * 10 // 10 * SAMPLE_RATE // 1000 * 2
 # What FunASR's client sends besides the mode; the Python server needs chunk_size even offline.
 STREAMING_FIELDS = {"chunk_size": [5, 10, 5], "chunk_interval": 10, "encoder_chunk_look_back": 4,
