@@ -84,12 +84,14 @@ class FunASRWebSocketServer:
         self.sent: list[dict] = []  # the last request's result messages
         self.release = threading.Event()
         self.authorization: list[str | None] = []  # each handshake's Authorization header
+        self.extensions: list[str | None] = []  # ... and the extensions it offered
 
     # --- the handshake ------------------------------------------------------------------
 
     def process_request(self, connection: ServerConnection, request):
         """The proxy in front: a 401 or a 503 instead of the upgrade, when switched so."""
         self.authorization.append(request.headers.get("Authorization"))
+        self.extensions.append(request.headers.get("Sec-WebSocket-Extensions"))
         if self.mode == "unauthorized":
             title = "401 Authorization Required"
             return connection.respond(HTTPStatus.UNAUTHORIZED, NGINX_PAGE.format(title=title))

@@ -102,6 +102,7 @@ def test_the_python_server_is_sent_funasrs_offline_request_and_its_text_is_the_t
                        "is_speaking": True, "hotwords": "", "itn": True}
     assert sum(server.frame_sizes) == 2 * len(pcm_16k) and set(server.frame_sizes[:-1]) == {STRIDE_BYTES} == {1920}
     assert server.sent[-1]["is_final"] is True and "timestamp" in server.sent[-1]
+    assert server.extensions[-1] is None, "no permessage-deflate: PCM does not compress, and it cost 9x the CPU"
     assert outcomes(metrics) == {"ok": 1.0}
 
 
