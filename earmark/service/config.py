@@ -224,9 +224,8 @@ MIN_LOCK_TTL_MS = 1000
 # either here or in `_rules`.
 FREE_SETTINGS = frozenset({
     "data_dir", "bulk_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
-    "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision", "upstream_tls_verify",
-    "fuzzy",
-    "thresholds.enabled", "language_id", "model_cache_dir",
+    "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision",
+    "upstream_tls_verify", "fuzzy", "thresholds.enabled", "language_id", "model_cache_dir",
 })
 REFERENCE_SETTINGS = frozenset({"redis_url", "api_keys_file"})
 
