@@ -44,6 +44,8 @@ What a test may switch (`FunASRWebSocketServer.mode`):
   handler on an unexpected exception);
 - `slow`: the answer waits until `release` is set (or 60 s);
 - `runaway`: the answer's text is 50,000 characters (a model in a repetition loop);
+- `nothing`: the model hears nothing (PocketSphinx names a word even in digital silence,
+  depending on what it heard before);
 - `huge`: the answer is one 300 KB message;
 - `unauthorized`, `busy`: the handshake is answered 401 (an nginx in front asking for
   credentials, its HTML page) or 503 with `Retry-After: 7`.
@@ -177,6 +179,8 @@ class FunASRWebSocketServer:
         text = transcript.text
         if self.mode == "runaway":
             text = "ha " * 16_667
+        if self.mode == "nothing":
+            text, words = "", []
         return text, words
 
     async def _result(self, ws: ServerConnection, state: dict, audio: bytes, *, is_final: bool) -> None:

@@ -141,6 +141,7 @@ def test_the_2pass_server_in_offline_mode_ends_with_is_final_true(server, pcm_16
     heard, _ = transcribe(server.url, pcm_16k)
     assert not isinstance(heard, Exception), heard
     assert "recorded" in heard.text and server.sent[-1]["mode"] == "2pass-offline" and server.sent[-1]["is_final"] is True
+    server.mode = "nothing"
     silence, _ = transcribe(server.url, np.zeros(16000, dtype=np.float32))
     assert not isinstance(silence, Exception) and silence.text == "" and "mode" not in server.sent[-1]
 
