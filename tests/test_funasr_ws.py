@@ -90,11 +90,10 @@ def outcomes(metrics: Metrics) -> dict[str, float]:
             if sample.name.endswith("_total")}
 
 
-def test_the_python_server_is_sent_funasrs_offline_request_and_its_text_is_the_transcript(server, pcm_16k, engine):
+def test_the_python_server_is_sent_funasrs_offline_request_and_its_text_is_the_transcript(server, pcm_16k):
     heard, metrics = transcribe(server.url, pcm_16k)
     assert not isinstance(heard, Exception), heard
-    expected = engine.transcribe(pcm_16k, engine.resolve(RecognitionOptions())).text
-    assert heard.text == expected and "recorded" in heard.text
+    assert heard.text == server.sent[-1]["text"] and "recorded" in heard.text  # really transcribed
     assert heard.segments == (), "the Python server's times count from an unlocated stretch: text only"
     opening = server.opening[-1]
     assert opening == {"mode": "offline", "chunk_size": [5, 10, 5], "chunk_interval": 10, "encoder_chunk_look_back": 4,
@@ -107,17 +106,17 @@ def test_the_python_server_is_sent_funasrs_offline_request_and_its_text_is_the_t
 
 
 @pytest.mark.parametrize("server", ["cpp"], indirect=True)
-def test_the_cpp_servers_stamp_sents_become_segments_with_word_times(server, pcm_16k, engine):
+def test_the_cpp_servers_stamp_sents_become_segments_with_word_times(server, pcm_16k):
     heard, _ = transcribe(server.url, pcm_16k)
     assert not isinstance(heard, Exception), heard
-    own = engine.transcribe(pcm_16k, engine.resolve(RecognitionOptions()))
-    assert heard.text == own.text and server.sent[-1]["is_final"] is False
-    assert isinstance(server.sent[-1]["timestamp"], str)
+    answer = server.sent[-1]
+    assert heard.text == answer["text"] and "recorded" in heard.text and answer["is_final"] is False
+    assert isinstance(answer["timestamp"], str)
     (segment,) = heard.segments
-    assert segment.text == own.text and [w.word for w in segment.words] == own.text.split()
+    assert segment.text == answer["text"] and [w.word for w in segment.words] == answer["text"].split()
     assert 0.0 <= segment.start < segment.end <= len(pcm_16k) / 16000 + 0.05, "milliseconds became seconds"
-    for ours, theirs in zip(segment.words, own.segments[0].words, strict=True):
-        assert abs(ours.start - theirs.start) <= 0.001 and abs(ours.end - theirs.end) <= 0.001
+    stamps = answer["stamp_sents"][0]["ts_list"]
+    assert [(w.start, w.end) for w in segment.words] == [(start / 1000, end / 1000) for start, end in stamps]
 
 
 @pytest.mark.parametrize("server", ["python-2024"], indirect=True)
