@@ -122,7 +122,7 @@ class FunASRWebSocketEngine(UpstreamEngine):
 
     def resolve(self, options: RecognitionOptions, namespace: str = "") -> Profile:
         """The upstream checks, and hotwords the space-separated form can carry."""
-        spaced = [word for word in options.hotwords if not word.strip() or any(c.isspace() for c in word.strip())]
+        spaced = [word for word in options.hotwords if any(c.isspace() for c in word.strip())]
         if spaced:
             raise EngineOptionError(f"engine {self.name!r} sends hotwords to the FunASR server separated by spaces, "
                                     f"so a hotword cannot hold one: {quoted(spaced[0])}; send each word as its own hotword")
