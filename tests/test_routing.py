@@ -104,3 +104,26 @@ def test_a_language_route_sends_mandarin_to_whisper_base(settings, whisper_engin
 def test_bad_language_routes_are_refused_at_start(routes):
     with pytest.raises(ConfigError, match="language_routes"):
         load_settings(language_routes=routes)
+
+
+def test_a_language_the_client_names_goes_to_its_route_even_when_that_engine_takes_no_language(whisper_engine):
+    """`zh=funasr-ws` with a client that sends language=zh: the route's FunASR engine hears
+    what it was built for and takes no language option ('auto' only), so it is not told one,
+    instead of refusing the request (422); the configured English engine still refuses zh."""
+    from earmark.service.engines.base import RecognitionOptions
+    from earmark.service.engines.errors import EngineOptionError
+    from earmark.service.engines.pool import EnginePool
+    from earmark.service.engines.upstream.base import UpstreamConfig
+    from earmark.service.engines.upstream.funasr_ws import FunASRWebSocketEngine
+    from earmark.service.metrics import Metrics
+    from earmark.service.pipeline.routing import EngineRoute, LanguageRouter
+
+    metrics = Metrics()
+    funasr = FunASRWebSocketEngine(UpstreamConfig(url="ws://127.0.0.1:10095"))
+    main = EngineRoute(whisper_engine, EnginePool(whisper_engine, metrics))
+    routed = EngineRoute(funasr, EnginePool(funasr, metrics))
+    router = LanguageRouter(main, {"zh": routed}, None, 0.5, metrics)
+    profile, identify = router.plan(RecognitionOptions(language="zh"), "")
+    assert profile.engine == funasr.name and identify is None
+    with pytest.raises(EngineOptionError):
+        LanguageRouter(main, {}, None, 0.5, metrics).plan(RecognitionOptions(language="zh"), "")

@@ -68,7 +68,7 @@ class LanguageNotServed(EarmarkError, ValueError):
         hint = (f"to serve it, configure an engine for it: language_routes = \"{language}=whisper-base\" "
                 f"(--language-routes {language}=whisper-base: the multilingual Whisper base installed with earmark)")
         if language == "zh":
-            hint += ", or zh=funasr-http with --upstream-url (a FunASR server)"
+            hint += ", or zh=funasr-ws (or zh=funasr-http) with --upstream-url (a FunASR server)"
         super().__init__(
             f"the audio is speech in {name} ('{language}', probability {identification.probability:.2f}, from its first "
             f"{identification.speech_s:.1f} s of speech), which engine {engine.name!r} ({engine.model_id}) does not "
@@ -121,7 +121,13 @@ class LanguageRouter:
         runs unheard). Raises `EngineOptionError` (422) for options the engine cannot honour."""
         language = (options.language or "").strip().lower()
         if language not in ("", "auto"):
-            return self._given(_code(language)).engine.resolve(options, namespace), None
+            code = _code(language)
+            route = self._given(code)
+            if route is not self.main and code not in route.engine.capabilities.languages:
+                # A route chosen for this language whose engine takes no language option (a
+                # FunASR server hears what it was built for: 'auto' only) is not told it.
+                options = replace(options, language=None)
+            return route.engine.resolve(options, namespace), None
         if not self.identifies:
             return self.main.engine.resolve(options, namespace), None
         profile = self.main.engine.resolve(options, namespace)
