@@ -74,7 +74,9 @@ import math
 import re
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -248,16 +250,21 @@ class UpstreamEngine(AsyncEngine):
         files, data = self.request_fields(await asyncio.to_thread(wav_bytes, pcm_16k), profile)
         audio_s = len(pcm_16k) / 16000
         answer = await self._post(files, data, timeout_s, audio_s=audio_s)
+        return await self._read_answer(self._transcript, answer, profile, audio_s)
+
+    async def _read_answer(self, read: Callable[..., Transcript], *args: Any) -> Transcript:
+        """`read(*args)`, the answer made a transcript, off the loop (an answer may be megabytes):
+        a transcript over the limit, an upstream's error or a malformed answer counted and
+        raised as the upstream's failure; a transcript counted ok."""
         try:
-            # Off the loop too: an answer may be megabytes of JSON.
-            transcript = await asyncio.to_thread(self._transcript, answer, profile, audio_s)
+            transcript = await asyncio.to_thread(read, *args)
         except TranscriptTooLong as exc:
             self._refuse_too_large(str(exc))
             raise
         except UpstreamError as exc:
             self._count("error", str(exc))
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             self._count("error", f"malformed answer: {exc}")
             raise UpstreamError(f"the upstream's answer is not what {self.name} answers: {type(exc).__name__}: {exc}") from exc
         self._count("ok")

@@ -184,19 +184,7 @@ class FunASRWebSocketEngine(UpstreamEngine):
             raise
         finally:
             self._observe(started)
-        try:
-            transcript = await asyncio.to_thread(self._checked, results, whole_answer, audio_s)
-        except TranscriptTooLong as exc:
-            self._refuse_too_large(str(exc))
-            raise
-        except UpstreamError as exc:
-            self._count("error", str(exc))
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            self._count("error", f"malformed answer: {exc}")
-            raise UpstreamError(f"the upstream's answer is not what {self.name} answers: {type(exc).__name__}: {exc}") from exc
-        self._count("ok")
-        return transcript
+        return await self._read_answer(self._checked, results, whole_answer, audio_s)
 
     def _checked(self, results: list[dict], whole_answer: bool, audio_s: float) -> Transcript:
         transcript = transcript_of(results, whole_answer)
