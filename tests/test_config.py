@@ -29,7 +29,7 @@ from earmark.index.connection import redact_url
 # gains a rule without an entry here, or an entry here is accepted.
 BAD = {
     "host": "", "port": 0, "key_prefix": "", "maxmemory": "1.5gb", "engine": "whisper-large", "device": "tpu",
-    "whisper_beam_size": 0, "language_id_window_s": 31.0, "language_id_min_probability": 1.5,
+    "whisper_beam_size": 0, "language_id_window_s": 31.0, "language_id_min_probability": 1.5, "min_span_s": 0.5,
     "language_id_min_speech_s": 4.0,
     "language_routes": "zh=whisper-large", "console_session_s": 0.0, "api_keys_check_s": -1.0, "upstream_url": "ftp://asr.internal",
     "upstream_response_format": "text", "upstream_max_connections": 0, "upstream_connect_timeout_s": 0.0,

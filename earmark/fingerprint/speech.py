@@ -94,12 +94,18 @@ def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:
 def extent_from_levels(levels: np.ndarray) -> SpeechExtent:
     """`speech_extent` from the frame levels (`FrameLevels`), for a signal seen in pieces."""
     peak = float(levels.max())
-    noise_floor = float(np.percentile(_floor_frames(levels), NOISE_FLOOR_PERCENTILE))
-    threshold = max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB, min(noise_floor + ABOVE_NOISE_DB, peak + MAX_RELATIVE_DB))
-    sounding = np.flatnonzero(levels > threshold)
+    sounding = np.flatnonzero(levels > sound_threshold_db(levels))
     if peak <= ABSOLUTE_FLOOR_DB or sounding.size == 0:
         return SpeechExtent(0.0, 0.0, peak)
     return SpeechExtent(float(sounding[0] * FRAME_S), float((sounding[-1] + 1) * FRAME_S), peak)
+
+
+def sound_threshold_db(levels: np.ndarray) -> float:
+    """The level (dBFS) above which a 20 ms frame of this recording is sound: just above its
+    noise floor, never under ABSOLUTE_FLOOR_DB nor more than 40 dB under its loudest frame."""
+    peak = float(levels.max())
+    noise_floor = float(np.percentile(_floor_frames(levels), NOISE_FLOOR_PERCENTILE))
+    return max(ABSOLUTE_FLOOR_DB, peak + RELATIVE_FLOOR_DB, min(noise_floor + ABOVE_NOISE_DB, peak + MAX_RELATIVE_DB))
 
 
 def _floor_frames(levels: np.ndarray) -> np.ndarray:

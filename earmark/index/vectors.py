@@ -183,6 +183,29 @@ class VectorIndex:
                     break
             return hits
 
+    def search_many(self, profile_id: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """`search` for each row of `vectors` at once (one pass over the index for all of them):
+        the stretches of one upload that segment reuse looks up (service/pipeline/segments.py)."""
+        with self._lock:
+            part = self._profiles.get(profile_id)
+            if part is None or part.live_count == 0 or len(vectors) == 0:
+                return [[] for _ in range(len(vectors))]
+            fetch = min(part.index.ntotal, k + len(part.tombstones))
+            scores, ids = part.index.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
+            found = []
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
+                hits: list[tuple[str, float]] = []
+                seen: set[int] = set()
+                for vid, score in zip(row_ids, row_scores, strict=True):
+                    if vid < 0 or vid in part.tombstones or vid not in part.row_of or vid in seen:
+                        continue
+                    seen.add(vid)
+                    hits.append((part.entry_id(vid), float(score)))
+                    if len(hits) == k:
+                        break
+                found.append(hits)
+            return found
+
     def entry_ids(self) -> list[str]:
         """Every indexed entry id (a copy)."""
         with self._lock:

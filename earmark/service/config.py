@@ -176,6 +176,12 @@ class Settings:
     # computed again: it reads every entry and event (service/ops/audit_cache.py). 0: every time.
     audit_cache_s: float = 30.0
     index_type: str = "auto"
+    # Segment reuse (service/pipeline/segments.py, issue 24): a missed upload is searched for cached
+    # recordings inside it (a prompt at the start of a call), each verified as a whole upload
+    # would be; the engine hears only the rest (tier `partial`). Cached recordings with less
+    # speech than min_span_s are not looked for.
+    segment_reuse: bool = True
+    min_span_s: float = 2.0
     log_level: str = "info"
     fuzzy: FuzzyThresholds = field(default_factory=FuzzyThresholds)
 
@@ -225,7 +231,7 @@ MIN_LOCK_TTL_MS = 1000
 FREE_SETTINGS = frozenset({
     "data_dir", "bulk_dir", "whisper_model", "funasr_model", "admin_token", "metrics_namespace_labels",
     "whisper_condition_on_previous_text", "upstream_api_key", "upstream_model", "upstream_revision",
-    "upstream_tls_verify", "fuzzy", "thresholds.enabled", "language_id", "model_cache_dir",
+    "upstream_tls_verify", "fuzzy", "thresholds.enabled", "language_id", "model_cache_dir", "segment_reuse",
 })
 REFERENCE_SETTINGS = frozenset({"redis_url", "api_keys_file"})
 
@@ -256,6 +262,7 @@ def _rules(s: Settings) -> list[tuple[str, Any, bool, str]]:
         ("language_routes", s.language_routes, _routes_reason(s.language_routes) is None,
          f"LANGUAGE=ENGINE pairs separated by commas, e.g. 'zh=whisper-base, *=whisper-base' "
          f"({_routes_reason(s.language_routes) or 'ok'}); engines: {', '.join(ENGINE_NAMES)}"),
+        ("min_span_s", s.min_span_s, 0.6 <= s.min_span_s <= 60.0, "seconds of speech from 0.6 to 60"),
         ("whisper_beam_size", s.whisper_beam_size, 1 <= s.whisper_beam_size <= 16, "a whole number from 1 to 16"),
         ("console_session_s", s.console_session_s, s.console_session_s > 0, positive),
         ("api_keys_check_s", s.api_keys_check_s, s.api_keys_check_s > 0, positive),

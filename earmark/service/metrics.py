@@ -38,6 +38,23 @@ class Metrics:
         self.lookup_seconds = Histogram(
             "earmark_lookup_seconds", "Time spent per lookup stage.", ["stage"], buckets=_LOOKUP_BUCKETS, registry=r
         )
+        # Segment reuse (service/pipeline/segments.py; issue 24): stretches of misses looked up, candidates
+        # judged, and the partial answers with the audio and engine seconds they reused.
+        self.segment_stretches = Counter(
+            "earmark_segment_stretches_total", "Stretches of uploads (cut at pauses) looked up for cached recordings inside them.",
+            registry=r,
+        )
+        self.segment_candidates = Counter(
+            "earmark_segment_candidates_total", "Cached entries verified against a stretch of an upload, by verdict.",
+            ["accepted"], registry=r,
+        )
+        self.partial_hits = Counter(
+            "earmark_partial_hits_total", "Answers (tier partial) that reused cached recordings inside the upload.", registry=r,
+        )
+        self.partial_seconds_reused = Counter(
+            "earmark_partial_seconds_reused_total", "Seconds of uploaded audio answered from cached recordings inside it.",
+            registry=r,
+        )
         # Language identification on misses (service/pipeline/routing.py; issue 26). Outcomes: served (by the
         # configured engine), routed (to another), refused (422, nothing cached); and to the configured engine:
         # uncertain (under the minimum probability), too_short (under the minimum speech), kept (its own

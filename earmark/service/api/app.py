@@ -49,6 +49,7 @@ from earmark.service.api.audit_params import audit_options
 from earmark.service.api.errors import ApiError, error_answer
 from earmark.service.pipeline.events import EventLog
 from earmark.service.pipeline.fuzzy import FuzzyMatcher
+from earmark.service.pipeline.segments import SpanFinder
 from earmark.service.pipeline.verification import Verifier
 from earmark.service.api.key_reload import KeysFile, watch_keys_file
 from earmark.service.engines.transcript_limit import TranscriptLimit
@@ -138,7 +139,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         fuzzy = FuzzyMatcher(Verifier(settings.fuzzy), store, vectors, metrics)
         events = EventLog(store, settings.events_maxlen, metrics=metrics,
                           review_below=settings.fuzzy.min_window_score + settings.review_margin)
-        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events, router)
+        spans = (SpanFinder(fuzzy.verifier, store, vectors, metrics, settings.min_span_s)
+                 if fuzzy is not None and settings.segment_reuse else None)
+        cache = RecognitionCache(settings, store, pool, metrics, fuzzy, events, router, spans)
         limits = UploadLimits(settings.max_upload_bytes, timeout_s=settings.upload_timeout_s,
                               min_bytes_per_s=settings.upload_min_bytes_per_s)
         gate = UploadGate(settings.max_uploads_in_progress, on_change=metrics.uploads_in_progress.set)

@@ -41,7 +41,7 @@ TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 STATIC_DIR = HERE / "static"
 ADMIN_COOKIE = "earmark_admin"
 PAGE_SIZE = 25
-TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3",
+TIER_COLOURS = {"exact": "#2f8f4e", "canonical": "#1f8a80", "fuzzy": "#6b3fc4", "negative": "#8a94a3", "partial": "#3f7fc4",
                 "miss": "#d98a00", "bypass": "#c0392b"}
 
 

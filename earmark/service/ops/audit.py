@@ -79,6 +79,7 @@ async def collect_audit(store: Store, events: EventLog, thresholds: FuzzyThresho
 def _tables(entries: dict[str, Entry], log: list[RecognitionEvent], served: list[RecognitionEvent], near: list[dict],
             clusters: list[dict], events_cap: int, limits: dict, options: AuditOptions, source: str) -> dict:
     hits = [event for event in served if event.tier in HIT_TIERS and event.entry_id]
+    partial = [event for event in served if event.tier == "partial"]
     saved = sum(event.engine_s_saved for event in served)
     spent = sum(event.engine_s_spent for event in served)
     return {
@@ -95,6 +96,9 @@ def _tables(entries: dict[str, Entry], log: list[RecognitionEvent], served: list
             "lookups": len(log) - len(served),
             "hits": len(hits),
             "hit_rate": round(len(hits) / len(served), 4) if served else None,
+            # Answers that reused cached recordings inside the upload (tier partial), and what they saved.
+            "partial_hits": len(partial),
+            "partial_engine_seconds_saved": round(sum(event.engine_s_saved for event in partial), 3),
             "engine_seconds_saved": round(saved, 3),
             "engine_seconds_spent": round(spent, 3),
             "near_threshold_hits": len(near),

@@ -13,7 +13,7 @@ import numpy as np
 
 from earmark.service.ops.tune_report import new_figure, png_base64
 
-TIER_COLOURS = {"exact": "#1e8449", "canonical": "#2874a6", "fuzzy": "#d68910", "negative": "#7f8c8d",
+TIER_COLOURS = {"exact": "#1e8449", "canonical": "#2874a6", "fuzzy": "#d68910", "negative": "#7f8c8d", "partial": "#5dade2",
                 "miss": "#c0392b", "bypass": "#6c3483"}
 CURVES_DRAWN = 12  # near-threshold hits drawn one plot each; the rest are in the table and CSV
 ROWS_SHOWN = 50  # rows of a long table on the page; every row is in audit.json and the CSV

@@ -81,8 +81,9 @@ class Tally:
         self.tiers[tier] += 1
         self.audio_s += record.get("duration_s") or 0.0
         seconds = record.get("engine_seconds") or 0.0
-        if tier == "miss":
+        if tier in ("miss", "partial"):  # a partial answer's engine_seconds: its run on the uncovered audio
             self.engine_spent_s += seconds
+            self.engine_saved_s += record.get("engine_seconds_saved") or 0.0
         elif tier in HIT_TIERS:
             self.engine_saved_s += seconds
 
@@ -118,7 +119,8 @@ def record_for(path: Path, post: Poster) -> dict:
     cache, result = body.get("cache") or {}, body.get("result") or {}
     return {**base, "tier": cache.get("tier"), "entry": cache.get("entry"), "score": cache.get("score"),
             "text": result.get("text", ""), "duration_s": result.get("duration_s"),
-            "engine_seconds": cache.get("engine_seconds")}
+            "engine_seconds": cache.get("engine_seconds"),
+            **({"engine_seconds_saved": cache.get("engine_seconds_saved")} if cache.get("tier") == "partial" else {})}
 
 
 def run_batch(paths: Iterable[Path], out: Path, post: Poster, *, concurrency: int, retry_failed: bool) -> Tally:

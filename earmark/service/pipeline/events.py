@@ -28,7 +28,7 @@ from earmark.service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 HIT_TIERS = ("exact", "canonical", "fuzzy", "negative")
-TIERS = (*HIT_TIERS, "miss", "bypass")  # every tier an answer can have, in the order reports show them
+TIERS = (*HIT_TIERS, "partial", "miss", "bypass")  # every tier an answer can have, in the order reports show them
 # The endpoints whose answers are recognitions (history, audit); /lookup only asks.
 RECOGNITION_ENDPOINTS = ("recognize", "openai", "batch")
 
@@ -118,7 +118,8 @@ def event_for(outcome, *, endpoint: str, query_digest: str, profile, served: boo
         query_digest=query_digest,
         duration_s=duration_s,
         engine_s_spent=outcome.engine_s_spent,
-        engine_s_saved=entry.engine_seconds if hit and served else 0.0,
+        # A partial answer saved its reused entries' runs (service/pipeline/segments.py).
+        engine_s_saved=(entry.engine_seconds if hit else outcome.engine_s_saved) if served else 0.0,
         namespace=profile.namespace,
         profile_id=profile.digest,
     )

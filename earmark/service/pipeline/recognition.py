@@ -33,12 +33,14 @@ from earmark.service.config import Settings
 from earmark.service import memory
 from earmark.service.pipeline.cache_directives import DEFAULT as DEFAULT_CONTROL, CacheControl
 from earmark.service.pipeline.decode_budget import DecodeBudget, Reservation
+from earmark.service.engines.base import Transcript
 from earmark.service.engines.pool import EnginePool
 from earmark.service.pipeline.events import EventLog
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
 from earmark.service.pipeline.routing import Identify, LanguageRouter
+from earmark.service.pipeline.segments import ReusedSpan, SpanFinder, samples_of, shifted_segments, stitched, uncovered
 from earmark.service.pipeline.single_flight import MissesInFlight
 from earmark.service.pipeline.upload import Upload
 
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
 KEEP_PCM_S = 120.0
+# Uploads up to this long are searched for cached recordings inside them (segment reuse): a
+# call or an episode; decoded whole for the search (at most 115 MB).
+MAX_SEGMENT_SEARCH_S = 1800.0
 
 
 @dataclass
@@ -61,6 +66,10 @@ class Outcome:
     engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
     query_hash: object = None  # a fuzzy match's query fingerprint (a RobustHash), for the audit
     fuzzy_note: str | None = None  # why the fuzzy tier examined no candidate, when it ran (for the audit)
+    # Tier partial (service/pipeline/segments.py): the cached recordings reused inside the upload,
+    # and the engine seconds they saved (their entries' own runs).
+    spans: list[ReusedSpan] = field(default_factory=list)
+    engine_s_saved: float = 0.0
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
@@ -72,6 +81,13 @@ class Outcome:
             # The entry's engine time: spent on a miss, saved on a hit (what `earmark batch` sums).
             "engine_seconds": round(self.entry.engine_seconds, 3) if self.entry is not None else None,
         }
+        if self.tier == "partial":
+            # The engine's time on the audio no span covers (what this request spent; the entry
+            # keeps the whole recording's estimate, spent plus saved, for later hits to save);
+            # /lookup runs nothing (null: it has no result) and reports what the spans would save.
+            info["engine_seconds"] = round(self.engine_s_spent, 3) if self.result is not None else None
+            info["engine_seconds_saved"] = round(sum(span.entry.engine_seconds for span in self.spans), 3)
+            info["spans"] = [span.as_dict() for span in self.spans]
         if with_candidates:
             info["candidates"] = self.candidates
         return info
@@ -81,8 +97,10 @@ class RecognitionCache:
     """Answers recognition requests from the store when it can, from the engine when not."""
 
     def __init__(self, settings: Settings, store: Store, pool: EnginePool, metrics: Metrics, fuzzy=None,
-                 events: EventLog | None = None, router: LanguageRouter | None = None) -> None:
+                 events: EventLog | None = None, router: LanguageRouter | None = None,
+                 spans: SpanFinder | None = None) -> None:
         self.settings = settings
+        self.spans = spans  # finds cached recordings inside a missed upload; None: segment reuse off
         # Picks a miss's engine by its spoken language (service/pipeline/routing.py); None: `pool`'s engine.
         self.router = router
         self.events = events  # one event per answer (service/pipeline/events.py); None: none recorded
@@ -201,30 +219,39 @@ class RecognitionCache:
                         outcome.candidates, outcome.query_hash = candidates, features.hash
                         return outcome
 
+        reused: list[ReusedSpan] = []
+        finder = self.spans
+        if store_ok and look and finder is not None and features is not None and self._may_hold_spans(query):
+            async with self._decoding(query):
+                pcm = await self._pcm_of(query)
+                with self._stage("segments"):
+                    spans_found, store_ok = await try_store(lambda: finder.find(pcm, profile))
+            reused = spans_found or []
+
         if not run:
-            tier = "miss" if store_ok else "bypass"
-            return Outcome(tier=tier, candidates=candidates, fuzzy_note=fuzzy_note)
+            tier = "partial" if reused and store_ok else "miss" if store_ok else "bypass"
+            return Outcome(tier=tier, candidates=candidates, fuzzy_note=fuzzy_note, spans=reused if store_ok else [])
         ttl_cap_s = control.max_age_s
         if not write or control.no_cache:
             # The client asked for an engine run (no-cache), or for nothing to be kept
             # (no-store): neither shares another request's run, nor waits for one.
             outcome = await self._run_and_store(query, audio_digest, upload_digest, profile, store_ok and write,
-                                                features, ttl_cap_s, identify)
+                                                features, ttl_cap_s, identify, reused)
         else:
             outcome = await self._single_flight(query, audio_digest, upload_digest, profile, store_ok, features,
-                                                ttl_cap_s, identify)
+                                                ttl_cap_s, identify, reused)
         outcome.candidates, outcome.fuzzy_note = candidates, fuzzy_note
         return outcome
 
     async def _single_flight(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None, identify: Identify | None,
+        ttl_cap_s: int | None, identify: Identify | None, reused: list[ReusedSpan],
     ) -> Outcome:
         """Run the miss once (service/pipeline/single_flight.py): in this process later callers
         share its answer; across processes sharing the store, the others serve the entry it writes."""
         def run(store_ok: bool) -> Awaitable[Outcome]:
             return self._run_and_store(query, audio_digest, upload_digest, profile, store_ok, features, ttl_cap_s,
-                                       identify)
+                                       identify, reused)
 
         def serve(entry: Entry) -> Awaitable[Outcome | None]:
             return self._hit_and_alias("canonical", entry, upload_digest, write=True, served=True)
@@ -256,52 +283,47 @@ class RecognitionCache:
 
     async def _run_and_store(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None, identify: Identify | None = None,
+        ttl_cap_s: int | None, identify: Identify | None = None, reused: list[ReusedSpan] | None = None,
     ) -> Outcome:
         """Run the engine (unless there is nothing to hear) and write the new entry, unless
         `store_ok` is False (an outage, or `no-store`: then tier `bypass`); the audio's
         seconds stay reserved in the decode budget for as long as its PCM is held.
 
         Writing replaces an entry of the same profile and audio (a `no-cache` request's run): it
-        gets a new generation, so aliases made for the old one are never followed again."""
+        gets a new generation, so aliases made for the old one are never followed again.
+
+        With `reused` spans (cached recordings found inside the upload, service/pipeline/segments.py)
+        the engine hears only the audio they leave uncovered, and the answer is stitched: tier
+        `partial`, whether or not the stitched answer may be written."""
         async with self._decoding(query):
             return await self._transcribe_and_store(query, audio_digest, upload_digest, profile, store_ok, features,
-                                                    ttl_cap_s, identify)
+                                                    ttl_cap_s, identify, reused)
 
     async def _transcribe_and_store(
         self, query: QueryAudio, audio_digest: str, upload_digest: str, profile: Profile, store_ok: bool, features,
-        ttl_cap_s: int | None, identify: Identify | None,
+        ttl_cap_s: int | None, identify: Identify | None, reused: list[ReusedSpan] | None = None,
     ) -> Outcome:
-        if query.pcm is not None:
-            pcm = query.pcm
-        else:
-            with self._stage("decode"):
-                pcm = (await asyncio.to_thread(decode_audio, query.open(), self.settings.max_duration_s)).pcm_16k
+        pcm = await self._pcm_of(query)
         engine_name = profile.engine
-        if has_sound(pcm):
-            pool, engine_profile = self.pool, profile
-            if self.router is not None and identify is not None and self.router.routes:
-                # The language picks the engine: identified first. Speech no engine serves is
-                # refused here (LanguageNotServed, a 422), before anything is written.
-                route, engine_profile = await self.router.choose(pcm, identify)
-                pool = route.pool
-            elif self.router is not None and identify is None:
-                pool = self.router.pool_for(profile)
-            with self._stage("engine"):
-                if self.router is not None and identify is not None and not self.router.routes:
-                    # Identification can only refuse: it runs beside the engine (on another core,
-                    # so an English miss waits for it no longer than for the engine), and a
-                    # refusal drops the transcript before anything is written.
-                    transcribed, chosen = await asyncio.gather(pool.transcribe(pcm, profile),
-                                                               self.router.choose(pcm, identify), return_exceptions=True)
-                    for outcome in (chosen, transcribed):
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                    assert not isinstance(transcribed, BaseException)
-                    transcript, engine_seconds = transcribed
-                else:
-                    transcript, engine_seconds = await pool.transcribe(pcm, engine_profile)
-            engine_name = engine_profile.engine
+        reused = reused or []
+        saved_s = sum(span.entry.engine_seconds for span in reused)
+        if reused:
+            # The engine hears each stretch no span covers (cut in pauses, as the spans are);
+            # the spans' transcripts fill the rest, moved to where they lie.
+            regions = [(start, end) for start, end in uncovered(reused, len(pcm) / SAMPLE_RATE)
+                       if has_sound(samples_of(pcm, start, end))]
+            heard, engine_seconds, engine_name = await self._hear(pcm, [samples_of(pcm, *region) for region in regions],
+                                                                  profile, identify)
+            parts = [(span.start_s, span.entry.text, span.entry.normalized_text, span.segments()) for span in reused]
+            for (start, end), transcript in zip(regions, heard, strict=True):
+                pieces = [segment.as_dict(number) for number, segment in enumerate(transcript.segments)]
+                parts.append((start, transcript.text, transcript.normalized_text,
+                              shifted_segments(pieces, start, start, end)))
+            text, normalized, segments = stitched(parts)
+            language = heard[0].language if heard else reused[0].entry.language
+        elif has_sound(pcm):
+            heard, engine_seconds, engine_name = await self._hear(pcm, [pcm], profile, identify)
+            transcript = heard[0]
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
             segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
         else:
@@ -316,13 +338,20 @@ class RecognitionCache:
             language=language,
             duration_s=len(pcm) / SAMPLE_RATE,
             speech_s=speech_extent(pcm).duration_s,
-            engine_seconds=engine_seconds,
+            # A stitched answer keeps the whole recording's estimate (spent plus the reused
+            # entries' runs): what a later hit on it saves.
+            engine_seconds=engine_seconds + saved_s,
             negative=negative,
             engine=engine_name,
             segments=() if negative else segments,
         )
+        if reused:
+            self._count_partial(reused, saved_s)
+        # Nothing written (an outage, or no-store): the answer still reuses what it found.
+        unwritten = Outcome(tier="partial" if reused else "bypass", result=entry.result(), engine_s_spent=engine_seconds,
+                            spans=reused, engine_s_saved=saved_s)
         if not store_ok:
-            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+            return unwritten
         if self.fuzzy is not None and not negative:
             if features is None:
                 with self._stage("fingerprint"):
@@ -335,10 +364,59 @@ class RecognitionCache:
             lambda: self.store.put_entry(entry, upload_digest, ttl_s, stream_maxlen=self.settings.stream_maxlen)
         )
         if not store_ok or stored is None:
-            return Outcome(tier="bypass", result=entry.result(), engine_s_spent=engine_seconds)
+            return unwritten
         if self.fuzzy is not None and features is not None and not negative:
             await self.fuzzy.index_now(stored, features)
-        return Outcome(tier="miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds)
+        return Outcome(tier="partial" if reused else "miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds,
+                       spans=reused, engine_s_saved=saved_s)
+
+    async def _hear(self, pcm: np.ndarray, pieces: list[np.ndarray], profile: Profile,
+                    identify: Identify | None) -> tuple[list[Transcript], float, str]:
+        """The engine's transcripts of `pieces` (the whole upload `pcm`, or the stretches segment
+        reuse left it), their engine seconds summed, and the engine that heard them. The spoken
+        language is identified on the whole upload when `identify` asks (see `recognize`)."""
+        pool, engine_profile = self.pool, profile
+        if self.router is not None and identify is not None and self.router.routes:
+            # The language picks the engine: identified first. Speech no engine serves is
+            # refused here (LanguageNotServed, a 422), before anything is written.
+            route, engine_profile = await self.router.choose(pcm, identify)
+            pool = route.pool
+        elif self.router is not None and identify is None:
+            pool = self.router.pool_for(profile)
+        runs: list[Awaitable] = [pool.transcribe(piece, engine_profile) for piece in pieces]
+        with self._stage("engine"):
+            if self.router is not None and identify is not None and not self.router.routes:
+                # Identification can only refuse: it runs beside the engine (on another core,
+                # so an English miss waits for it no longer than for the engine), and a
+                # refusal drops the transcript before anything is written.
+                runs.append(self.router.choose(pcm, identify))
+            answers = await asyncio.gather(*runs, return_exceptions=True)
+        for answer in answers[len(pieces):] + answers[: len(pieces)]:
+            if isinstance(answer, BaseException):
+                raise answer
+        transcribed = [answer for answer in answers[: len(pieces)] if not isinstance(answer, BaseException)]
+        return ([transcript for transcript, _ in transcribed], sum(seconds for _, seconds in transcribed),
+                engine_profile.engine)
+
+    def _count_partial(self, reused: list[ReusedSpan], saved_s: float) -> None:
+        self.metrics.partial_hits.inc()
+        self.metrics.partial_seconds_reused.inc(sum(span.end_s - span.start_s for span in reused))
+        self.metrics.engine_seconds_saved.inc(saved_s)
+
+    async def _pcm_of(self, query: QueryAudio) -> np.ndarray:
+        """The upload's 16 kHz samples: kept from the first pass, else decoded again (call with
+        the audio's seconds reserved in the decode budget)."""
+        if query.pcm is not None:
+            return query.pcm
+        with self._stage("decode"):
+            return (await asyncio.to_thread(decode_audio, query.open(), self.settings.max_duration_s)).pcm_16k
+
+    def _may_hold_spans(self, query: QueryAudio) -> bool:
+        """True when segment reuse should search this missed upload: long enough to hold a
+        cached recording and something more, and short enough to hold decoded (a long upload
+        is not held whole by a lookup)."""
+        seconds = query.audio_seconds or 0.0
+        return self.spans is not None and self.spans.min_span_s < seconds <= MAX_SEGMENT_SEARCH_S
 
     def _hit(self, tier: str, entry: Entry, *, served: bool, verdict: FuzzyVerdict | None = None) -> Outcome:
         """An answer from `entry`; only a fuzzy hit carries a score (the contract). `served`: the

@@ -60,6 +60,7 @@ class Judgement:
     # (query time, score) of every ~1 s stretch; empty when rejected before the hashes were compared
     stretches: tuple[tuple[float, float], ...] = ()
     level_compressed: bool = False  # the detail check judged a limiter or compressor on one side
+    offset_s: float = 0.0  # where the query lies on the entry's timeline: entry time = query time + offset_s
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class Verifier:
         # The reported score is the worst evidence; each check keeps its own threshold.
         score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
         accepted, reason = self._verdict(verdict, detail, detail_score, pitch, pitch_score)
-        return Judgement(accepted, score, reason, verdict.stretches, detail.limited)
+        return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s)
 
     def evidence(self, features: QueryFeatures, profile_id: str, similarity: float,
                  entry: Entry | None) -> Evidence | Judgement:

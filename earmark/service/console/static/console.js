@@ -146,6 +146,7 @@
     card.dataset.tier = cache.tier;
     card.dataset.entry = cache.entry || "";
     status(card, HITS.includes(cache.tier) ? "Answered from the cache." :
+      cache.tier === "partial" ? "Cached recordings found inside it were reused; the engine heard the rest." :
       cache.tier === "miss" ? "Transcribed by the engine and cached." : "Transcribed by the engine; nothing was cached.", false);
     card.querySelector(".status").classList.add("done");
     card.querySelector(".answer").hidden = false;
@@ -170,6 +171,10 @@
     fact(facts, "Time taken", (cache.elapsed_ms / 1000).toFixed(2) + " s on the server (" + wallSeconds.toFixed(2) + " s here)");
     if (HITS.includes(cache.tier)) {
       fact(facts, "Engine time saved", seconds(cache.engine_seconds));
+    } else if (cache.tier === "partial") {
+      fact(facts, "Engine time spent", seconds(cache.engine_seconds) + " on the audio no cached recording covers");
+      fact(facts, "Engine time saved", seconds(cache.engine_seconds_saved) + " by " + cache.spans.length +
+        " reused recording" + (cache.spans.length === 1 ? "" : "s"));
     } else {
       fact(facts, "Engine time spent", seconds(cache.engine_seconds));
     }
@@ -187,6 +192,46 @@
     }
     const candidates = (evidence.cache.candidates || []);
     if (cache.tier === "fuzzy") showEvidence(card, cache, evidence, candidates);
+    if (cache.tier === "partial" && result.duration_s) showSpans(card, cache.spans, result.duration_s);
+  }
+
+  // A partial answer's recording as a bar: the stretches answered from cached recordings (each
+  // linking to its entry, with its verified score) and the rest, which the engine heard.
+  function showSpans(card, spans, duration) {
+    const NS = "http://www.w3.org/2000/svg";
+    const width = 560, height = 62, left = 8, right = 8, top = 8, bar = 24;
+    const x = t => left + (t / duration) * (width - left - right);
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("class", "chart timeline-bar");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", spans.length + " stretch" + (spans.length === 1 ? "" : "es") + " of " +
+      duration.toFixed(1) + " s answered from the cache: " +
+      spans.map(s => s.start_s.toFixed(1) + "-" + s.end_s.toFixed(1) + " s").join(", "));
+    function add(parent, tag, attrs, text) {
+      const node = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text != null) node.textContent = text;
+      parent.appendChild(node);
+      return node;
+    }
+    add(svg, "rect", {x: left, y: top, width: width - left - right, height: bar, class: "heard"});
+    for (const span of spans) {
+      const link = add(svg, "a", {href: "/console/entry/" + span.entry});
+      add(link, "rect", {x: x(span.start_s), y: top, width: Math.max(2, x(span.end_s) - x(span.start_s)), height: bar,
+                         class: "reused"});
+      add(link, "title", {}, "Entry " + span.entry + ", " + span.start_s.toFixed(2) + "-" + span.end_s.toFixed(2) +
+        " s, score " + span.score.toFixed(4));
+    }
+    for (const t of [0, duration]) {
+      add(svg, "text", {x: x(t), y: height - 8, "text-anchor": t ? "end" : "start", class: "axis"}, t.toFixed(1) + " s");
+    }
+    const figure = card.querySelector(".timeline");
+    figure.prepend(svg);
+    figure.querySelector("figcaption").textContent = "Blue: answered from cached recordings (" +
+      spans.map(s => s.start_s.toFixed(1) + "-" + s.end_s.toFixed(1) + " s, score " + s.score.toFixed(2)).join("; ") +
+      "). Grey: heard by the engine.";
+    figure.hidden = false;
   }
 
   function showEvidence(card, cache, evidence, candidates) {

@@ -1,0 +1,186 @@
+"""Segment reuse (issue 24): cached recordings found inside a new upload, each proven the same
+recording by the whole-file verification, their transcripts reused; the engine hears only the
+rest.
+
+A bank's calls each open with the same "your call is being recorded" prompt, and each call is a
+new file: no whole-file tier helps. Here the call is cut at its pauses into stretches
+(fingerprint/spans.py), each stretch's embedding is looked up in the vector index like a whole
+upload's, and a candidate entry is accepted for a stretch only when the fuzzy tier's own verdict
+(service/pipeline/verification.py) accepts the stretch's audio, hashed as if uploaded alone, as
+the same recording as the entry: every stretch of it, no minimal pair, no clip of it. So a
+prompt "your call is not being recorded" never borrows "is being recorded"; it goes to the
+engine with the rest of the call.
+
+What is reused is a whole cached entry found inside the upload (its transcript shifted to where
+it lies). The reverse, a stretch of a longer cached entry inside the upload, needs the entry's
+word times to cut its transcript, and is not done yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from earmark.fingerprint.decode import SAMPLE_RATE
+from earmark.fingerprint.spans import Stretch, stretch_embeddings, stretches
+from earmark.fingerprint.spectrum import band_energies, without_steady_noise
+from earmark.fingerprint.speech import frame_levels_db
+from earmark.index.entry import Entry
+from earmark.index.store import Store
+from earmark.index.vectors import VectorIndex
+from earmark.service.metrics import Metrics
+from earmark.service.pipeline.profile import Profile
+from earmark.service.pipeline.verification import QueryFeatures, Verifier
+
+# Candidates per stretch from the vector index.
+TOP_K = 3
+# Stretches verified in full per upload at most (each costs its audio's features): the most
+# similar first, so a prompt is judged long before this runs out.
+MAX_VERIFIED = 16
+# Longest cached recording looked for inside an upload, in seconds of speech: prompts,
+# greetings, hold messages and advertisements.
+MAX_SPAN_SPEECH_S = 60.0
+
+
+@dataclass(frozen=True)
+class ReusedSpan:
+    """A stretch of the upload proven to be a cached entry's recording, and where it lies."""
+
+    start_s: float  # in the upload
+    end_s: float
+    entry: Entry
+    entry_start_s: float  # in the entry's recording
+    entry_end_s: float
+    score: float
+    offset_s: float  # entry time = (upload time - start_s) + offset_s
+
+    def as_dict(self) -> dict:
+        """The contract's `cache.spans[]` item."""
+        return {"start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3), "entry": self.entry.entry_id,
+                "entry_start_s": round(self.entry_start_s, 3), "entry_end_s": round(self.entry_end_s, 3),
+                "score": round(self.score, 4)}
+
+    def segments(self) -> list[dict]:
+        """The entry's timed segments moved to where the entry lies in the upload."""
+        shift = self.start_s - self.offset_s
+        return [_shifted(segment, shift, self.start_s, self.end_s) for segment in self.entry.timed_segments()]
+
+
+class SpanFinder:
+    """Finds cached entries lying inside an upload, each verified as a whole upload would be."""
+
+    def __init__(self, verifier: Verifier, store: Store, index: VectorIndex, metrics: Metrics,
+                 min_span_s: float) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.index = index
+        self.metrics = metrics
+        self.min_span_s = min_span_s  # shorter cached speech is never looked for
+
+    async def find(self, pcm: np.ndarray, profile: Profile) -> list[ReusedSpan]:
+        """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none."""
+        proposals = await asyncio.to_thread(self._propose, pcm, profile)
+        if not proposals:
+            return []
+        entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits})
+        entries = dict(zip(entry_ids, await self.store.get_entries(entry_ids), strict=True))
+        found = await asyncio.to_thread(self._verify, pcm, profile, proposals, entries)
+        return sorted(found, key=lambda span: span.start_s)
+
+    def _propose(self, pcm: np.ndarray, profile: Profile) -> list[tuple[Stretch, list[tuple[str, float]]]]:
+        """Each stretch of `pcm` with the index's candidates for it (similar enough to verify)."""
+        limits = self.verifier.thresholds
+        candidates = stretches(frame_levels_db(pcm), max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
+        self.metrics.segment_stretches.inc(len(candidates))
+        if not candidates:
+            return []
+        energies = without_steady_noise(band_energies(pcm, self.verifier.config))
+        vectors = stretch_embeddings(energies, candidates, self.verifier.config)
+        found = self.index.search_many(profile.digest, vectors, TOP_K)
+        return [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
+                if (kept := [(entry_id, similarity) for entry_id, similarity in hits
+                             if similarity >= limits.min_embedding_similarity])]
+
+    def _verify(self, pcm: np.ndarray, profile: Profile, proposals, entries: dict[str, Entry | None]) -> list[ReusedSpan]:
+        """Judge the most similar (stretch, entry) pairs whose speech lengths could agree, until
+        MAX_VERIFIED were judged; keep the accepted ones that overlap no better one."""
+        limits = self.verifier.thresholds
+        pairs = []
+        for stretch, hits in proposals:
+            for entry_id, similarity in hits:
+                entry = entries.get(entry_id)
+                if entry is None or entry.negative:
+                    continue
+                # The verdict measures speech again, more finely; this only skips hopeless pairs.
+                longer = max(entry.speech_s, stretch.speech_s)
+                tolerance = 2.0 * max(limits.duration_tolerance_s, limits.duration_tolerance_ratio * longer)
+                if abs(entry.speech_s - stretch.speech_s) <= tolerance:
+                    pairs.append((similarity, stretch, entry))
+        pairs.sort(key=lambda pair: -pair[0])
+        accepted: list[ReusedSpan] = []
+        features: dict[Stretch, QueryFeatures] = {}
+        judged = 0
+        for similarity, stretch, entry in pairs:
+            if judged >= MAX_VERIFIED:
+                break
+            if any(stretch.start_s < span.end_s and span.start_s < stretch.end_s for span in accepted):
+                continue
+            if stretch not in features:
+                features[stretch] = self.verifier.features(samples_of(pcm, stretch.start_s, stretch.end_s))
+            judged += 1
+            judgement = self.verifier.evaluate(features[stretch], profile.digest, similarity, entry)
+            self.metrics.segment_candidates.labels(accepted=str(judgement.accepted).lower()).inc()
+            if judgement.accepted:
+                accepted.append(ReusedSpan(stretch.start_s, stretch.end_s, entry, 0.0, entry.duration_s,
+                                           judgement.score, judgement.offset_s))
+        return accepted
+
+
+def uncovered(spans: list[ReusedSpan], duration_s: float) -> list[tuple[float, float]]:
+    """The stretches of the upload no span covers, in time order (each starts and ends in a
+    pause, where a span does)."""
+    gaps, at = [], 0.0
+    for span in spans:
+        if span.start_s > at:
+            gaps.append((at, span.start_s))
+        at = max(at, span.end_s)
+    if at < duration_s:
+        gaps.append((at, duration_s))
+    return gaps
+
+
+def samples_of(pcm: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The 16 kHz samples from `start_s` to `end_s`."""
+    return pcm[max(0, int(round(start_s * SAMPLE_RATE))) : min(len(pcm), int(round(end_s * SAMPLE_RATE)))]
+
+
+def stitched(parts: list[tuple[float, str, str, list[dict]]]) -> tuple[str, str, tuple[dict, ...]]:
+    """(text, normalised text, segments) of pieces given as (start in the upload, text,
+    normalised text, segments already in upload time), joined in time order and the segments
+    numbered again."""
+    ordered = sorted(parts, key=lambda part: part[0])
+    text = " ".join(piece for _, piece, _, _ in ordered if piece.strip())
+    normalized = " ".join(piece for _, _, piece, _ in ordered if piece.strip())
+    segments = tuple(segment | {"id": number}
+                     for number, segment in enumerate(s for _, _, _, segs in ordered for s in segs))
+    return " ".join(text.split()), " ".join(normalized.split()), segments
+
+
+def shifted_segments(segments: list[dict], shift_s: float, start_s: float, end_s: float) -> list[dict]:
+    """Segments heard from a stretch of the upload, moved to upload time."""
+    return [_shifted(segment, shift_s, start_s, end_s) for segment in segments]
+
+
+def _shifted(segment: dict, shift_s: float, low_s: float, high_s: float) -> dict:
+    """One segment (and its words) moved by `shift_s`, kept within [low_s, high_s]."""
+    def moved(seconds: float) -> float:
+        return round(min(high_s, max(low_s, seconds + shift_s)), 3)
+
+    out = dict(segment)
+    out["start"], out["end"] = moved(segment["start"]), moved(segment["end"])
+    if "words" in segment:
+        out["words"] = [word | {"start": moved(word["start"]), "end": moved(word["end"])} for word in segment["words"]]
+    out.pop("seek", None)  # the engine's window position in the audio it heard: meaningless moved
+    return out

