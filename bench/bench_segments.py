@@ -256,6 +256,8 @@ def main() -> None:
                         "errors": errors, "whole_errors": whole_errors, "words": words,
                         "prompt_copies": _occurrences(normalise(answer["result"]["text"]), heard_prompt) if right else None,
                         "seconds": round(time.perf_counter() - started, 3),
+                        "text": answer["result"]["text"], "whole_text": whole[call["id"]]["result"]["text"],
+                        "reference": call["reference"],
                     })
                     print(json.dumps({k: rows[-1][k] for k in ("call", "channel", "where", "tier", "reused", "placed", "errors", "whole_errors", "words")}), flush=True)
             after = stage_totals(client)

@@ -100,6 +100,21 @@ def test_a_prompt_in_the_middle_of_a_re_encoded_call_is_found_where_it_lies(sett
 
 
 @ONE_STORE
+def test_two_cached_recordings_joined_are_answered_without_the_engine(settings, engine):
+    first, second = _pcm("recorded.wav"), _pcm("weather.wav")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        cached = [recognize(client, _wav(samples)) for samples in (first, second)]
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 2)
+        engine_runs = _metric(client, "earmark_engine_runs_total")
+        answer = recognize(client, _wav(np.concatenate([first, GAP, second])))
+        cache = answer["cache"]
+        assert cache["tier"] == "partial" and cache["engine_seconds"] == 0.0
+        assert [span["entry"] for span in cache["spans"]] == [c["cache"]["entry"] for c in cached]
+        assert answer["result"]["text"] == " ".join(c["result"]["text"].strip() for c in cached)
+        assert _metric(client, "earmark_engine_runs_total") == engine_runs
+
+
+@ONE_STORE
 def test_a_call_opening_with_a_minimal_pair_of_the_cached_prompt_reuses_nothing(settings, engine):
     cached_prompt = _pcm("minimal_pairs/name_changed_011_a.flac")  # "...Don will call you back..."
     changed = _pcm("minimal_pairs/name_changed_011_b.flac")  # "...Dan will call you back..."

@@ -374,7 +374,10 @@ class RecognitionCache:
                     identify: Identify | None) -> tuple[list[Transcript], float, str]:
         """The engine's transcripts of `pieces` (the whole upload `pcm`, or the stretches segment
         reuse left it), their engine seconds summed, and the engine that heard them. The spoken
-        language is identified on the whole upload when `identify` asks (see `recognize`)."""
+        language is identified on the whole upload when `identify` asks (see `recognize`); with
+        nothing left to hear (every second answered by reused spans) nothing runs."""
+        if not pieces:
+            return [], 0.0, profile.engine
         pool, engine_profile = self.pool, profile
         if self.router is not None and identify is not None and self.router.routes:
             # The language picks the engine: identified first. Speech no engine serves is
