@@ -16,7 +16,8 @@ from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
 from earmark.fingerprint.speech import frame_levels_db
 from earmark.fingerprint.spans import pauses, stretches
 from earmark.service.api.app import create_app
-from earmark.service.pipeline.segments import stitched
+from earmark.index.entry import Entry
+from earmark.service.pipeline.segments import ReusedSpan, stitched, to_hear
 from tests.audio_tools import encode, fixture_bytes
 from tests.http_helpers import recognize
 from tests.waiting import wait_for
@@ -175,3 +176,18 @@ def test_stitched_answers_run_in_time_order_with_segments_numbered_again():
     assert text == "Your call is recorded. and the rest."
     assert normalized == "your call is recorded and the rest"
     assert [(segment["id"], segment["start"]) for segment in segments] == [(0, 0.1), (1, 4.2)]
+
+
+def test_only_uncovered_stretches_with_sound_above_the_noise_floor_go_to_the_engine():
+    rng = np.random.default_rng(3)
+
+    def hiss(seconds: float) -> np.ndarray:  # line noise at about -54 dBFS
+        return (0.002 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+
+    # tone 0-1 s, hiss 1-3 s, tone 3-4 s, hiss 4-5 s, tone 5-6 s, hiss 6-7 s
+    pcm = np.concatenate([_tone(1.0), hiss(2.0), _tone(1.0), hiss(1.0), _tone(1.0), hiss(1.0)])
+    entry = Entry("e" * 32, "p", "d", "words", "words", "en", 1.0, 1.0, 0.5)
+    spans = [ReusedSpan(0.0, 2.0, entry, 0.0, 1.0, 0.9, 0.0), ReusedSpan(2.5, 4.5, entry, 0.0, 1.0, 0.9, 0.0)]
+    # The hiss between the spans and after the last tone is never sent; the last tone is.
+    assert to_hear(spans, pcm) == [(4.5, 7.0)]
+    assert to_hear([ReusedSpan(0.0, 7.0, entry, 0.0, 1.0, 0.9, 0.0)], pcm) == []

@@ -40,7 +40,7 @@ from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
 from earmark.service.pipeline.routing import Identify, LanguageRouter
-from earmark.service.pipeline.segments import ReusedSpan, SpanFinder, samples_of, shifted_segments, stitched, uncovered
+from earmark.service.pipeline.segments import ReusedSpan, SpanFinder, samples_of, shifted_segments, stitched, to_hear
 from earmark.service.pipeline.single_flight import MissesInFlight
 from earmark.service.pipeline.upload import Upload
 
@@ -227,6 +227,8 @@ class RecognitionCache:
                 with self._stage("segments"):
                     spans_found, store_ok = await try_store(lambda: finder.find(pcm, profile))
             reused = spans_found or []
+            if reused and run:
+                query.pcm = pcm  # the engine hears its uncovered stretches next: not decoded again
 
         if not run:
             tier = "partial" if reused and store_ok else "miss" if store_ok else "bypass"
@@ -310,8 +312,7 @@ class RecognitionCache:
         if reused:
             # The engine hears each stretch no span covers (cut in pauses, as the spans are);
             # the spans' transcripts fill the rest, moved to where they lie.
-            regions = [(start, end) for start, end in uncovered(reused, len(pcm) / SAMPLE_RATE)
-                       if has_sound(samples_of(pcm, start, end))]
+            regions = to_hear(reused, pcm)
             heard, engine_seconds, engine_name = await self._hear(pcm, [samples_of(pcm, *region) for region in regions],
                                                                   profile, identify)
             parts = [(span.start_s, span.entry.text, span.entry.normalized_text, span.segments()) for span in reused]

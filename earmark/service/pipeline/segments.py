@@ -26,7 +26,7 @@ import numpy as np
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.spans import Stretch, stretch_embeddings, stretches
 from earmark.fingerprint.spectrum import band_energies, without_steady_noise
-from earmark.fingerprint.speech import frame_levels_db
+from earmark.fingerprint.speech import FRAME_S, frame_levels_db, sound_threshold_db
 from earmark.index.entry import Entry
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
@@ -42,6 +42,8 @@ MAX_VERIFIED = 16
 # Longest cached recording looked for inside an upload, in seconds of speech: prompts,
 # greetings, hold messages and advertisements.
 MAX_SPAN_SPEECH_S = 60.0
+# Less sound than this between spans is a breath or a click, not speech for the engine.
+MIN_HEARD_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -138,17 +140,22 @@ class SpanFinder:
         return accepted
 
 
-def uncovered(spans: list[ReusedSpan], duration_s: float) -> list[tuple[float, float]]:
-    """The stretches of the upload no span covers, in time order (each starts and ends in a
-    pause, where a span does)."""
+def to_hear(spans: list[ReusedSpan], pcm: np.ndarray) -> list[tuple[float, float]]:
+    """The stretches of the upload no span covers that hold sound (at least MIN_HEARD_S above the
+    upload's own noise floor), in time order, each starting and ending in a pause as the spans
+    do. A gap of room tone or line noise between two spans is not sent: an engine given nothing
+    but noise may answer with words (Whisper's "Thank you.")."""
+    levels = frame_levels_db(pcm)
+    sounding = levels > sound_threshold_db(levels)
     gaps, at = [], 0.0
     for span in spans:
         if span.start_s > at:
             gaps.append((at, span.start_s))
         at = max(at, span.end_s)
-    if at < duration_s:
-        gaps.append((at, duration_s))
-    return gaps
+    if at < len(pcm) / SAMPLE_RATE:
+        gaps.append((at, len(pcm) / SAMPLE_RATE))
+    return [(start, end) for start, end in gaps
+            if np.count_nonzero(sounding[int(start / FRAME_S) : int(np.ceil(end / FRAME_S))]) * FRAME_S >= MIN_HEARD_S]
 
 
 def samples_of(pcm: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
