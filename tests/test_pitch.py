@@ -102,3 +102,15 @@ def test_frames_pinned_at_the_trackers_ceiling_are_not_judged():
         query[i] = ceiling - (2.0 + 0.5 * (i % 3)) if i % 4 else ceiling
     verdict = compare_pitch(_codes(query), _codes(entry), 0)
     assert pitch_score_of(verdict.burst_semitones) >= THRESHOLD + 0.05, verdict
+
+
+def test_a_short_piece_the_tracker_jumps_into_is_forgiven_but_a_smooth_change_is_judged():
+    entry = _speech(120)
+    query = list(entry)
+    for i in range(45, 50):  # a fourth up (4:3 of the lag) for 50 ms, jumped into and out of
+        query[i] = entry[i] + 4.98
+    assert pitch_score_of(compare_pitch(_codes(query), _codes(entry), 0).burst_semitones) >= THRESHOLD + 0.05
+    changed = list(entry)
+    for i in range(40, 55):  # the same shift reached smoothly over a whole syllable: a tone
+        changed[i] = entry[i] + min(4.98, 0.8 * (i - 39))
+    assert pitch_score_of(compare_pitch(_codes(changed), _codes(entry), 0).burst_semitones) < THRESHOLD - 0.05

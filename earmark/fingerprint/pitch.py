@@ -60,6 +60,18 @@ MAX_GLITCH_FRAMES = 6
 # point; a real voice under 60 Hz is rare.)
 CEILING_SEMITONES = 0.5
 _CEILING_CODE = 1 + (12.0 * np.log2(MAX_HZ / MIN_HZ) - CEILING_SEMITONES) * _STEPS_PER_SEMITONE
+# Band-limited speech (a telephone line passes nothing under 300 Hz, so a voice's fundamental is
+# gone) makes the tracker lock onto a harmonic for a stretch: the third (19 semitones up), a
+# fourth or a fifth above (3:2 or 4:3 of the shortest lag), the fourth or fifth harmonic. Two
+# marks of it, neither of which a changed tone has (channel benchmark, bench/README.md):
+# - the tracker jumps onto and off the harmonic: a voiced piece of at most MAX_GLITCH_FRAMES
+#   that the contour enters or leaves by more than JUMP_SEMITONES in 10 ms (a voice's pitch
+#   moves well under a semitone per 10 ms, a Mandarin falling tone included) is not judged;
+# - the two contours differ by more than HARMONIC_ERROR_SEMITONES on a frame: no tone or
+#   intonation change moves that far, a harmonic (3:1 = 19 semitones, which pitch classes would
+#   read as a 5-semitone tone change) does. Such a frame is not judged either.
+JUMP_SEMITONES = 3.0
+HARMONIC_ERROR_SEMITONES = 10.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +167,7 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
     if q_index.size == 0:
         return PitchVerdict(0.0, 0.0, 0)
     q, r = query[q_index].astype(np.float32), entry[q_index + offset_frames].astype(np.float32)
-    both = _trusted(q) & _trusted(r)
+    both = _trusted(q) & _trusted(r) & (np.abs(q - r) <= HARMONIC_ERROR_SEMITONES * _STEPS_PER_SEMITONE)
     shared = int(both.sum())
     if shared < MIN_SHARED_FRAMES:
         return PitchVerdict(0.0, 0.0, shared)
@@ -176,17 +188,39 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
 
 
 def _trusted(codes: np.ndarray) -> np.ndarray:
-    """Voiced frames, less those a pitch tracker's error explains (see OUTLIER_SEMITONES) and
-    those pinned at its ceiling (CEILING_SEMITONES)."""
+    """Voiced frames, less those a pitch tracker's error explains (see OUTLIER_SEMITONES and
+    JUMP_SEMITONES) and those pinned at its ceiling (CEILING_SEMITONES)."""
     voiced = (codes > 0) & (codes < _CEILING_CODE)
     if not voiced.any():
         return voiced
     deviation = np.abs(codes.astype(np.float64) - float(np.median(codes[voiced]))) / _STEPS_PER_SEMITONE
     far = voiced & (deviation > OUTLIER_SEMITONES)
-    if not far.any():
-        return voiced
-    harmonic = np.min(np.abs(deviation[:, None] - HARMONIC_SEMITONES[None, :]), axis=1) <= HARMONIC_TOLERANCE
-    return voiced & ~(far & (harmonic | _in_short_run(far)))
+    if far.any():
+        harmonic = np.min(np.abs(deviation[:, None] - HARMONIC_SEMITONES[None, :]), axis=1) <= HARMONIC_TOLERANCE
+        voiced = voiced & ~(far & (harmonic | _in_short_run(far)))
+    return voiced & ~_in_jumped_piece(codes, voiced)
+
+
+def _in_jumped_piece(codes: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+    """True on the frames of a short piece of contour the tracker jumped into or out of: at most
+    MAX_GLITCH_FRAMES voiced frames with no step over JUMP_SEMITONES inside, entered or left by
+    such a step from a voiced neighbour (a piece bounded by unvoiced frames alone is a syllable)."""
+    steps = np.abs(np.diff(codes.astype(np.float64))) > JUMP_SEMITONES * _STEPS_PER_SEMITONE
+    jump = voiced[:-1] & voiced[1:] & steps  # jump[i]: between frames i and i + 1
+    # Pieces: runs of voiced frames cut wherever the contour jumps.
+    starts = voiced & ~np.concatenate([[False], voiced[:-1] & ~jump])
+    piece = np.cumsum(starts) * voiced
+    bad = np.zeros(codes.size, dtype=bool)
+    if not jump.any():
+        return bad
+    ids, sizes = np.unique(piece[voiced], return_counts=True)
+    jumped = np.zeros(int(piece.max()) + 1, dtype=bool)
+    jumped[piece[:-1][jump]] = True  # a piece left by a jump...
+    jumped[piece[1:][jump]] = True  # ...or entered by one
+    short = np.zeros_like(jumped)
+    short[ids] = sizes <= MAX_GLITCH_FRAMES
+    bad[voiced] = (jumped & short)[piece[voiced]]
+    return bad
 
 
 def _in_short_run(flags: np.ndarray) -> np.ndarray:
