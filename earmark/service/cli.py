@@ -83,7 +83,7 @@ def main() -> None:
 @_option("--segment-reuse/--no-segment-reuse", env="EARMARK_SEGMENT_REUSE", default=None,
          help="Find cached recordings inside a missed upload (a prompt in a call) and send the engine only the rest [on].")
 @_option("--min-span-s", env="EARMARK_MIN_SPAN_S", type=float, default=None,
-         help="Cached recordings with less speech than this are not looked for inside uploads [2.0].")
+         help="Cached recordings with less speech than this are not looked for inside uploads [1.5].")
 @_option("--log-level", env="EARMARK_LOG_LEVEL", default=None, help="debug, info, warning, error, critical [info].")
 def serve(config_file: str | None, **options) -> None:
     """Start the HTTP service (with an embedded store unless --redis-url is given)."""
