@@ -122,10 +122,14 @@ def stretch_embeddings(energies: np.ndarray, found: list[Stretch], config: Finge
     """(len(found), EMBEDDING_DIM) embeddings of each stretch's band energies (the whole
     recording's, steady noise already taken out), as `embedding_from_energies` gives a recording
     of just that stretch, give or take its edge frames."""
-    edge = config.frame_length - config.hop_length
-    rows = []
-    for stretch in found:
-        first = max(0, int(round((stretch.start_s * config.sample_rate + edge) / config.hop_length)))
-        last = min(len(energies), int(round((stretch.end_s * config.sample_rate + edge) / config.hop_length)))
-        rows.append(embedding_from_energies(energies[first:last], config))
+    rows = [embedding_from_energies(energies[stretch_frames(stretch, config, len(energies))], config)
+            for stretch in found]
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def stretch_frames(stretch: Stretch, config: FingerprintConfig, frames: int) -> slice:
+    """The hash frames (of a recording `frames` long) that a stretch covers."""
+    edge = config.frame_length - config.hop_length
+    first = max(0, int(round((stretch.start_s * config.sample_rate + edge) / config.hop_length)))
+    last = min(frames, int(round((stretch.end_s * config.sample_rate + edge) / config.hop_length)))
+    return slice(first, last)

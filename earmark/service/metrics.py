@@ -48,6 +48,11 @@ class Metrics:
             "earmark_segment_candidates_total", "Cached entries verified against a stretch of an upload, by verdict.",
             ["accepted"], registry=r,
         )
+        self.segment_screened = Counter(
+            "earmark_segment_screened_total",
+            "Cached entries set aside for a stretch of an upload by their hashes alone (far under the window threshold).",
+            registry=r,
+        )
         self.partial_hits = Counter(
             "earmark_partial_hits_total", "Answers (tier partial) that reused cached recordings inside the upload.", registry=r,
         )

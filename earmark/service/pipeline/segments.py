@@ -24,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from earmark.fingerprint.decode import SAMPLE_RATE
-from earmark.fingerprint.spans import Stretch, stretch_embeddings, stretches
+from earmark.fingerprint.matcher import verify
+from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
+from earmark.fingerprint.spans import Stretch, stretch_embeddings, stretch_frames, stretches
 from earmark.fingerprint.spectrum import band_energies, without_steady_noise
 from earmark.fingerprint.speech import FRAME_S, frame_levels_db, sound_threshold_db
 from earmark.index.entry import Entry
@@ -39,11 +41,16 @@ TOP_K = 3
 # Stretches verified in full per upload at most (each costs its audio's features): the most
 # similar first, so a prompt is judged long before this runs out.
 MAX_VERIFIED = 16
+# Pairs looked at per upload at most, screened by their hashes first (each a few milliseconds).
+MAX_SCREENED = 256
 # Longest cached recording looked for inside an upload, in seconds of speech: prompts,
 # greetings, hold messages and advertisements.
 MAX_SPAN_SPEECH_S = 60.0
 # Less sound than this between spans is a breath or a click, not speech for the engine.
 MIN_HEARD_S = 0.2
+# A pair whose hashes score this far under the window threshold is not judged in full: a copy's
+# stretch cut from the upload's hash differs from its own hash only in its edge frames.
+SCREEN_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -83,31 +90,36 @@ class SpanFinder:
 
     async def find(self, pcm: np.ndarray, profile: Profile) -> list[ReusedSpan]:
         """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none."""
-        proposals = await asyncio.to_thread(self._propose, pcm, profile)
+        energies, proposals = await asyncio.to_thread(self._propose, pcm, profile)
         if not proposals:
             return []
         entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits})
         entries = dict(zip(entry_ids, await self.store.get_entries(entry_ids), strict=True))
-        found = await asyncio.to_thread(self._verify, pcm, profile, proposals, entries)
+        found = await asyncio.to_thread(self._verify, pcm, energies, profile, proposals, entries)
         return sorted(found, key=lambda span: span.start_s)
 
-    def _propose(self, pcm: np.ndarray, profile: Profile) -> list[tuple[Stretch, list[tuple[str, float]]]]:
-        """Each stretch of `pcm` with the index's candidates for it (similar enough to verify)."""
+    def _propose(self, pcm: np.ndarray, profile: Profile) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]]]:
+        """The upload's band energies (steady noise taken out), and each stretch of `pcm` with the
+        index's candidates for it (similar enough to verify)."""
         limits = self.verifier.thresholds
         candidates = stretches(frame_levels_db(pcm), max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
         self.metrics.segment_stretches.inc(len(candidates))
         if not candidates:
-            return []
+            return np.zeros((0, 0)), []
         energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         vectors = stretch_embeddings(energies, candidates, self.verifier.config)
         found = self.index.search_many(profile.digest, vectors, TOP_K)
-        return [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
-                if (kept := [(entry_id, similarity) for entry_id, similarity in hits
-                             if similarity >= limits.min_embedding_similarity])]
+        return energies, [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
+                          if (kept := [(entry_id, similarity) for entry_id, similarity in hits
+                                       if similarity >= limits.min_embedding_similarity])]
 
-    def _verify(self, pcm: np.ndarray, profile: Profile, proposals, entries: dict[str, Entry | None]) -> list[ReusedSpan]:
+    def _verify(self, pcm: np.ndarray, energies: np.ndarray, profile: Profile, proposals,
+                entries: dict[str, Entry | None]) -> list[ReusedSpan]:
         """Judge the most similar (stretch, entry) pairs whose speech lengths could agree, until
-        MAX_VERIFIED were judged; keep the accepted ones that overlap no better one."""
+        MAX_VERIFIED were judged; keep the accepted ones that overlap no better one. A pair whose
+        hashes (the stretch's cut from the upload's, no new analysis) are far from the window
+        threshold is screened out first: most candidates are, and the full verdict costs the
+        stretch's own features."""
         limits = self.verifier.thresholds
         pairs = []
         for stretch, hits in proposals:
@@ -123,11 +135,15 @@ class SpanFinder:
         pairs.sort(key=lambda pair: -pair[0])
         accepted: list[ReusedSpan] = []
         features: dict[Stretch, QueryFeatures] = {}
+        hashes: dict[Stretch, RobustHash] = {}
         judged = 0
-        for similarity, stretch, entry in pairs:
+        for similarity, stretch, entry in pairs[:MAX_SCREENED]:
             if judged >= MAX_VERIFIED:
                 break
             if any(stretch.start_s < span.end_s and span.start_s < stretch.end_s for span in accepted):
+                continue
+            if self._screened_out(energies, stretch, entry, hashes):
+                self.metrics.segment_screened.inc()
                 continue
             if stretch not in features:
                 features[stretch] = self.verifier.features(samples_of(pcm, stretch.start_s, stretch.end_s))
@@ -138,6 +154,19 @@ class SpanFinder:
                 accepted.append(ReusedSpan(stretch.start_s, stretch.end_s, entry, 0.0, entry.duration_s,
                                            judgement.score, judgement.offset_s))
         return accepted
+
+    def _screened_out(self, energies: np.ndarray, stretch: Stretch, entry: Entry,
+                      hashes: dict[Stretch, RobustHash]) -> bool:
+        """True when the stretch's hash, cut from the upload's, is so far from the entry's that
+        the full verdict could not accept it (SCREEN_MARGIN under the window threshold)."""
+        if entry.fingerprint_version != self.verifier.config.version or not entry.fingerprint:
+            return False  # the verdict names the reason
+        if stretch not in hashes:
+            hashes[stretch] = robust_hash_from_energies(
+                energies[stretch_frames(stretch, self.verifier.config, len(energies))])
+        reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
+        window = verify(hashes[stretch], reference, self.verifier.config)
+        return window.windows > 0 and window.worst_score < self.verifier.thresholds.min_window_score - SCREEN_MARGIN
 
 
 def to_hear(spans: list[ReusedSpan], pcm: np.ndarray) -> list[tuple[float, float]]:
