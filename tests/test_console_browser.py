@@ -202,6 +202,38 @@ def test_upload_fuzzy_evidence_history_delete_then_miss(browser, console, gated,
     screenshot(browser, "7-audit")
 
 
+def test_a_partial_answer_draws_its_reused_span_on_the_recordings_timeline(browser, console, gated, tmp_path):
+    """Segment reuse (issue 24) in the console: a call holding a cached recording is answered
+    `partial`, and its card draws the recording's timeline with the reused stretch (linking to
+    its entry) and the engine's and saved times."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    gated.gate.set()
+    weather, rate = read_pcm(fixture_bytes("weather.wav"))
+    reading, reading_rate = read_pcm(fixture_bytes("librivox_0930.flac"))
+    assert rate == 22050 and reading_rate == 16000
+    reading = np.interp(np.arange(0, len(reading), 16000 / rate), np.arange(len(reading)), reading)
+    prompt = tmp_path / "weather.wav"
+    prompt.write_bytes(fixture_bytes("weather.wav"))
+    call = tmp_path / "call.wav"
+    call.write_bytes(encode(np.concatenate([weather, np.zeros(int(0.6 * rate)), reading]), rate, fmt="wav", codec="pcm_s16le"))
+
+    browser.get(console + "/")
+    cached = upload(browser, console, prompt, 1)
+    entry = cached.get_attribute("data-entry")
+    card = upload(browser, console, call, 2)
+    assert card.get_attribute("data-tier") == "partial"
+    facts = card.find_element(By.CSS_SELECTOR, ".facts").text
+    assert "Engine time saved" in facts and "1 reused recording" in facts
+    timeline = card.find_element(By.CSS_SELECTOR, ".timeline")
+    assert timeline.is_displayed()
+    [link] = timeline.find_elements(By.CSS_SELECTOR, "svg a")
+    assert link.get_dom_attribute("href") == "/console/entry/" + entry
+    assert "answered from cached recordings" in timeline.find_element(By.TAG_NAME, "figcaption").text
+    screenshot(browser, "8-partial")
+
+
 def test_sign_in_with_the_admin_token_then_sign_out(browser, tmp_path, engine):
     """With an admin token: History asks for it, the form signs in (a cookie without the
     token), Sign out in the nav ends it and History asks again."""
