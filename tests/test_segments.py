@@ -151,20 +151,31 @@ def _silence(seconds: float) -> np.ndarray:
 
 
 def test_stretches_are_cut_only_in_pauses_and_never_span_the_whole_recording():
-    # "Words" of sound: 1.0 s, a 0.5 s pause, 1.5 s, a 60 ms gap (inside a word), 1.0 s, a 0.4 s pause, 0.8 s.
+    # "Words" of sound: 1.0 s, a 0.5 s pause, 1.5 s, a 60 ms gap (inside a word), 1.0 s, a 1.6 s
+    # pause with a click in its middle, 0.8 s.
+    click = np.zeros(int(1.6 * SAMPLE_RATE), dtype=np.float32)
+    click[int(0.8 * SAMPLE_RATE):int(0.82 * SAMPLE_RATE)] = 0.002  # a breath under the sound threshold
     signal = np.concatenate([_silence(0.3), _tone(1.0), _silence(0.5), _tone(1.5), _silence(0.06), _tone(1.0),
-                             _silence(0.4), _tone(0.8), _silence(0.3)])
+                             click, _tone(0.8), _silence(0.3)])
     levels = frame_levels_db(signal)
     gaps = pauses(levels)
     inner = [gap for gap in gaps if 0 < gap.start_s and gap.end_s < len(signal) / SAMPLE_RATE]
-    # Pauses 1.3-1.8 s and 4.36-4.76 s; the 60 ms gap is no pause.
-    assert [gap.middle_s for gap in inner] == pytest.approx([1.55, 4.56], abs=0.03)
+    # Pauses 1.3-1.8 s and the long one 4.36-5.96 s (around its click); the 60 ms gap is no pause.
+    assert [gap.start_s for gap in inner][:1] == pytest.approx([1.3], abs=0.03)
+    assert all(gap.duration_s >= 0.15 for gap in inner)
     found = stretches(levels, min_speech_s=0.5, max_speech_s=60.0)
-    cuts = {0.0, len(signal) / SAMPLE_RATE, *(gap.middle_s for gap in inner)}
-    assert found and all(stretch.start_s in cuts and stretch.end_s in cuts for stretch in found)
-    whole = max(stretch.speech_s for stretch in found)
-    assert whole < 5.0  # the whole recording's 5.46 s of speech is never proposed
-    assert all(stretch.speech_s >= 0.5 for stretch in found)
+    assert found and all(stretch.speech_s >= 0.5 for stretch in found)
+    sounding = levels > -40
+    for stretch in found:  # each end in a pause, never inside a word
+        for at_s in (stretch.start_s, stretch.end_s):
+            frame = min(len(levels) - 1, int(round(at_s / 0.02)))
+            assert not sounding[max(0, frame - 1):frame + 1].any(), (stretch, at_s)
+    # A short pause is cut in its middle; a long one 0.25 s from the speech on either side, so
+    # the click in its middle is in no stretch.
+    assert any(stretch.end_s == pytest.approx(1.55, abs=0.03) for stretch in found)
+    assert {round(stretch.end_s, 2) for stretch in found if 4.3 < stretch.end_s < 6.0} == {4.61}
+    assert {round(stretch.start_s, 2) for stretch in found if 4.3 < stretch.start_s < 6.0} == {5.71}
+    assert max(stretch.speech_s for stretch in found) < 5.3  # never the whole recording
 
 
 def test_stitched_answers_run_in_time_order_with_segments_numbered_again():

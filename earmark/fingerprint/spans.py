@@ -25,6 +25,9 @@ from earmark.fingerprint.speech import FRAME_S, extent_from_levels, sound_thresh
 # A gap in the sound at least this long is a pause a stretch may start or end in: shorter ones
 # are the closures inside words (a stop consonant's silence is 50-120 ms).
 MIN_PAUSE_S = 0.15
+# Silence kept at a stretch's ends inside a longer pause: a weak onset or a fading last
+# syllable under the sound threshold stays in the stretch.
+EDGE_S = 0.25
 # Stretches proposed per recording at most: with more pauses than that allows, the shortest
 # pauses stop being cut points first (a prompt is followed by a turn-taking pause, not a breath).
 MAX_SPANS = 2000
@@ -39,8 +42,17 @@ class Pause:
 
     @property
     def middle_s(self) -> float:
-        """Where a stretch is cut: as far from both words as the pause allows."""
+        """The middle of the gap."""
         return (self.start_s + self.end_s) / 2.0
+
+    @property
+    def cut(self) -> tuple[float, float]:
+        """Where a stretch starting after this pause starts, and where one ending at it ends:
+        EDGE_S from the speech on either side (the middle of a shorter pause). A long pause's
+        middle is left out of both: a breath or a click in it is no part of either stretch."""
+        if self.duration_s <= 2.0 * EDGE_S:
+            return self.middle_s, self.middle_s
+        return self.end_s - EDGE_S, self.start_s + EDGE_S
 
     @property
     def duration_s(self) -> float:
@@ -73,39 +85,45 @@ def stretches(levels: np.ndarray, min_speech_s: float, max_speech_s: float,
               max_spans: int = MAX_SPANS) -> list[Stretch]:
     """Every stretch from one cut point to a later one holding `min_speech_s` to `max_speech_s`
     of speech (the span between its first and last sounding frame), except the whole recording
-    (the whole-file tiers judge that). Cut points are the recording's start and end and the
-    middle of every pause; when they would give more than `max_spans` stretches, the shortest
-    pauses are dropped as cut points until they do not."""
+    (the whole-file tiers judge that). Cut points are the recording's leading and trailing
+    silence and every pause (`Pause.cut`); when they would give more than `max_spans`
+    stretches, the shortest pauses are dropped as cut points until they do not."""
     if levels.size == 0:
         return []
     duration_s = levels.size * FRAME_S
     gaps = pauses(levels)
     inner = sorted((gap for gap in gaps if 0.0 < gap.start_s and gap.end_s < duration_s),
                    key=lambda gap: gap.duration_s, reverse=True)
+    leading = next((gap for gap in gaps if gap.start_s == 0.0), None)
+    trailing = next((gap for gap in gaps if gap.end_s >= duration_s), None)
+    ends = [(max(0.0, leading.end_s - EDGE_S) if leading else 0.0, 0.0),
+            (duration_s, min(duration_s, trailing.start_s + EDGE_S) if trailing else duration_s)]
     extent = extent_from_levels(levels)
     while True:
-        cuts = sorted({0.0, duration_s, *(gap.middle_s for gap in inner)})
+        cuts = sorted([*ends, *(gap.cut for gap in inner)])
         found = _between(levels, cuts, extent, min_speech_s, max_speech_s)
         if len(found) <= max_spans or not inner:
             return found[:max_spans]
         inner = inner[: max(0, len(inner) - max(1, len(inner) // 5))]
 
 
-def _between(levels: np.ndarray, cuts: list[float], extent, min_speech_s: float,
+def _between(levels: np.ndarray, cuts: list[tuple[float, float]], extent, min_speech_s: float,
              max_speech_s: float) -> list[Stretch]:
-    """The stretches between pairs of `cuts` whose speech length is within the bounds."""
+    """The stretches between pairs of `cuts` ((start here, end here), in time order) whose speech
+    length is within the bounds."""
     found = []
     sounding = levels > sound_threshold_db(levels)
-    frame_of = [min(levels.size, int(round(cut / FRAME_S))) for cut in cuts]
+    starts = [min(levels.size, int(round(start / FRAME_S))) for start, _ in cuts]
+    stops = [min(levels.size, int(round(end / FRAME_S))) for _, end in cuts]
     # First and last sounding frame at or after / before each cut, for the speech length.
     frames = np.arange(levels.size)
     first_after = np.full(levels.size + 1, levels.size, dtype=np.int64)
     first_after[:-1] = np.minimum.accumulate(np.where(sounding, frames, levels.size)[::-1])[::-1]
     last_before = np.full(levels.size + 1, -1, dtype=np.int64)
     last_before[1:] = np.maximum.accumulate(np.where(sounding, frames, -1))
-    for i, start in enumerate(frame_of):
-        for j in range(i + 1, len(frame_of)):
-            stop = frame_of[j]
+    for i, start in enumerate(starts):
+        for j in range(i + 1, len(stops)):
+            stop = stops[j]
             first, last = first_after[start], last_before[stop]
             if last < first:
                 continue
@@ -114,7 +132,7 @@ def _between(levels: np.ndarray, cuts: list[float], extent, min_speech_s: float,
                 break
             whole = first * FRAME_S <= extent.start_s and (last + 1) * FRAME_S >= extent.end_s
             if speech_s >= min_speech_s and not whole:
-                found.append(Stretch(cuts[i], cuts[j], round(speech_s, 3)))
+                found.append(Stretch(cuts[i][0], cuts[j][1], round(speech_s, 3)))
     return found
 
 
