@@ -220,19 +220,25 @@ class Verifier:
         judgement = self.evaluate(features, profile_id, similarity, entry)
         return judgement.accepted, judgement.score, judgement.reason
 
-    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> Judgement:
+    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None, *,
+                 stop_at_hashes: bool = False) -> Judgement:
         """`judge`'s verdict with what /lookup's evidence and the metrics add to it: the checks in
-        order. A candidate the hashes refuse never reaches the detail and pitch checks, so a
-        query's deferred detail and pitch are computed only for one that gets past them; its
-        score is the worst of the checks it reached (the ~1 s and rescaled ~0.25 s windows)."""
+        order.
+
+        `stop_at_hashes` (the service's lookup): a candidate the hashes refuse is not compared
+        further, so a query's deferred detail and pitch are computed only for a candidate that
+        gets past them. The verdict and reason are the same either way; such a candidate's
+        score is then the worst of the checks it reached (the ~1 s and rescaled ~0.25 s
+        windows), not of all four, which is what `earmark tune` and the benchmarks, judging
+        with every check, need to place a threshold."""
         hashed = self._compared_hashes(features, profile_id, similarity, entry)
         if isinstance(hashed, Judgement):
             return hashed
         verdict, entry_detail = hashed
-        refused = self._hash_verdict(verdict)
+        refused = self._hash_verdict(verdict) if stop_at_hashes else None
         if refused is not None:
             score = min(verdict.worst_score, short_score_of(verdict.worst_short_score))
-            return Judgement(False, score, refused, verdict.stretches)
+            return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s)
         assert entry is not None
         evidence = self._compared_detail(features, entry, verdict, entry_detail)
         detail, pitch = evidence.detail, evidence.pitch
