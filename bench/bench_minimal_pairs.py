@@ -68,6 +68,8 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
         entry, source = entries[pair_id]
         similarity = float(feats.embedding @ source.embedding)
         accepted, score, reason = verifier.judge(feats, PROFILE_ID, similarity, entry)
+        # The service's lookup stops at the hashes (issue 25): its verdict must be judge's.
+        service = verifier.evaluate(feats, PROFILE_ID, similarity, entry, stop_at_hashes=True)
         verdict = verify(feats.hash, source.hash, DEFAULT)
         detail = compare_detail(feats.detail, source.detail, verdict.offset_s)
         pitch = compare_pitch(feats.pitch, source.pitch, detail.offset_frames)
@@ -78,6 +80,7 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
             "pitch": pitch_score_of(pitch.burst_semitones), "pitch_semitones": pitch.burst_semitones,
             "text": f"{item.get('text_a', '')} | {item.get('text_b', '')}" if is_pair else item["path"],
             "speech_s": (feats.speech_s, source.speech_s),
+            "service_verdict_same": (service.accepted, service.reason) == (accepted, reason),
         })
     return rows
 
@@ -120,6 +123,7 @@ def report(rows: list[dict], thresholds: FuzzyThresholds) -> dict:
                          "detail_margin_above_threshold": min(r["detail"] for r in copies) - thresholds.min_detail_score,
                          "lowest_pitch": min(r["pitch"] for r in copies),
                          "pitch_margin_above_threshold": min(r["pitch"] for r in copies) - thresholds.min_pitch_score}
+    summary["service_verdicts_same"] = {"count": len(rows), "same": sum(r["service_verdict_same"] for r in rows)}
     quantiles = (0, 0.1, 1, 5, 50, 95, 99, 99.9, 100)
     summary["quantiles"] = {
         f"{field} {name}": {q: round(float(np.percentile([r[field] for r in members], q)), 4) for q in quantiles}
@@ -154,6 +158,8 @@ def print_report(summary: dict) -> None:
     print(f"copies: recall {c['recall']:.4f} of {c['count']}; lowest detail score {c['lowest_detail']:.3f} "
           f"({c['detail_margin_above_threshold']:+.3f} from min_detail_score), lowest pitch score "
           f"{c['lowest_pitch']:.3f} ({c['pitch_margin_above_threshold']:+.3f})")
+    same = summary["service_verdicts_same"]
+    print(f"the service's verdicts (stopping at the hashes) equal judge's: {same['same']} of {same['count']}")
     for name, values in summary["quantiles"].items():
         print(f"  {name:14s}", " ".join(f"p{q}={v:.3f}" for q, v in values.items()))
     print("\nworst case of each pair kind:")

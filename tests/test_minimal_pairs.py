@@ -223,3 +223,27 @@ def test_a_low_voiced_tone_pair_through_the_telephone_band_is_refused(verifier):
     samples, rate = read_pcm(fixture_bytes("minimal_pairs/cmn_tone_002_b.flac"))
     accepted, _, reason = _judge(verifier, original, _features(verifier, _telephone(samples, rate)))
     assert not accepted, reason
+
+
+def test_the_lookup_stopping_at_the_hashes_gives_the_same_verdicts_and_defers_what_it_skips(verifier):
+    """The service's lookup (deferred detail and pitch, `stop_at_hashes`) gives every pair, and
+    every pair of different recordings, the verdict and reason of the full judgement, and a
+    candidate the hashes refuse never computes the query's pitch."""
+    pcm = {f"{pair}_{side}": decode_audio(fixture_bytes(f"minimal_pairs/{pair}_{side}.flac"), 3600).pcm_16k
+           for pair in PAIRS[:4] for side in "ab"}
+    full = {name: verifier.features(samples) for name, samples in pcm.items()}
+    refused_at_hashes = 0
+    for query in pcm:
+        for cached in pcm:
+            entry = _entry(verifier, full[cached])
+            similarity = float(full[query].embedding @ full[cached].embedding)
+            deferred = verifier.deferred_features(pcm[query])
+            accepted, score, reason = verifier.judge(full[query], PROFILE, similarity, entry)
+            judgement = verifier.evaluate(deferred, PROFILE, similarity, entry, stop_at_hashes=True)
+            assert (judgement.accepted, judgement.reason) == (accepted, reason)
+            if reason.startswith(("window_below_threshold", "short_window_below_threshold")):
+                refused_at_hashes += 1
+                assert not deferred.has("pitch") and judgement.score >= score
+            else:
+                assert judgement.score == score
+    assert refused_at_hashes > 0

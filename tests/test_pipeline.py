@@ -2,7 +2,9 @@
 tiers are walked in order and an answer names only an entry that exists; `lookup` writes
 nothing on any tier; a store lost while the engine runs turns the answer (and its in-process
 followers') into `bypass` with no entry; followers share one engine run; a miss the store says
-another process is running is waited for, and taken over when that process died.
+another process is running is waited for, and taken over when that process died; a request
+computes only the perceptual features it uses (none on an exact or canonical hit, the detail and
+pitch only when a candidate reaches their checks, a miss's while its engine runs).
 
 The engine is PocketSphinx behind a gate the test opens (tests/gated_engine.py): the transcript
 is real, only its moment is chosen, so that "while the engine runs" is a certainty, not a race.
@@ -19,18 +21,26 @@ import pytest
 import redis
 
 from earmark.fingerprint.canonical import bytes_digest
+from earmark.fingerprint.detail import DetailSpectrum
+from earmark.fingerprint.embedding import EMBEDDING_DIM
+from earmark.fingerprint.pitch import PitchContour
+from earmark.fingerprint.spectrum import BandEnergies
 from earmark.index.connection import open_client
 from earmark.index.embedded import EmbeddedServer
 from earmark.index.entry import Entry, make_entry_id
 from earmark.index.keys import Keys
 from earmark.index.store import Store
-from earmark.service.config import Settings
+from earmark.index.vectors import VectorIndex
+from earmark.service.config import FuzzyThresholds, Settings
 from earmark.service.engines.pool import EnginePool
 from earmark.service.engines.base import Engine, RecognitionOptions
 from earmark.service.metrics import Metrics
+from earmark.service.pipeline.cache_directives import CacheControl
+from earmark.service.pipeline.fuzzy import FuzzyMatcher
 from earmark.service.pipeline.recognition import RecognitionCache, _pcm_digest_of
 from earmark.service.pipeline.query import QueryAudio
 from earmark.service.pipeline.upload import Upload
+from earmark.service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm, silence_wav
 from tests.gated_engine import WAIT_S, GatedEngine
 
@@ -45,11 +55,13 @@ def audio() -> dict[str, bytes]:
 class _Cache:
     """A RecognitionCache with its own store client, engine pool and metrics."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, fuzzy: bool = False) -> None:
         self.metrics = Metrics()
         self.store = Store(open_client(settings.redis_url), Keys(settings.key_prefix))
         self.pool = EnginePool(engine, self.metrics, workers=1, max_waiting=16, timeout_s=settings.engine_timeout_s)
-        self.cache = RecognitionCache(settings, self.store, self.pool, self.metrics, fuzzy=None)
+        matcher = (FuzzyMatcher(Verifier(FuzzyThresholds()), self.store, VectorIndex(EMBEDDING_DIM, "flat"), self.metrics)
+                   if fuzzy else None)
+        self.cache = RecognitionCache(settings, self.store, self.pool, self.metrics, fuzzy=matcher)
         self.profile = engine.resolve(RecognitionOptions())
 
     @property
@@ -59,8 +71,13 @@ class _Cache:
     def waits(self, scope: str) -> float:
         return self.metrics.single_flight_waits.labels(scope=scope)._value.get()
 
-    async def recognize(self, data: bytes):
-        return await self.cache.recognize(data, self.profile)
+    def features(self, feature: str, use: str) -> float:
+        return self.metrics.query_features.labels(feature=feature, use=use)._value.get()
+
+    async def recognize(self, data: bytes, control: CacheControl | None = None):
+        if control is None:
+            return await self.cache.recognize(data, self.profile)
+        return await self.cache.recognize(data, self.profile, control=control)
 
     async def lookup(self, data: bytes):
         return await self.cache.lookup(data, self.profile)
@@ -77,9 +94,9 @@ async def _until(condition, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-def _with_cache(settings: Settings, engine: Engine, body) -> None:
+def _with_cache(settings: Settings, engine: Engine, body, *, fuzzy: bool = False) -> None:
     async def run() -> None:
-        cache = _Cache(settings, engine)
+        cache = _Cache(settings, engine, fuzzy=fuzzy)
         try:
             await body(cache)
         finally:
@@ -242,3 +259,88 @@ def test_a_query_carries_the_uploads_bytes_and_digest_and_learns_nothing_until_d
         assert query.open().read() == data and query.open().read() == data
         assert (query.audio_seconds, query.pcm) == (None, None)
         query.upload.close()
+
+
+@pytest.fixture
+def feature_passes(monkeypatch) -> dict[str, int]:
+    """How many times each perceptual feature was computed, counted in the real stream classes
+    (every computation, streamed or whole, ends in one `finish`)."""
+    counts = {"hash": 0, "detail": 0, "pitch": 0}
+    for name, stream in (("hash", BandEnergies), ("detail", DetailSpectrum), ("pitch", PitchContour)):
+        def counted(self, _finish=stream.finish, _name=name):
+            counts[_name] += 1
+            return _finish(self)
+        monkeypatch.setattr(stream, "finish", counted)
+    return counts
+
+
+def test_a_request_computes_only_the_features_it_uses(settings, engine, audio, feature_passes):
+    """A miss computes every feature once; an exact or a canonical hit none; a lookup whose
+    candidates are all refused at the hashes computes the hash and never the pitch; a fuzzy hit
+    computes the detail and pitch once, shared by every candidate that reaches their checks."""
+    samples, rate = read_pcm(audio["wav"])
+    mp3 = encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=48000)
+    quieter = encode((samples * 0.5).astype(samples.dtype), rate, fmt="wav", codec="pcm_s16le")
+
+    def passes() -> dict[str, int]:
+        counted = dict(feature_passes)
+        for name in counted:
+            feature_passes[name] = 0
+        return counted
+
+    async def body(c: _Cache) -> None:
+        assert (await c.recognize(audio["wav"])).tier == "miss"
+        assert passes() == {"hash": 1, "detail": 1, "pitch": 1}
+        assert (c.features("hash", "lookup"), c.features("detail", "entry"), c.features("pitch", "entry")) == (1, 1, 1)
+
+        assert (await c.recognize(audio["wav"])).tier == "exact"
+        assert (await c.recognize(audio["flac"])).tier == "canonical"
+        assert passes() == {"hash": 0, "detail": 0, "pitch": 0}
+
+        other = await c.lookup(audio["weather"])
+        assert other.tier == "miss" and other.candidates
+        assert all(not candidate["accepted"] for candidate in other.candidates)
+        assert passes() == {"hash": 1, "detail": 0, "pitch": 0}, other.candidates
+        assert (c.features("detail", "skipped"), c.features("pitch", "skipped")) == (1, 1)
+
+        # A second entry of the same speech (an engine run asked for), so that two candidates
+        # reach the detail and pitch checks.
+        assert (await c.recognize(quieter, CacheControl(no_cache=True))).tier == "miss"
+        passes()
+        hit = await c.recognize(mp3)
+        assert hit.tier == "fuzzy" and sum("detail" in candidate["reason"] for candidate in hit.candidates) == 2
+        assert passes() == {"hash": 1, "detail": 1, "pitch": 1}
+        assert (c.features("detail", "lookup"), c.features("pitch", "lookup")) == (1, 1)
+
+    _with_cache(settings, GatedEngine(engine), body, fuzzy=True)
+
+
+class _FailingEngine(GatedEngine):
+    """The real engine's gate, then a failure instead of a transcript."""
+
+    def transcribe(self, pcm_16k, profile):
+        """Wait for the gate, then fail."""
+        self.started.set()
+        assert self.gate.wait(WAIT_S), "the test never opened the gate"
+        raise RuntimeError("the engine failed")
+
+
+def test_a_miss_computes_its_entrys_features_while_the_engine_runs_and_writes_nothing_if_it_fails(
+        settings, engine, audio, redis_client, feature_passes):
+    """The detail spectrum and pitch contour a new entry stores are computed while the engine
+    still runs; when the engine then fails, nothing is written."""
+    failing = _FailingEngine(engine, open_now=False)
+
+    async def body(c: _Cache) -> None:
+        before = _keyspace(redis_client, settings.key_prefix)
+        request = asyncio.create_task(c.recognize(audio["wav"]))
+        await _until(lambda: c.features("pitch", "entry") == 1 and c.features("detail", "entry") == 1,
+                     "the entry's features computed beside the engine")
+        assert failing.started.is_set() and not request.done()  # the engine has not answered
+        failing.gate.set()
+        with pytest.raises(RuntimeError, match="the engine failed"):
+            await request
+        assert _keyspace(redis_client, settings.key_prefix) == before
+        assert feature_passes == {"hash": 1, "detail": 1, "pitch": 1}
+
+    _with_cache(settings, failing, body, fuzzy=True)

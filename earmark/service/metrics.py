@@ -60,6 +60,17 @@ class Metrics:
             "earmark_partial_seconds_reused_total", "Seconds of uploaded audio answered from cached recordings inside it.",
             registry=r,
         )
+        # Issue 25: a request computes only the features it uses. hash: the hash, embedding and speech
+        # duration (every fuzzy lookup, and a miss's entry); detail, pitch: the last checks' features, for the
+        # first candidate that reaches them (use "lookup") or for a miss's entry while the engine runs ("entry"),
+        # else never ("skipped"). An exact or canonical hit computes none.
+        self.query_features = Counter(
+            "earmark_query_features_total",
+            "Perceptual features computed for a request's audio, by feature (hash, detail, pitch) and use: lookup "
+            "(the fuzzy tier, or the first candidate that reached the check), entry (a miss's new entry, while the "
+            "engine runs) or skipped (deferred and never needed).",
+            ["feature", "use"], registry=r,
+        )
         # Language identification on misses (service/pipeline/routing.py; issue 26). Outcomes: served (by the
         # configured engine), routed (to another), refused (422, nothing cached); and to the configured engine:
         # uncertain (under the minimum probability), too_short (under the minimum speech), kept (its own

@@ -84,5 +84,8 @@ class FuzzyMatcher:
         return FuzzyMatch(best[1], best[0], candidates)
 
     def _evaluate_all(self, features: QueryFeatures, profile_id: str, found, entries) -> list[Judgement]:
-        return [self.verifier.evaluate(features, profile_id, similarity, entry) for (_, similarity), entry in zip(found, entries, strict=True)]
+        # Stopping at the hashes: the query's deferred detail and pitch are computed only if some
+        # candidate gets past them (once, shared by every candidate that does).
+        return [self.verifier.evaluate(features, profile_id, similarity, entry, stop_at_hashes=True)
+                for (_, similarity), entry in zip(found, entries, strict=True)]
 

@@ -12,6 +12,7 @@ from typing import BinaryIO
 import numpy as np
 
 from earmark.service.pipeline.upload import Upload
+from earmark.service.pipeline.verification import QueryFeatures
 
 
 class QueryAudio:
@@ -24,6 +25,8 @@ class QueryAudio:
         self.size = upload.size
         self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
         self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (recognition.KEEP_PCM_S)
+        # The fuzzy tier's features, once computed: shared by the lookup and a miss's entry.
+        self.features: QueryFeatures | None = None
 
     def open(self) -> BinaryIO:
         """The upload's bytes as a file, from the start (one reader at a time)."""

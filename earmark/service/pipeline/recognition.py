@@ -42,6 +42,7 @@ from earmark.service.pipeline.query import QueryAudio
 from earmark.service.pipeline.routing import Identify, LanguageRouter
 from earmark.service.pipeline.segments import ReusedSpan, SpanFinder, samples_of, shifted_segments, stitched, to_hear
 from earmark.service.pipeline.single_flight import MissesInFlight
+from earmark.service.pipeline.verification import DEFERRED_PARTS, QueryFeatures
 from earmark.service.pipeline.upload import Upload
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class RecognitionCache:
                 asyncio.get_running_loop().run_in_executor(None, self._give_back_memory)
         if not run and outcome.entry is not None and not outcome.candidates:
             outcome.candidates = await self._candidates_of(query, profile)
+        self._count_skipped(query)
         outcome.elapsed_ms = _ms_since(started)
         if self.events is not None:
             await self.events.record_answer(outcome, endpoint=endpoint, query_digest=query.digest, profile=profile,
@@ -208,6 +210,7 @@ class RecognitionCache:
                 with self._stage("fingerprint"):
                     features = await asyncio.to_thread(self._features_of, query, reservation.cover)
             with self._stage("fuzzy"):
+                # Deferred features are computed (once) only if a candidate reaches their check.
                 match, store_ok = await try_store(lambda: self.fuzzy.match(features, profile))
             if match is not None:
                 candidates, fuzzy_note = match.candidates, match.note
@@ -306,8 +309,29 @@ class RecognitionCache:
         ttl_cap_s: int | None, identify: Identify | None, reused: list[ReusedSpan] | None = None,
     ) -> Outcome:
         pcm = await self._pcm_of(query)
-        engine_name = profile.engine
         reused = reused or []
+        hears = bool(reused) or has_sound(pcm)
+        # What the entry will store is computed while the engine runs (in a thread, on the core
+        # the engine's worker does not use), not before: a miss waits for it only if it is slower.
+        entry_features = (asyncio.ensure_future(asyncio.to_thread(self._entry_features, features, pcm))
+                          if self.fuzzy is not None and store_ok and hears else None)
+        try:
+            return await self._hear_and_store(query, pcm, hears, audio_digest, upload_digest, profile, store_ok,
+                                              entry_features, ttl_cap_s, identify, reused)
+        finally:
+            if entry_features is not None and not entry_features.done():
+                # The request failed (or the entry needs none): nothing is written, but the PCM
+                # stays reserved in the decode budget until the thread lets go of it.
+                await asyncio.wait([entry_features])
+            if entry_features is not None and not entry_features.cancelled():
+                entry_features.exception()  # retrieved: a failure here is the request's, not the loop's
+
+    async def _hear_and_store(
+        self, query: QueryAudio, pcm: np.ndarray, hears: bool, audio_digest: str, upload_digest: str,
+        profile: Profile, store_ok: bool, entry_features: asyncio.Future | None, ttl_cap_s: int | None,
+        identify: Identify | None, reused: list[ReusedSpan],
+    ) -> Outcome:
+        engine_name = profile.engine
         saved_s = sum(span.entry.engine_seconds for span in reused)
         if reused:
             # The engine hears each stretch no span covers (cut in pauses, as the spans are);
@@ -322,7 +346,7 @@ class RecognitionCache:
                               shifted_segments(pieces, start, start, end)))
             text, normalized, segments = stitched(parts)
             language = heard[0].language if heard else reused[0].entry.language
-        elif has_sound(pcm):
+        elif hears:
             heard, engine_seconds, engine_name = await self._hear(pcm, [pcm], profile, identify)
             transcript = heard[0]
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
@@ -353,10 +377,10 @@ class RecognitionCache:
                             spans=reused, engine_s_saved=saved_s)
         if not store_ok:
             return unwritten
+        features = None
         if self.fuzzy is not None and not negative:
-            if features is None:
-                with self._stage("fingerprint"):
-                    features = await asyncio.to_thread(self.fuzzy.verifier.features, pcm)
+            assert entry_features is not None  # started for every store_ok miss with sound
+            features = await entry_features
             entry = self.fuzzy.verifier.attach(entry, features)
         ttl_s = self.settings.negative_ttl_s if negative else self.settings.ttl_s
         if ttl_cap_s is not None:
@@ -478,14 +502,54 @@ class RecognitionCache:
             match, _ = await try_store(lambda: self.fuzzy.match(features, profile))
         return match.candidates if match is not None else []
 
-    def _features_of(self, query: QueryAudio, cover: Callable[[float], None]):
-        """The fuzzy tier's features, decoding the upload again as a stream (`cover`ing in the
-        decode budget what it decodes)."""
+    def _features_of(self, query: QueryAudio, cover: Callable[[float], None]) -> QueryFeatures:
+        """The fuzzy tier's features of the query, computed once per request (`query.features`).
+
+        Audio kept decoded (up to KEEP_PCM_S) defers its detail spectrum and pitch contour to the
+        first candidate that reaches their checks; longer audio is decoded again as a stream
+        (`cover`ing in the decode budget what it decodes) and computes every feature in that
+        one pass, since deferring would cost another decoding."""
         assert self.fuzzy is not None
+        if query.features is not None:
+            return query.features
+        verifier = self.fuzzy.verifier
         if query.pcm is not None:
-            return self.fuzzy.verifier.features(query.pcm)
-        chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
-        return self.fuzzy.verifier.features_of(_charged(chunks, cover))
+            features = verifier.deferred_features(query.pcm)
+            features.report_to(lambda part: self._count_feature(part, "lookup"))
+        else:
+            chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
+            features = verifier.features_of(_charged(chunks, cover))
+            for part in DEFERRED_PARTS:
+                self._count_feature(part, "lookup")
+        self._count_feature("hash", "lookup")
+        query.features = features
+        return features
+
+    def _entry_features(self, features: QueryFeatures | None, pcm: np.ndarray) -> QueryFeatures:
+        """Every feature a new entry stores (CPU work, in a thread beside the engine): the
+        lookup's, completed, or all of them when the lookup computed none (`no-cache`, an
+        outage, a fuzzy tier reached no further)."""
+        assert self.fuzzy is not None
+        started = time.perf_counter()
+        if features is None:
+            features = self.fuzzy.verifier.features(pcm)
+            for part in ("hash", *DEFERRED_PARTS):
+                self._count_feature(part, "entry")
+        else:
+            features.report_to(lambda part: self._count_feature(part, "entry"))
+            features.complete()
+        self.metrics.lookup_seconds.labels(stage="entry_features").observe(time.perf_counter() - started)
+        return features
+
+    def _count_feature(self, part: str, use: str) -> None:
+        self.metrics.query_features.labels(feature=part, use=use).inc()
+
+    def _count_skipped(self, query: QueryAudio) -> None:
+        """Deferred features this request never needed (no candidate reached their check)."""
+        if query.features is not None:
+            for part in DEFERRED_PARTS:
+                if not query.features.has(part):
+                    self._count_feature(part, "skipped")
 
     def _give_back_memory(self) -> None:
         released = memory.trim()

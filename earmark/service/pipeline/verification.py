@@ -15,7 +15,8 @@ distortion could hide a changed syllable, and no 200 ms of pitch shifts as a cha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -27,11 +28,12 @@ from earmark.fingerprint.detail import (
     DetailVerdict,
     compare_detail,
     detail_from_bytes,
+    detail_spectrum,
     speech_durations_s,
 )
 from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
-from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch
+from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch, pitch_contour
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
 from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
 from earmark.fingerprint.speech import FrameLevels, extent_from_levels
@@ -39,15 +41,77 @@ from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
 
 
-@dataclass(frozen=True)
+# The features a query may defer (`Verifier.deferred_features`), in the order the checks use them.
+DEFERRED_PARTS = ("detail", "pitch")
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class QueryFeatures:
-    """What the fuzzy tier knows of one recording."""
+    """What the fuzzy tier knows of one recording: its hash, embedding and speech duration, and
+    the detail spectrum ((frames, bands) uint8: fingerprint/detail.py) and pitch contour (uint8
+    per 10 ms frame: fingerprint/pitch.py) that only the last checks compare.
+
+    Those two cost about as much again as the rest (bench/README.md, "Compute only what a
+    request needs"), and most queries have no candidate that gets past the hashes, so a
+    query's may be deferred: given the recording's PCM (`pcm_16k`) instead, each is computed
+    on first use, once (whichever candidate asks first; thread-safe), and kept. Deferred or
+    not, the arrays are the same (`Verifier.deferred_features`)."""
 
     hash: RobustHash
     embedding: np.ndarray
     speech_s: float
-    detail: np.ndarray  # (frames, bands) uint8: fingerprint/detail.py
-    pitch: np.ndarray  # uint8 per 10 ms frame: fingerprint/pitch.py
+    detail: np.ndarray
+    pitch: np.ndarray
+
+    def __init__(self, hash: RobustHash, embedding: np.ndarray, speech_s: float, detail: np.ndarray | None = None,
+                 pitch: np.ndarray | None = None, *, pcm_16k: np.ndarray | None = None) -> None:
+        if pcm_16k is None and (detail is None or pitch is None):
+            raise ValueError("a feature left out needs the PCM to compute it from")
+        given = {"hash": hash, "embedding": embedding, "speech_s": speech_s, "detail": detail, "pitch": pitch}
+        for name, value in given.items():
+            if value is not None:
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "_pcm", pcm_16k)
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_on_computed", None)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # Only called for an attribute not set: a deferred part, computed now.
+        state = self.__dict__
+        if name not in DEFERRED_PARTS or "_lock" not in state:
+            raise AttributeError(name)
+        with state["_lock"]:
+            if name not in state:
+                pcm = state["_pcm"]
+                object.__setattr__(self, name, detail_spectrum(pcm) if name == "detail" else pitch_contour(pcm))
+                if all(part in state for part in DEFERRED_PARTS):
+                    object.__setattr__(self, "_pcm", None)  # nothing left to compute from it
+                if state["_on_computed"] is not None:
+                    state["_on_computed"](name)
+        return state[name]
+
+    def has(self, part: str) -> bool:
+        """Whether `part` ("detail" or "pitch") is at hand, without computing it."""
+        return part in self.__dict__
+
+    def report_to(self, on_computed: Callable[[str], None] | None) -> None:
+        """Tell `on_computed` the name of each deferred part as it is computed from now on (the
+        service counts them by what asked)."""
+        object.__setattr__(self, "_on_computed", on_computed)
+
+    def complete(self) -> QueryFeatures:
+        """Every deferred part computed (what an entry stores); returns self."""
+        for part in DEFERRED_PARTS:
+            getattr(self, part)
+        return self
+
+    def __getstate__(self) -> dict:
+        # Pickled (the benchmarks' feature caches) complete, without the PCM, lock or callback.
+        self.complete()
+        return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *DEFERRED_PARTS)}
+
+    def __setstate__(self, state: dict) -> None:
+        QueryFeatures.__init__(self, **state)
 
 
 @dataclass(frozen=True)
@@ -119,6 +183,22 @@ class Verifier:
             pitch=pitch.finish(),
         )
 
+    def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
+        """`features`, with the detail spectrum and pitch contour deferred until a check asks for
+        them (computed from `pcm_16k`, which the result keeps until then): what a lookup needs
+        first (hash, embedding, speech duration) for about half the work. The parts are the
+        same arrays `features` gives, however they are computed."""
+        energies, levels = BandEnergies(self.config), FrameLevels()
+        for stream in (energies, levels):
+            stream.push(pcm_16k)
+        band = without_steady_noise(energies.finish())
+        return QueryFeatures(
+            hash=robust_hash_from_energies(band),
+            embedding=embedding_from_energies(band, self.config),
+            speech_s=extent_from_levels(levels.finish()).duration_s,
+            pcm_16k=pcm_16k,
+        )
+
     def attach(self, entry: Entry, features: QueryFeatures) -> Entry:
         """The entry with its perceptual evidence, ready to store."""
         bits, levels = features.hash.to_bytes()
@@ -140,13 +220,28 @@ class Verifier:
         judgement = self.evaluate(features, profile_id, similarity, entry)
         return judgement.accepted, judgement.score, judgement.reason
 
-    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> Judgement:
+    def evaluate(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None, *,
+                 stop_at_hashes: bool = False) -> Judgement:
         """`judge`'s verdict with what /lookup's evidence and the metrics add to it: the checks in
-        order."""
-        evidence = self.evidence(features, profile_id, similarity, entry)
-        if isinstance(evidence, Judgement):
-            return evidence
-        verdict, detail, pitch = evidence.window, evidence.detail, evidence.pitch
+        order.
+
+        `stop_at_hashes` (the service's lookup): a candidate the hashes refuse is not compared
+        further, so a query's deferred detail and pitch are computed only for a candidate that
+        gets past them. The verdict and reason are the same either way; such a candidate's
+        score is then the worst of the checks it reached (the ~1 s and rescaled ~0.25 s
+        windows), not of all four, which is what `earmark tune` and the benchmarks, judging
+        with every check, need to place a threshold."""
+        hashed = self._compared_hashes(features, profile_id, similarity, entry)
+        if isinstance(hashed, Judgement):
+            return hashed
+        verdict, entry_detail = hashed
+        refused = self._hash_verdict(verdict) if stop_at_hashes else None
+        if refused is not None:
+            score = min(verdict.worst_score, short_score_of(verdict.worst_short_score))
+            return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s)
+        assert entry is not None
+        evidence = self._compared_detail(features, entry, verdict, entry_detail)
+        detail, pitch = evidence.detail, evidence.pitch
         detail_score = detail_score_of(detail.excess_db, detail.median_db)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
@@ -158,7 +253,18 @@ class Verifier:
                  entry: Entry | None) -> Evidence | Judgement:
         """The compared hashes, detail spectra and pitch contours of a query and a candidate, or
         the refusal of a candidate that cannot be compared that far (gone, another version or
-        profile, no speech, durations or embeddings too far apart)."""
+        profile, no speech, durations or embeddings too far apart). Every comparison, whatever
+        the thresholds say (what `earmark tune` fits them on)."""
+        hashed = self._compared_hashes(features, profile_id, similarity, entry)
+        if isinstance(hashed, Judgement):
+            return hashed
+        assert entry is not None
+        return self._compared_detail(features, entry, *hashed)
+
+    def _compared_hashes(self, features: QueryFeatures, profile_id: str, similarity: float,
+                         entry: Entry | None) -> tuple[Verification, np.ndarray] | Judgement:
+        """`evidence` as far as the aligned hashes (with the entry's detail spectrum, checked
+        usable), or the refusal of a candidate that cannot be compared that far."""
         limits = self.thresholds
         if entry is None:
             return Judgement(False, 0.0, "gone: the entry expired, was evicted or deleted")
@@ -193,22 +299,38 @@ class Verifier:
         if entry_detail is None or not entry.pitch:
             return Judgement(False, 0.0, "no_detail: the entry has no (usable) detail spectrum or pitch contour",
                              verdict.stretches)
+        return verdict, entry_detail
+
+    @staticmethod
+    def _compared_detail(features: QueryFeatures, entry: Entry, verdict: Verification,
+                         entry_detail: np.ndarray) -> Evidence:
+        """The detail spectra and pitch contours compared where the hashes aligned them (the
+        query's computed now, if deferred)."""
         detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
         return Evidence(verdict, detail, pitch)
 
+    def _hash_verdict(self, verdict: Verification) -> str | None:
+        """The reason the compared hashes refuse a candidate (the ~1 s, then the ~0.25 s
+        windows, against their thresholds), or None when they do not."""
+        limits = self.thresholds
+        if verdict.worst_score < limits.min_window_score:
+            return (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
+                    f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
+                    f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
+        if verdict.worst_short_score < limits.min_short_window_score:
+            return (f"short_window_below_threshold: worst 0.25 s stretch "
+                    f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
+                    f"at query {verdict.worst_short_at_s:.2f} s / entry "
+                    f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
+        return None
+
     def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, pitch, pitch_score: float) -> tuple[bool, str]:
         """(accepted, reason) from the compared hashes, detail and pitch, each against its threshold."""
         limits = self.thresholds
-        if verdict.worst_score < limits.min_window_score:
-            return False, (f"window_below_threshold: worst stretch {verdict.worst_score:.3f} "
-                           f"< {limits.min_window_score} (mean {verdict.mean_score:.3f}) "
-                           f"at query {verdict.worst_at_s:.2f} s / entry {verdict.worst_at_s + verdict.offset_s:.2f} s")
-        if verdict.worst_short_score < limits.min_short_window_score:
-            return False, (f"short_window_below_threshold: worst 0.25 s stretch "
-                           f"{verdict.worst_short_score:.3f} < {limits.min_short_window_score} "
-                           f"at query {verdict.worst_short_at_s:.2f} s / entry "
-                           f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
+        refused = self._hash_verdict(verdict)
+        if refused is not None:
+            return False, refused
         if detail_score < limits.min_detail_score and detail.median_db > EXCUSED_MEDIAN_DB:
             return False, (f"line_too_coarse: {detail_score:.3f} < {limits.min_detail_score}: every 80 ms "
                            f"differs by {detail.median_db:.1f} dB (a line this coarse, over {EXCUSED_MEDIAN_DB} dB, "
