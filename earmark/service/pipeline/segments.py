@@ -148,7 +148,7 @@ class SpanFinder:
             if stretch not in features:
                 features[stretch] = self.verifier.features(samples_of(pcm, stretch.start_s, stretch.end_s))
             judged += 1
-            judgement = self.verifier.evaluate(features[stretch], profile.digest, similarity, entry)
+            judgement = self.verifier.evaluate(features[stretch], profile.digest, similarity, entry, stop_at_hashes=True)
             self.metrics.segment_candidates.labels(accepted=str(judgement.accepted).lower()).inc()
             if judgement.accepted:
                 accepted.append(ReusedSpan(stretch.start_s, stretch.end_s, entry, 0.0, entry.duration_s,
