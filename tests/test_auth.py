@@ -20,6 +20,8 @@ from tests import http_helpers
 from tests.conftest import live_server
 from tests.test_app import keys_under
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 KEY_A = "alpha-key-0123456789abcdef"
 KEY_B = "beta-key-0123456789abcdef0"
 KEYS_FILE = f"""# earmark API keys: <key> <namespace>

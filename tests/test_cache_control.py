@@ -12,6 +12,8 @@ from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 from tests.test_app import keys_under
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 DAY_S = 24 * 3600
 
 

@@ -17,6 +17,8 @@ from earmark.service.config import Settings
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import recognize
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 PACKAGE = Path(__file__).resolve().parent.parent / "earmark" / "service" / "console"
 
 

@@ -25,6 +25,8 @@ from tests.test_app import keys_under
 from tests.waiting import wait_for
 from tests.test_upstream import metric
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 
 def recognize(client, data: bytes, name: str = "a.wav", **fields):
     return client.post("/recognize", files={"file": (name, data, "application/octet-stream")}, data=fields)

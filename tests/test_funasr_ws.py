@@ -29,6 +29,8 @@ from tests.funasr_ws_protocol_server import FunASRWebSocketServer
 from tests.test_app import keys_under
 from tests.test_upstream import metric
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def pcm_16k(recorded):

@@ -19,6 +19,8 @@ from earmark.service.api.errors import http_status
 from tests.audio_tools import EXTRA_CONTAINERS, encode, fixture_bytes, in_container, read_pcm
 from tests.test_app import keys_under
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 FUZZ = hypothesis_settings(max_examples=60, deadline=None, derandomize=True,
                            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -19,6 +19,8 @@ from tests.test_auth import KEY_A, KEY_B, post
 from tests.test_cli import serving
 from tests.test_upstream import metric
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 KEY_C = "gamma-key-0123456789abcdef"
 
 

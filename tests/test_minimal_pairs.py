@@ -14,6 +14,8 @@ from earmark.service.config import FuzzyThresholds
 from earmark.service.pipeline.verification import Verifier
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 PAIRS = ["name_changed_011", "teen_ty_010", "cut_end_005", "cmn_tone_005", "cmn_digit_017",
          "cmn_tone_002", "cmn_tone_017"]  # 002 and 017: 买 / 卖, accepted before pitch was judged per 100 ms of time
 PROFILE = "profile-minimal-pairs"

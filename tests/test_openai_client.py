@@ -14,6 +14,8 @@ from earmark.service.api.openai_compat import (check_response_format, check_stre
 from earmark.service.pipeline.recognition import Outcome
 from tests.conftest import live_server
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 
 @pytest.fixture
 def base_url(settings, engine):

@@ -26,6 +26,8 @@ from tests.http_helpers import post
 from tests.test_app import keys_under
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 BOUNDARY = "earmarkTestBoundary"
 
 

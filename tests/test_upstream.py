@@ -29,6 +29,8 @@ from tests.test_app import keys_under
 from tests.waiting import wait_for
 from tests.test_cli import EARMARK, serving
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 UPSTREAM_KEY = "upstream-key-0123456789abcdef"
 
 

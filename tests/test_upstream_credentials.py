@@ -28,6 +28,8 @@ from tests.test_cli import _SERVICES, EARMARK, serving
 from tests.test_upstream import transcribe
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 KEY = "sk-upstream-0123456789abcdef"
 USER, PASSWORD = "op@rator", "pa55:w0rd-secret"  # both need quoting in a URL
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

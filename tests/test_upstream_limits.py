@@ -29,6 +29,8 @@ from tests.test_app import keys_under
 from tests.test_upstream import metric, transcribe
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 HUGE_BYTES = 64 * 1024 * 1024  # far over any limit for a 4 s clip, small enough to be quick when fully read
 CHUNK = b"a" * 65536
 

@@ -26,6 +26,8 @@ from earmark.service.engines.whisper_vad import VadSettings, load_vad, speech_cl
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import post
 
+pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
+
 # Real human speech: LibriVox readings (public domain) with their transcripts, from Debian's
 # pocketsphinx-testdata (see tests/fixtures/README.md).
 READINGS = {
