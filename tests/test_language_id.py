@@ -34,3 +34,9 @@ def test_the_model_is_assembled_once_and_checked(identifier):
     directory = assemble_base_model()
     assert directory.name.endswith(BASE_SHA256["model.bin"][:16])
     assert (directory / "model.bin").stat().st_size == 2 * 72608766
+
+
+def test_a_shared_identifier_is_warmed_once_for_every_app_of_the_process(identifier):
+    identifier.warm_up()  # whichever app or test came first, it is warm now
+    assert identifier.warm_up() is False
+    assert shared_identifier(window_s=3.0) is identifier and identifier.warm_up() is False

@@ -174,6 +174,8 @@ class LanguageIdentifier:
                                     f"reinstall it: {INSTALL_HINT}") from exc
         self._features = FeatureExtractor(feature_size=self._model.n_mels)
         self._storage = ctranslate2.StorageView
+        self._warm = False
+        self._warm_lock = threading.Lock()
         # What decides an identification: part of a routed profile's revision.
         self.revision = hashlib.blake2b(
             f"{BASE_SHA256['model.bin']}|int8|{window_s}|ctranslate2 {ctranslate2.__version__}".encode(),
@@ -193,12 +195,19 @@ class LanguageIdentifier:
         return Identification(language=ranked[0][0], probability=ranked[0][1], speech_s=speech.size / SAMPLE_RATE,
                               seconds=time.perf_counter() - started, probabilities=dict(ranked))
 
-    def warm_up(self) -> None:
-        """Encode a second of a tone once (CTranslate2 sets up its buffers on the first call)."""
-        tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
-        features = self._features(tone)
-        frames = features.shape[-1] - features.shape[-1] % 2
-        self._model.detect_language(self._model.encode(self._storage.from_array(np.ascontiguousarray(features[None, :, :frames]))))
+    def warm_up(self) -> bool:
+        """Encode a second of a tone once (CTranslate2 sets up its buffers on the first call);
+        True when this call did it. The identifier is shared by every app of the process
+        (`shared_identifier`), so an app started after the first finds it warm and pays nothing."""
+        with self._warm_lock:
+            if self._warm:
+                return False
+            tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+            features = self._features(tone)
+            frames = features.shape[-1] - features.shape[-1] % 2
+            self._model.detect_language(self._model.encode(self._storage.from_array(np.ascontiguousarray(features[None, :, :frames]))))
+            self._warm = True
+            return True
 
 
 def first_speech(pcm_16k: np.ndarray, seconds: float) -> np.ndarray:
