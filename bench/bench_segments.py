@@ -14,12 +14,12 @@ Corpus (bench/data/segments, built once; espeak-ng and ffmpeg needed):
   telephone band (8 kHz mu-law).
 
 Phases, one server, one run:
-1. every clean call recognized whole, in a namespace of its own (an API key), so that its
-   engine seconds are reported and it never answers a call: the whole-file answer;
-2. the prompts recognized (cached);
-3. every call through every channel recognized with `no-store` (nothing written, so no call is
-   answered from another copy of itself): tier, spans, engine seconds spent and saved, text;
-4. every negative looked up (`/lookup`, which never runs the engine): any span is a false span.
+1. the prompts recognized (cached);
+2. each call recognized whole, in a namespace of its own (an API key), so that its engine
+   seconds are reported and it never answers a call (the whole-file answer), and right after
+   it, side by side, the call through every channel with `no-store` (nothing written, so no
+   call is answered from another copy of itself): tier, spans, engine seconds spent and saved;
+3. every negative looked up (`/lookup`, which never runs the engine): any span is a false span.
 
 Reports: recall (calls answered partial with the right entry, the span holding the whole prompt
 and reaching no further than the pauses around it), engine seconds saved against the reusable share (the prompt's share of the
@@ -226,18 +226,17 @@ def main() -> None:
             server.wait_healthy(client, timeout_s=120)
             no_store = {"Cache-Control": "no-store", **calls_key}
             whole = {}
-            for call in corpus["calls"]:  # phase 1: whole-file answers, in their own namespace
-                data, suffix = through("clean", call["call"])
-                whole[call["id"]] = _post(client, "/recognize", data, suffix, whole_key)
             prompt_entries, prompt_engine_s = {}, {}
-            for prompt in corpus["prompts"]:  # phase 2: the prompts cached
+            for prompt in corpus["prompts"]:  # phase 1: the prompts cached
                 data, suffix = through("clean", prompt["samples"])
                 answer = _post(client, "/recognize", data, suffix, calls_key)
                 prompt_entries[prompt["id"]], prompt_engine_s[prompt["id"]] = answer["cache"]["entry"], answer["cache"]["engine_seconds"]
                 prompt["heard"] = answer["result"]["text"]
             time.sleep(1.0)
             before = stage_totals(client)
-            for call in corpus["calls"]:  # phase 3: the calls through every channel
+            for call in corpus["calls"]:  # phase 2: each call whole (its own namespace), then through every channel
+                data, suffix = through("clean", call["call"])
+                whole[call["id"]] = _post(client, "/recognize", data, suffix, whole_key)
                 for channel in channels:
                     data, suffix = through(channel, call["call"])
                     started = time.perf_counter()
@@ -269,7 +268,7 @@ def main() -> None:
                     })
                     print(json.dumps({k: rows[-1][k] for k in ("call", "channel", "where", "tier", "reused", "placed", "errors", "whole_errors", "words")}), flush=True)
             after = stage_totals(client)
-            for call in corpus["calls"]:  # phase 4: lookalikes, looked up only
+            for call in corpus["calls"]:  # phase 3: lookalikes, looked up only
                 for kind in ("pair", "other_voice", "no_prompt"):
                     for channel in channels:
                         data, suffix = through(channel, call[kind])

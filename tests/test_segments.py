@@ -17,7 +17,8 @@ from earmark.fingerprint.speech import frame_levels_db
 from earmark.fingerprint.spans import pauses, stretches
 from earmark.service.api.app import create_app
 from earmark.index.entry import Entry
-from earmark.service.pipeline.segments import ReusedSpan, stitched, to_hear
+from earmark.service.engines.base import Segment, Transcript
+from earmark.service.pipeline.segments import JOIN_GAP_S, ReusedSpan, joined, split_heard, stitched, to_hear
 from tests.audio_tools import encode, fixture_bytes
 from tests.http_helpers import recognize
 from tests.waiting import wait_for
@@ -116,6 +117,26 @@ def test_two_cached_recordings_joined_are_answered_without_the_engine(settings, 
 
 
 @ONE_STORE
+def test_the_default_engine_hears_the_stretches_around_a_reused_prompt_in_one_run(settings, whisper_engine):
+    prompt, before, after = _pcm("recorded.wav"), _pcm("weather.wav"), _pcm("librivox_0930.flac")
+    call = np.concatenate([before, GAP, prompt, GAP, after])
+    with TestClient(create_app(replace(settings, language_id=False), engine=whisper_engine)) as client:
+        cached = recognize(client, _wav(prompt))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        runs = _metric(client, "earmark_engine_runs_total")
+        answer = recognize(client, _wav(call))
+        assert answer["cache"]["tier"] == "partial"
+        assert _metric(client, "earmark_engine_runs_total") == runs + 1  # both stretches, one run
+        text = answer["result"]["text"].lower()
+        prompt_text = cached["result"]["text"].strip().lower()
+        assert text.index("weather") < text.index(prompt_text) < text.index("amiable")
+        segments = answer["result"]["segments"]
+        [span] = answer["cache"]["spans"]
+        assert [segment["start"] for segment in segments] == sorted(segment["start"] for segment in segments)
+        assert any(segment["start"] >= span["end_s"] and "amiable" in segment["text"].lower() for segment in segments)
+
+
+@ONE_STORE
 def test_a_call_opening_with_a_minimal_pair_of_the_cached_prompt_reuses_nothing(settings, engine):
     cached_prompt = _pcm("minimal_pairs/name_changed_011_a.flac")  # "...Don will call you back..."
     changed = _pcm("minimal_pairs/name_changed_011_b.flac")  # "...Dan will call you back..."
@@ -202,3 +223,23 @@ def test_only_uncovered_stretches_with_sound_above_the_noise_floor_go_to_the_eng
     # The hiss between the spans and after the last tone is never sent; the last tone is.
     assert to_hear(spans, pcm) == [(4.5, 7.0)]
     assert to_hear([ReusedSpan(0.0, 7.0, entry, 0.0, 1.0, 0.9, 0.0)], pcm) == []
+
+
+def test_uncovered_stretches_are_heard_in_one_run_and_cut_back_by_segment_times():
+    pcm = np.concatenate([_tone(2.0), _silence(4.0), _tone(3.0)])
+    together, placements = joined(pcm, [(0.0, 2.0), (6.0, 9.0)])
+    assert len(together) == int((2.0 + JOIN_GAP_S + 3.0) * SAMPLE_RATE)
+    assert placements == [(0.0, 2.0, 0.0), (6.0, 9.0, 2.0 + JOIN_GAP_S)]
+    second = 2.0 + JOIN_GAP_S
+    heard = Transcript(" Good morning. Your balance is ten.", " Good morning. Your balance is ten.", "en", (
+        Segment(0.1, 1.8, " Good morning."), Segment(second + 0.2, second + 2.9, " Your balance is ten.")))
+    parts = split_heard(heard, placements)
+    assert [(start, text) for start, text, _, _ in parts] == [(0.0, "Good morning."), (6.0, "Your balance is ten.")]
+    assert [(seg["start"], seg["end"]) for _, _, _, segs in parts for seg in segs] == [(0.1, 1.8), (6.2, 8.9)]
+    # A segment heard across the silence between the stretches cannot be cut: heard one by one instead.
+    across = Transcript(" Good morning, your balance", " Good morning, your balance", "en",
+                        (Segment(0.1, second + 1.0, " Good morning, your balance"),))
+    assert split_heard(across, placements) is None
+    # Nor an answer without segment times, or whose normalised text is its own.
+    assert split_heard(Transcript("a b", "a b", "en"), placements) is None
+    assert split_heard(Transcript(" A.", "a", "en", (Segment(0.1, 1.0, " A."),)), placements) is None

@@ -40,7 +40,17 @@ from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.query import QueryAudio
 from earmark.service.pipeline.routing import Identify, LanguageRouter
-from earmark.service.pipeline.segments import ReusedSpan, SpanFinder, samples_of, shifted_segments, stitched, to_hear
+from earmark.service.pipeline.segments import (
+    Part,
+    ReusedSpan,
+    SpanFinder,
+    joined,
+    samples_of,
+    shifted_segments,
+    split_heard,
+    stitched,
+    to_hear,
+)
 from earmark.service.pipeline.single_flight import MissesInFlight
 from earmark.service.pipeline.verification import DEFERRED_PARTS, QueryFeatures
 from earmark.service.pipeline.upload import Upload
@@ -336,16 +346,11 @@ class RecognitionCache:
         if reused:
             # The engine hears each stretch no span covers (cut in pauses, as the spans are);
             # the spans' transcripts fill the rest, moved to where they lie.
-            regions = to_hear(reused, pcm)
-            heard, engine_seconds, engine_name = await self._hear(pcm, [samples_of(pcm, *region) for region in regions],
-                                                                  profile, identify)
+            heard_parts, engine_seconds, engine_name, language = await self._hear_uncovered(
+                pcm, to_hear(reused, pcm), profile, identify)
             parts = [(span.start_s, span.entry.text, span.entry.normalized_text, span.segments()) for span in reused]
-            for (start, end), transcript in zip(regions, heard, strict=True):
-                pieces = [segment.as_dict(number) for number, segment in enumerate(transcript.segments)]
-                parts.append((start, transcript.text, transcript.normalized_text,
-                              shifted_segments(pieces, start, start, end)))
-            text, normalized, segments = stitched(parts)
-            language = heard[0].language if heard else reused[0].entry.language
+            text, normalized, segments = stitched(parts + heard_parts)
+            language = language or reused[0].entry.language
         elif hears:
             heard, engine_seconds, engine_name = await self._hear(pcm, [pcm], profile, identify)
             transcript = heard[0]
@@ -425,6 +430,27 @@ class RecognitionCache:
         transcribed = [answer for answer in answers[: len(pieces)] if not isinstance(answer, BaseException)]
         return ([transcript for transcript, _ in transcribed], sum(seconds for _, seconds in transcribed),
                 engine_profile.engine)
+
+    async def _hear_uncovered(self, pcm: np.ndarray, regions: list[tuple[float, float]], profile: Profile,
+                              identify: Identify | None) -> tuple[list[Part], float, str, str]:
+        """The engine's answer for the stretches no reused span covers, as parts of the stitched
+        answer, with its engine seconds, engine and language. Several stretches are heard in one
+        run, joined with silence between them, and the answer cut back by its segment times;
+        an answer that cannot be cut so (an engine without segment times) is heard again one
+        stretch at a time."""
+        spent = 0.0
+        if len(regions) > 1:
+            together, placements = joined(pcm, regions)
+            heard, spent, engine = await self._hear(pcm, [together], profile, identify)
+            parts = split_heard(heard[0], placements)
+            if parts is not None:
+                return parts, spent, engine, heard[0].language
+        heard, seconds, engine = await self._hear(pcm, [samples_of(pcm, *region) for region in regions], profile, identify)
+        parts = [(start, transcript.text, transcript.normalized_text,
+                  shifted_segments([segment.as_dict(number) for number, segment in enumerate(transcript.segments)],
+                                   start, start, end))
+                 for (start, end), transcript in zip(regions, heard, strict=True)]
+        return parts, spent + seconds, engine, heard[0].language if heard else ""
 
     def _count_partial(self, reused: list[ReusedSpan], saved_s: float) -> None:
         self.metrics.partial_hits.inc()

@@ -32,6 +32,7 @@ from earmark.fingerprint.speech import FRAME_S, frame_levels_db, sound_threshold
 from earmark.index.entry import Entry
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
+from earmark.service.engines.base import Transcript
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.verification import QueryFeatures, Verifier
@@ -48,6 +49,10 @@ MAX_SCREENED = 256
 MAX_SPAN_SPEECH_S = 60.0
 # Less sound than this between spans is a breath or a click, not speech for the engine.
 MIN_HEARD_S = 0.2
+# Silence between the uncovered stretches joined for one engine run: every VAD cuts there.
+JOIN_GAP_S = 1.0
+# A piece of a stitched answer: (where it starts in the upload, text, normalised text, segments in upload time).
+Part = tuple[float, str, str, list[dict]]
 # A pair whose hashes score this far under the window threshold is not judged in full: a copy's
 # stretch cut from the upload's hash differs from its own hash only in its edge frames.
 SCREEN_MARGIN = 0.1
@@ -192,7 +197,48 @@ def samples_of(pcm: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
     return pcm[max(0, int(round(start_s * SAMPLE_RATE))) : min(len(pcm), int(round(end_s * SAMPLE_RATE)))]
 
 
-def stitched(parts: list[tuple[float, str, str, list[dict]]]) -> tuple[str, str, tuple[dict, ...]]:
+def joined(pcm: np.ndarray, regions: list[tuple[float, float]]) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+    """The uncovered stretches joined into one recording, JOIN_GAP_S of silence apart (one engine
+    run instead of one per stretch: an engine's fixed cost per run, and Whisper's 30 s window,
+    are paid once), with where each lies: (start in the upload, end in the upload, start in the
+    joined recording)."""
+    pieces, placements, at = [], [], 0.0
+    gap = np.zeros(int(JOIN_GAP_S * SAMPLE_RATE), dtype=np.float32)
+    for start, end in regions:
+        samples = samples_of(pcm, start, end)
+        placements.append((start, end, at))
+        pieces += [samples, gap]
+        at += (len(samples) + len(gap)) / SAMPLE_RATE
+    return (np.concatenate(pieces[:-1]) if pieces else np.zeros(0, dtype=np.float32)), placements
+
+
+def split_heard(transcript: Transcript, placements: list[tuple[float, float, float]]) -> list[Part] | None:
+    """The engine's answer for a `joined` recording, cut back into one part per stretch, its
+    segments moved to where the stretch lies in the upload; None when it cannot be cut cleanly
+    (no segments, a segment running from one stretch into the next, a text that is not its
+    segments' or a normalised text of its own), and the stretches must be heard one by one."""
+    segments = [segment.as_dict(number) for number, segment in enumerate(transcript.segments)]
+    if not segments or transcript.normalized_text != transcript.text:
+        return None
+    if " ".join(" ".join(segment["text"] for segment in segments).split()) != " ".join(transcript.text.split()):
+        return None
+    grouped: list[list[dict]] = [[] for _ in placements]
+    for segment in segments:
+        middle = (segment["start"] + segment["end"]) / 2.0
+        index = max((i for i, (_, _, at) in enumerate(placements) if at <= middle + 1e-6), default=0)
+        start, end, at = placements[index]
+        stretch_end = at + (end - start)
+        if segment["start"] < at - JOIN_GAP_S / 2 or segment["end"] > stretch_end + JOIN_GAP_S / 2:
+            return None  # heard across the silence between two stretches
+        grouped[index].append(segment)
+    parts = []
+    for (start, end, at), group in zip(placements, grouped, strict=True):
+        text = " ".join(" ".join(segment["text"] for segment in group).split())
+        parts.append((start, text, text, shifted_segments(group, start - at, start, end)))
+    return parts
+
+
+def stitched(parts: list[Part]) -> tuple[str, str, tuple[dict, ...]]:
     """(text, normalised text, segments) of pieces given as (start in the upload, text,
     normalised text, segments already in upload time), joined in time order and the segments
     numbered again."""
