@@ -167,21 +167,7 @@ class VectorIndex:
 
     def search(self, profile_id: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
         """Up to k (entry id, cosine similarity) nearest to `vector` in this profile."""
-        with self._lock:
-            part = self._profiles.get(profile_id)
-            if part is None or part.live_count == 0:
-                return []
-            fetch = min(part.index.ntotal, k + len(part.tombstones))
-            scores, ids = part.index.search(np.ascontiguousarray(vector, dtype=np.float32).reshape(1, -1), fetch)
-            hits, seen = [], set()
-            for vid, score in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
-                if vid < 0 or vid in part.tombstones or vid not in part.row_of or vid in seen:
-                    continue
-                seen.add(vid)
-                hits.append((part.entry_id(vid), float(score)))
-                if len(hits) == k:
-                    break
-            return hits
+        return self.search_many(profile_id, np.asarray(vector).reshape(1, -1), k)[0]
 
     def search_many(self, profile_id: str, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """`search` for each row of `vectors` at once (one pass over the index for all of them):

@@ -151,7 +151,7 @@ class SpanFinder:
                 self.metrics.segment_screened.inc()
                 continue
             if stretch not in features:
-                features[stretch] = self.verifier.features(samples_of(pcm, stretch.start_s, stretch.end_s))
+                features[stretch] = self.verifier.deferred_features(samples_of(pcm, stretch.start_s, stretch.end_s))
             judged += 1
             judgement = self.verifier.evaluate(features[stretch], profile.digest, similarity, entry, stop_at_hashes=True)
             self.metrics.segment_candidates.labels(accepted=str(judgement.accepted).lower()).inc()

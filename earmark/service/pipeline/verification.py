@@ -174,14 +174,7 @@ class Verifier:
         for chunk in chunks:
             for stream in (energies, levels, detail, pitch):
                 stream.push(chunk)
-        band = without_steady_noise(energies.finish())
-        return QueryFeatures(
-            hash=robust_hash_from_energies(band),
-            embedding=embedding_from_energies(band, self.config),
-            speech_s=extent_from_levels(levels.finish()).duration_s,
-            detail=detail.finish(),
-            pitch=pitch.finish(),
-        )
+        return QueryFeatures(**self._hash_parts(energies, levels), detail=detail.finish(), pitch=pitch.finish())
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """`features`, with the detail spectrum and pitch contour deferred until a check asks for
@@ -191,13 +184,14 @@ class Verifier:
         energies, levels = BandEnergies(self.config), FrameLevels()
         for stream in (energies, levels):
             stream.push(pcm_16k)
+        return QueryFeatures(**self._hash_parts(energies, levels), pcm_16k=pcm_16k)
+
+    def _hash_parts(self, energies: BandEnergies, levels: FrameLevels) -> dict:
+        """The hash, embedding and speech duration of a recording fully pushed into `energies`
+        and `levels`: what every lookup needs first."""
         band = without_steady_noise(energies.finish())
-        return QueryFeatures(
-            hash=robust_hash_from_energies(band),
-            embedding=embedding_from_energies(band, self.config),
-            speech_s=extent_from_levels(levels.finish()).duration_s,
-            pcm_16k=pcm_16k,
-        )
+        return {"hash": robust_hash_from_energies(band), "embedding": embedding_from_energies(band, self.config),
+                "speech_s": extent_from_levels(levels.finish()).duration_s}
 
     def attach(self, entry: Entry, features: QueryFeatures) -> Entry:
         """The entry with its perceptual evidence, ready to store."""
