@@ -145,14 +145,16 @@ def _cluster_masters(cluster_url: str) -> list[int]:
 
 
 def _distinct_clips() -> list[bytes]:
-    """Eight clips of different audio (each a new entry): the two fixtures, reversed, and joined
-    with their reversal both ways."""
+    """Eight clips of different audio (each a new entry, none holding another, which segment
+    reuse would answer without the engine): the two fixtures and their reversal, each also
+    slowed to 85%."""
     clips = []
     for name in ("recorded.wav", "weather.wav"):
         samples, rate = read_pcm(fixture_bytes(name))
         backwards = samples[::-1].copy()
-        for variant in (samples, backwards, np.concatenate([samples, backwards]), np.concatenate([backwards, samples])):
-            clips.append(encode(variant, rate, fmt="wav", codec="pcm_s16le"))
+        for variant in (samples, backwards):
+            slowed = np.interp(np.arange(0, len(variant) - 1, 0.85), np.arange(len(variant)), variant)
+            clips += [encode(variant, rate, fmt="wav", codec="pcm_s16le"), encode(slowed, rate, fmt="wav", codec="pcm_s16le")]
     return clips
 
 
