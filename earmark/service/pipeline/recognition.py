@@ -77,10 +77,13 @@ class Outcome:
     engine_s_spent: float = 0.0  # the engine's time for this request (0 on a hit)
     query_hash: object = None  # a fuzzy match's query fingerprint (a RobustHash), for the audit
     fuzzy_note: str | None = None  # why the fuzzy tier examined no candidate, when it ran (for the audit)
-    # Tier partial (service/pipeline/segments.py): the cached recordings reused inside the upload,
-    # and the engine seconds they saved (their entries' own runs).
+    # Tier partial (service/pipeline/segments.py): the cached recordings reused inside the upload.
     spans: list[ReusedSpan] = field(default_factory=list)
-    engine_s_saved: float = 0.0
+
+    @property
+    def engine_s_saved(self) -> float:
+        """What the reused spans saved: their entries' own engine runs (0 without spans)."""
+        return sum(span.entry.engine_seconds for span in self.spans)
 
     def cache_info(self, *, with_candidates: bool = False) -> dict:
         """The contract's `cache` object."""
@@ -97,7 +100,7 @@ class Outcome:
             # keeps the whole recording's estimate, spent plus saved, for later hits to save);
             # /lookup runs nothing (null: it has no result) and reports what the spans would save.
             info["engine_seconds"] = round(self.engine_s_spent, 3) if self.result is not None else None
-            info["engine_seconds_saved"] = round(sum(span.entry.engine_seconds for span in self.spans), 3)
+            info["engine_seconds_saved"] = round(self.engine_s_saved, 3)
             info["spans"] = [span.as_dict() for span in self.spans]
         if with_candidates:
             info["candidates"] = self.candidates
@@ -379,7 +382,7 @@ class RecognitionCache:
             self._count_partial(reused, saved_s)
         # Nothing written (an outage, or no-store): the answer still reuses what it found.
         unwritten = Outcome(tier="partial" if reused else "bypass", result=entry.result(), engine_s_spent=engine_seconds,
-                            spans=reused, engine_s_saved=saved_s)
+                            spans=reused)
         if not store_ok:
             return unwritten
         features = None
@@ -398,7 +401,7 @@ class RecognitionCache:
         if self.fuzzy is not None and features is not None and not negative:
             await self.fuzzy.index_now(stored, features)
         return Outcome(tier="partial" if reused else "miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds,
-                       spans=reused, engine_s_saved=saved_s)
+                       spans=reused)
 
     async def _hear(self, pcm: np.ndarray, pieces: list[np.ndarray], profile: Profile,
                     identify: Identify | None) -> tuple[list[Transcript], float, str]:
