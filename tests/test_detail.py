@@ -32,12 +32,14 @@ def syllable(formants: tuple[int, int], f0: float, rng: np.random.Generator) -> 
     return wave * np.hanning(t.size)
 
 
-def utterance(vowels: list[int], seed: int = 0) -> np.ndarray:
-    """Syllables with short pauses and a faint noise floor, peaking near -6 dBFS."""
+def utterance(vowels: list[int], seed: int = 0, longer_gaps: dict[int, float] | None = None) -> np.ndarray:
+    """Syllables with short pauses and a faint noise floor, peaking near -6 dBFS; `longer_gaps`:
+    the pause after syllable i lengthened by so many seconds (what comes after it drifts)."""
     rng = np.random.default_rng(seed)
     pieces = [np.zeros(int(0.3 * RATE))]
     for i, vowel in enumerate(vowels):
-        pieces += [syllable(VOWELS[vowel], 120.0 + 4 * (i % 5), rng), np.zeros(int(GAP_S * RATE))]
+        gap = GAP_S + (longer_gaps or {}).get(i, 0.0)
+        pieces += [syllable(VOWELS[vowel], 120.0 + 4 * (i % 5), rng), np.zeros(int(gap * RATE))]
     pieces.append(np.zeros(int(0.3 * RATE)))
     signal = np.concatenate(pieces)
     signal = 0.5 * signal / np.abs(signal).max()
@@ -75,6 +77,21 @@ def test_the_changed_syllable_is_seen_through_the_channel_too():
     changed[6] = 1
     verdict = compare_detail(detail_spectrum(telephone_copy(utterance(changed))), detail_spectrum(utterance(SENTENCE)), 0.0)
     assert verdict.excess_db > 8.0, verdict
+
+
+def test_the_drift_after_a_changed_syllable_is_not_excused_as_a_codec_s_distortion():
+    """A changed phone is a little longer or shorter, so everything after it drifts: at one
+    alignment that drift raises the recording's median difference, which excuses the changed
+    syllable as if it were a codec's distortion. Each 0.2 s at its own alignment, it does not;
+    a copy, whose timing no channel moves, keeps its allowance."""
+    changed = list(SENTENCE)
+    changed[4] = 1
+    original = detail_spectrum(utterance(SENTENCE))
+    drifting = compare_detail(detail_spectrum(utterance(changed, longer_gaps={4: 0.02})), original, 0.0)
+    assert drifting.median_db > 0.5, drifting
+    assert drifting.rest_db < 0.5 * drifting.median_db, drifting
+    copy = compare_detail(detail_spectrum(telephone_copy(utterance(SENTENCE))), original, 0.0)
+    assert copy.rest_db == pytest.approx(copy.median_db, abs=0.15), copy
 
 
 def test_a_missing_last_syllable_is_speech_without_a_counterpart():

@@ -258,7 +258,7 @@ WEAK_PAIRS = ["weak_hire_fire", "weak_hold_fold", "weak_free_three", "weak_pick_
 # (pair, line) cases served today; free/three through the telephone band is refused (by
 # line_too_coarse, at 0.736: no margin), so it is not listed.
 WEAK_SERVED = [(pair, line) for pair in WEAK_PAIRS for line in ("as recorded", "telephone")
-               if (pair, line) != ("weak_free_three", "telephone")]
+               if (pair, line) not in {("weak_free_three", "telephone"), ("weak_hold_fold", "as recorded")}]
 
 
 @pytest.mark.xfail(strict=True, reason="open: a pair differing in one weak consonant (/h/-/f/, /f/-/th/, /p/-/t/) "
@@ -276,6 +276,18 @@ def test_a_weak_consonant_pair_is_refused(verifier, pair, line):
         data = _telephone(*read_pcm(data))
     accepted, _, reason = _judge(verifier, original, _features(verifier, data))
     assert not accepted, reason
+
+
+def test_a_weak_consonant_pair_whose_timing_drifts_after_the_change_is_refused(verifier):
+    """"Please fold the line for a moment." against "...hold...": what follows the changed /f/
+    is not aligned with the original at one offset, and that drift no longer raises the
+    allowance the /f/ is judged with (fingerprint/detail.py, `_locally_aligned_median`).
+    Served at 0.753 before; refused at 0.733, short of the 0.05 margin the issue asks for."""
+    original = _features(verifier, fixture_bytes("minimal_pairs/weak_hold_fold_a.flac"))
+    pair = _features(verifier, fixture_bytes("minimal_pairs/weak_hold_fold_b.flac"))
+    accepted, _, reason = _judge(verifier, original, pair)
+    assert not accepted, reason
+    assert reason.startswith("detail_below_threshold"), reason
 
 
 @pytest.mark.parametrize("pair", WEAK_PAIRS)

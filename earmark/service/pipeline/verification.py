@@ -148,7 +148,9 @@ class Evidence:
 # counterpart at all (a word cut off the end) is judged over its own recording's noise floor.
 # 5: the pitch check leaves out a tracker's harmonic stretches (a short piece jumped into, or a
 # frame over 10 semitones from its counterpart: band-limited speech on a telephone line).
-VERIFICATION_REVISION = 5
+# 6: the detail burst is measured over, and excused by, the median with each 0.2 s at its own
+# alignment (a changed phone's drift after it is not a codec's distortion).
+VERIFICATION_REVISION = 6
 
 
 class Verifier:
@@ -332,7 +334,7 @@ class Verifier:
         if detail_score < limits.min_detail_score:
             return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
                            f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
-                           f"{detail.burst_db:.1f} dB more than the rest ({detail.median_db:.1f} dB)"
+                           f"{detail.burst_db:.1f} dB more than the rest ({detail.rest_db:.1f} dB)"
                            f"{_limited_note(detail)}")
         if pitch_score < limits.min_pitch_score:
             return False, (f"pitch_below_threshold: {pitch_score:.3f} < {limits.min_pitch_score}: the pitch "
@@ -341,7 +343,7 @@ class Verifier:
         return True, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
                       f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                       f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
-                      f"+{detail.burst_db:.1f} dB over {detail.median_db:.1f} dB{_limited_note(detail)}), "
+                      f"+{detail.burst_db:.1f} dB over {detail.rest_db:.1f} dB{_limited_note(detail)}), "
                       f"pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
 
     def warm_up(self) -> None:
