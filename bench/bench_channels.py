@@ -158,6 +158,7 @@ def evidence_table(items: list[dict], scorer: Scorer, features: dict) -> dict[st
         columns["short"].append(found.window.worst_short_score if compared else -1.0)
         columns["excess"].append(found.detail.excess_db if compared else 99.0)
         columns["median"].append(found.detail.median_db if compared else 99.0)
+        columns["loud"].append(found.detail.loud_burst if compared else True)
         columns["pitch"].append(pitch_score_of(found.pitch.burst_semitones) if compared else -1.0)
         columns["positive"].append(bool(item["positive"]))
         columns["strict"].append(not item["positive"] and (item["source"] == "pair" or item.get("text_changed") is True))
@@ -177,7 +178,7 @@ def fitted_thresholds(items: list[dict], evidence: dict[str, np.ndarray], defaul
         e = {k: v[rows] for k, v in evidence.items()}
         families = sorted(set(e["family"]) - {CLEAN})
         best: tuple[float, FuzzyThresholds] = (-1.0, defaults)
-        detail_score = np.array([detail_score_of(x, m) for x, m in zip(e["excess"], e["median"], strict=True)])
+        detail_score = np.array([detail_score_of(x, m, loud) for x, m, loud in zip(e["excess"], e["median"], e["loud"], strict=True)])
         for window, short, detail in itertools.product(GRID_WINDOW, GRID_SHORT, GRID_DETAIL):
             # Each check's score less its threshold, on the reported score's scale: the worst decides.
             slack = np.minimum.reduce([e["worst"] - window, (e["short"] - short) * SHORT_SCALE,

@@ -76,7 +76,7 @@ def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path 
         rows.append({
             "id": pair_id, "group": group, "pair": is_pair, "accepted": accepted, "score": score,
             "reason": reason, "window": verdict.worst_score, "short": verdict.worst_short_score,
-            "detail": detail_score_of(detail.excess_db, detail.median_db), "burst_db": detail.burst_db, "median_db": detail.median_db,
+            "detail": detail_score_of(detail.excess_db, detail.median_db, detail.loud_burst), "burst_db": detail.burst_db, "median_db": detail.median_db,
             "pitch": pitch_score_of(pitch.burst_semitones), "pitch_semitones": pitch.burst_semitones,
             "text": f"{item.get('text_a', '')} | {item.get('text_b', '')}" if is_pair else item["path"],
             "speech_s": (feats.speech_s, source.speech_s),

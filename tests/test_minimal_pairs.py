@@ -255,39 +255,46 @@ def test_the_lookup_stopping_at_the_hashes_gives_the_same_verdicts_and_defers_wh
 # fricative or burst that tells them apart is quiet and, within the detail spectrum's telephone
 # band (250-3800 Hz), differs mostly in shape at a low level; their 4-8 kHz energy is not stored.
 WEAK_PAIRS = ["weak_hire_fire", "weak_hold_fold", "weak_free_three", "weak_pick_tick"]
-# (pair, line) cases served today; free/three through the telephone band is refused (by
+# Refused since verification revision 6 (fingerprint/detail.py: the allowance at local
+# alignment, and the stricter limit for a burst under the loud frames), at 0.66 to 0.68.
+WEAK_REFUSED = ["weak_hire_fire", "weak_hold_fold", "weak_free_three"]
+# Still served (0.75 to 0.85); free/three through the telephone band is refused (by
 # line_too_coarse, at 0.736: no margin), so it is not listed.
-WEAK_SERVED = [(pair, line) for pair in WEAK_PAIRS for line in ("as recorded", "telephone")
-               if (pair, line) not in {("weak_free_three", "telephone"), ("weak_hold_fold", "as recorded")}]
+WEAK_SERVED = [("weak_hire_fire", "telephone"), ("weak_hold_fold", "telephone"), ("weak_pick_tick", "as recorded"),
+               ("weak_pick_tick", "telephone")]
 
 
-@pytest.mark.xfail(strict=True, reason="open: a pair differing in one weak consonant (/h/-/f/, /f/-/th/, /p/-/t/) "
-                                       "is served; the stored detail spectrum cannot tell it from a codec's "
-                                       "distortion (bench/README.md, 'Weak consonants')")
-@pytest.mark.parametrize(("pair", "line"), WEAK_SERVED)
-def test_a_weak_consonant_pair_is_refused(verifier, pair, line):
-    """"We will hire him tomorrow." against "...fire...", "Please hold the line..." against
-    "...fold...", "He is free now." against "...three...", "Pick the one you like." against
-    "Tick...": B, as recorded or through a telephone line, must not be served A's transcript.
-    Accepted today at 0.75 to 0.87."""
+def _weak_pair_verdict(verifier, pair: str, line: str) -> tuple[bool, float, str]:
     original = _features(verifier, fixture_bytes(f"minimal_pairs/{pair}_a.flac"))
     data = fixture_bytes(f"minimal_pairs/{pair}_b.flac")
     if line == "telephone":
         data = _telephone(*read_pcm(data))
-    accepted, _, reason = _judge(verifier, original, _features(verifier, data))
-    assert not accepted, reason
+    return _judge(verifier, original, _features(verifier, data))
 
 
-def test_a_weak_consonant_pair_whose_timing_drifts_after_the_change_is_refused(verifier):
-    """"Please fold the line for a moment." against "...hold...": what follows the changed /f/
-    is not aligned with the original at one offset, and that drift no longer raises the
-    allowance the /f/ is judged with (fingerprint/detail.py, `_locally_aligned_median`).
-    Served at 0.753 before; refused at 0.733, short of the 0.05 margin the issue asks for."""
-    original = _features(verifier, fixture_bytes("minimal_pairs/weak_hold_fold_a.flac"))
-    pair = _features(verifier, fixture_bytes("minimal_pairs/weak_hold_fold_b.flac"))
-    accepted, _, reason = _judge(verifier, original, pair)
+@pytest.mark.parametrize("pair", WEAK_REFUSED)
+def test_a_weak_consonant_pair_is_refused_with_a_margin(verifier, pair):
+    """"We will hire him tomorrow." against "...fire...", "Please hold the line..." against
+    "...fold...", "He is free now." against "...three...", as recorded: the changed consonant's
+    burst is measured over the rest of the recording at its own alignment (what follows a
+    changed phone drifts) and, lying under the loud frames, held to the stricter limit. Served
+    at 0.75 to 0.82 before revision 6; now refused 0.05 or more under the threshold."""
+    accepted, score, reason = _weak_pair_verdict(verifier, pair, "as recorded")
     assert not accepted, reason
     assert reason.startswith("detail_below_threshold"), reason
+    assert score <= FuzzyThresholds().min_detail_score - 0.05, reason
+
+
+@pytest.mark.xfail(strict=True, reason="open: a pair differing in one weak consonant (/h/-/f/, /p/-/t/) through "
+                                       "a telephone line, or /p/-/t/ as recorded, is served; the stored detail "
+                                       "spectrum cannot tell it from a codec's distortion (bench/README.md, "
+                                       "'Weak consonants')")
+@pytest.mark.parametrize(("pair", "line"), WEAK_SERVED)
+def test_a_weak_consonant_pair_is_refused(verifier, pair, line):
+    """B of a weak-consonant pair, through a telephone line (or pick / tick as recorded), must
+    not be served A's transcript. Accepted today at 0.75 to 0.85."""
+    accepted, _, reason = _weak_pair_verdict(verifier, pair, line)
+    assert not accepted, reason
 
 
 @pytest.mark.parametrize("pair", WEAK_PAIRS)

@@ -71,6 +71,9 @@ REFINE_FRAMES = 4  # +-40 ms around the hash's alignment
 # served before are refused, and none of 7,740 copies on three benchmarks (bench/README.md).
 LOCAL_BLOCK_FRAMES = 20
 LOCAL_REACH_FRAMES = 2
+# A burst whose loudest frame, on either side, is more than this under the recording's loud
+# frames (their 98th percentile) is a quiet one (`DetailVerdict.loud_burst`).
+LOUD_BURST_DB = -1.0
 # Level compression: how much more the frames 12 to 30 dB under the loud ones gained than the
 # loud ones did, either way round (bench/README.md: sox's limiter 1.4 to 2.9 dB; G.726 up to
 # 0.9 and 16 kbps MP3 up to 0.7, whose distortion the stricter judgement would not forgive;
@@ -101,6 +104,10 @@ class DetailVerdict:
     # The codec's own distortion, which the burst is measured over and excused by: the median
     # with each 0.2 s at its own alignment (`_locally_aligned_median`); None: median_db.
     allowance_db: float | None = None
+    # Whether the burst reaches, on both sides, within LOUD_BURST_DB of the recording's loud
+    # frames: where clipping and limiting distort a copy. A quieter burst (a weak consonant) is
+    # held to a stricter limit (service/pipeline/verification.py, `detail_score_of`).
+    loud_burst: bool = True
 
     @property
     def rest_db(self) -> float:
@@ -194,6 +201,7 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     `offset_s`) that makes their median distance smallest. For a level-compressed pair
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
+    q_levels, r_levels = _relative_levels(q), _relative_levels(r)
     q_floor, r_floor = _noise_floor(q) + compression_db, _noise_floor(r) + compression_db
     floor = np.maximum(q_floor, r_floor)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
@@ -228,6 +236,8 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
         sums = np.convolve(distances, np.ones(BURST_FRAMES) / BURST_FRAMES, mode="valid")
         start, worst = int(np.argmax(sums)), float(sums.max())
     seconds = (int(q_index[start]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
+    burst = q_index[start:start + BURST_FRAMES]
+    loud = frame_gain or min(_loudest(q_levels, burst), _loudest(r_levels, burst + offset)) >= LOUD_BURST_DB
     return DetailVerdict(
         burst_db=max(0.0, worst - allowance),
         median_db=median,
@@ -235,6 +245,7 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
         entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
         offset_frames=offset,
         allowance_db=allowance,
+        loud_burst=bool(loud),
     )
 
 
@@ -264,6 +275,19 @@ def _locally_aligned_median(aligned: dict[int, tuple[np.ndarray, np.ndarray]], o
     np.add.at(sums.T, blocks, stacked.T)
     chosen = np.argmin(sums, axis=0)[blocks]  # each frame's block's best offset (row of `stacked`)
     return float(np.median(stacked[chosen, np.arange(reference.size)]))
+
+
+def _relative_levels(spectrum: np.ndarray) -> np.ndarray:
+    """Each frame's level (`_frame_levels`) relative to the recording's loud frames (their 98th
+    percentile)."""
+    levels = _frame_levels(spectrum)
+    return levels - np.percentile(levels, 98)
+
+
+def _loudest(levels: np.ndarray, frames: np.ndarray) -> float:
+    """The loudest of `frames` (indices, any out of range ignored) in `levels`; -inf for none."""
+    inside = frames[(frames >= 0) & (frames < len(levels))]
+    return float(levels[inside].max()) if inside.size else float("-inf")
 
 
 def _noise_floor(spectrum: np.ndarray) -> np.ndarray:
