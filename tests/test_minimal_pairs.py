@@ -256,12 +256,13 @@ def test_the_lookup_stopping_at_the_hashes_gives_the_same_verdicts_and_defers_wh
 # band (250-3800 Hz), differs mostly in shape at a low level; their 4-8 kHz energy is not stored.
 WEAK_PAIRS = ["weak_hire_fire", "weak_hold_fold", "weak_free_three", "weak_pick_tick"]
 # Refused since verification revision 6 (fingerprint/detail.py: the allowance at local
-# alignment, and the stricter limit for a burst under the loud frames), at 0.66 to 0.68.
-WEAK_REFUSED = ["weak_hire_fire", "weak_hold_fold", "weak_free_three"]
-# Still served (0.75 to 0.85); free/three through the telephone band is refused (by
-# line_too_coarse, at 0.736: no margin), so it is not listed.
-WEAK_SERVED = [("weak_hire_fire", "telephone"), ("weak_hold_fold", "telephone"), ("weak_pick_tick", "as recorded"),
-               ("weak_pick_tick", "telephone")]
+# alignment, the stricter limit for a burst under the loud frames, the query's finer phases),
+# at 0.64 to 0.69.
+WEAK_REFUSED = [("weak_hire_fire", "as recorded"), ("weak_hire_fire", "telephone"), ("weak_hold_fold", "as recorded"),
+                ("weak_hold_fold", "telephone"), ("weak_free_three", "as recorded")]
+# Still served (0.77 and 0.83); free/three through the telephone band is refused (by
+# line_too_coarse, at 0.736: no margin), so it is in neither list.
+WEAK_SERVED = [("weak_pick_tick", "as recorded"), ("weak_pick_tick", "telephone")]
 
 
 def _weak_pair_verdict(verifier, pair: str, line: str) -> tuple[bool, float, str]:
@@ -272,27 +273,27 @@ def _weak_pair_verdict(verifier, pair: str, line: str) -> tuple[bool, float, str
     return _judge(verifier, original, _features(verifier, data))
 
 
-@pytest.mark.parametrize("pair", WEAK_REFUSED)
-def test_a_weak_consonant_pair_is_refused_with_a_margin(verifier, pair):
+@pytest.mark.parametrize(("pair", "line"), WEAK_REFUSED)
+def test_a_weak_consonant_pair_is_refused_with_a_margin(verifier, pair, line):
     """"We will hire him tomorrow." against "...fire...", "Please hold the line..." against
-    "...fold...", "He is free now." against "...three...", as recorded: the changed consonant's
-    burst is measured over the rest of the recording at its own alignment (what follows a
-    changed phone drifts) and, lying under the loud frames, held to the stricter limit. Served
-    at 0.75 to 0.82 before revision 6; now refused 0.05 or more under the threshold."""
-    accepted, score, reason = _weak_pair_verdict(verifier, pair, "as recorded")
+    "...fold..." (as recorded and through a telephone line), "He is free now." against
+    "...three...": the changed consonant's burst is measured over the rest of the recording at
+    its own alignment, to the sample (what follows a changed phone drifts, rarely by whole
+    10 ms frames) and, lying under the loud frames, held to the stricter limit. Served at 0.75
+    to 0.82 before revision 6; now refused 0.05 or more under the threshold."""
+    accepted, score, reason = _weak_pair_verdict(verifier, pair, line)
     assert not accepted, reason
     assert reason.startswith("detail_below_threshold"), reason
     assert score <= FuzzyThresholds().min_detail_score - 0.05, reason
 
 
-@pytest.mark.xfail(strict=True, reason="open: a pair differing in one weak consonant (/h/-/f/, /p/-/t/) through "
-                                       "a telephone line, or /p/-/t/ as recorded, is served; the stored detail "
-                                       "spectrum cannot tell it from a codec's distortion (bench/README.md, "
-                                       "'Weak consonants')")
+@pytest.mark.xfail(strict=True, reason="open: a pair differing in one plosive (/p/-/t/) is served: its burst is "
+                                       "too short and quiet for the stored detail spectrum to tell from a codec's "
+                                       "distortion (bench/README.md, 'Weak consonants')")
 @pytest.mark.parametrize(("pair", "line"), WEAK_SERVED)
 def test_a_weak_consonant_pair_is_refused(verifier, pair, line):
-    """B of a weak-consonant pair, through a telephone line (or pick / tick as recorded), must
-    not be served A's transcript. Accepted today at 0.75 to 0.85."""
+    """"Tick the one you like." against "Pick...", as recorded or through a telephone line,
+    must not be served A's transcript. Accepted today at 0.77 and 0.83."""
     accepted, _, reason = _weak_pair_verdict(verifier, pair, line)
     assert not accepted, reason
 

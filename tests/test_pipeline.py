@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from earmark.fingerprint.canonical import bytes_digest
-from earmark.fingerprint.detail import DetailSpectrum
+from earmark.fingerprint.detail import PHASES, DetailSpectrum
 from earmark.fingerprint.embedding import EMBEDDING_DIM
 from earmark.fingerprint.pitch import PitchContour
 from earmark.fingerprint.spectrum import BandEnergies
@@ -264,11 +264,12 @@ def test_a_query_carries_the_uploads_bytes_and_digest_and_learns_nothing_until_d
 @pytest.fixture
 def feature_passes(monkeypatch) -> dict[str, int]:
     """How many times each perceptual feature was computed, counted in the real stream classes
-    (every computation, streamed or whole, ends in one `finish`)."""
-    counts = {"hash": 0, "detail": 0, "pitch": 0}
+    (every computation, streamed or whole, ends in one `finish`; the query's finer detail phases
+    in one each)."""
+    counts = {"hash": 0, "detail": 0, "pitch": 0, "detail_phases": 0}
     for name, stream in (("hash", BandEnergies), ("detail", DetailSpectrum), ("pitch", PitchContour)):
         def counted(self, _finish=stream.finish, _name=name):
-            counts[_name] += 1
+            counts["detail_phases" if getattr(self, "phase", 0) else _name] += 1
             return _finish(self)
         monkeypatch.setattr(stream, "finish", counted)
     return counts
@@ -277,7 +278,8 @@ def feature_passes(monkeypatch) -> dict[str, int]:
 def test_a_request_computes_only_the_features_it_uses(settings, engine, audio, feature_passes):
     """A miss computes every feature once; an exact or a canonical hit none; a lookup whose
     candidates are all refused at the hashes computes the hash and never the pitch; a fuzzy hit
-    computes the detail and pitch once, shared by every candidate that reaches their checks."""
+    computes the detail and pitch once, shared by every candidate that reaches their checks, and
+    the query's detail at its finer phases once (one pass per phase), never for an entry."""
     samples, rate = read_pcm(audio["wav"])
     mp3 = encode(samples, rate, fmt="mp3", codec="libmp3lame", bitrate=48000)
     quieter = encode((samples * 0.5).astype(samples.dtype), rate, fmt="wav", codec="pcm_s16le")
@@ -290,18 +292,19 @@ def test_a_request_computes_only_the_features_it_uses(settings, engine, audio, f
 
     async def body(c: _Cache) -> None:
         assert (await c.recognize(audio["wav"])).tier == "miss"
-        assert passes() == {"hash": 1, "detail": 1, "pitch": 1}
+        assert passes() == {"hash": 1, "detail": 1, "pitch": 1, "detail_phases": 0}
         assert (c.features("hash", "lookup"), c.features("detail", "entry"), c.features("pitch", "entry")) == (1, 1, 1)
 
         assert (await c.recognize(audio["wav"])).tier == "exact"
         assert (await c.recognize(audio["flac"])).tier == "canonical"
-        assert passes() == {"hash": 0, "detail": 0, "pitch": 0}
+        assert passes() == {"hash": 0, "detail": 0, "pitch": 0, "detail_phases": 0}
 
         other = await c.lookup(audio["weather"])
         assert other.tier == "miss" and other.candidates
         assert all(not candidate["accepted"] for candidate in other.candidates)
-        assert passes() == {"hash": 1, "detail": 0, "pitch": 0}, other.candidates
-        assert (c.features("detail", "skipped"), c.features("pitch", "skipped")) == (1, 1)
+        assert passes() == {"hash": 1, "detail": 0, "pitch": 0, "detail_phases": 0}, other.candidates
+        # (the finer phases were skipped by the first miss too: an entry never computes them)
+        assert (c.features("detail", "skipped"), c.features("pitch", "skipped"), c.features("detail_phases", "skipped")) == (1, 1, 2)
 
         # A second entry of the same speech (an engine run asked for), so that two candidates
         # reach the detail and pitch checks.
@@ -309,8 +312,8 @@ def test_a_request_computes_only_the_features_it_uses(settings, engine, audio, f
         passes()
         hit = await c.recognize(mp3)
         assert hit.tier == "fuzzy" and sum("detail" in candidate["reason"] for candidate in hit.candidates) == 2
-        assert passes() == {"hash": 1, "detail": 1, "pitch": 1}
-        assert (c.features("detail", "lookup"), c.features("pitch", "lookup")) == (1, 1)
+        assert passes() == {"hash": 1, "detail": 1, "pitch": 1, "detail_phases": len(PHASES)}
+        assert (c.features("detail", "lookup"), c.features("pitch", "lookup"), c.features("detail_phases", "lookup")) == (1, 1, 1)
 
     _with_cache(settings, GatedEngine(engine), body, fuzzy=True)
 
@@ -341,6 +344,6 @@ def test_a_miss_computes_its_entrys_features_while_the_engine_runs_and_writes_no
         with pytest.raises(RuntimeError, match="the engine failed"):
             await request
         assert _keyspace(redis_client, settings.key_prefix) == before
-        assert feature_passes == {"hash": 1, "detail": 1, "pitch": 1}
+        assert feature_passes == {"hash": 1, "detail": 1, "pitch": 1, "detail_phases": 0}
 
     _with_cache(settings, failing, body, fuzzy=True)

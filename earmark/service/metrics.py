@@ -66,7 +66,7 @@ class Metrics:
         # else never ("skipped"). An exact or canonical hit computes none.
         self.query_features = Counter(
             "earmark_query_features_total",
-            "Perceptual features computed for a request's audio, by feature (hash, detail, pitch) and use: lookup "
+            "Perceptual features computed for a request's audio, by feature (hash, detail, pitch, detail_phases) and use: lookup "
             "(the fuzzy tier, or the first candidate that reached the check), entry (a miss's new entry, while the "
             "engine runs) or skipped (deferred and never needed).",
             ["feature", "use"], registry=r,

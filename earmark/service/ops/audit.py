@@ -358,13 +358,15 @@ def _judge_all(verifier: Verifier, features: QueryFeatures, profile_id: str, fou
 
 def _features_of_entry(entry: Entry) -> QueryFeatures:
     """A stored entry's evidence in the shape of a query's, so it can be judged against others
-    exactly as a request would be."""
+    as a request would be: at the stored phase of its detail spectrum only (an entry keeps no
+    finer phases, and no PCM to compute them from)."""
     return QueryFeatures(
         hash=RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels),
         embedding=np.frombuffer(entry.embedding, dtype="<f4"),
         speech_s=entry.speech_s,
         detail=_detail_or_empty(entry.detail),
         pitch=np.frombuffer(entry.pitch, dtype=np.uint8),
+        detail_phases=(),
     )
 
 

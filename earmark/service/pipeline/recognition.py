@@ -52,7 +52,7 @@ from earmark.service.pipeline.segments import (
     to_hear,
 )
 from earmark.service.pipeline.single_flight import MissesInFlight
-from earmark.service.pipeline.verification import DEFERRED_PARTS, QueryFeatures
+from earmark.service.pipeline.verification import DEFERRED_PARTS, QUERY_ONLY_PARTS, QueryFeatures
 from earmark.service.pipeline.upload import Upload
 
 log = logging.getLogger(__name__)
@@ -548,7 +548,7 @@ class RecognitionCache:
         else:
             chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
             features = verifier.features_of(_charged(chunks, cover))
-            for part in DEFERRED_PARTS:
+            for part in (*DEFERRED_PARTS, *QUERY_ONLY_PARTS):
                 self._count_feature(part, "lookup")
         self._count_feature("hash", "lookup")
         query.features = features
@@ -576,7 +576,7 @@ class RecognitionCache:
     def _count_skipped(self, query: QueryAudio) -> None:
         """Deferred features this request never needed (no candidate reached their check)."""
         if query.features is not None:
-            for part in DEFERRED_PARTS:
+            for part in (*DEFERRED_PARTS, *QUERY_ONLY_PARTS):
                 if not query.features.has(part):
                     self._count_feature(part, "skipped")
 

@@ -18,16 +18,19 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig
 from earmark.fingerprint.detail import (
     LIMITED_RANGE_DB,
+    PHASES,
     DetailSpectrum,
     DetailVerdict,
-    compare_detail,
+    compare_detail_phased,
     detail_from_bytes,
+    detail_phases,
     detail_spectrum,
     speech_durations_s,
 )
@@ -43,13 +46,19 @@ from earmark.service.config import FuzzyThresholds
 
 # The features a query may defer (`Verifier.deferred_features`), in the order the checks use them.
 DEFERRED_PARTS = ("detail", "pitch")
+# ...and the deferred parts an entry never stores: only a query's verification compares them.
+QUERY_ONLY_PARTS = ("detail_phases",)
+_COMPUTE: dict[str, Callable[[np.ndarray], Any]] = {"detail": detail_spectrum, "pitch": pitch_contour,
+                                                   "detail_phases": detail_phases}
 
 
 @dataclass(frozen=True, eq=False, init=False)
 class QueryFeatures:
     """What the fuzzy tier knows of one recording: its hash, embedding and speech duration, and
     the detail spectrum ((frames, bands) uint8: fingerprint/detail.py) and pitch contour (uint8
-    per 10 ms frame: fingerprint/pitch.py) that only the last checks compare.
+    per 10 ms frame: fingerprint/pitch.py) that only the last checks compare, and the detail
+    spectrum at finer phases (`detail_phases`), which the detail check compares and no entry
+    stores (empty: none, as for a stored entry judged against others by the audit).
 
     Those two cost about as much again as the rest (bench/README.md, "Compute only what a
     request needs"), and most queries have no candidate that gets past the hashes, so a
@@ -62,12 +71,15 @@ class QueryFeatures:
     speech_s: float
     detail: np.ndarray
     pitch: np.ndarray
+    detail_phases: tuple[np.ndarray, ...]
 
     def __init__(self, hash: RobustHash, embedding: np.ndarray, speech_s: float, detail: np.ndarray | None = None,
-                 pitch: np.ndarray | None = None, *, pcm_16k: np.ndarray | None = None) -> None:
-        if pcm_16k is None and (detail is None or pitch is None):
+                 pitch: np.ndarray | None = None, detail_phases: tuple[np.ndarray, ...] | None = None, *,
+                 pcm_16k: np.ndarray | None = None) -> None:
+        if pcm_16k is None and (detail is None or pitch is None or detail_phases is None):
             raise ValueError("a feature left out needs the PCM to compute it from")
-        given = {"hash": hash, "embedding": embedding, "speech_s": speech_s, "detail": detail, "pitch": pitch}
+        given = {"hash": hash, "embedding": embedding, "speech_s": speech_s, "detail": detail, "pitch": pitch,
+                 "detail_phases": detail_phases}
         for name, value in given.items():
             if value is not None:
                 object.__setattr__(self, name, value)
@@ -75,23 +87,22 @@ class QueryFeatures:
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_on_computed", None)
 
-    def __getattr__(self, name: str) -> np.ndarray:
+    def __getattr__(self, name: str) -> Any:
         # Only called for an attribute not set: a deferred part, computed now.
         state = self.__dict__
-        if name not in DEFERRED_PARTS or "_lock" not in state:
+        if name not in _COMPUTE or "_lock" not in state:
             raise AttributeError(name)
         with state["_lock"]:
             if name not in state:
-                pcm = state["_pcm"]
-                object.__setattr__(self, name, detail_spectrum(pcm) if name == "detail" else pitch_contour(pcm))
-                if all(part in state for part in DEFERRED_PARTS):
+                object.__setattr__(self, name, _COMPUTE[name](state["_pcm"]))
+                if all(part in state for part in _COMPUTE):
                     object.__setattr__(self, "_pcm", None)  # nothing left to compute from it
                 if state["_on_computed"] is not None:
                     state["_on_computed"](name)
         return state[name]
 
     def has(self, part: str) -> bool:
-        """Whether `part` ("detail" or "pitch") is at hand, without computing it."""
+        """Whether `part` ("detail", "pitch" or "detail_phases") is at hand, without computing it."""
         return part in self.__dict__
 
     def report_to(self, on_computed: Callable[[str], None] | None) -> None:
@@ -106,9 +117,8 @@ class QueryFeatures:
         return self
 
     def __getstate__(self) -> dict:
-        # Pickled (the benchmarks' feature caches) complete, without the PCM, lock or callback.
-        self.complete()
-        return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *DEFERRED_PARTS)}
+        # Pickled (the benchmarks' feature caches) with every part, without the PCM, lock or callback.
+        return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *_COMPUTE)}
 
     def __setstate__(self, state: dict) -> None:
         QueryFeatures.__init__(self, **state)
@@ -150,7 +160,8 @@ class Evidence:
 # frame over 10 semitones from its counterpart: band-limited speech on a telephone line).
 # 6: the detail burst is measured over, and excused by, the median with each 0.2 s at its own
 # alignment (a changed phone's drift after it is not a codec's distortion), and a burst quieter
-# than the recording's loud frames is held to the coarse line's limit.
+# than the recording's loud frames is held to the coarse line's limit, and the query's detail is
+# also compared at finer phases (2.5, 5, 7.5 ms), judged at the best-aligned one when it scores lower.
 VERIFICATION_REVISION = 6
 
 
@@ -167,17 +178,22 @@ class Verifier:
                                          digest_size=6).hexdigest()
 
     def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
-        """Hash, embedding and speech duration of a recording (CPU work: call off the loop)."""
-        return self.features_of([pcm_16k])
+        """Hash, embedding, speech duration, detail spectrum and pitch contour of a recording
+        (CPU work: call off the loop); its finer detail phases, which only a query's
+        verification compares, are computed from `pcm_16k` if a check asks for them."""
+        return self.deferred_features(pcm_16k).complete()
 
     def features_of(self, chunks: Iterable[np.ndarray]) -> QueryFeatures:
         """`features` of a recording that arrives in pieces (a decoder's), holding only the
         features: the same result however it is cut."""
         energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(), PitchContour()
+        phases = [DetailSpectrum(phase) for phase in PHASES]
+        streams: list[BandEnergies | FrameLevels | DetailSpectrum | PitchContour] = [energies, levels, detail, pitch, *phases]
         for chunk in chunks:
-            for stream in (energies, levels, detail, pitch):
+            for stream in streams:
                 stream.push(chunk)
-        return QueryFeatures(**self._hash_parts(energies, levels), detail=detail.finish(), pitch=pitch.finish())
+        return QueryFeatures(**self._hash_parts(energies, levels), detail=detail.finish(), pitch=pitch.finish(),
+                             detail_phases=tuple(stream.finish() for stream in phases))
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """`features`, with the detail spectrum and pitch contour deferred until a check asks for
@@ -239,7 +255,7 @@ class Verifier:
         assert entry is not None
         evidence = self._compared_detail(features, entry, verdict, entry_detail)
         detail, pitch = evidence.detail, evidence.pitch
-        detail_score = detail_score_of(detail.excess_db, detail.median_db, detail.loud_burst)
+        detail_score = _detail_score(detail)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         # The reported score is the worst evidence; each check keeps its own threshold.
         score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
@@ -302,9 +318,12 @@ class Verifier:
     def _compared_detail(features: QueryFeatures, entry: Entry, verdict: Verification,
                          entry_detail: np.ndarray) -> Evidence:
         """The detail spectra and pitch contours compared where the hashes aligned them (the
-        query's computed now, if deferred)."""
-        detail = compare_detail(features.detail, entry_detail, verdict.offset_s)
-        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), detail.offset_frames)
+        query's computed now, if deferred). The detail is judged at the stored phase, or at the
+        query's finer phase that aligns best when that one scores lower: a finer alignment can
+        only refuse (`compare_detail_phased`)."""
+        stored, aligned = compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s)
+        detail = aligned if _detail_score(aligned) < _detail_score(stored) else stored
+        pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
         return Evidence(verdict, detail, pitch)
 
     def _hash_verdict(self, verdict: Verification) -> str | None:
@@ -413,6 +432,11 @@ def detail_score_of(excess_db: float, median_db: float = 0.0, loud_burst: bool =
     fine = median_db <= COARSE_LINE_MEDIAN_DB and loud_burst
     zero = DETAIL_ZERO_DB if fine else COARSE_DETAIL_ZERO_DB
     return max(0.0, min(1.0 - excess_db / zero, 1.0 - median_db * (1.0 - 0.74) / EXCUSED_MEDIAN_DB))
+
+
+def _detail_score(detail: DetailVerdict) -> float:
+    """`detail_score_of` a detail verdict."""
+    return detail_score_of(detail.excess_db, detail.median_db, detail.loud_burst)
 
 
 # A consistent pitch shift over ~200 ms of 1.2 semitones scores 0.74, where the window and detail
