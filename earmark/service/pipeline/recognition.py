@@ -561,7 +561,7 @@ class RecognitionCache:
         assert self.fuzzy is not None
         started = time.perf_counter()
         if features is None:
-            features = self.fuzzy.verifier.features(pcm)
+            features = self.fuzzy.verifier.deferred_features(pcm).complete()  # the phases: a query's alone
             for part in ("hash", *DEFERRED_PARTS):
                 self._count_feature(part, "entry")
         else:

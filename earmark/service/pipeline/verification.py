@@ -111,7 +111,7 @@ class QueryFeatures:
         object.__setattr__(self, "_on_computed", on_computed)
 
     def complete(self) -> QueryFeatures:
-        """Every deferred part computed (what an entry stores); returns self."""
+        """Every part an entry stores computed (not a query's finer phases); returns self."""
         for part in DEFERRED_PARTS:
             getattr(self, part)
         return self
@@ -121,7 +121,8 @@ class QueryFeatures:
         return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *_COMPUTE)}
 
     def __setstate__(self, state: dict) -> None:
-        QueryFeatures.__init__(self, **state)
+        # Pickled before verification revision 6 kept no finer phases: judged at the stored one.
+        QueryFeatures.__init__(self, **{"detail_phases": (), **state})
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,10 @@ class Verifier:
                                          digest_size=6).hexdigest()
 
     def features(self, pcm_16k: np.ndarray) -> QueryFeatures:
-        """Hash, embedding, speech duration, detail spectrum and pitch contour of a recording
-        (CPU work: call off the loop); its finer detail phases, which only a query's
-        verification compares, are computed from `pcm_16k` if a check asks for them."""
-        return self.deferred_features(pcm_16k).complete()
+        """Every feature of a recording, its finer detail phases included (CPU work: call off
+        the loop). Keeps nothing of `pcm_16k` (what `earmark tune` needs of the many originals
+        it holds); a new entry's, which never needs the phases, is `deferred_features(...).complete()`."""
+        return self.features_of([pcm_16k])
 
     def features_of(self, chunks: Iterable[np.ndarray]) -> QueryFeatures:
         """`features` of a recording that arrives in pieces (a decoder's), holding only the
