@@ -377,7 +377,7 @@ def _quiet_note(detail: DetailVerdict) -> str:
     """The evidence's word on a burst judged by the stricter limit for quiet ones."""
     if detail.loud_burst or detail.median_db > COARSE_LINE_MEDIAN_DB:
         return ""
-    return "; a burst under the recording's loud frames (a weak consonant's level), held to the stricter limit"
+    return "; the burst lies under the recording's loud frames, so it is held to the stricter limit"
 
 
 def _limited_note(detail: DetailVerdict) -> str:
