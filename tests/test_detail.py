@@ -10,8 +10,11 @@ from earmark.fingerprint.detail import (
     BANDS,
     COMPRESSION_DB,
     DetailSpectrum,
+    PHASES,
     compare_detail,
+    compare_detail_phased,
     detail_from_bytes,
+    detail_phases,
     detail_spectrum,
     speech_durations_s,
 )
@@ -92,6 +95,21 @@ def test_the_drift_after_a_changed_syllable_is_not_excused_as_a_codec_s_distorti
     assert drifting.rest_db < 0.5 * drifting.median_db, drifting
     copy = compare_detail(detail_spectrum(telephone_copy(utterance(SENTENCE))), original, 0.0)
     assert copy.rest_db == pytest.approx(copy.median_db, abs=0.15), copy
+
+
+def test_a_delay_of_a_fraction_of_the_hop_is_undone_by_the_query_s_finer_phase():
+    """A copy delayed by 7.5 ms (an encoder's delay, a pad: rarely whole 10 ms hops) is compared
+    at the stored phase with every frame straddling its transitions differently; at the
+    query's phase that starts its frames 120 samples later, frame for frame the same."""
+    original = utterance(SENTENCE)
+    delayed = np.concatenate([np.zeros(PHASES[-1], dtype=np.float32), original])
+    stored, aligned = compare_detail_phased(detail_spectrum(delayed), detail_phases(delayed),
+                                            detail_spectrum(original), PHASES[-1] / RATE)
+    assert aligned.median_db == pytest.approx(0.0, abs=0.01), aligned
+    assert stored.median_db > aligned.median_db, (stored, aligned)
+    assert aligned.offset_frames == 0, aligned
+    # A query without phases (an entry judged by the audit) is judged at the stored phase alone.
+    assert compare_detail_phased(detail_spectrum(delayed), (), detail_spectrum(original), PHASES[-1] / RATE)[1] == stored
 
 
 def test_a_missing_last_syllable_is_speech_without_a_counterpart():
