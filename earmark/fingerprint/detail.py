@@ -234,7 +234,7 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     `offset_s`) that makes their median distance smallest. For a level-compressed pair
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
-    q_levels, r_levels = _relative_levels(q), _relative_levels(r)
+    q_raw, r_raw = q, r  # before the floors: the burst's loudness is judged on these
     q_floor, r_floor = _noise_floor(q) + compression_db, _noise_floor(r) + compression_db
     floor = np.maximum(q_floor, r_floor)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
@@ -270,7 +270,8 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
         start, worst = int(np.argmax(sums)), float(sums.max())
     seconds = (int(q_index[start]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
     burst = q_index[start:start + BURST_FRAMES]
-    loud = frame_gain or min(_loudest(q_levels, burst), _loudest(r_levels, burst + offset)) >= LOUD_BURST_DB
+    loud = frame_gain or min(_loudest(_relative_levels(q_raw), burst),
+                             _loudest(_relative_levels(r_raw), burst + offset)) >= LOUD_BURST_DB
     return DetailVerdict(
         burst_db=max(0.0, worst - allowance),
         median_db=median,
