@@ -70,12 +70,19 @@ def server(servers, request):
 
 
 def transcribe(url: str, pcm, options: RecognitionOptions | None = None, timeout_s: float = 60.0, **config):
-    """One transcription by a started engine; (transcript or exception, metrics)."""
-    engine = FunASRWebSocketEngine(UpstreamConfig(url=url, **config))
+    """One transcription by a started engine; (transcript or exception, metrics).
+
+    The engine's first health check (a handshake, made at start) is awaited before the
+    transcription, and the next is an hour away: a check landing after a failed transcription
+    would otherwise set `earmark_upstream_up` back to 1 on a busy machine."""
+    engine = FunASRWebSocketEngine(UpstreamConfig(url=url, **{"health_interval_s": 3600.0, **config}))
     metrics = Metrics()
 
     async def run():
         await engine.start(metrics)
+        while not sum(sample.value for family in metrics.upstream.health_checks.collect()
+                      for sample in family.samples if sample.name.endswith("_total")):
+            await asyncio.sleep(0.01)
         try:
             return await engine.transcribe_async(pcm, engine.resolve(options or RecognitionOptions()), timeout_s)
         except Exception as exc:  # noqa: BLE001 - the test inspects it
