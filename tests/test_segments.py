@@ -151,6 +151,70 @@ def test_a_call_opening_with_a_minimal_pair_of_the_cached_prompt_reuses_nothing(
         assert _metric(client, "earmark_partial_hits_total") == 0
 
 
+def _reading() -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Four real recordings read one after another (about 19 s), and where each lies."""
+    pieces = [_pcm(name) for name in ("recorded.wav", "weather.wav", "librivox_0890.flac", "librivox_0930.flac")]
+    placed, at = [], 0
+    for piece in pieces:
+        placed.append((at, at + len(piece)))
+        at += len(piece) + len(GAP)
+    return np.concatenate([part for piece in pieces for part in (piece, GAP)]), placed
+
+
+@ONE_STORE
+def test_stretches_of_a_cached_reading_are_answered_with_their_own_words(settings, engine):
+    reading, placed = _reading()
+    (_, first_end), (second_start, second_end), (third_start, _), _ = placed
+    clip = reading[second_start - len(GAP) // 2 : placed[2][1] + len(GAP) // 2]  # the 2nd and 3rd recordings
+    edited = np.concatenate([reading[: first_end + len(GAP) // 2], reading[third_start - len(GAP) // 2 :]])  # 2nd cut out
+    with TestClient(create_app(settings, engine=engine)) as client:
+        cached = recognize(client, _wav(reading))
+        entry_id, words = cached["cache"]["entry"], [w for s in cached["result"]["segments"] for w in s["words"]]
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        engine_runs = _metric(client, "earmark_engine_runs_total")
+
+        # A clip of it, re-encoded: its own words only, from the cache, the engine never run.
+        mp3 = encode(np.clip(clip * 32767, -32768, 32767), SAMPLE_RATE, fmt="mp3", codec="libmp3lame", bitrate=48000)
+        answer = recognize(client, mp3)
+        [span] = answer["cache"]["spans"]
+        clip_start_s, clip_end_s = (second_start - len(GAP) // 2) / SAMPLE_RATE, (placed[2][1] + len(GAP) // 2) / SAMPLE_RATE
+        assert answer["cache"]["tier"] == "partial" and span["entry"] == entry_id and answer["cache"]["engine_seconds"] == 0.0
+        assert span["entry_start_s"] == pytest.approx(clip_start_s, abs=0.35)
+        assert span["entry_end_s"] == pytest.approx(clip_end_s, abs=0.35)
+        inside = [w["word"] for w in words if clip_start_s <= w["start"] and w["end"] <= clip_end_s]
+        assert answer["result"]["text"] == " ".join(inside) and 0 < len(inside) < len(words)
+        assert [w["word"] for s in answer["result"]["segments"] for w in s["words"]] == inside
+        assert all(0.0 <= w["start"] <= span["end_s"] for s in answer["result"]["segments"] for w in s["words"])
+        assert 0 < answer["cache"]["engine_seconds_saved"] < cached["cache"]["engine_seconds"]
+
+        # The reading with its second recording cut out: both stretches from the cache.
+        edited_answer = recognize(client, _wav(edited))
+        assert edited_answer["cache"]["tier"] == "partial" and edited_answer["cache"]["engine_seconds"] == 0.0
+        assert [span["entry"] for span in edited_answer["cache"]["spans"]] == [entry_id, entry_id]
+        kept = [w["word"] for w in words if not clip_start_s <= w["start"] < second_end / SAMPLE_RATE + 0.3]
+        assert edited_answer["result"]["text"] == " ".join(kept)
+        assert _metric(client, "earmark_engine_runs_total") == engine_runs
+        assert _metric(client, 'earmark_segment_excerpts_total{outcome="accepted"}') >= 3
+
+
+@ONE_STORE
+def test_a_stretch_of_a_cached_reading_with_a_name_changed_in_it_is_heard_by_the_engine(settings, engine):
+    said, changed = _pcm("minimal_pairs/name_changed_011_a.flac"), _pcm("minimal_pairs/name_changed_011_b.flac")
+    before, after = _pcm("recorded.wav"), _pcm("librivox_0890.flac")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        recognize(client, _wav(np.concatenate([before, GAP, said, GAP, after, GAP, _pcm("weather.wav")])))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        call = np.concatenate([before, GAP, changed, GAP, after])  # "Dan" for "Don", and the end trimmed
+        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        # The synthetic pair is the same waveform up to the changed vowel: where they first differ.
+        common = min(len(said), len(changed))
+        differs_s = (len(before) + len(GAP) + int(np.argmax(np.abs(said[:common] - changed[:common]) > 1e-3))) / SAMPLE_RATE
+        assert lookup["tier"] == "partial", lookup  # the recordings around it are reused...
+        # ...and the changed word never is: it goes to the engine.
+        assert not any(span["start_s"] <= differs_s <= span["end_s"] for span in lookup["spans"]), (lookup, differs_s)
+        assert sum(span["end_s"] - span["start_s"] for span in lookup["spans"]) >= len(before) / SAMPLE_RATE
+
+
 @ONE_STORE
 def test_segment_reuse_can_be_switched_off(settings, engine):
     prompt = _pcm("recorded.wav")

@@ -53,6 +53,12 @@ class Metrics:
             "Cached entries set aside for a stretch of an upload by their hashes alone (far under the window threshold).",
             registry=r,
         )
+        self.segment_excerpts = Counter(
+            "earmark_segment_excerpts_total",
+            "Stretches of cached entries tried inside uploads (found by their hash frames), by outcome: accepted, "
+            "refused (by the verification), uncuttable (a word across an end, or too little speech).",
+            ["outcome"], registry=r,
+        )
         self.partial_hits = Counter(
             "earmark_partial_hits_total", "Answers (tier partial) that reused cached recordings inside the upload.", registry=r,
         )

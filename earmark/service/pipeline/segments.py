@@ -11,9 +11,14 @@ the same recording as the entry: every stretch of it, no minimal pair, no clip o
 prompt "your call is not being recorded" never borrows "is being recorded"; it goes to the
 engine with the rest of the call.
 
-What is reused is a whole cached entry found inside the upload (its transcript shifted to where
-it lies). The reverse, a stretch of a longer cached entry inside the upload, needs the entry's
-word times to cut its transcript, and is not done yet.
+Two ways in. A whole cached entry inside the upload (a prompt): the stretch's embedding finds
+it. A stretch of a longer cached entry inside the upload (a clip of a cached episode, a meeting
+exported again with a stretch cut out or its ends trimmed, two cached recordings joined): the
+entries nearest the whole upload's embedding are searched for runs of the upload's hash frames
+at one offset (fingerprint/alignment.py), each run is cut at the upload's pauses, and the
+entry's stretch there (index/excerpt.py: its stored evidence and its own words, cut by their
+times) is judged against the upload's stretch as a whole upload would be. An entry whose engine
+gave no word times offers no stretch: only whole entries are found inside uploads then.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from earmark.fingerprint.alignment import AGREEMENT_FRAMES, Run, aligned_runs, frame_agreement
 from earmark.fingerprint.decode import SAMPLE_RATE
+from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import verify
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
-from earmark.fingerprint.spans import Stretch, stretch_embeddings, stretch_frames, stretches
+from earmark.fingerprint.spans import Pause, Stretch, pauses, stretch_embeddings, stretch_frames, stretches
 from earmark.fingerprint.spectrum import band_energies, without_steady_noise
 from earmark.fingerprint.speech import FRAME_S, frame_levels_db, sound_threshold_db
 from earmark.index.entry import Entry
+from earmark.index.excerpt import excerpt, has_word_times
 from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 from earmark.service.engines.base import Transcript
@@ -56,6 +64,19 @@ Part = tuple[float, str, str, list[dict]]
 # A pair whose hashes score this far under the window threshold is not judged in full: a copy's
 # stretch cut from the upload's hash differs from its own hash only in its edge frames.
 SCREEN_MARGIN = 0.1
+# Cached recordings searched for stretches of them inside an upload: the nearest to the whole
+# upload's embedding (a clip or an edited copy keeps its recording's voice, channel and much of
+# its spectrum: 0.6 to 0.8 for clips of a 50 s reading, measured), each searched by its hash.
+EXCERPT_TOP_K = 4
+# Cut points tried at each end of a run (the one just outside where its frames agree first,
+# then the next one in): a run's ends are known to a block, its frames' agreement narrows them.
+EXCERPT_CUTS_PER_END = 2
+# Frames of a run whose hashes agree this well (strong bits, over a quarter second) are its
+# recording's: copies through codecs and lines keep 0.75 to 0.95, other speech about 0.5.
+RUN_AGREEMENT = 0.68
+# Times a refused run is halved at a pause (each half judged again): 2 finds the stretches
+# around one changed word in a run of four or more sentences.
+EXCERPT_SPLITS = 2
 
 
 @dataclass(frozen=True)
@@ -95,28 +116,36 @@ class SpanFinder:
 
     async def find(self, pcm: np.ndarray, profile: Profile) -> list[ReusedSpan]:
         """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none."""
-        energies, proposals = await asyncio.to_thread(self._propose, pcm, profile)
-        if not proposals:
+        energies, proposals, nearest = await asyncio.to_thread(self._propose, pcm, profile)
+        if not proposals and not nearest:
             return []
-        entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits})
+        entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits} | set(nearest))
         entries = dict(zip(entry_ids, await self.store.get_entries(entry_ids), strict=True))
         found = await asyncio.to_thread(self._verify, pcm, energies, profile, proposals, entries)
+        if nearest:
+            found += await asyncio.to_thread(self._excerpts, pcm, energies, profile, nearest, entries, found)
         return sorted(found, key=lambda span: span.start_s)
 
-    def _propose(self, pcm: np.ndarray, profile: Profile) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]]]:
-        """The upload's band energies (steady noise taken out), and each stretch of `pcm` with the
-        index's candidates for it (similar enough to verify)."""
+    def _propose(self, pcm: np.ndarray, profile: Profile) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
+                                                                   dict[str, float]]:
+        """The upload's band energies (steady noise taken out); each stretch of `pcm` with the
+        index's candidates for it (similar enough to verify); and the entries nearest the whole
+        upload, with their similarity, to search for stretches of them."""
         limits = self.verifier.thresholds
         candidates = stretches(frame_levels_db(pcm), max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
         self.metrics.segment_stretches.inc(len(candidates))
-        if not candidates:
-            return np.zeros((0, 0)), []
         energies = without_steady_noise(band_energies(pcm, self.verifier.config))
+        nearest = {entry_id: similarity for entry_id, similarity
+                   in self.index.search(profile.digest, embedding_from_energies(energies.copy(), self.verifier.config),
+                                        EXCERPT_TOP_K)
+                   if similarity >= limits.min_embedding_similarity}
+        if not candidates:
+            return energies, [], nearest
         vectors = stretch_embeddings(energies, candidates, self.verifier.config)
         found = self.index.search_many(profile.digest, vectors, TOP_K)
         return energies, [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
                           if (kept := [(entry_id, similarity) for entry_id, similarity in hits
-                                       if similarity >= limits.min_embedding_similarity])]
+                                       if similarity >= limits.min_embedding_similarity])], nearest
 
     def _verify(self, pcm: np.ndarray, energies: np.ndarray, profile: Profile, proposals,
                 entries: dict[str, Entry | None]) -> list[ReusedSpan]:
@@ -159,6 +188,68 @@ class SpanFinder:
                 accepted.append(ReusedSpan(stretch.start_s, stretch.end_s, entry, 0.0, entry.duration_s,
                                            judgement.score, judgement.offset_s))
         return accepted
+
+    def _excerpts(self, pcm: np.ndarray, energies: np.ndarray, profile: Profile, nearest: dict[str, float],
+                  entries: dict[str, Entry | None], accepted: list[ReusedSpan]) -> list[ReusedSpan]:
+        """Stretches of the nearest entries inside the upload, each verified against the entry's
+        own stretch (index/excerpt.py) and overlapping no span already accepted: where the
+        upload's hash frames run at one offset in the entry's, cut at the upload's pauses. A run
+        refused whole (a word changed inside it) is halved at its pauses, twice at most, so the
+        stretches around the change are still reused and the change goes to the engine."""
+        config = self.verifier.config
+        query_hash = robust_hash_from_energies(energies)
+        gaps = pauses(frame_levels_db(pcm))
+        duration_s = len(pcm) / SAMPLE_RATE
+        found: list[ReusedSpan] = []
+        budget = [MAX_VERIFIED]
+
+        def judged(entry: Entry, similarity: float, shift_s: float, start_s: float, end_s: float) -> ReusedSpan | None:
+            if budget[0] <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in accepted + found):
+                return None
+            part = excerpt(entry, start_s + shift_s, end_s + shift_s, config)
+            if part is None or part.speech_s < max(self.min_span_s, self.verifier.thresholds.min_speech_s):
+                self.metrics.segment_excerpts.labels(outcome="uncuttable").inc()
+                return None
+            budget[0] -= 1
+            features = self.verifier.deferred_features(samples_of(pcm, start_s, end_s))
+            judgement = self.verifier.evaluate(features, profile.digest, similarity, part, stop_at_hashes=True)
+            self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
+            if not judgement.accepted:
+                return None
+            entry_start_s = max(0.0, start_s + shift_s)
+            return ReusedSpan(start_s, end_s, part, entry_start_s, entry_start_s + part.duration_s, judgement.score,
+                              judgement.offset_s)
+
+        for entry_id, similarity in sorted(nearest.items(), key=lambda item: -item[1]):
+            entry = entries.get(entry_id)
+            if (entry is None or entry.negative or entry.fingerprint_version != config.version
+                    or not entry.fingerprint or not has_word_times(entry)):
+                continue
+            reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
+            for run in sorted(aligned_runs(query_hash, reference), key=lambda run: -run.votes):
+                agreeing = _agreeing_seconds(query_hash, reference, run, config)
+                if agreeing is None:
+                    continue
+                shift_s = run.offset / config.frames_per_second
+                tries = _cuts_around(agreeing, gaps, duration_s)
+                span = next((span for start_s, end_s in tries
+                             if (span := judged(entry, similarity, shift_s, start_s, end_s)) is not None), None)
+                if span is not None:
+                    found.append(span)
+                    continue
+                halves = [(*tries[0], 0)] if tries else []
+                while halves and budget[0] > 0:
+                    start_s, end_s, depth = halves.pop(0)
+                    middle = _middle_cut(gaps, start_s, end_s, self.min_span_s)
+                    if middle is None:
+                        continue
+                    for piece in ((start_s, middle[1]), (middle[0], end_s)):
+                        span = judged(entry, similarity, shift_s, *piece)
+                        if span is not None:
+                            found.append(span)
+                        elif depth + 1 < EXCERPT_SPLITS:
+                            halves.append((*piece, depth + 1))
+        return found
 
     def _screened_out(self, energies: np.ndarray, stretch: Stretch, entry: Entry,
                       hashes: dict[Stretch, RobustHash]) -> bool:
@@ -266,3 +357,61 @@ def _shifted(segment: dict, shift_s: float, low_s: float, high_s: float) -> dict
         out["words"] = [word | {"start": moved(word["start"]), "end": moved(word["end"])} for word in segment["words"]]
     out.pop("seek", None)  # the engine's window position in the audio it heard: meaningless moved
     return out
+
+
+def _agreeing_seconds(query: RobustHash, entry: RobustHash, run: Run, config) -> tuple[float, float] | None:
+    """Where around `run` the upload's frames agree with the entry's at the run's offset (in the
+    upload's seconds): the run's blocks give its ends to a block, this to a quarter second."""
+    # At the run's offset or a frame either side (an edit's cut rarely falls on the frame grid).
+    agreement = np.fmax.reduce([frame_agreement(query, entry, run.offset + step) for step in (-1, 0, 1)])
+    heard = ~np.isnan(agreement)
+    good = heard & (agreement >= RUN_AGREEMENT)
+    bad = _lasting(heard & ~good, AGREEMENT_FRAMES)  # a dip at one transient is not the run's end
+    inside = np.flatnonzero(good[run.query_start : run.query_end])
+    if inside.size == 0:
+        return None
+    middle = run.query_start + int(inside[inside.size // 2])
+    bad_before = np.flatnonzero(bad[:middle])
+    bad_after = np.flatnonzero(bad[middle:])
+    low = int(bad_before[-1]) + 1 if bad_before.size else 0
+    high = middle + int(bad_after[0]) if bad_after.size else len(good)
+    agreeing = np.flatnonzero(good[low:high])  # from its first agreeing frame to its last
+    first, last = low + int(agreeing[0]), low + int(agreeing[-1]) + 1
+    edge_s = (config.frame_length - config.hop_length) / config.sample_rate
+    return first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s
+
+
+def _middle_cut(gaps: list[Pause], start_s: float, end_s: float, min_s: float) -> tuple[float, float] | None:
+    """The pause nearest the middle of [start_s, end_s) leaving at least `min_s` either side, as
+    (where the second half starts, where the first ends); None without one."""
+    inside = [gap for gap in gaps if start_s + min_s <= gap.start_s and gap.end_s <= end_s - min_s]
+    if not inside:
+        return None
+    middle = min(inside, key=lambda gap: abs(gap.middle_s - (start_s + end_s) / 2.0))
+    return middle.cut
+
+
+def _lasting(flags: np.ndarray, frames: int) -> np.ndarray:
+    """`flags` kept only in runs of at least `frames` consecutive True values."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], flags.astype(np.int8), [0]))))
+    kept = np.zeros_like(flags)
+    for start, stop in edges.reshape(-1, 2):
+        if stop - start >= frames:
+            kept[start:stop] = True
+    return kept
+
+
+def _cuts_around(agreeing: tuple[float, float], gaps: list[Pause], duration_s: float) -> list[tuple[float, float]]:
+    """Spans to try for a run agreeing over `agreeing` (seconds of the upload), widest first:
+    starting at the last cut before its start or the next one in, ending at the first cut after
+    its end or the one before (cuts in pauses, as for every span; the upload's own ends too)."""
+    first_s, last_s = agreeing
+    slack_s = 0.15  # the agreement's quarter-second smoothing reaches this far into a pause
+    starts = sorted({0.0, *(gap.cut[0] for gap in gaps if gap.end_s < duration_s)})
+    ends = sorted({duration_s, *(gap.cut[1] for gap in gaps if gap.start_s > 0.0)})
+    before = [cut for cut in starts if cut <= first_s + slack_s]
+    after = [cut for cut in ends if cut >= last_s - slack_s]
+    start_options = before[-1:] + [cut for cut in starts if cut > first_s + slack_s][: EXCERPT_CUTS_PER_END - 1]
+    end_options = after[:1] + [cut for cut in ends if cut < last_s - slack_s][::-1][: EXCERPT_CUTS_PER_END - 1]
+    tries = [(start, end) for start in start_options for end in end_options if end - start > 0.0]
+    return sorted(tries, key=lambda span: span[0] - span[1])

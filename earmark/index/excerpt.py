@@ -1,0 +1,118 @@
+"""A stretch of a cached entry as an entry of its own: its verification bytes and its words, cut
+from the whole entry's (issue 24: an upload holding a stretch of a longer cached recording).
+
+The stretch is judged by the same verification as a whole upload (every stretch of it, no
+minimal pair), so what it is judged against must be that stretch alone: the hash frames, detail
+spectrum and pitch contour the entry stores for those seconds, which are (give or take their
+edge frames) what the stretch would give if it had been uploaded alone. What it answers must be
+that stretch's own words, never the whole entry's: the entry's words are cut at the stretch's
+ends by their times, and a word that crosses either end makes the stretch unusable (its ends
+are meant to lie in pauses; a word across one means they do not). An entry whose engine gave no
+word times, or whose normalised text is not its text (it could not be cut alongside), has no
+stretch to offer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from earmark.fingerprint.config import FingerprintConfig
+from earmark.fingerprint.detail import BANDS, HOP as DETAIL_HOP
+from earmark.fingerprint.decode import SAMPLE_RATE
+from earmark.fingerprint.speech import sound_threshold_db
+from earmark.index.entry import Entry
+
+# How far a word may reach past a stretch's end and still be inside it (word times are the
+# engine's guesses, to a frame or two).
+WORD_SLACK_S = 0.05
+_LEVEL_OFFSET_DB = 120  # the stored frame levels are dB + 120 (fingerprint/robust_hash.py)
+
+
+def excerpt(entry: Entry, start_s: float, end_s: float, config: FingerprintConfig) -> Entry | None:
+    """The entry cut to [start_s, end_s) of its recording, its times counted from `start_s`;
+    None when its transcript cannot be cut there (see the module docstring)."""
+    start_s, end_s = max(0.0, start_s), min(entry.duration_s, end_s)
+    if end_s <= start_s or entry.negative or not entry.segments or entry.normalized_text != entry.text:
+        return None
+    segments = _cut_segments(entry.segments, start_s, end_s)
+    if segments is None:
+        return None
+    text = " ".join(" ".join(segment["text"] for segment in segments).split())
+    hashed = _hash_frames(config, start_s, end_s)
+    pairs = np.frombuffer(entry.fingerprint, dtype="<u4").reshape(-1, 2)[hashed]
+    levels = np.frombuffer(entry.fingerprint_levels, dtype=np.uint8)[hashed]
+    detailed = slice(int(round(start_s * SAMPLE_RATE / DETAIL_HOP)), int(round(end_s * SAMPLE_RATE / DETAIL_HOP)) + 3)
+    detail = entry.detail
+    if len(detail) % BANDS == 0:
+        detail = np.frombuffer(detail, dtype=np.uint8).reshape(-1, BANDS)[detailed].tobytes()
+    share = (end_s - start_s) / entry.duration_s if entry.duration_s > 0 else 0.0
+    return replace(entry, text=text, normalized_text=text, duration_s=end_s - start_s,
+                   speech_s=_speech_s(levels, config), engine_seconds=entry.engine_seconds * share,
+                   segments=tuple(segments), fingerprint=pairs.tobytes(), fingerprint_levels=levels.tobytes(),
+                   detail=detail, pitch=entry.pitch[detailed])
+
+
+def has_word_times(entry: Entry) -> bool:
+    """True when every segment of the entry carries its words' times (what cutting needs)."""
+    return bool(entry.segments) and all(segment.get("words") for segment in entry.segments)
+
+
+def _cut_segments(segments: tuple[dict, ...], start_s: float, end_s: float) -> list[dict] | None:
+    """The segments' words inside [start_s, end_s), as segments timed from `start_s`; None when a
+    segment has no word times, a word crosses an end, or no word is inside."""
+    kept = []
+    for segment in segments:
+        words = segment.get("words")
+        if not words:
+            return None
+        inside = []
+        for word in words:
+            if word["start"] >= start_s - WORD_SLACK_S and word["end"] <= end_s + WORD_SLACK_S:
+                inside.append(word)
+            elif word["start"] < end_s and word["end"] > start_s:
+                return None  # across an end
+        if not inside:
+            continue
+        moved = [word | {"start": _at(word["start"] - start_s), "end": _at(word["end"] - start_s)} for word in inside]
+        if len(inside) == len(words):  # the whole segment: as the engine gave it, moved
+            kept.append({key: value for key, value in segment.items() if key not in ("tokens", "seek")}
+                        | {"start": _at(segment["start"] - start_s), "end": _at(segment["end"] - start_s), "words": moved})
+        else:  # part of it: its own words, without the whole segment's decoder statistics
+            kept.append({"id": 0, "start": moved[0]["start"], "end": moved[-1]["end"], "text": _joined(inside),
+                         "words": moved})
+    if not kept:
+        return None
+    return [segment | {"id": number} for number, segment in enumerate(kept)]
+
+
+def _joined(words: list[dict]) -> str:
+    """The words as text: Whisper's carry their own leading spaces, PocketSphinx's none."""
+    if all(word["word"][:1].isspace() for word in words[1:]):
+        return "".join(word["word"] for word in words).strip()
+    return " ".join(word["word"].strip() for word in words)
+
+
+def _at(seconds: float) -> float:
+    return round(max(0.0, seconds), 3)
+
+
+def _hash_frames(config: FingerprintConfig, start_s: float, end_s: float) -> slice:
+    """The hash frames a recording of [start_s, end_s) alone would have (its padded edge frames
+    included), as frames of the whole."""
+    edge_frames = (config.frame_length - config.hop_length) // config.hop_length
+    first = int(np.floor(start_s * config.frames_per_second))
+    return slice(first, int(np.ceil(end_s * config.frames_per_second)) + edge_frames)
+
+
+def _speech_s(levels: np.ndarray, config: FingerprintConfig) -> float:
+    """Seconds from the first to the last sounding hash frame (the stored levels), as
+    fingerprint/speech.py measures a recording over its own noise floor."""
+    if len(levels) == 0:
+        return 0.0
+    decibels = levels.astype(np.float64) - _LEVEL_OFFSET_DB
+    sounding = np.flatnonzero(decibels > sound_threshold_db(decibels))
+    if sounding.size == 0:
+        return 0.0
+    return float((sounding[-1] + 1 - sounding[0]) / config.frames_per_second)
