@@ -58,6 +58,15 @@ def _entry(segments: tuple[dict, ...], duration_s: float = 10.0, **fields) -> En
     return Entry("e" * 32, "p", "d", text, text, "en", duration_s, duration_s, 4.0, segments=segments, **fields)
 
 
+def _levels(duration_s: float, *sounding: tuple[float, float]) -> bytes:
+    """Stored hash frame levels (dB + 120) of a recording that sounds only in `sounding`."""
+    centres = (np.arange(int(duration_s * FPS) + 8) - 3) / FPS  # frame k is centred 3 frames before k / FPS
+    loud = np.zeros(len(centres), dtype=bool)
+    for start, end in sounding:
+        loud |= (centres >= start) & (centres < end)
+    return np.where(loud, 100, 40).astype(np.uint8).tobytes()
+
+
 def _words(*timed: tuple[str, float, float]) -> list[dict]:
     return [{"word": word, "start": start, "end": end} for word, start, end in timed]
 
@@ -82,8 +91,17 @@ def test_an_entry_is_cut_to_a_stretch_with_its_own_words_timed_from_the_stretch(
                       "words": _words((" Your", 2.8, 3.2), (" call", 3.3, 3.7))}
     assert part.entry_id == entry.entry_id  # the span names the entry it came from
 
-    assert excerpt(entry, 0.2, 4.7, DEFAULT) is None  # " is" (4.6-4.8) crosses the end
     assert excerpt(entry, 7.0, 9.0, DEFAULT) is None  # no word inside
+
+    # Word times are guesses: a word whose times reach across an end goes where its sound is, and
+    # one with sound on both sides of an end means the end is not in a pause.
+    sound = _levels(entry.duration_s, (0.5, 2.0), (3.0, 3.9), (4.55, 6.0))  # "Your call" 3.0-3.9: a pause, then "is"
+    early = _entry(segments[1:], fingerprint_levels=sound)
+    early_words = early.segments[0]["words"]
+    early_words[0]["start"] = 2.5  # Whisper's first word of a sentence often starts in the pause before it
+    assert excerpt(early, 2.7, 4.3, DEFAULT).text == "Your call"
+    assert excerpt(early, 4.3, 6.2, DEFAULT).text == "is recorded."  # " is" (4.6-4.8) is after the cut
+    assert excerpt(early, 4.7, 6.2, DEFAULT) is None  # 4.7 lies inside " is": sound on both sides
     untimed = _entry(({"id": 0, "start": 0.0, "end": 6.0, "text": "Good morning."},))
     assert not has_word_times(untimed) and excerpt(untimed, 0.0, 3.0, DEFAULT) is None
     normalised = _entry(segments)

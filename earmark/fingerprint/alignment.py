@@ -106,41 +106,53 @@ def _popcount(values: np.ndarray) -> np.ndarray:
 
 
 def _block_offsets(query: RobustHash, entry: RobustHash) -> list[tuple[int, int]]:
-    """Each query block's winning (offset, votes); votes 0 when no offset wins clearly."""
+    """Each query block's winning (offset, votes); votes 0 when no offset wins clearly. The
+    votes are counted sparsely: an hour against an hour has millions of possible offsets per
+    block, and only the few hundred a block's matching keys name hold any."""
     query_frames, entry_frames = _loud(query), _loud(entry)
     blocks = (len(query.bits) + BLOCK_FRAMES - 1) // BLOCK_FRAMES
-    span = len(entry.bits) + len(query.bits)
-    counts = np.zeros((blocks, span), dtype=np.int32)
-    for shift, mask in _KEYS:
-        entry_keys = (entry.bits[entry_frames] >> shift) & mask
-        order = np.argsort(entry_keys, kind="stable")
-        sorted_keys, sorted_frames = entry_keys[order], entry_frames[order]
-        query_keys = (query.bits[query_frames] >> shift) & mask
-        low = np.searchsorted(sorted_keys, query_keys, side="left")
-        high = np.searchsorted(sorted_keys, query_keys, side="right")
-        matches = high - low
-        if not matches.any():
-            continue
-        # Every (query frame, entry frame) pair with equal keys, without a Python loop.
-        which = np.repeat(np.arange(len(query_frames)), matches)
-        first = np.repeat(low, matches)
-        within = np.arange(len(which)) - np.repeat(np.cumsum(matches) - matches, matches)
-        matched_query = query_frames[which]
-        matched_entry = sorted_frames[first + within]
-        offsets = matched_entry - matched_query + len(query.bits)
-        np.add.at(counts, (matched_query // BLOCK_FRAMES, offsets), 1)
-    best = []
-    for row in counts:
-        smoothed = row + np.roll(row, 1) + np.roll(row, -1)  # a codec's jitter splits votes between neighbours
-        top = int(np.argmax(smoothed))
-        votes = int(smoothed[top])
-        rival = smoothed.copy()
-        rival[max(0, top - 2 * OFFSET_SLACK - 1) : top + 2 * OFFSET_SLACK + 2] = 0
-        if votes >= MIN_VOTES and votes >= MIN_LEAD * max(1, int(rival.max())):
-            best.append((top - len(query.bits), votes))
-        else:
-            best.append((0, 0))
+    span = len(entry.bits) + len(query.bits) + 2  # offsets shifted to be positive, with room either side
+    voted = [_matching_pairs(query, entry, query_frames, entry_frames, shift, mask) for shift, mask in _KEYS]
+    matched_query = np.concatenate([pairs[0] for pairs in voted])
+    matched_entry = np.concatenate([pairs[1] for pairs in voted])
+    best = [(0, 0)] * blocks
+    if len(matched_query) == 0:
+        return best
+    codes, counts = np.unique((matched_query // BLOCK_FRAMES) * span + (matched_entry - matched_query + len(query.bits) + 1),
+                              return_counts=True)
+    # A codec's jitter splits a true offset's votes between neighbours: each offset counts its own and theirs.
+    smoothed = counts + _count_at(codes, counts, codes - 1) + _count_at(codes, counts, codes + 1)
+    block_of = codes // span
+    edges = np.flatnonzero(np.diff(np.concatenate(([-1], block_of, [blocks]))))
+    for first, stop in zip(edges[:-1], edges[1:], strict=True):
+        offsets, votes = codes[first:stop] % span, smoothed[first:stop]
+        top = int(np.argmax(votes))
+        far = np.abs(offsets - offsets[top]) > 2 * OFFSET_SLACK + 1
+        rival = int(votes[far].max()) if far.any() else 0
+        if votes[top] >= MIN_VOTES and votes[top] >= MIN_LEAD * max(1, rival):
+            best[int(block_of[first])] = (int(offsets[top]) - len(query.bits) - 1, int(votes[top]))
     return best
+
+
+def _matching_pairs(query: RobustHash, entry: RobustHash, query_frames: np.ndarray, entry_frames: np.ndarray,
+                    shift: int, mask: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query frame, entry frame) pair whose key (the bits at `shift` under `mask`) is
+    equal, without a Python loop."""
+    entry_keys = (entry.bits[entry_frames] >> shift) & mask
+    order = np.argsort(entry_keys, kind="stable")
+    sorted_keys, sorted_frames = entry_keys[order], entry_frames[order]
+    query_keys = (query.bits[query_frames] >> shift) & mask
+    low = np.searchsorted(sorted_keys, query_keys, side="left")
+    matches = np.searchsorted(sorted_keys, query_keys, side="right") - low
+    which = np.repeat(np.arange(len(query_frames)), matches)
+    within = np.arange(len(which)) - np.repeat(np.cumsum(matches) - matches, matches)
+    return query_frames[which], sorted_frames[np.repeat(low, matches) + within]
+
+
+def _count_at(codes: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The count of each `wanted` code (0 for a code not in the sorted `codes`)."""
+    at = np.minimum(np.searchsorted(codes, wanted), len(codes) - 1)
+    return np.where(codes[at] == wanted, counts[at], 0)
 
 
 def _loud(hashed: RobustHash) -> np.ndarray:

@@ -6,10 +6,12 @@ minimal pair), so what it is judged against must be that stretch alone: the hash
 spectrum and pitch contour the entry stores for those seconds, which are (give or take their
 edge frames) what the stretch would give if it had been uploaded alone. What it answers must be
 that stretch's own words, never the whole entry's: the entry's words are cut at the stretch's
-ends by their times, and a word that crosses either end makes the stretch unusable (its ends
-are meant to lie in pauses; a word across one means they do not). An entry whose engine gave no
-word times, or whose normalised text is not its text (it could not be cut alongside), has no
-stretch to offer.
+ends by their times. Word times are an engine's guesses (Whisper starts a sentence's first word
+up to half a second early, in the pause before it), so a word whose times reach across an end
+goes to the side that holds its sound (the entry's stored frame levels say where the sound
+is); a word with sound on both sides means the end is not in a pause, and the stretch is
+unusable. An entry whose engine gave no word times, or whose normalised text is not its text
+(it could not be cut alongside), has no stretch to offer.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.speech import sound_threshold_db
 from earmark.index.entry import Entry
 
-# How far a word may reach past a stretch's end and still be inside it (word times are the
-# engine's guesses, to a frame or two).
-WORD_SLACK_S = 0.05
+# Sound on each side of an end that makes a word reaching across it the end's own: the end is
+# inside the word, not in a pause.
+SPLIT_WORD_S = 0.08
 _LEVEL_OFFSET_DB = 120  # the stored frame levels are dB + 120 (fingerprint/robust_hash.py)
 
 
@@ -36,13 +38,14 @@ def excerpt(entry: Entry, start_s: float, end_s: float, config: FingerprintConfi
     start_s, end_s = max(0.0, start_s), min(entry.duration_s, end_s)
     if end_s <= start_s or entry.negative or not entry.segments or entry.normalized_text != entry.text:
         return None
-    segments = _cut_segments(entry.segments, start_s, end_s)
+    all_levels = np.frombuffer(entry.fingerprint_levels, dtype=np.uint8)
+    segments = _cut_segments(entry.segments, start_s, end_s, _Sound(all_levels, config))
     if segments is None:
         return None
     text = " ".join(" ".join(segment["text"] for segment in segments).split())
     hashed = _hash_frames(config, start_s, end_s)
     pairs = np.frombuffer(entry.fingerprint, dtype="<u4").reshape(-1, 2)[hashed]
-    levels = np.frombuffer(entry.fingerprint_levels, dtype=np.uint8)[hashed]
+    levels = all_levels[hashed]
     detailed = slice(int(round(start_s * SAMPLE_RATE / DETAIL_HOP)), int(round(end_s * SAMPLE_RATE / DETAIL_HOP)) + 3)
     detail = entry.detail
     if len(detail) % BANDS == 0:
@@ -59,9 +62,27 @@ def has_word_times(entry: Entry) -> bool:
     return bool(entry.segments) and all(segment.get("words") for segment in entry.segments)
 
 
-def _cut_segments(segments: tuple[dict, ...], start_s: float, end_s: float) -> list[dict] | None:
+class _Sound:
+    """Where an entry's recording sounds, from its stored hash frame levels (over its own noise
+    floor, as fingerprint/speech.py measures)."""
+
+    def __init__(self, levels: np.ndarray, config: FingerprintConfig) -> None:
+        decibels = levels.astype(np.float64) - _LEVEL_OFFSET_DB
+        self.sounding = decibels > sound_threshold_db(decibels) if len(decibels) else np.zeros(0, dtype=bool)
+        self.config = config
+
+    def seconds(self, start_s: float, end_s: float) -> float:
+        """Seconds of sound between `start_s` and `end_s` (by the frames centred there)."""
+        config = self.config
+        centre = (config.frame_length - config.hop_length - config.frame_length // 2) / config.hop_length
+        first = max(0, int(round(start_s * config.frames_per_second + centre)))
+        last = max(first, int(round(end_s * config.frames_per_second + centre)))
+        return float(np.count_nonzero(self.sounding[first:last])) / config.frames_per_second
+
+
+def _cut_segments(segments: tuple[dict, ...], start_s: float, end_s: float, sound: _Sound) -> list[dict] | None:
     """The segments' words inside [start_s, end_s), as segments timed from `start_s`; None when a
-    segment has no word times, a word crosses an end, or no word is inside."""
+    segment has no word times, a word has sound on both sides of an end, or no word is inside."""
     kept = []
     for segment in segments:
         words = segment.get("words")
@@ -69,22 +90,47 @@ def _cut_segments(segments: tuple[dict, ...], start_s: float, end_s: float) -> l
             return None
         inside = []
         for word in words:
-            if word["start"] >= start_s - WORD_SLACK_S and word["end"] <= end_s + WORD_SLACK_S:
+            side = _side(word, start_s, end_s, sound)
+            if side is None:
+                return None
+            if side:
                 inside.append(word)
-            elif word["start"] < end_s and word["end"] > start_s:
-                return None  # across an end
         if not inside:
             continue
-        moved = [word | {"start": _at(word["start"] - start_s), "end": _at(word["end"] - start_s)} for word in inside]
+        moved = [word | {"start": _at(max(word["start"], start_s) - start_s), "end": _at(min(word["end"], end_s) - start_s)}
+                 for word in inside]
         if len(inside) == len(words):  # the whole segment: as the engine gave it, moved
             kept.append({key: value for key, value in segment.items() if key not in ("tokens", "seek")}
-                        | {"start": _at(segment["start"] - start_s), "end": _at(segment["end"] - start_s), "words": moved})
+                        | {"start": moved[0]["start"], "end": moved[-1]["end"], "words": moved})
         else:  # part of it: its own words, without the whole segment's decoder statistics
             kept.append({"id": 0, "start": moved[0]["start"], "end": moved[-1]["end"], "text": _joined(inside),
                          "words": moved})
     if not kept:
         return None
     return [segment | {"id": number} for number, segment in enumerate(kept)]
+
+
+def _side(word: dict, start_s: float, end_s: float, sound: _Sound) -> bool | None:
+    """True when the word belongs inside [start_s, end_s), False outside, None when an end splits
+    its sound. A word reaching across an end goes where more of its sound is; one with no sound
+    at all (in a pause, by its times) goes where its middle is."""
+    first, last = word["start"], word["end"]
+    if first >= start_s and last <= end_s:
+        return True
+    if last <= start_s or first >= end_s:
+        return False
+    outside = 0.0
+    for cut, before in ((start_s, True), (end_s, False)):
+        if first < cut < last:
+            out = sound.seconds(first, cut) if before else sound.seconds(cut, last)
+            into = sound.seconds(cut, min(last, end_s)) if before else sound.seconds(max(first, start_s), cut)
+            if out >= SPLIT_WORD_S and into >= SPLIT_WORD_S:
+                return None
+            outside += out
+    inside = sound.seconds(max(first, start_s), min(last, end_s))
+    if inside != outside:
+        return inside > outside
+    return start_s <= (first + last) / 2.0 < end_s
 
 
 def _joined(words: list[dict]) -> str:

@@ -136,7 +136,7 @@ class SpanFinder:
         self.metrics.segment_stretches.inc(len(candidates))
         energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         nearest = {entry_id: similarity for entry_id, similarity
-                   in self.index.search(profile.digest, embedding_from_energies(energies.copy(), self.verifier.config),
+                   in self.index.search(profile.digest, embedding_from_energies(energies, self.verifier.config),
                                         EXCERPT_TOP_K)
                    if similarity >= limits.min_embedding_similarity}
         if not candidates:
