@@ -30,6 +30,7 @@ not run this.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from bench_segments import _post, _read, _say, _wer, through
+from bench_segments import _post, _read, _wer, through
 from harness import OUT_DIR, ROOT, Server, git_head, machine_info, require_tools, stage_totals
 
 DATA = ROOT / "bench" / "data" / "excerpts"
@@ -47,7 +48,10 @@ RATE = 16000
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 FIXTURES = ROOT / "tests" / "fixtures"
 MEETING_VOICES = [("en-us+m3", "en-gb+f3", "en-029+m1"), ("en-gb-scotland+f2", "en-us+m1", "en-gb-x-rp+f4")]
-OTHER_VOICES = ("en-us+f4", "en-gb+m2")
+# Other speakers: base voices the meetings do not use (an espeak-ng variant of a meeting's own
+# voice reads with its exact timing, only its pitch and formants moved: the `other_variant`
+# negative measures that separately).
+OTHER_VOICES = ("en-gb-x-gbclan+f2", "en-us-nyc+m4")
 # One word changed in a sentence: the pairs the `changed` variant draws from (same voice).
 SWAPS = {"software": "hardware", "program": "problem", "license": "licence", "copy": "coffee", "work": "world",
          "free": "three", "source": "sauce", "modify": "notify", "rights": "lights", "code": "coat"}
@@ -55,6 +59,14 @@ CHANNELS = ("clean", "mp3", "telephone")
 # A span reaching this far into foreign speech is a false span (spans end in pauses, and pauses
 # lie between the pieces).
 FOREIGN_SLACK_S = 0.3
+
+
+def _say(text: str, voice: str) -> np.ndarray:
+    """`text` read by espeak-ng `voice` (cached under DATA by what was said and by whom)."""
+    path = DATA / f"{hashlib.blake2b(f'{voice}|{text}'.encode(), digest_size=8).hexdigest()}.wav"
+    if not path.exists():
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    return _read(path)
 
 
 def _sentences() -> list[str]:
@@ -75,7 +87,7 @@ def _meeting(n: int, minutes: float, sentences: list[str], rng: random.Random) -
     while total < minutes * 60:
         voice = voices[(len(pieces) // 4) % len(voices)]
         text = sentences[at % len(sentences)]
-        samples = _say(text, voice, DATA / f"m{n}_{len(pieces):03d}.wav")
+        samples = _say(text, voice)
         pieces.append({"samples": samples, "text": text, "voice": voice, "n": len(pieces)})
         total += len(samples) / RATE + 0.7
         at += 1
@@ -99,7 +111,7 @@ def _foreign(rng: random.Random, sentences: list[str], seconds: float, tag: str)
     while total < seconds:
         text = rng.choice(sentences)
         voice = rng.choice(OTHER_VOICES)
-        samples = _say(text, voice, DATA / f"f_{tag}_{len(pieces)}.wav")
+        samples = _say(text, voice)
         pieces.append({"samples": samples, "text": text, "voice": voice, "foreign": True})
         total += len(samples) / RATE
     return pieces
@@ -149,7 +161,7 @@ def _variants(original: dict, rng: random.Random, sentences: list[str]) -> list[
             chosen = rng.choice(candidates)
             word = next(w for w in chosen["text"].split() if w.lower() in SWAPS)
             text = re.sub(rf"\b{word}\b", SWAPS[word.lower()], chosen["text"], count=1)
-            samples = _say(text, chosen["voice"], DATA / f"{tag}_changed_{chosen['n']}.wav")
+            samples = _say(text, chosen["voice"])
             common = min(len(samples), len(chosen["samples"]))
             differs = int(np.argmax(np.abs(samples[:common] - chosen["samples"][:common]) > 1e-3))
             changed = {"samples": samples, "text": text, "voice": chosen["voice"], "changed_at": differs,
@@ -186,6 +198,8 @@ def build_corpus(originals: int, minutes: float, seed: int) -> dict:
     variants = []
     for original in made:
         for variant in _variants(original, rng, sentences):
+            if not variant["pieces"] or all(p.get("foreign") for p in variant["pieces"]):
+                continue  # an original too short for this edit
             samples, placed = _assemble(variant["pieces"], rng)
             variants.append({"id": f"{original['id']}_{variant['kind']}", "kind": variant["kind"], "original": original["id"],
                              "samples": samples, "placed": placed, "synthetic": original["synthetic"]})
@@ -194,11 +208,19 @@ def build_corpus(originals: int, minutes: float, seed: int) -> dict:
     variants.append({"id": "joined", "kind": "joined", "original": "both", "samples": joined, "placed": placed,
                      "synthetic": False})
     never = _meeting(len(MEETING_VOICES) + 7, 1.0, sentences, rng)
-    other_voice = [{**p, "samples": _say(p["text"], OTHER_VOICES[0], DATA / f"ov_{p['n']:03d}.wav"), "gap": None}
-                   for p in made[0]["pieces"][:12]]
+    other_voice = [{**p, "samples": _say(p["text"], OTHER_VOICES[0]), "gap": None} for p in made[0]["pieces"][:12]]
+    other_variant = [{**p, "samples": _say(p["text"], _other_variant(p["voice"])), "gap": None}
+                     for p in made[0]["pieces"][:12]]
     negatives = [{"id": "never_cached", "samples": _assemble(never, rng)[0]},
-                 {"id": "other_voice", "samples": _assemble(other_voice, rng)[0]}]
+                 {"id": "other_voice", "samples": _assemble(other_voice, rng)[0]},
+                 {"id": "other_variant", "samples": _assemble(other_variant, rng)[0]}]
     return {"originals": made, "variants": variants, "negatives": negatives}
+
+
+def _other_variant(voice: str) -> str:
+    """The same espeak-ng base voice with another variant (a female one for a male, and back)."""
+    base, _, variant = voice.partition("+")
+    return f"{base}+{'m2' if variant.startswith('f') else 'f2'}"
 
 
 def _covered(spans: list[dict], start_s: float, end_s: float) -> float:
@@ -244,9 +266,14 @@ def main() -> None:
     try:
         with httpx.Client(base_url=server.url) as client:
             server.wait_healthy(client, timeout_s=120)
+            originals = []
             for original in corpus["originals"]:
                 data, suffix = through("clean", original["samples"])
                 answer = _post(client, "/recognize", data, suffix, edits_key)
+                reference = " ".join(p["text"] for p in original["placed"]) if original["synthetic"] else ""
+                errors, words = _wer(reference, answer["result"]["text"]) if reference else (0, 0)
+                originals.append({"id": original["id"], "errors": errors, "words": words,
+                                  "engine_s": answer["cache"]["engine_seconds"]})
                 print(json.dumps({"cached": original["id"], "seconds": round(len(original["samples"]) / RATE, 1),
                                   "tier": answer["cache"]["tier"]}), flush=True)
             time.sleep(1.0)
@@ -282,6 +309,8 @@ def main() -> None:
     finally:
         server.stop()
     report = _report(rows, negatives, before, after, channels)
+    # The engine's errors on the cached originals themselves: what a reused stretch inherits.
+    report["wer_originals"] = round(sum(o["errors"] for o in originals) / max(1, sum(o["words"] for o in originals)), 4)
     report["machine"] = machine_info(commit=git_head())
     (OUT_DIR / "excerpts.json").write_text(json.dumps({"report": report, "rows": rows, "negatives": negatives}, indent=1))
     print(json.dumps(report, indent=1))
@@ -312,7 +341,9 @@ def _report(rows: list[dict], negatives: list[dict], before: dict, after: dict, 
         "by_kind": {kind: share([r for r in rows if r["kind"] == kind]) for kind in kinds},
         "by_channel": {channel: share([r for r in rows if r["channel"] == channel]) for channel in channels},
         "all": share(rows),
-        "negatives": {"looked_up": len(negatives), "with_spans": sum(1 for n in negatives if n["spans"])},
+        "negatives": {kind: {"looked_up": sum(n["id"] == kind for n in negatives),
+                             "with_spans": sum(1 for n in negatives if n["id"] == kind and n["spans"])}
+                      for kind in sorted({n["id"] for n in negatives})},
         "stage_seconds": {stage: round(value, 3) for stage, value in seconds.items()},
         "segments_over_engine": round(seconds["segments"] / seconds["engine"], 4) if seconds["engine"] else None,
     }

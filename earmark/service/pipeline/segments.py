@@ -201,16 +201,19 @@ class SpanFinder:
         gaps = pauses(frame_levels_db(pcm))
         duration_s = len(pcm) / SAMPLE_RATE
         found: list[ReusedSpan] = []
-        budget = [MAX_VERIFIED]
+        budget = MAX_VERIFIED  # full verdicts left for this upload
 
         def judged(entry: Entry, similarity: float, shift_s: float, start_s: float, end_s: float) -> ReusedSpan | None:
-            if budget[0] <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in accepted + found):
+            """The span [start_s, end_s) of the upload as the entry's stretch shifted by `shift_s`,
+            when it overlaps nothing found and the verification accepts it."""
+            nonlocal budget
+            if budget <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in accepted + found):
                 return None
             part = excerpt(entry, start_s + shift_s, end_s + shift_s, config)
             if part is None or part.speech_s < max(self.min_span_s, self.verifier.thresholds.min_speech_s):
                 self.metrics.segment_excerpts.labels(outcome="uncuttable").inc()
                 return None
-            budget[0] -= 1
+            budget -= 1
             features = self.verifier.deferred_features(samples_of(pcm, start_s, end_s))
             judgement = self.verifier.evaluate(features, profile.digest, similarity, part, stop_at_hashes=True)
             self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
@@ -238,7 +241,7 @@ class SpanFinder:
                     found.append(span)
                     continue
                 halves = [(*tries[0], 0)] if tries else []
-                while halves and budget[0] > 0:
+                while halves and budget > 0:
                     start_s, end_s, depth = halves.pop(0)
                     middle = _middle_cut(gaps, start_s, end_s, self.min_span_s)
                     if middle is None:
