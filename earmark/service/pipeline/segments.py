@@ -68,6 +68,8 @@ SCREEN_MARGIN = 0.1
 # upload's embedding (a clip or an edited copy keeps its recording's voice, channel and much of
 # its spectrum: 0.6 to 0.8 for clips of a 50 s reading, measured), each searched by its hash.
 EXCERPT_TOP_K = 4
+# Entries searched by their hash at most, with those found for the upload's stretches.
+EXCERPT_MAX_ENTRIES = 8
 # Cut points tried at each end of a run (the one just outside where its frames agree first,
 # then the next one in): a run's ends are known to a block, its frames' agreement narrows them.
 EXCERPT_CUTS_PER_END = 2
@@ -122,8 +124,14 @@ class SpanFinder:
         entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits} | set(nearest))
         entries = dict(zip(entry_ids, await self.store.get_entries(entry_ids), strict=True))
         found = await asyncio.to_thread(self._verify, pcm, energies, profile, proposals, entries)
-        if nearest:
-            found += await asyncio.to_thread(self._excerpts, pcm, energies, profile, nearest, entries, found)
+        # Besides the entries nearest the whole upload, those found for a stretch of it: an
+        # upload mostly of other speech resembles its cached part only stretch by stretch.
+        searched = dict(nearest)
+        for _, hits in sorted(proposals, key=lambda proposal: -max(similarity for _, similarity in proposal[1])):
+            for entry_id, similarity in hits:
+                if len(searched) < EXCERPT_MAX_ENTRIES or entry_id in searched:
+                    searched[entry_id] = max(similarity, searched.get(entry_id, 0.0))
+        found += await asyncio.to_thread(self._excerpts, pcm, energies, profile, searched, entries, found)
         return sorted(found, key=lambda span: span.start_s)
 
     def _propose(self, pcm: np.ndarray, profile: Profile) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
