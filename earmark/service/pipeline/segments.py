@@ -210,6 +210,13 @@ class SpanFinder:
         duration_s = len(pcm) / SAMPLE_RATE
         found: list[ReusedSpan] = []
         budget = MAX_VERIFIED  # full verdicts left for this upload
+        whole: list[QueryFeatures] = []  # the upload's features, computed for the first verdict
+
+        def features_of(start_s: float, end_s: float) -> QueryFeatures:
+            if not whole:
+                embedding = embedding_from_energies(energies, config)
+                whole.append(QueryFeatures(query_hash, embedding, 0.0, pcm_16k=pcm))
+            return whole[0].cut(start_s, end_s, config)
 
         def judged(entry: Entry, similarity: float, shift_s: float, start_s: float, end_s: float) -> ReusedSpan | None:
             """The span [start_s, end_s) of the upload as the entry's stretch shifted by `shift_s`,
@@ -222,8 +229,8 @@ class SpanFinder:
                 self.metrics.segment_excerpts.labels(outcome="uncuttable").inc()
                 return None
             budget -= 1
-            features = self.verifier.deferred_features(samples_of(pcm, start_s, end_s))
-            judgement = self.verifier.evaluate(features, profile.digest, similarity, part, stop_at_hashes=True)
+            judgement = self.verifier.evaluate(features_of(start_s, end_s), profile.digest, similarity, part,
+                                               stop_at_hashes=True)
             self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
             if not judgement.accepted:
                 return None

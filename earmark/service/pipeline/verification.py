@@ -41,6 +41,7 @@ from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energie
 from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
 from earmark.fingerprint.speech import FrameLevels, extent_from_levels
 from earmark.index.entry import Entry
+from earmark.index.excerpt import detail_frames, hash_frames, speech_seconds
 from earmark.service.config import FuzzyThresholds
 
 
@@ -115,6 +116,17 @@ class QueryFeatures:
         for part in DEFERRED_PARTS:
             getattr(self, part)
         return self
+
+    def cut(self, start_s: float, end_s: float, config: FingerprintConfig) -> QueryFeatures:
+        """The features of [start_s, end_s) of this recording, cut from the whole recording's
+        frames as a stored entry's stretch is (index/excerpt.py), so both sides of the verdict
+        are measured alike; every part is computed first (once, for however many cuts). The
+        embedding is the whole recording's (the verdict takes the similarity as given)."""
+        self.complete()
+        hashed, detailed = hash_frames(config, start_s, end_s), detail_frames(start_s, end_s)
+        part = RobustHash(self.hash.bits[hashed], self.hash.strong[hashed], self.hash.level_db[hashed])
+        return QueryFeatures(part, self.embedding, speech_seconds(part.level_db, config), self.detail[detailed],
+                             self.pitch[detailed], tuple(phase[detailed] for phase in self.detail_phases))
 
     def __getstate__(self) -> dict:
         # Pickled (the benchmarks' feature caches) with every part, without the PCM, lock or callback.
