@@ -125,3 +125,21 @@ def test_a_stretch_cut_from_an_entry_is_judged_a_copy_of_that_stretch_alone_and_
     assert judgement.accepted, judgement.reason
     elsewhere = excerpt(whole, start_s + 7.3, end_s + 7.3, DEFAULT)
     assert elsewhere is not None and not verifier.evaluate(clip, "p", 0.7, elsewhere).accepted
+
+
+def test_an_uploads_stretch_cut_from_its_whole_features_is_judged_as_the_entrys_stretch(reading):
+    verifier = Verifier(FuzzyThresholds())
+    words = ({"id": 0, "start": 0.0, "end": 50.0, "text": "x",
+              "words": [{"word": f"w{i}", "start": i + 0.5, "end": i + 0.6} for i in range(50)]},)
+    whole = verifier.attach(_entry(words, duration_s=len(reading) / SAMPLE_RATE), verifier.features(reading))
+    # The upload: the reading re-encoded, with 3 s of other speech before it.
+    other = decode_audio(io.BytesIO(fixture_bytes("fleurs_en_5to9.flac")), 600.0).pcm_16k[: 3 * SAMPLE_RATE]
+    upload = verifier.deferred_features(_mp3(np.concatenate([other, reading])))
+    start_s, end_s = 15.17, 30.46
+    stretch = upload.cut(start_s + 3.0, end_s + 3.0, DEFAULT)
+    assert len(stretch.detail) == len(stretch.pitch) and all(len(p) == len(stretch.detail) for p in stretch.detail_phases)
+    assert stretch.speech_s == pytest.approx(end_s - start_s, abs=1.0)
+    judgement = verifier.evaluate(stretch, "p", 0.7, excerpt(whole, start_s, end_s, DEFAULT))
+    assert judgement.accepted, judgement.reason
+    assert not verifier.evaluate(stretch, "p", 0.7, excerpt(whole, start_s + 7.3, end_s + 7.3, DEFAULT)).accepted
+    assert not verifier.evaluate(upload.cut(0.0, 12.0, DEFAULT), "p", 0.7, excerpt(whole, 0.0, 9.0, DEFAULT)).accepted
