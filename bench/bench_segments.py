@@ -236,7 +236,9 @@ def main() -> None:
             before = stage_totals(client)
             for call in corpus["calls"]:  # phase 2: each call whole (its own namespace), then through every channel
                 data, suffix = through("clean", call["call"])
-                whole[call["id"]] = _post(client, "/recognize", data, suffix, whole_key)
+                # no-cache: the engine on the whole call, never a partial answer from another call's
+                # cached whole (the calls share their other speech, and stretches of entries are reused).
+                whole[call["id"]] = _post(client, "/recognize", data, suffix, {"Cache-Control": "no-cache", **whole_key})
                 for channel in channels:
                     data, suffix = through(channel, call["call"])
                     started = time.perf_counter()
@@ -273,14 +275,25 @@ def main() -> None:
                     for channel in channels:
                         data, suffix = through(channel, call[kind])
                         cache = _post(client, "/lookup", data, suffix, calls_key)["cache"]
+                        spans = cache.get("spans") or []
+                        if kind == "pair":  # only a span over the changed word is false: the pair's other sentences are the prompt's own
+                            at_s = call["prompt_at_s"] + _changed_at_s(corpus, call["prompt"])
+                            spans = [span for span in spans if span["start_s"] <= at_s <= span["end_s"]]
                         negatives.append({"call": call["id"], "kind": kind, "channel": channel, "tier": cache["tier"],
-                                          "spans": cache.get("spans") or []})
+                                          "spans": spans, "all_spans": cache.get("spans") or []})
     finally:
         server.stop()
     report = _report(rows, negatives, before, after, channels)
     report["machine"] = machine_info(commit=git_head())
     (OUT_DIR / "segments.json").write_text(json.dumps({"report": report, "rows": rows, "negatives": negatives}, indent=1))
     print(json.dumps(report, indent=1))
+
+
+def _changed_at_s(corpus: dict, prompt_id: str) -> float:
+    """Where a prompt's minimal pair first differs from it (espeak-ng reads the rest the same)."""
+    prompt = next(p for p in corpus["prompts"] if p["id"] == prompt_id)
+    common = min(len(prompt["samples"]), len(prompt["pair"]))
+    return int(np.argmax(np.abs(prompt["samples"][:common] - prompt["pair"][:common]) > 1e-3)) / RATE
 
 
 def _occurrences(words: list[str], phrase: list[str]) -> int:
@@ -315,7 +328,8 @@ def _report(rows: list[dict], negatives: list[dict], before: dict, after: dict, 
         "by_position": {where: share([r for r in rows if r["where"] == where]) for where in ("start", "middle", "end")},
         "all": share(rows),
         "false_spans": {kind: {"looked_up": sum(1 for n in negatives if n["kind"] == kind),
-                               "with_spans": sum(1 for n in negatives if n["kind"] == kind and n["spans"])}
+                               "with_spans": sum(1 for n in negatives if n["kind"] == kind and n["spans"]),
+                               "reused_elsewhere": sum(1 for n in negatives if n["kind"] == kind and n["all_spans"] and not n["spans"])}
                         for kind in ("pair", "other_voice", "no_prompt")},
         "stage_seconds": {stage: round(value, 3) for stage, value in seconds.items()},
         "segments_over_engine": round(seconds["segments"] / seconds["engine"], 4) if seconds["engine"] else None,
