@@ -40,8 +40,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from bench_segments import _post, _read, _wer, through
-from harness import OUT_DIR, ROOT, Server, git_head, machine_info, require_tools, stage_totals
+from bench_segments import _post, _read, _wer, namespaced_server, stage_seconds, through
+from harness import OUT_DIR, ROOT, git_head, machine_info, require_tools, stage_totals
 
 DATA = ROOT / "bench" / "data" / "excerpts"
 RATE = 16000
@@ -256,14 +256,7 @@ def main() -> None:
     require_tools(parser, "espeak-ng", "ffmpeg")
     channels = args.channels.split(",")
     corpus = build_corpus(args.originals, args.minutes, args.seed)
-    work = OUT_DIR / "excerpts_run"
-    subprocess.run(["rm", "-rf", str(work)], check=True)
-    work.mkdir(parents=True)
-    keys = work / "keys"
-    keys.write_text("bench-whole-key-0000000000000001 whole\nbench-edits-key-0000000000000002 edits\n")
-    whole_key = {"Authorization": "Bearer bench-whole-key-0000000000000001"}
-    edits_key = {"Authorization": "Bearer bench-edits-key-0000000000000002"}
-    server = Server(work / "data", work / "server.log", extra_args=("--api-keys", str(keys)))
+    server, whole_key, edits_key = namespaced_server("excerpts_run", "edits")
     rows, negatives = [], []
     try:
         with httpx.Client(base_url=server.url) as client:
@@ -337,7 +330,7 @@ def _report(rows: list[dict], negatives: list[dict], before: dict, after: dict, 
             "wer_stitched_vs_whole": round(sum(r["errors_vs_whole"] for r in chosen) / max(sum(r["whole_words"] for r in chosen), 1), 4),
         }
 
-    seconds = {stage: after.get(stage, (0, 0))[0] - before.get(stage, (0, 0))[0] for stage in ("segments", "engine", "fingerprint", "fuzzy")}
+    seconds = stage_seconds(before, after)
     kinds = sorted({r["kind"] for r in rows})
     return {
         "by_kind": {kind: share([r for r in rows if r["kind"] == kind]) for kind in kinds},

@@ -190,6 +190,20 @@ def through(channel: str, samples: np.ndarray) -> tuple[bytes, str]:
     return done.stdout, {"clean": "wav", "mp3": "mp3", "opus": "ogg", "telephone": "wav"}[channel]
 
 
+def namespaced_server(run: str, second: str) -> tuple[Server, dict, dict]:
+    """A fresh `earmark serve` (data under bench/out/<run>) with two namespaces, by API key:
+    `whole` for the engine's whole-file answers, kept apart so they never answer the other's
+    requests, and `second`; with the headers of each."""
+    work = OUT_DIR / run
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True)
+    keys = work / "keys"
+    keys.write_text(f"bench-whole-key-0000000000000001 whole\nbench-{second}-key-0000000000000002 {second}\n")
+    server = Server(work / "data", work / "server.log", extra_args=("--api-keys", str(keys)))
+    return (server, {"Authorization": "Bearer bench-whole-key-0000000000000001"},
+            {"Authorization": f"Bearer bench-{second}-key-0000000000000002"})
+
+
 def _post(client: httpx.Client, path: str, data: bytes, suffix: str, headers: dict | None = None) -> dict:
     response = client.post(path, files={"file": (f"call.{suffix}", data)}, headers=headers or {}, timeout=600.0)
     response.raise_for_status()
@@ -210,16 +224,7 @@ def main() -> None:
     require_tools(parser, "espeak-ng", "ffmpeg")
     channels = args.channels.split(",")
     corpus = build_corpus(args.calls, args.seed)
-    work = OUT_DIR / "segments_run"
-    subprocess.run(["rm", "-rf", str(work)], check=True)
-    work.mkdir(parents=True)
-    # Two namespaces (API keys): the whole-file answers are cached apart from the calls' lookups,
-    # so they report their engine seconds and never answer a call.
-    keys = work / "keys"
-    keys.write_text("bench-whole-key-0000000000000001 whole\nbench-calls-key-0000000000000002 calls\n")
-    whole_key = {"Authorization": "Bearer bench-whole-key-0000000000000001"}
-    calls_key = {"Authorization": "Bearer bench-calls-key-0000000000000002"}
-    server = Server(work / "data", work / "server.log", extra_args=("--api-keys", str(keys)))
+    server, whole_key, calls_key = namespaced_server("segments_run", "calls")
     rows, negatives = [], []
     try:
         with httpx.Client(base_url=server.url) as client:
@@ -296,6 +301,12 @@ def _changed_at_s(corpus: dict, prompt_id: str) -> float:
     return int(np.argmax(np.abs(prompt["samples"][:common] - prompt["pair"][:common]) > 1e-3)) / RATE
 
 
+def stage_seconds(before: dict, after: dict) -> dict[str, float]:
+    """Seconds the server spent in each stage of a miss between two `stage_totals` readings."""
+    return {stage: after.get(stage, (0, 0))[0] - before.get(stage, (0, 0))[0]
+            for stage in ("segments", "engine", "fingerprint", "fuzzy")}
+
+
 def _occurrences(words: list[str], phrase: list[str]) -> int:
     """How often `phrase` appears in `words` (a prompt heard twice at a seam counts 2)."""
     n = len(phrase)
@@ -322,7 +333,7 @@ def _report(rows: list[dict], negatives: list[dict], before: dict, after: dict, 
             "prompt_repeated_or_lost": sum(1 for r in chosen if r["prompt_copies"] not in (None, 1)),
         }
 
-    seconds = {stage: after.get(stage, (0, 0))[0] - before.get(stage, (0, 0))[0] for stage in ("segments", "engine", "fingerprint", "fuzzy")}
+    seconds = stage_seconds(before, after)
     return {
         "by_channel": {channel: share([r for r in rows if r["channel"] == channel]) for channel in channels},
         "by_position": {where: share([r for r in rows if r["where"] == where]) for where in ("start", "middle", "end")},
