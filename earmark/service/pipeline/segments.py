@@ -76,9 +76,9 @@ EXCERPT_CUTS_PER_END = 2
 # Frames of a run whose hashes agree this well (strong bits, over a quarter second) are its
 # recording's: copies through codecs and lines keep 0.75 to 0.95, other speech about 0.5.
 RUN_AGREEMENT = 0.68
-# Times a refused run is halved at a pause (each half judged again): 2 finds the stretches
-# around one changed word in a run of four or more sentences.
-EXCERPT_SPLITS = 2
+# Times a refused run is split again (at the pauses around where it was refused, else at its
+# middle pause; each piece judged again): the stretches around one or two changed words.
+EXCERPT_SPLITS = 3
 
 
 @dataclass(frozen=True)
@@ -202,8 +202,9 @@ class SpanFinder:
         """Stretches of the nearest entries inside the upload, each verified against the entry's
         own stretch (index/excerpt.py) and overlapping no span already accepted: where the
         upload's hash frames run at one offset in the entry's, cut at the upload's pauses. A run
-        refused whole (a word changed inside it) is halved at its pauses, twice at most, so the
-        stretches around the change are still reused and the change goes to the engine."""
+        refused whole (a word changed inside it) is split at the pauses around where it was
+        refused (else halved), three times at most, so the stretches around the change are still
+        reused and the change goes to the engine."""
         config = self.verifier.config
         query_hash = robust_hash_from_energies(energies)
         gaps = pauses(frame_levels_db(pcm))
@@ -218,9 +219,11 @@ class SpanFinder:
                 whole.append(QueryFeatures(query_hash, embedding, 0.0, pcm_16k=pcm))
             return whole[0].cut(start_s, end_s, config)
 
-        def judged(entry: Entry, similarity: float, shift_s: float, start_s: float, end_s: float) -> ReusedSpan | None:
+        def judged(entry: Entry, similarity: float, shift_s: float, start_s: float,
+                   end_s: float) -> ReusedSpan | tuple[float, float] | None:
             """The span [start_s, end_s) of the upload as the entry's stretch shifted by `shift_s`,
-            when it overlaps nothing found and the verification accepts it."""
+            when it overlaps nothing found and the verification accepts it; when the verification
+            refuses it, where (upload seconds) the check that refused found its worst; else None."""
             nonlocal budget
             if budget <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in accepted + found):
                 return None
@@ -233,7 +236,8 @@ class SpanFinder:
                                                stop_at_hashes=True)
             self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
             if not judgement.accepted:
-                return None
+                at = judgement.refused_at
+                return None if at is None else (start_s + at[0], start_s + at[1])
             entry_start_s = max(0.0, start_s + shift_s)
             return ReusedSpan(start_s, end_s, part, entry_start_s, entry_start_s + part.duration_s, judgement.score,
                               judgement.offset_s)
@@ -250,23 +254,26 @@ class SpanFinder:
                     continue
                 shift_s = run.offset / config.frames_per_second
                 tries = _cuts_around(agreeing, gaps, duration_s)
-                span = next((span for start_s, end_s in tries
-                             if (span := judged(entry, similarity, shift_s, start_s, end_s)) is not None), None)
-                if span is not None:
-                    found.append(span)
-                    continue
-                halves = [(*tries[0], 0)] if tries else []
-                while halves and budget > 0:
-                    start_s, end_s, depth = halves.pop(0)
-                    middle = _middle_cut(gaps, start_s, end_s, self.min_span_s)
-                    if middle is None:
-                        continue
-                    for piece in ((start_s, middle[1]), (middle[0], end_s)):
-                        span = judged(entry, similarity, shift_s, *piece)
-                        if span is not None:
-                            found.append(span)
-                        elif depth + 1 < EXCERPT_SPLITS:
-                            halves.append((*piece, depth + 1))
+                widest_refused_at: tuple[float, float] | None = None
+                for number, (start_s, end_s) in enumerate(tries):
+                    verdict = judged(entry, similarity, shift_s, start_s, end_s)
+                    if isinstance(verdict, ReusedSpan):
+                        found.append(verdict)
+                        break
+                    if number == 0:
+                        widest_refused_at = verdict
+                else:
+                    # Refused: the pieces either side of where the widest was refused (cut in the
+                    # pauses around it), else its halves at its middle pause, judged again.
+                    pending = [(*tries[0], widest_refused_at, 0)] if tries else []
+                    while pending and budget > 0:
+                        start_s, end_s, refused_at, depth = pending.pop(0)
+                        for piece in _around(gaps, start_s, end_s, refused_at, self.min_span_s):
+                            verdict = judged(entry, similarity, shift_s, *piece)
+                            if isinstance(verdict, ReusedSpan):
+                                found.append(verdict)
+                            elif depth + 1 < EXCERPT_SPLITS:
+                                pending.append((*piece, verdict, depth + 1))
         return found
 
     def _screened_out(self, energies: np.ndarray, stretch: Stretch, entry: Entry,
@@ -399,14 +406,23 @@ def _agreeing_seconds(query: RobustHash, entry: RobustHash, run: Run, config) ->
     return first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s
 
 
-def _middle_cut(gaps: list[Pause], start_s: float, end_s: float, min_s: float) -> tuple[float, float] | None:
-    """The pause nearest the middle of [start_s, end_s) leaving at least `min_s` either side, as
-    (where the second half starts, where the first ends); None without one."""
+def _around(gaps: list[Pause], start_s: float, end_s: float, refused_at: tuple[float, float] | None,
+            min_s: float) -> list[tuple[float, float]]:
+    """The pieces of a refused span [start_s, end_s) to judge again: with where it was refused,
+    the piece before the last pause ending before that and the piece after the first pause
+    starting after it (each at least `min_s` long); without, the halves at the pause nearest its
+    middle. [] when no pause allows either."""
     inside = [gap for gap in gaps if start_s + min_s <= gap.start_s and gap.end_s <= end_s - min_s]
+    if refused_at is not None:
+        before = [gap for gap in inside if gap.end_s <= refused_at[0]]
+        after = [gap for gap in inside if gap.start_s >= refused_at[1]]
+        pieces = ([(start_s, before[-1].cut[1])] if before else []) + ([(after[0].cut[0], end_s)] if after else [])
+        if pieces:
+            return pieces
     if not inside:
-        return None
+        return []
     middle = min(inside, key=lambda gap: abs(gap.middle_s - (start_s + end_s) / 2.0))
-    return middle.cut
+    return [(start_s, middle.cut[1]), (middle.cut[0], end_s)]
 
 
 def _lasting(flags: np.ndarray, frames: int) -> np.ndarray:

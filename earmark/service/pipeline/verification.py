@@ -148,6 +148,9 @@ class Judgement:
     stretches: tuple[tuple[float, float], ...] = ()
     level_compressed: bool = False  # the detail check judged a limiter or compressor on one side
     offset_s: float = 0.0  # where the query lies on the entry's timeline: entry time = query time + offset_s
+    # Where in the query the check that refused found its worst stretch (start, end in seconds):
+    # segment reuse keeps the rest of a long stretch. None when accepted, or refused as a whole.
+    refused_at: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,8 @@ class Verifier:
         refused = self._hash_verdict(verdict) if stop_at_hashes else None
         if refused is not None:
             score = min(verdict.worst_score, short_score_of(verdict.worst_short_score))
-            return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s)
+            return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s,
+                             refused_at=self._refused_at(verdict, None, None))
         assert entry is not None
         evidence = self._compared_detail(features, entry, verdict, entry_detail)
         detail, pitch = evidence.detail, evidence.pitch
@@ -273,7 +277,25 @@ class Verifier:
         # The reported score is the worst evidence; each check keeps its own threshold.
         score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
         accepted, reason = self._verdict(verdict, detail, detail_score, pitch, pitch_score)
-        return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s)
+        refused_at = None if accepted else self._refused_at(verdict, detail, pitch)
+        return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s, refused_at)
+
+    def _refused_at(self, verdict: Verification, detail: DetailVerdict | None,
+                    pitch: PitchVerdict | None) -> tuple[float, float] | None:
+        """The query stretch (start, end in seconds) where the check that refuses (in `_verdict`'s
+        order) found its worst: a ~1 s or ~0.25 s window, 80 ms of detail, 200 ms of pitch; None
+        for a refusal of the whole (a line too coarse)."""
+        limits = self.thresholds
+        config = self.config
+        if verdict.worst_score < limits.min_window_score:
+            return verdict.worst_at_s, verdict.worst_at_s + config.window_frames / config.frames_per_second
+        if verdict.worst_short_score < limits.min_short_window_score:
+            return verdict.worst_short_at_s, verdict.worst_short_at_s + config.short_window_frames / config.frames_per_second
+        if detail is not None and _detail_score(detail) < limits.min_detail_score:
+            return None if detail.median_db > EXCUSED_MEDIAN_DB else (detail.query_s, detail.query_s + 0.08)
+        if pitch is not None:
+            return pitch.query_s, pitch.query_s + 0.2
+        return None
 
     def evidence(self, features: QueryFeatures, profile_id: str, similarity: float,
                  entry: Entry | None) -> Evidence | Judgement:
