@@ -143,3 +143,18 @@ def test_an_uploads_stretch_cut_from_its_whole_features_is_judged_as_the_entrys_
     assert judgement.accepted, judgement.reason
     assert not verifier.evaluate(stretch, "p", 0.7, excerpt(whole, start_s + 7.3, end_s + 7.3, DEFAULT)).accepted
     assert not verifier.evaluate(upload.cut(0.0, 12.0, DEFAULT), "p", 0.7, excerpt(whole, 0.0, 9.0, DEFAULT)).accepted
+
+
+def test_a_refusal_says_where_in_the_query_it_was_decided():
+    verifier = Verifier(FuzzyThresholds())
+    said, changed = (decode_audio(io.BytesIO(fixture_bytes(f"minimal_pairs/name_changed_011_{side}.flac")), 60.0).pcm_16k
+                     for side in "ab")  # "...Don will call you back...", "...Dan will..."
+    entry = verifier.attach(_entry(({"id": 0, "start": 0.0, "end": 3.8, "text": "x"},), duration_s=len(said) / SAMPLE_RATE),
+                            verifier.features(said))
+    judgement = verifier.evaluate(verifier.features(changed), "p", 0.9, entry)
+    common = min(len(said), len(changed))
+    differs_s = int(np.argmax(np.abs(said[:common] - changed[:common]) > 1e-3)) / SAMPLE_RATE
+    assert not judgement.accepted and judgement.refused_at is not None, judgement.reason
+    start_s, end_s = judgement.refused_at
+    assert start_s - 0.3 <= differs_s <= end_s + 0.3, (judgement.refused_at, differs_s, judgement.reason)
+    assert verifier.evaluate(verifier.features(said), "p", 0.9, entry).refused_at is None
