@@ -241,7 +241,7 @@ class RecognitionCache:
             async with self._decoding(query):
                 pcm = await self._pcm_of(query)
                 with self._stage("segments"):
-                    spans_found, store_ok = await try_store(lambda: finder.find(pcm, profile))
+                    spans_found, store_ok = await try_store(lambda: finder.find(pcm, profile, features))
             reused = spans_found or []
             if reused and run:
                 query.pcm = pcm  # the engine hears its uncovered stretches next: not decoded again

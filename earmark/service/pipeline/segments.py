@@ -30,7 +30,6 @@ import numpy as np
 
 from earmark.fingerprint.alignment import AGREEMENT_FRAMES, Run, aligned_runs, frame_agreement
 from earmark.fingerprint.decode import SAMPLE_RATE
-from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import verify
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
 from earmark.fingerprint.spans import Pause, Stretch, pauses, stretch_embeddings, stretch_frames, stretches
@@ -116,9 +115,11 @@ class SpanFinder:
         self.metrics = metrics
         self.min_span_s = min_span_s  # shorter cached speech is never looked for
 
-    async def find(self, pcm: np.ndarray, profile: Profile) -> list[ReusedSpan]:
-        """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none."""
-        energies, proposals, nearest = await asyncio.to_thread(self._propose, pcm, profile)
+    async def find(self, pcm: np.ndarray, profile: Profile, features: QueryFeatures) -> list[ReusedSpan]:
+        """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none.
+        `features` are the upload's own, as the fuzzy tier computed them (their hash, embedding,
+        and any detail and pitch already computed, are not computed again)."""
+        energies, proposals, nearest = await asyncio.to_thread(self._propose, pcm, profile, features)
         if not proposals and not nearest:
             return []
         entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits} | set(nearest))
@@ -131,10 +132,10 @@ class SpanFinder:
             for entry_id, similarity in hits:
                 if len(searched) < EXCERPT_MAX_ENTRIES or entry_id in searched:
                     searched[entry_id] = max(similarity, searched.get(entry_id, 0.0))
-        found += await asyncio.to_thread(self._excerpts, pcm, energies, profile, searched, entries, found)
+        found += await asyncio.to_thread(self._excerpts, pcm, features, profile, searched, entries, found)
         return sorted(found, key=lambda span: span.start_s)
 
-    def _propose(self, pcm: np.ndarray, profile: Profile) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
+    def _propose(self, pcm: np.ndarray, profile: Profile, features: QueryFeatures) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
                                                                    dict[str, float]]:
         """The upload's band energies (steady noise taken out); each stretch of `pcm` with the
         index's candidates for it (similar enough to verify); and the entries nearest the whole
@@ -144,8 +145,7 @@ class SpanFinder:
         self.metrics.segment_stretches.inc(len(candidates))
         energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         nearest = {entry_id: similarity for entry_id, similarity
-                   in self.index.search(profile.digest, embedding_from_energies(energies, self.verifier.config),
-                                        EXCERPT_TOP_K)
+                   in self.index.search(profile.digest, features.embedding, EXCERPT_TOP_K)
                    if similarity >= limits.min_embedding_similarity}
         if not candidates:
             return energies, [], nearest
@@ -197,7 +197,7 @@ class SpanFinder:
                                            judgement.score, judgement.offset_s))
         return accepted
 
-    def _excerpts(self, pcm: np.ndarray, energies: np.ndarray, profile: Profile, nearest: dict[str, float],
+    def _excerpts(self, pcm: np.ndarray, features: QueryFeatures, profile: Profile, nearest: dict[str, float],
                   entries: dict[str, Entry | None], accepted: list[ReusedSpan]) -> list[ReusedSpan]:
         """Stretches of the nearest entries inside the upload, each verified against the entry's
         own stretch (index/excerpt.py) and overlapping no span already accepted: where the
@@ -206,19 +206,11 @@ class SpanFinder:
         refused (else halved), three times at most, so the stretches around the change are still
         reused and the change goes to the engine."""
         config = self.verifier.config
-        query_hash = robust_hash_from_energies(energies)
+        query_hash = features.hash
         gaps = pauses(frame_levels_db(pcm))
         duration_s = len(pcm) / SAMPLE_RATE
         found: list[ReusedSpan] = []
         budget = MAX_VERIFIED  # full verdicts left for this upload
-        whole: list[QueryFeatures] = []  # the upload's features, computed for the first verdict
-
-        def features_of(start_s: float, end_s: float) -> QueryFeatures:
-            if not whole:
-                embedding = embedding_from_energies(energies, config)
-                whole.append(QueryFeatures(query_hash, embedding, 0.0, pcm_16k=pcm))
-            return whole[0].cut(start_s, end_s, config)
-
         def judged(entry: Entry, similarity: float, shift_s: float, start_s: float,
                    end_s: float) -> ReusedSpan | tuple[float, float] | None:
             """The span [start_s, end_s) of the upload as the entry's stretch shifted by `shift_s`,
@@ -232,7 +224,7 @@ class SpanFinder:
                 self.metrics.segment_excerpts.labels(outcome="uncuttable").inc()
                 return None
             budget -= 1
-            judgement = self.verifier.evaluate(features_of(start_s, end_s), profile.digest, similarity, part,
+            judgement = self.verifier.evaluate(features.cut(start_s, end_s, config), profile.digest, similarity, part,
                                                stop_at_hashes=True)
             self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
             if not judgement.accepted:
