@@ -37,7 +37,7 @@ BAD = {
     "max_upload_bytes": 0, "max_duration_s": -60.0, "max_transcript_chars_per_s": 0.0, "max_transcript_chars_floor": 0, "upload_timeout_s": 0.0, "upload_min_bytes_per_s": 0,
     "max_uploads_in_progress": 0, "decode_budget_s": 0.0, "engine_workers": -1, "engine_queue": -1,
     "engine_timeout_s": 0.0, "lock_ttl_ms": 10, "stream_maxlen": 0, "events_maxlen": -1, "review_margin": 1.5,
-    "audit_cache_s": -1.0, "index_type": "ivf", "log_level": "loud",
+    "audit_cache_s": -1.0, "index_type": "ivf-pq", "log_level": "loud",
     "thresholds.min_embedding_similarity": -1.5, "thresholds.min_window_score": 1.2,
     "thresholds.min_short_window_score": -0.1, "thresholds.min_detail_score": 2.0, "thresholds.min_pitch_score": -1.0,
     "thresholds.duration_tolerance_s": -0.1, "thresholds.duration_tolerance_ratio": 1.0,
@@ -170,8 +170,8 @@ def test_the_command_line_refuses_bad_flags_environment_and_config_files_alike(t
     _refused(_earmark("serve", "--config", str(config), cwd=tmp_path), *reasons)
     _refused(_earmark("recognize", str(Path(__file__).parent / "fixtures" / "recorded.wav"), "--config", str(config),
                       cwd=tmp_path), *reasons)
-    _refused(_earmark("serve", "--index-type", "ivf", cwd=tmp_path),
-             "index_type = 'ivf' is not allowed: use one of auto, flat, hnsw")
+    _refused(_earmark("serve", "--index-type", "ivf-pq", cwd=tmp_path),
+             "index_type = 'ivf-pq' is not allowed: use one of auto, flat, hnsw, ivf")
     assert not (tmp_path / ".earmark").exists()  # refused before the embedded store was started
 
 

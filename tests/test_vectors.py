@@ -1,4 +1,4 @@
-"""The FAISS vector index: search, removal, snapshots, for exact and HNSW search."""
+"""The FAISS vector index: search, removal, snapshots, for exact, HNSW and inverted-file search."""
 
 from __future__ import annotations
 
@@ -15,13 +15,22 @@ def unit_vectors(count: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_search_remove_snapshot_and_rebuild(kind, tmp_path):
+@pytest.fixture
+def small_ivf(monkeypatch):
+    """Inverted files trained from a few hundred vectors (10,000 in service), so that the
+    tests exercise real trained IVF-SQ8 indexes in milliseconds."""
+    import earmark.index.vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "IVF_MIN_ROWS", 200)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_search_remove_snapshot_and_rebuild(kind, tmp_path, small_ivf):
     index = VectorIndex(64, kind)
     vectors = unit_vectors(500)
     ids = [secrets.token_hex(16) for _ in range(500)]
     index.add_many("profile-a", ids, vectors)
-    assert len(index) == 500
+    assert len(index) == 500 and index._profiles["profile-a"].kind == kind
     assert index.search("profile-a", vectors[7], 1)[0][0] == ids[7]
     assert index.search("profile-b", vectors[7], 1) == []  # profiles never mix
 
@@ -210,12 +219,12 @@ def test_a_rebuild_keeps_what_changed_while_it_built(monkeypatch):
     index.add_many("p", ids[:30], vectors[:30])
     new_part = index._new_part
 
-    def new_part_with_changes(expected):
+    def new_part_with_changes(expected, vectors_now=None):
         monkeypatch.setattr(index, "_new_part", new_part)  # once
         index.add_many("p", ids[30:35], vectors[30:35])  # new entries
         index.add("p", ids[2], vectors[39])  # a re-add with another vector
         index.remove(ids[5])
-        return new_part(expected)
+        return new_part(expected, vectors_now)
 
     monkeypatch.setattr(index, "_new_part", new_part_with_changes)
     index.rebuild()
@@ -241,3 +250,90 @@ def test_saves_running_at_once_leave_one_whole_snapshot(tmp_path):
     loaded = VectorIndex(64, "hnsw")
     assert loaded.load(tmp_path, "v") in {f"{n}-0" for n in range(4)}
     assert sorted(loaded.entry_ids()) == sorted(ids)
+
+
+def test_auto_moves_a_large_profile_to_an_inverted_file_that_survives_a_snapshot(tmp_path, monkeypatch, small_ivf):
+    import earmark.index.vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "AUTO_HNSW_FROM", 100)
+    monkeypatch.setattr(vectors_module, "AUTO_IVF_FROM", 300)
+    index = VectorIndex(64, "auto")
+    vectors = unit_vectors(400, seed=2)
+    ids = [secrets.token_hex(16) for _ in range(400)]
+    index.add_many("p", ids[:150], vectors[:150])
+    index.rebuild()
+    assert index._profiles["p"].kind == "hnsw" and not index.needs_rebuild()
+    index.add_many("p", ids[150:], vectors[150:])
+    assert index.needs_rebuild()
+    index.rebuild()
+    part = index._profiles["p"]
+    assert part.kind == "ivf" and part.trained_rows == 400 and not index.needs_rebuild()
+    # Every entry is found by its own vector, from the 8-bit codes the lists hold.
+    assert all(index.search("p", vectors[i], 1)[0][0] == ids[i] for i in range(0, 400, 7))
+
+    index.remove(ids[3])
+    index.add("p", ids[4], vectors[399] * -1.0)  # re-added with another vector
+    index.save(tmp_path, "1700000000000-9", "ehash-v1")
+    loaded = VectorIndex(64, "auto")
+    assert loaded.load(tmp_path, "ehash-v1") == "1700000000000-9"
+    again = loaded._profiles["p"]
+    assert again.kind == "ivf" and again.trained_rows == 400 and again.stale == 2 and len(loaded) == 399
+    assert all(hit != ids[3] for hit, _ in loaded.search("p", vectors[3], 10))
+    assert loaded.search("p", -vectors[399], 1)[0][0] == ids[4]
+    assert all(hit != ids[4] for hit, _ in loaded.search("p", vectors[4], 3))
+
+
+def test_an_inverted_file_drops_dead_rows_in_place_and_finds_live_ones_behind_them(tmp_path, small_ivf):
+    index = VectorIndex(64, "ivf")
+    vectors = unit_vectors(1500, seed=3)
+    # Twenty copies of one vector, nearly the same: after eighteen are removed, a search for it
+    # must still return the two left, however many dead rows rank above them.
+    near = vectors[0] + 0.01 * unit_vectors(20, seed=4)
+    vectors[:20] = near / np.linalg.norm(near, axis=1, keepdims=True)
+    ids = [secrets.token_hex(16) for _ in range(1500)]
+    index.add_many("p", ids, vectors)
+    assert index._profiles["p"].kind == "ivf"
+    for entry_id in ids[:18]:
+        index.remove(entry_id)
+    assert {hit for hit, _ in index.search("p", vectors[0], 2)} == set(ids[18:20])
+
+    for entry_id in ids[20:1020]:  # past max(1000, live / 10) dead rows: purged, not rebuilt
+        index.remove(entry_id)
+    part = index._profiles["p"]
+    assert index.needs_rebuild() and part.stale == 1018
+    index.rebuild()
+    assert index._profiles["p"] is part and part.index.ntotal == 482 and part.stale == 0 and not index.needs_rebuild()
+    assert index.search("p", vectors[1400], 1)[0][0] == ids[1400] and len(index) == 482
+
+    index.save(tmp_path, "1700000000000-10", "ehash-v1")  # fewer vectors than rows: still loads
+    loaded = VectorIndex(64, "ivf")
+    assert loaded.load(tmp_path, "ehash-v1") == "1700000000000-10" and len(loaded) == 482
+    assert loaded.search("p", vectors[1100], 1)[0][0] == ids[1100]
+
+
+def test_an_inverted_file_is_retrained_with_more_lists_as_it_grows(small_ivf):
+    import earmark.index.vectors as vectors_module
+
+    index = VectorIndex(64, "ivf")
+    vectors = unit_vectors(4000, seed=5)
+    ids = [secrets.token_hex(16) for _ in range(4000)]
+    index.add_many("p", ids[:250], vectors[:250])
+    lists = index._profiles["p"].index.nlist
+    index.add_many("p", ids[250:], vectors[250:])
+    assert index.needs_rebuild()
+    index.rebuild()
+    part = index._profiles["p"]
+    assert part.trained_rows == 4000 and part.index.nlist == vectors_module._lists_for(4000) > lists
+    assert all(index.search("p", vectors[i], 1)[0][0] == ids[i] for i in range(0, 4000, 97))
+
+
+def test_an_inverted_file_waits_for_enough_vectors_to_train_on(small_ivf):
+    index = VectorIndex(64, "ivf")
+    vectors = unit_vectors(300, seed=7)
+    ids = [secrets.token_hex(16) for _ in range(300)]
+    index.add_many("p", ids[:50], vectors[:50])
+    assert index._profiles["p"].kind == "flat" and not index.needs_rebuild()
+    index.add_many("p", ids[50:], vectors[50:])
+    assert index.needs_rebuild()
+    index.rebuild()
+    assert index._profiles["p"].kind == "ivf" and index.search("p", vectors[123], 1)[0][0] == ids[123]

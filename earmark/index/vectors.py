@@ -2,10 +2,13 @@
 
 Derived data: Redis holds every entry's embedding, so this index can always be rebuilt, and a
 search result is only a candidate (the caller re-reads the entry from Redis before trusting
-it). Small indexes use exact inner-product search; large ones HNSW. Removals are tombstones
-filtered at search time until the next rebuild: HNSW cannot remove vectors (faiss #3339,
-#1784), and a flat index's `remove_ids` compacts the whole array (478 ms at 1M entries,
-bench/README.md), far too slow to run per expired candidate.
+it). Small indexes use exact inner-product search, larger ones HNSW, and the largest an
+inverted file of 8-bit codes (IVF-SQ8: about 90 bytes an entry against HNSW's 540, and
+rebuilt in seconds where HNSW takes minutes at a million; bench/README.md, "ten million
+entries"). Removals are tombstones filtered at search time until the next rebuild: HNSW cannot
+remove vectors (faiss #3339, #1784), and a flat index's `remove_ids` compacts the whole array
+(478 ms at 1M entries, bench/README.md), far too slow to run per expired candidate; an inverted
+file drops its tombstones in place, in one pass over its lists.
 """
 
 from __future__ import annotations
@@ -25,15 +28,27 @@ from typing import cast
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("auto", "flat", "hnsw")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # Exact search stays under a millisecond up to here on 2 cores (d=64); past it HNSW.
 AUTO_HNSW_FROM = 50_000
+# Past here an inverted file: HNSW's graph costs 540 bytes an entry and a rebuild at this size
+# takes about ten minutes on 2 cores; IVF-SQ8 costs about 90 and retrains in seconds.
+AUTO_IVF_FROM = 1_000_000
 HNSW_M = 32
 HNSW_EF_SEARCH = 64
 HNSW_EF_CONSTRUCTION = 80
+# An inverted file needs this many vectors to train on (type "ivf" stays exact until then).
+IVF_MIN_ROWS = 10_000
+IVF_MAX_LISTS = 4_096  # more lists train and fill too slowly here (16,384 at 10M: over 20 min)
+IVF_TRAIN_PER_LIST = 32  # k-means sample per list (FAISS warns under 39; 32 loses nothing here)
+IVF_TRAIN_ITERATIONS = 10
+IVF_PROBE_SHARE = 1 / 64  # lists searched per query (at least IVF_MIN_PROBES)
+IVF_MIN_PROBES = 16
+IVF_RETRAIN_GROWTH = 4  # retrain (with more lists) once a profile holds this many times what it trained on
 SNAPSHOT_VERSION = 2  # 1: one pickle (FAISS blob, id dict); 2: FAISS file and numpy row arrays
 ENTRY_ID_LENGTH = 32
 ENTRY_ID_DTYPE = np.dtype(f"S{ENTRY_ID_LENGTH}")
+_KIND_RANK = {"flat": 0, "hnsw": 1, "ivf": 2}
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +69,7 @@ class _ProfileIndex:
     pickle, holding the GIL all along (bench/README.md, snapshot pause).
     """
 
-    index: faiss.IndexIDMap  # flat or HNSW inside an id map
+    index: faiss.Index  # flat or HNSW inside an id map (ids: vids), or IVF (ids: rows)
     kind: str
     vids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     eids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=ENTRY_ID_DTYPE))
@@ -62,6 +77,22 @@ class _ProfileIndex:
     rows: int = 0
     row_of: dict[int, int] = field(default_factory=dict)  # vid -> its live row (for searches)
     tombstones: set[int] = field(default_factory=set)
+    trained_rows: int = 0  # IVF: how many vectors its lists were trained for
+    stale: int = 0  # IVF: dead rows still inside its lists (removed or replaced)
+
+    @property
+    def ids_are_rows(self) -> bool:
+        """An inverted file's FAISS ids are row numbers (a re-added vid is two rows, and a
+        row names its vector unambiguously when the lists are read back or purged)."""
+        return self.kind == "ivf"
+
+    def add(self, vectors: np.ndarray, vids: np.ndarray, eids: np.ndarray) -> None:
+        """Add vectors to the FAISS index and their rows here, in the same order."""
+        if self.ids_are_rows:
+            self.index.add_with_ids(vectors, np.arange(self.rows, self.rows + len(vids), dtype=np.int64))
+        else:
+            self.index.add_with_ids(vectors, vids)
+        self.append(vids, eids)
 
     @property
     def live_count(self) -> int:
@@ -90,6 +121,7 @@ class _ProfileIndex:
             previous = self.row_of.get(vid)
             if previous is not None:  # the same vid twice in one batch: the last row wins
                 self.live[previous] = False
+                self.stale += 1
             self.row_of[vid] = row
             self.tombstones.discard(vid)
 
@@ -99,7 +131,16 @@ class _ProfileIndex:
             row = self.row_of.pop(vid, None)
             if row is not None:
                 self.live[row] = False
+                self.stale += 1
         self.tombstones.update(vids)
+
+    def purge(self) -> None:
+        """IVF: drop the dead rows' vectors from the lists, in place (one pass over them)."""
+        dead = np.flatnonzero(~self.live[: self.rows]).astype(np.int64)
+        if len(dead):
+            self.index.remove_ids(faiss.IDSelectorBatch(dead))
+        self.stale = 0
+        self.tombstones.clear()
 
 
 class VectorIndex:
@@ -147,12 +188,11 @@ class VectorIndex:
         with self._faiss_writes, self._lock:
             part = self._profiles.get(profile_id)
             if part is None:
-                part = self._profiles[profile_id] = self._new_part(len(entry_ids))
+                part = self._profiles[profile_id] = self._new_part(len(entry_ids), vectors)
             existing = [i for i in ids.tolist() if i in part.row_of]
             if existing:
                 part.remove(existing)
-            part.index.add_with_ids(vectors, ids)
-            part.append(ids, eids)
+            part.add(vectors, ids, eids)
 
     def remove(self, entry_id: str) -> bool:
         """Forget an entry (in every profile it may be in); True if it was indexed."""
@@ -176,8 +216,11 @@ class VectorIndex:
             part = self._profiles.get(profile_id)
             if part is None or part.live_count == 0 or len(vectors) == 0:
                 return [[] for _ in range(len(vectors))]
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if part.ids_are_rows:
+                return [self._search_rows(part, vector.reshape(1, -1), k) for vector in vectors]
             fetch = min(part.index.ntotal, k + len(part.tombstones))
-            scores, ids = part.index.search(np.ascontiguousarray(vectors, dtype=np.float32), fetch)
+            scores, ids = part.index.search(vectors, fetch)
             found = []
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
                 hits: list[tuple[str, float]] = []
@@ -192,6 +235,20 @@ class VectorIndex:
                 found.append(hits)
             return found
 
+    @staticmethod
+    def _search_rows(part: _ProfileIndex, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """`search` in an index whose ids are rows: dead rows are skipped, and the search is
+        widened (twice as many, up to every stale row) only when they crowd out live ones."""
+        fetch = min(part.index.ntotal, k + min(part.stale, k))
+        while True:
+            scores, rows = part.index.search(vector, fetch)
+            hits = [(part.eids[row].decode("ascii"), float(score))
+                    for row, score in zip(rows[0].tolist(), scores[0].tolist(), strict=True)
+                    if row >= 0 and part.live[row]][:k]
+            if len(hits) == k or fetch >= min(part.index.ntotal, k + part.stale) or rows[0][-1] < 0:
+                return hits
+            fetch = min(part.index.ntotal, 2 * fetch, k + part.stale)
+
     def entry_ids(self) -> list[str]:
         """Every indexed entry id (a copy)."""
         with self._lock:
@@ -201,25 +258,53 @@ class VectorIndex:
     def needs_rebuild(self) -> bool:
         """True when tombstones pile up or a profile outgrew exact search."""
         with self._lock:
-            for part in self._profiles.values():
-                if len(part.tombstones) > max(1000, part.live_count // 10):
-                    return True
-                if self.index_type == "auto" and part.kind == "flat" and part.live_count >= AUTO_HNSW_FROM:
-                    return True
-            return False
+            return any(self._rebuild_reason(part) for part in self._profiles.values())
+
+    def _rebuild_reason(self, part: _ProfileIndex) -> str | None:
+        """Why this profile's index should be rebuilt now: `purge` (an inverted file's dead rows
+        dropped in place), `kind` (it outgrew its kind, or its lists), `tombstones`; or None."""
+        if part.ids_are_rows and part.stale > max(1000, part.live_count // 10):
+            return "purge"
+        if _KIND_RANK[self._kind_for(part.live_count)] > _KIND_RANK[part.kind]:
+            return "kind"
+        if (part.kind == "ivf" and part.live_count >= IVF_RETRAIN_GROWTH * max(1, part.trained_rows)
+                and _lists_for(part.live_count) > part.index.nlist):
+            return "kind"
+        if not part.ids_are_rows and len(part.tombstones) > max(1000, part.live_count // 10):
+            return "tombstones"
+        return None
+
+    def _kind_for(self, rows: int) -> str:
+        """The kind of index this many vectors should be in."""
+        if self.index_type == "ivf":
+            return "ivf" if rows >= IVF_MIN_ROWS else "flat"
+        if self.index_type != "auto":
+            return self.index_type
+        if rows >= AUTO_IVF_FROM:
+            return "ivf"
+        return "hnsw" if rows >= AUTO_HNSW_FROM else "flat"
 
     def rebuild(self) -> None:
-        """Rebuild sub-indexes that need it from their live vectors (drops tombstones)."""
+        """Rebuild each profile's index from its live vectors (drops tombstones; a profile that
+        outgrew its kind gets the next). An inverted file that keeps its lists is not rebuilt:
+        its dead rows are dropped in place, and it is retrained only as it grows."""
+        with self._lock:
+            purged = [part for part in self._profiles.values()
+                      if part.ids_are_rows and self._rebuild_reason(part) in (None, "purge")]
+        for part in purged:
+            with self._faiss_writes, self._lock:
+                part.purge()
         with self._lock:
             plans = []
             for profile_id, part in self._profiles.items():
+                if any(part is done for done in purged):
+                    continue
                 rows = np.flatnonzero(part.live[: part.rows])
                 plans.append((profile_id, part.rows, part.vids[rows], part.eids[rows], self._vectors(part, rows)))
         for profile_id, rows_then, vids, eids, vectors in plans:
-            fresh = self._new_part(len(vids))
+            fresh = self._new_part(len(vids), vectors)
             if len(vids):
-                fresh.index.add_with_ids(vectors, vids)
-                fresh.append(vids, eids)
+                fresh.add(vectors, vids, eids)
             with self._lock:
                 current = self._profiles.get(profile_id)
                 if current is None:
@@ -231,8 +316,7 @@ class VectorIndex:
                     if len(new_rows):
                         new_vids = current.vids[new_rows]
                         fresh.remove([v for v in new_vids.tolist() if v in fresh.row_of])
-                        fresh.index.add_with_ids(self._vectors(current, new_rows), new_vids)
-                        fresh.append(new_vids, current.eids[new_rows])
+                        fresh.add(self._vectors(current, new_rows), new_vids, current.eids[new_rows])
                 removed = [v for v in fresh.row_of if v not in current.row_of]
                 if removed:
                     fresh.remove(removed)
@@ -266,7 +350,9 @@ class VectorIndex:
             listing = []
             for number, (profile_id, kind, index, *_) in enumerate(parts):
                 faiss.write_index(index, str(staging / f"{number}.faiss"))  # adds wait for this
-                listing.append({"profile": profile_id, "kind": kind, "file": str(number)})
+                listing.append({"profile": profile_id, "kind": kind, "file": str(number),
+                                "trained_rows": self._profiles[profile_id].trained_rows
+                                if profile_id in self._profiles else 0})
         for number, (_, _, _, vids, eids, live) in enumerate(parts):
             np.save(staging / f"{number}.vids.npy", vids)
             np.save(staging / f"{number}.eids.npy", eids)
@@ -315,14 +401,19 @@ class VectorIndex:
             vids = np.load(folder / f"{item['file']}.vids.npy")
             eids = np.load(folder / f"{item['file']}.eids.npy")
             live = np.load(folder / f"{item['file']}.live.npy")
-            if not (len(vids) == len(eids) == len(live) == index.ntotal) or vids.dtype != np.int64:
+            # An inverted file holds a row's vector until its dead rows are purged; the others every row's.
+            held = index.ntotal <= len(vids) if item["kind"] == "ivf" else index.ntotal == len(vids)
+            if not (len(vids) == len(eids) == len(live) and held) or vids.dtype != np.int64:
                 raise ValueError(f"profile {item['profile']}: rows do not match the index")
             live_rows = np.flatnonzero(live)
             row_of = dict(zip(vids[live_rows].tolist(), live_rows.tolist(), strict=True))
             # Tombstones are the vids of dead rows that have no live row (a re-add is live).
             tombstones = set(vids[~live].tolist()) - row_of.keys()
-            profiles[item["profile"]] = _ProfileIndex(index, item["kind"], vids, eids.astype(ENTRY_ID_DTYPE), live,
-                                                      len(vids), row_of, tombstones)
+            part = _ProfileIndex(index, item["kind"], vids, eids.astype(ENTRY_ID_DTYPE), live, len(vids), row_of,
+                                 tombstones, trained_rows=int(item.get("trained_rows", 0)))
+            if part.ids_are_rows:
+                part.stale = index.ntotal - len(row_of)
+            profiles[item["profile"]] = part
         return profiles
 
     def _load_v1(self, path: Path) -> dict[str, _ProfileIndex]:
@@ -343,10 +434,12 @@ class VectorIndex:
             profiles[profile_id] = _ProfileIndex(index, kind, vids, eids, live, len(vids), row_of, set(tombstones))
         return profiles
 
-    def _read_faiss(self, path: Path, kind: str) -> faiss.IndexIDMap:
-        index = cast(faiss.IndexIDMap, faiss.read_index(str(path)))
+    def _read_faiss(self, path: Path, kind: str) -> faiss.Index:
+        index = faiss.read_index(str(path))
         if kind == "hnsw":
-            _hnsw_of(index).hnsw.efSearch = HNSW_EF_SEARCH
+            _hnsw_of(cast(faiss.IndexIDMap, index)).hnsw.efSearch = HNSW_EF_SEARCH
+        elif kind == "ivf":
+            index.nprobe = _probes(index.nlist)
         return index
 
     def clear(self) -> None:
@@ -354,23 +447,69 @@ class VectorIndex:
         with self._lock:
             self._profiles = {}
 
-    def _new_part(self, expected: int) -> _ProfileIndex:
-        kind = self.index_type
-        if kind == "auto":
-            kind = "hnsw" if expected >= AUTO_HNSW_FROM else "flat"
+    def _new_part(self, expected: int, vectors: np.ndarray | None = None) -> _ProfileIndex:
+        """An empty index for `expected` vectors, of the kind that many should be in; an
+        inverted file is trained on `vectors` (without them, or too few, exact search)."""
+        kind = self._kind_for(expected)
+        if kind == "ivf" and (vectors is None or len(vectors) < IVF_MIN_ROWS):
+            kind = "flat"
         if kind == "flat":
             return _ProfileIndex(faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim)), "flat")
+        if kind == "ivf":
+            assert vectors is not None
+            return _ProfileIndex(self._trained_ivf(vectors), "ivf", trained_rows=len(vectors))
         hnsw = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efSearch = HNSW_EF_SEARCH
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         return _ProfileIndex(faiss.IndexIDMap2(hnsw), "hnsw")
 
+    def _trained_ivf(self, vectors: np.ndarray) -> faiss.Index:
+        """An inverted file of 8-bit codes, its lists (about 4 sqrt(n)) and code ranges trained
+        on a sample of `vectors`. Codes are of the vectors themselves, not of their residuals,
+        so that the lists can be read back as vectors for a later rebuild."""
+        lists = _lists_for(len(vectors))
+        index = faiss.index_factory(self.dim, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT)
+        index.by_residual = False
+        index.cp.niter = IVF_TRAIN_ITERATIONS
+        index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+        index.cp.min_points_per_centroid = min(IVF_TRAIN_PER_LIST, len(vectors) // lists)  # no warning for few
+        sample = np.random.default_rng(len(vectors)).choice(len(vectors), min(len(vectors), IVF_TRAIN_PER_LIST * lists),
+                                                             replace=False)
+        index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
+        index.nprobe = _probes(lists)
+        return index
+
     def _vectors(self, part: _ProfileIndex, rows: np.ndarray) -> np.ndarray:
         """The stored vectors at these rows, read in bulk from the index's own storage."""
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if part.ids_are_rows:
+            return _ivf_vectors(part.index, rows, part.rows, self.dim)
         stored = part.index.index.reconstruct_n(0, part.index.ntotal)
         return np.ascontiguousarray(stored[rows], dtype=np.float32)
+
+
+def _lists_for(count: int) -> int:
+    """Inverted lists for `count` vectors: the power of two nearest 4 sqrt(count), within bounds."""
+    return int(min(IVF_MAX_LISTS, max(64, 2 ** round(np.log2(4 * np.sqrt(max(1, count)))))))
+
+
+def _probes(lists: int) -> int:
+    """How many of `lists` a search visits."""
+    return min(lists, max(IVF_MIN_PROBES, round(lists * IVF_PROBE_SHARE)))
+
+
+def _ivf_vectors(index: faiss.Index, rows: np.ndarray, total_rows: int, dim: int) -> np.ndarray:
+    """The vectors of these rows decoded from an inverted file's lists (its ids are rows)."""
+    every = np.zeros((total_rows, dim), dtype=np.float32)
+    lists = index.invlists
+    for number in range(index.nlist):
+        size = lists.list_size(number)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * index.code_size).reshape(size, index.code_size)
+            every[ids] = index.sq.decode(np.ascontiguousarray(codes))
+    return np.ascontiguousarray(every[rows])
 
 
 def _entry_id_array(entry_ids: list[str]) -> np.ndarray:

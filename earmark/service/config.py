@@ -208,7 +208,7 @@ class Settings:
 ENGINE_NAMES = ("whisper", "whisper-base", "pocketsphinx", "funasr", "openai", "funasr-http", "funasr-ws")
 UPSTREAM_ENGINES = ("openai", "funasr-http", "funasr-ws")  # they forward a miss to a recognition server
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-INDEX_TYPES = ("auto", "flat", "hnsw")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 HTTP_SCHEMES = ("http", "https")
 WEBSOCKET_SCHEMES = ("ws", "wss")  # funasr-ws: the FunASR runtime's WebSocket servers
 UPSTREAM_RESPONSE_FORMATS = ("verbose_json", "json")
