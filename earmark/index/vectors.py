@@ -58,6 +58,80 @@ def vector_id(entry_id: str) -> int:
     return int(entry_id[:15], 16)
 
 
+class _RowMap:
+    """Each live vid's row, for up to tens of millions of vids: a sorted array of the vids known
+    at the last compaction (16 bytes a vid) and a dict of those added since. A dict of every
+    vid cost about 75 bytes each (750 MB at 10M entries; bench/README.md, "ten million")."""
+
+    COMPACT_FROM = 65_536  # vids added since the last compaction before one is considered
+
+    def __init__(self) -> None:
+        self._vids = np.zeros(0, dtype=np.int64)  # sorted
+        self._rows = np.zeros(0, dtype=np.int64)  # -1: removed since
+        self._recent: dict[int, int] = {}  # overrides the arrays
+        self._count = 0
+
+    @classmethod
+    def of(cls, vids: np.ndarray, rows: np.ndarray) -> _RowMap:
+        """The map of these (unique) vids at these rows."""
+        made = cls()
+        order = np.argsort(vids, kind="stable")
+        made._vids = np.ascontiguousarray(vids[order], dtype=np.int64)
+        made._rows = np.ascontiguousarray(rows[order], dtype=np.int64)
+        made._count = len(vids)
+        return made
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, vid: int) -> bool:
+        return self.get(vid) is not None
+
+    def get(self, vid: int) -> int | None:
+        """The vid's live row, or None."""
+        row = self._recent.get(vid)
+        if row is None:
+            at = self._at(vid)
+            row = int(self._rows[at]) if at >= 0 else -1
+        return None if row < 0 else row
+
+    def contains_many(self, vids: np.ndarray) -> np.ndarray:
+        """For each vid, whether it has a live row."""
+        recent = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
+        return np.isin(vids, recent) | np.isin(vids, self._vids[self._rows >= 0])
+
+    def set(self, vid: int, row: int) -> None:
+        """The vid is now at `row` (a new vid, or a re-added one)."""
+        if self.get(vid) is None:
+            self._count += 1
+        self._recent[vid] = row
+        if len(self._recent) > max(self.COMPACT_FROM, len(self._vids) // 4):
+            self._compact()
+
+    def pop(self, vid: int) -> int | None:
+        """Forget the vid; its row, or None if it had none."""
+        row = self.get(vid)
+        if row is not None:
+            self._count -= 1
+            self._recent.pop(vid, None)
+            at = self._at(vid)
+            if at >= 0:
+                self._rows[at] = -1
+        return row
+
+    def _at(self, vid: int) -> int:
+        at = int(np.searchsorted(self._vids, vid))
+        return at if at < len(self._vids) and self._vids[at] == vid else -1
+
+    def _compact(self) -> None:
+        recent_vids = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
+        recent_rows = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
+        kept = (self._rows >= 0) & ~np.isin(self._vids, recent_vids)
+        merged = _RowMap.of(np.concatenate([self._vids[kept], recent_vids]),
+                            np.concatenate([self._rows[kept], recent_rows]))
+        self._vids, self._rows, self._recent = merged._vids, merged._rows, {}
+
+
 @dataclass
 class _ProfileIndex:
     """One profile's FAISS index and, row for row, what each of its vectors belongs to.
@@ -75,7 +149,7 @@ class _ProfileIndex:
     eids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=ENTRY_ID_DTYPE))
     live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
     rows: int = 0
-    row_of: dict[int, int] = field(default_factory=dict)  # vid -> its live row (for searches)
+    row_of: _RowMap = field(default_factory=_RowMap)  # vid -> its live row (for searches)
     tombstones: set[int] = field(default_factory=set)
     trained_rows: int = 0  # IVF: how many vectors its lists were trained for
     stale: int = 0  # IVF: dead rows still inside its lists (removed or replaced)
@@ -99,7 +173,13 @@ class _ProfileIndex:
         return len(self.row_of)
 
     def entry_id(self, vid: int) -> str:
-        return self.eids[self.row_of[vid]].decode("ascii")
+        row = self.row_of.get(vid)
+        assert row is not None, "only a live vid has an entry id"
+        return self.eids[row].decode("ascii")
+
+    def live_vids(self) -> np.ndarray:
+        """The vids of the live rows."""
+        return self.vids[: self.rows][self.live[: self.rows]]
 
     def append(self, vids: np.ndarray, eids: np.ndarray) -> None:
         """Record rows just added to `index` (same order); a vid seen again takes its new row."""
@@ -117,18 +197,22 @@ class _ProfileIndex:
         self.eids[first:needed] = eids
         self.live[first:needed] = True
         self.rows = needed
+        if len(self.row_of) == 0 and not self.tombstones and len(np.unique(vids)) == len(vids):
+            # A new index filled at once (a rebuild, a load): the map in one step.
+            self.row_of = _RowMap.of(np.asarray(vids, dtype=np.int64), np.arange(first, needed, dtype=np.int64))
+            return
         for row, vid in enumerate(vids.tolist(), start=first):
             previous = self.row_of.get(vid)
             if previous is not None:  # the same vid twice in one batch: the last row wins
                 self.live[previous] = False
                 self.stale += 1
-            self.row_of[vid] = row
+            self.row_of.set(vid, row)
             self.tombstones.discard(vid)
 
     def remove(self, vids: list[int]) -> None:
         """Tombstone these vids (filtered at search time until the next rebuild)."""
         for vid in vids:
-            row = self.row_of.pop(vid, None)
+            row = self.row_of.pop(vid)
             if row is not None:
                 self.live[row] = False
                 self.stale += 1
@@ -189,7 +273,7 @@ class VectorIndex:
             part = self._profiles.get(profile_id)
             if part is None:
                 part = self._profiles[profile_id] = self._new_part(len(entry_ids), vectors)
-            existing = [i for i in ids.tolist() if i in part.row_of]
+            existing = ids[part.row_of.contains_many(ids)].tolist() if len(part.row_of) else []
             if existing:
                 part.remove(existing)
             part.add(vectors, ids, eids)
@@ -317,7 +401,8 @@ class VectorIndex:
                         new_vids = current.vids[new_rows]
                         fresh.remove([v for v in new_vids.tolist() if v in fresh.row_of])
                         fresh.add(self._vectors(current, new_rows), new_vids, current.eids[new_rows])
-                removed = [v for v in fresh.row_of if v not in current.row_of]
+                built = fresh.live_vids()
+                removed = built[~np.isin(built, current.live_vids())].tolist()
                 if removed:
                     fresh.remove(removed)
                 self._profiles[profile_id] = fresh
@@ -406,9 +491,9 @@ class VectorIndex:
             if not (len(vids) == len(eids) == len(live) and held) or vids.dtype != np.int64:
                 raise ValueError(f"profile {item['profile']}: rows do not match the index")
             live_rows = np.flatnonzero(live)
-            row_of = dict(zip(vids[live_rows].tolist(), live_rows.tolist(), strict=True))
+            row_of = _RowMap.of(vids[live_rows], live_rows)
             # Tombstones are the vids of dead rows that have no live row (a re-add is live).
-            tombstones = set(vids[~live].tolist()) - row_of.keys()
+            tombstones = set(np.setdiff1d(vids[~live], vids[live_rows]).tolist())
             part = _ProfileIndex(index, item["kind"], vids, eids.astype(ENTRY_ID_DTYPE), live, len(vids), row_of,
                                  tombstones, trained_rows=int(item.get("trained_rows", 0)))
             if part.ids_are_rows:
@@ -425,12 +510,13 @@ class VectorIndex:
             if kind == "hnsw":
                 _hnsw_of(index).hnsw.efSearch = HNSW_EF_SEARCH
             vids = faiss.vector_to_array(index.id_map).astype(np.int64)
-            row_of = {vid: row for row, vid in enumerate(vids.tolist()) if vid in entry_ids}  # the last row wins
+            last_row = {vid: row for row, vid in enumerate(vids.tolist()) if vid in entry_ids}  # the last row wins
             eids = np.zeros(len(vids), dtype=ENTRY_ID_DTYPE)
             live = np.zeros(len(vids), dtype=np.bool_)
-            rows = np.fromiter(row_of.values(), dtype=np.int64, count=len(row_of))
-            eids[rows] = _entry_id_array([entry_ids[vid] for vid in row_of])
+            rows = np.fromiter(last_row.values(), dtype=np.int64, count=len(last_row))
+            eids[rows] = _entry_id_array([entry_ids[vid] for vid in last_row])
             live[rows] = True
+            row_of = _RowMap.of(np.fromiter(last_row.keys(), dtype=np.int64, count=len(last_row)), rows)
             profiles[profile_id] = _ProfileIndex(index, kind, vids, eids, live, len(vids), row_of, set(tombstones))
         return profiles
 
