@@ -25,6 +25,7 @@ Writes a table to stdout and everything to bench/out/index_scale.json.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import shutil
@@ -52,7 +53,10 @@ QUERIES = 400
 
 
 def rss_mb() -> float:
-    """Resident memory of this process now."""
+    """Resident memory of this process now, after freed memory is handed back to the system
+    (else what a build allocated for a moment and freed counts as the index's)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * 4096 / 2**20
 

@@ -361,3 +361,30 @@ def test_the_row_map_agrees_with_a_dict_through_adds_re_adds_removals_and_compac
         assert mapped.get(vid) == model.get(vid) and len(mapped) == len(model)
     assert all(mapped.get(int(v)) == model.get(int(v)) for v in vids)
     assert mapped.contains_many(vids).tolist() == [int(v) in model for v in vids]
+
+
+def test_an_inverted_file_retrained_keeps_what_changed_while_it_trained(monkeypatch, small_ivf):
+    """The retraining builds without the lock; what was added (read back from the old lists),
+    re-added and removed meanwhile is kept."""
+    index = VectorIndex(64, "ivf")
+    vectors = unit_vectors(1100, seed=9)
+    ids = [secrets.token_hex(16) for _ in range(1010)]
+    index.add_many("p", ids[:250], vectors[:250])
+    index.add_many("p", ids[250:1000], vectors[250:1000])
+    assert index.needs_rebuild() and index._profiles["p"].kind == "ivf"
+    new_part = index._new_part
+
+    def new_part_with_changes(expected, vectors_now=None):
+        monkeypatch.setattr(index, "_new_part", new_part)  # once
+        index.add_many("p", ids[1000:1010], vectors[1000:1010])  # new entries
+        index.add("p", ids[2], vectors[1099])  # a re-add with another vector
+        index.remove(ids[5])
+        return new_part(expected, vectors_now)
+
+    monkeypatch.setattr(index, "_new_part", new_part_with_changes)
+    index.rebuild()
+    part = index._profiles["p"]
+    assert part.kind == "ivf" and part.trained_rows == 1000 and len(index) == 1009
+    assert index.search("p", vectors[1005], 1)[0][0] == ids[1005]
+    assert index.search("p", vectors[1099], 1)[0][0] == ids[2]
+    assert all(hit != ids[5] for hit, _ in index.search("p", vectors[5], 10))

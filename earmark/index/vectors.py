@@ -42,7 +42,7 @@ IVF_MIN_ROWS = 10_000
 IVF_MAX_LISTS = 4_096  # more lists train and fill too slowly here (16,384 at 10M: over 20 min)
 IVF_TRAIN_PER_LIST = 32  # k-means sample per list (FAISS warns under 39; 32 loses nothing here)
 IVF_TRAIN_ITERATIONS = 10
-IVF_PROBE_SHARE = 1 / 64  # lists searched per query (at least IVF_MIN_PROBES)
+IVF_PROBE_SHARE = 1 / 32  # lists searched per query (at least IVF_MIN_PROBES): 128 of 4,096
 IVF_MIN_PROBES = 16
 IVF_RETRAIN_GROWTH = 4  # retrain (with more lists) once a profile holds this many times what it trained on
 SNAPSHOT_VERSION = 2  # 1: one pickle (FAISS blob, id dict); 2: FAISS file and numpy row arrays
@@ -75,7 +75,7 @@ class _RowMap:
     def of(cls, vids: np.ndarray, rows: np.ndarray) -> _RowMap:
         """The map of these (unique) vids at these rows."""
         made = cls()
-        order = np.argsort(vids, kind="stable")
+        order = np.argsort(vids)
         made._vids = np.ascontiguousarray(vids[order], dtype=np.int64)
         made._rows = np.ascontiguousarray(rows[order], dtype=np.int64)
         made._count = len(vids)
@@ -97,8 +97,14 @@ class _RowMap:
 
     def contains_many(self, vids: np.ndarray) -> np.ndarray:
         """For each vid, whether it has a live row."""
-        recent = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
-        return np.isin(vids, recent) | np.isin(vids, self._vids[self._rows >= 0])
+        vids = np.asarray(vids, dtype=np.int64)
+        found = np.zeros(len(vids), dtype=np.bool_)
+        if len(self._vids):  # binary searches: np.isin would sort both sides (9 s at 10M)
+            at = np.searchsorted(self._vids, vids).clip(max=len(self._vids) - 1)
+            found = (self._vids[at] == vids) & (self._rows[at] >= 0)
+        if self._recent:
+            found |= np.isin(vids, np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent)))
+        return found
 
     def set(self, vid: int, row: int) -> None:
         """The vid is now at `row` (a new vid, or a re-added one)."""
@@ -126,7 +132,10 @@ class _RowMap:
     def _compact(self) -> None:
         recent_vids = np.fromiter(self._recent.keys(), dtype=np.int64, count=len(self._recent))
         recent_rows = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
-        kept = (self._rows >= 0) & ~np.isin(self._vids, recent_vids)
+        kept = self._rows >= 0
+        at = np.searchsorted(self._vids, recent_vids).clip(max=max(0, len(self._vids) - 1))
+        if len(self._vids):
+            kept[at[self._vids[at] == recent_vids]] = False  # superseded by a recent row
         merged = _RowMap.of(np.concatenate([self._vids[kept], recent_vids]),
                             np.concatenate([self._rows[kept], recent_rows]))
         self._vids, self._rows, self._recent = merged._vids, merged._rows, {}
@@ -384,8 +393,8 @@ class VectorIndex:
                 if any(part is done for done in purged):
                     continue
                 rows = np.flatnonzero(part.live[: part.rows])
-                plans.append((profile_id, part.rows, part.vids[rows], part.eids[rows], self._vectors(part, rows)))
-        for profile_id, rows_then, vids, eids, vectors in plans:
+                plans.append((profile_id, part.rows, rows, part.vids[rows], part.eids[rows], self._vectors(part, rows)))
+        for profile_id, rows_then, planned, vids, eids, vectors in plans:
             fresh = self._new_part(len(vids), vectors)
             if len(vids):
                 fresh.add(vectors, vids, eids)
@@ -401,8 +410,9 @@ class VectorIndex:
                         new_vids = current.vids[new_rows]
                         fresh.remove([v for v in new_vids.tolist() if v in fresh.row_of])
                         fresh.add(self._vectors(current, new_rows), new_vids, current.eids[new_rows])
-                built = fresh.live_vids()
-                removed = built[~np.isin(built, current.live_vids())].tolist()
+                # Removed since the plan: its rows dead now, unless re-added (a new row, above).
+                dead = current.vids[planned[~current.live[planned]]].tolist()
+                removed = [vid for vid in dead if vid not in current.row_of]
                 if removed:
                     fresh.remove(removed)
                 self._profiles[profile_id] = fresh
@@ -493,7 +503,8 @@ class VectorIndex:
             live_rows = np.flatnonzero(live)
             row_of = _RowMap.of(vids[live_rows], live_rows)
             # Tombstones are the vids of dead rows that have no live row (a re-add is live).
-            tombstones = set(np.setdiff1d(vids[~live], vids[live_rows]).tolist())
+            dead = vids[~live]
+            tombstones = set(dead[~row_of.contains_many(dead)].tolist())
             part = _ProfileIndex(index, item["kind"], vids, eids.astype(ENTRY_ID_DTYPE), live, len(vids), row_of,
                                  tombstones, trained_rows=int(item.get("trained_rows", 0)))
             if part.ids_are_rows:
@@ -586,16 +597,22 @@ def _probes(lists: int) -> int:
 
 
 def _ivf_vectors(index: faiss.Index, rows: np.ndarray, total_rows: int, dim: int) -> np.ndarray:
-    """The vectors of these rows decoded from an inverted file's lists (its ids are rows)."""
-    every = np.zeros((total_rows, dim), dtype=np.float32)
+    """The vectors of these rows decoded from an inverted file's lists (its ids are rows): one
+    pass over the lists, decoding only the codes asked for."""
+    out = np.zeros((len(rows), dim), dtype=np.float32)
+    position = np.full(total_rows, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
     lists = index.invlists
     for number in range(index.nlist):
         size = lists.list_size(number)
-        if size:
-            ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+        if size == 0:
+            continue
+        at = position[faiss.rev_swig_ptr(lists.get_ids(number), size)]
+        wanted = at >= 0
+        if wanted.any():
             codes = faiss.rev_swig_ptr(lists.get_codes(number), size * index.code_size).reshape(size, index.code_size)
-            every[ids] = index.sq.decode(np.ascontiguousarray(codes))
-    return np.ascontiguousarray(every[rows])
+            out[at[wanted]] = index.sq.decode(np.ascontiguousarray(codes[wanted]))
+    return out
 
 
 def _entry_id_array(entry_ids: list[str]) -> np.ndarray:
