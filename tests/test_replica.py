@@ -42,3 +42,49 @@ def test_an_add_event_ahead_of_its_entry_is_retried_until_the_entry_appears(stor
         await replica.stop()
 
     asyncio.run(run())
+
+
+def test_a_replica_moves_a_grown_profile_to_an_inverted_file_and_restarts_from_its_snapshot(
+        store_url, redis_client, tmp_path, monkeypatch):
+    """Past its threshold a profile's index becomes an inverted file, built beside the stream
+    tail from the vectors it holds; the snapshot a stop writes brings it back as it was."""
+    import earmark.index.vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "IVF_MIN_ROWS", 200)
+    keys = Keys(f"earmark-replica-{uuid.uuid4().hex[:8]}:")
+    vectors = np.random.default_rng(3).normal(size=(300, EMBEDDING_DIM)).astype("<f4")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [uuid.uuid4().hex for _ in range(300)]
+
+    async def replica_of(index: VectorIndex) -> IndexReplica:
+        replica = IndexReplica(open_client(store_url, max_connections=4), keys, index, tmp_path, DEFAULT.version)
+        replica.start()
+        await asyncio.wait_for(replica.ready.wait(), 20)
+        return replica
+
+    async def run() -> None:
+        index = VectorIndex(EMBEDDING_DIM, "ivf")
+        replica = await replica_of(index)
+        pipe = redis_client.pipeline()
+        for entry_id, vector in zip(ids, vectors, strict=True):
+            pipe.hset(keys.entry(entry_id), mapping={"profile": "p", "emb": vector.tobytes(), "fp_version": DEFAULT.version})
+            pipe.xadd(keys.index_stream(), {"op": "add", "entry": entry_id, "profile": "p"})
+        pipe.execute()
+        deadline = time.monotonic() + 30
+        while not (len(index) == 300 and index._profiles["p"].kind == "ivf"):
+            assert time.monotonic() < deadline, "the replica never moved the profile to an inverted file"
+            await asyncio.sleep(0.1)
+        assert index.search("p", vectors[42], 1)[0][0] == ids[42]
+        await replica.stop()
+
+        async def not_from_the_store(self) -> None:
+            raise AssertionError("the restarted replica rebuilt from the store instead of loading its snapshot")
+
+        monkeypatch.setattr(IndexReplica, "_rebuild_from_store", not_from_the_store)
+        restarted = VectorIndex(EMBEDDING_DIM, "ivf")
+        replica = await replica_of(restarted)
+        assert len(restarted) == 300 and restarted._profiles["p"].kind == "ivf"
+        assert restarted.search("p", vectors[7], 1)[0][0] == ids[7]
+        await replica.stop()
+
+    asyncio.run(run())

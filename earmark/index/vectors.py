@@ -3,9 +3,9 @@
 Derived data: Redis holds every entry's embedding, so this index can always be rebuilt, and a
 search result is only a candidate (the caller re-reads the entry from Redis before trusting
 it). Small indexes use exact inner-product search, larger ones HNSW, and the largest an
-inverted file of 8-bit codes (IVF-SQ8: about 90 bytes an entry against HNSW's 540, and
-rebuilt in seconds where HNSW takes minutes at a million; bench/README.md, "ten million
-entries"). Removals are tombstones filtered at search time until the next rebuild: HNSW cannot
+inverted file of 8-bit codes (IVF-SQ8: 72 bytes an entry in FAISS against HNSW's 550, built in
+under a minute at a million where HNSW takes several; bench/README.md, "The vector index at
+ten million entries"). Removals are tombstones filtered at search time until the next rebuild: HNSW cannot
 remove vectors (faiss #3339, #1784), and a flat index's `remove_ids` compacts the whole array
 (478 ms at 1M entries, bench/README.md), far too slow to run per expired candidate; an inverted
 file drops its tombstones in place, in one pass over its lists.
@@ -31,8 +31,8 @@ import numpy as np
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # Exact search stays under a millisecond up to here on 2 cores (d=64); past it HNSW.
 AUTO_HNSW_FROM = 50_000
-# Past here an inverted file: HNSW's graph costs 540 bytes an entry and a rebuild at this size
-# takes about ten minutes on 2 cores; IVF-SQ8 costs about 90 and retrains in seconds.
+# Past here an inverted file: HNSW's graph costs 550 bytes an entry and a rebuild at this size
+# takes several minutes on 2 cores; IVF-SQ8 costs 72 and trains and fills in under a minute.
 AUTO_IVF_FROM = 1_000_000
 HNSW_M = 32
 HNSW_EF_SEARCH = 64
@@ -440,15 +440,13 @@ class VectorIndex:
         with self._faiss_writes:
             with self._lock:  # a consistent view: the indexes, their rows and live flags
                 parts = [(profile_id, part.kind, part.index, part.vids[: part.rows], part.eids[: part.rows],
-                          part.live[: part.rows].copy()) for profile_id, part in self._profiles.items()]
+                          part.live[: part.rows].copy(), part.trained_rows) for profile_id, part in self._profiles.items()]
                 entries = sum(part.live_count for part in self._profiles.values())
             listing = []
-            for number, (profile_id, kind, index, *_) in enumerate(parts):
+            for number, (profile_id, kind, index, *_, trained_rows) in enumerate(parts):
                 faiss.write_index(index, str(staging / f"{number}.faiss"))  # adds wait for this
-                listing.append({"profile": profile_id, "kind": kind, "file": str(number),
-                                "trained_rows": self._profiles[profile_id].trained_rows
-                                if profile_id in self._profiles else 0})
-        for number, (_, _, _, vids, eids, live) in enumerate(parts):
+                listing.append({"profile": profile_id, "kind": kind, "file": str(number), "trained_rows": trained_rows})
+        for number, (_, _, _, vids, eids, live, _) in enumerate(parts):
             np.save(staging / f"{number}.vids.npy", vids)
             np.save(staging / f"{number}.eids.npy", eids)
             np.save(staging / f"{number}.live.npy", live)

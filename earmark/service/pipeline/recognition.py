@@ -60,8 +60,9 @@ log = logging.getLogger(__name__)
 # Audio up to this long is kept decoded for the request's later stages (at most 7.7 MB).
 KEEP_PCM_S = 120.0
 # Uploads up to this long are searched for cached recordings inside them (segment reuse): a
-# call or an episode; decoded whole for the search (at most 115 MB).
-MAX_SEGMENT_SEARCH_S = 1800.0
+# call, an episode, a meeting; decoded whole for the search (inside the decode budget, as the
+# engine's run of a miss is: 460 MB at two hours).
+MAX_SEGMENT_SEARCH_S = 7200.0
 
 
 @dataclass
