@@ -60,21 +60,27 @@ class Run:
 
 def aligned_runs(query: RobustHash, entry: RobustHash) -> list[Run]:
     """The runs of `query` found in `entry`, in query order, each at least two blocks long (a
-    single block's offset could be chance); [] when none."""
+    single block's offset could be chance); [] when none. A block may lie at several offsets
+    (a sentence the entry holds twice), so runs at different offsets may overlap: a run goes on
+    through a block that also matches elsewhere."""
     if len(query.bits) < 2 * BLOCK_FRAMES or len(entry.bits) == 0:
         return []
-    best = _block_offsets(query, entry)
     runs: list[Run] = []
-    for block, (offset, votes) in enumerate(best):
-        if votes == 0:
-            continue
+    open_runs: list[int] = []  # indices into runs that reached the previous block
+    for block, offsets in enumerate(_block_offsets(query, entry)):
         start, end = block * BLOCK_FRAMES, min(len(query.bits), (block + 1) * BLOCK_FRAMES)
-        last = runs[-1] if runs else None
-        if last is not None and last.query_end == start and abs(last.offset - offset) <= OFFSET_SLACK:
-            runs[-1] = Run(last.query_start, end, last.offset if last.votes >= votes else offset, last.votes + votes)
-        else:
-            runs.append(Run(start, end, offset, votes))
-    return [run for run in runs if run.frames >= 2 * BLOCK_FRAMES]
+        still_open = []
+        for offset, votes in offsets:
+            going = next((at for at in open_runs if abs(runs[at].offset - offset) <= OFFSET_SLACK), None)
+            if going is None:
+                runs.append(Run(start, end, offset, votes))
+                still_open.append(len(runs) - 1)
+            elif going not in still_open:
+                last = runs[going]
+                runs[going] = Run(last.query_start, end, last.offset if last.votes >= votes else offset, last.votes + votes)
+                still_open.append(going)
+        open_runs = still_open
+    return sorted((run for run in runs if run.frames >= 2 * BLOCK_FRAMES), key=lambda run: (run.query_start, run.offset))
 
 
 def frame_agreement(query: RobustHash, entry: RobustHash, offset: int) -> np.ndarray:
@@ -105,8 +111,10 @@ def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(values.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1).sum(axis=1)
 
 
-def _block_offsets(query: RobustHash, entry: RobustHash) -> list[tuple[int, int]]:
-    """Each query block's winning (offset, votes); votes 0 when no offset wins clearly. The
+def _block_offsets(query: RobustHash, entry: RobustHash) -> list[list[tuple[int, int]]]:
+    """Each query block's offsets with their votes: the best, when it wins clearly over chance
+    (MIN_VOTES, and MIN_LEAD times anything that is not within MIN_LEAD of it), and any other
+    within MIN_LEAD of it (the same sound elsewhere in the entry); [] for a block with none. The
     votes are counted sparsely: an hour against an hour has millions of possible offsets per
     block, and only the few hundred a block's matching keys name hold any."""
     query_frames, entry_frames = _loud(query), _loud(entry)
@@ -115,7 +123,7 @@ def _block_offsets(query: RobustHash, entry: RobustHash) -> list[tuple[int, int]
     voted = [_matching_pairs(query, entry, query_frames, entry_frames, shift, mask) for shift, mask in _KEYS]
     matched_query = np.concatenate([pairs[0] for pairs in voted])
     matched_entry = np.concatenate([pairs[1] for pairs in voted])
-    best = [(0, 0)] * blocks
+    best: list[list[tuple[int, int]]] = [[] for _ in range(blocks)]
     if len(matched_query) == 0:
         return best
     codes, counts = np.unique((matched_query // BLOCK_FRAMES) * span + (matched_entry - matched_query + len(query.bits) + 1),
@@ -126,11 +134,18 @@ def _block_offsets(query: RobustHash, entry: RobustHash) -> list[tuple[int, int]
     edges = np.flatnonzero(np.diff(np.concatenate(([-1], block_of, [blocks]))))
     for first, stop in zip(edges[:-1], edges[1:], strict=True):
         offsets, votes = codes[first:stop] % span, smoothed[first:stop]
-        top = int(np.argmax(votes))
-        far = np.abs(offsets - offsets[top]) > 2 * OFFSET_SLACK + 1
-        rival = int(votes[far].max()) if far.any() else 0
-        if votes[top] >= MIN_VOTES and votes[top] >= MIN_LEAD * max(1, rival):
-            best[int(block_of[first])] = (int(offsets[top]) - len(query.bits) - 1, int(votes[top]))
+        chosen: list[tuple[int, int]] = []
+        for at in np.argsort(-votes, kind="stable"):
+            if votes[at] < MIN_VOTES or (chosen and MIN_LEAD * votes[at] < chosen[0][1]):
+                break
+            if all(abs(int(offsets[at]) - offset) > 2 * OFFSET_SLACK + 1 for offset, _ in chosen):
+                chosen.append((int(offsets[at]), int(votes[at])))
+        # Clear of chance: the best outvotes, MIN_LEAD times, every offset not among the chosen.
+        chosen_offsets = np.array([offset for offset, _ in chosen])
+        far = (np.abs(offsets[:, None] - chosen_offsets[None, :]) > 2 * OFFSET_SLACK + 1).all(axis=1) if chosen else None
+        rival = int(votes[far].max()) if chosen and far.any() else 0
+        if chosen and chosen[0][1] >= MIN_LEAD * max(1, rival):
+            best[int(block_of[first])] = [(offset - len(query.bits) - 1, count) for offset, count in chosen]
     return best
 
 

@@ -132,8 +132,10 @@ class SpanFinder:
             for entry_id, similarity in hits:
                 if len(searched) < EXCERPT_MAX_ENTRIES or entry_id in searched:
                     searched[entry_id] = max(similarity, searched.get(entry_id, 0.0))
-        found += await asyncio.to_thread(self._excerpts, pcm, features, profile, searched, entries, found)
-        return sorted(found, key=lambda span: span.start_s)
+        # Searched apart, then merged longest first: a cached recording repeated inside a long
+        # one (a sentence said twice in a meeting) must not cut the long one's run to pieces.
+        stretches_of = await asyncio.to_thread(self._excerpts, pcm, features, profile, searched, entries, [])
+        return _longest_first(found + stretches_of)
 
     def _propose(self, pcm: np.ndarray, profile: Profile, features: QueryFeatures) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
                                                                    dict[str, float]]:
@@ -240,8 +242,13 @@ class SpanFinder:
                     or not entry.fingerprint or not has_word_times(entry)):
                 continue
             reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
+            agreements: dict[int, np.ndarray] = {}  # by offset: an edit leaves many runs at one
             for run in sorted(aligned_runs(query_hash, reference), key=lambda run: -run.votes):
-                agreeing = _agreeing_seconds(query_hash, reference, run, config)
+                if budget <= 0:
+                    break
+                if run.offset not in agreements:
+                    agreements[run.offset] = _agreement(query_hash, reference, run.offset)
+                agreeing = _agreeing_seconds(agreements[run.offset], run, config)
                 if agreeing is None:
                     continue
                 shift_s = run.offset / config.frames_per_second
@@ -376,11 +383,25 @@ def _shifted(segment: dict, shift_s: float, low_s: float, high_s: float) -> dict
     return out
 
 
-def _agreeing_seconds(query: RobustHash, entry: RobustHash, run: Run, config) -> tuple[float, float] | None:
-    """Where around `run` the upload's frames agree with the entry's at the run's offset (in the
-    upload's seconds): the run's blocks give its ends to a block, this to a quarter second."""
-    # At the run's offset or a frame either side (an edit's cut rarely falls on the frame grid).
-    agreement = np.fmax.reduce([frame_agreement(query, entry, run.offset + step) for step in (-1, 0, 1)])
+def _longest_first(spans: list[ReusedSpan]) -> list[ReusedSpan]:
+    """The spans, longest first, each kept when it overlaps none kept before it; in time order."""
+    kept: list[ReusedSpan] = []
+    for span in sorted(spans, key=lambda span: span.start_s - span.end_s):
+        if not any(span.start_s < other.end_s and other.start_s < span.end_s for other in kept):
+            kept.append(span)
+    return sorted(kept, key=lambda span: span.start_s)
+
+
+def _agreement(query: RobustHash, entry: RobustHash, offset: int) -> np.ndarray:
+    """Each upload frame's agreement with the entry's at `offset`, or a frame either side (an
+    edit's cut rarely falls on the frame grid); NaN in pauses."""
+    return np.fmax.reduce([frame_agreement(query, entry, offset + step) for step in (-1, 0, 1)])
+
+
+def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, float] | None:
+    """Where around `run` the upload's frames agree with the entry's (`agreement`, at the run's
+    offset), in the upload's seconds: the run's blocks give its ends to a block, this to a
+    quarter second."""
     heard = ~np.isnan(agreement)
     good = heard & (agreement >= RUN_AGREEMENT)
     bad = _lasting(heard & ~good, AGREEMENT_FRAMES)  # a dip at one transient is not the run's end
