@@ -55,7 +55,9 @@ MEETING_VOICES = [("en-us+m3", "en-gb-x-rp+f3", "en-029+m1"), ("en-gb-scotland+f
 # negative measures that separately).
 OTHER_VOICES = ("en-gb-x-gbclan+f2", "en-us-nyc+m4")
 # One word changed in a sentence: the pairs the `changed` variant draws from (same voice).
-SWAPS = {"software": "hardware", "program": "problem", "license": "licence", "copy": "coffee", "work": "world",
+# A word and another that sounds different ("license" / "licence" was dropped: the same sound,
+# so the "changed" recording was the original itself).
+SWAPS = {"software": "hardware", "program": "problem", "copy": "coffee", "work": "world",
          "free": "three", "source": "sauce", "modify": "notify", "rights": "lights", "code": "coat"}
 CHANNELS = ("clean", "mp3", "telephone")
 # A span reaching this far into foreign speech is a false span (spans end in pauses, and pauses

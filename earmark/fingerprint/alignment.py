@@ -140,12 +140,9 @@ def _block_offsets(query: RobustHash, entry: RobustHash) -> list[list[tuple[int,
                 break
             if all(abs(int(offsets[at]) - offset) > 2 * OFFSET_SLACK + 1 for offset, _ in chosen):
                 chosen.append((int(offsets[at]), int(votes[at])))
-        # Clear of chance: the best outvotes, MIN_LEAD times, every offset not among the chosen.
-        chosen_offsets = np.array([offset for offset, _ in chosen])
-        far = (np.abs(offsets[:, None] - chosen_offsets[None, :]) > 2 * OFFSET_SLACK + 1).all(axis=1) if chosen else None
-        rival = int(votes[far].max()) if chosen and far.any() else 0
-        if chosen and chosen[0][1] >= MIN_LEAD * max(1, rival):
-            best[int(block_of[first])] = [(offset - len(query.bits) - 1, count) for offset, count in chosen]
+        # Clear of chance by construction: every offset not chosen (nor beside one) has under
+        # 1 / MIN_LEAD of the best's votes.
+        best[int(block_of[first])] = [(offset - len(query.bits) - 1, count) for offset, count in chosen]
     return best
 
 

@@ -361,7 +361,7 @@ class VectorIndex:
         if _KIND_RANK[self._kind_for(part.live_count)] > _KIND_RANK[part.kind]:
             return "kind"
         if (part.kind == "ivf" and part.live_count >= IVF_RETRAIN_GROWTH * max(1, part.trained_rows)
-                and _lists_for(part.live_count) > part.index.nlist):
+                and _lists_for(part.live_count) > _ivf(part.index).nlist):
             return "kind"
         if not part.ids_are_rows and len(part.tombstones) > max(1000, part.live_count // 10):
             return "tombstones"
@@ -534,7 +534,7 @@ class VectorIndex:
         if kind == "hnsw":
             _hnsw_of(cast(faiss.IndexIDMap, index)).hnsw.efSearch = HNSW_EF_SEARCH
         elif kind == "ivf":
-            index.nprobe = _probes(index.nlist)
+            _ivf(index).nprobe = _probes(_ivf(index).nlist)
         return index
 
     def clear(self) -> None:
@@ -558,12 +558,12 @@ class VectorIndex:
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         return _ProfileIndex(faiss.IndexIDMap2(hnsw), "hnsw")
 
-    def _trained_ivf(self, vectors: np.ndarray) -> faiss.Index:
+    def _trained_ivf(self, vectors: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
         """An inverted file of 8-bit codes, its lists (about 4 sqrt(n)) and code ranges trained
         on a sample of `vectors`. Codes are of the vectors themselves, not of their residuals,
         so that the lists can be read back as vectors for a later rebuild."""
         lists = _lists_for(len(vectors))
-        index = faiss.index_factory(self.dim, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT)
+        index = _ivf(faiss.index_factory(self.dim, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT))
         index.by_residual = False
         index.cp.niter = IVF_TRAIN_ITERATIONS
         index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
@@ -579,8 +579,8 @@ class VectorIndex:
         if len(rows) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         if part.ids_are_rows:
-            return _ivf_vectors(part.index, rows, part.rows, self.dim)
-        stored = part.index.index.reconstruct_n(0, part.index.ntotal)
+            return _ivf_vectors(_ivf(part.index), rows, part.rows, self.dim)
+        stored = cast(faiss.IndexIDMap, part.index).index.reconstruct_n(0, part.index.ntotal)
         return np.ascontiguousarray(stored[rows], dtype=np.float32)
 
 
@@ -594,13 +594,19 @@ def _probes(lists: int) -> int:
     return min(lists, max(IVF_MIN_PROBES, round(lists * IVF_PROBE_SHARE)))
 
 
-def _ivf_vectors(index: faiss.Index, rows: np.ndarray, total_rows: int, dim: int) -> np.ndarray:
+def _ivf(index: faiss.Index) -> faiss.IndexIVFScalarQuantizer:
+    """An index known to be an inverted file of 8-bit codes, as one."""
+    return cast(faiss.IndexIVFScalarQuantizer, index)
+
+
+def _ivf_vectors(index: faiss.IndexIVFScalarQuantizer, rows: np.ndarray, total_rows: int, dim: int) -> np.ndarray:
     """The vectors of these rows decoded from an inverted file's lists (its ids are rows): one
     pass over the lists, decoding only the codes asked for."""
     out = np.zeros((len(rows), dim), dtype=np.float32)
     position = np.full(total_rows, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
     lists = index.invlists
+    assert lists is not None, "a trained inverted file has its lists"
     for number in range(index.nlist):
         size = lists.list_size(number)
         if size == 0:
