@@ -211,22 +211,29 @@ def test_a_damaged_snapshot_is_not_used(tmp_path):
     assert VectorIndex(64, "flat").load(tmp_path, "v") is None
 
 
+def _change_during_the_next_build(monkeypatch, index: VectorIndex, new_ids: list[str], new_vectors: np.ndarray,
+                                  re_added: tuple[str, np.ndarray], removed: str) -> None:
+    """While the next rebuild builds its new index (without the lock): new entries added, one
+    re-added with another vector, one removed."""
+    new_part = index._new_part
+
+    def new_part_with_changes(expected, vectors_now=None):
+        monkeypatch.setattr(index, "_new_part", new_part)  # once
+        index.add_many("p", new_ids, new_vectors)
+        index.add("p", *re_added)
+        index.remove(removed)
+        return new_part(expected, vectors_now)
+
+    monkeypatch.setattr(index, "_new_part", new_part_with_changes)
+
+
 def test_a_rebuild_keeps_what_changed_while_it_built(monkeypatch):
     """rebuild() builds without the lock; adds, re-adds and removals meanwhile are kept."""
     index = VectorIndex(64, "hnsw")
     vectors = unit_vectors(40, seed=6)
     ids = [secrets.token_hex(16) for _ in range(35)]
     index.add_many("p", ids[:30], vectors[:30])
-    new_part = index._new_part
-
-    def new_part_with_changes(expected, vectors_now=None):
-        monkeypatch.setattr(index, "_new_part", new_part)  # once
-        index.add_many("p", ids[30:35], vectors[30:35])  # new entries
-        index.add("p", ids[2], vectors[39])  # a re-add with another vector
-        index.remove(ids[5])
-        return new_part(expected, vectors_now)
-
-    monkeypatch.setattr(index, "_new_part", new_part_with_changes)
+    _change_during_the_next_build(monkeypatch, index, ids[30:35], vectors[30:35], (ids[2], vectors[39]), ids[5])
     index.rebuild()
     assert len(index) == 34 and index.tombstones == 1  # the removal came after the graph was built
     assert index.search("p", vectors[32], 1)[0][0] == ids[32]
@@ -372,16 +379,7 @@ def test_an_inverted_file_retrained_keeps_what_changed_while_it_trained(monkeypa
     index.add_many("p", ids[:250], vectors[:250])
     index.add_many("p", ids[250:1000], vectors[250:1000])
     assert index.needs_rebuild() and index._profiles["p"].kind == "ivf"
-    new_part = index._new_part
-
-    def new_part_with_changes(expected, vectors_now=None):
-        monkeypatch.setattr(index, "_new_part", new_part)  # once
-        index.add_many("p", ids[1000:1010], vectors[1000:1010])  # new entries
-        index.add("p", ids[2], vectors[1099])  # a re-add with another vector
-        index.remove(ids[5])
-        return new_part(expected, vectors_now)
-
-    monkeypatch.setattr(index, "_new_part", new_part_with_changes)
+    _change_during_the_next_build(monkeypatch, index, ids[1000:1010], vectors[1000:1010], (ids[2], vectors[1099]), ids[5])
     index.rebuild()
     part = index._profiles["p"]
     assert part.kind == "ivf" and part.trained_rows == 1000 and len(index) == 1009
