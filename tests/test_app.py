@@ -182,7 +182,7 @@ def test_health_and_metrics_names(client, recorded):
     for name in ("earmark_requests_total", "earmark_errors_total", "earmark_engine_seconds_total",
                  "earmark_engine_seconds_saved_total", "earmark_lookup_seconds_bucket", "earmark_index_entries",
                  "earmark_store_errors_total", "earmark_store_up", "earmark_store_used_memory_bytes",
-                 "earmark_fuzzy_candidates_total"):
+                 "earmark_fuzzy_candidates_total", "earmark_index_rebuilds_total"):
         assert name in text, name
     assert 'earmark_requests_total{endpoint="recognize",tier="exact"} 1.0' in text
     used = next(line for line in text.splitlines() if line.startswith("earmark_store_used_memory_bytes "))

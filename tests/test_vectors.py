@@ -264,7 +264,8 @@ def test_auto_moves_a_large_profile_to_an_inverted_file_that_survives_a_snapshot
 
     monkeypatch.setattr(vectors_module, "AUTO_HNSW_FROM", 100)
     monkeypatch.setattr(vectors_module, "AUTO_IVF_FROM", 300)
-    index = VectorIndex(64, "auto")
+    rebuilt: list[tuple[str, str]] = []
+    index = VectorIndex(64, "auto", on_rebuild=lambda reason, kind: rebuilt.append((reason, kind)))
     vectors = unit_vectors(400, seed=2)
     ids = [secrets.token_hex(16) for _ in range(400)]
     index.add_many("p", ids[:150], vectors[:150])
@@ -275,6 +276,7 @@ def test_auto_moves_a_large_profile_to_an_inverted_file_that_survives_a_snapshot
     index.rebuild()
     part = index._profiles["p"]
     assert part.kind == "ivf" and part.trained_rows == 400 and not index.needs_rebuild()
+    assert rebuilt == [("requested", "hnsw"), ("kind", "ivf")]  # what earmark_index_rebuilds_total counts
     # Every entry is found by its own vector, from the 8-bit codes the lists hold.
     assert all(index.search("p", vectors[i], 1)[0][0] == ids[i] for i in range(0, 400, 7))
 
@@ -291,7 +293,8 @@ def test_auto_moves_a_large_profile_to_an_inverted_file_that_survives_a_snapshot
 
 
 def test_an_inverted_file_drops_dead_rows_in_place_and_finds_live_ones_behind_them(tmp_path, small_ivf):
-    index = VectorIndex(64, "ivf")
+    rebuilt: list[tuple[str, str]] = []
+    index = VectorIndex(64, "ivf", on_rebuild=lambda reason, kind: rebuilt.append((reason, kind)))
     vectors = unit_vectors(1500, seed=3)
     # Twenty copies of one vector, nearly the same: after eighteen are removed, a search for it
     # must still return the two left, however many dead rows rank above them.
@@ -310,6 +313,7 @@ def test_an_inverted_file_drops_dead_rows_in_place_and_finds_live_ones_behind_th
     assert index.needs_rebuild() and part.stale == 1018
     index.rebuild()
     assert index._profiles["p"] is part and part.index.ntotal == 482 and part.stale == 0 and not index.needs_rebuild()
+    assert rebuilt == [("purge", "ivf")]
     assert index.search("p", vectors[1400], 1)[0][0] == ids[1400] and len(index) == 482
 
     index.save(tmp_path, "1700000000000-10", "ehash-v1")  # fewer vectors than rows: still loads

@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collections.abc import Callable
 from typing import cast
 
 import faiss
@@ -239,11 +240,15 @@ class _ProfileIndex:
 class VectorIndex:
     """Embeddings of all profiles; thread-safe (searches run beside the stream applier)."""
 
-    def __init__(self, dim: int, index_type: str = "auto") -> None:
+    def __init__(self, dim: int, index_type: str = "auto",
+                 on_rebuild: Callable[[str, str], None] | None = None) -> None:
+        """`on_rebuild(reason, kind)` is told of each profile's rebuild: why (`purge`, `kind`,
+        `tombstones`, or `requested` when called with none due) and the kind it now is."""
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
         self.dim = dim
         self.index_type = index_type
+        self._on_rebuild = on_rebuild or (lambda reason, kind: None)
         self._profiles: dict[str, _ProfileIndex] = {}
         self._lock = threading.RLock()
         # Held by whatever adds to a FAISS index in place, and by `save` while it serialises:
@@ -386,15 +391,18 @@ class VectorIndex:
                       if part.ids_are_rows and self._rebuild_reason(part) in (None, "purge")]
         for part in purged:
             with self._faiss_writes, self._lock:
+                reason = "purge" if part.stale else "requested"
                 part.purge()
+            self._on_rebuild(reason, part.kind)
         with self._lock:
             plans = []
             for profile_id, part in self._profiles.items():
                 if any(part is done for done in purged):
                     continue
                 rows = np.flatnonzero(part.live[: part.rows])
-                plans.append((profile_id, part.rows, rows, part.vids[rows], part.eids[rows], self._vectors(part, rows)))
-        for profile_id, rows_then, planned, vids, eids, vectors in plans:
+                plans.append((profile_id, self._rebuild_reason(part) or "requested", part.rows, rows, part.vids[rows],
+                              part.eids[rows], self._vectors(part, rows)))
+        for profile_id, reason, rows_then, planned, vids, eids, vectors in plans:
             fresh = self._new_part(len(vids), vectors)
             if len(vids):
                 fresh.add(vectors, vids, eids)
@@ -416,6 +424,7 @@ class VectorIndex:
                 if removed:
                     fresh.remove(removed)
                 self._profiles[profile_id] = fresh
+            self._on_rebuild(reason, fresh.kind)
 
     def save(self, directory: Path, stream_offset: str, fingerprint_version: str) -> None:
         """Write a snapshot atomically, with the stream offset it reflects.

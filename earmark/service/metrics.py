@@ -91,6 +91,11 @@ class Metrics:
             buckets=_LOOKUP_BUCKETS, registry=r,
         )
         self.index_entries = Gauge("earmark_index_entries", "Entries in this replica's vector index.", registry=r)
+        self.index_rebuilds = Counter(
+            "earmark_index_rebuilds_total",
+            "Profiles of this replica's vector index rebuilt, by reason (purge, kind, tombstones, requested) and the "
+            "kind of index after it (flat, hnsw, ivf).", ["reason", "kind"], registry=r,
+        )
         self.store_errors = Counter("earmark_store_errors_total", "Store calls that failed (connection, timeout).", registry=r)
         self.store_refused = Counter(
             "earmark_store_refused_total",

@@ -132,7 +132,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
         chosen = engine or engine_for(settings)
         pool = _pool_for(chosen, settings, metrics)
         router = _router(settings, chosen, pool, metrics, route_engines or {})
-        vectors = VectorIndex(EMBEDDING_DIM, settings.index_type)
+        vectors = VectorIndex(EMBEDDING_DIM, settings.index_type,
+                              on_rebuild=lambda reason, kind: metrics.index_rebuilds.labels(reason=reason, kind=kind).inc())
         metrics.index_entries.set_function(lambda: len(vectors))
         replica = IndexReplica.open(settings.redis_url, store.keys, vectors, _snapshot_dir(settings),
                                     DEFAULT_FINGERPRINT.version)
