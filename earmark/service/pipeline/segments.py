@@ -119,7 +119,7 @@ class SpanFinder:
         """The verified spans of `pcm` (16 kHz), in time order, none overlapping; [] when none.
         `features` are the upload's own, as the fuzzy tier computed them (their hash, embedding,
         and any detail and pitch already computed, are not computed again)."""
-        energies, proposals, nearest = await asyncio.to_thread(self._propose, pcm, profile, features)
+        levels, energies, proposals, nearest = await asyncio.to_thread(self._propose, pcm, profile, features)
         if not proposals and not nearest:
             return []
         entry_ids = sorted({entry_id for _, hits in proposals for entry_id, _ in hits} | set(nearest))
@@ -134,26 +134,28 @@ class SpanFinder:
                     searched[entry_id] = max(similarity, searched.get(entry_id, 0.0))
         # Searched apart, then merged longest first: a cached recording repeated inside a long
         # one (a sentence said twice in a meeting) must not cut the long one's run to pieces.
-        stretches_of = await asyncio.to_thread(self._excerpts, pcm, features, profile, searched, entries, [])
+        stretches_of = await asyncio.to_thread(self._excerpts, pcm, levels, features, profile, searched, entries)
         return _longest_first(found + stretches_of)
 
-    def _propose(self, pcm: np.ndarray, profile: Profile, features: QueryFeatures) -> tuple[np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]],
-                                                                   dict[str, float]]:
-        """The upload's band energies (steady noise taken out); each stretch of `pcm` with the
+    def _propose(self, pcm: np.ndarray, profile: Profile, features: QueryFeatures) -> tuple[
+            np.ndarray, np.ndarray, list[tuple[Stretch, list[tuple[str, float]]]], dict[str, float]]:
+        """The upload's 20 ms frame levels (its pauses, measured once for both searches) and band
+        energies (steady noise taken out); each stretch of `pcm` with the
         index's candidates for it (similar enough to verify); and the entries nearest the whole
         upload, with their similarity, to search for stretches of them."""
         limits = self.verifier.thresholds
-        candidates = stretches(frame_levels_db(pcm), max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
+        levels = frame_levels_db(pcm)
+        candidates = stretches(levels, max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
         self.metrics.segment_stretches.inc(len(candidates))
         energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         nearest = {entry_id: similarity for entry_id, similarity
                    in self.index.search(profile.digest, features.embedding, EXCERPT_TOP_K)
                    if similarity >= limits.min_embedding_similarity}
         if not candidates:
-            return energies, [], nearest
+            return levels, energies, [], nearest
         vectors = stretch_embeddings(energies, candidates, self.verifier.config)
         found = self.index.search_many(profile.digest, vectors, TOP_K)
-        return energies, [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
+        return levels, energies, [(stretch, kept) for stretch, hits in zip(candidates, found, strict=True)
                           if (kept := [(entry_id, similarity) for entry_id, similarity in hits
                                        if similarity >= limits.min_embedding_similarity])], nearest
 
@@ -199,17 +201,17 @@ class SpanFinder:
                                            judgement.score, judgement.offset_s))
         return accepted
 
-    def _excerpts(self, pcm: np.ndarray, features: QueryFeatures, profile: Profile, nearest: dict[str, float],
-                  entries: dict[str, Entry | None], accepted: list[ReusedSpan]) -> list[ReusedSpan]:
+    def _excerpts(self, pcm: np.ndarray, levels: np.ndarray, features: QueryFeatures, profile: Profile,
+                  nearest: dict[str, float], entries: dict[str, Entry | None]) -> list[ReusedSpan]:
         """Stretches of the nearest entries inside the upload, each verified against the entry's
-        own stretch (index/excerpt.py) and overlapping no span already accepted: where the
+        own stretch (index/excerpt.py), none overlapping another: where the
         upload's hash frames run at one offset in the entry's, cut at the upload's pauses. A run
         refused whole (a word changed inside it) is split at the pauses around where it was
         refused (else halved), three times at most, so the stretches around the change are still
         reused and the change goes to the engine."""
         config = self.verifier.config
         query_hash = features.hash
-        gaps = pauses(frame_levels_db(pcm))
+        gaps = pauses(levels)
         duration_s = len(pcm) / SAMPLE_RATE
         found: list[ReusedSpan] = []
         budget = MAX_VERIFIED  # full verdicts left for this upload
@@ -219,7 +221,7 @@ class SpanFinder:
             when it overlaps nothing found and the verification accepts it; when the verification
             refuses it, where (upload seconds) the check that refused found its worst; else None."""
             nonlocal budget
-            if budget <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in accepted + found):
+            if budget <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in found):
                 return None
             part = excerpt(entry, start_s + shift_s, end_s + shift_s, config)
             if part is None or part.speech_s < max(self.min_span_s, self.verifier.thresholds.min_speech_s):
