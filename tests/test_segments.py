@@ -18,7 +18,7 @@ from earmark.fingerprint.spans import pauses, stretches
 from earmark.service.api.app import create_app
 from earmark.index.entry import Entry
 from earmark.service.engines.base import Segment, Transcript
-from earmark.service.pipeline.segments import JOIN_GAP_S, ReusedSpan, joined, split_heard, stitched, to_hear
+from earmark.service.pipeline.segments import JOIN_GAP_S, ReusedSpan, _slips, joined, split_heard, stitched, to_hear
 from tests.audio_tools import encode, fixture_bytes
 from tests.http_helpers import recognize
 from tests.waiting import wait_for
@@ -216,6 +216,35 @@ def test_a_stretch_of_a_cached_reading_with_a_name_changed_in_it_is_heard_by_the
 
 
 @ONE_STORE
+def test_the_rest_of_a_recording_an_edit_shifted_by_a_few_milliseconds_is_reused_too(settings, engine):
+    said, changed = _pcm("minimal_pairs/name_changed_011_a.flac"), _pcm("minimal_pairs/name_changed_011_b.flac")
+    before, after, last = _pcm("recorded.wav"), _pcm("librivox_0890.flac"), _pcm("weather.wav")
+    with TestClient(create_app(settings, engine=engine)) as client:
+        recognize(client, _wav(np.concatenate([before, GAP, said, GAP, after, GAP, last])))
+        wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
+        # The changed sentence said 38 ms shorter: what follows it lies 2.4 hash frames earlier,
+        # close enough to the cached offset that one run of frames reaches across the change.
+        shorter = GAP[: len(GAP) - 619]
+        call = np.concatenate([before, GAP, changed, shorter, after, GAP, last])
+        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        common = min(len(said), len(changed))
+        differs_s = (len(before) + len(GAP) + int(np.argmax(np.abs(said[:common] - changed[:common]) > 1e-3))) / SAMPLE_RATE
+        after_s = (len(before) + len(GAP) + len(changed) + len(shorter)) / SAMPLE_RATE
+        assert lookup["tier"] == "partial", lookup
+        assert not any(span["start_s"] <= differs_s <= span["end_s"] for span in lookup["spans"]), (lookup, differs_s)
+        covered_before = sum(min(span["end_s"], differs_s) - span["start_s"] for span in lookup["spans"]
+                             if span["start_s"] < differs_s)
+        covered_after = sum(span["end_s"] - max(span["start_s"], after_s) for span in lookup["spans"]
+                            if span["end_s"] > after_s)
+        assert covered_before >= len(before) / SAMPLE_RATE, lookup
+        # Both recordings after the change, at their own (shifted) place in the cached one.
+        assert covered_after >= (len(after) + len(last)) / SAMPLE_RATE, lookup
+        for span in lookup["spans"]:
+            if span["start_s"] >= after_s - 0.3:
+                assert span["entry_start_s"] - span["start_s"] == pytest.approx(619 / SAMPLE_RATE, abs=0.02)
+
+
+@ONE_STORE
 def test_segment_reuse_can_be_switched_off(settings, engine):
     prompt = _pcm("recorded.wav")
     call = np.concatenate([prompt, GAP, _pcm("weather.wav")])
@@ -307,3 +336,14 @@ def test_uncovered_stretches_are_heard_in_one_run_and_cut_back_by_segment_times(
     # Nor an answer without segment times, or whose normalised text is its own.
     assert split_heard(Transcript("a b", "a b", "en"), placements) is None
     assert split_heard(Transcript(" A.", "a", "en", (Segment(0.1, 1.0, " A."),)), placements) is None
+
+
+def test_a_run_is_cut_where_its_offset_slips_and_not_at_a_codecs_jitter():
+    fps = 62.5  # hash frames a second
+    jitter = np.tile(np.array([0, 1, 0, 0, 1], dtype=np.int8), 50)  # 4 s between two neighbouring offsets
+    assert _slips(jitter, 100, fps) == []
+    slipped = np.concatenate([np.zeros(150, dtype=np.int8), np.full(150, 2, dtype=np.int8)])
+    [cut] = _slips(slipped, 100, fps)
+    assert abs(cut - 250) <= 2  # where the step moved, counted from the first frame given
+    blip = np.concatenate([np.zeros(150, dtype=np.int8), np.full(20, 3, dtype=np.int8), np.zeros(150, dtype=np.int8)])
+    assert _slips(blip, 0, fps) == []  # a moment elsewhere is a transient, not a slip

@@ -83,16 +83,18 @@ def aligned_runs(query: RobustHash, entry: RobustHash) -> list[Run]:
     return sorted((run for run in runs if run.frames >= 2 * BLOCK_FRAMES), key=lambda run: (run.query_start, run.offset))
 
 
-def frame_agreement(query: RobustHash, entry: RobustHash, offset: int) -> np.ndarray:
+def frame_agreement(query: RobustHash, entry: RobustHash, offset: int, loudest_db: int | None = None) -> np.ndarray:
     """For each query frame, how well its hash agrees with the entry's frame at `offset` (the
     share of the bits strong on both sides that are equal), averaged over the sounding frames of
     the quarter second around it: a sounding frame with no entry frame there agrees not at all,
-    and a frame with no sounding frame around it is NaN (a pause says nothing)."""
+    and a frame with no sounding frame around it is NaN (a pause says nothing). Sounding is
+    within QUIET_DB of `loudest_db` (default the query's loudest frame; a stretch cut from a
+    longer query passes the whole query's)."""
     frames = len(query.bits)
     at = np.arange(frames) + offset
     inside = (at >= 0) & (at < len(entry.bits))
     sounding = np.zeros(frames, dtype=bool)
-    sounding[_loud(query)] = True
+    sounding[_loud(query, loudest_db)] = True
     counted = inside & sounding
     equal = np.zeros(frames, dtype=np.float64)
     compared = np.zeros(frames, dtype=np.float64)
@@ -167,9 +169,9 @@ def _count_at(codes: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.n
     return np.where(codes[at] == wanted, counts[at], 0)
 
 
-def _loud(hashed: RobustHash) -> np.ndarray:
-    """Indices of the frames that hold sound (within QUIET_DB of the loudest)."""
+def _loud(hashed: RobustHash, loudest_db: int | None = None) -> np.ndarray:
+    """Indices of the frames that hold sound (within QUIET_DB of the loudest, or of `loudest_db`)."""
     levels = hashed.level_db.astype(np.int16)
     if len(levels) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(levels > int(levels.max()) - QUIET_DB)
+    return np.flatnonzero(levels > (int(levels.max()) if loudest_db is None else loudest_db) - QUIET_DB)

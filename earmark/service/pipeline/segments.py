@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 from earmark.fingerprint.alignment import AGREEMENT_FRAMES, Run, aligned_runs, frame_agreement
 from earmark.fingerprint.decode import SAMPLE_RATE
@@ -75,6 +77,15 @@ EXCERPT_CUTS_PER_END = 2
 # Frames of a run whose hashes agree this well (strong bits, over a quarter second) are its
 # recording's: copies through codecs and lines keep 0.75 to 0.95, other speech about 0.5.
 RUN_AGREEMENT = 0.68
+# Frames either side of a run's offset its frames may agree at (48 ms): a word said a little
+# shorter or longer shifts the rest of the recording by a few frames, and the verdict aligns
+# each stretch on its own.
+AGREEMENT_REACH = 3
+# A run is cut where the offset its frames agree best at moves this many frames (32 ms) for a
+# second: a codec's delay jitters by one.
+SLIP_FRAMES = 2
+# Frames either side of a run first looked at for where its agreement ends (30 s).
+AGREEMENT_WINDOW_FRAMES = 1875
 # Times a refused run is split again (at the pauses around where it was refused, else at its
 # middle pause; each piece judged again): the stretches around one or two changed words.
 EXCERPT_SPLITS = 3
@@ -234,9 +245,36 @@ class SpanFinder:
             if not judgement.accepted:
                 at = judgement.refused_at
                 return None if at is None else (start_s + at[0], start_s + at[1])
-            entry_start_s = max(0.0, start_s + shift_s)
-            return ReusedSpan(start_s, end_s, part, entry_start_s, entry_start_s + part.duration_s, judgement.score,
-                              judgement.offset_s)
+            # Where the verdict aligned the two: the excerpt was cut at the run's offset, and the
+            # stretch may lie a few frames from it.
+            entry_start_s = min(max(0.0, start_s + shift_s + judgement.offset_s), entry.duration_s)
+            entry_end_s = min(entry.duration_s, entry_start_s + (end_s - start_s))
+            return ReusedSpan(start_s, end_s, part, entry_start_s, entry_end_s, judgement.score, judgement.offset_s)
+
+        def search(entry: Entry, similarity: float, shift_s: float, agreeing: tuple[float, float]) -> None:
+            """Judge the spans around where the upload agrees with the entry shifted by `shift_s`,
+            widest first; a refused one is split where it was refused, and its pieces judged."""
+            tries = [span for span in _cuts_around(agreeing, gaps, duration_s)
+                     if not any(span[0] < other.end_s and other.start_s < span[1] for other in found)]
+            widest_refused_at: tuple[float, float] | None = None
+            for number, (start_s, end_s) in enumerate(tries):
+                verdict = judged(entry, similarity, shift_s, start_s, end_s)
+                if isinstance(verdict, ReusedSpan):
+                    found.append(verdict)
+                    return
+                if number == 0:
+                    widest_refused_at = verdict
+            # Refused: the pieces either side of where the widest was refused (cut in the pauses
+            # around it), else its halves at its middle pause, judged again.
+            pending = [(*tries[0], widest_refused_at, 0)] if tries else []
+            while pending and budget > 0:
+                start_s, end_s, refused_at, depth = pending.pop(0)
+                for piece in _around(gaps, start_s, end_s, refused_at, self.min_span_s):
+                    verdict = judged(entry, similarity, shift_s, *piece)
+                    if isinstance(verdict, ReusedSpan):
+                        found.append(verdict)
+                    elif depth + 1 < EXCERPT_SPLITS:
+                        pending.append((*piece, verdict, depth + 1))
 
         for entry_id, similarity in sorted(nearest.items(), key=lambda item: -item[1]):
             entry = entries.get(entry_id)
@@ -244,37 +282,17 @@ class SpanFinder:
                     or not entry.fingerprint or not has_word_times(entry)):
                 continue
             reference = RobustHash.from_bytes(entry.fingerprint, entry.fingerprint_levels)
-            agreements: dict[int, np.ndarray] = {}  # by offset: an edit leaves many runs at one
+            agreements = _Agreements(query_hash, reference)
             for run in sorted(aligned_runs(query_hash, reference), key=lambda run: -run.votes):
                 if budget <= 0:
                     break
-                if run.offset not in agreements:
-                    agreements[run.offset] = _agreement(query_hash, reference, run.offset)
-                agreeing = _agreeing_seconds(agreements[run.offset], run, config)
-                if agreeing is None:
-                    continue
                 shift_s = run.offset / config.frames_per_second
-                tries = _cuts_around(agreeing, gaps, duration_s)
-                widest_refused_at: tuple[float, float] | None = None
-                for number, (start_s, end_s) in enumerate(tries):
-                    verdict = judged(entry, similarity, shift_s, start_s, end_s)
-                    if isinstance(verdict, ReusedSpan):
-                        found.append(verdict)
-                        break
-                    if number == 0:
-                        widest_refused_at = verdict
-                else:
-                    # Refused: the pieces either side of where the widest was refused (cut in the
-                    # pauses around it), else its halves at its middle pause, judged again.
-                    pending = [(*tries[0], widest_refused_at, 0)] if tries else []
-                    while pending and budget > 0:
-                        start_s, end_s, refused_at, depth = pending.pop(0)
-                        for piece in _around(gaps, start_s, end_s, refused_at, self.min_span_s):
-                            verdict = judged(entry, similarity, shift_s, *piece)
-                            if isinstance(verdict, ReusedSpan):
-                                found.append(verdict)
-                            elif depth + 1 < EXCERPT_SPLITS:
-                                pending.append((*piece, verdict, depth + 1))
+                for agreeing in agreements.agreeing_pieces(run, config):
+                    # A run a few frames from one already reused (the rest of a recording an edit
+                    # shifted by a few milliseconds) agrees over both: only its own part is new.
+                    free = _free_around(agreeing, found)
+                    if free is not None:
+                        search(entry, similarity, shift_s, free)
         return found
 
     def _screened_out(self, energies: np.ndarray, stretch: Stretch, entry: Entry,
@@ -394,10 +412,85 @@ def _longest_first(spans: list[ReusedSpan]) -> list[ReusedSpan]:
     return sorted(kept, key=lambda span: span.start_s)
 
 
-def _agreement(query: RobustHash, entry: RobustHash, offset: int) -> np.ndarray:
-    """Each upload frame's agreement with the entry's at `offset`, or a frame either side (an
-    edit's cut rarely falls on the frame grid); NaN in pauses."""
-    return np.fmax.reduce([frame_agreement(query, entry, offset + step) for step in (-1, 0, 1)])
+class _Agreements:
+    """Each upload frame's agreement with one entry's, by offset, computed only around the runs
+    asked about (an hour's upload against an hour's entry has hundreds of runs, most a sentence
+    long: agreeing over the whole upload for each cost more than every verdict together)."""
+
+    def __init__(self, query: RobustHash, entry: RobustHash) -> None:
+        self.query = query
+        self.entry = entry
+        self.loudest_db = int(query.level_db.max()) if len(query.level_db) else 0
+        # offset: (first frame, end frame, agreement, the step agreeing best at each frame)
+        self.computed: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
+
+    def agreeing_pieces(self, run: Run, config) -> list[tuple[float, float]]:
+        """Where around the run the upload's frames agree with the entry's (`_agreeing_seconds`,
+        from enough frames around it: the window grows until that ends inside it), in upload
+        seconds, cut where the offset they agree best at slips by SLIP_FRAMES or more for a
+        second (a word said a little shorter or longer: what follows lies a few frames away,
+        and one verdict cannot align both sides); [] when nothing there agrees."""
+        frames, reach = len(self.query.bits), AGREEMENT_WINDOW_FRAMES
+        fps = config.frames_per_second
+        while True:
+            low, high = max(0, run.query_start - reach), min(frames, run.query_end + reach)
+            agreement, best_step = self._around(run.offset, low, high)
+            agreeing = _agreeing_seconds(agreement, run, config)
+            if agreeing is None:
+                return []
+            margin_s = AGREEMENT_FRAMES / fps
+            if ((low == 0 or agreeing[0] > low / fps + margin_s)
+                    and (high == frames or agreeing[1] < high / fps - margin_s)):
+                break
+            reach *= 4
+        edge_s = (config.frame_length - config.hop_length) / config.sample_rate  # as _agreeing_seconds counts
+        first = max(0, int(round((agreeing[0] + edge_s) * fps)))
+        last = min(frames, int(round((agreeing[1] + edge_s) * fps)))
+        cuts = [agreeing[0], *(frame / fps - edge_s for frame in _slips(best_step[first:last], first, fps)), agreeing[1]]
+        return list(pairwise(cuts))
+
+    def _around(self, offset: int, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        """The agreement at `offset` or up to AGREEMENT_REACH frames either side (an edit's cut
+        rarely falls on the frame grid), and the step that agrees best, over query frames
+        [low, high); NaN (and step 0) elsewhere and in pauses."""
+        done = self.computed.get(offset)
+        if done is not None and done[0] <= low and high <= done[1]:
+            return done[2], done[3]
+        if done is not None:
+            low, high = min(low, done[0]), max(high, done[1])
+        query = self.query
+        part = RobustHash(query.bits[low:high], query.strong[low:high], query.level_db[low:high])
+        steps = np.stack([frame_agreement(part, self.entry, offset + low + step, self.loudest_db)
+                          for step in range(-AGREEMENT_REACH, AGREEMENT_REACH + 1)])
+        agreement = np.full(len(query.bits), np.nan)
+        best_step = np.zeros(len(query.bits), dtype=np.int8)
+        heard = ~np.isnan(steps[AGREEMENT_REACH])
+        agreement[low:high] = np.where(heard, np.nanmax(np.where(np.isnan(steps), -1.0, steps), axis=0), np.nan)
+        best_step[low:high] = np.where(heard, np.argmax(np.nan_to_num(steps, nan=-1.0), axis=0) - AGREEMENT_REACH, 0)
+        self.computed[offset] = (low, high, agreement, best_step)
+        return agreement, best_step
+
+
+def _slips(best_step: np.ndarray, first: int, fps: float) -> list[int]:
+    """Frames (counted from `first`) where the step agreeing best moves by SLIP_FRAMES or more
+    from where it held before and stays there at least a second (its running median over a
+    second: a codec's jitter moves it by one, a transient for a moment)."""
+    second = int(round(fps))
+    if len(best_step) < 2 * second:
+        return []
+    smoothed = median_filter(best_step, size=second, mode="nearest")
+    edges = np.flatnonzero(np.diff(smoothed)) + 1
+    starts, stops = np.concatenate(([0], edges)), np.concatenate((edges, [len(smoothed)]))
+    cuts, held = [], None
+    for start, stop in zip(starts, stops, strict=True):
+        if stop - start < second:
+            continue
+        level = int(smoothed[start])
+        if held is not None and abs(level - held) >= SLIP_FRAMES:
+            cuts.append(first + int(start))
+        if held is None or abs(level - held) >= SLIP_FRAMES:
+            held = level
+    return cuts
 
 
 def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, float] | None:
@@ -419,6 +512,21 @@ def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, f
     first, last = low + int(agreeing[0]), low + int(agreeing[-1]) + 1
     edge_s = (config.frame_length - config.hop_length) / config.sample_rate
     return first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s
+
+
+def _free_around(agreeing: tuple[float, float], found: list[ReusedSpan]) -> tuple[float, float] | None:
+    """The part of `agreeing` (upload seconds) around its middle that no span found covers;
+    None when a found span covers its middle."""
+    middle_s = (agreeing[0] + agreeing[1]) / 2.0
+    low, high = agreeing
+    for span in found:
+        if span.start_s <= middle_s < span.end_s:
+            return None
+        if span.end_s <= middle_s:
+            low = max(low, span.end_s)
+        else:
+            high = min(high, span.start_s)
+    return (low, high) if high > low else None
 
 
 def _around(gaps: list[Pause], start_s: float, end_s: float, refused_at: tuple[float, float] | None,

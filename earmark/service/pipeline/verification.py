@@ -283,12 +283,17 @@ class Verifier:
     def _refused_at(self, verdict: Verification, detail: DetailVerdict | None,
                     pitch: PitchVerdict | None) -> tuple[float, float] | None:
         """The query stretch (start, end in seconds) where the check that refuses (in `_verdict`'s
-        order) found its worst: a ~1 s or ~0.25 s window, 80 ms of detail, 200 ms of pitch; None
-        for a refusal of the whole (a line too coarse)."""
+        order) found the two apart: the first ~1 s window under its threshold (what comes before
+        it agrees at this alignment: a piece cut before it is likely accepted, and an edit that
+        shifts the rest of the recording is found where it begins, not somewhere in the shifted
+        rest), else the worst ~0.25 s window, 80 ms of detail, 200 ms of pitch; None for a
+        refusal of the whole (a line too coarse)."""
         limits = self.thresholds
         config = self.config
         if verdict.worst_score < limits.min_window_score:
-            return verdict.worst_at_s, verdict.worst_at_s + config.window_frames / config.frames_per_second
+            first_s = next((start_s for start_s, score in verdict.stretches if score < limits.min_window_score),
+                           verdict.worst_at_s)
+            return first_s, first_s + config.window_frames / config.frames_per_second
         if verdict.worst_short_score < limits.min_short_window_score:
             return verdict.worst_short_at_s, verdict.worst_short_at_s + config.short_window_frames / config.frames_per_second
         if detail is not None and _detail_score(detail) < limits.min_detail_score:
