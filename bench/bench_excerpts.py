@@ -40,6 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from bench_engines import normalise
 from bench_segments import _post, _read, _wer, namespaced_server, stage_seconds, through
 from harness import OUT_DIR, ROOT, git_head, machine_info, require_tools, stage_totals
 
@@ -47,6 +48,8 @@ DATA = ROOT / "bench" / "data" / "excerpts"
 RATE = 16000
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 FIXTURES = ROOT / "tests" / "fixtures"
+# Reference words either side of a seam whose errors count as the seam's.
+SEAM_WORDS = 3
 # espeak-ng's plain `en-gb` ignores variants (+f3, +m2 read exactly as en-gb): no meeting uses it,
 # so the `other_variant` negative is always another rendering.
 MEETING_VOICES = [("en-us+m3", "en-gb-x-rp+f3", "en-029+m1"), ("en-gb-scotland+f2", "en-us+m1", "en-gb-x-rp+m4")]
@@ -248,6 +251,48 @@ def _judge(variant: dict, spans: list[dict]) -> dict:
             "false_spans": len(false)}
 
 
+def seam_errors(variant: dict, spans: list[dict], reference: str, stitched: str, whole: str) -> dict:
+    """Word errors next to the seams of a stitched answer (where a span starts or ends inside
+    the upload), against the reference, beside the engine's whole-file answer's errors at the
+    same words: a word duplicated or lost at a seam shows as an error there that the whole-file
+    answer has not. Counted over the SEAM_WORDS reference words on each side of each seam."""
+    duration_s = len(variant["samples"]) / RATE
+    ends = sorted({round(at, 3) for span in spans for at in (span["start_s"], span["end_s"])
+                   if 0.3 < at < duration_s - 0.3})
+    ref = normalise(reference)
+    # A seam lies between the reference words of the pieces before it and after it.
+    counts = [(piece["start_s"] + piece["end_s"]) / 2.0 for piece in variant["placed"] for _ in normalise(piece["text"])]
+    positions = sorted({sum(middle < at for middle in counts) for at in ends})
+    near = np.zeros(len(ref) + 1, dtype=bool)
+    for position in positions:
+        near[max(0, position - SEAM_WORDS) : position + SEAM_WORDS] = True
+    return {"seams": len(positions), "seam_errors": _errors_at(ref, normalise(stitched), near),
+            "seam_errors_whole": _errors_at(ref, normalise(whole), near)}
+
+
+def _errors_at(ref: list[str], hyp: list[str], near: np.ndarray) -> int:
+    """Edit operations (substitutions, deletions, and insertions before a reference word) of a
+    minimal word alignment of `hyp` to `ref` that fall on the reference positions `near` marks."""
+    cost = [list(range(len(hyp) + 1))]
+    for i, word in enumerate(ref, 1):
+        above, row = cost[-1], [i]
+        for j, heard in enumerate(hyp, 1):
+            row.append(min(above[j] + 1, row[j - 1] + 1, above[j - 1] + (word != heard)))
+        cost.append(row)
+    errors, i, j = 0, len(ref), len(hyp)
+    while i > 0 or j > 0:
+        if i > 0 and j > 0 and cost[i][j] == cost[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            errors += int(ref[i - 1] != hyp[j - 1] and near[i - 1])
+            i, j = i - 1, j - 1
+        elif i > 0 and cost[i][j] == cost[i - 1][j] + 1:
+            errors += int(near[i - 1])  # a reference word lost
+            i -= 1
+        else:
+            errors += int(near[i])  # a word added before reference word i
+            j -= 1
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0)
@@ -301,6 +346,8 @@ def main() -> None:
                     row["errors"], row["words"] = _wer(reference, row["text"]) if reference else (0, 0)
                     row["whole_errors"] = _wer(reference, row["whole_text"])[0] if reference else 0
                     row["errors_vs_whole"], row["whole_words"] = _wer(row["whole_text"], row["text"])
+                    if reference and args.whole:
+                        row.update(seam_errors(variant, spans, reference, row["text"], row["whole_text"]))
                     rows.append(row)
                     print(json.dumps({k: row[k] for k in ("variant", "channel", "tier", "reusable_s", "covered_s", "false_spans",
                                                          "engine_s", "whole_engine_s", "errors", "whole_errors", "words")}),
@@ -346,6 +393,9 @@ def _report(rows: list[dict], negatives: list[dict], before: dict, after: dict, 
             "wer_stitched": round(sum(r["errors"] for r in chosen) / words, 4) if words else None,
             "wer_whole": round(sum(r["whole_errors"] for r in chosen) / words, 4) if words else None,
             "wer_stitched_vs_whole": round(sum(r["errors_vs_whole"] for r in chosen) / max(sum(r["whole_words"] for r in chosen), 1), 4),
+            "seams": sum(r.get("seams", 0) for r in chosen),
+            "seam_errors_stitched": sum(r.get("seam_errors", 0) for r in chosen),
+            "seam_errors_whole": sum(r.get("seam_errors_whole", 0) for r in chosen),
         }
 
     seconds = stage_seconds(before, after)

@@ -15,9 +15,12 @@ from starlette.testclient import TestClient
 from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
 from earmark.fingerprint.speech import frame_levels_db
 from earmark.fingerprint.spans import pauses, stretches
+from earmark.fingerprint.spectrum import band_energies, without_steady_noise
 from earmark.service.api.app import create_app
+from earmark.service.config import FuzzyThresholds
 from earmark.index.entry import Entry
 from earmark.service.engines.base import Segment, Transcript
+from earmark.service.pipeline.verification import Verifier
 from earmark.service.pipeline.segments import JOIN_GAP_S, ReusedSpan, _slips, joined, split_heard, stitched, to_hear
 from tests.audio_tools import encode, fixture_bytes
 from tests.http_helpers import recognize
@@ -347,3 +350,15 @@ def test_a_run_is_cut_where_its_offset_slips_and_not_at_a_codecs_jitter():
     assert abs(cut - 250) <= 2  # where the step moved, counted from the first frame given
     blip = np.concatenate([np.zeros(150, dtype=np.int8), np.full(20, 3, dtype=np.int8), np.zeros(150, dtype=np.int8)])
     assert _slips(blip, 0, fps) == []  # a moment elsewhere is a transient, not a slip
+
+
+def test_the_segment_search_is_handed_the_band_energies_the_upload_was_hashed_from():
+    pcm = _pcm("librivox_0890.flac")
+    verifier = Verifier(FuzzyThresholds())
+    features = verifier.deferred_features(pcm)
+    bands = features.take_bands()
+    # The very arrays the search would otherwise compute again from the upload's audio...
+    assert bands is not None and np.array_equal(bands, without_steady_noise(band_energies(pcm, verifier.config)))
+    # ...handed over once, not kept with the features for the rest of the request.
+    assert features.take_bands() is None
+    assert verifier.features(pcm).take_bands() is None  # a streamed analysis keeps none

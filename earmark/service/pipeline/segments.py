@@ -158,7 +158,9 @@ class SpanFinder:
         levels = frame_levels_db(pcm)
         candidates = stretches(levels, max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
         self.metrics.segment_stretches.inc(len(candidates))
-        energies = without_steady_noise(band_energies(pcm, self.verifier.config))
+        energies = features.take_bands()
+        if energies is None or len(energies) != len(features.hash.bits):
+            energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         nearest = {entry_id: similarity for entry_id, similarity
                    in self.index.search(profile.digest, features.embedding, EXCERPT_TOP_K)
                    if similarity >= limits.min_embedding_similarity}

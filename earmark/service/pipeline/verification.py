@@ -76,7 +76,7 @@ class QueryFeatures:
 
     def __init__(self, hash: RobustHash, embedding: np.ndarray, speech_s: float, detail: np.ndarray | None = None,
                  pitch: np.ndarray | None = None, detail_phases: tuple[np.ndarray, ...] | None = None, *,
-                 pcm_16k: np.ndarray | None = None) -> None:
+                 pcm_16k: np.ndarray | None = None, bands: np.ndarray | None = None) -> None:
         if pcm_16k is None and (detail is None or pitch is None or detail_phases is None):
             raise ValueError("a feature left out needs the PCM to compute it from")
         given = {"hash": hash, "embedding": embedding, "speech_s": speech_s, "detail": detail, "pitch": pitch,
@@ -85,6 +85,7 @@ class QueryFeatures:
             if value is not None:
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "_pcm", pcm_16k)
+        object.__setattr__(self, "_bands", bands)
         object.__setattr__(self, "_lock", threading.Lock())
         object.__setattr__(self, "_on_computed", None)
 
@@ -110,6 +111,15 @@ class QueryFeatures:
         """Tell `on_computed` the name of each deferred part as it is computed from now on (the
         service counts them by what asked)."""
         object.__setattr__(self, "_on_computed", on_computed)
+
+    def take_bands(self) -> np.ndarray | None:
+        """The band energies the hash was made from (steady noise taken out), handed over once
+        and not kept: the segment search embeds the upload's stretches from them instead of
+        analysing the upload again (a sixth of an hour-long upload's search). None when they
+        were not kept (a recording analysed as a stream, or already taken)."""
+        bands = self.__dict__["_bands"]
+        object.__setattr__(self, "_bands", None)
+        return bands
 
     def complete(self) -> QueryFeatures:
         """Every part an entry stores computed (not a query's finer phases); returns self."""
@@ -208,7 +218,9 @@ class Verifier:
         for chunk in chunks:
             for stream in streams:
                 stream.push(chunk)
-        return QueryFeatures(**self._hash_parts(energies, levels), detail=detail.finish(), pitch=pitch.finish(),
+        parts = self._hash_parts(energies, levels)
+        del parts["bands"]  # a stream's recording is not searched for segments from these
+        return QueryFeatures(**parts, detail=detail.finish(), pitch=pitch.finish(),
                              detail_phases=tuple(stream.finish() for stream in phases))
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
@@ -219,14 +231,17 @@ class Verifier:
         energies, levels = BandEnergies(self.config), FrameLevels()
         for stream in (energies, levels):
             stream.push(pcm_16k)
-        return QueryFeatures(**self._hash_parts(energies, levels), pcm_16k=pcm_16k)
+        parts = self._hash_parts(energies, levels)
+        bands = parts.pop("bands")
+        return QueryFeatures(**parts, pcm_16k=pcm_16k, bands=bands)
 
     def _hash_parts(self, energies: BandEnergies, levels: FrameLevels) -> dict:
         """The hash, embedding and speech duration of a recording fully pushed into `energies`
-        and `levels`: what every lookup needs first."""
+        and `levels`: what every lookup needs first; and under "bands" the band energies they
+        were made from."""
         band = without_steady_noise(energies.finish())
         return {"hash": robust_hash_from_energies(band), "embedding": embedding_from_energies(band, self.config),
-                "speech_s": extent_from_levels(levels.finish()).duration_s}
+                "speech_s": extent_from_levels(levels.finish()).duration_s, "bands": band}
 
     def attach(self, entry: Entry, features: QueryFeatures) -> Entry:
         """The entry with its perceptual evidence, ready to store."""
