@@ -423,8 +423,8 @@ class _Agreements:
         self.query = query
         self.entry = entry
         self.loudest_db = int(query.level_db.max()) if len(query.level_db) else 0
-        # offset: (first frame, end frame, agreement, the step agreeing best at each frame)
-        self.computed: dict[int, tuple[int, int, np.ndarray, np.ndarray]] = {}
+        # offset: (first frame, agreement, the step agreeing best) over the frames computed
+        self.computed: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
 
     def agreeing_pieces(self, run: Run, config) -> list[tuple[float, float]]:
         """Where around the run the upload's frames agree with the entry's (`_agreeing_seconds`,
@@ -436,41 +436,41 @@ class _Agreements:
         fps = config.frames_per_second
         while True:
             low, high = max(0, run.query_start - reach), min(frames, run.query_end + reach)
-            agreement, best_step = self._around(run.offset, low, high)
-            agreeing = _agreeing_seconds(agreement, run, config)
+            low, agreement, best_step = self._around(run.offset, low, high)
+            high = low + len(agreement)
+            inside = Run(run.query_start - low, run.query_end - low, run.offset, run.votes)
+            agreeing = _agreeing_seconds(agreement, inside, config)
             if agreeing is None:
                 return []
             margin_s = AGREEMENT_FRAMES / fps
-            if ((low == 0 or agreeing[0] > low / fps + margin_s)
-                    and (high == frames or agreeing[1] < high / fps - margin_s)):
+            if ((low == 0 or agreeing[0] > margin_s) and (high == frames or agreeing[1] < (high - low) / fps - margin_s)):
                 break
             reach *= 4
         edge_s = (config.frame_length - config.hop_length) / config.sample_rate  # as _agreeing_seconds counts
         first = max(0, int(round((agreeing[0] + edge_s) * fps)))
-        last = min(frames, int(round((agreeing[1] + edge_s) * fps)))
+        last = min(len(best_step), int(round((agreeing[1] + edge_s) * fps)))
         cuts = [agreeing[0], *(frame / fps - edge_s for frame in _slips(best_step[first:last], first, fps)), agreeing[1]]
-        return list(pairwise(cuts))
+        return [(start_s + low / fps, end_s + low / fps) for start_s, end_s in pairwise(cuts)]
 
-    def _around(self, offset: int, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        """The agreement at `offset` or up to AGREEMENT_REACH frames either side (an edit's cut
-        rarely falls on the frame grid), and the step that agrees best, over query frames
-        [low, high); NaN (and step 0) elsewhere and in pauses."""
+    def _around(self, offset: int, low: int, high: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first frame, agreement, step) over query frames from `low` to at least `high`: the
+        agreement at `offset` or up to AGREEMENT_REACH frames either side (an edit's cut rarely
+        falls on the frame grid), NaN in pauses, and the step that agrees best (0 in pauses)."""
         done = self.computed.get(offset)
-        if done is not None and done[0] <= low and high <= done[1]:
-            return done[2], done[3]
+        if done is not None and done[0] <= low and high <= done[0] + len(done[1]):
+            return done
         if done is not None:
-            low, high = min(low, done[0]), max(high, done[1])
+            low, high = min(low, done[0]), max(high, done[0] + len(done[1]))
         query = self.query
         part = RobustHash(query.bits[low:high], query.strong[low:high], query.level_db[low:high])
         steps = np.stack([frame_agreement(part, self.entry, offset + low + step, self.loudest_db)
                           for step in range(-AGREEMENT_REACH, AGREEMENT_REACH + 1)])
-        agreement = np.full(len(query.bits), np.nan)
-        best_step = np.zeros(len(query.bits), dtype=np.int8)
         heard = ~np.isnan(steps[AGREEMENT_REACH])
-        agreement[low:high] = np.where(heard, np.nanmax(np.where(np.isnan(steps), -1.0, steps), axis=0), np.nan)
-        best_step[low:high] = np.where(heard, np.argmax(np.nan_to_num(steps, nan=-1.0), axis=0) - AGREEMENT_REACH, 0)
-        self.computed[offset] = (low, high, agreement, best_step)
-        return agreement, best_step
+        scored = np.nan_to_num(steps, nan=-1.0)
+        agreement = np.where(heard, scored.max(axis=0), np.nan)
+        best_step = np.where(heard, np.argmax(scored, axis=0) - AGREEMENT_REACH, 0).astype(np.int8)
+        self.computed[offset] = (low, agreement, best_step)
+        return low, agreement, best_step
 
 
 def _slips(best_step: np.ndarray, first: int, fps: float) -> list[int]:
