@@ -361,4 +361,6 @@ def test_the_segment_search_is_handed_the_band_energies_the_upload_was_hashed_fr
     assert bands is not None and np.array_equal(bands, without_steady_noise(band_energies(pcm, verifier.config)))
     # ...handed over once, not kept with the features for the rest of the request.
     assert features.take_bands() is None
-    assert verifier.features(pcm).take_bands() is None  # a streamed analysis keeps none
+    assert verifier.features(pcm).take_bands() is None  # a streamed analysis keeps none...
+    streamed = verifier.features_of(np.array_split(pcm, 7), keep_bands=True).take_bands()  # ...unless asked to
+    assert streamed is not None and np.array_equal(streamed, bands)

@@ -100,17 +100,12 @@ def frame_agreement(query: RobustHash, entry: RobustHash, offset: int, loudest_d
     compared = np.zeros(frames, dtype=np.float64)
     mask = query.strong[counted] & entry.strong[at[counted]]
     same = ~(query.bits[counted] ^ entry.bits[at[counted]]) & mask
-    equal[counted] = _popcount(same)
-    compared[counted] = _popcount(mask)
+    equal[counted] = np.bitwise_count(same)
+    compared[counted] = np.bitwise_count(mask)
     compared[sounding & ~inside] = 16  # as many bits as a frame's strong half: none equal
     window = np.ones(AGREEMENT_FRAMES)
     totals = np.convolve(compared, window, mode="same")
     return np.where(totals > 0, np.convolve(equal, window, mode="same") / np.maximum(totals, 1), np.nan)
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    """Set bits of each uint32."""
-    return np.unpackbits(values.astype("<u4").view(np.uint8).reshape(-1, 4), axis=1).sum(axis=1)
 
 
 def _block_offsets(query: RobustHash, entry: RobustHash) -> list[list[tuple[int, int]]]:

@@ -548,7 +548,8 @@ class RecognitionCache:
             features.report_to(lambda part: self._count_feature(part, "lookup"))
         else:
             chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
-            features = verifier.features_of(_charged(chunks, cover))
+            # An upload the segment search will hold decoded keeps the bands it embeds stretches from.
+            features = verifier.features_of(_charged(chunks, cover), keep_bands=self._may_hold_spans(query))
             for part in (*DEFERRED_PARTS, *QUERY_ONLY_PARTS):
                 self._count_feature(part, "lookup")
         self._count_feature("hash", "lookup")

@@ -84,8 +84,9 @@ AGREEMENT_REACH = 3
 # A run is cut where the offset its frames agree best at moves this many frames (32 ms) for a
 # second: a codec's delay jitters by one.
 SLIP_FRAMES = 2
-# Frames either side of a run first looked at for where its agreement ends (30 s).
-AGREEMENT_WINDOW_FRAMES = 1875
+# Frames either side of a run first looked at for where its agreement ends (10 s; four times
+# more each time it reaches an edge).
+AGREEMENT_WINDOW_FRAMES = 625
 # Times a refused run is split again (at the pauses around where it was refused, else at its
 # middle pause; each piece judged again): the stretches around one or two changed words.
 EXCERPT_SPLITS = 3

@@ -116,7 +116,7 @@ class QueryFeatures:
         """The band energies the hash was made from (steady noise taken out), handed over once
         and not kept: the segment search embeds the upload's stretches from them instead of
         analysing the upload again (a sixth of an hour-long upload's search). None when they
-        were not kept (a recording analysed as a stream, or already taken)."""
+        were not kept (a recording analysed as a stream without `keep_bands`, or already taken)."""
         bands = self.__dict__["_bands"]
         object.__setattr__(self, "_bands", None)
         return bands
@@ -209,9 +209,10 @@ class Verifier:
         it holds); a new entry's, which never needs the phases, is `deferred_features(...).complete()`."""
         return self.features_of([pcm_16k])
 
-    def features_of(self, chunks: Iterable[np.ndarray]) -> QueryFeatures:
+    def features_of(self, chunks: Iterable[np.ndarray], keep_bands: bool = False) -> QueryFeatures:
         """`features` of a recording that arrives in pieces (a decoder's), holding only the
-        features: the same result however it is cut."""
+        features: the same result however it is cut. With `keep_bands`, the band energies its
+        hash was made from are kept for the segment search (`take_bands`)."""
         energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(), PitchContour()
         phases = [DetailSpectrum(phase) for phase in PHASES]
         streams: list[BandEnergies | FrameLevels | DetailSpectrum | PitchContour] = [energies, levels, detail, pitch, *phases]
@@ -219,9 +220,9 @@ class Verifier:
             for stream in streams:
                 stream.push(chunk)
         parts = self._hash_parts(energies, levels)
-        del parts["bands"]  # a stream's recording is not searched for segments from these
+        bands = parts.pop("bands")
         return QueryFeatures(**parts, detail=detail.finish(), pitch=pitch.finish(),
-                             detail_phases=tuple(stream.finish() for stream in phases))
+                             detail_phases=tuple(stream.finish() for stream in phases), bands=bands if keep_bands else None)
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """`features`, with the detail spectrum and pitch contour deferred until a check asks for
