@@ -184,10 +184,15 @@ def through(channel: str, samples: np.ndarray) -> tuple[bytes, str]:
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
     args = {"clean": ["-c:a", "pcm_s16le", "-f", "wav"], "mp3": ["-c:a", "libmp3lame", "-b:a", "48k", "-f", "mp3"],
             "opus": ["-c:a", "libopus", "-b:a", "24k", "-f", "ogg"],
-            "telephone": ["-af", "highpass=f=300,lowpass=f=3400", "-ar", "8000", "-c:a", "pcm_mulaw", "-f", "wav"]}[channel]
+            "telephone": ["-af", "highpass=f=300,lowpass=f=3400", "-ar", "8000", "-c:a", "pcm_mulaw", "-f", "wav"],
+            # 6 dB louder, clipped where the original peaks (16-bit PCM saturates)
+            "louder": ["-af", "volume=6dB", "-c:a", "pcm_s16le", "-f", "wav"],
+            # resampled to 44.1 kHz and re-encoded as AAC
+            "resampled": ["-ar", "44100", "-c:a", "aac", "-b:a", "96k", "-f", "adts"]}[channel]
     done = subprocess.run(["ffmpeg", "-v", "error", "-f", "s16le", "-ar", str(RATE), "-ac", "1", "-i", "pipe:0", *args, "pipe:1"],
                           input=pcm, capture_output=True, check=True)
-    return done.stdout, {"clean": "wav", "mp3": "mp3", "opus": "ogg", "telephone": "wav"}[channel]
+    return done.stdout, {"clean": "wav", "mp3": "mp3", "opus": "ogg", "telephone": "wav", "louder": "wav",
+                         "resampled": "aac"}[channel]
 
 
 def namespaced_server(run: str, second: str) -> tuple[Server, dict, dict]:

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from earmark.fingerprint.alignment import Run
+from earmark.fingerprint.config import DEFAULT
 from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
+from earmark.fingerprint.robust_hash import RobustHash
 from earmark.fingerprint.speech import frame_levels_db
 from earmark.fingerprint.spans import pauses, stretches
 from earmark.fingerprint.spectrum import band_energies, without_steady_noise
@@ -21,7 +24,7 @@ from earmark.service.config import FuzzyThresholds
 from earmark.index.entry import Entry
 from earmark.service.engines.base import Segment, Transcript
 from earmark.service.pipeline.verification import Verifier
-from earmark.service.pipeline.segments import JOIN_GAP_S, ReusedSpan, _slips, joined, split_heard, stitched, to_hear
+from earmark.service.pipeline.segments import AGREEMENT_WINDOW_FRAMES, JOIN_GAP_S, ReusedSpan, _Agreements, _slips, joined, split_heard, stitched, to_hear
 from tests.audio_tools import encode, fixture_bytes
 from tests.http_helpers import recognize
 from tests.waiting import wait_for
@@ -364,3 +367,17 @@ def test_the_segment_search_is_handed_the_band_energies_the_upload_was_hashed_fr
     assert verifier.features(pcm).take_bands() is None  # a streamed analysis keeps none...
     streamed = verifier.features_of(np.array_split(pcm, 7), keep_bands=True).take_bands()  # ...unless asked to
     assert streamed is not None and np.array_equal(streamed, bands)
+
+
+def test_where_a_run_agrees_reaches_across_a_pause_longer_than_the_frames_first_looked_at():
+    rng = np.random.default_rng(7)
+    frames = 6000  # 96 s of hash frames
+    levels = np.full(frames, 100, dtype=np.uint8)
+    levels[3500:4950] = 40  # 23 s 60 dB down: a quiet speaker, "silence" to every tier
+    recording = RobustHash(rng.integers(0, 2**32, frames, dtype=np.uint32), np.full(frames, 0xFFFFFFFF, dtype=np.uint32),
+                           levels)
+    run = Run(5500, 5756, 0, 100)  # found after the quiet stretch, near the end
+    assert run.query_start - AGREEMENT_WINDOW_FRAMES > 3500  # the frames first looked at start inside it
+    [(start_s, end_s)] = _Agreements(recording, recording).agreeing_pieces(run, DEFAULT)
+    # The same recording throughout: where it agrees runs from its first frame to its last.
+    assert start_s <= 0.1 and end_s >= frames / DEFAULT.frames_per_second - 0.3

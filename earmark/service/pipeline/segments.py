@@ -428,11 +428,12 @@ class _Agreements:
         self.computed: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
 
     def agreeing_pieces(self, run: Run, config) -> list[tuple[float, float]]:
-        """Where around the run the upload's frames agree with the entry's (`_agreeing_seconds`,
-        from enough frames around it: the window grows until that ends inside it), in upload
-        seconds, cut where the offset they agree best at slips by SLIP_FRAMES or more for a
-        second (a word said a little shorter or longer: what follows lies a few frames away,
-        and one verdict cannot align both sides); [] when nothing there agrees."""
+        """Where around the run the upload's frames agree with the entry's, in upload seconds
+        (`_agreeing_seconds`, over enough frames around it: the window grows until frames that
+        disagree end it on both sides, or it reaches the upload's ends), cut where the offset
+        they agree best at slips by SLIP_FRAMES or more for a second (a word said a little
+        shorter or longer: what follows lies a few frames away, and one verdict cannot align
+        both sides); [] when nothing there agrees."""
         frames, reach = len(self.query.bits), AGREEMENT_WINDOW_FRAMES
         fps = config.frames_per_second
         while True:
@@ -440,11 +441,11 @@ class _Agreements:
             low, agreement, best_step = self._around(run.offset, low, high)
             high = low + len(agreement)
             inside = Run(run.query_start - low, run.query_end - low, run.offset, run.votes)
-            agreeing = _agreeing_seconds(agreement, inside, config)
-            if agreeing is None:
+            found = _agreeing_seconds(agreement, inside, config)
+            if found is None:
                 return []
-            margin_s = AGREEMENT_FRAMES / fps
-            if ((low == 0 or agreeing[0] > margin_s) and (high == frames or agreeing[1] < (high - low) / fps - margin_s)):
+            *agreeing, open_before, open_after = found
+            if (low == 0 or not open_before) and (high == frames or not open_after):
                 break
             reach *= 4
         edge_s = (config.frame_length - config.hop_length) / config.sample_rate  # as _agreeing_seconds counts
@@ -496,10 +497,12 @@ def _slips(best_step: np.ndarray, first: int, fps: float) -> list[int]:
     return cuts
 
 
-def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, float] | None:
+def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, float, bool, bool] | None:
     """Where around `run` the upload's frames agree with the entry's (`agreement`, at the run's
-    offset), in the upload's seconds: the run's blocks give its ends to a block, this to a
-    quarter second."""
+    offset), in seconds from the first frame of `agreement`: the run's blocks give its ends to a
+    block, this to a quarter second. With it, whether it may go on before the first frame and
+    after the last (no frame that disagrees was met before the array's ends: a pause, even a
+    long one, does not end it)."""
     heard = ~np.isnan(agreement)
     good = heard & (agreement >= RUN_AGREEMENT)
     bad = _lasting(heard & ~good, AGREEMENT_FRAMES)  # a dip at one transient is not the run's end
@@ -514,7 +517,8 @@ def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, f
     agreeing = np.flatnonzero(good[low:high])  # from its first agreeing frame to its last
     first, last = low + int(agreeing[0]), low + int(agreeing[-1]) + 1
     edge_s = (config.frame_length - config.hop_length) / config.sample_rate
-    return first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s
+    return (first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s,
+            not bad_before.size, not bad_after.size)
 
 
 def _free_around(agreeing: tuple[float, float], found: list[ReusedSpan]) -> tuple[float, float] | None:
