@@ -248,6 +248,7 @@ def test_the_rest_of_a_recording_an_edit_shifted_by_a_few_milliseconds_is_reused
         for span in lookup["spans"]:
             if span["start_s"] >= after_s - 0.3:
                 assert span["entry_start_s"] - span["start_s"] == pytest.approx(619 / SAMPLE_RATE, abs=0.02)
+        assert _metric(client, "earmark_segment_slips_total") >= 1  # the run was cut where it slipped
 
 
 @ONE_STORE

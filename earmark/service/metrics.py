@@ -59,6 +59,12 @@ class Metrics:
             "refused (by the verification), uncuttable (a word across an end, or too little speech).",
             ["outcome"], registry=r,
         )
+        self.segment_slips = Counter(
+            "earmark_segment_slips_total",
+            "Runs of an upload's hash frames cut where their offset in a cached entry slips by a few frames (a word "
+            "said a little shorter or longer in an edited copy): each side judged at its own alignment.",
+            registry=r,
+        )
         self.partial_hits = Counter(
             "earmark_partial_hits_total", "Answers (tier partial) that reused cached recordings inside the upload.", registry=r,
         )

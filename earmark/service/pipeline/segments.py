@@ -290,7 +290,9 @@ class SpanFinder:
                 if budget <= 0:
                     break
                 shift_s = run.offset / config.frames_per_second
-                for agreeing in agreements.agreeing_pieces(run, config):
+                pieces = agreements.agreeing_pieces(run, config)
+                self.metrics.segment_slips.inc(max(0, len(pieces) - 1))
+                for agreeing in pieces:
                     # A run a few frames from one already reused (the rest of a recording an edit
                     # shifted by a few milliseconds) agrees over both: only its own part is new.
                     free = _free_around(agreeing, found)
