@@ -345,15 +345,22 @@ def test_uncovered_stretches_are_heard_in_one_run_and_cut_back_by_segment_times(
     assert split_heard(Transcript(" A.", "a", "en", (Segment(0.1, 1.0, " A."),)), placements) is None
 
 
-def test_a_run_is_cut_where_its_offset_slips_and_not_at_a_codecs_jitter():
+def test_a_run_is_cut_where_its_offset_slips_and_not_at_a_codecs_jitter_or_a_pause():
     fps = 62.5  # hash frames a second
-    jitter = np.tile(np.array([0, 1, 0, 0, 1], dtype=np.int8), 50)  # 4 s between two neighbouring offsets
-    assert _slips(jitter, 100, fps) == []
-    slipped = np.concatenate([np.zeros(150, dtype=np.int8), np.full(150, 2, dtype=np.int8)])
-    [cut] = _slips(slipped, 100, fps)
-    assert abs(cut - 250) <= 2  # where the step moved, counted from the first frame given
+    heard = np.ones(320, dtype=bool)
+    jitter = np.tile(np.array([0, 1, 0, 0, 1], dtype=np.int8), 64)  # 5 s between two neighbouring offsets
+    assert _slips(jitter, heard, 100, fps) == []
+    slipped = np.concatenate([np.zeros(160, dtype=np.int8), np.full(160, 2, dtype=np.int8)])
+    [cut] = _slips(slipped, heard, 100, fps)
+    assert abs(cut - 260) <= 2  # where the step moved, counted from the first frame given
     blip = np.concatenate([np.zeros(150, dtype=np.int8), np.full(20, 3, dtype=np.int8), np.zeros(150, dtype=np.int8)])
-    assert _slips(blip, 0, fps) == []  # a moment elsewhere is a transient, not a slip
+    assert _slips(blip, heard, 0, fps) == []  # a moment elsewhere is a transient, not a slip
+    # A pause of 2.6 s (its frames say step 0) inside a stretch that agrees 2 frames over: no slip.
+    paused = np.full(420, 2, dtype=np.int8)
+    silent = np.zeros(420, dtype=bool)
+    silent[120:280] = True
+    paused[silent] = 0
+    assert _slips(paused, ~silent, 0, fps) == []
 
 
 def test_the_segment_search_is_handed_the_band_energies_the_upload_was_hashed_from():

@@ -453,7 +453,8 @@ class _Agreements:
         edge_s = (config.frame_length - config.hop_length) / config.sample_rate  # as _agreeing_seconds counts
         first = max(0, int(round((agreeing[0] + edge_s) * fps)))
         last = min(len(best_step), int(round((agreeing[1] + edge_s) * fps)))
-        cuts = [agreeing[0], *(frame / fps - edge_s for frame in _slips(best_step[first:last], first, fps)), agreeing[1]]
+        slips = _slips(best_step[first:last], ~np.isnan(agreement[first:last]), first, fps)
+        cuts = [agreeing[0], *(frame / fps - edge_s for frame in slips), agreeing[1]]
         return [(start_s + low / fps, end_s + low / fps) for start_s, end_s in pairwise(cuts)]
 
     def _around(self, offset: int, low: int, high: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -477,14 +478,16 @@ class _Agreements:
         return low, agreement, best_step
 
 
-def _slips(best_step: np.ndarray, first: int, fps: float) -> list[int]:
+def _slips(best_step: np.ndarray, heard: np.ndarray, first: int, fps: float) -> list[int]:
     """Frames (counted from `first`) where the step agreeing best moves by SLIP_FRAMES or more
-    from where it held before and stays there at least a second (its running median over a
-    second: a codec's jitter moves it by one, a transient for a moment)."""
+    from where it held before and stays there for a second of sound (its running median over a
+    second of the `heard` frames: a codec's jitter moves it by one, a transient for a moment, and
+    a pause says nothing)."""
     second = int(round(fps))
-    if len(best_step) < 2 * second:
+    at = np.flatnonzero(heard)
+    if len(at) < 2 * second:
         return []
-    smoothed = median_filter(best_step, size=second, mode="nearest")
+    smoothed = median_filter(best_step[at], size=second, mode="nearest")
     edges = np.flatnonzero(np.diff(smoothed)) + 1
     starts, stops = np.concatenate(([0], edges)), np.concatenate((edges, [len(smoothed)]))
     cuts, held = [], None
@@ -493,7 +496,7 @@ def _slips(best_step: np.ndarray, first: int, fps: float) -> list[int]:
             continue
         level = int(smoothed[start])
         if held is not None and abs(level - held) >= SLIP_FRAMES:
-            cuts.append(first + int(start))
+            cuts.append(first + int(at[start]))
         if held is None or abs(level - held) >= SLIP_FRAMES:
             held = level
     return cuts
