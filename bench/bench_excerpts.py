@@ -261,8 +261,9 @@ def seam_errors(variant: dict, spans: list[dict], reference: str, stitched: str,
                    if 0.3 < at < duration_s - 0.3})
     ref = normalise(reference)
     # A seam lies between the reference words of the pieces before it and after it.
-    counts = [(piece["start_s"] + piece["end_s"]) / 2.0 for piece in variant["placed"] for _ in normalise(piece["text"])]
-    positions = sorted({sum(middle < at for middle in counts) for at in ends})
+    word_middles = [(piece["start_s"] + piece["end_s"]) / 2.0 for piece in variant["placed"]
+                    for _ in normalise(piece["text"])]  # each reference word at its piece's middle
+    positions = sorted({sum(middle < at for middle in word_middles) for at in ends})
     near = np.zeros(len(ref) + 1, dtype=bool)
     for position in positions:
         near[max(0, position - SEAM_WORDS) : position + SEAM_WORDS] = True

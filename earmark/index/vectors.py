@@ -20,10 +20,9 @@ import pickle
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from collections.abc import Callable
 from typing import cast
 
 import faiss

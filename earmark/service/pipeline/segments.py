@@ -160,7 +160,7 @@ class SpanFinder:
         candidates = stretches(levels, max(self.min_span_s, limits.min_speech_s), MAX_SPAN_SPEECH_S)
         self.metrics.segment_stretches.inc(len(candidates))
         energies = features.take_bands()
-        if energies is None or len(energies) != len(features.hash.bits):
+        if energies is None:
             energies = without_steady_noise(band_energies(pcm, self.verifier.config))
         nearest = {entry_id: similarity for entry_id, similarity
                    in self.index.search(profile.digest, features.embedding, EXCERPT_TOP_K)
@@ -200,7 +200,7 @@ class SpanFinder:
         for similarity, stretch, entry in pairs[:MAX_SCREENED]:
             if judged >= MAX_VERIFIED:
                 break
-            if any(stretch.start_s < span.end_s and span.start_s < stretch.end_s for span in accepted):
+            if _overlaps(stretch.start_s, stretch.end_s, accepted):
                 continue
             if self._screened_out(energies, stretch, entry, hashes):
                 self.metrics.segment_screened.inc()
@@ -233,9 +233,10 @@ class SpanFinder:
                    end_s: float) -> ReusedSpan | tuple[float, float] | None:
             """The span [start_s, end_s) of the upload as the entry's stretch shifted by `shift_s`,
             when it overlaps nothing found and the verification accepts it; when the verification
-            refuses it, where (upload seconds) the check that refused found its worst; else None."""
+            refuses it, where (upload seconds) the check that refused found the two apart
+            (`Judgement.refused_at`); else None."""
             nonlocal budget
-            if budget <= 0 or any(start_s < span.end_s and span.start_s < end_s for span in found):
+            if budget <= 0 or _overlaps(start_s, end_s, found):
                 return None
             part = excerpt(entry, start_s + shift_s, end_s + shift_s, config)
             if part is None or part.speech_s < max(self.min_span_s, self.verifier.thresholds.min_speech_s):
@@ -257,8 +258,7 @@ class SpanFinder:
         def search(entry: Entry, similarity: float, shift_s: float, agreeing: tuple[float, float]) -> None:
             """Judge the spans around where the upload agrees with the entry shifted by `shift_s`,
             widest first; a refused one is split where it was refused, and its pieces judged."""
-            tries = [span for span in _cuts_around(agreeing, gaps, duration_s)
-                     if not any(span[0] < other.end_s and other.start_s < span[1] for other in found)]
+            tries = [span for span in _cuts_around(agreeing, gaps, duration_s) if not _overlaps(*span, found)]
             widest_refused_at: tuple[float, float] | None = None
             for number, (start_s, end_s) in enumerate(tries):
                 verdict = judged(entry, similarity, shift_s, start_s, end_s)
@@ -412,7 +412,7 @@ def _longest_first(spans: list[ReusedSpan]) -> list[ReusedSpan]:
     """The spans, longest first, each kept when it overlaps none kept before it; in time order."""
     kept: list[ReusedSpan] = []
     for span in sorted(spans, key=lambda span: span.start_s - span.end_s):
-        if not any(span.start_s < other.end_s and other.start_s < span.end_s for other in kept):
+        if not _overlaps(span.start_s, span.end_s, kept):
             kept.append(span)
     return sorted(kept, key=lambda span: span.start_s)
 
@@ -431,33 +431,28 @@ class _Agreements:
 
     def agreeing_pieces(self, run: Run, config) -> list[tuple[float, float]]:
         """Where around the run the upload's frames agree with the entry's, in upload seconds
-        (`_agreeing_seconds`, over enough frames around it: the window grows until frames that
+        (`_agreeing_frames`, over enough frames around it: the window grows until frames that
         disagree end it on both sides, or it reaches the upload's ends), cut where the offset
         they agree best at slips by SLIP_FRAMES or more for a second (a word said a little
         shorter or longer: what follows lies a few frames away, and one verdict cannot align
         both sides); [] when nothing there agrees."""
         frames, reach = len(self.query.bits), AGREEMENT_WINDOW_FRAMES
-        fps = config.frames_per_second
         while True:
-            low, high = max(0, run.query_start - reach), min(frames, run.query_end + reach)
-            low, agreement, best_step = self._around(run.offset, low, high)
+            low, agreement, best_step = self._window(run.offset, max(0, run.query_start - reach),
+                                                     min(frames, run.query_end + reach))
             high = low + len(agreement)
-            inside = Run(run.query_start - low, run.query_end - low, run.offset, run.votes)
-            found = _agreeing_seconds(agreement, inside, config)
+            found = _agreeing_frames(agreement, Run(run.query_start - low, run.query_end - low, run.offset, run.votes))
             if found is None:
                 return []
-            *agreeing, open_before, open_after = found
+            first, last, open_before, open_after = found
             if (low == 0 or not open_before) and (high == frames or not open_after):
                 break
             reach *= 4
-        edge_s = (config.frame_length - config.hop_length) / config.sample_rate  # as _agreeing_seconds counts
-        first = max(0, int(round((agreeing[0] + edge_s) * fps)))
-        last = min(len(best_step), int(round((agreeing[1] + edge_s) * fps)))
-        slips = _slips(best_step[first:last], ~np.isnan(agreement[first:last]), first, fps)
-        cuts = [agreeing[0], *(frame / fps - edge_s for frame in slips), agreeing[1]]
-        return [(start_s + low / fps, end_s + low / fps) for start_s, end_s in pairwise(cuts)]
+        slips = _slips(best_step[first:last], ~np.isnan(agreement[first:last]), first, config.frames_per_second)
+        cuts = [low + frame for frame in (first, *slips, last)]
+        return [(_frame_seconds(start, config), _frame_seconds(end, config)) for start, end in pairwise(cuts)]
 
-    def _around(self, offset: int, low: int, high: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def _window(self, offset: int, low: int, high: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(first frame, agreement, step) over query frames from `low` to at least `high`: the
         agreement at `offset` or up to AGREEMENT_REACH frames either side (an edit's cut rarely
         falls on the frame grid), NaN in pauses, and the step that agrees best (0 in pauses)."""
@@ -502,12 +497,12 @@ def _slips(best_step: np.ndarray, heard: np.ndarray, first: int, fps: float) -> 
     return cuts
 
 
-def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, float, bool, bool] | None:
+def _agreeing_frames(agreement: np.ndarray, run: Run) -> tuple[int, int, bool, bool] | None:
     """Where around `run` the upload's frames agree with the entry's (`agreement`, at the run's
-    offset), in seconds from the first frame of `agreement`: the run's blocks give its ends to a
-    block, this to a quarter second. With it, whether it may go on before the first frame and
-    after the last (no frame that disagrees was met before the array's ends: a pause, even a
-    long one, does not end it)."""
+    offset): its first and end frame (of `agreement`), the run's blocks giving its ends to a
+    block and this to a quarter second; with whether it may go on before the first frame of
+    `agreement` and after the last (no frame that disagrees was met before the array's ends: a
+    pause, even a long one, does not end it)."""
     heard = ~np.isnan(agreement)
     good = heard & (agreement >= RUN_AGREEMENT)
     bad = _lasting(heard & ~good, AGREEMENT_FRAMES)  # a dip at one transient is not the run's end
@@ -520,10 +515,18 @@ def _agreeing_seconds(agreement: np.ndarray, run: Run, config) -> tuple[float, f
     low = int(bad_before[-1]) + 1 if bad_before.size else 0
     high = middle + int(bad_after[0]) if bad_after.size else len(good)
     agreeing = np.flatnonzero(good[low:high])  # from its first agreeing frame to its last
-    first, last = low + int(agreeing[0]), low + int(agreeing[-1]) + 1
-    edge_s = (config.frame_length - config.hop_length) / config.sample_rate
-    return (first / config.frames_per_second - edge_s, last / config.frames_per_second - edge_s,
-            not bad_before.size, not bad_after.size)
+    return low + int(agreeing[0]), low + int(agreeing[-1]) + 1, not bad_before.size, not bad_after.size
+
+
+def _frame_seconds(frame: int, config) -> float:
+    """Where a hash frame starts in its recording, in seconds (band_energies pads by a frame
+    less a hop)."""
+    return frame / config.frames_per_second - (config.frame_length - config.hop_length) / config.sample_rate
+
+
+def _overlaps(start_s: float, end_s: float, spans) -> bool:
+    """True when [start_s, end_s) overlaps any of `spans` (each with `start_s` and `end_s`)."""
+    return any(start_s < span.end_s and span.start_s < end_s for span in spans)
 
 
 def _free_around(agreeing: tuple[float, float], found: list[ReusedSpan]) -> tuple[float, float] | None:
