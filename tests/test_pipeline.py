@@ -184,7 +184,8 @@ def test_followers_share_the_leaders_engine_run_and_alias_their_own_bytes(settin
 def test_a_store_lost_while_the_engine_runs_answers_bypass_naming_no_entry(tmp_path, engine, audio):
     """The store dies while the leader's engine runs, with a follower waiting: both are
     answered with the transcript, tier `bypass`, no entry (none was written); the engine ran
-    once. After the store returns the same audio is a miss that is written."""
+    once. After the store returns the same audio is a miss that is written at once: the lock
+    the leader could not release is released by this process, not waited out."""
     server = EmbeddedServer(tmp_path / "store")
     server.start()
     settings = Settings(redis_url=server.url, key_prefix=f"earmark-pipeline-{uuid.uuid4().hex[:6]}:",
@@ -206,6 +207,7 @@ def test_a_store_lost_while_the_engine_runs_answers_bypass_naming_no_entry(tmp_p
         await _until(lambda: c.store.up, "the store coming back")
         written = await c.recognize(audio["wav"])
         assert written.tier == "miss" and await c.store.get_entry(written.entry.entry_id) is not None
+        assert c.waits("store") == 0
 
     try:
         _with_cache(settings, gated, body)

@@ -10,6 +10,7 @@ what a shared answer or a found entry is served as belongs to the tier walk
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -34,6 +35,10 @@ class MissesInFlight:
         self.lock_ttl_ms = lock_ttl_ms
         # (profile digest, PCM digest) -> (the leader's upload digest, its answer to come)
         self._flights: dict[tuple[str, str], tuple[str, asyncio.Future]] = {}
+        # lock key -> (our token, when), for locks we could not release because the store was
+        # down: the next request for that audio releases its own stale lock instead of waiting
+        # out its expiry (kept no longer than the lock itself lives)
+        self._unreleased: dict[str, tuple[str, float]] = {}
 
     async def once_in_process(self, profile_digest: str, audio_digest: str, upload_digest: str, *,
                               lead: Callable[[], Awaitable[T]], follow: Callable[[str, T], Awaitable[T]]) -> T:
@@ -79,6 +84,11 @@ class MissesInFlight:
             return self.store.entry_by_canonical(profile_digest, audio_digest)
 
         token = None
+        if store_ok and lock_key in self._unreleased:
+            stale, _ = self._unreleased[lock_key]
+            _, store_ok = await try_store(lambda: self.store.release_lock(lock_key, stale))
+            if store_ok:
+                self._unreleased.pop(lock_key, None)
         while store_ok:
             token, store_ok = await try_store(lambda: self.store.acquire_lock(lock_key, self.lock_ttl_ms))
             if token is not None or not store_ok:
@@ -103,7 +113,17 @@ class MissesInFlight:
             if renewer is not None and token is not None:
                 renewer.cancel()
                 held_token = token
-                await try_store(lambda: self.store.release_lock(lock_key, held_token))
+                _, released = await try_store(lambda: self.store.release_lock(lock_key, held_token))
+                if not released:
+                    self._remember_unreleased(lock_key, held_token)
+
+    def _remember_unreleased(self, lock_key: str, token: str) -> None:
+        """Keep a lock we hold but could not release, dropping those that have expired by now."""
+        now = time.monotonic()
+        expired = [key for key, (_, since) in self._unreleased.items() if now - since > self.lock_ttl_ms / 1000]
+        for key in expired:
+            del self._unreleased[key]
+        self._unreleased[lock_key] = (token, now)
 
     async def _wait_for_holder(self, lock_key: str, holders_entry: Callable[[], Awaitable[Entry | None]]
                                ) -> tuple[Entry | None, bool]:
