@@ -84,6 +84,11 @@ class PitchVerdict:
     query_s: float
     shared_frames: int
     entry_s: float = 0.0
+    # The smallest share of the entry's trusted voiced frames, over any 200 ms that has at least
+    # MIN_BURST_FRAMES of them, that the query's contour could be compared with there: low where
+    # a line hid a syllable's pitch from the tracker (a low tone on a telephone band), so that
+    # nothing was judged where a changed tone would be.
+    least_covered: float = 1.0
 
 
 class PitchContour:
@@ -167,10 +172,12 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
     if q_index.size == 0:
         return PitchVerdict(0.0, 0.0, 0)
     q, r = query[q_index].astype(np.float32), entry[q_index + offset_frames].astype(np.float32)
-    both = _trusted(q) & _trusted(r) & (np.abs(q - r) <= HARMONIC_ERROR_SEMITONES * _STEPS_PER_SEMITONE)
+    entry_trusted = _trusted(r)
+    both = _trusted(q) & entry_trusted & (np.abs(q - r) <= HARMONIC_ERROR_SEMITONES * _STEPS_PER_SEMITONE)
     shared = int(both.sum())
+    covered = _least_covered(entry_trusted, both)
     if shared < MIN_SHARED_FRAMES:
-        return PitchVerdict(0.0, 0.0, shared)
+        return PitchVerdict(0.0, 0.0, shared, least_covered=covered)
     # Signed pitch-class difference in [-6, 6): an octave error is no error.
     difference = ((q[both] - r[both]) / _STEPS_PER_SEMITONE + 6.0) % 12.0 - 6.0
     # Median over three shared frames: one frame's wrong peak is the tracker, not the speech.
@@ -184,7 +191,21 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
     start = int(np.argmax(means))
     frame = int(q_index[start + int(np.argmax(both[start : start + window]))])
     query_s = (frame * HOP - PAD) / RATE
-    return PitchVerdict(float(means[start]), round(query_s, 3), shared, round(query_s + offset_frames * HOP / RATE, 3))
+    return PitchVerdict(float(means[start]), round(query_s, 3), shared, round(query_s + offset_frames * HOP / RATE, 3),
+                        covered)
+
+
+def _least_covered(entry_trusted: np.ndarray, both: np.ndarray) -> float:
+    """`PitchVerdict.least_covered` of the aligned frames."""
+    window = min(BURST_FRAMES, entry_trusted.size)
+    if window == 0:
+        return 1.0
+    entry_counts = np.convolve(entry_trusted.astype(np.float64), np.ones(window), mode="valid")
+    shared_counts = np.convolve(both.astype(np.float64), np.ones(window), mode="valid")
+    judged = entry_counts >= MIN_BURST_FRAMES
+    if not judged.any():
+        return 1.0
+    return float(np.min(shared_counts[judged] / entry_counts[judged]))
 
 
 def _trusted(codes: np.ndarray) -> np.ndarray:
