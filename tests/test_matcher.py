@@ -178,3 +178,24 @@ def test_a_recording_with_silent_pauses_hashes_as_it_did_before_the_noise_floor_
     assert robust_hash(prompt, DEFAULT).bits.tolist() == robust_hash_from_energies(energies).bits.tolist()
     noisy = _with_noise(prompt, 20.0, "white")
     assert robust_hash(noisy, DEFAULT).bits.tolist() != robust_hash_from_energies(band_energies(noisy, DEFAULT)).bits.tolist()
+
+
+def test_a_quiet_voice_in_a_pause_is_noise_but_a_word_said_there_is_not(original):
+    """A cached recording with a second's pause in it; the query has another voice in that pause
+    (babble, a television), 25 dB under its loud frames: noise that filled a pause, not words the
+    query added, so the hashes take it for the same recording (before, the pause's frames scored
+    as half wrong and the second failed). The same voice said there at the recording's own level
+    is a word added, and is refused."""
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    cached = np.concatenate([original, pause, original])
+    other = pcm_of(fixture_bytes("weather.wav"))[SAMPLE_RATE // 4: SAMPLE_RATE // 4 + SAMPLE_RATE]
+    loud = np.sqrt(np.mean(original[np.abs(original) > 0.1 * np.abs(original).max()] ** 2))
+    voice = other / np.sqrt(np.mean(other[np.abs(other) > 0.1 * np.abs(other).max()] ** 2)) * loud
+    murmured = np.concatenate([original, voice * 10 ** (-25 / 20), original]).astype(np.float32)
+    said = np.concatenate([original, voice, original]).astype(np.float32)
+    limits = FuzzyThresholds()
+    heard = verify(robust_hash(murmured, DEFAULT), robust_hash(cached, DEFAULT), DEFAULT)
+    assert heard.worst_score >= limits.min_window_score and heard.worst_short_score >= limits.min_short_window_score
+    added = verify(robust_hash(said, DEFAULT), robust_hash(cached, DEFAULT), DEFAULT)
+    assert added.worst_score < limits.min_window_score - 0.1
+    assert added.worst_short_score < limits.min_short_window_score - 0.1

@@ -43,6 +43,11 @@ class FingerprintConfig:
     # Frames quieter than the loudest by more than this are silence when verifying: 35 dB keeps
     # a 30 dB-SNR copy's noise-filled pauses out of the comparison (measured in bench/README.md).
     silence_below_peak_db: float = 35.0
+    # Query frames with no speech of the candidate's under them count only when they are within
+    # this of the query's loud frames (their 95th percentile): quieter, they are noise that
+    # filled a pause (babble, a 10 dB hiss), not words the query added. What the query lacks
+    # always counts.
+    added_sound_below_loud_db: float = 18.0
     # Verification looks at stretches of this many frames (~1 s) and judges by the worst.
     window_frames: int = 62
     # ...and, where both recordings have audio, stretches of ~0.25 s: about one word.

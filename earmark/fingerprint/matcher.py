@@ -4,7 +4,10 @@ Equality, not similarity. The two hashes are aligned at the offset that best mat
 speech, then every stretch (about a second) of the union of both recordings' speech is scored,
 and the worst stretch decides. Frames that have speech on one side only, or no counterpart at
 all (a clip cut from a longer recording, a recording with more speech), count as mismatches,
-so containment never passes for equality.
+so containment never passes for equality. One exception: where the candidate has no speech, a
+query frame far quieter than the query's loud speech (`added_sound_below_loud_db`) is noise
+that filled a pause (babble, hiss at 10 dB SNR), not a word the query added, and is not
+counted; what the query lacks always is.
 """
 
 from __future__ import annotations
@@ -103,7 +106,16 @@ def _align(query: RobustHash, reference: RobustHash, config: FingerprintConfig):
     q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
     search = int(ALIGN_SEARCH_S * config.frames_per_second)
     offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
-    return (offset, *_aligned_errors(query, reference, q_voiced, r_voiced, offset))
+    q_added = q_voiced & _loud_enough_to_add(query, q_voiced, config)
+    return (offset, *_aligned_errors(query, reference, q_voiced, r_voiced, offset, q_added))
+
+
+def _loud_enough_to_add(query: RobustHash, q_voiced: np.ndarray, config: FingerprintConfig) -> np.ndarray:
+    """Query frames loud enough to be words the query added where the candidate has none: within
+    `config.added_sound_below_loud_db` of the query's loud speech frames (their 95th percentile)."""
+    levels = query.level_db.astype(np.float32)
+    loud = float(np.percentile(levels[q_voiced], 95))
+    return levels >= loud - config.added_sound_below_loud_db
 
 
 def _query_seconds(frame, config: FingerprintConfig) -> float:
@@ -144,10 +156,11 @@ def _best_offset(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, c
     return best
 
 
-def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int):
+def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced, offset: int, q_added):
     """Per-frame error rates over bits strong on both sides, over the union of both timelines,
-    with masks of the counted frames (speech on either side) and of the frames both share, and
-    each position's query frame index.
+    with masks of the counted frames (the candidate's speech, and the query's where the
+    candidate has none only when `q_added` says it is loud enough to be added words) and of
+    the frames both share, and each position's query frame index.
 
     A side with no frame at that time contributes a half-wrong frame (what unrelated audio
     scores), so unmatched speech fails.
@@ -159,7 +172,7 @@ def _aligned_errors(query: RobustHash, reference: RobustHash, q_voiced, r_voiced
     r_ok = (r_idx >= 0) & (r_idx < r_len)
     q_speech = np.zeros(q_idx.size, dtype=bool)
     r_speech = np.zeros(q_idx.size, dtype=bool)
-    q_speech[q_ok] = q_voiced[q_idx[q_ok]]
+    q_speech[q_ok] = q_added[q_idx[q_ok]]
     r_speech[r_ok] = r_voiced[r_idx[r_ok]]
     both = q_ok & r_ok
     errors = np.full(q_idx.size, 0.5, dtype=np.float64)

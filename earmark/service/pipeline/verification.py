@@ -188,7 +188,10 @@ class Evidence:
 # alignment (a changed phone's drift after it is not a codec's distortion), and a burst quieter
 # than the recording's loud frames is held to the coarse line's limit, and the query's detail is
 # also compared at finer phases (2.5, 5, 7.5 ms), judged at the best-aligned one when it scores lower.
-VERIFICATION_REVISION = 6
+# 7: in a tone language, a line that hid a syllable's pitch cannot vouch for it
+# (`pitch_unverifiable`); where the entry has no speech, a query frame over 18 dB under the
+# query's loud frames is noise that filled a pause, not an added word (fingerprint/matcher.py).
+VERIFICATION_REVISION = 7
 
 
 class Verifier:
