@@ -97,6 +97,12 @@ def test_a_language_route_sends_mandarin_to_whisper_base(settings, whisper_engin
         given = post(client, fixture_bytes(MANDARIN), language="zh").json()
         assert given["cache"]["tier"] == "miss" and given["result"]["text"] == answer["result"]["text"]
         assert client.get(f"/entries/{given['cache']['entry']}").json()["entry"]["profile"] != entry["profile"]
+        # traditional characters when the client asks for them (zh-TW, zh-HK, zh-Hant): cached apart
+        traditional = post(client, fixture_bytes(MANDARIN), language="zh-TW").json()
+        assert traditional["cache"]["tier"] == "miss" and traditional["result"]["text"] == "歡迎大家來體驗達摩院推出的語音識別模型"
+        words = [word["word"] for segment in traditional["result"]["segments"] for word in segment["words"]]
+        assert "".join(words) == traditional["result"]["text"]
+        assert post(client, fixture_bytes(MANDARIN), language="zh-Hant").json()["cache"]["tier"] == "exact"
         # a language tiny.en does not serve, named by the client: the `*` route's engine takes it
         assert post(client, fixture_bytes(MANDARIN), path="/lookup", language="fr").status_code == 200
     assert ROUTED_ENGINE == "routed"

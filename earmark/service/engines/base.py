@@ -18,7 +18,9 @@ from earmark.service.pipeline.profile import Profile
 
 _LANGUAGE_ALIASES = {
     "en": "en", "en-us": "en", "en_us": "en", "en-gb": "en", "english": "en",
-    "zh": "zh", "zh-cn": "zh", "cmn": "zh", "chinese": "zh", "mandarin": "zh",
+    "zh": "zh", "zh-cn": "zh", "zh-hans": "zh", "zh-sg": "zh", "cmn": "zh", "chinese": "zh", "mandarin": "zh",
+    # Chinese in traditional characters (an engine that writes either script offers "zh-hant")
+    "zh-hant": "zh-hant", "zh-tw": "zh-hant", "zh-hk": "zh-hant", "zh_tw": "zh-hant",
     "yue": "yue", "cantonese": "yue", "ja": "ja", "japanese": "ja", "ko": "ko", "korean": "ko",
 }
 

@@ -42,6 +42,7 @@ from earmark.service.engines.base import (
     Transcript,
     Word,
 )
+from earmark.service.engines.chinese_script import TRADITIONAL, in_script, opencc_version
 from earmark.service.engines.errors import EngineFailure, EngineOptionError, EngineUnavailable
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.speech import FRAME as LEVEL_FRAME
@@ -214,9 +215,12 @@ class WhisperEngine(Engine):
         self.libraries = {"faster_whisper": installed_version("faster-whisper"), "ctranslate2": ctranslate2.__version__,
                           "onnxruntime": installed_version("onnxruntime"), "silero_vad_sha256": vad_sha256}
         self.device_kind = device_kind
-        self.revision = engine_revision(asdict(decoding), self.libraries, self.compute_type, device_kind, files.sha256)
         multilingual = bool(self._model.model.is_multilingual)
         languages = tuple(self._model.supported_languages)
+        if "zh" in languages:  # Chinese in either script (service/engines/chinese_script.py)
+            languages += (TRADITIONAL,)
+            self.libraries["opencc"] = opencc_version()
+        self.revision = engine_revision(asdict(decoding), self.libraries, self.compute_type, device_kind, files.sha256)
         self.capabilities = Capabilities(
             languages=languages,
             default_language="auto" if multilingual else "en",
@@ -250,7 +254,8 @@ class WhisperEngine(Engine):
         near each boundary: faster-whisper computes the spectrograms of all it is given at
         once. The cuts depend only on the audio, so the same audio always gets the same text."""
         pcm = np.ascontiguousarray(np.asarray(pcm_16k, dtype=np.float32).reshape(-1))
-        language = None if profile.language == "auto" else profile.language
+        asked = None if profile.language == "auto" else profile.language
+        language = "zh" if asked == TRADITIONAL else asked  # the script is chosen after decoding
         segments: list[Segment] = []
         detected = None
         for start, stop in piece_bounds(pcm):
@@ -258,9 +263,10 @@ class WhisperEngine(Engine):
             detected = detected or piece_language or None
             offset = start / SAMPLE_RATE
             segments += [_shifted(segment, offset, start // HOP) if start else segment for segment in piece_segments]
-        kept = tuple(segment for segment in segments if segment.text)
+        spoken = language or detected or ""
+        kept = in_script(tuple(segment for segment in segments if segment.text), asked or spoken)
         text = "".join(piece_text(segment, index) for index, segment in enumerate(kept))
-        return Transcript(text=text, normalized_text=text, language=language or detected or "", segments=kept)
+        return Transcript(text=text, normalized_text=text, language=spoken, segments=kept)
 
     def _transcribe_piece(self, pcm: np.ndarray, language: str | None, profile: Profile) -> tuple[list[Segment], str]:
         """The piece's segments (times from the piece's start) and its language, detected on
