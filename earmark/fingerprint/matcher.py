@@ -106,16 +106,16 @@ def _align(query: RobustHash, reference: RobustHash, config: FingerprintConfig):
     q_first, r_first = int(np.argmax(q_voiced)), int(np.argmax(r_voiced))
     search = int(ALIGN_SEARCH_S * config.frames_per_second)
     offset = _best_offset(query, reference, q_voiced, r_voiced, r_first - q_first, search)
-    q_added = q_voiced & _loud_enough_to_add(query, q_voiced, config)
+    q_added = _loud_enough_to_add(query, q_voiced, config)
     return (offset, *_aligned_errors(query, reference, q_voiced, r_voiced, offset, q_added))
 
 
 def _loud_enough_to_add(query: RobustHash, q_voiced: np.ndarray, config: FingerprintConfig) -> np.ndarray:
-    """Query frames loud enough to be words the query added where the candidate has none: within
-    `config.added_sound_below_loud_db` of the query's loud speech frames (their 95th percentile)."""
+    """The query's speech frames loud enough to be words it added where the candidate has none:
+    within `config.added_sound_below_loud_db` of its loud speech frames (their 95th percentile)."""
     levels = query.level_db.astype(np.float32)
     loud = float(np.percentile(levels[q_voiced], 95))
-    return levels >= loud - config.added_sound_below_loud_db
+    return q_voiced & (levels >= loud - config.added_sound_below_loud_db)
 
 
 def _query_seconds(frame, config: FingerprintConfig) -> float:

@@ -196,10 +196,8 @@ def compare_pitch(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> P
 
 
 def _least_covered(entry_trusted: np.ndarray, both: np.ndarray) -> float:
-    """`PitchVerdict.least_covered` of the aligned frames."""
+    """`PitchVerdict.least_covered` of the aligned frames (at least one)."""
     window = min(BURST_FRAMES, entry_trusted.size)
-    if window == 0:
-        return 1.0
     entry_counts = np.convolve(entry_trusted.astype(np.float64), np.ones(window), mode="valid")
     shared_counts = np.convolve(both.astype(np.float64), np.ones(window), mode="valid")
     judged = entry_counts >= MIN_BURST_FRAMES

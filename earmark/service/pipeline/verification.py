@@ -404,7 +404,7 @@ class Verifier:
         return None
 
     def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, pitch, pitch_score: float,
-                 tones_hidden: bool = False) -> tuple[bool, str]:
+                 tones_hidden: bool) -> tuple[bool, str]:
         """(accepted, reason) from the compared hashes, detail and pitch, each against its threshold
         (`tones_hidden`: in a tone language, the pitch could not be compared over a syllable)."""
         limits = self.thresholds
