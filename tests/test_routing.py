@@ -135,3 +135,17 @@ def test_a_language_the_client_names_goes_to_its_route_even_when_that_engine_tak
     assert profile.engine == funasr.name and identify is None
     with pytest.raises(EngineOptionError):
         LanguageRouter(main, {}, None, 0.5, metrics).plan(RecognitionOptions(language="zh"), "")
+    # traditional characters, which that server does not write: not its route (no `*`: refused)
+    with pytest.raises(EngineOptionError):
+        router.plan(RecognitionOptions(language="zh-TW"), "")
+
+
+def test_traditional_chinese_goes_to_the_mandarin_route_that_writes_it(settings, whisper_engine):
+    """`zh=whisper-base` alone: a client asking zh-Hant (or zh-TW) is served by the Mandarin
+    route's engine, not refused by the configured English one (measured: a 422 before)."""
+    with TestClient(create_app(replace(settings, language_routes="zh=whisper-base"), engine=whisper_engine)) as client:
+        answer = post(client, fixture_bytes(MANDARIN), language="zh-Hant")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["text"] == "歡迎大家來體驗達摩院推出的語音識別模型"
+        entry = client.get(f"/entries/{answer.json()['cache']['entry']}").json()["entry"]
+        assert entry["engine"] == "whisper-base"

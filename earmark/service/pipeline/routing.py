@@ -137,9 +137,14 @@ class LanguageRouter:
 
     def _given(self, language: str) -> EngineRoute:
         """The engine of a language the client named: its route, else the configured engine
-        when it serves it, else the `*` route (the configured engine refuses it when none)."""
+        when it serves it, else the `*` route (the configured engine refuses it when none). A
+        variant of a routed language (zh-hant: Chinese in traditional characters) goes to that
+        language's route when its engine writes the variant."""
         if language in self.routes:
             return self.routes[language]
+        base = self.routes.get(language.split("-")[0])
+        if base is not None and language in base.engine.capabilities.languages:
+            return base
         if "*" in self.routes and not serves(self.main.engine, language):
             return self.routes["*"]
         return self.main
