@@ -7,6 +7,8 @@ keep-alive httpx client:
 
 * exact hits (POST /recognize with bytes seen before) against GET /health, interleaved, for
   ~3 s, ~10 s, ~30 s and ~45 s WAV clips (up to ~2 MB); target: an exact hit costs at most 3x a /health;
+  beside them, the same bodies POSTed to a bare ASGI app under the same uvicorn that only reads
+  them (bench/transport_floor.py): what receiving the bytes alone costs, in the same run;
 * canonical hits (a FLAC of the same PCM, new bytes each time thanks to a different `title`
   tag) against misses, for the ~10 s clip;
 * misses (the engine runs) against audio duration for ~3 s, ~10 s and ~30 s clips: the
@@ -29,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +41,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from harness import (EARMARK, OUT_DIR, VOICE, Server, git_head, interrupt_on_sigterm, loadavg, machine_info,
+from harness import (EARMARK, OUT_DIR, VOICE, Server, free_port, git_head, interrupt_on_sigterm, loadavg, machine_info,
                      multipart_body, multipart_headers, print_final_load, require_tools, run_quiet, sentence_words,
                      shuffled_words, speak, stage_means_ms, stage_totals, summary)
 
@@ -111,6 +114,29 @@ class Probe:
 # The run
 
 
+def wait_for_floor(client: httpx.Client, timeout_s: float = 30.0) -> None:
+    """Wait until transport_floor.py answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.post("/", content=b"x").raise_for_status()
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench/transport_floor.py did not start") from None
+            time.sleep(0.1)
+
+
+def time_floor(client: httpx.Client, body: bytes, headers: dict) -> float:
+    """One POST of `body` to the transport floor (bench/transport_floor.py), timed as earmark's are."""
+    started = time.perf_counter()
+    response = client.post("/", content=body, headers=headers)
+    elapsed = time.perf_counter() - started
+    if response.headers.get("x-received") != str(len(body)):
+        raise SystemExit(f"transport floor received {response.headers.get('x-received')} of {len(body)} bytes")
+    return elapsed
+
+
 def prepare_audio(work: Path, requests: int, repeats: int) -> dict:
     """All clips, made before the server starts so audio tools do not compete with it."""
     audio = work / "audio"
@@ -146,7 +172,7 @@ def prepare_audio(work: Path, requests: int, repeats: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
-    server = client = None
+    server = client = floor = None
     try:
         print(f"preparing audio in {work} ...", flush=True)
         audio = prepare_audio(work, args.requests, args.repeats)
@@ -155,6 +181,10 @@ def run(args: argparse.Namespace) -> dict:
             print(f"  ~{target} s clip: {clip['duration_s']:.2f} s, {clip['path'].stat().st_size} bytes WAV")
 
         server = Server(work / "data", work / "server.log", args.port)
+        floor_port = free_port()
+        floor = subprocess.Popen([sys.executable, str(Path(__file__).with_name("transport_floor.py")), str(floor_port)],
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        floor_client = httpx.Client(base_url=f"http://127.0.0.1:{floor_port}", timeout=60.0)
         client = httpx.Client(base_url=server.url, timeout=600.0)
         probe = Probe(client)
         up = server.wait_healthy(probe.client)
@@ -173,8 +203,11 @@ def run(args: argparse.Namespace) -> dict:
         # Phase 1: fast requests, interleaved in a shuffled order each round.
         rng = random.Random(1234)
         flac_bodies = [read(p) for p in audio["flacs"]]
-        samples: dict[str, list[float]] = {name: [] for name in ("health", *[f"exact_{t}s" for t in DURATIONS_S], f"canonical_{CANONICAL_CLIP_S}s")}
-        server_ms: dict[str, list[float]] = {name: [] for name in samples if name != "health"}
+        samples: dict[str, list[float]] = {name: [] for name in ("health", *[f"exact_{t}s" for t in DURATIONS_S],
+                                                                 f"canonical_{CANONICAL_CLIP_S}s",
+                                                                 *[f"floor_{t}s" for t in DURATIONS_S])}
+        server_ms: dict[str, list[float]] = {name: [] for name in samples if name != "health" and not name.startswith("floor_")}
+        wait_for_floor(floor_client)
         ops = list(samples)
         warm_rounds = WARM_ROUNDS
         print(f"phase 1: {args.requests} rounds of {', '.join(ops)} (+{warm_rounds} warm-up rounds) ...", flush=True)
@@ -186,6 +219,8 @@ def run(args: argparse.Namespace) -> dict:
             for op in ops:
                 if op == "health":
                     elapsed, answer = probe.health(), None
+                elif op.startswith("floor_"):
+                    elapsed, answer = time_floor(floor_client, originals[int(op[6:-1])], uploads.headers), None
                 elif op.startswith("exact_"):
                     target = int(op[6:-1])
                     elapsed, answer = probe.recognize(originals[target], "exact", op)
@@ -219,6 +254,9 @@ def run(args: argparse.Namespace) -> dict:
 
         return report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, probe.unexpected)
     finally:
+        if floor is not None:
+            floor.terminate()
+            floor.wait(10)
         if client is not None:
             client.close()
         if server is not None:
@@ -257,6 +295,7 @@ def report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, un
 
     health = rows["health"]["median_ms"]
     ratios = {f"exact_{t}s_over_health": round(rows[f"exact_{t}s"]["median_ms"] / health, 2) for t in DURATIONS_S}
+    ratios |= {f"floor_{t}s_over_health": round(rows[f"floor_{t}s"]["median_ms"] / health, 2) for t in DURATIONS_S}
     c = CANONICAL_CLIP_S
     canon = rows[f"canonical_{c}s"]["median_ms"]
     ratios[f"canonical_{c}s_over_exact_{c}s"] = round(canon / rows[f"exact_{c}s"]["median_ms"], 2)
@@ -294,7 +333,8 @@ def report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, un
     print("ratios (medians):")
     for t in DURATIONS_S:
         mark = "  target <= 3x: " + ("met" if ratios[f"exact_{t}s_over_health"] <= EXACT_TARGET_RATIO else "NOT met")
-        print(f"  exact hit {t:>2} s clip / health        {ratios[f'exact_{t}s_over_health']:>8.2f}x{mark}")
+        print(f"  exact hit {t:>2} s clip / health        {ratios[f'exact_{t}s_over_health']:>8.2f}x{mark}"
+              f"  (the transport alone: {ratios[f'floor_{t}s_over_health']:.2f}x)")
     if f"canonical_{c}s_over_miss_{c}s" in ratios:
         print(f"  canonical {c} s / miss {c} s           {ratios[f'canonical_{c}s_over_miss_{c}s']:>8.4f}  "
               f"(a canonical hit is {ratios[f'miss_{c}s_over_canonical_{c}s']:.0f}x faster than a miss)")

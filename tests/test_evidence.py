@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import zstandard
 
 from earmark.fingerprint.decode import decode_audio
 from earmark.index.connection import open_client
@@ -149,6 +150,12 @@ def test_damaged_evidence_is_never_fuzzy_matched(verifier, features):
     with pytest.raises(DamagedEntry):
         Entry.from_fields(entry.entry_id, fields)
     query = features["original"]
+    for segments in ([["not", "a segment"]], [{"w": [[" Don", 0.0]]}], 7):  # the record reads, its segments do not
+        fields = _as_stored(replace(entry).to_fields())
+        record = json.loads(zstandard.ZstdDecompressor().decompress(fields[b"rec"]))
+        fields[b"rec"] = zstandard.ZstdCompressor().compress(json.dumps({**record, "seg": segments}).encode())
+        read = Entry.from_fields(entry.entry_id, fields)
+        assert read.text == entry.text and read.segments == ()
     accepted, _, reason = verifier.judge(query, PROFILE, float(np.dot(query.embedding, query.embedding)), damaged)
     assert not accepted and reason.startswith("fingerprint_version")
 

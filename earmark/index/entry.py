@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import zstandard
 
 from earmark.index.evidence import StoredEvidence, pack, unpack
@@ -137,7 +138,7 @@ class Entry:
         if b"rec" not in fields:
             return cls(**common, **_fields_before_records(fields, entry_id))
         try:
-            record = json.loads(zstandard.ZstdDecompressor().decompress(fields[b"rec"], max_output_size=_MAX_RECORD))
+            record = orjson.loads(zstandard.ZstdDecompressor().decompress(fields[b"rec"], max_output_size=_MAX_RECORD))
             return cls(**common, pcm_digest=record["pcm"], text=record["text"],
                        normalized_text=record.get("nt", record["text"]), language=record["lang"],
                        duration_s=float(record["dur"]), speech_s=float(record["speech"]),
@@ -206,7 +207,20 @@ def _segments_record(segments: tuple[dict, ...]) -> list:
 
 def _segments_of_record(packed: list, entry_id: str) -> tuple[dict, ...]:
     """Inverse of `_segments_record`; a damaged list reads as none (the whole-audio segment)."""
-    return _unpack_segments(json.dumps(packed).encode(), entry_id) if packed else ()
+    try:
+        segments = []
+        for item in packed:
+            segment = {k: v for k, v in item.items() if k != "w"}
+            if "w" in item:
+                segment["words"] = [
+                    {"word": w[0], "start": w[1], "end": w[2]} | ({} if w[3] is None else {"probability": w[3]})
+                    for w in item["w"]
+                ]
+            segments.append(segment)
+        return tuple(segments)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        log.warning("entry %s has unreadable segments; answering with one segment for the whole audio", entry_id)
+        return ()
 
 
 def _pack_segments(segments: tuple[dict, ...]) -> str:
@@ -220,16 +234,7 @@ def _unpack_segments(raw: bytes, entry_id: str) -> tuple[dict, ...]:
         return ()
     try:
         packed = json.loads(raw)
-        segments = []
-        for item in packed:
-            segment = {k: v for k, v in item.items() if k != "w"}
-            if "w" in item:
-                segment["words"] = [
-                    {"word": w[0], "start": w[1], "end": w[2]} | ({} if w[3] is None else {"probability": w[3]})
-                    for w in item["w"]
-                ]
-            segments.append(segment)
-        return tuple(segments)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except ValueError:
         log.warning("entry %s has unreadable segments; answering with one segment for the whole audio", entry_id)
         return ()
+    return _segments_of_record(packed, entry_id)

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from earmark.fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
@@ -47,6 +47,7 @@ from earmark.service.ops.audit import collect_audit
 from earmark.service.ops.audit_cache import AuditCache, delete_and_forget
 from earmark.service.api.audit_params import audit_options
 from earmark.service.api.errors import ApiError, error_answer
+from earmark.service.api.responses import JSONResponse
 from earmark.service.pipeline.events import EventLog
 from earmark.service.pipeline.fuzzy import FuzzyMatcher
 from earmark.service.pipeline.segments import SpanFinder

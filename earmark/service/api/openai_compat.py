@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from earmark.service.api.responses import JSONResponse
 from earmark.errors import quoted
 from earmark.service.api.errors import ApiError
 
