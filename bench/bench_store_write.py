@@ -24,6 +24,7 @@ interleaved entry by entry in a shuffled order, each under its own key prefix; a
 200 entries is not counted. The server is the embedded Valkey earmark starts by default
 (persistence on), in a temporary directory.
 
+    .venv/bin/pip install -e '.[bench-redis-om]'   # not in the bench extra: its types-redis stubs break mypy
     .venv/bin/python bench/bench_store_write.py [--entries 2000]
 """
 
