@@ -154,6 +154,20 @@ def test_same_pcm_in_other_containers_has_the_same_canonical_digest(wav, samples
     assert pcm_digest(decode_audio(tagged, HOUR).pcm_16k) == reference
 
 
+@pytest.mark.parametrize(("codec", "channels"), [("pcm_s16le", 1), ("pcm_s16le", 2), ("pcm_s24le", 2), ("pcm_mulaw", 1)])
+def test_wav_read_in_large_packets_decodes_to_the_samples_of_ffmpegs_own_packets(samples, monkeypatch, codec, channels):
+    """The WAV demuxer's packet size (64 KB here, 4 KB by default) changes the speed of a
+    decoding pass, never its samples: a canonical digest of a WAV stays what it was."""
+    import earmark.fingerprint.decode as decode
+
+    pcm, rate = samples
+    wav = encode(np.tile(pcm, 6), rate, fmt="wav", codec=codec, channels=channels)
+    wav = wav[:len(wav) - 333]  # a damaged tail too: the same samples kept
+    large = decode_audio(wav, HOUR).pcm_16k
+    monkeypatch.setattr(decode, "_WAV_PACKETS", {})
+    assert np.array_equal(large, decode_audio(wav, HOUR).pcm_16k) and large.size > 6 * len(pcm) * 0.9 * SAMPLE_RATE / rate
+
+
 def test_mp3_with_changed_tags_has_the_same_canonical_digest(samples):
     first = encode(*samples, fmt="mp3", codec="libmp3lame", bitrate=64000, metadata={"title": "first"})
     second = encode(*samples, fmt="mp3", codec="libmp3lame", bitrate=64000, metadata={"title": "a different title"})

@@ -84,27 +84,32 @@ def test_features_of_a_decoder_stream_equal_those_of_the_decoded_array():
     assert DEFAULT.version == "ehash-v4"  # the features did not change: stored entries stay comparable
 
 
+@pytest.mark.parametrize("layout", ["stereo", "mono"])
 @pytest.mark.parametrize("codec, fmt", [("pcm_s16le", "wav"), ("flac", "flac")])
-def test_16_bit_frames_are_scaled_and_averaged_exactly_as_ffmpeg_converts_them(codec, fmt):
+def test_16_bit_frames_are_scaled_and_averaged_exactly_as_ffmpeg_converts_them(codec, fmt, layout):
+    """Whether a frame is scaled on its own (stereo) or a chunk of mono frames at once, the
+    samples are FFmpeg's own conversion to float, channels averaged."""
     import io
 
     import av
 
-    from earmark.fingerprint.decode import _mono, _mono_s16
+    from earmark.fingerprint.decode import _mono, decode_audio
 
     rng = np.random.default_rng(5)
-    left, right = (rng.integers(-32768, 32767, 48000, dtype=np.int16) for _ in range(2))
+    channels = 2 if layout == "stereo" else 1
+    planes = [rng.integers(-32768, 32767, 48000, dtype=np.int16) for _ in range(channels)]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=48000)
-        stream.layout = "stereo"
-        frame = av.AudioFrame.from_ndarray(np.stack([left, right], axis=1).reshape(1, -1), format="s16", layout="stereo")
-        frame.rate = 48000
+        stream = container.add_stream(codec, rate=16000)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(np.stack(planes, axis=1).reshape(1, -1), format="s16", layout=layout)
+        frame.rate = 16000
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
-    to_float = av.AudioResampler(format="fltp", rate=48000)
+    to_float = av.AudioResampler(format="fltp", rate=16000)
+    converted = []
     with av.open(io.BytesIO(buffer.getvalue())) as container:
         for frame in container.decode(audio=0):
             assert frame.format.name in ("s16", "s16p")
-            converted = [_mono(piece) for piece in to_float.resample(frame)]
-            assert np.array_equal(_mono_s16(frame), np.concatenate(converted))
+            converted += [_mono(piece) for piece in to_float.resample(frame)]
+    assert np.array_equal(decode_audio(buffer.getvalue(), 60.0).pcm_16k, np.concatenate(converted))

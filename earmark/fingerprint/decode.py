@@ -27,6 +27,10 @@ LOWEST_BYTES_PER_S = 1000  # 8 kbps: below any speech codec's usual rate
 CHUNK_SAMPLES = 1 << 16  # source samples handed on at a time: about 4 s at 16 kHz
 _SELF_DESCRIBING = ("wav", "flac", "aiff")
 _HEADER_ONLY_PROBE = {"probesize": "4096", "analyzeduration": "0"}
+# FFmpeg's WAV demuxer hands PCM over in packets of 4 KB (its `max_size`): 1,024 frames for
+# 10 minutes of 16 kHz mono, whose per-frame Python cost made the canonical digest pass slower
+# than fpcalc on the same file. 64 KB packets decode to the same samples (issue 25).
+_WAV_PACKETS = {"max_size": str(1 << 16)}
 NOT_AUDIO_HINT = ("send audio in a container that says what it is: WAV, FLAC, MP3, AAC/M4A, Ogg, WebM/Matroska, "
                   "AIFF, or another listed in docs/api.md (raw headerless PCM is not accepted)")
 
@@ -121,6 +125,8 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
         # A header that says everything needs no probing of the data: FFmpeg's default probe
         # read and parsed about 3 ms of a WAV for nothing, on every decoding pass.
         options = _HEADER_ONLY_PROBE if container_label in _SELF_DESCRIBING else {}
+        if container_label == "wav":
+            options = options | _WAV_PACKETS
         container = av.open(source, mode="r", metadata_errors="ignore", options=options)
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise UndecodableAudioError(
@@ -207,6 +213,8 @@ def _chunks_16k(container, stream, source_rate: int, max_duration_s: float) -> I
             source_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         total = 0
         for mono in _coalesced(_decode_mono(container, stream, source_rate, max_duration_s), CHUNK_SAMPLES):
+            if mono.dtype == np.int16:  # mono 16-bit PCM, scaled here once a chunk rather than once a frame
+                mono = mono.astype(np.float32) * np.float32(1.0 / 32768.0)
             # Float formats can carry NaN or infinity; nothing downstream should ever see them.
             mono = np.clip(np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
             total += mono.size
@@ -222,10 +230,14 @@ def _chunks_16k(container, stream, source_rate: int, max_duration_s: float) -> I
 
 
 def _coalesced(pieces: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """The same samples in pieces of at least `size` (the last may be shorter)."""
+    """The same samples in pieces of at least `size` (the last, or one before a change of
+    sample type, may be shorter)."""
     pending: list[np.ndarray] = []
     count = 0
     for piece in pieces:
+        if pending and piece.dtype != pending[0].dtype:
+            yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+            pending, count = [], 0
         pending.append(piece)
         count += piece.size
         if count >= size:
@@ -262,7 +274,8 @@ def _decode_mono(container, stream, source_rate: int, max_duration_s: float) -> 
 
 
 def _mono_pieces(container, stream, source_rate: int) -> Iterator[np.ndarray]:
-    """The stream's frames as mono float32 at the source rate, one piece per frame."""
+    """The stream's frames as mono float32 at the source rate, one piece per frame (mono 16-bit
+    PCM as its int16 samples: `_chunks_16k` scales them)."""
     # Same rate in and out: the resampler only converts to planar float, sample by sample, so
     # the output does not depend on how the container chunks its packets. The channels are
     # then averaged here: FFmpeg's own downmix adds identical channels at +3 dB (its pan law),
@@ -283,26 +296,38 @@ def _mono_pieces(container, stream, source_rate: int) -> Iterator[np.ndarray]:
         yield _mono(converted)
 
 
+def _samples(frame, dtype) -> np.ndarray:
+    """The frame's samples as (planes, values per plane), read straight from its planes: what
+    PyAV's `to_ndarray` gives, without its per-frame stacking, which cost as much as decoding
+    an MP3 frame (issue 25)."""
+    planes = frame.planes
+    count = frame.samples * (1 if frame.format.is_planar else len(frame.layout.channels))
+    if len(planes) == 1:
+        return np.frombuffer(planes[0], dtype=dtype, count=count).reshape(1, count)
+    return np.stack([np.frombuffer(plane, dtype=dtype, count=count) for plane in planes])
+
+
 def _mono_s16(frame) -> np.ndarray:
-    """A 16-bit frame as planar float, channels averaged as `_mono` averages them."""
+    """A 16-bit frame as planar float, channels averaged as `_mono` averages them; a mono
+    frame as its own int16 samples (copied), which `_chunks_16k` scales a chunk at a time."""
     channels = len(frame.layout.channels)
-    samples = frame.to_ndarray()
+    samples = _samples(frame, np.int16)
+    if channels == 1:
+        return samples.reshape(-1).copy()
     if frame.format.is_planar:
         planar = samples.reshape(channels, -1)
     else:
         planar = np.ascontiguousarray(samples.reshape(-1, channels).T)
     planar = planar.astype(np.float32) * np.float32(1.0 / 32768.0)
-    if channels > 1:
-        return planar.mean(axis=0, dtype=np.float32)
-    return planar.reshape(-1)
+    return planar.mean(axis=0, dtype=np.float32)
 
 
 def _mono(frame) -> np.ndarray:
-    """The frame's channels averaged (planar float, or packed mono, in)."""
-    samples = frame.to_ndarray()
-    if samples.ndim == 2 and samples.shape[0] > 1 and frame.format.is_planar:
+    """The frame's channels averaged (planar float, or packed mono, in), in memory of its own."""
+    samples = _samples(frame, np.float32)
+    if samples.shape[0] > 1 and frame.format.is_planar:
         return samples.mean(axis=0, dtype=np.float32)
-    return samples.reshape(-1)
+    return samples.reshape(-1).copy()  # the frame's own buffer is not ours to clean in place
 
 
 def _too_long_message(duration_s: float, max_duration_s: float, *, at_least: bool = False) -> str:
