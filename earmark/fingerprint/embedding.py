@@ -37,9 +37,13 @@ def embedding_from_energies(energies: np.ndarray, config: FingerprintConfig) -> 
         return np.zeros(EMBEDDING_DIM, dtype=np.float32)
     first, last = np.flatnonzero(voiced)[[0, -1]]
     speech = log_energy[loud]
+    del log_energy  # each whole-recording array is as large as the energies: one at a time
+    steps = np.diff(speech, axis=0)
+    modulation = np.abs(steps, out=steps).mean(axis=0)
+    del steps
     # Spectral shape, gain removed: each frame's bands relative to its own mean.
-    shape = (speech - speech.mean(axis=1, keepdims=True)).mean(axis=0)
-    modulation = np.abs(np.diff(speech, axis=0)).mean(axis=0)
+    speech -= speech.mean(axis=1, keepdims=True)
+    shape = speech.mean(axis=0)
     # Pauses read as the floor whether they hold digital silence or a noise floor.
     contour = np.maximum(level[first : last + 1], level.max() - _LOUD_CORE_DB)
     contour_points = _segment_means(contour, config.embedding_contour_points)
