@@ -224,12 +224,13 @@ class Verifier:
                 stream.push(chunk)
         # The detail streams first: their levels are freed for their codes before the hash's
         # whole-recording arrays are made (issue 8: a lookup holds at most 2x the PCM).
-        finished = {"detail": detail.finish(), "pitch": pitch.finish(),
-                    "detail_phases": tuple(stream.finish() for stream in phases)}
+        detail_codes, pitch_codes = detail.finish(), pitch.finish()
+        phase_codes = tuple(stream.finish() for stream in phases)
         del detail, pitch, phases, streams
         parts = self._hash_parts(energies, levels)
         bands = parts.pop("bands")
-        return QueryFeatures(**parts, **finished, bands=bands if keep_bands else None)
+        return QueryFeatures(**parts, detail=detail_codes, pitch=pitch_codes, detail_phases=phase_codes,
+                             bands=bands if keep_bands else None)
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """`features`, with the detail spectrum and pitch contour deferred until a check asks for
