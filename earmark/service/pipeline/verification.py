@@ -223,7 +223,7 @@ class Verifier:
             for stream in streams:
                 stream.push(chunk)
         # The detail streams first: their levels are freed for their codes before the hash's
-        # whole-recording arrays are made (issue 8: a lookup holds at most 2x the PCM).
+        # whole-recording arrays are made (issue 8 holds a lookup to 2x its PCM: bench/README.md).
         detail_codes, pitch_codes = detail.finish(), pitch.finish()
         phase_codes = tuple(stream.finish() for stream in phases)
         del detail, pitch, phases, streams
