@@ -47,6 +47,8 @@ OUT = ROOT / "bench" / "out" / "mandarin_cer.json"
 CLIPS = {
     FIXTURES / "zh_asr_example.wav": "欢迎大家来体验达摩院推出的语音识别模型",
     FIXTURES / "zh_aishell_BAC009S0724W0121.flac": "广州市房地产中介协会分析",
+    FIXTURES / "zh_aishell_BAC009S0764W0121.flac": "甚至出现交易几乎停滞的情况",
+    FIXTURES / "zh_aishell_BAC009S0764W0122.flac": "一二线城市虽然也处于调整中",
 }
 NOT_CHARACTERS = re.compile(r"[\s\W_]+", re.UNICODE)
 

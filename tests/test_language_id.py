@@ -19,6 +19,7 @@ def identifier():
 
 @pytest.mark.parametrize(("fixture", "language"), [("zh_asr_example.wav", "zh"), ("zh_mid.wav", "zh"),
                                                    ("zh_aishell_BAC009S0724W0121.flac", "zh"),
+                                                   ("zh_aishell_BAC009S0764W0122.flac", "zh"),
                                                    ("librivox_0930.flac", "en")])
 def test_real_recordings_are_named_by_their_language(identifier, fixture, language):
     heard = identifier.identify(decode_audio(fixture_bytes(fixture), 60).pcm_16k)
