@@ -38,6 +38,7 @@ import scipy.fft
 
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.framing import Framer
+from earmark.fingerprint.rows import RowStore
 from earmark.fingerprint.mel import mel_filter_bank
 
 # These shape the stored bytes (with _STEPS_PER_DB and _OFFSET_DB below): changing one needs a new
@@ -144,18 +145,20 @@ class DetailSpectrum:
     def __init__(self, phase: int = 0) -> None:
         self.phase = phase
         self._framer = Framer(WINDOW, HOP, WINDOW - phase, WINDOW)
-        self._levels: list[np.ndarray] = []
+        self._levels = RowStore(BANDS)  # every frame's, until the loud frames' level is known
 
     def push(self, pcm_16k: np.ndarray) -> None:
         """Add the next samples (16 kHz mono float)."""
-        self._levels.extend(self._block_levels(block) for block in self._framer.push(pcm_16k))
+        for block in self._framer.push(pcm_16k):
+            self._levels.append(self._block_levels(block))
 
     def finish(self) -> np.ndarray:
         """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
-        self._levels.extend(self._block_levels(block) for block in self._framer.finish())
-        reference = float(np.percentile(np.concatenate([block.max(axis=1) for block in self._levels]), 99))
-        codes = [np.clip(np.round((block - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
-                 for block in self._levels]
+        for block in self._framer.finish():
+            self._levels.append(self._block_levels(block))
+        reference = float(np.percentile(np.concatenate([rows.max(axis=1) for rows in self._levels.peek()]), 99))
+        codes = [np.clip(np.round((rows - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
+                 for rows in self._levels.drain()]
         return np.concatenate(codes)
 
     @staticmethod
