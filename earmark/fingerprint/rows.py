@@ -6,7 +6,7 @@ tens of megabytes a stream. Kept as many small arrays, that memory stays in the 
 after it is freed, and the whole-recording arrays made next (the hash's) come on top of it: the
 lookup path of an hour held 2.5 to 2.9 times its PCM (issue 8's limit is 2x; bench/README.md,
 "Long uploads"). Rows kept here live in anonymous memory maps of `SEGMENT_BYTES`, each unmapped as
-soon as its rows have been read out, whatever the allocator's thresholds have become.
+soon as its rows have been read out and let go, whatever the allocator's thresholds have become.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class RowStore:
             start += count
 
     def peek(self) -> Iterator[np.ndarray]:
-        """The rows in order, segment by segment, as views (valid until `drain` releases them)."""
+        """The rows in order, segment by segment, as views into the store's maps (kept)."""
         for index, (_, view) in enumerate(self._segments):
             yield view if index < len(self._segments) - 1 else view[:self._filled]
 
