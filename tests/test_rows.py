@@ -30,3 +30,11 @@ def test_rows_come_back_in_order_across_segments(monkeypatch, blocks):
 def test_an_empty_store_reads_as_no_rows():
     store = RowStore(4, np.uint8)
     assert list(store.peek()) == [] and store.rows == 0
+
+
+def test_rows_of_another_type_or_width_are_refused_not_rounded():
+    store = RowStore(16)
+    for block in (np.zeros((3, 16), np.float64), np.zeros((3, 8), np.float32)):
+        with pytest.raises(ValueError):
+            store.append(block)
+    assert store.rows == 0

@@ -145,7 +145,7 @@ class DetailSpectrum:
     def __init__(self, phase: int = 0) -> None:
         self.phase = phase
         self._framer = Framer(WINDOW, HOP, WINDOW - phase, WINDOW)
-        self._levels = RowStore(BANDS)  # every frame's, until the loud frames' level is known
+        self._levels = RowStore(BANDS, np.float32)  # every frame's, until the loud frames' level is known
 
     def push(self, pcm_16k: np.ndarray) -> None:
         """Add the next samples (16 kHz mono float)."""

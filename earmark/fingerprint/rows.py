@@ -31,7 +31,9 @@ class RowStore:
         self.rows = 0
 
     def append(self, block: np.ndarray) -> None:
-        """Copy the (rows, width) `block` in."""
+        """Copy the (rows, width) `block` in, exactly: a block of another type is refused, not rounded."""
+        if block.dtype != self.dtype or block.ndim != 2 or block.shape[1] != self.width:
+            raise ValueError(f"rows of {self.width} {self.dtype} values expected, got {block.shape} {block.dtype}")
         start = 0
         while start < len(block):
             if not self._segments or self._filled == self._rows_per_segment:
