@@ -37,7 +37,8 @@ from pathlib import Path
 import harness
 import httpx
 import jiwer
-import opencc
+
+from earmark.service.engines.chinese_script import in_script_text  # what earmark converts with
 
 ROOT = harness.ROOT
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -74,7 +75,6 @@ def recognize(client: httpx.Client, data: bytes, filename: str, **fields: str) -
 
 def run_path(route: str, clips: dict[Path, str], extra_args: tuple[str, ...], workdir: Path) -> list[dict]:
     """Every clip through a fresh `earmark serve --language-routes zh=<route>`; one row per clip."""
-    simplified = opencc.OpenCC("t2s.json").convert  # what earmark itself converts with
     data_dir = workdir / f"data-{route}"
     server = harness.Server(data_dir, workdir / f"serve-{route}.log",
                             extra_args=("--language-routes", f"zh={route}", *extra_args))
@@ -95,7 +95,7 @@ def run_path(route: str, clips: dict[Path, str], extra_args: tuple[str, ...], wo
                 row.update(
                     tier=cache["tier"], language=body["result"].get("language"), text=text,
                     cer=round(jiwer.cer(reference, characters(text)), 4),
-                    not_simplified=[ch for ch in characters(text) if simplified(ch) != ch],
+                    not_simplified=[ch for ch in characters(text) if in_script_text(ch, "zh") != ch],
                     engine_s=cache.get("engine_seconds"), wall_s=round(wall, 3), duration_s=duration,
                 )
                 status, copy, _ = recognize(client, mp3_copy(path, workdir), f"{path.stem}.mp3")
@@ -105,7 +105,7 @@ def run_path(route: str, clips: dict[Path, str], extra_args: tuple[str, ...], wo
                 if status == 200:
                     heard = traditional["result"]["text"]
                     row["zh_hant"] = {"text": heard, "tier": traditional["cache"]["tier"],
-                                      "cer": round(jiwer.cer(reference, characters(simplified(heard))), 4)}
+                                      "cer": round(jiwer.cer(reference, characters(in_script_text(heard, "zh"))), 4)}
                 else:
                     row["zh_hant"] = {"status": status, "error": traditional}
                 rows.append(row)

@@ -172,7 +172,7 @@ def prepare_audio(work: Path, requests: int, repeats: int) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="earmark-bench-"))
-    server = client = floor = None
+    server = client = floor = floor_client = None
     try:
         print(f"preparing audio in {work} ...", flush=True)
         audio = prepare_audio(work, args.requests, args.repeats)
@@ -254,6 +254,8 @@ def run(args: argparse.Namespace) -> dict:
 
         return report(args, clips, samples, server_ms, fast_stages, misses, miss_stages, probe.unexpected)
     finally:
+        if floor_client is not None:
+            floor_client.close()
         if floor is not None:
             floor.terminate()
             floor.wait(10)

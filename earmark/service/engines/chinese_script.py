@@ -37,9 +37,17 @@ def opencc_version() -> str:
     return str(getattr(opencc, "__version__", "unknown"))
 
 
+def in_script_text(text: str, language: str) -> str:
+    """`text` written in the script `language` asks for: traditional for TRADITIONAL,
+    simplified for any other Chinese; unchanged for other languages."""
+    if language not in CHINESE:
+        return text
+    return _converter("s2t" if language == TRADITIONAL else "t2s").convert(text)
+
+
 def in_script(segments: tuple[Segment, ...], language: str) -> tuple[Segment, ...]:
-    """The segments with their text and words written in the script `language` asks for:
-    traditional for TRADITIONAL, simplified for any other Chinese; unchanged for other languages."""
+    """The segments with their text and words written in the script `language` asks for
+    (`in_script_text`)."""
     if language not in CHINESE:
         return segments
     convert = _converter("s2t" if language == TRADITIONAL else "t2s").convert
