@@ -3,7 +3,7 @@
 Originals come from three places: a sample of make_corpus.py's originals (espeak-ng, English and
 Mandarin), the A sides of a sample of make_minimal_pairs.py's pairs, and the real human
 recordings of Debian's pocketsphinx-testdata (bench_engines.recordings: LibriVox readings,
-spoken card names, a command, a digit string). Each is put through every setting of seven
+spoken card names, a command, a digit string). Each is put through every setting of nine
 channel FAMILIES (see FAMILIES below):
 
 - `telephone`: the 300-3400 Hz band at 8 kHz, G.711 mu-law and A-law, GSM 06.10, G.726 at 16 and
@@ -17,6 +17,10 @@ channel FAMILIES (see FAMILIES below):
   small room to hall: RT60 0.25 to 1.5 s, direct-to-reverberant ratio +8 to -3 dB;
 - `chains`: noise then a codec, reverberation then the telephone band, and a speakerphone-like
   chain (band limit, small room, pink noise at 25 dB, a compander, mu-law at 8 kHz);
+- `linear`: EQ (bass and treble shelves cut and boosted, a presence peak, a handset's band and
+  peak), polarity inversion, a DC offset: a linear channel every phone and sound card applies;
+- `containers`: codecs at normal bitrates in the containers the faults issue added (FLV, raw
+  AC-3, Matroska, WebM, WMA), a stereo 44.1 kHz AAC, and a tandem (MP3, then AAC, then Opus);
 - `vocoder`: Codec2 at 3200 and 1300 bit/s (outside the issue's targets: "welcome").
 
 Negatives (must never be served): every sampled pair's B side, clean and through every setting
@@ -71,7 +75,8 @@ WORDS_CACHE = Path("bench/out/channels_words.json")
 # Channels: a setting is a tuple of steps, applied in order; a codec step comes last.
 #   ("sox", effects)             sox -R -D in.wav -b 16 out.wav <effects>
 #   ("ffmpeg", ext, args)        ffmpeg -i in.wav <args> +bitexact out.<ext>, stored as written
-#   ("ffmpeg_raw", fmt, args)    encoded to a raw stream the service does not take, stored decoded
+#   ("ffmpeg_raw", fmt, args)    encoded to a raw stream and decoded back to WAV (a codec the service
+#                                does not take, stored decoded; or a tandem's first codecs)
 #   ("noise", kind, snr_db)      white | pink | babble, SNR over the active speech
 #   ("reverb", rt60_s, drr_db)   a synthetic impulse response, same length as the input
 #   ("clip", gain_db)            gain, then hard clipping at full scale
@@ -143,6 +148,28 @@ FAMILIES: dict[str, dict[str, tuple]] = {
         "room_medium_band_ulaw": (("reverb", 0.5, 3.0), BAND, ULAW),
         "speakerphone": (("sox", ["sinc", "300-3400"]), ("reverb", 0.3, 6.0), ("noise", "pink", 25.0),
                          ("sox", ["compand", "0.02,0.20", "6:-70,-60,-20", "-5", "-90", "0.1"]), ULAW),
+    },
+    "linear": {
+        "eq_bass_cut": (("sox", ["bass", "-12"]),),
+        "eq_bass_boost": (("sox", ["gain", "-h", "bass", "+10", "gain", "-r"]),),
+        "eq_treble_cut": (("sox", ["treble", "-12"]),),
+        "eq_treble_boost": (("sox", ["gain", "-h", "treble", "+10", "gain", "-r"]),),
+        "eq_presence": (("sox", ["gain", "-h", "equalizer", "2500", "1q", "+8", "gain", "-r"]),),
+        "eq_handset": (("sox", ["gain", "-h", "highpass", "200", "lowpass", "4000", "equalizer", "1500", "1q", "+6",
+                                "gain", "-r"]),),
+        "polarity": (("sox", ["vol", "-1"]),),
+        "dc_offset": (("sox", ["vol", "0.9", "dcshift", "0.05"]),),
+    },
+    "containers": {
+        "flv_mp3_64k": (_ff("flv", "-c:a", "libmp3lame", "-b:a", "64k", "-ar", "22050", "-ac", "1"),),
+        "ac3_96k": (_ff("ac3", "-c:a", "ac3", "-b:a", "96k", "-ar", "48000", "-ac", "1"),),
+        "mka_vorbis": (_ff("mka", "-c:a", "libvorbis", "-q:a", "3", "-ar", "44100", "-ac", "1"),),
+        "webm_opus_32k": (_ff("webm", "-c:a", "libopus", "-b:a", "32k", "-ar", "48000", "-ac", "1"),),
+        "wma_64k": (_ff("wma", "-c:a", "wmav2", "-b:a", "64k", "-ar", "44100", "-ac", "1"),),
+        "m4a_stereo_44k": (_ff("m4a", "-c:a", "aac", "-b:a", "96k", "-ar", "44100", "-ac", "2"),),
+        "tandem_mp3_aac_opus": (("ffmpeg_raw", "mp3", ["-c:a", "libmp3lame", "-b:a", "64k", "-ar", "44100", "-ac", "1"]),
+                                ("ffmpeg_raw", "matroska", ["-c:a", "aac", "-b:a", "48k", "-ar", "32000", "-ac", "1"]),
+                                _ff("opus", "-c:a", "libopus", "-b:a", "24k", "-ar", "48000", "-ac", "1")),
     },
     "vocoder": {
         "codec2_3200": (("ffmpeg_raw", "codec2", ["-c:a", "libcodec2", "-mode", "3200", "-ar", "8000", "-ac", "1"]),),
@@ -251,8 +278,7 @@ def build(job: dict) -> dict:
                 elif kind == "ffmpeg":
                     assert last, "a codec step comes last"
                     mc.run([mc.FFMPEG, *mc.FFMPEG_COMMON, "-i", str(current), *step[2], *mc.FFMPEG_BITEXACT, str(target)])
-                elif kind == "ffmpeg_raw":
-                    assert last, "a codec step comes last"
+                elif kind == "ffmpeg_raw":  # decoded to a WAV, so a codec may follow (a tandem)
                     mc.ffmpeg_decoded(current, target, step[1], list(step[2]))
                 else:
                     x, rate = _read(current)

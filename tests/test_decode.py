@@ -281,6 +281,20 @@ def test_a_padded_copy_of_a_recording_with_room_tone_has_the_same_speech_extent(
     assert padded.start_s == pytest.approx(original.start_s + 0.5, abs=0.06)
 
 
+@pytest.mark.parametrize("name", ["weather.wav", "librivox_0930.flac", "minimal_pairs/cmn_tone_005_a.flac"])
+def test_a_dc_offset_is_not_sound(name):
+    # A constant offset (a cheap sound card's) held every pause at its level: a copy with one
+    # measured 0.3 to 0.7 s more speech than its original (issue 23, "linear" channels).
+    samples, rate = read_pcm(fixture_bytes(name))
+    original = speech_extent(decode_audio(fixture_bytes(name), HOUR).pcm_16k)
+    shifted = np.round(samples * 0.9 + 0.05 * 32768).astype(np.int16)
+    copy = speech_extent(decode_audio(encode(shifted, rate, fmt="wav", codec="pcm_s16le"), HOUR).pcm_16k)
+    assert copy.duration_s == pytest.approx(original.duration_s, abs=0.06)
+    assert copy.start_s == pytest.approx(original.start_s, abs=0.06)
+    offset_only = np.full(2 * SAMPLE_RATE, 0.05, np.float32)
+    assert not has_sound(offset_only) and speech_extent(offset_only).duration_s == 0.0
+
+
 def test_corrupted_files_only_ever_raise_audio_errors(samples):
     """Mutated real files (bytes flipped, spans cut, tails lost) are refused cleanly, never crash."""
     import random

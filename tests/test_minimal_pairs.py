@@ -194,6 +194,21 @@ def _telephone(samples: np.ndarray, rate: int) -> bytes:
 
 
 
+def test_a_dc_offset_is_a_copy_and_hides_no_changed_tone(verifier):
+    """A DC offset (issue 23's linear channels) is not sound: the copy was refused for speech
+    durations that disagreed (2.64 s against 2.22), and B with the same offset stays refused."""
+    def shifted(data: bytes) -> bytes:
+        samples, rate = read_pcm(data)
+        return encode(np.round(samples * 0.9 + 0.05 * 32768).astype(np.int16), rate, fmt="wav", codec="pcm_s16le")
+
+    a, b = fixture_bytes("minimal_pairs/cmn_tone_005_a.flac"), fixture_bytes("minimal_pairs/cmn_tone_005_b.flac")
+    original = _features(verifier, a)
+    accepted, _, reason = _judge(verifier, original, _features(verifier, shifted(a)))
+    assert accepted, reason
+    accepted, score, reason = _judge(verifier, original, _features(verifier, shifted(b)))
+    assert not accepted and score <= 0.69, reason
+
+
 def test_a_reading_through_the_telephone_band_is_a_copy(verifier):
     """A real reading over a telephone line (issue 23): without its fundamental the pitch
     tracker reads a harmonic for stretches (the third, 19 semitones up, or a fourth or fifth

@@ -63,23 +63,29 @@ class FrameLevels:
         self._levels.extend(_rms_db(block) for block in self._framer.push(pcm_16k))
 
     def finish(self) -> np.ndarray:
-        """RMS level of each 20 ms frame in dBFS (a shorter signal is one frame)."""
+        """RMS level of each 20 ms frame in dBFS, about the frame's mean (a shorter signal is one frame)."""
         self._levels.extend(_rms_db(block) for block in self._framer.finish())
         if self._total < FRAME:
             head = np.concatenate(self._head) if self._head else np.zeros(0, dtype=np.float32)
-            return np.full(1, -120.0) if head.size == 0 else _db(np.sqrt(np.mean(head**2)))[None]
+            return np.full(1, -120.0) if head.size == 0 else _rms_db(head[None, :])
         return np.concatenate(self._levels)
 
 
 def frame_levels_db(pcm_16k: np.ndarray) -> np.ndarray:
-    """RMS level of each 20 ms frame in dBFS."""
+    """RMS level of each 20 ms frame in dBFS, about the frame's mean (a DC offset is silence)."""
     stream = FrameLevels()
     stream.push(pcm_16k)
     return stream.finish()
 
 
 def _rms_db(frames: np.ndarray) -> np.ndarray:
-    return _db(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)))
+    # About each frame's own mean: a DC offset (a cheap sound card's, or a recorder's) is not
+    # sound. Counted, it held every pause at the offset's level, and a copy with one measured
+    # its speech over the whole file (1.98 s against its original's 1.56: refused as another
+    # recording; bench/README.md, "Linear channels and containers").
+    samples = frames.astype(np.float64)
+    samples -= samples.mean(axis=1, keepdims=True)
+    return _db(np.sqrt(np.mean(samples * samples, axis=1)))
 
 
 def speech_extent(pcm_16k: np.ndarray) -> SpeechExtent:

@@ -191,7 +191,9 @@ class Evidence:
 # 7: in a tone language, a line that hid a syllable's pitch cannot vouch for it
 # (`pitch_unverifiable`); where the entry has no speech, a query frame over 18 dB under the
 # query's loud frames is noise that filled a pause, not an added word (fingerprint/matcher.py).
-VERIFICATION_REVISION = 7
+# 8: speech durations are measured about each 20 ms frame's mean, so a DC offset is not speech
+# (fingerprint/speech.py); an entry's stored duration is compared with a query's measured so.
+VERIFICATION_REVISION = 8
 
 
 class Verifier:
