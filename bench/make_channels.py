@@ -86,6 +86,11 @@ def _ff(ext: str, *args: str) -> tuple:
     return ("ffmpeg", ext, list(args))
 
 
+def _codec(ext: str, codec: str, bitrate: str, rate: int, channels: int = 1) -> tuple:
+    """ffmpeg's `codec` at `bitrate` and `rate`, in the container of `ext` (the file as written)."""
+    return _ff(ext, "-c:a", codec, "-b:a", bitrate, "-ar", str(rate), "-ac", str(channels))
+
+
 BAND = ("sox", ["sinc", "300-3400", "rate", "-v", "8000"])  # the telephone band at 8 kHz
 ULAW = _ff("wav", "-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1")
 GSM = _ff("wav", "-c:a", "libgsm_ms", "-ar", "8000", "-ac", "1")
@@ -103,20 +108,20 @@ FAMILIES: dict[str, dict[str, tuple]] = {
         "band_ulaw": (BAND, ULAW),
         "band_alaw": (BAND, _ff("wav", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1")),
         "band_gsm": (BAND, GSM),
-        "band_g726_16k": (BAND, _ff("wav", "-c:a", "g726", "-b:a", "16k", "-ar", "8000", "-ac", "1")),
-        "band_g726_32k": (BAND, _ff("wav", "-c:a", "g726", "-b:a", "32k", "-ar", "8000", "-ac", "1")),
+        "band_g726_16k": (BAND, _codec("wav", "g726", "16k", 8000)),
+        "band_g726_32k": (BAND, _codec("wav", "g726", "32k", 8000)),
         "g722": (("ffmpeg_raw", "g722", ["-c:a", "g722", "-ar", "16000", "-ac", "1"]),),
     },
     "lowbitrate": {
-        "mp3_8k": (_ff("mp3", "-c:a", "libmp3lame", "-b:a", "8k", "-ar", "8000", "-ac", "1"),),
-        "mp3_16k": (_ff("mp3", "-c:a", "libmp3lame", "-b:a", "16k", "-ar", "16000", "-ac", "1"),),
-        "mp3_24k": (_ff("mp3", "-c:a", "libmp3lame", "-b:a", "24k", "-ar", "16000", "-ac", "1"),),
-        "opus_6k": (_ff("opus", "-c:a", "libopus", "-b:a", "6k", "-ar", "48000", "-ac", "1"),),
-        "opus_8k": (_ff("opus", "-c:a", "libopus", "-b:a", "8k", "-ar", "48000", "-ac", "1"),),
-        "opus_12k": (_ff("opus", "-c:a", "libopus", "-b:a", "12k", "-ar", "48000", "-ac", "1"),),
-        "aac_16k": (_ff("m4a", "-c:a", "aac", "-b:a", "16k", "-ar", "16000", "-ac", "1"),),
-        "aac_24k": (_ff("m4a", "-c:a", "aac", "-b:a", "24k", "-ar", "16000", "-ac", "1"),),
-        "speex_8k": (_ff("ogg", "-c:a", "libspeex", "-b:a", "8k", "-ar", "8000", "-ac", "1"),),
+        "mp3_8k": (_codec("mp3", "libmp3lame", "8k", 8000),),
+        "mp3_16k": (_codec("mp3", "libmp3lame", "16k", 16000),),
+        "mp3_24k": (_codec("mp3", "libmp3lame", "24k", 16000),),
+        "opus_6k": (_codec("opus", "libopus", "6k", 48000),),
+        "opus_8k": (_codec("opus", "libopus", "8k", 48000),),
+        "opus_12k": (_codec("opus", "libopus", "12k", 48000),),
+        "aac_16k": (_codec("m4a", "aac", "16k", 16000),),
+        "aac_24k": (_codec("m4a", "aac", "24k", 16000),),
+        "speex_8k": (_codec("ogg", "libspeex", "8k", 8000),),
     },
     "dynamics": {
         "sox_limiter_6": (("sox", ["gain", "-l", "6"]),),
@@ -140,9 +145,9 @@ FAMILIES: dict[str, dict[str, tuple]] = {
     },
     "chains": {
         "white30_mp3_16k": (("noise", "white", 30.0),
-                            _ff("mp3", "-c:a", "libmp3lame", "-b:a", "16k", "-ar", "16000", "-ac", "1")),
+                            _codec("mp3", "libmp3lame", "16k", 16000)),
         "pink20_opus_12k": (("noise", "pink", 20.0),
-                            _ff("opus", "-c:a", "libopus", "-b:a", "12k", "-ar", "48000", "-ac", "1")),
+                            _codec("opus", "libopus", "12k", 48000)),
         "babble20_band_gsm": (("noise", "babble", 20.0), BAND, GSM),
         "room_small_band_8k": (("reverb", 0.25, 8.0), BAND),
         "room_medium_band_ulaw": (("reverb", 0.5, 3.0), BAND, ULAW),
@@ -161,15 +166,15 @@ FAMILIES: dict[str, dict[str, tuple]] = {
         "dc_offset": (("sox", ["vol", "0.9", "dcshift", "0.05"]),),
     },
     "containers": {
-        "flv_mp3_64k": (_ff("flv", "-c:a", "libmp3lame", "-b:a", "64k", "-ar", "22050", "-ac", "1"),),
-        "ac3_96k": (_ff("ac3", "-c:a", "ac3", "-b:a", "96k", "-ar", "48000", "-ac", "1"),),
+        "flv_mp3_64k": (_codec("flv", "libmp3lame", "64k", 22050),),
+        "ac3_96k": (_codec("ac3", "ac3", "96k", 48000),),
         "mka_vorbis": (_ff("mka", "-c:a", "libvorbis", "-q:a", "3", "-ar", "44100", "-ac", "1"),),
-        "webm_opus_32k": (_ff("webm", "-c:a", "libopus", "-b:a", "32k", "-ar", "48000", "-ac", "1"),),
-        "wma_64k": (_ff("wma", "-c:a", "wmav2", "-b:a", "64k", "-ar", "44100", "-ac", "1"),),
-        "m4a_stereo_44k": (_ff("m4a", "-c:a", "aac", "-b:a", "96k", "-ar", "44100", "-ac", "2"),),
+        "webm_opus_32k": (_codec("webm", "libopus", "32k", 48000),),
+        "wma_64k": (_codec("wma", "wmav2", "64k", 44100),),
+        "m4a_stereo_44k": (_codec("m4a", "aac", "96k", 44100, channels=2),),
         "tandem_mp3_aac_opus": (("ffmpeg_raw", "mp3", ["-c:a", "libmp3lame", "-b:a", "64k", "-ar", "44100", "-ac", "1"]),
                                 ("ffmpeg_raw", "matroska", ["-c:a", "aac", "-b:a", "48k", "-ar", "32000", "-ac", "1"]),
-                                _ff("opus", "-c:a", "libopus", "-b:a", "24k", "-ar", "48000", "-ac", "1")),
+                                _codec("opus", "libopus", "24k", 48000)),
     },
     "vocoder": {
         "codec2_3200": (("ffmpeg_raw", "codec2", ["-c:a", "libcodec2", "-mode", "3200", "-ar", "8000", "-ac", "1"]),),
