@@ -11,7 +11,8 @@ import pytest
 from earmark.fingerprint.decode import decode_audio
 from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
-from earmark.service.pipeline.verification import Verifier
+from earmark.fingerprint.speech import speech_extent
+from earmark.service.pipeline.verification import Verifier, detail_score_of
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 
 pytestmark = pytest.mark.any_store  # nothing here depends on the store server (tests/conftest.py)
@@ -207,6 +208,47 @@ def test_a_dc_offset_is_a_copy_and_hides_no_changed_tone(verifier):
     assert accepted, reason
     accepted, score, reason = _judge(verifier, original, _features(verifier, shifted(b)))
     assert not accepted and score <= 0.69, reason
+
+
+def _cut_short_under_noise(name: str, cut_s: float, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """(the recording, the recording with its last `cut_s` of speech taken out and white noise
+    added at `snr_db` under its speech's RMS): a negative by the contract (speech lost at an
+    end), through a noisy line."""
+    pcm = decode_audio(fixture_bytes(name), 3600).pcm_16k
+    frames = pcm[: len(pcm) // 320 * 320].reshape(-1, 320)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    speech_rms = np.sqrt(np.mean(rms[rms > 0.05 * rms.max()] ** 2))
+    end = speech_extent(pcm).end_s
+    edited = np.concatenate([pcm[: int((end - cut_s) * 16000)], pcm[int(end * 16000):]])
+    noise = np.random.default_rng(7).standard_normal(len(edited)) * speech_rms / 10 ** (snr_db / 20)
+    return pcm, (edited + noise).astype(np.float32)
+
+
+def test_a_reading_cut_short_under_loud_noise_is_judged_unlevelled(verifier):
+    """Loud noise lifts a copy's quiet frames against its loud ones as a compressor does; the
+    level-compressed comparison (each frame's top 30 dB) then compared noise with noise and
+    scored a reading that lost its last 0.1 s, under white noise at 8 dB SNR, 0.66 on its detail.
+    Where the query's noise floor rose over NOISE_RISE_DB, the plain comparison is judged too
+    and the worse decides (issue 23, sixth pass: the channel benchmark's highest negative under
+    10 dB of noise 0.734 -> 0.631, no copy lost)."""
+    pcm, cut = _cut_short_under_noise("librivox_0930.flac", 0.1, 8.0)
+    original, query = verifier.features(pcm), verifier.features(cut)
+    found = verifier.evidence(query, PROFILE, float(query.embedding @ original.embedding), _entry(verifier, original))
+    assert not found.detail.limited
+    assert detail_score_of(found.detail.excess_db, found.detail.median_db, found.detail.loud_burst) < 0.5
+    accepted, score, reason = _judge(verifier, original, query)
+    assert not accepted and score <= 0.69, reason
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 23): the last 0.1-0.2 s of speech cut off under 15-30 dB of "
+                                       "noise is served: the cut end lies under the copy's noise floor, where no check "
+                                       "compares it (bench/README.md, sixth pass)")
+def test_a_reading_cut_short_under_moderate_noise_is_refused(verifier):
+    """'The train departs from platform thirteen.' without its last 0.2 s, under white noise at
+    20 dB SNR: served at 0.76 today."""
+    pcm, cut = _cut_short_under_noise("minimal_pairs/teen_ty_010_a.flac", 0.2, 20.0)
+    accepted, score, reason = _judge(verifier, verifier.features(pcm), verifier.features(cut))
+    assert not accepted, reason
 
 
 def test_a_reading_through_the_telephone_band_is_a_copy(verifier):

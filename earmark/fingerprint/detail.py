@@ -92,6 +92,15 @@ LIMITED_MEDIAN_WEIGHT = 1.0
 LIMITED_EXCESS_WEIGHT = 1.7
 # A compressor moves a frame's level by up to about its compression, plus this.
 GAIN_SLACK_DB = 6.0
+# Loud added noise lifts a copy's quiet frames against its loud ones as a compressor does, and
+# the level-compressed comparison (each frame's top 30 dB, its gain taken out) then compares
+# noise with noise: a reading whose final /s/ was cut off scored 0.78 there under white noise
+# at 10 dB SNR. Where the query's noise floor rose this much over the entry's (mean over bands),
+# the pair is also judged plainly and the worse verdict decides (`DetailVerdict.unlevelled`).
+# No channel benchmark copy, minimal pair or limiter sits between 10 and 25 dB of rise and is
+# judged differently at 25 (bench/README.md, sixth pass); at 10 the speakerphone chain's copies
+# (pink noise at 25 dB, then a compander) were refused.
+NOISE_RISE_DB = 25.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,9 @@ class DetailVerdict:
     # frames: where clipping and limiting distort a copy. A quieter burst (a weak consonant) is
     # held to a stricter limit (service/pipeline/verification.py, `detail_score_of`).
     loud_burst: bool = True
+    # A level-compressed pair whose query's noise floor rose over NOISE_RISE_DB: the same pair
+    # judged without levelling, which the verification takes when it scores lower. None otherwise.
+    unlevelled: DetailVerdict | None = None
 
     @property
     def rest_db(self) -> float:
@@ -224,7 +236,9 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     # under it on both sides.
     levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
     limited = _worst_stretch(levelled, _top_range(r), offset_s, compression_db=abs(compression))
-    return replace(limited, compression_db=round(compression, 2), limited=True)
+    noisy = float(np.mean(_noise_floor(q) - _noise_floor(r))) > NOISE_RISE_DB
+    unlevelled = replace(verdict, compression_db=round(compression, 2)) if noisy else None
+    return replace(limited, compression_db=round(compression, 2), limited=True, unlevelled=unlevelled)
 
 
 def _decibels(codes: np.ndarray) -> np.ndarray:

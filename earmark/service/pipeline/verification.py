@@ -193,6 +193,7 @@ class Evidence:
 # query's loud frames is noise that filled a pause, not an added word (fingerprint/matcher.py).
 # 8: speech durations are measured about each 20 ms frame's mean, so a DC offset is not speech
 # (fingerprint/speech.py); an entry's stored duration is compared with a query's measured so.
+# A level-compressed pair under loud added noise is also judged unlevelled, the worse deciding.
 VERIFICATION_REVISION = 8
 
 
@@ -390,7 +391,8 @@ class Verifier:
         query's computed now, if deferred). The detail is judged at the stored phase, or at the
         query's finer phase that aligns best when that one scores lower: a finer alignment can
         only refuse (`compare_detail_phased`)."""
-        stored, aligned = compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s)
+        stored, aligned = (_worse_of_both(found) for found in
+                           compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s))
         detail = aligned if _detail_score(aligned) < _detail_score(stored) else stored
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
         return Evidence(verdict, detail, pitch)
@@ -513,6 +515,14 @@ def detail_score_of(excess_db: float, median_db: float = 0.0, loud_burst: bool =
 def _detail_score(detail: DetailVerdict) -> float:
     """`detail_score_of` a detail verdict."""
     return detail_score_of(detail.excess_db, detail.median_db, detail.loud_burst)
+
+
+def _worse_of_both(detail: DetailVerdict) -> DetailVerdict:
+    """A level-compressed verdict, or the same pair judged unlevelled when that scores lower (a
+    query under loud added noise, which lifts its quiet frames as a compressor would:
+    fingerprint/detail.py, NOISE_RISE_DB)."""
+    plain = detail.unlevelled
+    return plain if plain is not None and _detail_score(plain) < _detail_score(detail) else detail
 
 
 # Languages whose words differ by tone alone (ISO 639-1 and -3 codes as engines report them):
