@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from earmark.fingerprint.decode import decode_audio
+from earmark.fingerprint.speech import speech_extent
 from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
-from earmark.fingerprint.speech import speech_extent
 from earmark.service.pipeline.verification import Verifier, detail_score_of
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 

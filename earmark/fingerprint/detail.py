@@ -97,9 +97,8 @@ GAIN_SLACK_DB = 6.0
 # noise with noise: a reading whose final /s/ was cut off scored 0.78 there under white noise
 # at 10 dB SNR. Where the query's noise floor rose this much over the entry's (mean over bands),
 # the pair is also judged plainly and the worse verdict decides (`DetailVerdict.unlevelled`).
-# No channel benchmark copy, minimal pair or limiter sits between 10 and 25 dB of rise and is
-# judged differently at 25 (bench/README.md, sixth pass); at 10 the speakerphone chain's copies
-# (pink noise at 25 dB, then a compander) were refused.
+# At 25 dB no verdict of the channel or minimal-pair benchmarks changed (bench/README.md, sixth
+# pass); at 10, copies through a real compressor or compander under noise were refused too.
 NOISE_RISE_DB = 25.0
 
 
