@@ -59,14 +59,15 @@ def evidence_rows(data: Path, cache: Path, jobs: int) -> list[dict]:
                "positive": bool(item["positive"]), "accepted": bool(accepted), "reason": reason.split(":")[0],
                "strict": not item["positive"] and (item["source"] == "pair" or item.get("text_changed") is True)}
         if not isinstance(found, Judgement):
-            entry_speech = scorer._entries[item["original"]][0].speech_s
+            original = features[paths[item["original"]]][0]
+            entry_speech = original.speech_s  # what the scorer's entry stores
             longer = max(entry_speech, query.speech_s, 1e-3)
             d, w = found.detail, found.window
             row["statistics"] = [w.worst_score, w.mean_score, w.worst_short_score, min(d.excess_db, 25.0),
                                  min(d.burst_db, 30.0), d.rest_db, d.median_db, float(d.loud_burst), float(d.limited),
                                  abs(d.compression_db), detail_score_of(d.excess_db, d.median_db, d.loud_burst),
                                  min(found.pitch.burst_semitones, 6.0), found.pitch.least_covered,
-                                 float(np.dot(query.embedding, scorer._entries[item["original"]][1].embedding)),
+                                 float(np.dot(query.embedding, original.embedding)),
                                  abs(entry_speech - query.speech_s) / longer]
         rows.append(row)
     return rows
