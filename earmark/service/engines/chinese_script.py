@@ -50,7 +50,6 @@ def in_script(segments: tuple[Segment, ...], language: str) -> tuple[Segment, ..
     (`in_script_text`)."""
     if language not in CHINESE:
         return segments
-    convert = _converter("s2t" if language == TRADITIONAL else "t2s").convert
-    return tuple(replace(segment, text=convert(segment.text),
-                         words=tuple(replace(word, word=convert(word.word)) for word in segment.words))
+    return tuple(replace(segment, text=in_script_text(segment.text, language),
+                         words=tuple(replace(word, word=in_script_text(word.word, language)) for word in segment.words))
                  for segment in segments)
