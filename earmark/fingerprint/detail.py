@@ -223,7 +223,7 @@ def detail_from_bytes(raw: bytes) -> np.ndarray | None:
 
 def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:
     """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s)."""
-    q, r = _decibels(query), _decibels(entry)
+    q, r = decibels(query), decibels(entry)
     if len(q) == 0 or len(r) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
     verdict = _worst_stretch(q, r, offset_s)
@@ -235,12 +235,12 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     # under it on both sides.
     levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
     limited = _worst_stretch(levelled, _top_range(r), offset_s, compression_db=abs(compression))
-    noisy = float(np.mean(_noise_floor(q) - _noise_floor(r))) > NOISE_RISE_DB
+    noisy = float(np.mean(noise_floor(q) - noise_floor(r))) > NOISE_RISE_DB
     unlevelled = replace(verdict, compression_db=round(compression, 2)) if noisy else None
     return replace(limited, compression_db=round(compression, 2), limited=True, unlevelled=unlevelled)
 
 
-def _decibels(codes: np.ndarray) -> np.ndarray:
+def decibels(codes: np.ndarray) -> np.ndarray:
     """A stored detail spectrum's levels in dB relative to its loud frames."""
     return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
 
@@ -251,7 +251,7 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
     q_raw, r_raw = q, r  # before the floors: the burst's loudness is judged on these
-    q_floor, r_floor = _noise_floor(q) + compression_db, _noise_floor(r) + compression_db
+    q_floor, r_floor = noise_floor(q) + compression_db, noise_floor(r) + compression_db
     floor = np.maximum(q_floor, r_floor)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
     # Where one recording has no frames at all, the other's noise hides nothing, so its frames
@@ -328,9 +328,9 @@ def _locally_aligned_median(aligned: dict[int, tuple[np.ndarray, np.ndarray]], o
 
 
 def _relative_levels(spectrum: np.ndarray) -> np.ndarray:
-    """Each frame's level (`_frame_levels`) relative to the recording's loud frames (their 98th
+    """Each frame's level (`frame_levels`) relative to the recording's loud frames (their 98th
     percentile)."""
-    levels = _frame_levels(spectrum)
+    levels = frame_levels(spectrum)
     return levels - np.percentile(levels, 98)
 
 
@@ -340,16 +340,16 @@ def _loudest(levels: np.ndarray, frames: np.ndarray) -> float:
     return float(levels[inside].max()) if inside.size else float("-inf")
 
 
-def _noise_floor(spectrum: np.ndarray) -> np.ndarray:
+def noise_floor(spectrum: np.ndarray) -> np.ndarray:
     """Per band, a recording's noise floor (10th percentile over time, never under
     LOWEST_FLOOR_DB), plus FLOOR_MARGIN_DB."""
     return np.maximum(np.percentile(spectrum, 10, axis=0), LOWEST_FLOOR_DB) + FLOOR_MARGIN_DB
 
 
 def _common_floor(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Per band, the louder of the two recordings' noise floors (`_noise_floor`): only what
+    """Per band, the louder of the two recordings' noise floors (`noise_floor`): only what
     rises above it is compared."""
-    return np.maximum(_noise_floor(q), _noise_floor(r))
+    return np.maximum(noise_floor(q), noise_floor(r))
 
 
 def _speech_frames(spectrum: np.ndarray, floor: np.ndarray) -> np.ndarray:
@@ -357,7 +357,7 @@ def _speech_frames(spectrum: np.ndarray, floor: np.ndarray) -> np.ndarray:
     return np.asarray((spectrum > floor + UNMATCHED_ABOVE_FLOOR_DB).any(axis=1))
 
 
-def _overlap(q: np.ndarray, r: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+def overlap(q: np.ndarray, r: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """The query frames that have a counterpart at `offset` (query k ~ entry k + offset), and
     those counterparts' indices."""
     q_index = np.arange(max(0, -offset), max(0, min(len(q), len(r) - offset)))
@@ -368,8 +368,8 @@ def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
     """How much more the query's quiet speech frames (12 to 30 dB under the loud ones) gained
     against the entry than its loud frames did: positive when the query went through a limiter
     or compressor, negative when the entry did, near 0 for any codec."""
-    q_index, r_index = _overlap(q, r, offset)
-    q_level, r_level = _frame_levels(q[q_index]), _frame_levels(r[r_index])
+    q_index, r_index = overlap(q, r, offset)
+    q_level, r_level = frame_levels(q[q_index]), frame_levels(r[r_index])
     mean = (q_level + r_level) / 2
     relative = mean - np.percentile(mean, 98) if mean.size else mean
     loud = relative > _LOUD_DB
@@ -385,14 +385,14 @@ def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.
     +-limit: the gain a compressor applied there. 0 where either frame is under LOWEST_FLOOR_DB
     (a missing word is not levelled onto the speech it lacks) or has no counterpart."""
     gains = np.zeros(len(q), dtype=np.float32)
-    q_index, r_index = _overlap(q, r, offset)
+    q_index, r_index = overlap(q, r, offset)
     qs, rs = q[q_index], r[r_index]
     audible = (qs.max(axis=1) > LOWEST_FLOOR_DB) & (rs.max(axis=1) > LOWEST_FLOOR_DB)
     gains[q_index[audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
     return gains
 
 
-def _frame_levels(spectrum: np.ndarray) -> np.ndarray:
+def frame_levels(spectrum: np.ndarray) -> np.ndarray:
     """Each frame's total power over the bands, in dB."""
     return 10.0 * np.log10(np.power(10.0, spectrum / 10.0).sum(axis=1))
 
@@ -442,7 +442,7 @@ def speech_durations_s(query: np.ndarray, entry: np.ndarray) -> tuple[float, flo
     over the pair's common floor: measured alike on both, where each recording's own speech
     extent (fingerprint/speech.py) follows its own noise floor, which a codec's noise in a
     quiet room tone can move by half a second."""
-    q, r = _decibels(query), _decibels(entry)
+    q, r = decibels(query), decibels(entry)
     if len(q) == 0 or len(r) == 0:
         return 0.0, 0.0
     floor = _common_floor(q, r)

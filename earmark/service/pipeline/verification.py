@@ -8,8 +8,9 @@ judge, their speech durations agree within the contract's tolerance in both dire
 stretch of the aligned recordings matches (the worst decides), no syllable-sized stretch
 differs more than the recording's own codec noise explains (a changed word, a dropped word or a
 cut end is a different recording: fingerprint/detail.py), the line is not so coarse that its own
-distortion could hide a changed syllable, and no 200 ms of pitch shifts as a changed tone does
-(fingerprint/pitch.py).
+distortion could hide a changed syllable, no 50 ms of speech on one side meets only noise on the
+other (an end cut short under noise: fingerprint/missing_speech.py), and no 200 ms of pitch
+shifts as a changed tone does (fingerprint/pitch.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from earmark.fingerprint.detail import (
 )
 from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
+from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech
 from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch, pitch_contour
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
 from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
@@ -166,12 +168,13 @@ class Judgement:
 @dataclass(frozen=True)
 class Evidence:
     """What the comparisons of a query with one candidate found, before any threshold: the
-    aligned hashes' stretch scores, the worst syllable of the detail spectra and the worst
-    200 ms of the pitch contours."""
+    aligned hashes' stretch scores, the worst syllable of the detail spectra, the worst 50 ms of
+    speech one side lacks where it holds only noise, and the worst 200 ms of the pitch contours."""
 
     window: Verification
     detail: DetailVerdict
     pitch: PitchVerdict
+    missing: MissingSpeech
 
 
 # Changed whenever the verification changes while the stored features do not (the comparisons
@@ -194,7 +197,9 @@ class Evidence:
 # 8: speech durations are measured about each 20 ms frame's mean, so a DC offset is not speech
 # (fingerprint/speech.py); an entry's stored duration is compared with a query's measured so.
 # A level-compressed pair under loud added noise is also judged unlevelled, the worse deciding.
-VERIFICATION_REVISION = 8
+# 9: speech one side holds where the other holds only its noise is refused (an end cut short
+# under noise: fingerprint/missing_speech.py).
+VERIFICATION_REVISION = 9
 
 
 class Verifier:
@@ -295,29 +300,32 @@ class Verifier:
         if refused is not None:
             score = min(verdict.worst_score, short_score_of(verdict.worst_short_score))
             return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s,
-                             refused_at=self._refused_at(verdict, None, None))
+                             refused_at=self._refused_at(verdict, None, None, None))
         assert entry is not None
         evidence = self._compared_detail(features, entry, verdict, entry_detail)
-        detail, pitch = evidence.detail, evidence.pitch
+        detail, pitch, missing = evidence.detail, evidence.pitch, evidence.missing
         detail_score = _detail_score(detail)
+        missing_score = missing_score_of(missing)
         pitch_score = pitch_score_of(pitch.burst_semitones)
         tones_hidden = speaks_in_tones(entry.language) and pitch.least_covered < MIN_TONE_COVERAGE
         if tones_hidden:
             pitch_score = min(pitch_score, self.thresholds.min_pitch_score * pitch.least_covered / MIN_TONE_COVERAGE)
         # The reported score is the worst evidence; each check keeps its own threshold.
-        score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, pitch_score)
-        accepted, reason = self._verdict(verdict, detail, detail_score, pitch, pitch_score, tones_hidden)
-        refused_at = None if accepted else self._refused_at(verdict, detail, pitch)
+        score = min(verdict.worst_score, short_score_of(verdict.worst_short_score), detail_score, missing_score,
+                    pitch_score)
+        accepted, reason = self._verdict(verdict, detail, detail_score, missing, missing_score, pitch, pitch_score,
+                                         tones_hidden)
+        refused_at = None if accepted else self._refused_at(verdict, detail, missing, pitch)
         return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s, refused_at)
 
-    def _refused_at(self, verdict: Verification, detail: DetailVerdict | None,
+    def _refused_at(self, verdict: Verification, detail: DetailVerdict | None, missing: MissingSpeech | None,
                     pitch: PitchVerdict | None) -> tuple[float, float] | None:
         """The query stretch (start, end in seconds) where the check that refuses (in `_verdict`'s
         order) found the two apart: the first ~1 s window under its threshold (what comes before
         it agrees at this alignment: a piece cut before it is likely accepted, and an edit that
         shifts the rest of the recording is found where it begins, not somewhere in the shifted
-        rest), else the worst ~0.25 s window, 80 ms of detail, 200 ms of pitch; None for a
-        refusal of the whole (a line too coarse)."""
+        rest), else the worst ~0.25 s window, 80 ms of detail, 50 ms of missing speech, 200 ms of
+        pitch; None for a refusal of the whole (a line too coarse)."""
         limits = self.thresholds
         config = self.config
         if verdict.worst_score < limits.min_window_score:
@@ -328,6 +336,8 @@ class Verifier:
             return verdict.worst_short_at_s, verdict.worst_short_at_s + config.short_window_frames / config.frames_per_second
         if detail is not None and _detail_score(detail) < limits.min_detail_score:
             return None if detail.median_db > EXCUSED_MEDIAN_DB else (detail.query_s, detail.query_s + 0.08)
+        if missing is not None and missing_score_of(missing) < limits.min_detail_score:
+            return missing.query_s, missing.query_s + 0.05
         if pitch is not None:
             return pitch.query_s, pitch.query_s + 0.2
         return None
@@ -395,7 +405,7 @@ class Verifier:
                            compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s))
         detail = aligned if _detail_score(aligned) < _detail_score(stored) else stored
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
-        return Evidence(verdict, detail, pitch)
+        return Evidence(verdict, detail, pitch, missing_speech(features.detail, entry_detail, stored.offset_frames))
 
     def _hash_verdict(self, verdict: Verification) -> str | None:
         """The reason the compared hashes refuse a candidate (the ~1 s, then the ~0.25 s
@@ -412,10 +422,11 @@ class Verifier:
                     f"{verdict.worst_short_at_s + verdict.offset_s:.2f} s")
         return None
 
-    def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, pitch, pitch_score: float,
-                 tones_hidden: bool) -> tuple[bool, str]:
-        """(accepted, reason) from the compared hashes, detail and pitch, each against its threshold
-        (`tones_hidden`: in a tone language, the pitch could not be compared over a syllable)."""
+    def _verdict(self, verdict, detail: DetailVerdict, detail_score: float, missing: MissingSpeech,
+                 missing_score: float, pitch, pitch_score: float, tones_hidden: bool) -> tuple[bool, str]:
+        """(accepted, reason) from the compared hashes, detail, missing speech and pitch, each against
+        its threshold (missing speech against the detail's: both judge syllables; `tones_hidden`:
+        in a tone language, the pitch could not be compared over a syllable)."""
         limits = self.thresholds
         refused = self._hash_verdict(verdict)
         if refused is not None:
@@ -429,6 +440,13 @@ class Verifier:
                            f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
                            f"{detail.burst_db:.1f} dB more than the rest ({detail.rest_db:.1f} dB)"
                            f"{_limited_note(detail)}{_quiet_note(detail)}")
+        if missing_score < limits.min_detail_score:
+            lacking, holding = ("entry", "query") if missing.in_query else ("query", "entry")
+            return False, (f"speech_missing: {missing_score:.3f} < {limits.min_detail_score}: the 50 ms at query "
+                           f"{missing.query_s:.2f} s / entry {missing.entry_s:.2f} s hold nothing over the "
+                           f"{lacking}'s noise floor, {missing.missing_db:.1f} dB less than the {holding}'s speech "
+                           f"there (a copy lacks at most {missing.limit_db:.1f} dB: a word cut short, or hidden "
+                           f"under added noise)")
         if tones_hidden and pitch_score < limits.min_pitch_score:
             return False, (f"pitch_unverifiable: {pitch_score:.3f} < {limits.min_pitch_score}: in the 200 ms "
                            f"least covered, only {pitch.least_covered:.0%} of the cached voice's pitched frames "
@@ -442,7 +460,7 @@ class Verifier:
                       f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                       f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
                       f"+{detail.burst_db:.1f} dB over {detail.rest_db:.1f} dB{_limited_note(detail)}), "
-                      f"pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
+                      f"missing speech {missing_score:.3f}, pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
 
     def warm_up(self) -> None:
         """Compute the features of a second of noise once: the first call imports scipy.signal
@@ -552,3 +570,9 @@ PITCH_ZERO_SEMITONES = 1.2 / (1.0 - 0.74)
 def pitch_score_of(burst_semitones: float) -> float:
     """The pitch check's score in [0, 1]: 1 - burst / PITCH_ZERO_SEMITONES."""
     return max(0.0, 1.0 - burst_semitones / PITCH_ZERO_SEMITONES)
+
+
+def missing_score_of(missing: MissingSpeech) -> float:
+    """The missing-speech check's score in [0, 1], on the detail score's scale: 0.74 where the
+    speech one side lacks reaches what a copy may lack (`MissingSpeech.limit_db`)."""
+    return max(0.0, 1.0 - missing.excess * (1.0 - 0.74))

@@ -1,0 +1,130 @@
+"""Speech one recording holds where the other holds only its noise: an end cut short under noise.
+
+The detail check (fingerprint/detail.py) compares two recordings only above the louder of their
+noise floors, band by band, and averages the difference over its 16 bands. Added noise raises
+the query's floor, so the tail of a word cut off a noisy copy is compared where little of it
+rises above that floor, in a few bands: "...platform thirteen." without its last 0.2 s, under
+white noise at 20 dB SNR, differed by 3 dB there and was served (0.76).
+
+This check uses what noise cannot do: noise only adds power. Where a copy's frame holds nothing
+over its own noise floor, its original held nothing much over that floor either; so an entry
+frame whose power (seen through the line's per-band response) clearly exceeds the query frame's,
+while the query frame is noise alone, is speech the query lacks. The same holds the other way
+round where noise was added to the entry (speech of the query that the entry, noise alone
+there, lacks). A codec or a limiter
+changes a frame's power too, but leaves speech in it, over its floor: only frames that are
+noise alone are counted.
+
+Measured on the channel benchmarks (bench/README.md, seventh pass): copies through added noise
+lack at most 2.2 dB over 50 ms (a compander after the noise), an AC-3 encoder or a limiter,
+whose queries carry no added noise, up to 4.9 dB; ends cut by 0.1 to 0.2 s under 10 to 30 dB of
+noise lack up to 20 dB (bench/bench_cut_ends.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from earmark.fingerprint.decode import SAMPLE_RATE
+from earmark.fingerprint.detail import HOP, WINDOW, decibels, frame_levels, noise_floor, overlap
+
+# A band of the entry this far over the pair's common floor is speech: the line's response in
+# that band (a telephone line's lost lowest band) is measured on such cells.
+SPEECH_OVER_FLOOR_DB = 10.0
+# ...from at least this many of them; a band with fewer keeps its level.
+MIN_SPEECH_CELLS = 5
+# A frame no band of which rises this far over its recording's noise floor (`noise_floor`,
+# whose own margin is 3 dB) is noise alone.
+NOISE_ONLY_DB = 6.0
+# Power under the common floor's, plus this, is not compared: both sides there are noise.
+FLOOR_MARGIN_DB = 3.0
+STRETCH_FRAMES = 5  # 50 ms: the shortest piece of a word an edit takes
+# Where a recording's noise floor rose this far over the other's (mean over the bands), noise was
+# added to it, and a copy lacks little under it: MISSING_UNDER_NOISE_DB. On the channel
+# benchmarks, copies under noise alone lacked at most 0.17 dB over 50 ms; a compander after the
+# noise (the speakerphone chain), which pushes quiet frames down, 2.2 dB. Otherwise a codec or a
+# limiter may lower a quiet frame to its floor: MISSING_DB, over the 4.9 dB of AC-3 at 96 kbit/s
+# and 4.7 of ffmpeg's alimiter (bench/README.md, seventh pass).
+NOISE_ADDED_DB = 3.0
+MISSING_UNDER_NOISE_DB = 3.0
+MISSING_DB = 6.0
+
+
+@dataclass(frozen=True)
+class MissingSpeech:
+    """The worst 50 ms of speech one recording holds where the other holds only its noise."""
+
+    missing_db: float  # how much power the noise-only side lacks there, on average over the stretch
+    limit_db: float  # what a copy may lack (MISSING_UNDER_NOISE_DB or MISSING_DB)
+    query_s: float  # where the stretch starts in the query
+    entry_s: float  # ...and in the entry
+    in_query: bool = False  # True: speech of the query that the entry lacks; False: the other way
+
+    @property
+    def excess(self) -> float:
+        """`missing_db` over its limit: 1.0 is where a copy's allowance ends."""
+        return self.missing_db / self.limit_db
+
+
+NOTHING_MISSING = MissingSpeech(0.0, MISSING_DB, 0.0, 0.0)
+
+
+def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> MissingSpeech:
+    """The worse (by `MissingSpeech.excess`) of the speech the query lacks and the speech the
+    entry lacks under noise added to it, of two detail spectra (fingerprint/detail.py) aligned so that query frame k
+    lies at entry frame k + offset_frames."""
+    q, r = decibels(query), decibels(entry)
+    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
+        return NOTHING_MISSING
+    in_entry = _lacked(q, r, offset_frames)
+    found = _lacked(r, q, -offset_frames)
+    if found.limit_db != MISSING_UNDER_NOISE_DB:
+        # Without noise added to the entry, speech of the query that it lacks is the detail
+        # check's to judge (over the entry's low floor), while a codec's pre-echo spreads into
+        # the query's silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s.
+        return in_entry
+    in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True)
+    return in_query if in_query.excess > in_entry.excess else in_entry
+
+
+def _lacked(holder: np.ndarray, source: np.ndarray, offset: int) -> MissingSpeech:
+    """The worst stretch of `source` (dB spectrum) whose power `holder` lacks where `holder` is
+    noise alone; holder frame k lies at source frame k + offset. Times as (holder, source)
+    in (query_s, entry_s)."""
+    h_index, s_index = overlap(holder, source, offset)
+    if h_index.size < STRETCH_FRAMES:
+        return NOTHING_MISSING
+    held, sent = holder[h_index], source[s_index]
+    h_floor, s_floor = noise_floor(holder), noise_floor(source)
+    floor = np.maximum(h_floor, s_floor)
+    expected = sent + np.minimum(_line_response(held, sent, floor), 0.0)
+    floor_level = float(frame_levels(floor[None, :])[0]) + FLOOR_MARGIN_DB
+    lacking = np.maximum(frame_levels(expected), floor_level) - np.maximum(frame_levels(held), floor_level)
+    noise_only = (held - h_floor).max(axis=1) < NOISE_ONLY_DB
+    lacking = np.where(noise_only, lacking, 0.0)
+    sums = np.convolve(lacking, np.ones(STRETCH_FRAMES) / STRETCH_FRAMES, mode="valid")
+    worst = int(np.argmax(sums))
+    noise_added = float(np.mean(h_floor - s_floor)) >= NOISE_ADDED_DB
+    seconds = (int(h_index[worst]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
+    return MissingSpeech(
+        missing_db=round(max(0.0, float(sums[worst])), 2),
+        limit_db=MISSING_UNDER_NOISE_DB if noise_added else MISSING_DB,
+        query_s=round(seconds, 3),
+        entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
+    )
+
+
+def _line_response(held: np.ndarray, sent: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Per band, the median level of `held` over `sent` where `sent` is speech (each clamped at
+    the common `floor`): what the line between them passes of that band (0 where too few
+    cells say)."""
+    speech = sent > floor + SPEECH_OVER_FLOOR_DB
+    difference = np.where(speech, np.maximum(held, floor) - sent, np.nan)
+    counted = speech.sum(axis=0)
+    response = np.zeros(sent.shape[1], dtype=np.float64)
+    enough = counted >= MIN_SPEECH_CELLS
+    if enough.any():
+        response[enough] = np.nanmedian(difference[:, enough], axis=0)
+    return response
