@@ -38,7 +38,7 @@ from earmark.service.ops.tune import Scorer  # noqa: E402
 from earmark.service.pipeline.verification import Judgement, detail_score_of  # noqa: E402
 
 STATISTICS = ("worst", "mean", "short", "excess", "burst", "rest", "median", "loud", "limited", "compression",
-              "detail", "pitch_semitones", "pitch_covered", "similarity", "duration_gap")
+              "detail", "pitch_semitones", "pitch_covered", "similarity", "duration_gap", "missing_excess")
 
 
 def evidence_rows(data: Path, cache: Path, jobs: int) -> list[dict]:
@@ -68,7 +68,7 @@ def evidence_rows(data: Path, cache: Path, jobs: int) -> list[dict]:
                                  abs(d.compression_db), detail_score_of(d.excess_db, d.median_db, d.loud_burst),
                                  min(found.pitch.burst_semitones, 6.0), found.pitch.least_covered,
                                  float(np.dot(query.embedding, original.embedding)),
-                                 abs(entry_speech - query.speech_s) / longer]
+                                 abs(entry_speech - query.speech_s) / longer, min(found.missing.excess, 5.0)]
         rows.append(row)
     return rows
 

@@ -50,6 +50,7 @@ from earmark.service.pipeline.verification import (  # noqa: E402
     QueryFeatures,
     Verifier,
     detail_score_of,
+    missing_score_of,
     pitch_score_of,
 )
 
@@ -149,7 +150,8 @@ MARGIN = 0.05
 
 def evidence_table(items: list[dict], scorer: Scorer, features: dict) -> dict[str, np.ndarray]:
     """Each item's evidence before any threshold, as columns: window and short scores, detail
-    excess and median, pitch score (a refusal before the comparisons: -1 everywhere)."""
+    excess and median, missing-speech and pitch scores (a refusal before the comparisons: -1
+    everywhere)."""
     columns: dict[str, list] = defaultdict(list)
     for item in items:
         found = scorer.evidence(features[item["file"]][0], item["original"])
@@ -160,6 +162,7 @@ def evidence_table(items: list[dict], scorer: Scorer, features: dict) -> dict[st
         columns["median"].append(found.detail.median_db if compared else 99.0)
         columns["loud"].append(found.detail.loud_burst if compared else True)
         columns["pitch"].append(pitch_score_of(found.pitch.burst_semitones) if compared else -1.0)
+        columns["missing"].append(missing_score_of(found.missing) if compared else -1.0)
         columns["positive"].append(bool(item["positive"]))
         columns["strict"].append(not item["positive"] and (item["source"] == "pair" or item.get("text_changed") is True))
         columns["family"].append(item["family"])
@@ -181,8 +184,10 @@ def fitted_thresholds(items: list[dict], evidence: dict[str, np.ndarray], defaul
         detail_score = np.array([detail_score_of(x, m, loud) for x, m, loud in zip(e["excess"], e["median"], e["loud"], strict=True)])
         for window, short, detail in itertools.product(GRID_WINDOW, GRID_SHORT, GRID_DETAIL):
             # Each check's score less its threshold, on the reported score's scale: the worst decides.
+            # Missing speech is judged against the detail threshold (service/pipeline/verification.py).
             slack = np.minimum.reduce([e["worst"] - window, (e["short"] - short) * SHORT_SCALE,
-                                       detail_score - detail, e["pitch"] - defaults.min_pitch_score])
+                                       detail_score - detail, e["missing"] - detail,
+                                       e["pitch"] - defaults.min_pitch_score])
             if (slack[e["strict"]] > -MARGIN).any():
                 continue
             accepted = slack >= 0
