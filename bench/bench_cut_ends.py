@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 import sys
 import time
 from collections import defaultdict
@@ -103,6 +104,49 @@ def _load_talkers(data: Path, manifest: dict) -> None:
         _TALKERS.append((samples, rate))
 
 
+def heard_apart(rows: list[dict], paths: dict[str, Path], languages: dict[str, str]) -> None:
+    """For every English cut served now or before (the default engine's model is English only), the
+    engine's text of the cut and of its copy under the same noise, kept in the rows (`heard_cut`,
+    `heard_copy`). Prints how many differ, and how many differ in their last word: the default
+    engine (Whisper tiny.en) hears noisy speech unsteadily, so two texts can differ anywhere
+    for the noise alone, while a cut end changes the last word ("seven of hearts" -> "heart"),
+    a wrong transcript when served."""
+    from earmark.service.engines.base import RecognitionOptions
+    from earmark.service.engines.whisper_engine import WhisperEngine
+
+    engine = WhisperEngine(num_workers=1, cpu_threads=2)
+    profile = engine.resolve(RecognitionOptions(language="en"))
+    heard: dict[tuple[str, str, str], list[str]] = {}
+
+    def words(original: str, cut: str, noise: str) -> list[str]:
+        if (original, cut, noise) not in heard:
+            pcm = decode_audio(paths[original].read_bytes(), 3600).pcm_16k
+            side, _, seconds = cut.partition("_")
+            kind, _, snr = noise.partition("_")
+            query = noisy(variant(pcm, None if cut == "copy" else (side, float(seconds))), (kind, float(snr)), original)
+            text = engine.transcribe(query, profile).text
+            heard[(original, cut, noise)] = re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
+        return heard[(original, cut, noise)]
+
+    english = [r for r in rows if not r["positive"] and languages[r["original"]] == "en"]
+    for r in english:
+        if r["accepted"] or r["accepted_before"]:
+            r["heard_cut"], r["heard_copy"] = words(r["original"], r["cut"], r["noise"]), words(r["original"], "copy", r["noise"])
+    engine.close()
+    print("\nEnglish cuts served, and of them the engine hears (against the copy under the same noise):")
+    print("| | served | another text | another last word |")
+    print("|---|---|---|---|")
+    for label, key in (("before", "accepted_before"), ("now", "accepted")):
+        served = [r for r in english if r[key]]
+        apart = [r for r in served if r["heard_cut"] != r["heard_copy"]]
+        last = [r for r in served if r["heard_cut"][-1:] != r["heard_copy"][-1:]]
+        print(f"| {label} | {len(served)} | {len(apart)} | {len(last)} |")
+    for r in english:
+        if r["accepted"] and r["heard_cut"][-1:] != r["heard_copy"][-1:]:
+            print(f"  {r['original']} {r['noise']} {r['cut']}: ...{' '.join(r['heard_copy'][-4:])} -> "
+                  f"...{' '.join(r['heard_cut'][-4:])}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("bench/data/channels"))
@@ -110,6 +154,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/cut_ends.json"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--originals", type=int, default=0, help="the first N originals only (0: all)")
+    parser.add_argument("--transcribe", action="store_true",
+                        help="run the default engine on every cut still served and its copy under the same noise: "
+                             "does the cut change what the engine hears?")
     args = parser.parse_args()
     manifest = json.loads((args.data / "manifest.json").read_text())
     _load_talkers(args.data, manifest)
@@ -164,6 +211,9 @@ def main() -> int:
     print(f"\ncuts served: {sum(r['accepted_before'] for r in cuts)} -> {sum(r['accepted'] for r in cuts)} of {len(cuts)}; "
           f"copies served: {sum(r['accepted_before'] for r in copies)} -> {sum(r['accepted'] for r in copies)} "
           f"of {len(copies)} ({len(originals)} originals)")
+    if args.transcribe:
+        heard_apart(rows, {o["id"]: args.data / o["path"] for o in originals},
+                    {o["id"]: o.get("lang", "en") for o in originals})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {f"{n}/{c}": g for (n, c), g in sorted(groups.items())}
     args.out.write_text(json.dumps({"groups": summary, "rows": rows}, indent=1))
