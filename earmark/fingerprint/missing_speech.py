@@ -11,9 +11,8 @@ over its own noise floor, its original held nothing much over that floor either;
 frame whose power (seen through the line's per-band response) clearly exceeds the query frame's,
 while the query frame is noise alone, is speech the query lacks. The same holds the other way
 round where noise was added to the entry (speech of the query that the entry, noise alone
-there, lacks). A codec or a limiter
-changes a frame's power too, but leaves speech in it, over its floor: only frames that are
-noise alone are counted.
+there, lacks). A codec or a limiter changes a frame's power too, but leaves speech in it, over
+its floor: only frames that are noise alone are counted.
 
 Measured on the channel benchmarks (bench/README.md, seventh pass): copies through added noise
 lack at most 2.2 dB over 50 ms (a compander after the noise), an AC-3 encoder or a limiter,
@@ -61,6 +60,8 @@ class MissingSpeech:
     query_s: float  # where the stretch starts in the query
     entry_s: float  # ...and in the entry
     in_query: bool = False  # True: speech of the query that the entry lacks; False: the other way
+    # Whether the lacking side's noise floor rose NOISE_ADDED_DB over the other's: noise was added to it.
+    noise_added: bool = False
 
     @property
     def excess(self) -> float:
@@ -73,19 +74,20 @@ NOTHING_MISSING = MissingSpeech(0.0, MISSING_DB, 0.0, 0.0)
 
 def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> MissingSpeech:
     """The worse (by `MissingSpeech.excess`) of the speech the query lacks and the speech the
-    entry lacks under noise added to it, of two detail spectra (fingerprint/detail.py) aligned so that query frame k
-    lies at entry frame k + offset_frames."""
+    entry lacks under noise added to it, of two detail spectra (fingerprint/detail.py) aligned
+    so that query frame k lies at entry frame k + offset_frames."""
     q, r = decibels(query), decibels(entry)
     if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
         return NOTHING_MISSING
     in_entry = _lacked(q, r, offset_frames)
     found = _lacked(r, q, -offset_frames)
-    if found.limit_db != MISSING_UNDER_NOISE_DB:
+    if not found.noise_added:
         # Without noise added to the entry, speech of the query that it lacks is the detail
         # check's to judge (over the entry's low floor), while a codec's pre-echo spreads into
         # the query's silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s.
         return in_entry
-    in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True)
+    in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True,
+                             noise_added=True)
     return in_query if in_query.excess > in_entry.excess else in_entry
 
 
@@ -113,6 +115,7 @@ def _lacked(holder: np.ndarray, source: np.ndarray, offset: int) -> MissingSpeec
         limit_db=MISSING_UNDER_NOISE_DB if noise_added else MISSING_DB,
         query_s=round(seconds, 3),
         entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
+        noise_added=noise_added,
     )
 
 
