@@ -253,7 +253,7 @@ def test_a_reading_cut_short_under_moderate_noise_is_refused(verifier):
     """'The train departs from platform thirteen.' without its last 0.2 s, under white noise at
     20 dB SNR, was served at 0.76: the cut tail lies near the copy's noise floor, where the detail
     check compares little. The query holds only noise where the entry's "-teen" fades, with
-    11 dB less power than that speech: noise only adds power, so no copy lacks it
+    12 dB less power than that speech: noise only adds power, so no copy lacks it
     (fingerprint/missing_speech.py)."""
     pcm, cut = _cut_short_under_noise("minimal_pairs/teen_ty_010_a.flac", 0.2, 20.0)
     accepted, score, reason = _judge(verifier, verifier.features(pcm), verifier.features(cut))
