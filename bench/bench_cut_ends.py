@@ -16,7 +16,11 @@ No item here chose the check's limits (the channel benchmarks' copies did): thes
 held out. A cut of 0.1 s may leave the engine's transcript unchanged (the fade of a final
 nasal); it is counted as a negative all the same: it is not the same recording.
 
-    .venv/bin/python bench/bench_cut_ends.py [--data bench/data/channels] [--jobs 2]
+    .venv/bin/python bench/bench_cut_ends.py [--data bench/data/channels] [--jobs 2] [--transcribe]
+
+With `--transcribe`, the default engine also hears every English cut served (now or before) and
+its copy under the same noise: how many of the cuts served would have been answered with
+another text, or another last word (`heard_apart`).
 """
 
 from __future__ import annotations
