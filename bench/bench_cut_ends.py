@@ -26,6 +26,7 @@ another text, or another last word (`heard_apart`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pickle
 import re
@@ -77,10 +78,17 @@ def noisy(pcm: np.ndarray, noise: tuple[str, float], name: str) -> np.ndarray:
     return mixed.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def original_pcm(path: str) -> np.ndarray:
+    """An original's 16 kHz PCM, decoded once per process for all of its variants (the jobs of
+    one original are consecutive)."""
+    return decode_audio(Path(path).read_bytes(), 3600).pcm_16k
+
+
 def _features(job: str) -> QueryFeatures:
     """The features of one query, `job` a JSON list: [path, cut or null, noise, original id]."""
     path, cut, noise, name = json.loads(job)
-    pcm = decode_audio(Path(path).read_bytes(), 3600).pcm_16k
+    pcm = original_pcm(path)
     return Verifier(FuzzyThresholds()).features(noisy(variant(pcm, tuple(cut) if cut else None), tuple(noise), name))
 
 
@@ -124,7 +132,7 @@ def heard_apart(rows: list[dict], paths: dict[str, Path], languages: dict[str, s
 
     def words(original: str, cut: str, noise: str) -> list[str]:
         if (original, cut, noise) not in heard:
-            pcm = decode_audio(paths[original].read_bytes(), 3600).pcm_16k
+            pcm = original_pcm(str(paths[original]))
             side, _, seconds = cut.partition("_")
             kind, _, snr = noise.partition("_")
             query = noisy(variant(pcm, None if cut == "copy" else (side, float(seconds))), (kind, float(snr)), original)
@@ -180,8 +188,7 @@ def main() -> int:
     thresholds = FuzzyThresholds()
     scorer = Scorer(thresholds)
     for o in originals:
-        pcm = decode_audio((args.data / o["path"]).read_bytes(), 3600).pcm_16k
-        scorer.original(o["id"], pcm)
+        scorer.original(o["id"], original_pcm(str(args.data / o["path"])))
     groups: dict[tuple[str, str], dict] = defaultdict(lambda: {"n": 0, "served": 0, "served_before": 0,
                                                                 "highest": 0.0, "highest_id": ""})
     rows = []

@@ -79,8 +79,9 @@ def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> 
     q, r = decibels(query), decibels(entry)
     if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
         return NOTHING_MISSING
-    in_entry = _lacked(q, r, offset_frames)
-    found = _lacked(r, q, -offset_frames)
+    q_floor, r_floor = noise_floor(q), noise_floor(r)
+    in_entry = _lacked(q, r, q_floor, r_floor, offset_frames)
+    found = _lacked(r, q, r_floor, q_floor, -offset_frames)
     if not found.noise_added:
         # Without noise added to the entry, speech of the query that it lacks is the detail
         # check's to judge (over the entry's low floor), while a codec's pre-echo spreads into
@@ -91,15 +92,15 @@ def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> 
     return in_query if in_query.excess > in_entry.excess else in_entry
 
 
-def _lacked(holder: np.ndarray, source: np.ndarray, offset: int) -> MissingSpeech:
+def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor: np.ndarray,
+            offset: int) -> MissingSpeech:
     """The worst stretch of `source` (dB spectrum) whose power `holder` lacks where `holder` is
-    noise alone; holder frame k lies at source frame k + offset. Times as (holder, source)
-    in (query_s, entry_s)."""
+    noise alone, given both recordings' `noise_floor`s; holder frame k lies at source frame
+    k + offset. Times as (holder, source) in (query_s, entry_s)."""
     h_index, s_index = overlap(holder, source, offset)
     if h_index.size < STRETCH_FRAMES:
         return NOTHING_MISSING
     held, sent = holder[h_index], source[s_index]
-    h_floor, s_floor = noise_floor(holder), noise_floor(source)
     floor = np.maximum(h_floor, s_floor)
     expected = sent + np.minimum(_line_response(held, sent, floor), 0.0)
     floor_level = float(frame_levels(floor[None, :])[0]) + FLOOR_MARGIN_DB
