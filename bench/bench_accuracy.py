@@ -74,13 +74,16 @@ def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> 
     return cached_map(_features, paths, jobs, cache, constants)
 
 
-def cached_map(function, paths: list[str], jobs: int, cache: Path | None, *key_parts) -> list:
+def cached_map(function, paths: list[str], jobs: int, cache: Path | None, *key_parts,
+               files: list[str] | None = None) -> list:
     """`function` over `paths` in worker processes; with `cache`, the results are kept in a pickle
-    keyed by the fingerprint configuration and code, `key_parts` and the files' sizes, so
-    threshold and verification experiments skip this step."""
+    keyed by the fingerprint configuration and code, `key_parts`, `paths` and the sizes of
+    `files` (`paths` themselves unless given: jobs that name files in another form give the files
+    they read), so threshold and verification experiments skip this step."""
     import pickle
 
-    key = repr((DEFAULT, fingerprint_code_digest(), key_parts, [(p, Path(p).stat().st_size) for p in paths]))
+    sized = paths if files is None else files
+    key = repr((DEFAULT, fingerprint_code_digest(), key_parts, paths, [Path(p).stat().st_size for p in sized]))
     if cache is not None and cache.exists():
         stored_key, results = pickle.loads(cache.read_bytes())
         if stored_key == key:

@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import pickle
 import re
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_channels as mch  # noqa: E402
-from bench_accuracy import fingerprint_code_digest  # noqa: E402
-from earmark.fingerprint.config import DEFAULT  # noqa: E402
+from bench_accuracy import cached_map  # noqa: E402
 from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio  # noqa: E402
 from earmark.fingerprint.speech import speech_extent  # noqa: E402
 from earmark.service.config import FuzzyThresholds  # noqa: E402
@@ -92,22 +89,10 @@ def _features(job: str) -> QueryFeatures:
     return Verifier(FuzzyThresholds()).features(noisy(variant(pcm, tuple(cut) if cut else None), tuple(noise), name))
 
 
-def _cached(key: str, cache: Path) -> list[QueryFeatures] | None:
-    """The features computed before under `key`, if `cache` holds them."""
-    if cache.exists():
-        stored_key, features = pickle.loads(cache.read_bytes())
-        if stored_key == key:
-            return features
-    return None
-
-
-def _compute(jobs: list[str], workers: int, key: str, cache: Path) -> list[QueryFeatures]:
-    """Every query's features, in worker processes, kept in `cache` under `key`."""
-    with ProcessPoolExecutor(workers) as pool:
-        features = list(pool.map(_features, jobs, chunksize=8))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_bytes(pickle.dumps((key, features)))
-    return features
+def cached_features(jobs: list[str], workers: int, cache: Path, originals: list[str]) -> list[QueryFeatures]:
+    """Every query's features (`_features` of each job), in worker processes, kept in `cache`
+    while the fingerprint code, the jobs and the originals' files are unchanged."""
+    return cached_map(_features, jobs, workers, cache, files=originals)
 
 
 def _load_talkers(data: Path, manifest: dict) -> None:
@@ -182,8 +167,7 @@ def main() -> int:
                 items.append({"original": o["id"], "source": o["source"], "noise": f"{noise[0]}_{noise[1]:.0f}",
                               "cut": "copy" if cut is None else f"{cut[0]}_{cut[1]:.2f}", "positive": cut is None})
     started = time.monotonic()
-    key = repr((DEFAULT, fingerprint_code_digest(), jobs, [(args.data / o["path"]).stat().st_size for o in originals]))
-    features = _cached(key, args.cache) or _compute(jobs, args.jobs, key, args.cache)
+    features = cached_features(jobs, args.jobs, args.cache, [str(args.data / o["path"]) for o in originals])
     print(f"features of {len(jobs)} queries in {time.monotonic() - started:.0f} s", flush=True)
     thresholds = FuzzyThresholds()
     scorer = Scorer(thresholds)

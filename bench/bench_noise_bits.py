@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_channels as channels  # noqa: E402
 import bench_cut_ends as cut_ends  # noqa: E402
-from bench_accuracy import fingerprint_code_digest  # noqa: E402
 from earmark.fingerprint import matcher  # noqa: E402
 from earmark.fingerprint.config import DEFAULT  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
@@ -84,25 +83,17 @@ def with_strong(features: QueryFeatures, mask: np.ndarray) -> QueryFeatures:
 
 
 def weighted_verify(query, reference, config):
-    """`matcher.verify` with each stretch scored over the bits it compares."""
-    q_voiced, r_voiced = matcher.speech_mask(query, config), matcher.speech_mask(reference, config)
-    if not q_voiced.any() or not r_voiced.any():
+    """`matcher.verify` with each stretch scored over the bits it compares (its alignment and
+    counted frames are the matcher's own)."""
+    aligned = matcher._align(query, reference, config)
+    if aligned is None:
         return matcher.Verification(0.0, 0.0, 0.0, 0)
-    search = int(matcher.ALIGN_SEARCH_S * config.frames_per_second)
-    offset = matcher._best_offset(query, reference, q_voiced, r_voiced,
-                                  int(np.argmax(r_voiced)) - int(np.argmax(q_voiced)), search)
-    q_added = matcher._loud_enough_to_add(query, q_voiced, config)
-    q_idx = np.arange(min(0, -offset), max(len(query.bits), len(reference.bits) - offset))
+    offset, _, counted, both, q_idx = aligned
     r_idx = q_idx + offset
-    q_ok, r_ok = (q_idx >= 0) & (q_idx < len(query.bits)), (r_idx >= 0) & (r_idx < len(reference.bits))
-    q_speech, r_speech = np.zeros(q_idx.size, bool), np.zeros(q_idx.size, bool)
-    q_speech[q_ok], r_speech[r_ok] = q_added[q_idx[q_ok]], r_voiced[r_idx[r_ok]]
-    both = q_ok & r_ok
     wrong, compared = np.full(q_idx.size, NOMINAL_BITS / 2), np.full(q_idx.size, NOMINAL_BITS)
     mask = query.strong[q_idx[both]] & reference.strong[r_idx[both]]
     compared[both] = np.bitwise_count(mask)
     wrong[both] = np.bitwise_count((query.bits[q_idx[both]] ^ reference.bits[r_idx[both]]) & mask)
-    counted = q_speech | r_speech
 
     def worst(selected: np.ndarray, window: int) -> float:
         w, c = wrong[selected], compared[selected]
@@ -213,8 +204,7 @@ def cut_set(data: Path, cache: Path, jobs: int, ends_share: float) -> None:
             for cut in (None, *cut_ends.CUTS):
                 job_list.append(json.dumps([str(data / o["path"]), cut, noise, o["id"]]))
                 items.append((o["id"], f"{noise[0]}_{noise[1]:.0f}", cut is None))
-    key = repr((DEFAULT, fingerprint_code_digest(), job_list, [(data / o["path"]).stat().st_size for o in originals]))
-    features = cut_ends._cached(key, cache) or cut_ends._compute(job_list, jobs, key, cache)
+    features = cut_ends.cached_features(job_list, jobs, cache, [str(data / o["path"]) for o in originals])
     with ProcessPoolExecutor(jobs) as pool:
         masks = list(pool.map(_mask_of_cut, job_list, chunksize=8))
     original_features = {}
