@@ -62,9 +62,14 @@ def test_packed_evidence_unpacks_to_exactly_the_bytes_packed(verifier, features)
     entry = _entry(verifier, features["original"])
     packed = pack(entry.evidence)
     assert unpack(packed) == entry.evidence
+    assert entry.wide and packed[0] == 2
     assert len(packed) < 0.85 * sum(len(part) for part in (entry.fingerprint, entry.fingerprint_levels,
-                                                           entry.detail, entry.pitch))
+                                                           entry.detail, entry.pitch, entry.wide))
     assert unpack(pack(StoredEvidence(b"", b"", b"", b""))) == StoredEvidence(b"", b"", b"", b"")
+    # An entry without a wide spectrum (stored before revision 10) keeps the first format, which
+    # earlier versions read.
+    earlier = replace(entry.evidence, wide=b"")
+    assert pack(earlier)[0] == 1 and unpack(pack(earlier)) == earlier
     damaged = StoredEvidence(b"\x01" * 8, b"\x07", b"\x03" * 17, b"")  # a detail not a whole number of frames
     assert unpack(pack(damaged)) == damaged
     assert unpack(packed[:-3]) is None and unpack(b"\x09" + packed[1:]) is None and unpack(b"") is None
@@ -115,8 +120,8 @@ def test_alias_sets_list_their_aliases_compactly():
 
 def test_entries_written_in_the_old_form_read_and_judge_as_before(verifier, features, store_url, redis_client):
     """An entry written before issue 25 (the four verification fields, plain segments, the
-    normalised text always) is read into the same entry, and judged the same."""
-    entry = _entry(verifier, features["original"])
+    normalised text always, no wide spectrum) is read into the same entry, and judged the same."""
+    entry = replace(_entry(verifier, features["original"]), wide=b"")
     old_form = {"profile": entry.profile_id, "pcm": entry.pcm_digest, "text": entry.text,
                 "normalized_text": entry.normalized_text, "language": entry.language,
                 "duration_s": repr(entry.duration_s), "speech_s": repr(entry.speech_s),

@@ -3,9 +3,10 @@ the version of everything a stored fingerprint holds.
 
 A stored fingerprint records the version that made it; entries made by another version are
 never compared with this one (their bits would mean something else). The stored features also
-include the detail spectrum and the pitch contour, whose constants live beside the code that
-uses them: the grid, bands and uint8 quantisation in fingerprint/detail.py (HOP, WINDOW, N_FFT,
-BANDS, LOW_HZ, HIGH_HZ, _STEPS_PER_DB, _OFFSET_DB) and the tracker and its quantisation in
+include the detail spectrum, the wide spectrum above it and the pitch contour, whose constants
+live beside the code that uses them: the grid, bands and uint8 quantisation in
+fingerprint/detail.py (HOP, WINDOW, N_FFT, BANDS, LOW_HZ, HIGH_HZ, WIDE_BANDS, WIDE_LOW_HZ,
+WIDE_HIGH_HZ, _STEPS_PER_DB, _OFFSET_DB) and the tracker and its quantisation in
 fingerprint/pitch.py (RATE, FRAME, MIN_HZ, MAX_HZ, VOICED_PEAK, SUBHARMONIC_RATIO,
 _STEPS_PER_SEMITONE). Changing any of those changes stored bytes too, and needs a new `version`
 here. (They are not fields of this object: detail.py and pitch.py are not given a config, so a

@@ -48,6 +48,12 @@ WINDOW = 400  # 25 ms, also the padding before frame 0
 N_FFT = 512
 BANDS = 16
 LOW_HZ, HIGH_HZ = 250.0, 3800.0  # what an 8 kHz telephone copy keeps
+# The band above it, stored beside it on the same frames (`wide_spectrum`): where a cut end may
+# lie that the telephone band does not reach (the final /s/ of "seven of hearts"), for the
+# missing-speech check (fingerprint/missing_speech.py, `missing_wide_speech`). Codes as the
+# detail spectrum's, relative to its own loud frames.
+WIDE_BANDS = 6
+WIDE_LOW_HZ, WIDE_HIGH_HZ = 3800.0, 7900.0
 # Stored as uint8 in half-dB steps, relative to the recording's loud frames (0 dB); anything
 # more than 120 dB down is digital silence.
 _STEPS_PER_DB = 2.0
@@ -145,38 +151,57 @@ def _mel_matrix() -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
+def _wide_mel_matrix() -> np.ndarray:
+    return mel_filter_bank(SAMPLE_RATE, N_FFT, WIDE_BANDS, WIDE_LOW_HZ, WIDE_HIGH_HZ).T
+
+
+@lru_cache(maxsize=1)
 def _window() -> np.ndarray:
     return np.hanning(WINDOW).astype(np.float32)
 
 
 class DetailSpectrum:
     """`detail_spectrum` of a signal pushed in pieces; with `phase`, its frames start so many
-    samples later (`detail_phases`)."""
+    samples later (`detail_phases`); with `wide`, the `wide_spectrum` too, from the same frames
+    (`finish` leaves it in `wide`)."""
 
-    def __init__(self, phase: int = 0) -> None:
+    def __init__(self, phase: int = 0, wide: bool = False) -> None:
         self.phase = phase
         self._framer = Framer(WINDOW, HOP, WINDOW - phase, WINDOW)
         self._levels = RowStore(BANDS, np.float32)  # every frame's, until the loud frames' level is known
+        self._wide_levels = RowStore(WIDE_BANDS, np.float32) if wide else None
+        self.wide: np.ndarray | None = None
 
     def push(self, pcm_16k: np.ndarray) -> None:
         """Add the next samples (16 kHz mono float)."""
         for block in self._framer.push(pcm_16k):
-            self._levels.append(self._block_levels(block))
+            self._add(block)
 
     def finish(self) -> np.ndarray:
         """(frames, BANDS) uint8 log-mel levels in half-dB steps relative to the loud frames."""
         for block in self._framer.finish():
-            self._levels.append(self._block_levels(block))
-        reference = float(np.percentile(np.concatenate([rows.max(axis=1) for rows in self._levels.peek()]), 99))
-        codes = [np.clip(np.round((rows - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
-                 for rows in self._levels.drain()]
-        return np.concatenate(codes)
+            self._add(block)
+        if self._wide_levels is not None:
+            self.wide = _codes(self._wide_levels)
+        return _codes(self._levels)
 
-    @staticmethod
-    def _block_levels(frames: np.ndarray) -> np.ndarray:
+    def _add(self, frames: np.ndarray) -> None:
         spectrum = scipy.fft.rfft(frames * _window(), n=N_FFT, axis=1, workers=1)
-        power = (spectrum.real**2 + spectrum.imag**2) @ _mel_matrix()
-        return 10.0 * np.log10(power + 1e-12)
+        power = spectrum.real**2 + spectrum.imag**2
+        self._levels.append(10.0 * np.log10(power @ _mel_matrix() + 1e-12))
+        if self._wide_levels is not None:
+            self._wide_levels.append(10.0 * np.log10(power @ _wide_mel_matrix() + 1e-12))
+
+
+def _codes(levels: RowStore) -> np.ndarray:
+    """Every row of `levels` (dB) in half-dB uint8 steps relative to the loud frames (the 99th
+    percentile of the frames' loudest bands); the store is emptied."""
+    if levels.rows == 0:
+        return np.zeros((0, levels.width), dtype=np.uint8)
+    reference = float(np.percentile(np.concatenate([rows.max(axis=1) for rows in levels.peek()]), 99))
+    codes = [np.clip(np.round((rows - reference + _OFFSET_DB) * _STEPS_PER_DB), 0, 255).astype(np.uint8)
+             for rows in levels.drain()]
+    return np.concatenate(codes)
 
 
 def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
@@ -184,6 +209,16 @@ def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
     stream = DetailSpectrum()
     stream.push(pcm_16k)
     return stream.finish()
+
+
+def wide_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
+    """(frames, WIDE_BANDS) uint8 levels of the band above the detail spectrum's, on its frames
+    and in its codes (relative to this band's own loud frames)."""
+    stream = DetailSpectrum(wide=True)
+    stream.push(pcm_16k)
+    stream.finish()
+    assert stream.wide is not None
+    return stream.wide
 
 
 def detail_phases(pcm_16k: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -219,6 +254,14 @@ def detail_from_bytes(raw: bytes) -> np.ndarray | None:
     if len(raw) % BANDS:
         return None
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, BANDS)
+
+
+def wide_from_bytes(raw: bytes) -> np.ndarray | None:
+    """Inverse of `ndarray.tobytes()` on a `wide_spectrum` result; None for a damaged value, and
+    for none at all (an entry stored before the wide spectrum was)."""
+    if not raw or len(raw) % WIDE_BANDS:
+        return None
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, WIDE_BANDS)
 
 
 def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:

@@ -18,6 +18,16 @@ Measured on the channel benchmarks (bench/README.md, seventh pass): copies throu
 lack at most 2.2 dB over 50 ms (a compander after the noise), an AC-3 encoder or a limiter,
 whose queries carry no added noise, up to 4.9 dB; ends cut by 0.1 to 0.2 s under 10 to 30 dB of
 noise lack up to 20 dB (bench/bench_cut_ends.py).
+
+The same check also runs above the telephone band (`missing_wide_speech`, on the wide spectrum
+stored beside the detail spectrum): a cut final /s/ or /t/ lies mostly over 3.8 kHz, where the
+detail spectrum cannot see it missing. There it is gated, because lines treat that band unlike
+the speech band: only bands the line carries are judged (a telephone or low-rate line drops
+them), a frame counts only where it holds its noise (a low-bitrate encoder leaves holes where it
+dropped a band in a quiet frame, which are not noise alone), a frame counts only where the
+query's telephone band is noise alone too (a low-rate AAC encoder drops the band over 3.8 kHz
+from a fricative whose lower part it keeps; a cut end leaves noise in every band), and a copy
+may lack twice as much (bench/README.md, ninth pass).
 """
 
 from __future__ import annotations
@@ -49,6 +59,15 @@ STRETCH_FRAMES = 5  # 50 ms: the shortest piece of a word an edit takes
 NOISE_ADDED_DB = 3.0
 MISSING_UNDER_NOISE_DB = 3.0
 MISSING_DB = 6.0
+# Above the telephone band (`missing_wide_speech`): a band is judged only where the line carries
+# it (its response over the speech cells above CARRIED_DB, from MIN_SPEECH_CELLS of them), and
+# only with MIN_CARRIED_BANDS such bands; a frame with a band more than HOLE_DB under the
+# holder's floor is a codec's hole, not noise alone; the limits are WIDE_LIMIT_SCALE times the
+# speech band's.
+CARRIED_DB = -6.0
+MIN_CARRIED_BANDS = 2
+HOLE_DB = 6.0
+WIDE_LIMIT_SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class MissingSpeech:
     in_query: bool = False  # True: speech of the query that the entry lacks; False: the other way
     # Whether the lacking side's noise floor rose NOISE_ADDED_DB over the other's: noise was added to it.
     noise_added: bool = False
+    wide: bool = False  # found above the telephone band (`missing_wide_speech`)
 
     @property
     def excess(self) -> float:
@@ -92,20 +112,46 @@ def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> 
     return in_query if in_query.excess > in_entry.excess else in_entry
 
 
+def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int,
+                        query_detail: np.ndarray) -> MissingSpeech:
+    """The speech above the telephone band that the query lacks where it holds only noise, of
+    two wide spectra (fingerprint/detail.py, `wide_spectrum`) aligned as for `missing_speech`:
+    judged only in the bands the line carries, without a codec's holes, and only in frames
+    whose telephone band (the query's detail spectrum, on the same frames) is noise alone too,
+    against twice the limits (see the module docstring)."""
+    q, r, narrow = decibels(query), decibels(entry), decibels(query_detail)
+    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES or len(narrow) != len(q):
+        return NOTHING_MISSING
+    quiet = (narrow - noise_floor(narrow)).max(axis=1) < NOISE_ONLY_DB
+    return _lacked(q, r, noise_floor(q), noise_floor(r), offset_frames, wide=True, holder_quiet=quiet)
+
+
 def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor: np.ndarray,
-            offset: int) -> MissingSpeech:
+            offset: int, wide: bool = False, holder_quiet: np.ndarray | None = None) -> MissingSpeech:
     """The worst stretch of `source` (dB spectrum) whose power `holder` lacks where `holder` is
     noise alone, given both recordings' `noise_floor`s; holder frame k lies at source frame
-    k + offset. Times as (holder, source) in (query_s, entry_s)."""
+    k + offset. Times as (holder, source) in (query_s, entry_s). With `wide`, gated and limited
+    as `missing_wide_speech` says; `holder_quiet`: per holder frame, whether it may count at all."""
     h_index, s_index = overlap(holder, source, offset)
     if h_index.size < STRETCH_FRAMES:
         return NOTHING_MISSING
     held, sent = holder[h_index], source[s_index]
     floor = np.maximum(h_floor, s_floor)
-    expected = sent + np.minimum(_line_response(held, sent, floor), 0.0)
+    response = _line_response(held, sent, floor)
+    if wide:
+        carried = (response > CARRIED_DB) & ((sent > floor + SPEECH_OVER_FLOOR_DB).sum(axis=0) >= MIN_SPEECH_CELLS)
+        if carried.sum() < MIN_CARRIED_BANDS:
+            return NOTHING_MISSING
+        held, sent, floor, response = held[:, carried], sent[:, carried], floor[carried], response[carried]
+        h_floor, s_floor = h_floor[carried], s_floor[carried]
+    expected = sent + np.minimum(response, 0.0)
     floor_level = float(frame_levels(floor[None, :])[0]) + FLOOR_MARGIN_DB
     lacking = np.maximum(frame_levels(expected), floor_level) - np.maximum(frame_levels(held), floor_level)
     noise_only = (held - h_floor).max(axis=1) < NOISE_ONLY_DB
+    if wide:
+        noise_only &= (held - h_floor).min(axis=1) > -HOLE_DB
+    if holder_quiet is not None:
+        noise_only &= holder_quiet[h_index]
     lacking = np.where(noise_only, lacking, 0.0)
     sums = np.convolve(lacking, np.ones(STRETCH_FRAMES) / STRETCH_FRAMES, mode="valid")
     worst = int(np.argmax(sums))
@@ -113,10 +159,11 @@ def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor
     seconds = (int(h_index[worst]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
     return MissingSpeech(
         missing_db=round(max(0.0, float(sums[worst])), 2),
-        limit_db=MISSING_UNDER_NOISE_DB if noise_added else MISSING_DB,
+        limit_db=(MISSING_UNDER_NOISE_DB if noise_added else MISSING_DB) * (WIDE_LIMIT_SCALE if wide else 1.0),
         query_s=round(seconds, 3),
         entry_s=round(seconds + offset * HOP / SAMPLE_RATE, 3),
         noise_added=noise_added,
+        wide=wide,
     )
 
 

@@ -53,6 +53,7 @@ class Entry:
     fingerprint_version: str = ""
     detail: bytes = b""  # syllable-scale spectrum for telling copies from minimal pairs
     pitch: bytes = b""  # pitch contour, for tone minimal pairs
+    wide: bytes = b""  # spectrum above the detail's band, for ends cut short (none before revision 10)
     # Random per write of the entry, copied into every alias that points at it: an alias is
     # followed only while the two agree, so an alias that outlived a DELETE (its alias set
     # evicted, or a write racing the delete) never revives when the same audio is cached again.
@@ -85,7 +86,7 @@ class Entry:
     @property
     def evidence(self) -> StoredEvidence:
         """The verification bytes, as index/evidence.py packs them."""
-        return StoredEvidence(self.fingerprint, self.fingerprint_levels, self.detail, self.pitch)
+        return StoredEvidence(self.fingerprint, self.fingerprint_levels, self.detail, self.pitch, self.wide)
 
     def to_fields(self) -> dict[str, bytes | str]:
         """Hash fields for HSET. Each thing is stored once and compactly (issue 25): the result
@@ -121,7 +122,7 @@ class Entry:
     @property
     def has_evidence(self) -> bool:
         """True when the entry holds verification bytes (read, or about to be written)."""
-        return bool(self.fingerprint or self.fingerprint_levels or self.detail or self.pitch)
+        return bool(self.fingerprint or self.fingerprint_levels or self.detail or self.pitch or self.wide)
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[bytes, bytes]) -> "Entry":
@@ -134,7 +135,7 @@ class Entry:
         common: dict[str, Any] = {"entry_id": entry_id, "profile_id": text("profile"), "embedding": fields.get(b"emb", b""),
                   "fingerprint_version": text("fp_version"), "generation": text("gen"), "evidence_digest": text("evb"),
                   "fingerprint": evidence.fingerprint, "fingerprint_levels": evidence.fingerprint_levels,
-                  "detail": evidence.detail, "pitch": evidence.pitch}
+                  "detail": evidence.detail, "pitch": evidence.pitch, "wide": evidence.wide}
         if b"rec" not in fields:
             return cls(**common, **_fields_before_records(fields, entry_id))
         try:

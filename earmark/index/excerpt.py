@@ -3,8 +3,8 @@ from the whole entry's (issue 24: an upload holding a stretch of a longer cached
 
 The stretch is judged by the same verification as a whole upload (every stretch of it, no
 minimal pair), so what it is judged against must be that stretch alone: the hash frames, detail
-spectrum and pitch contour the entry stores for those seconds, and their speech measured from
-the stored frame levels. The upload's side is cut from its whole features the same way
+and wide spectra and pitch contour the entry stores for those seconds, and their speech measured
+from the stored frame levels. The upload's side is cut from its whole features the same way
 (`QueryFeatures.cut`, with `hash_frames`, `detail_frames` and `speech_seconds` here), so both
 sides are measured alike, and the upload's features are computed once however many stretches
 are judged (cutting instead of computing each stretch's from its audio made the search 2.5 times
@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from earmark.fingerprint.config import FingerprintConfig
-from earmark.fingerprint.detail import BANDS, HOP as DETAIL_HOP
+from earmark.fingerprint.detail import BANDS, HOP as DETAIL_HOP, WIDE_BANDS
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.speech import sound_threshold_db
 from earmark.index.entry import Entry
@@ -54,11 +54,14 @@ def excerpt(entry: Entry, start_s: float, end_s: float, config: FingerprintConfi
     detail = entry.detail
     if len(detail) % BANDS == 0:
         detail = np.frombuffer(detail, dtype=np.uint8).reshape(-1, BANDS)[detailed].tobytes()
+    wide = entry.wide
+    if len(wide) % WIDE_BANDS == 0:
+        wide = np.frombuffer(wide, dtype=np.uint8).reshape(-1, WIDE_BANDS)[detailed].tobytes()
     share = (end_s - start_s) / entry.duration_s if entry.duration_s > 0 else 0.0
     return replace(entry, text=text, normalized_text=text, duration_s=end_s - start_s,
                    speech_s=speech_seconds(levels, config), engine_seconds=entry.engine_seconds * share,
                    segments=tuple(segments), fingerprint=pairs.tobytes(), fingerprint_levels=levels.tobytes(),
-                   detail=detail, pitch=entry.pitch[detailed])
+                   detail=detail, pitch=entry.pitch[detailed], wide=wide)
 
 
 def has_word_times(entry: Entry) -> bool:

@@ -338,7 +338,7 @@ class Store:
             return entry
         self._on_bulk("read", "ok")
         return replace(entry, fingerprint=evidence.fingerprint, fingerprint_levels=evidence.fingerprint_levels,
-                       detail=evidence.detail, pitch=evidence.pitch)
+                       detail=evidence.detail, pitch=evidence.pitch, wide=evidence.wide)
 
     async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
         """Write an entry with its byte alias, all expiring together.

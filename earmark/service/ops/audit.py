@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from earmark.fingerprint.config import DEFAULT as DEFAULT_FINGERPRINT
-from earmark.fingerprint.detail import BANDS, detail_from_bytes
+from earmark.fingerprint.detail import BANDS, detail_from_bytes, wide_from_bytes
 from earmark.fingerprint.embedding import EMBEDDING_DIM
 from earmark.fingerprint.matcher import stretch_scores
 from earmark.fingerprint.robust_hash import RobustHash
@@ -130,7 +130,7 @@ async def _read_entries(store: Store, progress: Progress) -> dict[str, Entry]:
         batch = entry_ids[start:start + READ_BATCH]
         for entry in await store.get_entries(batch):
             if entry is not None:
-                entries[entry.entry_id] = replace(entry, fingerprint=b"", fingerprint_levels=b"", detail=b"",
+                entries[entry.entry_id] = replace(entry, fingerprint=b"", fingerprint_levels=b"", detail=b"", wide=b"",
                                                   pitch=b"", segments=())
         progress("reading entries", min(start + READ_BATCH, len(entry_ids)), len(entry_ids))
     return entries
@@ -367,6 +367,7 @@ def _features_of_entry(entry: Entry) -> QueryFeatures:
         detail=_detail_or_empty(entry.detail),
         pitch=np.frombuffer(entry.pitch, dtype=np.uint8),
         detail_phases=(),
+        wide=wide_from_bytes(entry.wide),  # None for an entry without one: judged without it
     )
 
 

@@ -9,8 +9,8 @@ stretch of the aligned recordings matches (the worst decides), no syllable-sized
 differs more than the recording's own codec noise explains (a changed word, a dropped word or a
 cut end is a different recording: fingerprint/detail.py), the line is not so coarse that its own
 distortion could hide a changed syllable, no 50 ms of speech on one side meets only noise on the
-other (an end cut short under noise: fingerprint/missing_speech.py), and no 200 ms of pitch
-shifts as a changed tone does (fingerprint/pitch.py).
+other (an end cut short under noise: fingerprint/missing_speech.py, in the telephone band and
+above it), and no 200 ms of pitch shifts as a changed tone does (fingerprint/pitch.py).
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ from earmark.fingerprint.config import DEFAULT, FingerprintConfig
 from earmark.fingerprint.detail import (
     LIMITED_RANGE_DB,
     PHASES,
+    WIDE_BANDS,
     DetailSpectrum,
     DetailVerdict,
     compare_detail_phased,
     detail_from_bytes,
     detail_phases,
-    detail_spectrum,
     speech_durations_s,
+    wide_from_bytes,
 )
 from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
-from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech
+from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech, missing_wide_speech
 from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch, pitch_contour
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
 from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
@@ -48,22 +49,41 @@ from earmark.service.config import FuzzyThresholds
 
 
 # The features a query may defer (`Verifier.deferred_features`), in the order the checks use them.
-DEFERRED_PARTS = ("detail", "pitch")
+DEFERRED_PARTS = ("detail", "pitch", "wide")
 # ...and the deferred parts an entry never stores: only a query's verification compares them.
 QUERY_ONLY_PARTS = ("detail_phases",)
-_COMPUTE: dict[str, Callable[[np.ndarray], Any]] = {"detail": detail_spectrum, "pitch": pitch_contour,
-                                                   "detail_phases": detail_phases}
+NO_WIDE = np.zeros((0, WIDE_BANDS), dtype=np.uint8)
+
+
+def _detail_and_wide(pcm_16k: np.ndarray) -> dict[str, np.ndarray]:
+    """The detail and wide spectra, from one pass over the same frames (the FFT is most of it)."""
+    stream = DetailSpectrum(wide=True)
+    stream.push(pcm_16k)
+    detail = stream.finish()
+    assert stream.wide is not None
+    return {"detail": detail, "wide": stream.wide}
+
+
+# How each deferred part is computed from the PCM: {part: parts made with it}.
+_COMPUTE: dict[str, Callable[[np.ndarray], dict[str, Any]]] = {
+    "detail": _detail_and_wide, "wide": _detail_and_wide,
+    "pitch": lambda pcm: {"pitch": pitch_contour(pcm)},
+    "detail_phases": lambda pcm: {"detail_phases": detail_phases(pcm)},
+}
 
 
 @dataclass(frozen=True, eq=False, init=False)
 class QueryFeatures:
     """What the fuzzy tier knows of one recording: its hash, embedding and speech duration, and
-    the detail spectrum ((frames, bands) uint8: fingerprint/detail.py) and pitch contour (uint8
-    per 10 ms frame: fingerprint/pitch.py) that only the last checks compare, and the detail
-    spectrum at finer phases (`detail_phases`), which the detail check compares and no entry
-    stores (empty: none, as for a stored entry judged against others by the audit).
+    the detail spectrum ((frames, bands) uint8: fingerprint/detail.py), pitch contour (uint8
+    per 10 ms frame: fingerprint/pitch.py) and wide spectrum above the detail's band (`wide`:
+    `wide_spectrum`) that only the last checks compare, and the detail spectrum at finer phases
+    (`detail_phases`), which the detail check compares and no entry stores (empty: none, as for
+    a stored entry judged against others by the audit). A `wide` left out where no PCM is given
+    is empty (as an entry stored before it has none): the missing-speech check above the
+    telephone band is then skipped.
 
-    Those two cost about as much again as the rest (bench/README.md, "Compute only what a
+    They cost about as much again as the rest (bench/README.md, "Compute only what a
     request needs"), and most queries have no candidate that gets past the hashes, so a
     query's may be deferred: given the recording's PCM (`pcm_16k`) instead, each is computed
     on first use, once (whichever candidate asks first; thread-safe), and kept. Deferred or
@@ -75,14 +95,18 @@ class QueryFeatures:
     detail: np.ndarray
     pitch: np.ndarray
     detail_phases: tuple[np.ndarray, ...]
+    wide: np.ndarray
 
     def __init__(self, hash: RobustHash, embedding: np.ndarray, speech_s: float, detail: np.ndarray | None = None,
                  pitch: np.ndarray | None = None, detail_phases: tuple[np.ndarray, ...] | None = None, *,
-                 pcm_16k: np.ndarray | None = None, bands: np.ndarray | None = None) -> None:
+                 wide: np.ndarray | None = None, pcm_16k: np.ndarray | None = None,
+                 bands: np.ndarray | None = None) -> None:
         if pcm_16k is None and (detail is None or pitch is None or detail_phases is None):
             raise ValueError("a feature left out needs the PCM to compute it from")
+        if pcm_16k is None and wide is None:
+            wide = NO_WIDE
         given = {"hash": hash, "embedding": embedding, "speech_s": speech_s, "detail": detail, "pitch": pitch,
-                 "detail_phases": detail_phases}
+                 "detail_phases": detail_phases, "wide": wide}
         for name, value in given.items():
             if value is not None:
                 object.__setattr__(self, name, value)
@@ -98,15 +122,18 @@ class QueryFeatures:
             raise AttributeError(name)
         with state["_lock"]:
             if name not in state:
-                object.__setattr__(self, name, _COMPUTE[name](state["_pcm"]))
+                for part, value in _COMPUTE[name](state["_pcm"]).items():
+                    if part in state:
+                        continue  # given, or computed before: kept as it is
+                    object.__setattr__(self, part, value)
+                    if state["_on_computed"] is not None:
+                        state["_on_computed"](part)
                 if all(part in state for part in _COMPUTE):
                     object.__setattr__(self, "_pcm", None)  # nothing left to compute from it
-                if state["_on_computed"] is not None:
-                    state["_on_computed"](name)
         return state[name]
 
     def has(self, part: str) -> bool:
-        """Whether `part` ("detail", "pitch" or "detail_phases") is at hand, without computing it."""
+        """Whether `part` ("detail", "pitch", "wide" or "detail_phases") is at hand, without computing it."""
         return part in self.__dict__
 
     def report_to(self, on_computed: Callable[[str], None] | None) -> None:
@@ -138,15 +165,17 @@ class QueryFeatures:
         hashed, detailed = hash_frames(config, start_s, end_s), detail_frames(start_s, end_s)
         part = RobustHash(self.hash.bits[hashed], self.hash.strong[hashed], self.hash.level_db[hashed])
         return QueryFeatures(part, self.embedding, speech_seconds(part.level_db, config), self.detail[detailed],
-                             self.pitch[detailed], tuple(phase[detailed] for phase in self.detail_phases))
+                             self.pitch[detailed], tuple(phase[detailed] for phase in self.detail_phases),
+                             wide=self.wide[detailed])
 
     def __getstate__(self) -> dict:
         # Pickled (the benchmarks' feature caches) with every part, without the PCM, lock or callback.
         return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *_COMPUTE)}
 
     def __setstate__(self, state: dict) -> None:
-        # Pickled before verification revision 6 kept no finer phases: judged at the stored one.
-        QueryFeatures.__init__(self, **{"detail_phases": (), **state})
+        # Pickled before verification revision 6 kept no finer phases: judged at the stored one;
+        # before revision 10, no wide spectrum: judged without it.
+        QueryFeatures.__init__(self, **{"detail_phases": (), "wide": NO_WIDE, **state})
 
 
 @dataclass(frozen=True)
@@ -199,7 +228,8 @@ class Evidence:
 # A level-compressed pair under loud added noise is also judged unlevelled, the worse deciding.
 # 9: speech one side holds where the other holds only its noise is refused (an end cut short
 # under noise: fingerprint/missing_speech.py).
-VERIFICATION_REVISION = 9
+# 10: the same above the telephone band, on the wide spectrum entries now store (a cut final /s/).
+VERIFICATION_REVISION = 10
 
 
 class Verifier:
@@ -224,7 +254,7 @@ class Verifier:
         """`features` of a recording that arrives in pieces (a decoder's), holding only the
         features: the same result however it is cut. With `keep_bands`, the band energies its
         hash was made from are kept for the segment search (`take_bands`)."""
-        energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(), PitchContour()
+        energies, levels, detail, pitch = BandEnergies(self.config), FrameLevels(), DetailSpectrum(wide=True), PitchContour()
         phases = [DetailSpectrum(phase) for phase in PHASES]
         streams: list[BandEnergies | FrameLevels | DetailSpectrum | PitchContour] = [energies, levels, detail, pitch, *phases]
         for chunk in chunks:
@@ -233,12 +263,13 @@ class Verifier:
         # The detail streams first: their levels are freed for their codes before the hash's
         # whole-recording arrays are made (issue 8 holds a lookup to 2x its PCM: bench/README.md).
         detail_codes, pitch_codes = detail.finish(), pitch.finish()
+        wide_codes = detail.wide
         phase_codes = tuple(stream.finish() for stream in phases)
         del detail, pitch, phases, streams
         parts = self._hash_parts(energies, levels)
         bands = parts.pop("bands")
         return QueryFeatures(**parts, detail=detail_codes, pitch=pitch_codes, detail_phases=phase_codes,
-                             bands=bands if keep_bands else None)
+                             wide=wide_codes, bands=bands if keep_bands else None)
 
     def deferred_features(self, pcm_16k: np.ndarray) -> QueryFeatures:
         """`features`, with the detail spectrum and pitch contour deferred until a check asks for
@@ -271,6 +302,7 @@ class Verifier:
             fingerprint_version=self.config.version,
             detail=features.detail.tobytes(),
             pitch=features.pitch.tobytes(),
+            wide=features.wide.tobytes(),
         )
 
     def judge(self, features: QueryFeatures, profile_id: str, similarity: float, entry: Entry | None) -> tuple[bool, float, str]:
@@ -397,15 +429,20 @@ class Verifier:
     @staticmethod
     def _compared_detail(features: QueryFeatures, entry: Entry, verdict: Verification,
                          entry_detail: np.ndarray) -> Evidence:
-        """The detail spectra and pitch contours compared where the hashes aligned them (the
-        query's computed now, if deferred). The detail is judged at the stored phase, or at the
+        """The detail spectra, pitch contours and wide spectra compared where the hashes aligned
+        them (the query's computed now, if deferred). The detail is judged at the stored phase, or at the
         query's finer phase that aligns best when that one scores lower: a finer alignment can
         only refuse (`compare_detail_phased`)."""
         stored, aligned = (_worse_of_both(found) for found in
                            compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s))
         detail = aligned if _detail_score(aligned) < _detail_score(stored) else stored
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
-        return Evidence(verdict, detail, pitch, missing_speech(features.detail, entry_detail, stored.offset_frames))
+        missing = missing_speech(features.detail, entry_detail, stored.offset_frames)
+        entry_wide = wide_from_bytes(entry.wide)
+        if entry_wide is not None and len(features.wide):  # both stored it (an entry since revision 10)
+            above = missing_wide_speech(features.wide, entry_wide, stored.offset_frames, features.detail)
+            missing = above if above.excess > missing.excess else missing
+        return Evidence(verdict, detail, pitch, missing)
 
     def _hash_verdict(self, verdict: Verification) -> str | None:
         """The reason the compared hashes refuse a candidate (the ~1 s, then the ~0.25 s
@@ -442,8 +479,9 @@ class Verifier:
                            f"{_limited_note(detail)}{_quiet_note(detail)}")
         if missing_score < limits.min_detail_score:
             lacking, holding = ("entry", "query") if missing.in_query else ("query", "entry")
+            band = " above the telephone band (3.8-7.9 kHz)" if missing.wide else ""
             return False, (f"speech_missing: {missing_score:.3f} < {limits.min_detail_score}: the 50 ms at query "
-                           f"{missing.query_s:.2f} s / entry {missing.entry_s:.2f} s hold nothing over the "
+                           f"{missing.query_s:.2f} s / entry {missing.entry_s:.2f} s hold nothing{band} over the "
                            f"{lacking}'s noise floor, {missing.missing_db:.1f} dB less than the {holding}'s speech "
                            f"there (a copy lacks at most {missing.limit_db:.1f} dB: a word cut short, or hidden "
                            f"under added noise)")
