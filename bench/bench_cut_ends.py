@@ -9,14 +9,17 @@ and at its start by 0.15 s, the file's pauses kept, and mixed with white noise a
 10 dB SNR, pink and babble noise at 20 dB, or left clean. The uncut original under the same noise
 is the copy. Each is judged against the original as the cached entry with the service's verdict
 (`Scorer.judge`), and side by side as the verification judged before the missing-speech check
-(fingerprint/missing_speech.py, verification revision 9): a refusal for `speech_missing` whose
-pitch check passes was served before.
+looked above the telephone band (verification revision 9): the same query without its wide
+spectrum (fingerprint/detail.py, `wide_spectrum`), which the check then skips.
 
 No item here chose the check's limits (the channel benchmarks' copies did): these figures are
-held out. A cut of 0.1 s may leave the engine's transcript unchanged (the fade of a final
+held out. The ninth pass's check above the telephone band was explored on this set as built by
+default (`bench_wide_missing.py`); `--data bench/data/channels_pairs --noises pink_30,pink_10,
+babble_10,white_15` is a second set no choice has seen (other originals, other noises). A cut of 0.1 s may leave the engine's transcript unchanged (the fade of a final
 nasal); it is counted as a negative all the same: it is not the same recording.
 
     .venv/bin/python bench/bench_cut_ends.py [--data bench/data/channels] [--jobs 2] [--transcribe]
+        [--noises clean_0,white_30,...] [--cache ...] [--out ...]
 
 With `--transcribe`, the default engine also hears every English cut served (now or before) and
 its copy under the same noise: how many of the cuts served would have been answered with
@@ -45,7 +48,7 @@ from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio  # noqa: E402
 from earmark.fingerprint.speech import speech_extent  # noqa: E402
 from earmark.service.config import FuzzyThresholds  # noqa: E402
 from earmark.service.ops.tune import Scorer  # noqa: E402
-from earmark.service.pipeline.verification import QueryFeatures, Verifier, pitch_score_of  # noqa: E402
+from earmark.service.pipeline.verification import NO_WIDE, QueryFeatures, Verifier  # noqa: E402
 
 CUTS = (("end", 0.1), ("end", 0.15), ("end", 0.2), ("end", 0.3), ("start", 0.15))
 NOISES = (("clean", 0.0), ("white", 30.0), ("white", 20.0), ("white", 10.0), ("pink", 20.0), ("babble", 20.0))
@@ -93,6 +96,24 @@ def cached_features(jobs: list[str], workers: int, cache: Path, originals: list[
     """Every query's features (`_features` of each job), in worker processes, kept in `cache`
     while the fingerprint code, the jobs and the originals' files are unchanged."""
     return cached_map(_features, jobs, workers, cache, files=originals)
+
+
+def _noises(text: str) -> tuple[tuple[str, float], ...]:
+    """`--noises`: "white_30,pink_10" as (kind, SNR) pairs."""
+    pairs = []
+    for item in text.split(","):
+        kind, _, snr = item.strip().partition("_")
+        if kind not in ("clean", "white", "pink", "babble") or not snr.replace(".", "", 1).isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected kind_snr, e.g. pink_20")
+        pairs.append((kind, float(snr)))
+    return tuple(pairs)
+
+
+def without_wide(features: QueryFeatures) -> QueryFeatures:
+    """The same features without the wide spectrum: judged as verification revision 9 did."""
+    state = features.__getstate__()
+    state["wide"] = NO_WIDE
+    return QueryFeatures(**state)
 
 
 def _load_talkers(data: Path, manifest: dict) -> None:
@@ -151,6 +172,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/cut_ends.json"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--originals", type=int, default=0, help="the first N originals only (0: all)")
+    parser.add_argument("--noises", type=_noises, default=NOISES,
+                        help="kind_snr pairs, comma-separated (kinds: clean, white, pink, babble); default: "
+                             + ",".join(f"{kind}_{snr:.0f}" for kind, snr in NOISES))
     parser.add_argument("--transcribe", action="store_true",
                         help="run the default engine on every cut still served and its copy under the same noise: "
                              "does the cut change what the engine hears?")
@@ -161,7 +185,7 @@ def main() -> int:
     jobs, items = [], []
     for o in originals:
         path = str(args.data / o["path"])
-        for noise in NOISES:
+        for noise in args.noises:
             for cut in (None, *CUTS):
                 jobs.append(json.dumps([path, cut, noise, o["id"]]))
                 items.append({"original": o["id"], "source": o["source"], "noise": f"{noise[0]}_{noise[1]:.0f}",
@@ -180,8 +204,7 @@ def main() -> int:
         accepted, score, reason = scorer.judge(query, item["original"])
         before = accepted
         if not accepted and reason.startswith("speech_missing"):
-            found = scorer.evidence(query, item["original"])
-            before = pitch_score_of(found.pitch.burst_semitones) >= thresholds.min_pitch_score
+            before = scorer.judge(without_wide(query), item["original"])[0]
         rows.append({**item, "accepted": accepted, "accepted_before": before, "score": round(score, 4),
                      "reason": reason})
         group = groups[(item["noise"], item["cut"])]
@@ -193,7 +216,7 @@ def main() -> int:
     print("| noise | copies served (before -> now) | end 0.10 s | end 0.15 s | end 0.20 s | end 0.30 s | start 0.15 s |"
           " highest cut's score |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, snr in NOISES:
+    for kind, snr in args.noises:
         noise = f"{kind}_{snr:.0f}"
         copy = groups[(noise, "copy")]
         cells = [f"{groups[(noise, f'{s}_{c:.2f}')]['served_before']} -> {groups[(noise, f'{s}_{c:.2f}')]['served']}"
