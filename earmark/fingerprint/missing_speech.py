@@ -172,10 +172,8 @@ def _line_response(held: np.ndarray, sent: np.ndarray, floor: np.ndarray) -> np.
     the common `floor`): what the line between them passes of that band (0 where too few
     cells say)."""
     speech = sent > floor + SPEECH_OVER_FLOOR_DB
-    difference = np.where(speech, np.maximum(held, floor) - sent, np.nan)
-    counted = speech.sum(axis=0)
+    difference = np.maximum(held, floor) - sent
     response = np.zeros(sent.shape[1], dtype=np.float64)
-    enough = counted >= MIN_SPEECH_CELLS
-    if enough.any():
-        response[enough] = np.nanmedian(difference[:, enough], axis=0)
+    for band in np.flatnonzero(speech.sum(axis=0) >= MIN_SPEECH_CELLS):  # a median per band: numpy's
+        response[band] = np.median(difference[speech[:, band], band])  # nanmedian is ten times slower
     return response
