@@ -19,7 +19,11 @@ babble_10,white_15` is a second set no choice has seen (other originals, other n
 nasal); it is counted as a negative all the same: it is not the same recording.
 
     .venv/bin/python bench/bench_cut_ends.py [--data bench/data/channels] [--jobs 2] [--transcribe]
-        [--noises clean_0,white_30,...] [--cache ...] [--out ...]
+        [--noises clean_0,white_30,...] [--cache ...] [--out ...] [--swap]
+
+With `--swap`, the other way round: each cut and copy under noise is the cached entry and the
+clean original the query (a cut cached first, then the whole reading asked: served, it would
+answer without the lost words).
 
 With `--transcribe`, the default engine also hears every English cut served (now or before) and
 its copy under the same noise: how many of the cuts served would have been answered with
@@ -175,6 +179,9 @@ def main() -> int:
     parser.add_argument("--noises", type=_noises, default=NOISES,
                         help="kind_snr pairs, comma-separated (kinds: clean, white, pink, babble); default: "
                              + ",".join(f"{kind}_{snr:.0f}" for kind, snr in NOISES))
+    parser.add_argument("--swap", action="store_true",
+                        help="the other way round: each cut (and copy) under noise is the cached entry, the clean "
+                             "original the query (whose transcript has the words the cut lost)")
     parser.add_argument("--transcribe", action="store_true",
                         help="run the default engine on every cut still served and its copy under the same noise: "
                              "does the cut change what the engine hears?")
@@ -200,11 +207,18 @@ def main() -> int:
     groups: dict[tuple[str, str], dict] = defaultdict(lambda: {"n": 0, "served": 0, "served_before": 0,
                                                                 "highest": 0.0, "highest_id": ""})
     rows = []
+    clean = {o["id"]: scorer.verifier.features(original_pcm(str(args.data / o["path"]))) for o in originals} if args.swap else {}
     for item, query in zip(items, features, strict=True):
-        accepted, score, reason = scorer.judge(query, item["original"])
+        if args.swap:
+            label = f"{item['original']}|{item['noise']}|{item['cut']}"
+            scorer.original_features(label, query)
+            query, entry = clean[item["original"]], label
+        else:
+            entry = item["original"]
+        accepted, score, reason = scorer.judge(query, entry)
         before = accepted
         if not accepted and reason.startswith("speech_missing"):
-            before = scorer.judge(without_wide(query), item["original"])[0]
+            before = scorer.judge(without_wide(query), entry)[0]
         rows.append({**item, "accepted": accepted, "accepted_before": before, "score": round(score, 4),
                      "reason": reason})
         group = groups[(item["noise"], item["cut"])]

@@ -46,13 +46,14 @@ from earmark.fingerprint.detail import decibels, detail_spectrum, frame_levels, 
 ALIGN_FRAMES = 40
 
 
-def lacked(query: np.ndarray, entry: np.ndarray, offset: int, gated: bool, query_detail: np.ndarray) -> float:
+def lacked(query: np.ndarray, entry: np.ndarray, offset: int, gated: bool, query_detail: np.ndarray,
+           entry_detail: np.ndarray) -> float:
     """The speech the query lacks where it holds only noise, over the speech band's limit (3 dB
     where noise was added, 6 dB otherwise): with `gated`, the service's check above the telephone
     band (`missing_wide_speech`, which itself refuses over WIDE_LIMIT_SCALE times that); without,
     the telephone band's check run as it is on the wide spectra."""
     if gated:
-        found = missing.missing_wide_speech(query, entry, offset, query_detail)
+        found = missing.missing_wide_speech(query, entry, offset, query_detail, entry_detail)
     else:
         q, r = decibels(query), decibels(entry)
         found = missing._lacked(q, r, noise_floor(q), noise_floor(r), offset)
@@ -106,9 +107,10 @@ def cut_set(data: Path, rows_path: Path, jobs: int) -> None:
                              strict=True))
     groups: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for r, (query, query_detail) in zip(rows, queries, strict=True):
-        entry = originals[r["original"]][0]
+        entry, entry_detail = originals[r["original"]]
         groups[(r["noise"], "copies" if r["positive"] else "end cuts served")].append(
-            (lacked(query, entry, 0, False, query_detail), lacked(query, entry, 0, True, query_detail)))
+            (lacked(query, entry, 0, False, query_detail, entry_detail),
+             lacked(query, entry, 0, True, query_detail, entry_detail)))
     print("\nCut benchmark: over 1 / over 2 times the limit, plain | gated\n")
     print("| noise | kind | n | plain | gated | worst gated |")
     print("|---|---|---|---|---|---|")
@@ -132,7 +134,8 @@ def channel_set(data: Path, rows_path: Path, jobs: int) -> None:
         (q_wide, q_detail), (r_wide, r_detail) = spectra[str(item["file"])], spectra[original_paths[item["original"]]]
         offset = level_offset(q_detail, r_detail)
         groups[f"{item['family']}/{item['setting']}"].append(
-            (lacked(q_wide, r_wide, offset, False, q_detail), lacked(q_wide, r_wide, offset, True, q_detail),
+            (lacked(q_wide, r_wide, offset, False, q_detail, r_detail),
+             lacked(q_wide, r_wide, offset, True, q_detail, r_detail),
              accepted[item["id"] + item["family"] + item["setting"]]))
     print("\nChannel set copies: over 1 / over 2 times the limit, plain | gated (accepted today, gated over 2)\n")
     print("| setting | plain | gated | accepted today and gated over 2 |")

@@ -122,17 +122,41 @@ def test_a_final_fricative_cut_off_under_noise_is_missing_above_the_telephone_ba
     cut[final: final + int(HISS_S * RATE)] = 0.0
     query = under_noise(cut)
     assert missing_speech(detail_spectrum(query), detail_spectrum(original), 0).excess < 1.0
-    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query))
+    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query),
+                                detail_spectrum(original))
     assert found.wide and not found.in_query and found.noise_added
     assert found.limit_db == WIDE_LIMIT_SCALE * MISSING_UNDER_NOISE_DB
     assert found.excess > 1.0, found
     assert abs(found.query_s - final / RATE) < 0.1
 
 
+def test_a_final_fricative_the_noisy_entry_lacks_is_missing_from_the_entry():
+    """The other way round: the cached recording is the one cut short under noise, the query the
+    whole clean reading (its transcript has a word more)."""
+    original, final = hissing_utterance()
+    cut = original.copy()
+    cut[final: final + int(HISS_S * RATE)] = 0.0
+    entry = under_noise(cut)
+    found = missing_wide_speech(wide_spectrum(original), wide_spectrum(entry), 0, detail_spectrum(original),
+                                detail_spectrum(entry))
+    assert found.wide and found.in_query and found.noise_added
+    assert found.excess > 1.0, found
+    assert abs(found.query_s - final / RATE) < 0.1
+
+
+def test_a_clean_query_of_a_noisy_entry_lacks_nothing_above_the_telephone_band():
+    original, _ = hissing_utterance()
+    entry = under_noise(original)
+    found = missing_wide_speech(wide_spectrum(original), wide_spectrum(entry), 0, detail_spectrum(original),
+                                detail_spectrum(entry))
+    assert found.excess < 0.5, found
+
+
 def test_a_copy_under_noise_lacks_nothing_above_the_telephone_band():
     original, _ = hissing_utterance()
     copy = under_noise(original)
-    found = missing_wide_speech(wide_spectrum(copy), wide_spectrum(original), 0, detail_spectrum(copy))
+    found = missing_wide_speech(wide_spectrum(copy), wide_spectrum(original), 0, detail_spectrum(copy),
+                                detail_spectrum(original))
     assert found.excess < 0.5, found
 
 
@@ -143,7 +167,8 @@ def test_a_line_without_the_band_is_not_judged_above_it():
     cut = original.copy()
     cut[final: final + int(HISS_S * RATE)] = 0.0
     query = under_noise(telephone_copy(cut))
-    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query))
+    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query),
+                                detail_spectrum(original))
     assert found.excess == 0.0, found
 
 
@@ -157,7 +182,8 @@ def test_a_codec_hole_is_not_noise():
     query = wide_spectrum(noisy).copy()
     first, last = (final - WINDOW) // HOP, (final + int(HISS_S * RATE)) // HOP + 3
     query[first:last, 0] = 0  # the lowest band dropped, -120 dB
-    assert missing_wide_speech(query, wide_spectrum(original), 0, detail_spectrum(noisy)).excess < 0.5
+    assert missing_wide_speech(query, wide_spectrum(original), 0, detail_spectrum(noisy),
+                               detail_spectrum(original)).excess < 0.5
 
 
 def test_a_fricative_whose_upper_band_a_codec_dropped_is_not_missing():
@@ -175,5 +201,6 @@ def test_a_fricative_whose_upper_band_a_codec_dropped_is_not_missing():
     spectrum[np.fft.rfftfreq(piece.size, 1 / RATE) > 3800] = 0
     copy[final: final + lower.size] = np.fft.irfft(spectrum, piece.size)
     query = under_noise(copy)
-    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query))
+    found = missing_wide_speech(wide_spectrum(query), wide_spectrum(original), 0, detail_spectrum(query),
+                                detail_spectrum(original))
     assert found.excess < 0.5, found

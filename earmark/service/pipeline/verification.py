@@ -440,7 +440,8 @@ class Verifier:
         missing = missing_speech(features.detail, entry_detail, stored.offset_frames)
         entry_wide = wide_from_bytes(entry.wide)
         if entry_wide is not None and len(features.wide):  # both stored it (an entry since revision 10)
-            above = missing_wide_speech(features.wide, entry_wide, stored.offset_frames, features.detail)
+            above = missing_wide_speech(features.wide, entry_wide, stored.offset_frames, features.detail,
+                                        entry_detail)
             missing = above if above.excess > missing.excess else missing
         return Evidence(verdict, detail, pitch, missing)
 
