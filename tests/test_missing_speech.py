@@ -144,20 +144,14 @@ def test_a_final_fricative_the_noisy_entry_lacks_is_missing_from_the_entry():
     assert abs(found.query_s - final / RATE) < 0.1
 
 
-def test_a_clean_query_of_a_noisy_entry_lacks_nothing_above_the_telephone_band():
-    original, _ = hissing_utterance()
-    entry = under_noise(original)
-    found = missing_wide_speech(wide_spectrum(original), wide_spectrum(entry), 0, detail_spectrum(original),
-                                detail_spectrum(entry))
-    assert found.excess < 0.5, found
-
-
 def test_a_copy_under_noise_lacks_nothing_above_the_telephone_band():
+    """Whichever of the two was cached, the noisy copy or the clean original."""
     original, _ = hissing_utterance()
     copy = under_noise(original)
-    found = missing_wide_speech(wide_spectrum(copy), wide_spectrum(original), 0, detail_spectrum(copy),
-                                detail_spectrum(original))
-    assert found.excess < 0.5, found
+    for query, entry in ((copy, original), (original, copy)):
+        found = missing_wide_speech(wide_spectrum(query), wide_spectrum(entry), 0, detail_spectrum(query),
+                                    detail_spectrum(entry))
+        assert found.excess < 0.5, found
 
 
 def test_a_line_without_the_band_is_not_judged_above_it():
