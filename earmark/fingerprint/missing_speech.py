@@ -119,29 +119,28 @@ def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int
     judged only in the bands the line carries, without a codec's holes, and only in frames whose
     telephone band is noise alone too, against twice the limits (see the module docstring)."""
     q, r = decibels(query), decibels(entry)
-    q_quiet, r_quiet = _noise_alone(query_detail, len(q)), _noise_alone(entry_detail, len(r))
-    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES or q_quiet is None or r_quiet is None:
-        return NOTHING_MISSING
+    q_narrow, r_narrow = decibels(query_detail), decibels(entry_detail)
+    if min(len(q), len(r)) < STRETCH_FRAMES or len(q_narrow) != len(q) or len(r_narrow) != len(r):
+        return NOTHING_MISSING  # too short, or a damaged value
+    q_narrow_floor, r_narrow_floor = noise_floor(q_narrow), noise_floor(r_narrow)
     q_floor, r_floor = noise_floor(q), noise_floor(r)
-    in_entry = _lacked(q, r, q_floor, r_floor, offset_frames, wide=True, holder_quiet=q_quiet)
+    in_entry = _lacked(q, r, q_floor, r_floor, offset_frames, wide=True,
+                       holder_quiet=_noise_alone(q_narrow, q_narrow_floor))
     # As in `missing_speech`, only under noise added to the entry; judged in the telephone band,
     # where added noise raises the floor as above it, while a codec that drops the band above it
     # lowers only the query's floor there (MP3 at 16 kbit/s: 5 copies refused otherwise).
-    if float(np.mean(noise_floor(decibels(entry_detail)) - noise_floor(decibels(query_detail)))) < NOISE_ADDED_DB:
+    if float(np.mean(r_narrow_floor - q_narrow_floor)) < NOISE_ADDED_DB:
         return in_entry
-    found = _lacked(r, q, r_floor, q_floor, -offset_frames, wide=True, holder_quiet=r_quiet)
+    found = _lacked(r, q, r_floor, q_floor, -offset_frames, wide=True,
+                    holder_quiet=_noise_alone(r_narrow, r_narrow_floor))
     in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True,
                              noise_added=True, wide=True)
     return in_query if in_query.excess > in_entry.excess else in_entry
 
 
-def _noise_alone(detail: np.ndarray, frames: int) -> np.ndarray | None:
-    """Per frame of a detail spectrum, whether no band rises NOISE_ONLY_DB over its noise floor;
-    None when it does not have the wide spectrum's `frames` (a damaged value)."""
-    levels = decibels(detail)
-    if len(levels) != frames:
-        return None
-    return (levels - noise_floor(levels)).max(axis=1) < NOISE_ONLY_DB
+def _noise_alone(levels: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """Per frame of a dB spectrum, whether no band rises NOISE_ONLY_DB over its noise `floor`."""
+    return np.asarray((levels - floor).max(axis=1) < NOISE_ONLY_DB)
 
 
 def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor: np.ndarray,
