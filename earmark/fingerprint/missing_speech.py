@@ -25,9 +25,11 @@ detail spectrum cannot see it missing. There it is gated, because lines treat th
 the speech band: only bands the line carries are judged (a telephone or low-rate line drops
 them), a frame counts only where it holds its noise (a low-bitrate encoder leaves holes where it
 dropped a band in a quiet frame, which are not noise alone), a frame counts only where the
-query's telephone band is noise alone too (a low-rate AAC encoder drops the band over 3.8 kHz
-from a fricative whose lower part it keeps; a cut end leaves noise in every band), and a copy
-may lack twice as much (bench/README.md, ninth pass).
+lacking side's telephone band is noise alone too (a low-rate AAC encoder drops the band over
+3.8 kHz from a fricative whose lower part it keeps; a cut end leaves noise in every band), and a
+copy may lack twice as much (bench/README.md, ninth pass). It looks both ways, as the telephone
+band's check does; whether noise was added to the entry is judged from the telephone band's
+floors.
 """
 
 from __future__ import annotations
