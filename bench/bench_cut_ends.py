@@ -15,8 +15,9 @@ spectrum (fingerprint/detail.py, `wide_spectrum`), which the check then skips.
 No item here chose the check's limits (the channel benchmarks' copies did): these figures are
 held out. The ninth pass's check above the telephone band was explored on this set as built by
 default (`bench_wide_missing.py`); `--data bench/data/channels_pairs --noises pink_30,pink_10,
-babble_10,white_15` is a second set no choice has seen (other originals, other noises). A cut of 0.1 s may leave the engine's transcript unchanged (the fade of a final
-nasal); it is counted as a negative all the same: it is not the same recording.
+babble_10,white_15` is a second set no choice has seen (other originals, other noises). A cut of
+0.1 s may leave the engine's transcript unchanged (the fade of a final nasal); it is counted as a
+negative all the same: it is not the same recording.
 
     .venv/bin/python bench/bench_cut_ends.py [--data bench/data/channels] [--jobs 2] [--transcribe]
         [--noises clean_0,white_30,...] [--cache ...] [--out ...] [--swap]

@@ -94,49 +94,68 @@ class MissingSpeech:
 NOTHING_MISSING = MissingSpeech(0.0, MISSING_DB, 0.0, 0.0)
 
 
-def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int) -> MissingSpeech:
+def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int, query_wide: np.ndarray | None = None,
+                   entry_wide: np.ndarray | None = None) -> MissingSpeech:
     """The worse (by `MissingSpeech.excess`) of the speech the query lacks and the speech the
     entry lacks under noise added to it, of two detail spectra (fingerprint/detail.py) aligned
-    so that query frame k lies at entry frame k + offset_frames."""
+    so that query frame k lies at entry frame k + offset_frames; given both recordings' wide
+    spectra (`wide_spectrum`, on the same frames), the worse of that and the same above the
+    telephone band (`missing_wide_speech`)."""
     q, r = decibels(query), decibels(entry)
     if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
         return NOTHING_MISSING
     q_floor, r_floor = noise_floor(q), noise_floor(r)
-    in_entry = _lacked(q, r, q_floor, r_floor, offset_frames)
-    found = _lacked(r, q, r_floor, q_floor, -offset_frames)
-    if not found.noise_added:
-        # Without noise added to the entry, speech of the query that it lacks is the detail
-        # check's to judge (over the entry's low floor), while a codec's pre-echo spreads into
-        # the query's silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s.
-        return in_entry
-    in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True,
-                             noise_added=True)
-    return in_query if in_query.excess > in_entry.excess else in_entry
+    # Without noise added to the entry, speech of the query that it lacks is the detail check's
+    # to judge (over the entry's low floor), while a codec's pre-echo spreads into the query's
+    # silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s. Above the telephone
+    # band, whether noise was added is judged here too: added noise raises the floor in both
+    # bands, while a codec that drops the band above lowers only the query's floor there (MP3 at
+    # 16 kbit/s: 5 copies refused otherwise).
+    entry_noise_added = float(np.mean(r_floor - q_floor)) >= NOISE_ADDED_DB
+    found = _both_ways(q, r, q_floor, r_floor, offset_frames, entry_noise_added)
+    if query_wide is None or entry_wide is None or len(query_wide) != len(q) or len(entry_wide) != len(r):
+        return found  # no wide spectrum (an entry stored before it), or a damaged one
+    above = _above_band(decibels(query_wide), decibels(entry_wide), offset_frames, _noise_alone(q, q_floor),
+                        _noise_alone(r, r_floor), entry_noise_added)
+    return above if above.excess > found.excess else found
 
 
 def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int, query_detail: np.ndarray,
                         entry_detail: np.ndarray) -> MissingSpeech:
-    """`missing_speech` above the telephone band, of two wide spectra (fingerprint/detail.py,
+    """`missing_speech` above the telephone band alone, of two wide spectra (fingerprint/detail.py,
     `wide_spectrum`) aligned alike, given the two recordings' detail spectra on the same frames:
     judged only in the bands the line carries, without a codec's holes, and only in frames whose
     telephone band is noise alone too, against twice the limits (see the module docstring)."""
-    q, r = decibels(query), decibels(entry)
     q_narrow, r_narrow = decibels(query_detail), decibels(entry_detail)
-    if min(len(q), len(r)) < STRETCH_FRAMES or len(q_narrow) != len(q) or len(r_narrow) != len(r):
-        return NOTHING_MISSING  # too short, or a damaged value
+    if len(q_narrow) != len(query) or len(r_narrow) != len(entry):
+        return NOTHING_MISSING  # a damaged value
     q_narrow_floor, r_narrow_floor = noise_floor(q_narrow), noise_floor(r_narrow)
-    q_floor, r_floor = noise_floor(q), noise_floor(r)
-    in_entry = _lacked(q, r, q_floor, r_floor, offset_frames, wide=True,
-                       holder_quiet=_noise_alone(q_narrow, q_narrow_floor))
-    # As in `missing_speech`, only under noise added to the entry; judged in the telephone band,
-    # where added noise raises the floor as above it, while a codec that drops the band above it
-    # lowers only the query's floor there (MP3 at 16 kbit/s: 5 copies refused otherwise).
-    if float(np.mean(r_narrow_floor - q_narrow_floor)) < NOISE_ADDED_DB:
+    return _above_band(decibels(query), decibels(entry), offset_frames, _noise_alone(q_narrow, q_narrow_floor),
+                       _noise_alone(r_narrow, r_narrow_floor),
+                       float(np.mean(r_narrow_floor - q_narrow_floor)) >= NOISE_ADDED_DB)
+
+
+def _above_band(q: np.ndarray, r: np.ndarray, offset: int, q_quiet: np.ndarray, r_quiet: np.ndarray,
+                entry_noise_added: bool) -> MissingSpeech:
+    """`_both_ways` on two wide spectra (dB), gated (`wide`), each side's frames counted only
+    where its telephone band is noise alone (`q_quiet`, `r_quiet`)."""
+    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
+        return NOTHING_MISSING
+    return _both_ways(q, r, noise_floor(q), noise_floor(r), offset, entry_noise_added, wide=True,
+                      q_quiet=q_quiet, r_quiet=r_quiet)
+
+
+def _both_ways(q: np.ndarray, r: np.ndarray, q_floor: np.ndarray, r_floor: np.ndarray, offset: int,
+               entry_noise_added: bool, wide: bool = False, q_quiet: np.ndarray | None = None,
+               r_quiet: np.ndarray | None = None) -> MissingSpeech:
+    """The worse of the speech the query lacks (`_lacked`) and, where noise was added to the
+    entry, the speech the entry lacks, as seen from the query."""
+    in_entry = _lacked(q, r, q_floor, r_floor, offset, wide, q_quiet)
+    if not entry_noise_added:
         return in_entry
-    found = _lacked(r, q, r_floor, q_floor, -offset_frames, wide=True,
-                    holder_quiet=_noise_alone(r_narrow, r_narrow_floor))
+    found = _lacked(r, q, r_floor, q_floor, -offset, wide, r_quiet)
     in_query = MissingSpeech(found.missing_db, found.limit_db, found.entry_s, found.query_s, in_query=True,
-                             noise_added=True, wide=True)
+                             noise_added=True, wide=wide)
     return in_query if in_query.excess > in_entry.excess else in_entry
 
 

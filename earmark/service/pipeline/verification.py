@@ -38,7 +38,7 @@ from earmark.fingerprint.detail import (
 )
 from earmark.fingerprint.embedding import embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
-from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech, missing_wide_speech
+from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech
 from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch, pitch_contour
 from earmark.fingerprint.robust_hash import RobustHash, robust_hash_from_energies
 from earmark.fingerprint.spectrum import BandEnergies, without_steady_noise
@@ -437,12 +437,9 @@ class Verifier:
                            compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s))
         detail = aligned if _detail_score(aligned) < _detail_score(stored) else stored
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
-        missing = missing_speech(features.detail, entry_detail, stored.offset_frames)
-        entry_wide = wide_from_bytes(entry.wide)
-        if entry_wide is not None and len(features.wide):  # both stored it (an entry since revision 10)
-            above = missing_wide_speech(features.wide, entry_wide, stored.offset_frames, features.detail,
-                                        entry_detail)
-            missing = above if above.excess > missing.excess else missing
+        # The wide spectra when both have one (an entry stored before revision 10 has none).
+        missing = missing_speech(features.detail, entry_detail, stored.offset_frames, features.wide,
+                                 wide_from_bytes(entry.wide))
         return Evidence(verdict, detail, pitch, missing)
 
     def _hash_verdict(self, verdict: Verification) -> str | None:
