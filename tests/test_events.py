@@ -30,10 +30,57 @@ def an_event(number: int, **changes) -> RecognitionEvent:
 def test_an_event_round_trips_through_its_fields():
     event = an_event(7, tier="fuzzy", entry_id="ab" * 16, score=0.8123, best_score=0.8123, engine_s_saved=1.25,
                      namespace="team-a", rejection=None)
-    raw = {key.encode(): value.encode() for key, value in event.to_fields().items()}
+    raw = {key.encode(): value for key, value in event.to_fields().items()}
     assert RecognitionEvent.from_fields(raw) == event
     missed = an_event(8, best_score=0.61, rejection="window_below_threshold: worst stretch 0.610 < 0.74")
     assert RecognitionEvent.from_fields(missed.to_fields()) == missed
+    odd = an_event(9, endpoint="a-new-endpoint", tier="a-new-tier", query_digest="not hex", profile_id="ABCD",
+                   duration_s=0.0, engine_s_spent=0.0, score=0.0, rejection="é, a reason in no dictionary")
+    assert RecognitionEvent.from_fields(odd.to_fields()) == odd
+
+
+def test_an_event_record_is_compact_and_keeps_every_value_exactly():
+    """Issue 25: a record is about half the text fields' size, a long reason much less."""
+    reason = ("detail_below_threshold: 0.608 < 0.74: the 80 ms at query 6.21 s / entry 6.21 s differ 6.4 dB "
+              "more than the rest (1.3 dB); levels compressed by 1.0 dB on the query's side (a limiter or "
+              "compressor): compared within 30 dB of each frame's peak")
+    event = an_event(3, entry_id="fd" * 16, best_score=0.6081234567, rejection=reason, query_digest="2e" * 20,
+                     duration_s=3.837125, engine_s_spent=0.5961870469982387, profile_id="bf" * 12)
+    (record,) = event.to_fields().values()
+    as_text = sum(len(repr(value) if isinstance(value, float) else str(value)) for value in event.as_dict().values())
+    assert len(record) < 140 and len(record) < as_text // 2
+    assert RecognitionEvent.from_fields({b"e": record}) == event
+
+
+def test_events_written_as_text_fields_still_read():
+    """An event written before the compact record (a text field per value) reads as it was."""
+    old = {b"time": b"1796666536.004212", b"endpoint": b"recognize", b"tier": b"miss", b"entry_id": b"",
+           b"score": b"", b"best_score": b"0.61", b"rejection": b"no_candidates: none", b"query_digest": b"ab",
+           b"duration_s": b"3.5", b"engine_s_spent": b"0.25", b"engine_s_saved": b"0", b"namespace": b"",
+           b"profile_id": b"p"}
+    assert RecognitionEvent.from_fields(old) == RecognitionEvent(
+        time=1796666536.004212, endpoint="recognize", tier="miss", entry_id=None, score=None, best_score=0.61,
+        rejection="no_candidates: none", query_digest="ab", duration_s=3.5, engine_s_spent=0.25,
+        engine_s_saved=0.0, namespace="", profile_id="p")
+
+
+def test_a_record_this_earmark_cannot_read_is_left_out(settings):
+    """A damaged record, or one in a newer earmark's format, never fails a read of the log."""
+
+    async def scenario():
+        client = open_client(settings.redis_url)
+        store = Store(client, Keys(settings.key_prefix))
+        log = EventLog(store, maxlen=100)
+        try:
+            await log.record(an_event(1))
+            await client.xadd(Keys(settings.key_prefix).events(), {"e": b"\x09 a format from the future"})
+            await client.xadd(Keys(settings.key_prefix).events(), {"e": an_event(2).to_fields()["e"][:20]})
+            await log.record(an_event(3))
+            return [event.query_digest for _, event in await log.recent(10)]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [f"{3:064x}", f"{1:064x}"]
 
 
 def test_record_recent_pages_and_between(settings):

@@ -1,4 +1,4 @@
-"""The recognition event log's storage: a capped Redis Stream of flat text records.
+"""The recognition event log's storage: a capped Redis Stream of flat records.
 
 What an event says is the pipeline's business (service/pipeline/events.py); this module only
 appends records, trims the stream to its cap, and reads records back newest first or by time.
@@ -32,7 +32,7 @@ class EventStream:
         self.store = store
         self.key = store.keys.events()
 
-    async def append(self, fields: Mapping[str, str], maxlen: int) -> bool:
+    async def append(self, fields: Mapping[str, str | bytes], maxlen: int) -> bool:
         """Append one record, trimming the stream to about `maxlen` (approximately, so that a
         cap costs nothing per append). False when the store is down or refused the write."""
         try:

@@ -8,8 +8,10 @@ uploaded bytes (never the audio), and the engine seconds it spent or saved. `ear
 and `GET /audit` read it back (service/ops/audit.py).
 
 The stream is capped (`events_maxlen`, trimmed approximately so a cap costs nothing per
-request; its storage is index/event_stream.py): it holds the most recent traffic, not all of history. Writing an event never fails
-a request: during a store outage it is counted as dropped and the answer goes out anyway.
+request; its storage is index/event_stream.py): it holds the most recent traffic, not all of
+history. Each event is one compact record (service/pipeline/event_record.py, about 100 bytes).
+Writing an event never fails a request: during a store outage it is counted as dropped and the
+answer goes out anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from earmark.fingerprint.robust_hash import RobustHash
 from earmark.index.event_stream import EventStream, Record
 from earmark.index.query_prints import keep_query_print, read_query_print
 from earmark.index.store import Store
+from earmark.service.pipeline import event_record
 from earmark.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ HIT_TIERS = ("exact", "canonical", "fuzzy", "negative")
 TIERS = (*HIT_TIERS, "partial", "miss", "bypass")  # every tier an answer can have, in the order reports show them
 # The endpoints whose answers are recognitions (history, audit); /lookup only asks.
 RECOGNITION_ENDPOINTS = ("recognize", "openai", "batch")
+RECORD_FIELD = "e"  # the stream field holding an event's record
 
 
 @dataclass(frozen=True)
@@ -53,16 +57,24 @@ class RecognitionEvent:
     namespace: str
     profile_id: str
 
-    def to_fields(self) -> dict[str, str]:
-        """Stream entry fields (XADD): every value as text, None as ""."""
-        return {f.name: "" if getattr(self, f.name) is None else _text(getattr(self, f.name)) for f in fields(self)}
+    def to_fields(self) -> dict[str, bytes]:
+        """Stream entry fields (XADD): the one compact record of service/pipeline/event_record.py."""
+        return {RECORD_FIELD: event_record.pack(self.as_dict())}
 
     @classmethod
     def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> "RecognitionEvent":
-        """Inverse of `to_fields`, from XRANGE output (bytes or text keys and values); a field
-        missing from an older event reads as empty."""
-        values = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                  for k, v in raw.items()}
+        """Inverse of `to_fields`, from XRANGE output (bytes or text keys and values). An event
+        written before issue 25 (a text field per value) reads too, a field missing from it as
+        empty. Raises ValueError on a damaged record."""
+        values = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+        record = values.get(RECORD_FIELD)
+        if record is not None:
+            return cls(**event_record.unpack(record.encode() if isinstance(record, str) else record))
+        return cls._from_text_fields({name: v.decode() if isinstance(v, bytes) else v for name, v in values.items()})
+
+    @classmethod
+    def _from_text_fields(cls, values: Mapping[str, str]) -> "RecognitionEvent":
+        """An event as written before issue 25: every value as text, None as ""."""
 
         def number(name: str) -> float:
             return float(values.get(name) or 0.0)
@@ -90,10 +102,6 @@ class RecognitionEvent:
     def as_dict(self) -> dict:
         """The event as JSON-ready values (for /audit and the report's tables)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _text(value: object) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def event_for(outcome, *, endpoint: str, query_digest: str, profile, served: bool) -> RecognitionEvent:
@@ -199,4 +207,12 @@ class EventLog:
 
 
 def _parsed(records: list[Record]) -> list[tuple[str, RecognitionEvent]]:
-    return [(stream_id, RecognitionEvent.from_fields(raw)) for stream_id, raw in records]
+    """The records' events; one this earmark cannot read (damaged, or a newer format written by
+    a newer earmark sharing the store) is left out and logged, never fails the read."""
+    events = []
+    for stream_id, raw in records:
+        try:
+            events.append((stream_id, RecognitionEvent.from_fields(raw)))
+        except ValueError as exc:
+            log.warning("event %s left out: %s", stream_id, exc)
+    return events
