@@ -102,7 +102,8 @@ def test_each_thing_is_stored_once_and_compactly(verifier, features):
     compressed value; only what is read on its own stays apart."""
     entry = _entry(verifier, features["original"], normalized_text="Don will call you back.")
     fields = entry.to_fields()
-    assert set(fields) == {"profile", "rec", "emb", "fp_version", "gen", "ev"}
+    assert set(fields) == {"profile", "rec", "e16", "fp_version", "gen", "ev"}
+    assert len(fields["e16"]) == 2 * len(entry.embedding_vector)  # half precision (issue 25)
     assert len(fields["rec"]) < len(json.dumps(entry.result()))
     assert Entry.from_fields(entry.entry_id, _as_stored(fields)) == entry
     for different in (_entry(verifier, features["original"]), replace(entry, negative=True, text="", segments=())):

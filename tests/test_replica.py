@@ -10,10 +10,12 @@ import uuid
 import numpy as np
 
 from earmark.fingerprint.config import DEFAULT
-from earmark.fingerprint.embedding import EMBEDDING_DIM
+from earmark.fingerprint.embedding import EMBEDDING_DIM, at_stored_precision
 from earmark.index.connection import open_client
+from earmark.index.entry import Entry
 from earmark.index.keys import Keys
 from earmark.index.replica import IndexReplica
+from earmark.index.store import Store
 from earmark.index.vectors import VectorIndex
 
 
@@ -42,6 +44,39 @@ def test_an_add_event_ahead_of_its_entry_is_retried_until_the_entry_appears(stor
         await replica.stop()
 
     asyncio.run(run())
+
+
+def test_an_entry_stored_by_the_service_is_indexed_by_a_replica_with_the_writers_vector(store_url, tmp_path):
+    """Issue 25: an entry keeps its embedding in half precision (`e16`, 128 bytes). The vector a
+    replica reads back is the one the writing process indexed (`Entry.embedding_vector`), bit
+    for bit, so every process ranks candidates alike."""
+    keys = Keys(f"earmark-replica-{uuid.uuid4().hex[:8]}:")
+    vector = np.random.default_rng(5).normal(size=EMBEDDING_DIM).astype("<f4")
+    written = Entry(entry_id=uuid.uuid4().hex, profile_id="p", pcm_digest="00", text="t", normalized_text="t",
+                    language="en", duration_s=1.0, speech_s=1.0, engine_seconds=0.1,
+                    embedding=at_stored_precision(vector / np.linalg.norm(vector)).tobytes(),
+                    fingerprint_version=DEFAULT.version)
+
+    async def run() -> list[tuple[str, float]]:
+        client = open_client(store_url, max_connections=4)
+        stored = await Store(client, keys).put_entry(written, "ab" * 20, 600, stream_maxlen=100)
+        fields = await client.hgetall(keys.entry(stored.entry_id))
+        assert len(fields[b"e16"]) == 2 * EMBEDDING_DIM and b"emb" not in fields
+        assert Entry.from_fields(stored.entry_id, fields).embedding == written.embedding
+        index = VectorIndex(EMBEDDING_DIM, "flat")
+        replica = IndexReplica(client, keys, index, tmp_path, DEFAULT.version)
+        replica.start()
+        await asyncio.wait_for(replica.ready.wait(), 20)
+        deadline = time.monotonic() + 10
+        while stored.entry_id not in index.entry_ids():
+            assert time.monotonic() < deadline, "the replica never indexed the entry"
+            await asyncio.sleep(0.1)
+        found = index.search("p", written.embedding_vector, 1)
+        await replica.stop()
+        return found
+
+    ((entry_id, similarity),) = asyncio.run(run())
+    assert entry_id == written.entry_id and abs(similarity - 1.0) < 1e-3
 
 
 def test_a_replica_moves_a_grown_profile_to_an_inverted_file_and_restarts_from_its_snapshot(

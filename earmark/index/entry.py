@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import zstandard
 
@@ -109,7 +110,7 @@ class Entry:
         fields: dict[str, bytes | str] = {
             "profile": self.profile_id,
             "rec": zstandard.ZstdCompressor(level=_RECORD_LEVEL).compress(raw),
-            "emb": self.embedding,
+            **_embedding_field(self.embedding),
             "fp_version": self.fingerprint_version,
             "gen": self.generation,
         }
@@ -118,6 +119,11 @@ class Entry:
         elif self.evidence_digest:
             fields["evb"] = self.evidence_digest
         return fields
+
+    @property
+    def embedding_vector(self) -> np.ndarray:
+        """The embedding as the float32 vector the index holds (empty when it has none)."""
+        return np.frombuffer(self.embedding, dtype="<f4")
 
     @property
     def has_evidence(self) -> bool:
@@ -132,7 +138,7 @@ class Entry:
             return fields.get(name.encode(), b"").decode()
 
         evidence = _read_evidence(fields, entry_id)
-        common: dict[str, Any] = {"entry_id": entry_id, "profile_id": text("profile"), "embedding": fields.get(b"emb", b""),
+        common: dict[str, Any] = {"entry_id": entry_id, "profile_id": text("profile"), "embedding": embedding_of_fields(fields.get(b"e16"), fields.get(b"emb")),
                   "fingerprint_version": text("fp_version"), "generation": text("gen"), "evidence_digest": text("evb"),
                   "fingerprint": evidence.fingerprint, "fingerprint_levels": evidence.fingerprint_levels,
                   "detail": evidence.detail, "pitch": evidence.pitch, "wide": evidence.wide}
@@ -148,6 +154,25 @@ class Entry:
                        segments=_segments_of_record(record.get("seg", []), entry_id))
         except (zstandard.ZstdError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise DamagedEntry(f"entry {entry_id} has an unreadable record") from exc
+
+
+def _embedding_field(embedding: bytes) -> dict[str, bytes]:
+    """The embedding's hash field: `e16`, half precision, when that holds it exactly (what
+    `at_stored_precision` made, issue 25); else `emb`, float32 as before. An earmark from before
+    `e16` finds no embedding in such an entry, so it never fuzzy-matches it (it has no wrong
+    verdict to give from it: it misses, as for an entry of another fingerprint version)."""
+    vector = np.frombuffer(embedding, dtype="<f4")
+    half = vector.astype("<f2")
+    if len(vector) and np.array_equal(half.astype("<f4"), vector):
+        return {"e16": half.tobytes()}
+    return {"emb": embedding}
+
+
+def embedding_of_fields(half: bytes | None, full: bytes | None) -> bytes:
+    """The embedding (float32 bytes) from an entry's `e16` or `emb` field; empty without either."""
+    if half:
+        return np.frombuffer(half, dtype="<f2").astype("<f4").tobytes()
+    return full or b""
 
 
 class DamagedEntry(ValueError):

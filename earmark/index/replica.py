@@ -19,6 +19,7 @@ import numpy as np
 import redis.exceptions
 
 from earmark.index.connection import open_client, relearn_topology
+from earmark.index.entry import embedding_of_fields
 from earmark.index.keys import Keys
 from earmark.index.vectors import VectorIndex
 
@@ -177,11 +178,12 @@ class IndexReplica:
         returns the ids whose entries could not be read (not there, or not yet)."""
         pipe = self.client.pipeline(transaction=False)
         for entry_id in entry_ids:
-            pipe.hmget(self.keys.entry(entry_id), "profile", "emb", "fp_version")
+            pipe.hmget(self.keys.entry(entry_id), "profile", "e16", "emb", "fp_version")
         rows = await pipe.execute()
         by_profile: dict[str, tuple[list[str], list[np.ndarray]]] = {}
-        missing = [entry_id for entry_id, (profile, _, _) in zip(entry_ids, rows, strict=True) if profile is None]
-        for entry_id, (profile, embedding, version) in zip(entry_ids, rows, strict=True):
+        missing = [entry_id for entry_id, (profile, *_) in zip(entry_ids, rows, strict=True) if profile is None]
+        for entry_id, (profile, half, full, version) in zip(entry_ids, rows, strict=True):
+            embedding = embedding_of_fields(half, full)
             if not embedding or version is None or version.decode() != self.fingerprint_version:
                 continue
             ids, vectors = by_profile.setdefault(profile.decode(), ([], []))

@@ -39,8 +39,9 @@ class FuzzyMatcher:
         """Make an entry this process just stored findable here at once: the index replica adds
         it too when it reads the change stream (adding twice is harmless), but a copy sent right
         after its original's miss must not wait for that, and on a busy machine it can lag by
-        seconds. Other processes still learn of it from the stream."""
-        await asyncio.to_thread(self.index.add, entry.profile_id, entry.entry_id, features.embedding)
+        seconds. Other processes still learn of it from the stream. The vector is the entry's
+        own (rounded as stored), not the query's: every process indexes the same one."""
+        await asyncio.to_thread(self.index.add, entry.profile_id, entry.entry_id, entry.embedding_vector)
 
     async def match(self, features: QueryFeatures, profile: Profile) -> FuzzyMatch:
         """Find the entry this recording is a copy of, if any, with the evidence."""

@@ -36,7 +36,7 @@ from earmark.fingerprint.detail import (
     speech_durations_s,
     wide_from_bytes,
 )
-from earmark.fingerprint.embedding import embedding_from_energies
+from earmark.fingerprint.embedding import at_stored_precision, embedding_from_energies
 from earmark.fingerprint.matcher import Verification, verify
 from earmark.fingerprint.missing_speech import MissingSpeech, missing_speech
 from earmark.fingerprint.pitch import PitchContour, PitchVerdict, compare_pitch, pitch_contour
@@ -298,7 +298,7 @@ class Verifier:
             entry,
             fingerprint=bits,
             fingerprint_levels=levels,
-            embedding=features.embedding.astype("<f4").tobytes(),
+            embedding=at_stored_precision(features.embedding).astype("<f4").tobytes(),
             fingerprint_version=self.config.version,
             detail=features.detail.tobytes(),
             pitch=features.pitch.tobytes(),
