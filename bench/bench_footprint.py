@@ -118,9 +118,12 @@ def measure(client: redis.Redis) -> dict:
             if not entry.negative:
                 seconds += entry.duration_s
             for name, value in row.items():
-                fields[name.decode()] += len(value)
+                if KEYS.is_alias_member(name):  # an alias listed in the entry: its name is its cost
+                    fields["(aliases listed)"] += len(name)
+                else:
+                    fields[name.decode()] += len(value)
     total = sum(usage for _, usage in by_kind.values())
-    # Each entry's own keys (its hash, its alias set and every key the set lists) against its
+    # Each entry's own keys (its hash, its alias set and every key either lists) against its
     # duration: bytes = fixed + per_second * seconds, fitted by least squares.
     own: list[tuple[float, int]] = []
     for key in client.scan_iter(match=f"{PREFIX}entry:*", count=1000):
@@ -129,8 +132,8 @@ def measure(client: redis.Redis) -> dict:
             continue
         aliases = KEYS.entry_aliases(entry.entry_id)
         usage = (client.memory_usage(key, samples=0) or 0) + (client.memory_usage(aliases, samples=0) or 0)
-        usage += sum(client.memory_usage(KEYS.alias_key_of(member), samples=0) or 0
-                     for member in client.smembers(aliases))
+        listed = [*client.smembers(aliases), *(field for field in client.hkeys(key) if KEYS.is_alias_member(field))]
+        usage += sum(client.memory_usage(KEYS.alias_key_of(member), samples=0) or 0 for member in listed)
         own.append((entry.duration_s, usage))
     fit = None
     if len(own) >= 2:

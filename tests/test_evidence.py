@@ -110,13 +110,18 @@ def test_each_thing_is_stored_once_and_compactly(verifier, features):
         assert Entry.from_fields(different.entry_id, _as_stored(different.to_fields())) == different
 
 
-def test_alias_sets_list_their_aliases_compactly():
+def test_entries_list_their_aliases_compactly():
     keys = Keys("earmark:")
     exact, canonical = keys.exact("ab" * 12, "cd" * 32), keys.canonical("ab" * 12, "ef" * 32)
     for key in (exact, canonical, keys.query_print("ab" * 12, "01" * 32)):
         assert len(keys.alias_member(key)) <= 64 and keys.alias_key_of(keys.alias_member(key)) == key
     for other in ("earmark:exact3:profile-1:bytes-1", "earmark:exact3:AB:cd", "elsewhere:canon:ab:cd"):
-        assert keys.alias_member(other) == other.encode() and keys.alias_key_of(other.encode()) == other
+        assert keys.alias_member(other) == b"\x00" + other.encode()
+        assert keys.alias_key_of(keys.alias_member(other)) == other
+        assert keys.alias_key_of(other.encode()) == other  # as alias sets before issue 25 listed it
+    for key in (exact, "earmark:exact3:profile-1:bytes-1"):
+        assert keys.is_alias_member(keys.alias_member(key))
+    assert not any(keys.is_alias_member(name.encode()) for name in ("profile", "rec", "e16", "emb", "gen", "ev"))
 
 
 def test_entries_written_in_the_old_form_read_and_judge_as_before(verifier, features, store_url, redis_client):

@@ -71,14 +71,14 @@ def test_appending_to_a_store_that_is_down_says_so_and_raises_nothing(keys):
     _with_store(DOWN_URL, keys, body)
 
 
-def test_a_query_print_lives_in_its_entry_alias_set_and_expires_with_it(store_url, keys, redis_client):
+def test_a_query_print_is_listed_among_its_entry_aliases_and_expires_with_it(store_url, keys, redis_client):
     async def body(store: Store):
         entry = await store.put_entry(_entry("pcm-a"), "b" * 64, 3600, stream_maxlen=100)
         assert await keep_query_print(store, entry.profile_id, "c" * 64, entry, b"\x01\x02", b"\x03")
         assert await read_query_print(store, entry.profile_id, "c" * 64) == (entry.entry_id, b"\x01\x02", b"\x03")
         assert await read_query_print(store, entry.profile_id, "e" * 64) is None
         key = keys.query_print(entry.profile_id, "c" * 64)
-        assert keys.alias_member(key) in redis_client.smembers(keys.entry_aliases(entry.entry_id))
+        assert keys.alias_member(key) in redis_client.hkeys(keys.entry(entry.entry_id))
         assert redis_client.pexpiretime(key) == entry.expires_at_ms
         assert await store.delete_entry(entry.entry_id, stream_maxlen=100)
         assert await read_query_print(store, entry.profile_id, "c" * 64) is None

@@ -46,9 +46,9 @@ async def _with_store(url: str, keys: Keys, body):
 
 
 def test_an_alias_that_escaped_a_delete_never_revives(store_url, keys, redis_client):
-    """The alias set is evicted (colder than its entry) before a DELETE: the DELETE cannot see
-    the fuzzy alias, the original is cached again under the same id, and the copy's bytes
-    must still not be served from the old verdict."""
+    """The entry no longer lists an alias before a DELETE (a listing lost in a failover): the
+    DELETE cannot see the fuzzy alias, the original is cached again under the same id, and the
+    copy's bytes must still not be served from the old verdict."""
 
     async def body(store: Store):
         first = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
@@ -56,7 +56,7 @@ def test_an_alias_that_escaped_a_delete_never_revives(store_url, keys, redis_cli
         assert await store.add_alias(first, "copy-bytes", verdict) == "added"
         copy_alias = keys.exact(first.profile_id, "copy-bytes")
         assert (await store.entry_and_verdict(copy_alias))[0] is not None
-        redis_client.delete(keys.entry_aliases(first.entry_id))  # what volatile-lru may evict first
+        redis_client.hdel(keys.entry(first.entry_id), keys.alias_member(copy_alias))
         assert await store.delete_entry(first.entry_id, stream_maxlen=MAXLEN)
         assert redis_client.exists(copy_alias)  # the DELETE could not know of it...
         second = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
@@ -79,12 +79,12 @@ def test_an_alias_written_while_a_delete_runs_is_dead(store_url, keys, redis_cli
         # The losing side of the race: the fuzzy hit read the entry before the DELETE.
         assert await store.add_alias(first, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "gone"
         assert not redis_client.exists(keys.exact(first.profile_id, "copy-bytes"))
-        # Worse interleaving: its SET landed and its existence check passed before the DELETE,
-        # but its SADD came after the DELETE read the set, so the alias survives the DELETE.
+        # Worse interleaving: its SET landed and it was listed in the entry after the DELETE read
+        # the entry's listing, so the alias survives the DELETE.
         copy_alias = keys.exact(first.profile_id, "copy-bytes")
         again = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         assert await store.add_alias(again, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "added"
-        redis_client.srem(keys.entry_aliases(again.entry_id), keys.alias_member(copy_alias))
+        redis_client.hdel(keys.entry(again.entry_id), keys.alias_member(copy_alias))
         assert await store.delete_entry(again.entry_id, stream_maxlen=MAXLEN)
         await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         assert await store.entry_and_verdict(copy_alias) == (None, None)
@@ -105,9 +105,34 @@ def test_old_format_aliases_are_not_followed(store_url, keys, redis_client):
 def test_an_entry_and_its_aliases_always_carry_a_ttl(store_url, keys, redis_client):
     async def body(store: Store):
         entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
-        for key in (keys.entry(entry.entry_id), keys.entry_aliases(entry.entry_id),
-                    keys.exact(entry.profile_id, "original-bytes")):
+        for key in (keys.entry(entry.entry_id), keys.exact(entry.profile_id, "original-bytes")):
             assert 0 < redis_client.ttl(key) <= TTL_S, key
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_an_entry_lists_its_aliases_among_its_own_fields_and_a_delete_removes_them(store_url, keys, redis_client):
+    """Issue 25: no alias set beside the entry; its aliases are fields of its hash (34 bytes
+    each), so they go with it under eviction or expiry, and a DELETE removes every key they
+    name, an alias set of an entry written before included."""
+
+    async def body(store: Store):
+        entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
+        assert await store.add_alias(entry, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "added"
+        assert await store.add_alias(entry, "copy-bytes", FuzzyVerdict(0.9, "judge")) == "seen"
+        assert not redis_client.exists(keys.entry_aliases(entry.entry_id))
+        aliases = [keys.exact(entry.profile_id, name) for name in ("original-bytes", "copy-bytes")]
+        listed = [field for field in redis_client.hkeys(keys.entry(entry.entry_id)) if keys.is_alias_member(field)]
+        assert sorted(keys.alias_key_of(field) for field in listed) == sorted(aliases)
+        assert (await store.get_entry(entry.entry_id)) == entry  # the listing is not part of the entry
+        legacy = keys.exact_before_records(entry.profile_id, "ab" * 20)  # listed in a set, as before
+        redis_client.set(legacy, f"{entry.entry_id}|{entry.generation}")
+        redis_client.sadd(keys.entry_aliases(entry.entry_id), keys.alias_member(legacy))
+        assert await store.delete_entry(entry.entry_id, stream_maxlen=MAXLEN)
+        assert not any(redis_client.exists(key) for key in (*aliases, legacy, keys.entry_aliases(entry.entry_id)))
+        # An alias to the deleted entry is never listed: no hash is made that is no entry.
+        assert await store.add_alias(entry, "late-bytes") == "gone"
+        assert not redis_client.exists(keys.entry(entry.entry_id))
 
     _run(_with_store(store_url, keys, body))
 

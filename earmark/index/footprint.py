@@ -2,7 +2,7 @@
 
 Summing MEMORY USAGE over every key would cost a command per key on every scrape; a sample of
 entries costs a few hundred commands every few minutes and says the same to within a few
-percent. Each sampled entry counts its hash, its alias set and every key the set lists (its
+percent. Each sampled entry counts its hash, its alias set and every key listed in either (its
 exact and canonical aliases, remembered fuzzy verdicts, kept query prints), against its
 `duration_s`. The capped streams (the index change stream and the recognition events) are
 shared by all entries: their MEMORY USAGE is spread over the audio of every entry, estimated
@@ -55,15 +55,17 @@ async def sample_footprint(store: Store, entry_count: int, limit: int = SAMPLE_E
             pipe.hmget(key, *_SAMPLED_FIELDS)
             pipe.memory_usage(keys.entry_aliases(entry_id), samples=0)
             pipe.smembers(keys.entry_aliases(entry_id))
+            pipe.hkeys(key)
         rows = await pipe.execute()
         memory, seconds, with_audio, bulk_named = 0, 0.0, 0, []
         members: list = []
         for index, key in enumerate(entry_keys):
-            usage, values, set_usage, aliases = rows[4 * index:4 * index + 4]
+            usage, values, set_usage, aliases, fields = rows[5 * index:5 * index + 5]
             if usage is None:
                 continue  # expired between the scan and the read
             memory += int(usage) + int(set_usage or 0)
             members.extend(aliases or ())
+            members.extend(field for field in fields or () if keys.is_alias_member(field))
             try:
                 entry = Entry.from_fields(keys.entry_id_of(key), {name.encode(): value for name, value
                                                                   in zip(_SAMPLED_FIELDS, values, strict=True)

@@ -3,18 +3,22 @@
 Aliases (the byte-hash and PCM-hash keys) include the profile digest, so a request under
 another profile (engine, language, ITN, hotwords, prompt) never finds this profile's result.
 
-An entry's hash and its alias set carry the entry id as a hash tag (`{id}`), so on Redis
-Cluster they live in one slot and are written together in one transaction.
+An entry's hash lists the aliases that point at it among its own fields, so a DELETE finds and
+removes them all, and they vanish with it when it expires or is evicted. (Entries written
+before that kept an alias set beside the hash; both carry the entry id as a hash tag, `{id}`,
+so on Redis Cluster they live in one slot.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# An alias set lists its aliases compactly (`Keys.alias_member`): a kind byte (never the first
-# byte of a key prefix), the profile digest's length and bytes, then the audio digest's bytes.
+# An entry lists its aliases compactly (`Keys.alias_member`), as fields of its hash: a kind byte
+# (never the first byte of a key prefix nor of an entry field's name), the profile digest's
+# length and bytes, then the audio digest's bytes.
 _MEMBER_KINDS = {"exact3": b"\x01", "canon": b"\x02", "qprint": b"\x03", "exact4": b"\x04"}
 _MEMBER_KIND_NAMES = {code[0]: name for name, code in _MEMBER_KINDS.items()}
+_NAMED = b"\x00"  # then a key named in full
 
 
 @dataclass(frozen=True)
@@ -37,25 +41,35 @@ class Keys:
         return key[len(self.prefix) + len("entry:{") : -1]
 
     def entry_aliases(self, entry_id: str) -> str:
-        """Set of alias keys pointing at an entry, so a delete can remove them all (same slot)."""
+        """Set of alias keys pointing at an entry, as entries written before issue 25's alias
+        listing kept them (now each alias is listed as a field of the entry hash itself,
+        `alias_member`); still read, and deleted, with its entry."""
         return f"{self.prefix}aliases:{{{entry_id}}}"
 
     def alias_member(self, alias_key: str) -> bytes:
-        """How `alias_key` is listed in its entry's alias set (`entry_aliases`): its digests as
-        raw bytes (46 bytes for an exact or canonical alias, against about 110 for its name),
-        which keeps the set in the store's compact encoding (sets of members up to 64 bytes:
-        160 bytes a set against about 500). A key of another form is listed by its name."""
+        """How `alias_key` is listed among its entry's aliases (a field of the entry hash, or a
+        member of an older alias set): its digests as raw bytes (34 bytes for an exact alias,
+        against about 80 for its name), which keeps the hash in the store's compact encoding.
+        A key of another form is listed by its name after a zero byte (never an entry's field)."""
         rest = alias_key[len(self.prefix):] if alias_key.startswith(self.prefix) else ""
         kind, _, tail = rest.partition(":")
         profile, _, digest = tail.partition(":")
         if kind in _MEMBER_KINDS and _is_hex(profile) and _is_hex(digest) and len(profile) < 512:
             raw_profile = bytes.fromhex(profile)
             return _MEMBER_KINDS[kind] + bytes([len(raw_profile)]) + raw_profile + bytes.fromhex(digest)
-        return alias_key.encode()
+        return _NAMED + alias_key.encode()
+
+    @staticmethod
+    def is_alias_member(field: bytes) -> bool:
+        """True for an entry hash's field that lists an alias (`alias_member`) rather than
+        holding the entry: the entry's own fields are ASCII names."""
+        return len(field) > 2 and (field[0] in _MEMBER_KIND_NAMES or field[:1] == _NAMED)
 
     def alias_key_of(self, member: bytes) -> str:
-        """The key an alias set's member lists (inverse of `alias_member`; a set written before
-        issue 25 lists key names, read as they are)."""
+        """The key an alias listing names (inverse of `alias_member`; a set written before issue
+        25 lists key names, read as they are)."""
+        if member[:1] == _NAMED:
+            return member[1:].decode()
         kind = _MEMBER_KIND_NAMES.get(member[0]) if member else None
         if kind is None or len(member) < 2:
             return member.decode()

@@ -2,7 +2,7 @@
 
 A fuzzy hit near the threshold is what an audit must be able to redraw stretch by stretch
 (service/ops/audit.py), and for that it needs the query's fingerprint beside the entry's. The
-print is listed among the entry's aliases (index/keys.py, `entry_aliases`), so that deleting
+print is listed among the entry's aliases (index/keys.py, `alias_member`), so that deleting
 the entry deletes it too, and it expires with the entry.
 """
 
@@ -23,18 +23,16 @@ UNEXPIRING_ENTRY_PRINT_TTL_S = 7 * 24 * 3600
 async def keep_query_print(store: Store, profile_id: str, query_digest: str, entry: Entry,
                            fingerprint: bytes, levels: bytes) -> bool:
     """Keep a query's fingerprint (`fingerprint`, `levels`: RobustHash.to_bytes) for `entry`,
-    in the entry's alias set; False when the store is down or refused the write (never raises
+    listed among the entry's aliases; False when the store is down or refused the write (never raises
     over the store: keeping it is part of an audit trail, not of the answer)."""
     key = store.keys.query_print(profile_id, query_digest)
-    aliases = store.keys.entry_aliases(entry.entry_id)
     try:
         store.breaker.allow()
         pipe = store.client.pipeline(transaction=False)
         pipe.hset(key, mapping={"fp": fingerprint, "fpl": levels, "entry": entry.entry_id})
-        pipe.sadd(aliases, store.keys.alias_member(key))
+        store.list_alias(pipe, entry, key)
         if entry.expires_at_ms:
             pipe.pexpireat(key, entry.expires_at_ms)
-            pipe.pexpireat(aliases, entry.expires_at_ms)
         else:
             pipe.expire(key, UNEXPIRING_ENTRY_PRINT_TTL_S)
         await pipe.execute()

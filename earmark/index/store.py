@@ -66,6 +66,14 @@ _EXTEND = (
     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 )
 
+# List an alias among its entry's fields, only while the entry is the generation the alias was
+# made for: never on a deleted, expired or re-created entry (an HSET there would create a hash
+# that is no entry).
+_LIST_ALIAS = (
+    "if redis.call('hget', KEYS[1], 'gen') == ARGV[1] then "
+    "redis.call('hset', KEYS[1], ARGV[2], '') return 1 end return 0"
+)
+
 PROBE_INTERVAL_S = 1.0
 
 
@@ -343,21 +351,23 @@ class Store:
     async def put_entry(self, entry: Entry, bytes_digest: str, ttl_s: int, *, stream_maxlen: int) -> Entry:
         """Write an entry with its byte alias, all expiring together.
 
-        The entry, its expiry and its alias set are one transaction (one hash slot on a
-        Cluster): under OOM or a lost connection either all of it is written or none, and an
-        existing entry is never left destroyed or without a TTL. The aliases and the index
-        change stream's `add` event follow; an alias without its entry, or of an older
-        generation, is never followed.
+        The entry, its expiry and the listing of its alias are one transaction (one key): under
+        OOM or a lost connection either all of it is written or none, and an existing entry is
+        never left destroyed or without a TTL. The alias and the index change stream's `add`
+        event follow; an alias without its entry, or of an older generation, is never followed.
+        (Rewriting an entry drops the listing of its earlier generation's aliases: those are
+        dead, removed when next read, and expire when that generation would have.)
         """
         expires_at_ms = int((time.time() + ttl_s) * 1000)
         stored = replace(entry, expires_at_ms=expires_at_ms, generation=secrets.token_hex(8))
-        entry_key, aliases_key = self.keys.entry(entry.entry_id), self.keys.entry_aliases(entry.entry_id)
+        entry_key = self.keys.entry(entry.entry_id)
         # The canonical tier reads the entry by its id (`entry_by_canonical`): its only alias is
-        # the exact one. (Entries written before issue 25 also have a `canonical` alias, listed
-        # in their alias set and deleted with them.)
+        # the exact one, listed among the entry's fields. (Entries written before issue 25 also
+        # have a `canonical` alias, listed in their alias set and deleted with them.)
         aliases = [self.keys.exact(entry.profile_id, bytes_digest)]
         alias_value = _Alias(entry.entry_id, stored.generation).render()
-        fields = stored.to_fields()
+        fields: dict[str | bytes, bytes | str] = {name: value for name, value in stored.to_fields().items()}
+        fields.update((self.keys.alias_member(alias), b"") for alias in aliases)
         if self.bulk is not None and stored.has_evidence:
             value = pack(stored.evidence)
             try:  # before the entry that names it: an entry never names a value not yet written
@@ -377,8 +387,6 @@ class Store:
             transaction.delete(entry_key)
             transaction.hset(entry_key, mapping=fields)
             transaction.pexpireat(entry_key, expires_at_ms)
-            transaction.sadd(aliases_key, *(self.keys.alias_member(alias) for alias in aliases))
-            transaction.pexpireat(aliases_key, expires_at_ms)
             await transaction.execute()
             pipe = self.client.pipeline(transaction=False)
             for alias in aliases:
@@ -436,32 +444,25 @@ class Store:
         Returns "seen" when the alias already said exactly this (a concurrent identical
         upload got there first), "added" otherwise, and "gone" when the entry was deleted or
         expired since it was read: the alias is then removed again and the caller must not
-        serve the entry. The alias is registered before the entry's existence is checked, so a
-        concurrent DELETE either sees it or is seen; and it names the entry's generation, so
-        one that escapes a DELETE anyway is dead.
+        serve the entry. The alias is written before it is listed in the entry, and listed only
+        while the entry is that generation (one script), so a concurrent DELETE either sees it
+        or is seen; and it names the entry's generation, so one that escapes a DELETE anyway
+        is dead.
         """
         if entry.expires_at_ms and entry.expires_at_ms <= time.time() * 1000:
             return "gone"
         if not entry.generation:
             return "added"  # an entry written before generations: its aliases are never followed
         alias = self.keys.exact(entry.profile_id, bytes_digest)
-        aliases = self.keys.entry_aliases(entry.entry_id)
         value = _Alias(entry.entry_id, entry.generation, verdict).render()
 
         async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(alias, value, pxat=entry.expires_at_ms or None, get=True)
-            pipe.sadd(aliases, self.keys.alias_member(alias))
-            if entry.expires_at_ms:
-                pipe.pexpireat(aliases, entry.expires_at_ms)
-            pipe.hget(self.keys.entry(entry.entry_id), "gen")
-            results = await pipe.execute()
-            previous, generation = results[0], results[-1]
-            if generation is None or generation.decode() != entry.generation:
-                cleanup = self.client.pipeline(transaction=False)
-                cleanup.eval(_RELEASE, 1, alias, value)
-                cleanup.srem(aliases, self.keys.alias_member(alias))
-                await cleanup.execute()
+            pipe.eval(_LIST_ALIAS, 1, self.keys.entry(entry.entry_id), entry.generation, self.keys.alias_member(alias))
+            previous, listed = await pipe.execute()
+            if not listed:
+                await self.client.eval(_RELEASE, 1, alias, value)
                 return "gone"
             return "seen" if previous is not None and previous.decode() == value else "added"
 
@@ -472,10 +473,14 @@ class Store:
         (and then no event is written)."""
 
         async def remove() -> bool:
-            aliases_key = self.keys.entry_aliases(entry_id)
-            aliases = await self.client.smembers(aliases_key)
+            entry_key, aliases_key = self.keys.entry(entry_id), self.keys.entry_aliases(entry_id)
+            read = self.client.pipeline(transaction=False)
+            read.hkeys(entry_key)
+            read.smembers(aliases_key)  # an entry written before aliases were listed in its hash
+            fields, members = await read.execute()
+            aliases = {*members, *(field for field in fields if self.keys.is_alias_member(field))}
             transaction = self.client.pipeline(transaction=True)
-            transaction.delete(self.keys.entry(entry_id))
+            transaction.delete(entry_key)
             transaction.delete(aliases_key)
             existed = bool((await transaction.execute())[0])
             pipe = self.client.pipeline(transaction=False)
@@ -495,6 +500,11 @@ class Store:
         if self.bulk is not None:
             await self._bulk_delete(entry_id)
         return existed
+
+    def list_alias(self, pipe, entry: Entry, alias_key: str) -> None:
+        """Queue on `pipe` the listing of `alias_key` among `entry`'s fields, so that deleting
+        the entry deletes it too; a no-op unless the entry is still that generation."""
+        pipe.eval(_LIST_ALIAS, 1, self.keys.entry(entry.entry_id), entry.generation, self.keys.alias_member(alias_key))
 
     async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
         """Take a lock that expires by itself; returns the holder's token, or None if taken."""
