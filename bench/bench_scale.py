@@ -537,7 +537,9 @@ async def parts_index(work: Path, clips: dict, args, out: dict) -> None:
         redis_bytes = {}
         for name in ("clip10", "clip60"):
             entry, _ = real[name]
-            alias_keys = [k for k in sync.smembers(keys.entry_aliases(entry.entry_id))]
+            listed = [*sync.smembers(keys.entry_aliases(entry.entry_id)),
+                      *(f for f in sync.hkeys(keys.entry(entry.entry_id)) if keys.is_alias_member(f))]
+            alias_keys = [keys.alias_key_of(member) for member in listed]
             sizes = {"entry_hash": sync.memory_usage(keys.entry(entry.entry_id), samples=0),
                      "aliases_set": sync.memory_usage(keys.entry_aliases(entry.entry_id), samples=0),
                      "alias_keys": sum(sync.memory_usage(k, samples=0) for k in alias_keys)}

@@ -282,20 +282,47 @@ def test_segments_are_stored_and_entries_without_them_stay_readable(store_url, k
 def test_an_older_earmark_never_reaches_an_entry_of_the_record_layout_by_its_exact_alias(store_url, keys, redis_client):
     """An earmark from before the record layout (issue 25) reads such an entry as an empty
     transcript. It looks exact aliases up under "exact3"; this version writes them under
-    "exact4", so during a rolling upgrade the older process misses and runs its engine instead
-    of serving an empty answer. This version still follows the "exact3" aliases an older one
-    wrote, to the entries it wrote."""
+    compact names ("x"), so during a rolling upgrade the older process misses and runs its
+    engine instead of serving an empty answer. This version still follows the "exact3" and
+    "exact4" aliases older ones wrote, to the entries they wrote."""
     async def body(store: Store):
         entry = await store.put_entry(_entry(), "original-bytes", TTL_S, stream_maxlen=MAXLEN)
         assert not redis_client.exists(keys.exact_before_records(entry.profile_id, "original-bytes"))
         assert redis_client.exists(keys.exact(entry.profile_id, "original-bytes"))
         found, _ = await store.entry_and_verdict_of_bytes(entry.profile_id, "original-bytes")
         assert found is not None and found.text == entry.text
-        # An alias an older process wrote (same value format, "exact3") is still followed.
-        older = keys.exact_before_records(entry.profile_id, "older-bytes")
-        redis_client.set(older, redis_client.get(keys.exact(entry.profile_id, "original-bytes")))
-        found, _ = await store.entry_and_verdict_of_bytes(entry.profile_id, "older-bytes")
-        assert found is not None and found.entry_id == entry.entry_id
+        # Aliases older processes wrote (hex values, "exact3" and "exact4") are still followed.
+        for older in (keys.exact_before_records(entry.profile_id, "older-bytes"),
+                      keys.exact_before_compact(entry.profile_id, "older-bytes")):
+            redis_client.set(older, f"{entry.entry_id}|{entry.generation}")
+            found, _ = await store.entry_and_verdict_of_bytes(entry.profile_id, "older-bytes")
+            assert found is not None and found.entry_id == entry.entry_id
+            redis_client.delete(older)
         assert await store.entry_and_verdict_of_bytes(entry.profile_id, "unknown-bytes") == (None, None)
+
+    _run(_with_store(store_url, keys, body))
+
+
+def test_an_exact_alias_is_named_and_valued_compactly(store_url, keys, redis_client):
+    """Issue 25: with real digests (hex), the alias key is the two digests' bytes in base64url
+    and its value the entry id's and generation's, a fuzzy verdict after them; listed among the
+    entry's fields by the same bytes, and followed, and deleted, like any alias."""
+    profile, original, copy = "bf" * 12, "2e" * 20, "f2" * 20
+
+    async def body(store: Store):
+        entry = await store.put_entry(replace(_entry(), profile_id=profile), original, TTL_S, stream_maxlen=MAXLEN)
+        assert await store.add_alias(entry, copy, FuzzyVerdict(0.9391, "db591f4277c0")) == "added"
+        name = keys.exact(profile, original)
+        assert len(name) - len(keys.prefix) == 46 and ":" not in name[len(keys.prefix) + 2:]
+        assert len(redis_client.get(name)) == 32
+        assert redis_client.get(keys.exact(profile, copy)).decode().endswith("|fuzzy:0.9391:db591f4277c0")
+        assert (await store.entry_and_verdict_of_bytes(profile, original)) == (entry, None)
+        found, verdict = await store.entry_and_verdict_of_bytes(profile, copy)
+        assert found == entry and verdict == FuzzyVerdict(0.9391, "db591f4277c0")
+        listed = {keys.alias_key_of(field) for field in redis_client.hkeys(keys.entry(entry.entry_id))
+                  if keys.is_alias_member(field)}
+        assert listed == {name, keys.exact(profile, copy)}
+        assert await store.delete_entry(entry.entry_id, stream_maxlen=MAXLEN)
+        assert not redis_client.exists(name) and not redis_client.exists(keys.exact(profile, copy))
 
     _run(_with_store(store_url, keys, body))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -31,9 +32,9 @@ from redis.sentinel import MasterNotFoundError
 from earmark.index.breaker import CircuitBreaker, StoreRefused, StoreUnavailable
 from earmark.index.bulk import BulkStore, value_digest
 from earmark.index.connection import open_client
-from earmark.index.entry import DamagedEntry, Entry, make_entry_id
+from earmark.index.entry import ENTRY_ID, DamagedEntry, Entry, make_entry_id
 from earmark.index.evidence import pack, unpack
-from earmark.index.keys import Keys
+from earmark.index.keys import Keys, base64, unbase64
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +133,34 @@ class _Alias:
     generation: str
     verdict: FuzzyVerdict | None = None
 
-    def render(self) -> str:
-        """The stored form."""
+    def render(self, compact: bool = False) -> str:
+        """The stored form; `compact` (the aliases `Keys.exact` names) packs the entry id and
+        generation as their bytes in base64url, 32 characters against 49."""
+        if compact and ENTRY_ID.fullmatch(self.entry_id) and _GENERATION.fullmatch(self.generation):
+            value = base64(bytes.fromhex(self.entry_id + self.generation))
+            return value if self.verdict is None else f"{value}|{self.verdict.render()}"
         value = f"{self.entry_id}|{self.generation}"
         return value if self.verdict is None else f"{value}|{self.verdict.render()}"
 
     @classmethod
-    def parse(cls, text: str) -> "_Alias":
+    def parse(cls, text: str, compact: bool = False) -> "_Alias":
         """Inverse of `render`; an old-format value parses with no generation (never followed)."""
-        entry_id, _, rest = text.partition("|")
-        generation, _, verdict = rest.partition("|")
+        head, _, rest = text.partition("|")
+        if compact and len(head) == _COMPACT_LENGTH and (not rest or rest.startswith("fuzzy:")):
+            try:
+                raw = unbase64(head)
+            except ValueError:
+                raw = b""
+            if len(raw) == 24:
+                return cls(raw[:16].hex(), raw[16:].hex(), FuzzyVerdict.parse(rest) if rest else None)
+        entry_id, generation, verdict = head, *rest.partition("|")[::2]
         if generation.startswith("fuzzy:"):
             generation, verdict = "", generation
         return cls(entry_id, generation, FuzzyVerdict.parse(verdict) if verdict else None)
+
+
+_GENERATION = re.compile(r"[0-9a-f]{16}")  # secrets.token_hex(8), as `put_entry` makes it
+_COMPACT_LENGTH = 32  # base64url of an entry id's 16 bytes and a generation's 8
 
 
 class Store:
@@ -269,28 +285,42 @@ class Store:
         answer by alias needs no verification: a bulk store's bytes are not read for it."""
 
         async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
-            value = await self.client.get(alias_key)
-            if value is None:
-                return None, None
-            alias = _Alias.parse(value.decode())
-            entry = await self._read_entry(alias.entry_id, evidence=False)
-            if entry is None or not alias.generation or entry.generation != alias.generation:
-                if entry is not None:  # a stale alias to a re-created entry: drop it, unless rewritten
-                    await self.client.eval(_RELEASE, 1, alias_key, value)
-                return None, None
-            return entry, alias.verdict
+            return await self._follow(alias_key, await self.client.get(alias_key))
 
         return await self._call(follow)
+
+    async def _follow(self, alias_key: str, value: bytes | None) -> tuple[Entry | None, FuzzyVerdict | None]:
+        """`entry_and_verdict` of an alias whose value was just read."""
+        if value is None:
+            return None, None
+        alias = _Alias.parse(value.decode(), compact=self.keys.is_compact_exact(alias_key))
+        entry = await self._read_entry(alias.entry_id, evidence=False)
+        if entry is None or not alias.generation or entry.generation != alias.generation:
+            if entry is not None:  # a stale alias to a re-created entry: drop it, unless rewritten
+                await self.client.eval(_RELEASE, 1, alias_key, value)
+            return None, None
+        return entry, alias.verdict
 
     async def entry_and_verdict_of_bytes(self, profile_id: str, bytes_digest: str
                                          ) -> tuple[Entry | None, FuzzyVerdict | None]:
         """`entry_and_verdict` by the uploaded bytes' exact alias (tier `exact`): this version's
-        (`Keys.exact`), else the one an earmark from before issue 25 wrote for its own entries
-        (`Keys.exact_before_records`), so entries written before an upgrade keep their exact hits."""
-        found = await self.entry_and_verdict(self.keys.exact(profile_id, bytes_digest))
-        if found[0] is not None:
-            return found
-        return await self.entry_and_verdict(self.keys.exact_before_records(profile_id, bytes_digest))
+        (`Keys.exact`), else one an earlier earmark wrote for its own entries
+        (`Keys.exact_before_compact`, `Keys.exact_before_records`), so entries written before an
+        upgrade keep their exact hits. The three are read in one round trip."""
+        names = (self.keys.exact(profile_id, bytes_digest), self.keys.exact_before_compact(profile_id, bytes_digest),
+                 self.keys.exact_before_records(profile_id, bytes_digest))
+
+        async def follow() -> tuple[Entry | None, FuzzyVerdict | None]:
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.get(name)
+            for name, value in zip(names, await pipe.execute(), strict=True):
+                found = await self._follow(name, value)
+                if found[0] is not None:
+                    return found
+            return None, None
+
+        return await self._call(follow)
 
     async def entry_by_canonical(self, profile_id: str, pcm_digest: str) -> Entry | None:
         """The entry of this decoded audio under this profile (tier `canonical`), read by its id,
@@ -365,7 +395,7 @@ class Store:
         # the exact one, listed among the entry's fields. (Entries written before issue 25 also
         # have a `canonical` alias, listed in their alias set and deleted with them.)
         aliases = [self.keys.exact(entry.profile_id, bytes_digest)]
-        alias_value = _Alias(entry.entry_id, stored.generation).render()
+        alias_value = _Alias(entry.entry_id, stored.generation).render(compact=True)
         fields: dict[str | bytes, bytes | str] = {name: value for name, value in stored.to_fields().items()}
         fields.update((self.keys.alias_member(alias), b"") for alias in aliases)
         if self.bulk is not None and stored.has_evidence:
@@ -454,7 +484,7 @@ class Store:
         if not entry.generation:
             return "added"  # an entry written before generations: its aliases are never followed
         alias = self.keys.exact(entry.profile_id, bytes_digest)
-        value = _Alias(entry.entry_id, entry.generation, verdict).render()
+        value = _Alias(entry.entry_id, entry.generation, verdict).render(compact=True)
 
         async def write() -> str:
             pipe = self.client.pipeline(transaction=False)
