@@ -71,11 +71,11 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from earmark.fingerprint.canonical import bytes_digest, pcm_digest  # noqa: E402
 from earmark.fingerprint.config import DEFAULT as FP_CONFIG  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
-from earmark.fingerprint.embedding import EMBEDDING_DIM  # noqa: E402
+from earmark.fingerprint.embedding import EMBEDDING_DIM, at_stored_precision  # noqa: E402
 from earmark.index.connection import open_client  # noqa: E402
 from earmark.index.embedded import EmbeddedServer  # noqa: E402
 from earmark.index.entry import Entry, make_entry_id  # noqa: E402
-from earmark.index.keys import Keys  # noqa: E402
+from earmark.index.keys import Keys, base64  # noqa: E402
 from earmark.index.replica import IndexReplica  # noqa: E402
 from earmark.index.store import Store  # noqa: E402
 from earmark.index.vectors import AUTO_HNSW_FROM, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, VectorIndex  # noqa: E402
@@ -351,7 +351,8 @@ def real_entry(verifier: Verifier, wav: Path, text: str) -> tuple[Entry, bytes, 
 
 
 def synthetic_entry_fields(entry_id: str, embedding: np.ndarray, rng: np.random.Generator, frames: int,
-                           speech_s: float, expires_at_ms: int, fp: bytes | None = None, fpl: bytes | None = None) -> dict:
+                           speech_s: float, expires_at_ms: int, fp: bytes | None = None, fpl: bytes | None = None,
+                           generation: str = "") -> dict:
     """The fields `Entry.to_fields` writes for a ~10 s clip, with random fingerprint bytes."""
     text = "the committee agreed to review the budget again after the summer break and the report"
     return Entry(
@@ -360,26 +361,27 @@ def synthetic_entry_fields(entry_id: str, embedding: np.ndarray, rng: np.random.
         expires_at_ms=expires_at_ms, engine="pocketsphinx",
         fingerprint=fp if fp is not None else rng.bytes(FP_BYTES_PER_FRAME[0] * frames),
         fingerprint_levels=fpl if fpl is not None else rng.integers(60, 110, frames, dtype=np.uint8).tobytes(),
-        embedding=embedding.astype("<f4").tobytes(), fingerprint_version=FP_CONFIG.version,
+        embedding=at_stored_precision(embedding).astype("<f4").tobytes(), fingerprint_version=FP_CONFIG.version,
+        generation=generation,
     ).to_fields()
 
 
 def write_synthetic_entries(sync: redis.Redis, keys: Keys, ids: list[str], vectors: np.ndarray, rng: np.random.Generator,
                             frames: int, speech_s: float, *, events: bool, batch: int = 500) -> float:
-    """HSET entries with aliases, TTL and (optionally) stream events, as `Store.put_entry` writes them."""
+    """HSET entries with their exact alias (listed in the entry), TTL and (optionally) stream
+    events, as `Store.put_entry` writes them (the evidence kept in the hash: no bulk directory)."""
     started = time.perf_counter()
     expires_at_ms = int(time.time() * 1000) + 7 * DAY_MS
     for lo in range(0, len(ids), batch):
         pipe = sync.pipeline(transaction=False)
         for entry_id, vector in zip(ids[lo : lo + batch], vectors[lo : lo + batch], strict=True):
-            key = keys.entry(entry_id)
-            aliases = [keys.exact(PROFILE_ID, entry_id + "e"), keys.canonical(PROFILE_ID, entry_id + "c")]
-            pipe.hset(key, mapping=synthetic_entry_fields(entry_id, vector, rng, frames, speech_s, expires_at_ms))
+            key, generation = keys.entry(entry_id), rng.bytes(8).hex()
+            alias = keys.exact(PROFILE_ID, entry_id + "00000000")  # a 20-byte bytes digest, as BLAKE3's
+            fields = synthetic_entry_fields(entry_id, vector, rng, frames, speech_s, expires_at_ms,
+                                            generation=generation)
+            pipe.hset(key, mapping={**fields, keys.alias_member(alias): b""})
             pipe.pexpireat(key, expires_at_ms)
-            for alias in aliases:
-                pipe.set(alias, entry_id, pxat=expires_at_ms)
-            pipe.sadd(keys.entry_aliases(entry_id), *aliases)
-            pipe.pexpireat(keys.entry_aliases(entry_id), expires_at_ms)
+            pipe.set(alias, base64(bytes.fromhex(entry_id + generation)), pxat=expires_at_ms)
             if events:
                 pipe.xadd(keys.index_stream(), {"op": "add", "entry": entry_id, "profile": PROFILE_ID},
                           maxlen=Settings().stream_maxlen, approximate=True)
