@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from redis.cluster import RedisCluster
 from starlette.testclient import TestClient
 
 from earmark.index.keys import Keys
@@ -146,3 +147,31 @@ def test_a_cluster_not_whole_at_start_is_served_without_the_cache_until_it_is(se
         _wait_for_caching(first, whole + CACHING_RESUMED_S, "after the Cluster became whole")
         wait_until(lambda: first.get("/health").json()["index_ready"], timeout_s=CACHING_RESUMED_S, what="index ready")
         assert first.get("/health").json()["store"] == "up"
+
+
+def test_a_copy_served_on_a_cluster_is_remembered_and_a_delete_removes_every_alias(servers, tmp_path, engine):
+    """Issue 25's layout across a Cluster's slots: the entry lists its aliases among its own
+    fields (its slot), each exact alias is a compact key on some other slot, listed by a script
+    on the entry's. A copy served by the fuzzy tier is served again from its remembered verdict;
+    a DELETE removes the entry and every alias it lists, and neither the copy nor the original
+    is found again."""
+    ports = servers.start_cluster(masters=3, replicas_each=0, node_timeout_ms=NODE_TIMEOUT_MS)
+    first, _ = _services(_url(ports), tmp_path, engine)
+    with first:
+        wait_until(lambda: first.get("/health").json()["index_ready"], what="index ready")
+        prefix = first.app.state.services.store.keys.prefix
+        cluster = RedisCluster(host="127.0.0.1", port=ports[0])
+        recording, copy = _speech()
+        written = recognize(first, recording)["cache"]
+        assert written["tier"] == "miss" and written["entry"]
+        assert recognize(first, recording)["cache"]["tier"] == "exact"
+        for _ in range(2):  # served by the fuzzy tier, then from the verdict its alias remembers
+            served = recognize(first, copy)["cache"]
+            assert served["tier"] == "fuzzy" and served["entry"] == written["entry"], served
+        aliases = list(cluster.scan_iter(match=f"{prefix}x:*", target_nodes=RedisCluster.ALL_NODES))
+        assert len(aliases) == 2
+        assert first.delete(f"/entries/{written['entry']}").status_code == 200
+        assert not any(cluster.exists(alias) for alias in aliases)
+        for data in (recording, copy):
+            assert recognize(first, data, "/lookup")["cache"]["tier"] == "miss"
+        cluster.close()
