@@ -70,7 +70,7 @@ def test_a_record_this_earmark_cannot_read_is_left_out(settings):
     async def scenario():
         client = open_client(settings.redis_url)
         store = Store(client, Keys(settings.key_prefix))
-        log = EventLog(store, maxlen=100)
+        log = EventLog(store, maxlen=100, metrics=metrics)
         try:
             await log.record(an_event(1))
             await client.xadd(Keys(settings.key_prefix).events(), {"e": b"\x09 a format from the future"})
@@ -80,7 +80,9 @@ def test_a_record_this_earmark_cannot_read_is_left_out(settings):
         finally:
             await client.aclose()
 
+    metrics = Metrics()
     assert asyncio.run(scenario()) == [f"{3:064x}", f"{1:064x}"]
+    assert metrics.events_unreadable._value.get() == 2
 
 
 def test_record_recent_pages_and_between(settings):

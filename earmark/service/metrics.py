@@ -194,6 +194,12 @@ class Metrics:
             "earmark_events_dropped_total", "Recognition events lost because the store was unreachable or refused them.",
             registry=r,
         )
+        self.events_unreadable = Counter(
+            "earmark_events_unreadable_total",
+            "Recognition events read back that this earmark could not read (damaged, or a newer earmark's format): "
+            "left out of audits and the history.",
+            registry=r,
+        )
         self.audits = Counter("earmark_audits_total", "Dedup audits served by GET /audit.", registry=r)
         self.audit_reports = Counter(
             "earmark_audit_reports_total",

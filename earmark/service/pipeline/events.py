@@ -190,29 +190,30 @@ class EventLog:
     async def recent(self, count: int, before: str | None = None) -> list[tuple[str, RecognitionEvent]]:
         """Up to `count` events, newest first; `before` (a stream id from an earlier page) pages
         back from there, exclusive. Raises `StoreUnavailable` during an outage."""
-        return _parsed(await self.stream.newest(count, before))
+        return self._parsed(await self.stream.newest(count, before))
 
     async def between(self, start_s: float, end_s: float) -> list[tuple[str, RecognitionEvent]]:
         """Every event recorded from `start_s` to `end_s` (epoch seconds, inclusive), oldest
         first, read a page at a time. Raises `StoreUnavailable` during an outage."""
-        return _parsed(await self.stream.between(start_s, end_s))
+        return self._parsed(await self.stream.between(start_s, end_s))
 
     async def length(self) -> int:
         """Events the stream holds now."""
         return await self.stream.length()
 
+    def _parsed(self, records: list[Record]) -> list[tuple[str, RecognitionEvent]]:
+        """The records' events; one this earmark cannot read (damaged, or a newer format written
+        by a newer earmark sharing the store) is left out, logged and counted, never fails the read."""
+        events = []
+        for stream_id, raw in records:
+            try:
+                events.append((stream_id, RecognitionEvent.from_fields(raw)))
+            except ValueError as exc:
+                log.warning("event %s left out: %s", stream_id, exc)
+                if self.metrics is not None:
+                    self.metrics.events_unreadable.inc()
+        return events
+
     def _dropped(self) -> None:
         if self.metrics is not None:
             self.metrics.events_dropped.inc()
-
-
-def _parsed(records: list[Record]) -> list[tuple[str, RecognitionEvent]]:
-    """The records' events; one this earmark cannot read (damaged, or a newer format written by
-    a newer earmark sharing the store) is left out and logged, never fails the read."""
-    events = []
-    for stream_id, raw in records:
-        try:
-            events.append((stream_id, RecognitionEvent.from_fields(raw)))
-        except ValueError as exc:
-            log.warning("event %s left out: %s", stream_id, exc)
-    return events
