@@ -190,8 +190,8 @@ def test_the_matcher_says_why_it_examined_nothing_and_prunes_entries_gone_from_t
             assert (await matcher.match(features, profile)).note.startswith("no_candidates")
 
             await store.put_entry(kept, "kept-bytes", 60, stream_maxlen=100)
-            await matcher.index_now(kept, features)
-            await matcher.index_now(gone, features)  # indexed, never stored: as if expired since
+            await matcher.index_now(kept)
+            await matcher.index_now(gone)  # indexed, never stored: as if expired since
             found = await matcher.match(features, profile)
             assert found.entry is not None and found.entry.entry_id == kept.entry_id and found.score > 0.9
             verdicts = {candidate["entry"]: candidate["accepted"] for candidate in found.candidates}

@@ -35,7 +35,7 @@ class FuzzyMatcher:
         self.index = index
         self.metrics = metrics
 
-    async def index_now(self, entry: Entry, features: QueryFeatures) -> None:
+    async def index_now(self, entry: Entry) -> None:
         """Make an entry this process just stored findable here at once: the index replica adds
         it too when it reads the change stream (adding twice is harmless), but a copy sent right
         after its original's miss must not wait for that, and on a busy machine it can lag by

@@ -400,7 +400,7 @@ class RecognitionCache:
         if not store_ok or stored is None:
             return unwritten
         if self.fuzzy is not None and features is not None and not negative:
-            await self.fuzzy.index_now(stored, features)
+            await self.fuzzy.index_now(stored)
         return Outcome(tier="partial" if reused else "miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds,
                        spans=reused)
 
