@@ -214,11 +214,22 @@ def detail_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
 def wide_spectrum(pcm_16k: np.ndarray) -> np.ndarray:
     """(frames, WIDE_BANDS) uint8 levels of the band above the detail spectrum's, on its frames
     and in its codes (relative to this band's own loud frames)."""
+    return detail_and_wide_spectra(pcm_16k)[1]
+
+
+def detail_and_wide_spectra(pcm_16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`detail_spectrum` and `wide_spectrum`, from one pass over the same frames (the FFT is
+    most of either)."""
     stream = DetailSpectrum(wide=True)
     stream.push(pcm_16k)
-    stream.finish()
+    detail = stream.finish()
     assert stream.wide is not None
-    return stream.wide
+    return detail, stream.wide
+
+
+def wide_band_name() -> str:
+    """How a reason names the wide spectrum's band."""
+    return f"above the telephone band ({WIDE_LOW_HZ / 1000:.1f}-{WIDE_HIGH_HZ / 1000:.1f} kHz)"
 
 
 def detail_phases(pcm_16k: np.ndarray) -> tuple[np.ndarray, ...]:

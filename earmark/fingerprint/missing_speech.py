@@ -101,22 +101,13 @@ def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int, que
     so that query frame k lies at entry frame k + offset_frames; given both recordings' wide
     spectra (`wide_spectrum`, on the same frames), the worse of that and the same above the
     telephone band (`missing_wide_speech`)."""
-    q, r = decibels(query), decibels(entry)
-    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
+    narrow = _Narrow(query, entry)
+    if len(narrow.q) < STRETCH_FRAMES or len(narrow.r) < STRETCH_FRAMES:
         return NOTHING_MISSING
-    q_floor, r_floor = noise_floor(q), noise_floor(r)
-    # Without noise added to the entry, speech of the query that it lacks is the detail check's
-    # to judge (over the entry's low floor), while a codec's pre-echo spreads into the query's
-    # silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s. Above the telephone
-    # band, whether noise was added is judged here too: added noise raises the floor in both
-    # bands, while a codec that drops the band above lowers only the query's floor there (MP3 at
-    # 16 kbit/s: 5 copies refused otherwise).
-    entry_noise_added = float(np.mean(r_floor - q_floor)) >= NOISE_ADDED_DB
-    found = _both_ways(q, r, q_floor, r_floor, offset_frames, entry_noise_added)
-    if query_wide is None or entry_wide is None or len(query_wide) != len(q) or len(entry_wide) != len(r):
-        return found  # no wide spectrum (an entry stored before it), or a damaged one
-    above = _above_band(decibels(query_wide), decibels(entry_wide), offset_frames, _noise_alone(q, q_floor),
-                        _noise_alone(r, r_floor), entry_noise_added)
+    found = _both_ways(narrow.q, narrow.r, narrow.q_floor, narrow.r_floor, offset_frames, narrow.entry_noise_added)
+    if query_wide is None or entry_wide is None:
+        return found  # no wide spectrum (an entry stored before it)
+    above = narrow.above_band(query_wide, entry_wide, offset_frames)
     return above if above.excess > found.excess else found
 
 
@@ -126,23 +117,34 @@ def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int
     `wide_spectrum`) aligned alike, given the two recordings' detail spectra on the same frames:
     judged only in the bands the line carries, without a codec's holes, and only in frames whose
     telephone band is noise alone too, against twice the limits (see the module docstring)."""
-    q_narrow, r_narrow = decibels(query_detail), decibels(entry_detail)
-    if len(q_narrow) != len(query) or len(r_narrow) != len(entry):
-        return NOTHING_MISSING  # a damaged value
-    q_narrow_floor, r_narrow_floor = noise_floor(q_narrow), noise_floor(r_narrow)
-    return _above_band(decibels(query), decibels(entry), offset_frames, _noise_alone(q_narrow, q_narrow_floor),
-                       _noise_alone(r_narrow, r_narrow_floor),
-                       float(np.mean(r_narrow_floor - q_narrow_floor)) >= NOISE_ADDED_DB)
+    return _Narrow(query_detail, entry_detail).above_band(query, entry, offset_frames)
 
 
-def _above_band(q: np.ndarray, r: np.ndarray, offset: int, q_quiet: np.ndarray, r_quiet: np.ndarray,
-                entry_noise_added: bool) -> MissingSpeech:
-    """`_both_ways` on two wide spectra (dB), gated (`wide`), each side's frames counted only
-    where its telephone band is noise alone (`q_quiet`, `r_quiet`)."""
-    if len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
-        return NOTHING_MISSING
-    return _both_ways(q, r, noise_floor(q), noise_floor(r), offset, entry_noise_added, wide=True,
-                      q_quiet=q_quiet, r_quiet=r_quiet)
+class _Narrow:
+    """Two recordings' detail spectra (dB) with their noise floors, and whether noise was added
+    to the entry: what both bands' checks judge from the telephone band.
+
+    Without noise added to the entry, speech of the query that it lacks is the detail check's
+    to judge (over the entry's low floor), while a codec's pre-echo spreads into the query's
+    silences before an onset: 4.2 dB over 50 ms through MP3 at 32 kbit/s. Above the telephone
+    band, whether noise was added is judged here too: added noise raises the floor in both
+    bands, while a codec that drops the band above lowers only the query's floor there (MP3 at
+    16 kbit/s: 5 copies refused otherwise)."""
+
+    def __init__(self, query: np.ndarray, entry: np.ndarray) -> None:
+        self.q, self.r = decibels(query), decibels(entry)
+        self.q_floor, self.r_floor = noise_floor(self.q), noise_floor(self.r)
+        self.entry_noise_added = float(np.mean(self.r_floor - self.q_floor)) >= NOISE_ADDED_DB
+
+    def above_band(self, query_wide: np.ndarray, entry_wide: np.ndarray, offset: int) -> MissingSpeech:
+        """`_both_ways` on the two wide spectra, gated (`wide`), each side's frames counted only
+        where its telephone band is noise alone; nothing for wide spectra not on the detail
+        spectra's frames (a damaged value) or too short."""
+        q, r = decibels(query_wide), decibels(entry_wide)
+        if len(q) != len(self.q) or len(r) != len(self.r) or len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
+            return NOTHING_MISSING
+        return _both_ways(q, r, noise_floor(q), noise_floor(r), offset, self.entry_noise_added, wide=True,
+                          q_quiet=_noise_alone(self.q, self.q_floor), r_quiet=_noise_alone(self.r, self.r_floor))
 
 
 def _both_ways(q: np.ndarray, r: np.ndarray, q_floor: np.ndarray, r_floor: np.ndarray, offset: int,

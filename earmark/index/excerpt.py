@@ -51,17 +51,19 @@ def excerpt(entry: Entry, start_s: float, end_s: float, config: FingerprintConfi
     pairs = np.frombuffer(entry.fingerprint, dtype="<u4").reshape(-1, 2)[hashed]
     levels = all_levels[hashed]
     detailed = detail_frames(start_s, end_s)
-    detail = entry.detail
-    if len(detail) % BANDS == 0:
-        detail = np.frombuffer(detail, dtype=np.uint8).reshape(-1, BANDS)[detailed].tobytes()
-    wide = entry.wide
-    if len(wide) % WIDE_BANDS == 0:
-        wide = np.frombuffer(wide, dtype=np.uint8).reshape(-1, WIDE_BANDS)[detailed].tobytes()
     share = (end_s - start_s) / entry.duration_s if entry.duration_s > 0 else 0.0
     return replace(entry, text=text, normalized_text=text, duration_s=end_s - start_s,
                    speech_s=speech_seconds(levels, config), engine_seconds=entry.engine_seconds * share,
                    segments=tuple(segments), fingerprint=pairs.tobytes(), fingerprint_levels=levels.tobytes(),
-                   detail=detail, pitch=entry.pitch[detailed], wide=wide)
+                   detail=_rows(entry.detail, BANDS, detailed), pitch=entry.pitch[detailed],
+                   wide=_rows(entry.wide, WIDE_BANDS, detailed))
+
+
+def _rows(spectrum: bytes, width: int, frames: slice) -> bytes:
+    """A stored spectrum's `frames` (rows of `width` bytes); a damaged one (not whole rows) as it is."""
+    if len(spectrum) % width:
+        return spectrum
+    return np.frombuffer(spectrum, dtype=np.uint8).reshape(-1, width)[frames].tobytes()
 
 
 def has_word_times(entry: Entry) -> bool:

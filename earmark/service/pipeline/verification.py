@@ -30,7 +30,9 @@ from earmark.fingerprint.detail import (
     WIDE_BANDS,
     DetailSpectrum,
     DetailVerdict,
+    wide_band_name,
     compare_detail_phased,
+    detail_and_wide_spectra,
     detail_from_bytes,
     detail_phases,
     speech_durations_s,
@@ -56,12 +58,8 @@ NO_WIDE = np.zeros((0, WIDE_BANDS), dtype=np.uint8)
 
 
 def _detail_and_wide(pcm_16k: np.ndarray) -> dict[str, np.ndarray]:
-    """The detail and wide spectra, from one pass over the same frames (the FFT is most of it)."""
-    stream = DetailSpectrum(wide=True)
-    stream.push(pcm_16k)
-    detail = stream.finish()
-    assert stream.wide is not None
-    return {"detail": detail, "wide": stream.wide}
+    """The detail and wide spectra, from one pass over the same frames."""
+    return dict(zip(("detail", "wide"), detail_and_wide_spectra(pcm_16k), strict=True))
 
 
 # How each deferred part is computed from the PCM: {part: parts made with it}.
@@ -477,7 +475,7 @@ class Verifier:
                            f"{_limited_note(detail)}{_quiet_note(detail)}")
         if missing_score < limits.min_detail_score:
             lacking, holding = ("entry", "query") if missing.in_query else ("query", "entry")
-            band = " above the telephone band (3.8-7.9 kHz)" if missing.wide else ""
+            band = f" {wide_band_name()}" if missing.wide else ""
             return False, (f"speech_missing: {missing_score:.3f} < {limits.min_detail_score}: the 50 ms at query "
                            f"{missing.query_s:.2f} s / entry {missing.entry_s:.2f} s hold nothing{band} over the "
                            f"{lacking}'s noise floor, {missing.missing_db:.1f} dB less than the {holding}'s speech "
