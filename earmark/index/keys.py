@@ -60,10 +60,9 @@ class Keys:
                 return _MEMBER_KINDS[kind] + unbase64(tail)
             except ValueError:
                 return _NAMED + alias_key.encode()
-        profile, _, digest = tail.partition(":")
-        if kind in _MEMBER_KINDS and _is_hex(profile) and _is_hex(digest) and len(profile) < 512:
-            raw_profile = bytes.fromhex(profile)
-            return _MEMBER_KINDS[kind] + bytes([len(raw_profile)]) + raw_profile + bytes.fromhex(digest)
+        digests = _digest_bytes(*tail.partition(":")[::2])
+        if kind in _MEMBER_KINDS and digests is not None:
+            return _MEMBER_KINDS[kind] + digests
         return _NAMED + alias_key.encode()
 
     @staticmethod
@@ -94,9 +93,9 @@ class Keys:
         An earmark from before this form looks its aliases up under "exact4" and "exact3" only,
         so while both run on one store (a rolling upgrade) it never reaches one of these: it
         misses or hits the canonical tier, and serves nothing wrong."""
-        if _is_hex(profile_id) and _is_hex(bytes_digest) and len(profile_id) < 512:
-            raw_profile = bytes.fromhex(profile_id)
-            return f"{self.prefix}{_COMPACT_EXACT}:{base64(bytes([len(raw_profile)]) + raw_profile + bytes.fromhex(bytes_digest))}"
+        digests = _digest_bytes(profile_id, bytes_digest)
+        if digests is not None:
+            return f"{self.prefix}{_COMPACT_EXACT}:{base64(digests)}"
         return f"{self.prefix}{_COMPACT_EXACT}:{profile_id}:{bytes_digest}"
 
     def is_compact_exact(self, alias_key: str) -> bool:
@@ -146,6 +145,15 @@ class Keys:
     def events(self) -> str:
         """Capped stream of recognition events (one per answered request) that audits read."""
         return f"{self.prefix}events"
+
+
+def _digest_bytes(profile: str, digest: str) -> bytes | None:
+    """A profile digest and an audio digest (hex) as bytes: the profile's length, its bytes, the
+    audio digest's bytes; None unless both are hex (and the profile under 256 bytes)."""
+    if not (_is_hex(profile) and _is_hex(digest) and len(profile) < 512):
+        return None
+    raw_profile = bytes.fromhex(profile)
+    return bytes([len(raw_profile)]) + raw_profile + bytes.fromhex(digest)
 
 
 def _is_hex(text: str) -> bool:
