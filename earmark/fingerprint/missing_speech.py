@@ -34,7 +34,7 @@ floors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -84,6 +84,14 @@ class MissingSpeech:
     # Whether the lacking side's noise floor rose NOISE_ADDED_DB over the other's: noise was added to it.
     noise_added: bool = False
     wide: bool = False  # found above the telephone band (`missing_wide_speech`)
+    # What this check measured of the line between the two, which the verification reads to
+    # tell a low-rate codec from added noise or a wideband line (service/pipeline/
+    # verification.py, `excused_median_db`): how far the query's noise floor lies over the
+    # entry's (mean over the detail bands; NOISE_ADDED_DB or more: noise was added to the
+    # query), and how many of the WIDE_BANDS over the telephone band the query's line carries
+    # (`carried_bands`; -1: unknown, no wide spectrum on one side).
+    query_noise_rise_db: float = 0.0
+    wide_bands_carried: int = -1
 
     @property
     def excess(self) -> float:
@@ -105,10 +113,11 @@ def missing_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int, que
     if len(narrow.q) < STRETCH_FRAMES or len(narrow.r) < STRETCH_FRAMES:
         return NOTHING_MISSING
     found = _both_ways(narrow.q, narrow.r, narrow.q_floor, narrow.r_floor, offset_frames, narrow.entry_noise_added)
-    if query_wide is None or entry_wide is None:
-        return found  # no wide spectrum (an entry stored before it)
-    above = narrow.above_band(query_wide, entry_wide, offset_frames)
-    return above if above.excess > found.excess else found
+    carried = -1
+    if query_wide is not None and entry_wide is not None:  # none: an entry stored before the wide spectrum
+        above, carried = narrow.above_band(query_wide, entry_wide, offset_frames)
+        found = above if above.excess > found.excess else found
+    return replace(found, query_noise_rise_db=round(narrow.query_noise_rise_db, 2), wide_bands_carried=carried)
 
 
 def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int, query_detail: np.ndarray,
@@ -117,7 +126,7 @@ def missing_wide_speech(query: np.ndarray, entry: np.ndarray, offset_frames: int
     `wide_spectrum`) aligned alike, given the two recordings' detail spectra on the same frames:
     judged only in the bands the line carries, without a codec's holes, and only in frames whose
     telephone band is noise alone too, against twice the limits (see the module docstring)."""
-    return _Narrow(query_detail, entry_detail).above_band(query, entry, offset_frames)
+    return _Narrow(query_detail, entry_detail).above_band(query, entry, offset_frames)[0]
 
 
 class _Narrow:
@@ -134,17 +143,25 @@ class _Narrow:
     def __init__(self, query: np.ndarray, entry: np.ndarray) -> None:
         self.q, self.r = decibels(query), decibels(entry)
         self.q_floor, self.r_floor = noise_floor(self.q), noise_floor(self.r)
-        self.entry_noise_added = float(np.mean(self.r_floor - self.q_floor)) >= NOISE_ADDED_DB
+        self.query_noise_rise_db = float(np.mean(self.q_floor - self.r_floor))
+        self.entry_noise_added = -self.query_noise_rise_db >= NOISE_ADDED_DB
 
-    def above_band(self, query_wide: np.ndarray, entry_wide: np.ndarray, offset: int) -> MissingSpeech:
+    def above_band(self, query_wide: np.ndarray, entry_wide: np.ndarray, offset: int) -> tuple[MissingSpeech, int]:
         """`_both_ways` on the two wide spectra, gated (`wide`), each side's frames counted only
-        where its telephone band is noise alone; nothing for wide spectra not on the detail
-        spectra's frames (a damaged value) or too short."""
+        where its telephone band is noise alone, and how many wide bands the query's line
+        carries; nothing (and -1) for wide spectra not on the detail spectra's frames (a damaged
+        value) or too short."""
         q, r = decibels(query_wide), decibels(entry_wide)
         if len(q) != len(self.q) or len(r) != len(self.r) or len(q) < STRETCH_FRAMES or len(r) < STRETCH_FRAMES:
-            return NOTHING_MISSING
-        return _both_ways(q, r, noise_floor(q), noise_floor(r), offset, self.entry_noise_added, wide=True,
-                          q_quiet=_noise_alone(self.q, self.q_floor), r_quiet=_noise_alone(self.r, self.r_floor))
+            return NOTHING_MISSING, -1
+        q_floor, r_floor = noise_floor(q), noise_floor(r)
+        found = _both_ways(q, r, q_floor, r_floor, offset, self.entry_noise_added, wide=True,
+                           q_quiet=_noise_alone(self.q, self.q_floor), r_quiet=_noise_alone(self.r, self.r_floor))
+        q_index, r_index = overlap(q, r, offset)
+        if q_index.size < STRETCH_FRAMES:
+            return found, -1
+        held, sent, floor = q[q_index], r[r_index], np.maximum(q_floor, r_floor)
+        return found, int(carried_bands(held, sent, floor, _line_response(held, sent, floor)).sum())
 
 
 def _both_ways(q: np.ndarray, r: np.ndarray, q_floor: np.ndarray, r_floor: np.ndarray, offset: int,
@@ -179,7 +196,7 @@ def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor
     floor = np.maximum(h_floor, s_floor)
     response = _line_response(held, sent, floor)
     if wide:
-        carried = (response > CARRIED_DB) & ((sent > floor + SPEECH_OVER_FLOOR_DB).sum(axis=0) >= MIN_SPEECH_CELLS)
+        carried = carried_bands(held, sent, floor, response)
         if carried.sum() < MIN_CARRIED_BANDS:
             return NOTHING_MISSING
         held, sent, floor, response = held[:, carried], sent[:, carried], floor[carried], response[carried]
@@ -205,6 +222,12 @@ def _lacked(holder: np.ndarray, source: np.ndarray, h_floor: np.ndarray, s_floor
         noise_added=noise_added,
         wide=wide,
     )
+
+
+def carried_bands(held: np.ndarray, sent: np.ndarray, floor: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """Per band of two aligned dB spectra, whether the line from `sent` to `held` carries it: its
+    `_line_response` over CARRIED_DB, measured on at least MIN_SPEECH_CELLS speech cells."""
+    return (response > CARRIED_DB) & ((sent > floor + SPEECH_OVER_FLOOR_DB).sum(axis=0) >= MIN_SPEECH_CELLS)
 
 
 def _line_response(held: np.ndarray, sent: np.ndarray, floor: np.ndarray) -> np.ndarray:
