@@ -119,3 +119,13 @@ def test_a_changed_vowel_through_opus_at_8_kbits_is_refused(verifier):
     changed = _features(verifier, _opus(fixture_bytes("minimal_pairs/name_changed_011_b.flac"), 8))
     accepted, _, reason = _judge(verifier, entry, changed)
     assert not accepted, reason
+
+
+def test_a_copy_through_opus_at_8_kbits_is_served_and_counted(client):
+    """Through the service: the Opus 8 kbit/s copy of a cached recording is a fuzzy hit, and the
+    coarse line vouched for is counted on /metrics."""
+    original = fixture_bytes("minimal_pairs/teen_ty_010_a.flac")
+    first = client.post("/recognize", files={"file": ("a.flac", original, "audio/flac")}).json()
+    again = client.post("/recognize", files={"file": ("a.opus", _opus(original, 8), "audio/ogg")}).json()
+    assert again["cache"]["tier"] == "fuzzy" and again["cache"]["entry"] == first["cache"]["entry"], again["cache"]
+    assert 'earmark_fuzzy_coarse_line_excused_total{accepted="true"} 1.0' in client.get("/metrics").text

@@ -141,6 +141,11 @@ class Metrics:
             "Fuzzy candidates the detail check judged as level-compressed (a limiter or compressor on one side), by outcome.",
             ["accepted"], registry=r,
         )
+        self.fuzzy_coarse_line_excused = Counter(
+            "earmark_fuzzy_coarse_line_excused_total",
+            "Fuzzy candidates on a line coarser than 2 dB that the detail check vouched for as a low-rate codec's, by outcome.",
+            ["accepted"], registry=r,
+        )
         self.store_info = StoreInfoCollector()
         r.register(self.store_info)
         self.breaker_trips = Counter(

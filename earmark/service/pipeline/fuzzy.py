@@ -67,6 +67,8 @@ class FuzzyMatcher:
             self.metrics.fuzzy_candidates.inc()
             if judgement.level_compressed:
                 self.metrics.fuzzy_level_compressed.labels(accepted=str(accepted).lower()).inc()
+            if judgement.coarse_line_excused:
+                self.metrics.fuzzy_coarse_line_excused.labels(accepted=str(accepted).lower()).inc()
             if entry is None:
                 self.index.remove(entry_id)  # expired, evicted or deleted: prune as we go
             if accepted and entry is not None:  # a gone entry is never accepted

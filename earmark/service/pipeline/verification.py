@@ -190,6 +190,9 @@ class Judgement:
     # Where in the query the check that refused found its worst stretch (start, end in seconds):
     # segment reuse keeps the rest of a long stretch. None when accepted, or refused as a whole.
     refused_at: tuple[float, float] | None = None
+    # The detail check vouched for a line coarser than EXCUSED_MEDIAN_DB: a low-rate codec's
+    # (`excused_median_db`).
+    coarse_line_excused: bool = False
 
 
 @dataclass(frozen=True)
@@ -349,7 +352,9 @@ class Verifier:
         accepted, reason = self._verdict(verdict, detail, detail_score, missing, missing_score, pitch, pitch_score,
                                          tones_hidden, excused_db)
         refused_at = None if accepted else self._refused_at(verdict, detail, missing, pitch, excused_db)
-        return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s, refused_at)
+        coarse = detail.median_db > EXCUSED_MEDIAN_DB and excused_db > EXCUSED_MEDIAN_DB
+        return Judgement(accepted, score, reason, verdict.stretches, detail.limited, verdict.offset_s, refused_at,
+                         coarse_line_excused=coarse)
 
     def _refused_at(self, verdict: Verification, detail: DetailVerdict | None, missing: MissingSpeech | None,
                     pitch: PitchVerdict | None, excused_db: float = 0.0) -> tuple[float, float] | None:
