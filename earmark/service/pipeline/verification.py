@@ -609,11 +609,13 @@ def detail_score_of(excess_db: float, median_db: float = 0.0, loud_burst: bool =
                     excused_db: float = EXCUSED_MEDIAN_DB) -> float:
     """The detail check's score in [0, 1]: 1 - excess / DETAIL_ZERO_DB (COARSE_DETAIL_ZERO_DB on
     a coarse line, or for a burst quieter than the recording's loud frames: `loud_burst`
-    False), and no more than the line's distortion allows (`excused_db`, how coarse a line the
-    pair may have, reaches the threshold: `excused_median_db`)."""
+    False), and no more than the line's distortion allows (EXCUSED_MEDIAN_DB reaches the
+    threshold; a line up to `excused_db`, vouched for further by `excused_median_db`, stays at
+    the threshold: it is served at the default threshold and refused under any stricter one)."""
     fine = median_db <= COARSE_LINE_MEDIAN_DB and loud_burst
     zero = DETAIL_ZERO_DB if fine else COARSE_DETAIL_ZERO_DB
-    return max(0.0, min(1.0 - excess_db / zero, 1.0 - median_db * (1.0 - 0.74) / excused_db))
+    line_db = min(median_db, EXCUSED_MEDIAN_DB) if median_db <= excused_db else median_db
+    return max(0.0, min(1.0 - excess_db / zero, 1.0 - line_db * (1.0 - 0.74) / EXCUSED_MEDIAN_DB))
 
 
 def detail_verdict_score(detail: DetailVerdict, excused_db: float = EXCUSED_MEDIAN_DB) -> float:
