@@ -68,6 +68,18 @@ def test_a_burst_over_the_codecs_own_level_is_refused_on_an_excused_line():
     assert detail_verdict_score(vowel, COARSEST_EXCUSED_MEDIAN_DB) < THRESHOLD
 
 
+def test_a_burst_over_the_codecs_own_level_is_refused_on_any_coarse_line():
+    """Under 2 dB too: "Don" / "Dan" through ffmpeg's GSM was served at a median of 2.0 dB, its
+    7.1 dB burst an excess of 4.1 under the coarse limit of 4.5. A level-compressed judgement
+    keeps its own limits (its burst is measured on levelled frames)."""
+    gsm = replace(CODEC_DETAIL, burst_db=7.1, median_db=2.0, allowance_db=2.0)
+    assert gsm.excess_db < 4.5
+    assert detail_verdict_score(gsm) < THRESHOLD
+    assert detail_verdict_score(replace(gsm, burst_db=4.9)) >= THRESHOLD
+    levelled = replace(CODEC_DETAIL, burst_db=3.5, median_db=1.8, allowance_db=1.8, limited=True)
+    assert detail_verdict_score(levelled) >= THRESHOLD
+
+
 def _features(verifier: Verifier, data: bytes):
     return verifier.features(decode_audio(data, 3600).pcm_16k)
 
