@@ -6,9 +6,10 @@ asks for pairs whose second side went through a channel. Here both sides of each
 through the same low-rate codecs (ffmpeg's real encoders: GSM 06.10, G.726 at 16 kbit/s, Opus at
 6 and 8 kbit/s, MP3 at 16 kbit/s and 11 kHz, Speex at 8 kbit/s), and each is judged against A as
 synthesised, the cached entry: A's copy must be served, B never. Each is judged twice, with the
-service's verification and with a coarse line excused only up to EXCUSED_MEDIAN_DB (revision 10's
-rule, for comparison), with the entry in the pair's own language and in English (as when an
-engine misidentifies Mandarin: the tone rule then does not apply).
+service's verification and with revision 10's rule (no coarse line excused past EXCUSED_MEDIAN_DB,
+no burst limit over a coarse line's median), for comparison, with the entry in the pair's own
+language and in English (as when an engine misidentifies Mandarin: the tone rule then does not
+apply).
 
     .venv/bin/python bench/make_minimal_pairs.py                       # bench/data/minimal_pairs
     .venv/bin/python bench/bench_coarse_pairs.py [--jobs 2]            # bench/out/coarse_pairs.json
@@ -68,14 +69,14 @@ def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeature
     entry = Entry(entry_id="a" * 32, profile_id=PROFILE, pcm_digest="pcm", text="a", normalized_text="a",
                   language=language, duration_s=0.0, speech_s=entry_features.speech_s, engine_seconds=1.0,
                   generation="g")
-    service = verification.COARSEST_EXCUSED_MEDIAN_DB
-    if rule == "revision 10":
-        verification.COARSEST_EXCUSED_MEDIAN_DB = verification.EXCUSED_MEDIAN_DB
+    service = verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB
+    if rule == "revision 10":  # no coarse line excused past EXCUSED_MEDIAN_DB, no burst limit over the median
+        verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB = verification.EXCUSED_MEDIAN_DB, float("inf")
     try:
         return verifier.judge(query, PROFILE, float(query.embedding @ entry_features.embedding),
                               verifier.attach(entry, entry_features))
     finally:
-        verification.COARSEST_EXCUSED_MEDIAN_DB = service
+        verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB = service
 
 
 def main() -> None:
