@@ -335,7 +335,7 @@ class Verifier:
         if refused is not None:
             score = min(verdict.worst_score, short_score_of(verdict.worst_short_score))
             return Judgement(False, score, refused, verdict.stretches, offset_s=verdict.offset_s,
-                             refused_at=self._refused_at(verdict, None, None, None))
+                             refused_at=self._refused_at(verdict, None, None, None, EXCUSED_MEDIAN_DB))
         assert entry is not None
         evidence = self._compared_detail(features, entry, verdict, entry_detail)
         detail, pitch, missing = evidence.detail, evidence.pitch, evidence.missing
@@ -357,7 +357,7 @@ class Verifier:
                          coarse_line_excused=coarse)
 
     def _refused_at(self, verdict: Verification, detail: DetailVerdict | None, missing: MissingSpeech | None,
-                    pitch: PitchVerdict | None, excused_db: float = 0.0) -> tuple[float, float] | None:
+                    pitch: PitchVerdict | None, excused_db: float) -> tuple[float, float] | None:
         """The query stretch (start, end in seconds) where the check that refuses (in `_verdict`'s
         order) found the two apart: the first ~1 s window under its threshold (what comes before
         it agrees at this alignment: a piece cut before it is likely accepted, and an edit that
