@@ -604,10 +604,26 @@ def excused_median_db(detail: DetailVerdict, missing: MissingSpeech, pitch: Pitc
     noise added to the query, its pitch compared throughout, no drift, a line short of the whole
     band above the telephone band), EXCUSED_MEDIAN_DB otherwise, and for an entry stored without
     a wide spectrum (its line above the telephone band is unknown)."""
-    codec = (not detail.limited and missing.query_noise_rise_db < NOISE_ADDED_DB
-             and pitch.least_covered >= MIN_TONE_COVERAGE and detail.median_db - detail.rest_db <= DRIFT_DB
-             and 0 <= missing.wide_bands_carried < WIDE_BANDS)
-    return COARSEST_EXCUSED_MEDIAN_DB if codec else EXCUSED_MEDIAN_DB
+    return EXCUSED_MEDIAN_DB if _not_a_codec(detail, missing, pitch) else COARSEST_EXCUSED_MEDIAN_DB
+
+
+def _not_a_codec(detail: DetailVerdict, missing: MissingSpeech, pitch: PitchVerdict) -> str | None:
+    """What shows on a pair besides a low-rate codec (`excused_median_db`), in the words of a
+    reason; None when nothing does."""
+    if detail.limited:
+        return "the pair was judged as level-compressed"
+    if missing.query_noise_rise_db >= NOISE_ADDED_DB:
+        return f"noise was added to the query (its floor {missing.query_noise_rise_db:.1f} dB over the entry's)"
+    if pitch.least_covered < MIN_TONE_COVERAGE:
+        return f"the line hid the pitch (only {pitch.least_covered:.0%} of it compared in one 200 ms)"
+    drift_db = detail.median_db - detail.rest_db
+    if drift_db > DRIFT_DB:
+        return f"the recordings drift apart ({drift_db:.2f} dB over the locally aligned median)"
+    if missing.wide_bands_carried < 0:
+        return "the entry was stored without a wide spectrum"
+    if missing.wide_bands_carried >= WIDE_BANDS:
+        return "the line carries the whole band over the telephone band (not a low-rate codec)"
+    return None
 
 
 def detail_score_of(excess_db: float, median_db: float = 0.0, loud_burst: bool = True,
@@ -636,20 +652,9 @@ def detail_verdict_score(detail: DetailVerdict, excused_db: float = EXCUSED_MEDI
 
 def _coarse_note(detail: DetailVerdict, missing: MissingSpeech, pitch: PitchVerdict, excused_db: float) -> str:
     """Why a line over EXCUSED_MEDIAN_DB was not excused up to COARSEST_EXCUSED_MEDIAN_DB."""
-    if excused_db >= COARSEST_EXCUSED_MEDIAN_DB or detail.median_db > COARSEST_EXCUSED_MEDIAN_DB:
+    why = _not_a_codec(detail, missing, pitch)
+    if excused_db >= COARSEST_EXCUSED_MEDIAN_DB or detail.median_db > COARSEST_EXCUSED_MEDIAN_DB or why is None:
         return ""
-    if detail.limited:
-        why = "the pair was judged as level-compressed"
-    elif missing.query_noise_rise_db >= NOISE_ADDED_DB:
-        why = f"noise was added to the query (its floor {missing.query_noise_rise_db:.1f} dB over the entry's)"
-    elif pitch.least_covered < MIN_TONE_COVERAGE:
-        why = f"the line hid the pitch (only {pitch.least_covered:.0%} of it compared in one 200 ms)"
-    elif detail.median_db - detail.rest_db > DRIFT_DB:
-        why = f"the recordings drift apart ({detail.median_db - detail.rest_db:.2f} dB over the locally aligned median)"
-    elif missing.wide_bands_carried < 0:
-        why = "the entry was stored without a wide spectrum"
-    else:
-        why = "the line carries the whole band over the telephone band (not a low-rate codec)"
     return f"; a line up to {COARSEST_EXCUSED_MEDIAN_DB} dB is excused only for a low-rate codec, and here {why}"
 
 
