@@ -62,7 +62,7 @@ def fingerprint_code_digest() -> str:
 
 
 # Modules of fingerprint/ that compute no feature, only compare them: a change there keeps the caches.
-JUDGING_ONLY = frozenset({"missing_speech.py"})
+JUDGING_ONLY = frozenset({"missing_speech.py", "medians.py"})
 
 
 def compute_features(paths: list[str], jobs: int, cache: Path | None = None) -> list[tuple[QueryFeatures, str, float]]:

@@ -31,13 +31,15 @@ included, stay under about 6 dB of excess, pairs differing in one vowel start at
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.fft
 
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.framing import Framer
+from earmark.fingerprint.medians import median as median_of
+from earmark.fingerprint.medians import row_medians
 from earmark.fingerprint.rows import RowStore
 from earmark.fingerprint.mel import mel_filter_bank
 
@@ -250,10 +252,11 @@ def compare_detail_phased(query: np.ndarray, phases: tuple[np.ndarray, ...], ent
     rarely a whole 10 ms hop; neither is a minimal pair's drift after its changed phone, and
     at the wrong phase the frames straddle every transition differently, which raises the
     median that excuses the pair's changed syllable (bench/README.md, "Weak consonants")."""
-    stored = compare_detail(query, entry, offset_s)
+    r = _Levels(decibels(entry))  # the entry's side, the same at every phase
+    stored = _compare(_Levels(decibels(query)), r, offset_s)
     best = stored
     for phase, spectrum in zip(PHASES[:len(phases)], phases, strict=True):  # none: the stored phase alone
-        verdict = compare_detail(spectrum, entry, offset_s + phase / SAMPLE_RATE)
+        verdict = _compare(_Levels(decibels(spectrum)), r, offset_s + phase / SAMPLE_RATE)
         if verdict.median_db < best.median_db:
             shift = phase / SAMPLE_RATE  # a phased frame k starts this much after frame k
             best = replace(verdict, query_s=round(verdict.query_s + shift, 3))
@@ -277,8 +280,40 @@ def wide_from_bytes(raw: bytes) -> np.ndarray | None:
 
 def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> DetailVerdict:
     """Judge two detail spectra aligned at `offset_s` (query time t ~ entry time t + offset_s)."""
-    q, r = decibels(query), decibels(entry)
-    if len(q) == 0 or len(r) == 0:
+    return _compare(_Levels(decibels(query)), _Levels(decibels(entry)), offset_s)
+
+
+class _Levels:
+    """A detail spectrum in dB (`db`) with what a comparison derives from it alone, each
+    computed on first use and kept: an entry's are the same at every phase of the query."""
+
+    def __init__(self, db: np.ndarray) -> None:
+        self.db = db
+
+    @cached_property
+    def floor(self) -> np.ndarray:
+        """`noise_floor`."""
+        return noise_floor(self.db)
+
+    @cached_property
+    def frame_levels(self) -> np.ndarray:
+        """`frame_levels`."""
+        return frame_levels(self.db)
+
+    @cached_property
+    def relative(self) -> np.ndarray:
+        """Each frame's level relative to the recording's loud frames (their 98th percentile)."""
+        return self.frame_levels - np.percentile(self.frame_levels, 98)
+
+    @cached_property
+    def top_range(self) -> _Levels:
+        """`_top_range`."""
+        return _Levels(_top_range(self.db))
+
+
+def _compare(q: _Levels, r: _Levels, offset_s: float) -> DetailVerdict:
+    """`compare_detail` of two spectra in dB."""
+    if len(q.db) == 0 or len(r.db) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
     verdict = _worst_stretch(q, r, offset_s)
     compression = _compression_db(q, r, verdict.offset_frames)
@@ -287,9 +322,10 @@ def compare_detail(query: np.ndarray, entry: np.ndarray, offset_s: float) -> Det
     # Each query frame brought to its counterpart's level before the floors are applied, and
     # the floor raised by the compression: what the compressor lifted out of the noise stays
     # under it on both sides.
-    levelled = _top_range(q) - _frame_gains(q, r, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)[:, None]
-    limited = _worst_stretch(levelled, _top_range(r), offset_s, compression_db=abs(compression))
-    noisy = float(np.mean(noise_floor(q) - noise_floor(r))) > NOISE_RISE_DB
+    gains = _frame_gains(q.db, r.db, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)
+    levelled = _Levels(q.top_range.db - gains[:, None])
+    limited = _worst_stretch(levelled, r.top_range, offset_s, compression_db=abs(compression))
+    noisy = float(np.mean(q.floor - r.floor)) > NOISE_RISE_DB
     unlevelled = replace(verdict, compression_db=round(compression, 2)) if noisy else None
     return replace(limited, compression_db=round(compression, 2), limited=True, unlevelled=unlevelled)
 
@@ -299,13 +335,13 @@ def decibels(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
 
 
-def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db: float = 0.0) -> DetailVerdict:
+def _worst_stretch(q_levels: _Levels, r_levels: _Levels, offset_s: float, compression_db: float = 0.0) -> DetailVerdict:
     """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
     `offset_s`) that makes their median distance smallest. For a level-compressed pair
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
     taken out (`_aligned_distances`)."""
-    q_raw, r_raw = q, r  # before the floors: the burst's loudness is judged on these
-    q_floor, r_floor = noise_floor(q) + compression_db, noise_floor(r) + compression_db
+    q, r = q_levels.db, r_levels.db
+    q_floor, r_floor = q_levels.floor + compression_db, r_levels.floor + compression_db
     floor = np.maximum(q_floor, r_floor)
     # Only speech without a counterpart is a missing word: room tone trimmed off an end is not.
     # Where one recording has no frames at all, the other's noise hides nothing, so its frames
@@ -325,7 +361,7 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
         if distances.size == 0:
             continue
         aligned[offset] = (distances, q_index)
-        median = float(np.median(distances))
+        median = float(median_of(distances))
         if best is None or median < best[0]:
             best = (median, distances, q_index, offset)
     if best is None:
@@ -340,8 +376,9 @@ def _worst_stretch(q: np.ndarray, r: np.ndarray, offset_s: float, compression_db
         start, worst = int(np.argmax(sums)), float(sums.max())
     seconds = (int(q_index[start]) * HOP - WINDOW) / SAMPLE_RATE  # frame k starts WINDOW samples early
     burst = q_index[start:start + BURST_FRAMES]
-    loud = frame_gain or min(_loudest(_relative_levels(q_raw), burst),
-                             _loudest(_relative_levels(r_raw), burst + offset)) >= LOUD_BURST_DB
+    # The burst's loudness is judged on the spectra before the floors.
+    loud = frame_gain or min(_loudest(q_levels.relative, burst),
+                             _loudest(r_levels.relative, burst + offset)) >= LOUD_BURST_DB
     return DetailVerdict(
         burst_db=max(0.0, worst - allowance),
         median_db=median,
@@ -378,14 +415,7 @@ def _locally_aligned_median(aligned: dict[int, tuple[np.ndarray, np.ndarray]], o
     sums = np.zeros((stacked.shape[0], int(blocks[-1]) + 1), dtype=np.float64)
     np.add.at(sums.T, blocks, stacked.T)
     chosen = np.argmin(sums, axis=0)[blocks]  # each frame's block's best offset (row of `stacked`)
-    return float(np.median(stacked[chosen, np.arange(reference.size)]))
-
-
-def _relative_levels(spectrum: np.ndarray) -> np.ndarray:
-    """Each frame's level (`frame_levels`) relative to the recording's loud frames (their 98th
-    percentile)."""
-    levels = frame_levels(spectrum)
-    return levels - np.percentile(levels, 98)
+    return float(median_of(stacked[chosen, np.arange(reference.size)]))
 
 
 def _loudest(levels: np.ndarray, frames: np.ndarray) -> float:
@@ -418,12 +448,12 @@ def overlap(q: np.ndarray, r: np.ndarray, offset: int) -> tuple[np.ndarray, np.n
     return q_index, q_index + offset
 
 
-def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
+def _compression_db(q: _Levels, r: _Levels, offset: int) -> float:
     """How much more the query's quiet speech frames (12 to 30 dB under the loud ones) gained
     against the entry than its loud frames did: positive when the query went through a limiter
     or compressor, negative when the entry did, near 0 for any codec."""
-    q_index, r_index = overlap(q, r, offset)
-    q_level, r_level = frame_levels(q[q_index]), frame_levels(r[r_index])
+    q_index, r_index = overlap(q.db, r.db, offset)
+    q_level, r_level = q.frame_levels[q_index], r.frame_levels[r_index]
     mean = (q_level + r_level) / 2
     relative = mean - np.percentile(mean, 98) if mean.size else mean
     loud = relative > _LOUD_DB
@@ -431,7 +461,7 @@ def _compression_db(q: np.ndarray, r: np.ndarray, offset: int) -> float:
     if loud.sum() < 3 or quiet.sum() < 5:
         return 0.0
     gain = q_level - r_level
-    return float(np.median(gain[quiet]) - np.median(gain[loud]))
+    return float(median_of(gain[quiet]) - median_of(gain[loud]))
 
 
 def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.ndarray:
@@ -442,7 +472,7 @@ def _frame_gains(q: np.ndarray, r: np.ndarray, offset: int, limit: float) -> np.
     q_index, r_index = overlap(q, r, offset)
     qs, rs = q[q_index], r[r_index]
     audible = (qs.max(axis=1) > LOWEST_FLOOR_DB) & (rs.max(axis=1) > LOWEST_FLOOR_DB)
-    gains[q_index[audible]] = np.clip(np.median(qs[audible] - rs[audible], axis=1), -limit, limit)
+    gains[q_index[audible]] = np.clip(row_medians(qs[audible] - rs[audible]), -limit, limit)
     return gains
 
 
@@ -475,19 +505,22 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = F
     r_ok = (r_index >= 0) & (r_index < len(r))
     both = q_ok & r_ok
     (q_sound, q_speech, q_alone), (r_sound, r_speech, r_alone) = q_masks, r_masks
+    first, last = max(0, -offset), min(len(q), len(r) - offset)  # the query frames in `both`, in order
+    q_both, r_both = slice(first, last), slice(first + offset, last + offset)
     sound = np.zeros(q_index.size, dtype=bool)
-    sound[both] = q_sound[q_index[both]] | r_sound[r_index[both]]
+    sound[both] = q_sound[q_both] | r_sound[r_both]
     q_only, r_only = q_ok & ~r_ok, r_ok & ~q_ok
     sound[q_only] = q_alone[q_index[q_only]]
     sound[r_only] = r_alone[r_index[r_only]]
-    difference = q[q_index[both]] - r[r_index[both]]
+    difference = q[q_both] - r[r_both]
     if sound[both].any():
-        difference = difference - np.median(difference[sound[both]], axis=0)
+        difference -= row_medians(difference[sound[both]].T)
     if frame_gain:
-        speech = (q_speech[q_index[both]] | r_speech[r_index[both]]) & q_sound[q_index[both]] & r_sound[r_index[both]]
-        difference[speech] -= np.median(difference[speech], axis=1, keepdims=True)
+        speech = (q_speech[q_both] | r_speech[r_both]) & q_sound[q_both] & r_sound[r_both]
+        if speech.any():
+            difference[speech] -= row_medians(difference[speech])[:, None]
     distances = np.full(q_index.size, UNMATCHED_DB, dtype=np.float32)
-    distances[both] = np.abs(difference).mean(axis=1)
+    distances[both] = np.abs(difference, out=difference).mean(axis=1)
     return distances[sound], q_index[sound]
 
 

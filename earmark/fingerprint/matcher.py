@@ -62,14 +62,16 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
     offset, errors, counted, shared, q_index = aligned
     long_scores, long_starts = _window_scores(errors[counted], config.window_frames)
     short_scores, short_starts = _window_scores(errors[counted & shared], config.short_window_frames)
+    # The frames each scale's stretches run over, found once (an hour has thousands of stretches).
+    counted_frames, shared_frames = np.flatnonzero(counted), np.flatnonzero(counted & shared)
 
-    def start_time(mask: np.ndarray, start: int) -> float:
-        return _query_seconds(q_index[np.flatnonzero(mask)[start]], config)
+    def start_time(frames: np.ndarray, start: int) -> float:
+        return _query_seconds(q_index[frames[start]], config)
 
-    def query_time(mask: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> float:
+    def query_time(frames: np.ndarray, starts: np.ndarray, scores: np.ndarray) -> float:
         if scores.size == 0:
             return 0.0
-        return start_time(mask, int(starts[int(np.argmin(scores))]))
+        return start_time(frames, int(starts[int(np.argmin(scores))]))
 
     return Verification(
         worst_score=float(long_scores.min()),
@@ -77,9 +79,9 @@ def verify(query: RobustHash, reference: RobustHash, config: FingerprintConfig) 
         offset_s=offset / config.frames_per_second,
         windows=len(long_scores),
         worst_short_score=float(short_scores.min()) if short_scores.size else 1.0,
-        worst_at_s=query_time(counted, long_starts, long_scores),
-        worst_short_at_s=query_time(counted & shared, short_starts, short_scores),
-        stretches=tuple((start_time(counted, int(start)), round(float(score), 4))
+        worst_at_s=query_time(counted_frames, long_starts, long_scores),
+        worst_short_at_s=query_time(shared_frames, short_starts, short_scores),
+        stretches=tuple((start_time(counted_frames, int(start)), round(float(score), 4))
                         for start, score in zip(long_starts, long_scores, strict=True)),
     )
 
