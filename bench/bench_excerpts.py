@@ -25,6 +25,7 @@ word), and the span search's time against the engine's. Writes bench/out/excerpt
 not run this.
 
     nice .venv/bin/python bench/bench_excerpts.py [--minutes 3] [--originals 2] [--channels clean,mp3,telephone]
+        [--real more.mp3 ...] [--no-whole]
 """
 
 from __future__ import annotations
@@ -101,12 +102,12 @@ def _meeting(n: int, minutes: float, sentences: list[str], rng: random.Random) -
     return pieces
 
 
-def _human(name: str) -> list[dict]:
+def _human(path: Path) -> list[dict]:
     """A real reading cut at its longest pauses into pieces (no per-piece reference)."""
     from earmark.fingerprint.spans import pauses
     from earmark.fingerprint.speech import frame_levels_db
 
-    samples = _read(FIXTURES / name)
+    samples = _read(path)
     cuts = [0] + [int(gap.middle_s * RATE) for gap in pauses(frame_levels_db(samples)) if gap.duration_s >= 0.3] + [len(samples)]
     return [{"samples": samples[a:b], "text": "", "voice": "human", "n": i}
             for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)) if b - a > RATE // 2]
@@ -192,14 +193,15 @@ def _assemble(pieces: list[dict], rng: random.Random) -> tuple[np.ndarray, list[
     return np.concatenate(parts), placed
 
 
-def build_corpus(originals: int, minutes: float, seed: int) -> dict:
-    """Originals, their variants and the negatives (samples in memory, speech cached as WAV)."""
+def build_corpus(originals: int, minutes: float, seed: int, real: tuple[Path, ...] = ()) -> dict:
+    """Originals, their variants and the negatives (samples in memory, speech cached as WAV);
+    `real`: more real recordings to use as originals, besides the tests' two readings."""
     DATA.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     sentences = _sentences()
     made = [{"id": f"meeting{n}", "synthetic": True, "pieces": _meeting(n, minutes, sentences, rng)} for n in range(originals)]
-    made += [{"id": name.split("_")[0], "synthetic": False, "pieces": _human(name)}
-             for name in ("ljspeech_001_0001to0008.flac", "fleurs_en_5to9.flac")]
+    made += [{"id": path.name.split("_")[0].split(".")[0], "synthetic": False, "pieces": _human(path)}
+             for path in (FIXTURES / "ljspeech_001_0001to0008.flac", FIXTURES / "fleurs_en_5to9.flac", *real)]
     for original in made:
         original["samples"], original["placed"] = _assemble(original["pieces"], rng)
     variants = []
@@ -300,13 +302,16 @@ def main() -> None:
     parser.add_argument("--originals", type=int, default=2)
     parser.add_argument("--channels", default=",".join(CHANNELS))
     parser.add_argument("--seed", type=int, default=24)
+    parser.add_argument("--real", type=Path, nargs="*", default=[],
+                        help="more real recordings to cache and edit, besides the tests' two 50 s readings (e.g. "
+                             "apollo11.mp3, 89 s of NASA mission audio, from linto-ai/whisper-timestamped's tests/data)")
     parser.add_argument("--no-whole", dest="whole", action="store_false",
                         help="skip the engine's whole-file run of each variant (most of a long run's time): no WER "
                              "comparison, and the whole-file engine time estimated from the cached original's")
     args = parser.parse_args()
     require_tools(parser, "espeak-ng", "ffmpeg")
     channels = args.channels.split(",")
-    corpus = build_corpus(args.originals, args.minutes, args.seed)
+    corpus = build_corpus(args.originals, args.minutes, args.seed, tuple(args.real))
     server, whole_key, edits_key = namespaced_server("excerpts_run", "edits")
     rows, negatives = [], []
     try:

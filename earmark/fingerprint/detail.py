@@ -412,8 +412,13 @@ def _locally_aligned_median(aligned: dict[int, tuple[np.ndarray, np.ndarray]], o
             lookup[candidate] = dense
     stacked = np.stack(list(lookup.values()))  # (offsets, frames)
     blocks = np.arange(reference.size) // LOCAL_BLOCK_FRAMES
-    sums = np.zeros((stacked.shape[0], int(blocks[-1]) + 1), dtype=np.float64)
-    np.add.at(sums.T, blocks, stacked.T)
+    # Each block's sum per offset, its frames added in order (zeros pad the last block).
+    padded = np.zeros((stacked.shape[0], (int(blocks[-1]) + 1) * LOCAL_BLOCK_FRAMES), dtype=np.float64)
+    padded[:, :reference.size] = stacked
+    framed = padded.reshape(stacked.shape[0], -1, LOCAL_BLOCK_FRAMES)
+    sums = framed[:, :, 0].copy()
+    for position in range(1, LOCAL_BLOCK_FRAMES):
+        sums += framed[:, :, position]
     chosen = np.argmin(sums, axis=0)[blocks]  # each frame's block's best offset (row of `stacked`)
     return float(median_of(stacked[chosen, np.arange(reference.size)]))
 
