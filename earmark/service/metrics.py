@@ -56,7 +56,8 @@ class Metrics:
         self.segment_excerpts = Counter(
             "earmark_segment_excerpts_total",
             "Stretches of cached entries tried inside uploads (found by their hash frames), by outcome: accepted, "
-            "refused (by the verification), uncuttable (a word across an end, or too little speech).",
+            "refused (by the verification), uncuttable (a word across an end, or too little speech), skipped (a try "
+            "differing from a refused wider one only at its ends, still holding where that one was refused).",
             ["outcome"], registry=r,
         )
         self.segment_slips = Counter(

@@ -24,6 +24,8 @@ gave no word times offers no stretch: only whole entries are found inside upload
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -45,6 +47,8 @@ from earmark.service.engines.base import Transcript
 from earmark.service.metrics import Metrics
 from earmark.service.pipeline.profile import Profile
 from earmark.service.pipeline.verification import QueryFeatures, Verifier
+
+logger = logging.getLogger(__name__)
 
 # Candidates per stretch from the vector index.
 TOP_K = 3
@@ -243,9 +247,13 @@ class SpanFinder:
                 self.metrics.segment_excerpts.labels(outcome="uncuttable").inc()
                 return None
             budget -= 1
+            started = time.perf_counter()
             judgement = self.verifier.evaluate(features.cut(start_s, end_s, config), profile.digest, similarity, part,
                                                stop_at_hashes=True)
             self.metrics.segment_excerpts.labels(outcome="accepted" if judgement.accepted else "refused").inc()
+            logger.debug("excerpt %.2f-%.2f s of the upload against entry %s at %+.2f s: %s in %.2f s (%s)", start_s,
+                         end_s, entry.entry_id, shift_s, "accepted" if judgement.accepted else "refused",
+                         time.perf_counter() - started, judgement.reason[:120])
             if not judgement.accepted:
                 at = judgement.refused_at
                 return None if at is None else (start_s + at[0], start_s + at[1])
@@ -261,6 +269,13 @@ class SpanFinder:
             tries = [span for span in _cuts_around(agreeing, gaps, duration_s) if not _overlaps(*span, found)]
             widest_refused_at: tuple[float, float] | None = None
             for number, (start_s, end_s) in enumerate(tries):
+                if number and widest_refused_at is not None and (
+                        start_s <= widest_refused_at[0] and widest_refused_at[1] <= end_s):
+                    # Only its ends differ from the widest's, and it still holds where the widest
+                    # was refused: the pieces around that place are judged below instead. (An
+                    # hour's edit would otherwise pay four hour-long verdicts for one refusal.)
+                    self.metrics.segment_excerpts.labels(outcome="skipped").inc()
+                    continue
                 verdict = judged(entry, similarity, shift_s, start_s, end_s)
                 if isinstance(verdict, ReusedSpan):
                     found.append(verdict)
