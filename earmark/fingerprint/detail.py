@@ -417,8 +417,8 @@ def _locally_aligned_median(aligned: dict[int, tuple[np.ndarray, np.ndarray]], o
     padded[:, :reference.size] = stacked
     framed = padded.reshape(stacked.shape[0], -1, LOCAL_BLOCK_FRAMES)
     sums = framed[:, :, 0].copy()
-    for position in range(1, LOCAL_BLOCK_FRAMES):
-        sums += framed[:, :, position]
+    for column in range(1, LOCAL_BLOCK_FRAMES):
+        sums += framed[:, :, column]
     chosen = np.argmin(sums, axis=0)[blocks]  # each frame's block's best offset (row of `stacked`)
     return float(median_of(stacked[chosen, np.arange(reference.size)]))
 
