@@ -25,7 +25,7 @@ word), and the span search's time against the engine's. Writes bench/out/excerpt
 not run this.
 
     nice .venv/bin/python bench/bench_excerpts.py [--minutes 3] [--originals 2] [--channels clean,mp3,telephone]
-        [--real more.mp3 ...] [--no-whole]
+        [--real more.mp3 ...] [--kinds cut,changed] [--no-whole]
 """
 
 from __future__ import annotations
@@ -305,6 +305,9 @@ def main() -> None:
     parser.add_argument("--real", type=Path, nargs="*", default=[],
                         help="more real recordings to cache and edit, besides the tests' two 50 s readings (e.g. "
                              "apollo11.mp3, 89 s of NASA mission audio, from linto-ai/whisper-timestamped's tests/data)")
+    parser.add_argument("--kinds", default="",
+                        help="only these variant kinds, comma-separated (cut,insert,replace,trim,clip,changed,joined): "
+                             "an hour's whole-file runs take about 6 minutes each")
     parser.add_argument("--no-whole", dest="whole", action="store_false",
                         help="skip the engine's whole-file run of each variant (most of a long run's time): no WER "
                              "comparison, and the whole-file engine time estimated from the cached original's")
@@ -331,7 +334,10 @@ def main() -> None:
             time.sleep(1.0)
             before = stage_totals(client)
             per_s = {o["id"]: o["engine_per_s"] for o in originals}
+            kinds = set(filter(None, args.kinds.split(",")))
             for variant in corpus["variants"]:
+                if kinds and variant["kind"] not in kinds:
+                    continue
                 data, suffix = through("clean", variant["samples"])
                 if args.whole:
                     # The engine on the whole variant (no-cache: no tier, no segment reuse, answers it).
