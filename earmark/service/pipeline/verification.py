@@ -232,7 +232,9 @@ class Evidence:
 # 10: the same above the telephone band, on the wide spectrum entries now store (a cut final /s/).
 # 11: a line up to COARSEST_EXCUSED_MEDIAN_DB is vouched for where the pair shows a low-rate
 # codec and nothing else (`excused_median_db`), its burst at most CODEC_BURST_DB over the median.
-VERIFICATION_REVISION = 11
+# 12: a pair's level compression is also measured without its worst 80 ms, the lesser deciding
+# (fingerprint/detail.py, `_compression_db`): a changed loud vowel read as compression by itself.
+VERIFICATION_REVISION = 12
 
 
 class Verifier:
