@@ -28,6 +28,11 @@ def read_pcm(data: bytes) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks).astype(np.int16), stream.rate
 
 
+def wav_of(samples_16k: np.ndarray) -> bytes:
+    """16 kHz float samples (a decoder's `pcm_16k`) as a 16-bit WAV upload."""
+    return encode(np.clip(samples_16k * 32767, -32768, 32767), 16000, fmt="wav", codec="pcm_s16le")
+
+
 def encode(samples: np.ndarray, rate: int, *, fmt: str, codec: str, bitrate: int | None = None,
            channels: int = 1, metadata: dict | None = None) -> bytes:
     """Encode int16 mono `samples` with a real encoder into container `fmt`."""

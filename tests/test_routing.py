@@ -16,7 +16,7 @@ from earmark.service.api.app import create_app
 from earmark.service.config import ConfigError, load_settings
 from earmark.service.pipeline.routing import ROUTED_ENGINE
 from tests.test_app import keys_under
-from tests.audio_tools import encode, fixture_bytes, read_pcm
+from tests.audio_tools import encode, fixture_bytes, read_pcm, wav_of
 from tests.http_helpers import post
 from tests.waiting import wait_for
 
@@ -163,13 +163,9 @@ def test_a_call_opening_with_a_cached_english_prompt_is_identified_by_what_the_e
     caller = np.concatenate([decode_audio(fixture_bytes(name), 60).pcm_16k
                              for name in (MANDARIN, "zh_aishell_BAC009S0724W0121.flac")])
     gap = np.zeros(int(0.7 * SAMPLE_RATE), dtype=np.float32)
-
-    def wav(samples):
-        return encode(np.clip(samples * 32767, -32768, 32767), SAMPLE_RATE, fmt="wav", codec="pcm_s16le")
-
-    assert post(whisper_client, wav(prompt)).status_code == 200
+    assert post(whisper_client, wav_of(prompt)).status_code == 200
     wait_for(lambda: whisper_client.get("/health").json()["index_size"] >= 1)
-    call = wav(np.concatenate([prompt, gap, caller]))
+    call = wav_of(np.concatenate([prompt, gap, caller]))
     assert post(whisper_client, call, path="/lookup").json()["cache"]["tier"] == "partial"  # the prompt is found
     answer = post(whisper_client, call)
     assert answer.status_code == 422, answer.text  # not the English engine's reading of Mandarin

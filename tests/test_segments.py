@@ -25,7 +25,7 @@ from earmark.index.entry import Entry
 from earmark.service.engines.base import Segment, Transcript
 from earmark.service.pipeline.verification import Verifier
 from earmark.service.pipeline.segments import AGREEMENT_WINDOW_FRAMES, JOIN_GAP_S, ReusedSpan, _Agreements, _slips, joined, split_heard, stitched, to_hear
-from tests.audio_tools import encode, fixture_bytes
+from tests.audio_tools import encode, fixture_bytes, wav_of
 from tests.http_helpers import recognize
 from tests.waiting import wait_for
 
@@ -37,8 +37,6 @@ def _pcm(name: str) -> np.ndarray:
     return decode_audio(io.BytesIO(fixture_bytes(name)), 600.0).pcm_16k
 
 
-def _wav(samples: np.ndarray) -> bytes:
-    return encode(np.clip(samples * 32767, -32768, 32767), SAMPLE_RATE, fmt="wav", codec="pcm_s16le")
 
 
 def _metric(client, name: str) -> float:
@@ -53,11 +51,11 @@ def test_a_cached_prompt_opening_a_call_is_reused_and_the_engine_hears_only_the_
     prompt, rest = _pcm("recorded.wav"), _pcm("weather.wav")
     call = np.concatenate([prompt, GAP, rest])
     with TestClient(create_app(settings, engine=engine)) as client:
-        cached = recognize(client, _wav(prompt))
+        cached = recognize(client, wav_of(prompt))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         engine_runs = _metric(client, "earmark_engine_runs_total")
 
-        answer = recognize(client, _wav(call))
+        answer = recognize(client, wav_of(call))
         cache, result = answer["cache"], answer["result"]
         assert cache["tier"] == "partial"
         [span] = cache["spans"]
@@ -78,7 +76,7 @@ def test_a_cached_prompt_opening_a_call_is_reused_and_the_engine_hears_only_the_
         assert _metric(client, "earmark_engine_runs_total") > engine_runs
 
         # The stitched answer is cached as an entry of its own: the same call again is an exact hit.
-        again = recognize(client, _wav(call))
+        again = recognize(client, wav_of(call))
         assert again["cache"]["tier"] == "exact" and again["cache"]["entry"] == cache["entry"]
         assert again["result"]["text"] == result["text"]
 
@@ -89,7 +87,7 @@ def test_a_prompt_in_the_middle_of_a_re_encoded_call_is_found_where_it_lies(sett
     call = np.concatenate([before, GAP, prompt, GAP, after])
     mp3 = encode(np.clip(call * 32767, -32768, 32767), SAMPLE_RATE, fmt="mp3", codec="libmp3lame", bitrate=48000)
     with TestClient(create_app(settings, engine=engine)) as client:
-        cached = recognize(client, _wav(prompt))
+        cached = recognize(client, wav_of(prompt))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         lookup = recognize(client, mp3, "/lookup")["cache"]
         assert lookup["tier"] == "partial" and lookup["engine_seconds"] is None
@@ -111,10 +109,10 @@ def test_a_prompt_in_the_middle_of_a_re_encoded_call_is_found_where_it_lies(sett
 def test_two_cached_recordings_joined_are_answered_without_the_engine(settings, engine):
     first, second = _pcm("recorded.wav"), _pcm("weather.wav")
     with TestClient(create_app(settings, engine=engine)) as client:
-        cached = [recognize(client, _wav(samples)) for samples in (first, second)]
+        cached = [recognize(client, wav_of(samples)) for samples in (first, second)]
         wait_for(lambda: client.get("/health").json()["index_size"] >= 2)
         engine_runs = _metric(client, "earmark_engine_runs_total")
-        answer = recognize(client, _wav(np.concatenate([first, GAP, second])))
+        answer = recognize(client, wav_of(np.concatenate([first, GAP, second])))
         cache = answer["cache"]
         assert cache["tier"] == "partial" and cache["engine_seconds"] == 0.0
         assert [span["entry"] for span in cache["spans"]] == [c["cache"]["entry"] for c in cached]
@@ -127,10 +125,10 @@ def test_the_default_engine_hears_the_stretches_around_a_reused_prompt_in_one_ru
     prompt, before, after = _pcm("recorded.wav"), _pcm("weather.wav"), _pcm("librivox_0930.flac")
     call = np.concatenate([before, GAP, prompt, GAP, after])
     with TestClient(create_app(replace(settings, language_id=False), engine=whisper_engine)) as client:
-        cached = recognize(client, _wav(prompt))
+        cached = recognize(client, wav_of(prompt))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         runs = _metric(client, "earmark_engine_runs_total")
-        answer = recognize(client, _wav(call))
+        answer = recognize(client, wav_of(call))
         assert answer["cache"]["tier"] == "partial"
         assert _metric(client, "earmark_engine_runs_total") == runs + 1  # both stretches, one run
         text = answer["result"]["text"].lower()
@@ -148,11 +146,11 @@ def test_a_call_opening_with_a_minimal_pair_of_the_cached_prompt_reuses_nothing(
     changed = _pcm("minimal_pairs/name_changed_011_b.flac")  # "...Dan will call you back..."
     call = np.concatenate([changed, GAP, _pcm("weather.wav")])
     with TestClient(create_app(settings, engine=engine)) as client:
-        recognize(client, _wav(cached_prompt))
+        recognize(client, wav_of(cached_prompt))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
-        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        lookup = recognize(client, wav_of(call), "/lookup")["cache"]
         assert lookup["tier"] == "miss" and "spans" not in lookup
-        answer = recognize(client, _wav(call))
+        answer = recognize(client, wav_of(call))
         assert answer["cache"]["tier"] == "miss" and "spans" not in answer["cache"]
         assert _metric(client, "earmark_partial_hits_total") == 0
 
@@ -174,7 +172,7 @@ def test_stretches_of_a_cached_reading_are_answered_with_their_own_words(setting
     clip = reading[second_start - len(GAP) // 2 : placed[2][1] + len(GAP) // 2]  # the 2nd and 3rd recordings
     edited = np.concatenate([reading[: first_end + len(GAP) // 2], reading[third_start - len(GAP) // 2 :]])  # 2nd cut out
     with TestClient(create_app(settings, engine=engine)) as client:
-        cached = recognize(client, _wav(reading))
+        cached = recognize(client, wav_of(reading))
         entry_id, words = cached["cache"]["entry"], [w for s in cached["result"]["segments"] for w in s["words"]]
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         engine_runs = _metric(client, "earmark_engine_runs_total")
@@ -194,7 +192,7 @@ def test_stretches_of_a_cached_reading_are_answered_with_their_own_words(setting
         assert 0 < answer["cache"]["engine_seconds_saved"] < cached["cache"]["engine_seconds"]
 
         # The reading with its second recording cut out: both stretches from the cache.
-        edited_answer = recognize(client, _wav(edited))
+        edited_answer = recognize(client, wav_of(edited))
         assert edited_answer["cache"]["tier"] == "partial" and edited_answer["cache"]["engine_seconds"] == 0.0
         assert [span["entry"] for span in edited_answer["cache"]["spans"]] == [entry_id, entry_id]
         kept = [w["word"] for w in words if not clip_start_s <= w["start"] < second_end / SAMPLE_RATE + 0.3]
@@ -208,10 +206,10 @@ def test_a_stretch_of_a_cached_reading_with_a_name_changed_in_it_is_heard_by_the
     said, changed = _pcm("minimal_pairs/name_changed_011_a.flac"), _pcm("minimal_pairs/name_changed_011_b.flac")
     before, after = _pcm("recorded.wav"), _pcm("librivox_0890.flac")
     with TestClient(create_app(settings, engine=engine)) as client:
-        recognize(client, _wav(np.concatenate([before, GAP, said, GAP, after, GAP, _pcm("weather.wav")])))
+        recognize(client, wav_of(np.concatenate([before, GAP, said, GAP, after, GAP, _pcm("weather.wav")])))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         call = np.concatenate([before, GAP, changed, GAP, after])  # "Dan" for "Don", and the end trimmed
-        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        lookup = recognize(client, wav_of(call), "/lookup")["cache"]
         # The synthetic pair is the same waveform up to the changed vowel: where they first differ.
         common = min(len(said), len(changed))
         differs_s = (len(before) + len(GAP) + int(np.argmax(np.abs(said[:common] - changed[:common]) > 1e-3))) / SAMPLE_RATE
@@ -229,13 +227,13 @@ def test_the_rest_of_a_recording_an_edit_shifted_by_a_few_milliseconds_is_reused
     said, changed = _pcm("minimal_pairs/name_changed_011_a.flac"), _pcm("minimal_pairs/name_changed_011_b.flac")
     before, after, last = _pcm("recorded.wav"), _pcm("librivox_0890.flac"), _pcm("weather.wav")
     with TestClient(create_app(settings, engine=engine)) as client:
-        recognize(client, _wav(np.concatenate([before, GAP, said, GAP, after, GAP, last])))
+        recognize(client, wav_of(np.concatenate([before, GAP, said, GAP, after, GAP, last])))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
         # The changed sentence said 38 ms shorter: what follows it lies 2.4 hash frames earlier,
         # close enough to the cached offset that one run of frames reaches across the change.
         shorter = GAP[: len(GAP) - 619]
         call = np.concatenate([before, GAP, changed, shorter, after, GAP, last])
-        lookup = recognize(client, _wav(call), "/lookup")["cache"]
+        lookup = recognize(client, wav_of(call), "/lookup")["cache"]
         common = min(len(said), len(changed))
         differs_s = (len(before) + len(GAP) + int(np.argmax(np.abs(said[:common] - changed[:common]) > 1e-3))) / SAMPLE_RATE
         after_s = (len(before) + len(GAP) + len(changed) + len(shorter)) / SAMPLE_RATE
@@ -259,9 +257,9 @@ def test_segment_reuse_can_be_switched_off(settings, engine):
     prompt = _pcm("recorded.wav")
     call = np.concatenate([prompt, GAP, _pcm("weather.wav")])
     with TestClient(create_app(replace(settings, segment_reuse=False), engine=engine)) as client:
-        recognize(client, _wav(prompt))
+        recognize(client, wav_of(prompt))
         wait_for(lambda: client.get("/health").json()["index_size"] >= 1)
-        assert recognize(client, _wav(call), "/lookup")["cache"]["tier"] == "miss"
+        assert recognize(client, wav_of(call), "/lookup")["cache"]["tier"] == "miss"
         assert _metric(client, "earmark_segment_stretches_total") == 0
 
 

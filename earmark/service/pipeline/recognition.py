@@ -414,7 +414,9 @@ class RecognitionCache:
         nothing runs."""
         if not pieces:
             return [], 0.0, profile.engine
-        heard = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        # What is identified, joined only when an identification will hear it.
+        identifies = len(pieces) > 1 and self.router is not None and identify is not None
+        heard = np.concatenate(pieces) if identifies else pieces[0]
         pool, engine_profile = self.pool, profile
         if self.router is not None and identify is not None and self.router.routes:
             # The language picks the engine: identified first. Speech no engine serves is

@@ -480,7 +480,7 @@ class Verifier:
             return False, (f"line_too_coarse: {detail_score:.3f} < {limits.min_detail_score}: every 80 ms "
                            f"differs by {detail.median_db:.1f} dB (a line this coarse, over {excused_db} dB, "
                            f"could hide a changed syllable in its own distortion: a codec under about 24 kbit/s)"
-                           f"{_coarse_note(detail, missing, pitch, excused_db)}")
+                           f"{_coarse_note(detail, missing, pitch)}")
         if detail_score < limits.min_detail_score:
             return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
                            f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
@@ -652,10 +652,10 @@ def detail_verdict_score(detail: DetailVerdict, excused_db: float = EXCUSED_MEDI
     return max(0.0, min(score, 1.0 - over * (1.0 - 0.74) / CODEC_BURST_DB))
 
 
-def _coarse_note(detail: DetailVerdict, missing: MissingSpeech, pitch: PitchVerdict, excused_db: float) -> str:
+def _coarse_note(detail: DetailVerdict, missing: MissingSpeech, pitch: PitchVerdict) -> str:
     """Why a line over EXCUSED_MEDIAN_DB was not excused up to COARSEST_EXCUSED_MEDIAN_DB."""
-    why = _not_a_codec(detail, missing, pitch)
-    if excused_db >= COARSEST_EXCUSED_MEDIAN_DB or detail.median_db > COARSEST_EXCUSED_MEDIAN_DB or why is None:
+    why = _not_a_codec(detail, missing, pitch)  # None: it was (`excused_median_db`)
+    if why is None or detail.median_db > COARSEST_EXCUSED_MEDIAN_DB:
         return ""
     return f"; a line up to {COARSEST_EXCUSED_MEDIAN_DB} dB is excused only for a low-rate codec, and here {why}"
 
