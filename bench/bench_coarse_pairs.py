@@ -56,7 +56,8 @@ def _features(job: str) -> QueryFeatures:
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, *arguments, "-flags", "+bitexact", str(encoded)],
                        check=True)
         data = encoded.read_bytes()
-    return Verifier(FuzzyThresholds()).features(decode_audio(data, 3600).pcm_16k)
+    decoded = decode_audio(data, 3600)
+    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
 
 def _original(path: str) -> QueryFeatures:

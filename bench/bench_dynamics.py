@@ -61,7 +61,8 @@ def process_chain(job: tuple[str, str, str]) -> str:
 
 
 def _features(path: str) -> QueryFeatures:
-    return Verifier(FuzzyThresholds()).features(decode_audio(Path(path).read_bytes(), 3600).pcm_16k)
+    decoded = decode_audio(Path(path).read_bytes(), 3600)
+    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
 
 def run(corpus: Path, work: Path, jobs: int) -> list[dict]:

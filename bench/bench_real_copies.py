@@ -88,8 +88,9 @@ def judge_copies(originals: dict[str, np.ndarray], copies: dict[tuple[str, str],
         scorer.original(name, pcm)
     rows = []
     for (name, transform), path in sorted(copies.items()):
-        pair = scorer.score(str(path), decode_audio(path.read_bytes(), 3600).pcm_16k, name, transform,
-                            positive=transform != CUT[0])
+        decoded = decode_audio(path.read_bytes(), 3600)
+        pair = scorer.score(str(path), decoded.pcm_16k, name, transform, positive=transform != CUT[0],
+                            clipped=decoded.clipped_blocks)
         rows.append({"recording": name, "transform": transform, "accepted": pair.accepted,
                      "score": round(pair.score, 4), "reason": pair.reason})
     return rows

@@ -87,7 +87,8 @@ def _judge_pair(job: tuple[str, str]) -> list[tuple[str, str, bool, float, str]]
     verifier = Verifier(FuzzyThresholds())
 
     def features(raw: bytes):
-        return verifier.features(decode_audio(raw, 3600).pcm_16k)
+        decoded = decode_audio(raw, 3600)
+        return verifier.features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
     original = features((data / f"{pair_id}_a.wav").read_bytes())
     verdicts = []

@@ -18,6 +18,7 @@ import numpy as np
 import soxr
 
 from earmark.errors import EarmarkError, Kind
+from earmark.fingerprint.clipping import NO_BLOCKS, ClippingMarks
 from earmark.fingerprint.sniff import SNIFF_BYTES, sniff_format
 
 SAMPLE_RATE = 16000
@@ -75,6 +76,9 @@ class DecodedAudio:
     codec: str
     source_rate: int
     source_channels: int
+    # Where the source held runs of samples at full scale (fingerprint/clipping.py): 10 ms
+    # blocks of time, none for a recording that did not clip.
+    clipped_blocks: np.ndarray = field(default_factory=lambda: NO_BLOCKS)
 
     @property
     def duration_s(self) -> float:
@@ -98,6 +102,9 @@ class AudioStream:
     declared_s: float | None  # what the header says, if anything: a hint, never trusted
     chunks: Iterator[np.ndarray]
     _container: object = field(default=None, repr=False)
+    # Runs of full-scale samples in the source, marked as `chunks` decodes it: complete once
+    # `chunks` has been read to its end (fingerprint/clipping.py).
+    clipping: ClippingMarks = field(default_factory=ClippingMarks)
 
     def close(self) -> None:
         """Stop decoding (when `chunks` is not read to its end; harmless when it was)."""
@@ -153,14 +160,16 @@ def open_audio(source: bytes | BinaryIO, max_duration_s: float) -> AudioStream:
     except BaseException:
         container.close()
         raise
+    clipping = ClippingMarks()
     return AudioStream(
         container=container_label,
         codec=context.name,
         source_rate=source_rate,
         source_channels=int(getattr(context, "channels", 0) or 0),
         declared_s=declared,
-        chunks=_chunks_16k(container, stream, source_rate, max_duration_s),
+        chunks=_chunks_16k(container, stream, source_rate, max_duration_s, clipping),
         _container=container,
+        clipping=clipping,
     )
 
 
@@ -194,6 +203,7 @@ def decode_audio(source: bytes | BinaryIO, max_duration_s: float) -> DecodedAudi
         codec=audio.codec,
         source_rate=audio.source_rate,
         source_channels=audio.source_channels,
+        clipped_blocks=audio.clipping.blocks(),
     )
 
 
@@ -205,9 +215,11 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def _chunks_16k(container, stream, source_rate: int, max_duration_s: float) -> Iterator[np.ndarray]:
+def _chunks_16k(container, stream, source_rate: int, max_duration_s: float,
+                clipping: ClippingMarks) -> Iterator[np.ndarray]:
     """The stream's samples at 16 kHz mono, clean (no NaN, within [-1, 1]), in pieces of about
-    `CHUNK_SAMPLES` (a decoder's packets are too small to pay each step's overhead on)."""
+    `CHUNK_SAMPLES` (a decoder's packets are too small to pay each step's overhead on); the
+    source's runs at full scale are marked in `clipping` on the way, at its own rate."""
     with container:
         resampler = None if source_rate == SAMPLE_RATE else soxr.ResampleStream(
             source_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
@@ -217,6 +229,7 @@ def _chunks_16k(container, stream, source_rate: int, max_duration_s: float) -> I
                 mono = mono.astype(np.float32) * np.float32(1.0 / 32768.0)
             # Float formats can carry NaN or infinity; nothing downstream should ever see them.
             mono = np.clip(np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+            clipping.push(mono, source_rate)
             total += mono.size
             out = mono if resampler is None else resampler.resample_chunk(mono)
             if out.size:

@@ -36,6 +36,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import scipy.fft
 
+from earmark.fingerprint.clipping import BLOCKS_PER_S
 from earmark.fingerprint.decode import SAMPLE_RATE
 from earmark.fingerprint.framing import Framer
 from earmark.fingerprint.medians import median as median_of
@@ -108,6 +109,15 @@ GAIN_SLACK_DB = 6.0
 # At 25 dB no verdict of the channel or minimal-pair benchmarks changed (bench/README.md, sixth
 # pass); at 10, copies through a real compressor or compander under noise were refused too.
 NOISE_RISE_DB = 25.0
+# Frames over a source's runs at full scale (hard clipping: fingerprint/clipping.py) are
+# compared by their peaks alone: each band raised to at least this far under the frame's
+# loudest, on both sides, so that the harmonics clipping adds between the formants are out of
+# the comparison, while the formants themselves (a changed vowel's) are still compared.
+CLIPPED_RANGE_DB = 25.0
+# ...but only where at most this share of the query's speech frames lie over its clipping: with
+# more, too little of each syllable is left unclipped to tell a copy from a changed one, and the
+# recording is judged as if unmarked.
+MAX_CLIPPED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,9 @@ class DetailVerdict:
     # A level-compressed pair whose query's noise floor rose over NOISE_RISE_DB: the same pair
     # judged without levelling, which the verification takes when it scores lower. None otherwise.
     unlevelled: DetailVerdict | None = None
+    # Whether the query's frames over its hard clipping were compared by their peaks alone
+    # (`CLIPPED_RANGE_DB`).
+    clipped: bool = False
 
     @property
     def rest_db(self) -> float:
@@ -244,19 +257,40 @@ def detail_phases(pcm_16k: np.ndarray) -> tuple[np.ndarray, ...]:
     return tuple(stream.finish() for stream in streams)
 
 
+def clipped_frames(blocks: np.ndarray, frames: int) -> np.ndarray | None:
+    """Which of a recording's `frames` detail frames lie over its clipped 10 ms blocks (a
+    boolean mask; fingerprint/clipping.py), with a frame either side for the resampler's
+    spread; None when none do."""
+    if blocks.size == 0:
+        return None
+    # Frame k spans the samples [k * HOP - WINDOW, k * HOP): a 10 ms block b lies in frames b + 1 to b + 3.
+    first = blocks * SAMPLE_RATE // (BLOCKS_PER_S * HOP)
+    spread = (first[:, None] + np.arange(0, WINDOW // HOP + 3)[None, :]).reshape(-1)
+    mask = np.zeros(frames, dtype=bool)
+    mask[spread[spread < frames]] = True
+    return mask if mask.any() else None
+
+
 def compare_detail_phased(query: np.ndarray, phases: tuple[np.ndarray, ...], entry: np.ndarray,
-                          offset_s: float) -> tuple[DetailVerdict, DetailVerdict]:
+                          offset_s: float, clipped: np.ndarray | None = None) -> tuple[DetailVerdict, DetailVerdict]:
     """`compare_detail` at the stored phase and at the query's `phases` (`detail_phases`):
     (the verdict at the stored phase, the verdict at the phase whose median distance is the
     least). A copy keeps its timing to the sample, but its delay (an encoder's, a pad's) is
     rarely a whole 10 ms hop; neither is a minimal pair's drift after its changed phone, and
     at the wrong phase the frames straddle every transition differently, which raises the
-    median that excuses the pair's changed syllable (bench/README.md, "Weak consonants")."""
+    median that excuses the pair's changed syllable (bench/README.md, "Weak consonants").
+    `clipped`: the query's clipped 10 ms blocks (`clipped_frames`), compared by their peaks."""
     r = _Levels(decibels(entry))  # the entry's side, the same at every phase
-    stored = _compare(_Levels(decibels(query)), r, offset_s)
+    q = _Levels(decibels(query))
+    mask = None if clipped is None else clipped_frames(clipped, len(query))
+    if mask is not None:
+        speech = _speech_frames(q.db, q.floor)
+        if not speech.any() or (mask & speech).sum() > MAX_CLIPPED_SHARE * speech.sum():
+            mask = None
+    stored = _compare(q, r, offset_s, mask)
     best = stored
     for phase, spectrum in zip(PHASES[:len(phases)], phases, strict=True):  # none: the stored phase alone
-        verdict = _compare(_Levels(decibels(spectrum)), r, offset_s + phase / SAMPLE_RATE)
+        verdict = _compare(_Levels(decibels(spectrum)), r, offset_s + phase / SAMPLE_RATE, mask)
         if verdict.median_db < best.median_db:
             shift = phase / SAMPLE_RATE  # a phased frame k starts this much after frame k
             best = replace(verdict, query_s=round(verdict.query_s + shift, 3))
@@ -311,11 +345,12 @@ class _Levels:
         return _Levels(_top_range(self.db))
 
 
-def _compare(q: _Levels, r: _Levels, offset_s: float) -> DetailVerdict:
-    """`compare_detail` of two spectra in dB."""
+def _compare(q: _Levels, r: _Levels, offset_s: float, clipped: np.ndarray | None = None) -> DetailVerdict:
+    """`compare_detail` of two spectra in dB; `clipped`, a mask over the query's frames
+    (`clipped_frames`), or None."""
     if len(q.db) == 0 or len(r.db) == 0:
         return DetailVerdict(UNMATCHED_DB, 0.0, 0.0, 0.0)
-    verdict = _worst_stretch(q, r, offset_s)
+    verdict = _worst_stretch(q, r, offset_s, clipped=clipped)
     compression = _compression_db(q, r, verdict.offset_frames, verdict.query_s)
     if abs(compression) < COMPRESSION_DB:
         return replace(verdict, compression_db=round(compression, 2))
@@ -324,7 +359,7 @@ def _compare(q: _Levels, r: _Levels, offset_s: float) -> DetailVerdict:
     # under it on both sides.
     gains = _frame_gains(q.db, r.db, verdict.offset_frames, abs(compression) + GAIN_SLACK_DB)
     levelled = _Levels(q.top_range.db - gains[:, None])
-    limited = _worst_stretch(levelled, r.top_range, offset_s, compression_db=abs(compression))
+    limited = _worst_stretch(levelled, r.top_range, offset_s, compression_db=abs(compression), clipped=clipped)
     noisy = float(np.mean(q.floor - r.floor)) > NOISE_RISE_DB
     unlevelled = replace(verdict, compression_db=round(compression, 2)) if noisy else None
     return replace(limited, compression_db=round(compression, 2), limited=True, unlevelled=unlevelled)
@@ -335,11 +370,12 @@ def decibels(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) / _STEPS_PER_DB - _OFFSET_DB
 
 
-def _worst_stretch(q_levels: _Levels, r_levels: _Levels, offset_s: float, compression_db: float = 0.0) -> DetailVerdict:
+def _worst_stretch(q_levels: _Levels, r_levels: _Levels, offset_s: float, compression_db: float = 0.0,
+                   clipped: np.ndarray | None = None) -> DetailVerdict:
     """The worst ~80 ms stretch of two dB spectra, over the alignment (within REFINE_FRAMES of
     `offset_s`) that makes their median distance smallest. For a level-compressed pair
     (`compression_db` > 0) the floor is raised by the compression and each frame's own gain is
-    taken out (`_aligned_distances`)."""
+    taken out (`_aligned_distances`); the query's `clipped` frames are compared by their peaks."""
     q, r = q_levels.db, r_levels.db
     q_floor, r_floor = q_levels.floor + compression_db, r_levels.floor + compression_db
     floor = np.maximum(q_floor, r_floor)
@@ -357,7 +393,7 @@ def _worst_stretch(q_levels: _Levels, r_levels: _Levels, offset_s: float, compre
     aligned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for offset in range(center - REFINE_FRAMES, center + REFINE_FRAMES + 1):
         distances, q_index = _aligned_distances(q, r, (q_sound, q_speech, q_alone), (r_sound, r_speech, r_alone),
-                                                offset, frame_gain)
+                                                offset, frame_gain, clipped)
         if distances.size == 0:
             continue
         aligned[offset] = (distances, q_index)
@@ -387,6 +423,7 @@ def _worst_stretch(q_levels: _Levels, r_levels: _Levels, offset_s: float, compre
         offset_frames=offset,
         allowance_db=allowance,
         loud_burst=bool(loud),
+        clipped=clipped is not None,
     )
 
 
@@ -506,7 +543,8 @@ def _top_range(spectrum: np.ndarray) -> np.ndarray:
     return np.maximum(spectrum, spectrum.max(axis=1, keepdims=True) - LIMITED_RANGE_DB)
 
 
-def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = False,
+                       clipped: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame distance over the frames where either side has sound, with their query index;
     a frame with no counterpart on the other side counts (as UNMATCHED_DB) only when it holds
     speech. `q_masks` and `r_masks` are each (sound, speech, speech over the recording's own
@@ -517,6 +555,8 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = F
     frame to frame remains. With `frame_gain` (a limiter or compressor on one side), so is each
     frame's own level difference where both sides have sound and one holds speech: its gain
     follows the signal, while a missing word (speech against the floor) still counts in full.
+    Where the query's frame is `clipped` (a mask over its frames), both frames are compared by
+    their top CLIPPED_RANGE_DB alone.
     """
     q_index = np.arange(min(0, -offset), max(len(q), len(r) - offset))
     r_index = q_index + offset
@@ -532,6 +572,12 @@ def _aligned_distances(q, r, q_masks, r_masks, offset: int, frame_gain: bool = F
     sound[q_only] = q_alone[q_index[q_only]]
     sound[r_only] = r_alone[r_index[r_only]]
     difference = q[q_both] - r[r_both]
+    if clipped is not None:
+        at = np.flatnonzero(clipped[q_both])
+        if at.size:
+            q_rows, r_rows = q[first + at], r[first + offset + at]
+            difference[at] = (np.maximum(q_rows, q_rows.max(axis=1, keepdims=True) - CLIPPED_RANGE_DB)
+                              - np.maximum(r_rows, r_rows.max(axis=1, keepdims=True) - CLIPPED_RANGE_DB))
     if sound[both].any():
         difference -= row_medians(difference[sound[both]].T)
     if frame_gain:

@@ -84,6 +84,13 @@ class Metrics:
             "engine runs) or skipped (deferred and never needed).",
             ["feature", "use"], registry=r,
         )
+        # Issue 23: uploads whose source clipped (runs at full scale, fingerprint/clipping.py), whose clipped
+        # frames the fuzzy tier compares by their peaks alone.
+        self.clipped_uploads = Counter(
+            "earmark_clipped_uploads_total",
+            "Uploads looked up by the fuzzy tier whose source held runs of samples at full scale (hard clipping).",
+            registry=r,
+        )
         # Language identification on misses (service/pipeline/routing.py; issue 26). Outcomes: served (by the
         # configured engine), routed (to another), refused (422, nothing cached); and to the configured engine:
         # uncertain (under the minimum probability), too_short (under the minimum speech), kept (its own

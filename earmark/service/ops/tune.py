@@ -29,6 +29,7 @@ import av
 import numpy as np
 import soxr
 
+from earmark.fingerprint.clipping import NO_BLOCKS
 from earmark.fingerprint.decode import SAMPLE_RATE, AudioError, decode_audio
 from earmark.fingerprint.speech import speech_extent
 from earmark.index.entry import Entry
@@ -217,9 +218,10 @@ class Scorer:
                       duration_s=duration_s, speech_s=features.speech_s, engine_seconds=0.0)
         self._entries[label] = (self.verifier.attach(entry, features), features)
 
-    def score(self, query_label: str, query_pcm: np.ndarray, original: str, kind: str, positive: bool) -> Pair:
-        """Judge one query against one original."""
-        accepted, score, reason = self.judge(self.verifier.features(query_pcm), original)
+    def score(self, query_label: str, query_pcm: np.ndarray, original: str, kind: str, positive: bool,
+              clipped: np.ndarray = NO_BLOCKS) -> Pair:
+        """Judge one query against one original (`clipped`: where its source clipped, as decoded)."""
+        accepted, score, reason = self.judge(self.verifier.features(query_pcm).note_clipping(clipped), original)
         return Pair(query_label, original, kind, positive, score, accepted, reason)
 
     def judge(self, features: QueryFeatures, original: str) -> tuple[bool, float, str]:
@@ -251,7 +253,8 @@ def directory_pairs(directory: Path, scorer: Scorer, others_per_file: int = 8) -
     for index, name in enumerate(names):
         pcm = recordings[name]
         for kind, make in transforms().items():
-            yield scorer.score(f"{name} [{kind}]", decode_audio(make(pcm), 4 * 3600).pcm_16k, name, kind, True)
+            copy = decode_audio(make(pcm), 4 * 3600)
+            yield scorer.score(f"{name} [{kind}]", copy.pcm_16k, name, kind, True, copy.clipped_blocks)
         others = [names[(index + step) % len(names)] for step in range(1, min(others_per_file, len(names) - 1) + 1)]
         for other in others:
             yield scorer.score(other, recordings[other], name, "other_recording", False)
@@ -271,9 +274,10 @@ def csv_pairs(path: Path, scorer: Scorer) -> Iterator[Pair]:
     for original in originals:
         scorer.original(original, decode_audio((base / original).read_bytes(), 4 * 3600).pcm_16k)
     for query, original in ((row[0].strip(), row[1].strip()) for row in rows):
-        pcm = decode_audio((base / query).read_bytes(), 4 * 3600).pcm_16k
+        decoded = decode_audio((base / query).read_bytes(), 4 * 3600)
+        pcm, clipped = decoded.pcm_16k, decoded.clipped_blocks
         if original.lower() == "none":
             for candidate in originals:
-                yield scorer.score(query, pcm, candidate, "labelled_negative", False)
+                yield scorer.score(query, pcm, candidate, "labelled_negative", False, clipped)
         else:
-            yield scorer.score(query, pcm, original, "labelled_positive", True)
+            yield scorer.score(query, pcm, original, "labelled_positive", True, clipped)

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from earmark.fingerprint.clipping import NO_BLOCKS
 from earmark.service.pipeline.upload import Upload
 from earmark.service.pipeline.verification import QueryFeatures
 
@@ -25,6 +26,8 @@ class QueryAudio:
         self.size = upload.size
         self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
         self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (recognition.KEEP_PCM_S)
+        # Where its source clipped (`DecodedAudio.clipped_blocks`), known with `pcm`.
+        self.clipped: np.ndarray = NO_BLOCKS
         # The fuzzy tier's features, once computed: shared by the lookup and a miss's entry.
         self.features: QueryFeatures | None = None
 

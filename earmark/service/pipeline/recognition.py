@@ -549,15 +549,18 @@ class RecognitionCache:
             return query.features
         verifier = self.fuzzy.verifier
         if query.pcm is not None:
-            features = verifier.deferred_features(query.pcm)
+            features = verifier.deferred_features(query.pcm).note_clipping(query.clipped)
             features.report_to(lambda part: self._count_feature(part, "lookup"))
         else:
-            chunks = open_audio(query.open(), self.settings.max_duration_s).chunks
+            audio = open_audio(query.open(), self.settings.max_duration_s)
             # An upload the segment search will hold decoded keeps the bands it embeds stretches from.
-            features = verifier.features_of(_charged(chunks, cover), keep_bands=self._may_hold_spans(query))
+            features = verifier.features_of(_charged(audio.chunks, cover), keep_bands=self._may_hold_spans(query))
+            features.note_clipping(audio.clipping.blocks())
             for part in (*DEFERRED_PARTS, *QUERY_ONLY_PARTS):
                 self._count_feature(part, "lookup")
         self._count_feature("hash", "lookup")
+        if features.clipped.size:
+            self.metrics.clipped_uploads.inc()
         query.features = features
         return features
 
@@ -620,6 +623,7 @@ def _pcm_digest_of(query: QueryAudio, max_duration_s: float, audio: AudioStream 
             if samples > KEEP_PCM_S * SAMPLE_RATE:
                 kept = None
     query.pcm = np.concatenate(kept) if kept else None
+    query.clipped = audio.clipping.blocks()
     query.audio_seconds = samples / SAMPLE_RATE
     return digest.hexdigest()
 

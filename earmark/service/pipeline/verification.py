@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from earmark.fingerprint.clipping import BLOCKS_PER_S, NO_BLOCKS
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig
 from earmark.fingerprint.detail import (
+    CLIPPED_RANGE_DB,
     LIMITED_RANGE_DB,
     PHASES,
     WIDE_BANDS,
@@ -77,9 +79,11 @@ class QueryFeatures:
     per 10 ms frame: fingerprint/pitch.py) and wide spectrum above the detail's band (`wide`:
     `wide_spectrum`) that only the last checks compare, and the detail spectrum at finer phases
     (`detail_phases`), which the detail check compares and no entry stores (empty: none, as for
-    a stored entry judged against others by the audit). A `wide` left out where no PCM is given
-    is empty (as an entry stored before it has none): the missing-speech check above the
-    telephone band is then skipped.
+    a stored entry judged against others by the audit). `clipped`: the 10 ms blocks where the
+    upload's source held runs at full scale (fingerprint/clipping.py, from the decoder:
+    `note_clipping`), which the detail check compares by their peaks; no entry stores them
+    either. A `wide` left out where no PCM is given is empty (as an entry stored before it has
+    none): the missing-speech check above the telephone band is then skipped.
 
     They cost about as much again as the rest (bench/README.md, "Compute only what a
     request needs"), and most queries have no candidate that gets past the hashes, so a
@@ -94,11 +98,12 @@ class QueryFeatures:
     pitch: np.ndarray
     detail_phases: tuple[np.ndarray, ...]
     wide: np.ndarray
+    clipped: np.ndarray
 
     def __init__(self, hash: RobustHash, embedding: np.ndarray, speech_s: float, detail: np.ndarray | None = None,
                  pitch: np.ndarray | None = None, detail_phases: tuple[np.ndarray, ...] | None = None, *,
                  wide: np.ndarray | None = None, pcm_16k: np.ndarray | None = None,
-                 bands: np.ndarray | None = None) -> None:
+                 bands: np.ndarray | None = None, clipped: np.ndarray = NO_BLOCKS) -> None:
         if pcm_16k is None and (detail is None or pitch is None or detail_phases is None):
             raise ValueError("a feature left out needs the PCM to compute it from")
         if pcm_16k is None and wide is None:
@@ -108,6 +113,7 @@ class QueryFeatures:
         for name, value in given.items():
             if value is not None:
                 object.__setattr__(self, name, value)
+        object.__setattr__(self, "clipped", clipped)
         object.__setattr__(self, "_pcm", pcm_16k)
         object.__setattr__(self, "_bands", bands)
         object.__setattr__(self, "_lock", threading.Lock())
@@ -133,6 +139,12 @@ class QueryFeatures:
     def has(self, part: str) -> bool:
         """Whether `part` ("detail", "pitch", "wide" or "detail_phases") is at hand, without computing it."""
         return part in self.__dict__
+
+    def note_clipping(self, blocks: np.ndarray) -> QueryFeatures:
+        """Record where the decoder found the source clipped (`DecodedAudio.clipped_blocks`, or
+        an `AudioStream`'s once read to its end); returns self."""
+        object.__setattr__(self, "clipped", blocks)
+        return self
 
     def report_to(self, on_computed: Callable[[str], None] | None) -> None:
         """Tell `on_computed` the name of each deferred part as it is computed from now on (the
@@ -162,13 +174,15 @@ class QueryFeatures:
         self.complete()
         hashed, detailed = hash_frames(config, start_s, end_s), detail_frames(start_s, end_s)
         part = RobustHash(self.hash.bits[hashed], self.hash.strong[hashed], self.hash.level_db[hashed])
+        first, last = round(start_s * BLOCKS_PER_S), round(end_s * BLOCKS_PER_S)
+        clipped = self.clipped[(self.clipped >= first) & (self.clipped < last)] - first
         return QueryFeatures(part, self.embedding, speech_seconds(part.level_db, config), self.detail[detailed],
                              self.pitch[detailed], tuple(phase[detailed] for phase in self.detail_phases),
-                             wide=self.wide[detailed])
+                             wide=self.wide[detailed], clipped=clipped)
 
     def __getstate__(self) -> dict:
         # Pickled (the benchmarks' feature caches) with every part, without the PCM, lock or callback.
-        return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", *_COMPUTE)}
+        return {name: getattr(self, name) for name in ("hash", "embedding", "speech_s", "clipped", *_COMPUTE)}
 
     def __setstate__(self, state: dict) -> None:
         # Pickled before verification revision 6 kept no finer phases: judged at the stored one;
@@ -234,7 +248,10 @@ class Evidence:
 # codec and nothing else (`excused_median_db`), its burst at most CODEC_BURST_DB over the median.
 # 12: a pair's level compression is also measured without its worst 80 ms, the lesser deciding
 # (fingerprint/detail.py, `_compression_db`): a changed loud vowel read as compression by itself.
-VERIFICATION_REVISION = 12
+# 13: frames over the query's hard clipping (runs of samples at full scale, marked by the
+# decoder at the source's rate: fingerprint/clipping.py) are compared by their peaks alone
+# (fingerprint/detail.py, `CLIPPED_RANGE_DB`): clipping's harmonics are not a changed syllable.
+VERIFICATION_REVISION = 13
 
 
 class Verifier:
@@ -442,7 +459,8 @@ class Verifier:
         query's finer phase that aligns best when that one scores lower: a finer alignment can
         only refuse (`compare_detail_phased`)."""
         stored, aligned = (_worse_of_both(found) for found in
-                           compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s))
+                           compare_detail_phased(features.detail, features.detail_phases, entry_detail, verdict.offset_s,
+                                                 features.clipped))
         detail = aligned if detail_verdict_score(aligned) < detail_verdict_score(stored) else stored
         pitch = compare_pitch(features.pitch, np.frombuffer(entry.pitch, dtype=np.uint8), stored.offset_frames)
         # The wide spectra when both have one (an entry stored before revision 10 has none).
@@ -485,7 +503,7 @@ class Verifier:
             return False, (f"detail_below_threshold: {detail_score:.3f} < {limits.min_detail_score}: the 80 ms "
                            f"at query {detail.query_s:.2f} s / entry {detail.entry_s:.2f} s differ "
                            f"{detail.burst_db:.1f} dB more than the rest ({detail.rest_db:.1f} dB)"
-                           f"{_limited_note(detail)}{_quiet_note(detail)}")
+                           f"{_limited_note(detail)}{_quiet_note(detail)}{_clipped_note(detail)}")
         if missing_score < limits.min_detail_score:
             lacking, holding = ("entry", "query") if missing.in_query else ("query", "entry")
             band = f" {wide_band_name()}" if missing.wide else ""
@@ -506,7 +524,8 @@ class Verifier:
         return True, (f"accepted: worst stretch {verdict.worst_score:.3f} over {verdict.windows} "
                       f"stretches (worst 0.25 s stretch {verdict.worst_short_score:.3f}), detail "
                       f"{detail_score:.3f} (worst 80 ms at query {detail.query_s:.2f} s, "
-                      f"+{detail.burst_db:.1f} dB over {detail.rest_db:.1f} dB{_limited_note(detail)}), "
+                      f"+{detail.burst_db:.1f} dB over {detail.rest_db:.1f} dB{_limited_note(detail)}"
+                      f"{_clipped_note(detail)}), "
                       f"missing speech {missing_score:.3f}, pitch {pitch_score:.3f}, offset {verdict.offset_s:+.3f} s")
 
     def warm_up(self) -> None:
@@ -529,6 +548,13 @@ def _limited_note(detail: DetailVerdict) -> str:
     return (f"; levels compressed by {abs(detail.compression_db):.1f} dB on the "
             f"{'query' if detail.compression_db > 0 else 'entry'}'s side (a limiter or compressor): "
             f"compared within {LIMITED_RANGE_DB:.0f} dB of each frame's peak")
+
+
+def _clipped_note(detail: DetailVerdict) -> str:
+    """The evidence's word on a query whose hard clipping was compared by its peaks."""
+    if not detail.clipped:
+        return ""
+    return f"; the query's clipped frames compared within {CLIPPED_RANGE_DB:.0f} dB of each frame's peak"
 
 
 # The ~0.25 s stretch score enters the reported score rescaled so that its default threshold
