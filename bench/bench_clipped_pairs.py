@@ -28,7 +28,7 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import cached_map  # noqa: E402
+from pair_sides import both_sides  # noqa: E402
 from earmark.fingerprint.clipping import NO_BLOCKS  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
 from earmark.index.entry import Entry  # noqa: E402
@@ -56,10 +56,6 @@ def _features(job: str) -> QueryFeatures:
     return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
 
-def _original(path: str) -> QueryFeatures:
-    return Verifier(FuzzyThresholds()).features(decode_audio(Path(path).read_bytes(), 3600).pcm_16k)
-
-
 def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,
           rule: str) -> tuple[bool, float, str]:
     """The verdict on `query` against A as the cached entry, under `rule` (RULES)."""
@@ -83,11 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/clipped_pairs.json"))
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    pairs = json.loads((args.data / "manifest.json").read_text())["pairs"]
-    originals = cached_map(_original, [str(args.data / p["path_a"]) for p in pairs], args.jobs,
-                           args.cache.with_name("originals.pkl"))
-    jobs = [f"{args.data / p[side]}|{gain}" for p in pairs for side in ("path_a", "path_b") for gain in GAINS_DB]
-    features = iter(cached_map(_features, jobs, args.jobs, args.cache, files=[j.split("|")[0] for j in jobs]))
+    pairs, originals, features = both_sides(args.data, tuple(GAINS_DB), _features, args.jobs, args.cache)
     verifier = Verifier(FuzzyThresholds())
     rows = []
     for pair, entry in zip(pairs, originals, strict=True):

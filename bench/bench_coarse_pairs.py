@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import cached_map  # noqa: E402
+from pair_sides import both_sides  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
 from earmark.index.entry import Entry  # noqa: E402
 from earmark.service.config import FuzzyThresholds  # noqa: E402
@@ -60,10 +60,6 @@ def _features(job: str) -> QueryFeatures:
     return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
 
-def _original(path: str) -> QueryFeatures:
-    return Verifier(FuzzyThresholds()).features(decode_audio(Path(path).read_bytes(), 3600).pcm_16k)
-
-
 def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,
           rule: str) -> tuple[bool, float, str]:
     """The verdict on `query` against A as the cached entry, under `rule` (RULES)."""
@@ -87,11 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/coarse_pairs.json"))
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    pairs = json.loads((args.data / "manifest.json").read_text())["pairs"]
-    originals = cached_map(_original, [str(args.data / p["path_a"]) for p in pairs], args.jobs,
-                           args.cache.with_name("originals.pkl"))
-    jobs = [f"{args.data / p[side]}|{codec}" for p in pairs for side in ("path_a", "path_b") for codec in CODECS]
-    features = iter(cached_map(_features, jobs, args.jobs, args.cache, files=[j.split("|")[0] for j in jobs]))
+    pairs, originals, features = both_sides(args.data, tuple(CODECS), _features, args.jobs, args.cache)
     verifier = Verifier(FuzzyThresholds())
     rows = []
     for pair, entry in zip(pairs, originals, strict=True):
