@@ -74,7 +74,7 @@ def _cache_path(cache: Path, path: Path) -> Path:
 def _compute(job: tuple[str, str]) -> None:
     path, target = job
     decoded = decode_audio(Path(path).read_bytes(), 3600)
-    features = Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+    features = Verifier(FuzzyThresholds()).features_of_decoded(decoded)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{target}.part")
     tmp.write_bytes(pickle.dumps((features, decoded.duration_s)))

@@ -52,8 +52,8 @@ def clipped_wav(data: bytes, gain_db: float) -> bytes:
 def _features(job: str) -> QueryFeatures:
     """The features of one side of a pair clipped at one gain, `job` "path|gain"."""
     path, gain = job.split("|")
-    decoded = decode_audio(clipped_wav(Path(path).read_bytes(), float(gain)), 3600)
-    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+    clipped = clipped_wav(Path(path).read_bytes(), float(gain))
+    return Verifier(FuzzyThresholds()).features_of_decoded(decode_audio(clipped, 3600))
 
 
 def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,

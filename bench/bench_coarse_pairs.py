@@ -56,8 +56,7 @@ def _features(job: str) -> QueryFeatures:
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, *arguments, "-flags", "+bitexact", str(encoded)],
                        check=True)
         data = encoded.read_bytes()
-    decoded = decode_audio(data, 3600)
-    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+    return Verifier(FuzzyThresholds()).features_of_decoded(decode_audio(data, 3600))
 
 
 def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,

@@ -61,8 +61,7 @@ def process_chain(job: tuple[str, str, str]) -> str:
 
 
 def _features(path: str) -> QueryFeatures:
-    decoded = decode_audio(Path(path).read_bytes(), 3600)
-    return Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+    return Verifier(FuzzyThresholds()).features_of_decoded(decode_audio(Path(path).read_bytes(), 3600))
 
 
 def run(corpus: Path, work: Path, jobs: int) -> list[dict]:

@@ -41,8 +41,7 @@ PROFILE_ID = "bench-minimal-pairs"
 
 def _features(path: str) -> tuple[QueryFeatures, str]:
     decoded = decode_audio(Path(path).read_bytes(), 4 * 3600)
-    features = Verifier(FuzzyThresholds()).features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
-    return features, pcm_digest(decoded.pcm_16k)
+    return Verifier(FuzzyThresholds()).features_of_decoded(decoded), pcm_digest(decoded.pcm_16k)
 
 
 def judge_all(corpus: Path, jobs: int, thresholds: FuzzyThresholds, cache: Path | None = None) -> list[dict]:

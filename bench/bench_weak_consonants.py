@@ -87,8 +87,7 @@ def _judge_pair(job: tuple[str, str]) -> list[tuple[str, str, bool, float, str]]
     verifier = Verifier(FuzzyThresholds())
 
     def features(raw: bytes):
-        decoded = decode_audio(raw, 3600)
-        return verifier.features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+        return verifier.features_of_decoded(decode_audio(raw, 3600))
 
     original = features((data / f"{pair_id}_a.wav").read_bytes())
     verdicts = []

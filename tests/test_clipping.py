@@ -84,8 +84,7 @@ def verifier() -> Verifier:
 
 
 def _features(verifier: Verifier, data: bytes):
-    decoded = decode_audio(data, 3600)
-    return verifier.features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
+    return verifier.features_of_decoded(decode_audio(data, 3600))
 
 
 def _unmarked(verifier: Verifier, data: bytes):

@@ -25,6 +25,7 @@ import numpy as np
 
 from earmark.fingerprint.clipping import BLOCKS_PER_S, NO_BLOCKS
 from earmark.fingerprint.config import DEFAULT, FingerprintConfig
+from earmark.fingerprint.decode import DecodedAudio
 from earmark.fingerprint.detail import (
     CLIPPED_RANGE_DB,
     LIMITED_RANGE_DB,
@@ -271,6 +272,10 @@ class Verifier:
         the loop). Keeps nothing of `pcm_16k` (what `earmark tune` needs of the many originals
         it holds); a new entry's, which never needs the phases, is `deferred_features(...).complete()`."""
         return self.features_of([pcm_16k])
+
+    def features_of_decoded(self, decoded: DecodedAudio) -> QueryFeatures:
+        """`features` of a decoded upload, with where its source clipped (`note_clipping`)."""
+        return self.features(decoded.pcm_16k).note_clipping(decoded.clipped_blocks)
 
     def features_of(self, chunks: Iterable[np.ndarray], keep_bands: bool = False) -> QueryFeatures:
         """`features` of a recording that arrives in pieces (a decoder's), holding only the
