@@ -17,7 +17,6 @@ apply).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -28,9 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pair_sides import both_sides  # noqa: E402
+from pair_sides import arguments, both_sides, judge_against_a  # noqa: E402
 from earmark.fingerprint.decode import decode_audio  # noqa: E402
-from earmark.index.entry import Entry  # noqa: E402
 from earmark.service.config import FuzzyThresholds  # noqa: E402
 from earmark.service.pipeline import verification  # noqa: E402
 from earmark.service.pipeline.verification import QueryFeatures, Verifier  # noqa: E402
@@ -62,26 +60,17 @@ def _features(job: str) -> QueryFeatures:
 def judge(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,
           rule: str) -> tuple[bool, float, str]:
     """The verdict on `query` against A as the cached entry, under `rule` (RULES)."""
-    entry = Entry(entry_id="a" * 32, profile_id=PROFILE, pcm_digest="pcm", text="a", normalized_text="a",
-                  language=language, duration_s=0.0, speech_s=entry_features.speech_s, engine_seconds=1.0,
-                  generation="g")
     service = verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB
     if rule == "revision 10":  # no coarse line excused past EXCUSED_MEDIAN_DB, no burst limit over the median
         verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB = verification.EXCUSED_MEDIAN_DB, float("inf")
     try:
-        return verifier.judge(query, PROFILE, float(query.embedding @ entry_features.embedding),
-                              verifier.attach(entry, entry_features))
+        return judge_against_a(verifier, entry_features, query, language, PROFILE)
     finally:
         verification.COARSEST_EXCUSED_MEDIAN_DB, verification.CODEC_BURST_DB = service
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("bench/data/minimal_pairs"))
-    parser.add_argument("--cache", type=Path, default=Path("bench/out/coarse_pairs/features.pkl"))
-    parser.add_argument("--out", type=Path, default=Path("bench/out/coarse_pairs.json"))
-    parser.add_argument("--jobs", type=int, default=2)
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0], "coarse_pairs")
     pairs, originals, features = both_sides(args.data, tuple(CODECS), _features, args.jobs, args.cache)
     verifier = Verifier(FuzzyThresholds())
     rows = []

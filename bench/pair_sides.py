@@ -4,12 +4,14 @@ bench_clipped_pairs.py (hard clipping)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench_accuracy import cached_map
 from earmark.fingerprint.decode import decode_audio
+from earmark.index.entry import Entry
 from earmark.service.config import FuzzyThresholds
 from earmark.service.pipeline.verification import QueryFeatures, Verifier
 
@@ -29,3 +31,24 @@ def both_sides(data: Path, labels: tuple, features: Callable[[str], QueryFeature
                            cache.with_name("originals.pkl"))
     jobs_ = [f"{data / p[side]}|{label}" for p in pairs for side in ("path_a", "path_b") for label in labels]
     return pairs, originals, iter(cached_map(features, jobs_, jobs, cache, files=[j.split("|")[0] for j in jobs_]))
+
+
+def arguments(description: str, name: str) -> argparse.Namespace:
+    """The command line both benchmarks take: the corpus, the feature cache and the JSON rows
+    (under bench/out/`name`), and the worker processes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=Path("bench/data/minimal_pairs"))
+    parser.add_argument("--cache", type=Path, default=Path(f"bench/out/{name}/features.pkl"))
+    parser.add_argument("--out", type=Path, default=Path(f"bench/out/{name}.json"))
+    parser.add_argument("--jobs", type=int, default=2)
+    return parser.parse_args()
+
+
+def judge_against_a(verifier: Verifier, entry_features: QueryFeatures, query: QueryFeatures, language: str,
+                    profile: str) -> tuple[bool, float, str]:
+    """The service's (accepted, score, reason) for `query` against A as the cached entry."""
+    entry = Entry(entry_id="a" * 32, profile_id=profile, pcm_digest="pcm", text="a", normalized_text="a",
+                  language=language, duration_s=0.0, speech_s=entry_features.speech_s, engine_seconds=1.0,
+                  generation="g")
+    return verifier.judge(query, profile, float(query.embedding @ entry_features.embedding),
+                          verifier.attach(entry, entry_features))

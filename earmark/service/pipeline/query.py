@@ -26,7 +26,7 @@ class QueryAudio:
         self.size = upload.size
         self.audio_seconds: float | None = None  # the decode budget's estimate, once worked out
         self.pcm: np.ndarray | None = None  # the decoded audio, when short enough to keep (recognition.KEEP_PCM_S)
-        # Where its source clipped (`DecodedAudio.clipped_blocks`), known with `pcm`.
+        # Where its source clipped (`DecodedAudio.clipped_blocks`), known once the first pass has decoded it.
         self.clipped: np.ndarray = NO_BLOCKS
         # The fuzzy tier's features, once computed: shared by the lookup and a miss's entry.
         self.features: QueryFeatures | None = None
